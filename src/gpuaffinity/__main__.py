@@ -1,0 +1,3 @@
+from gpuaffinity.cli import main
+
+raise SystemExit(main())

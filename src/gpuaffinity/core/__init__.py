@@ -1,0 +1,1 @@
+"""Pieces that never touch hardware: grammars, the device model, the hook spec."""
