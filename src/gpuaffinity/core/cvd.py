@@ -1,0 +1,188 @@
+"""CUDA_VISIBLE_DEVICES as the CUDA driver reads it: a pure function.
+
+This follows the table measured on driver 580.159.04 (docs/cvd-grammar.md):
+
+* unset: every GPU; ``""``: none.
+* The first entry decides the kind of the list: it is a list of UUIDs when the
+  first entry starts with ``GPU-`` or ``MIG-``, else a list of integers.  An
+  entry of the other kind ends the list.
+* Integers are read the way C's ``strtoul`` reads them: leading white space and
+  a sign are taken, text after the digits is ignored (``1gpu`` is 1, ``0x1`` is
+  0), and the value is cut to 32 bits (4294967297 is 1; -1 is out of range).
+  An entry with no digits or out of range ends the list.
+* ``GPU-`` (upper case) plus a prefix of a GPU's UUID, hex compared without
+  regard to case, names that GPU if no other GPU shares the prefix; text past
+  the UUID's length is ignored.  No white space is skipped.
+* The list stops at the first entry that names nothing; the devices before it
+  stay visible.  Naming one device twice (in any form) is not a stop but an
+  error: ``cuInit`` fails with CUDA_ERROR_INVALID_DEVICE and nothing is visible.
+* ``CUDA_DEVICE_ORDER`` other than unset, ``FASTEST_FIRST`` or ``PCI_BUS_ID``
+  (case matters) also makes ``cuInit`` fail with CUDA_ERROR_INVALID_DEVICE.
+* MIG (modelled from NVIDIA's documentation, not measured): ``MIG-<uuid>`` and
+  ``MIG-GPU-<uuid>/<gi>/<ci>`` name an instance; one MIG device a process, so a
+  second MIG entry ends the list; a GPU in MIG mode reached by index or GPU UUID
+  shows its first instance.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+CUDA_ERROR_NO_DEVICE = 100
+CUDA_ERROR_INVALID_DEVICE = 101
+
+ORDERS = ("FASTEST_FIRST", "PCI_BUS_ID")
+
+
+@dataclass(frozen=True)
+class MigIdentity:
+    uuid: str  # MIG-…
+    gpu_instance: int
+    compute_instance: int
+
+
+@dataclass(frozen=True)
+class GpuIdentity:
+    """What the grammar needs to know of one physical GPU."""
+
+    uuid: str  # GPU-…
+    migs: tuple[MigIdentity, ...] = ()
+
+
+@dataclass(frozen=True)
+class Visible:
+    """One CUDA device: the GPU (its position in the list given) and MIG instance, if any."""
+
+    gpu: int
+    mig: int | None = None
+
+
+@dataclass(frozen=True)
+class CvdResult:
+    devices: tuple[Visible, ...]
+    #: CUDA error cuInit reports (0: none; 100 nothing visible; 101 duplicate or bad order)
+    error: int = 0
+    #: why the list ended early, or "" when every entry was used
+    stopped: str = ""
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def gpus(self) -> list[int]:
+        return [d.gpu for d in self.devices]
+
+
+_MIG_PATH = re.compile(r"MIG-(GPU-[^/]+)/([0-9]+)/([0-9]+)")
+
+
+def strtoul32(text: str) -> int | None:
+    """C's strtoul(text, NULL, 10) cut to 32 bits; None when no digits are found."""
+    m = re.match(r"[ \t\n\v\f\r]*([+-]?)([0-9]+)", text)
+    if not m:
+        return None
+    value = int(m[2])
+    if value > 0xFFFFFFFFFFFFFFFF:  # strtoul saturates at ULONG_MAX
+        value = 0xFFFFFFFFFFFFFFFF
+    elif m[1] == "-":
+        value = (-value) & 0xFFFFFFFFFFFFFFFF
+    return value & 0xFFFFFFFF
+
+
+def _prefix_match(candidates: Sequence[str], text: str) -> int | None:
+    """Index of the one candidate (a UUID without its tag) that starts with text."""
+    hits = [i for i, c in enumerate(candidates) if c[: len(text)].lower() == text[: len(c)].lower()]
+    return hits[0] if len(hits) == 1 else None
+
+
+def apply_cvd(cvd: str | None, gpus: Sequence[GpuIdentity], base_order: Sequence[int] | None = None,
+              device_order: str | None = None) -> CvdResult:
+    """The CUDA devices a process sees, in CUDA's order.
+
+    ``gpus`` are the machine's GPUs in NVML (PCI) order; ``base_order`` lists
+    their positions in CUDA's order before CUDA_VISIBLE_DEVICES is applied
+    (for FASTEST_FIRST; default PCI order); ``device_order`` is the value of
+    CUDA_DEVICE_ORDER, under which PCI_BUS_ID ignores ``base_order``.
+    """
+    if device_order is not None and device_order not in ORDERS:
+        return CvdResult((), CUDA_ERROR_INVALID_DEVICE,
+                         f"CUDA_DEVICE_ORDER={device_order!r} is not FASTEST_FIRST or PCI_BUS_ID")
+    if device_order == "PCI_BUS_ID" or base_order is None:
+        base = list(range(len(gpus)))
+    else:
+        base = list(base_order)
+    out: list[Visible] = []
+
+    def whole(g: int) -> Visible | str:
+        if not gpus[g].migs:
+            return Visible(g)
+        if any(d.mig is not None for d in out):
+            return "one MIG device a process: a second GPU in MIG mode ends the list"
+        return Visible(g, 0)
+
+    def add(v: Visible) -> CvdResult | None:
+        if v in out:
+            return CvdResult((), CUDA_ERROR_INVALID_DEVICE, "a device is named twice: cuInit fails")
+        out.append(v)
+        return None
+
+    if cvd is None:
+        for g in base:
+            v = whole(g)
+            if isinstance(v, str):
+                return _done(out, v)
+            out.append(v)
+        return _done(out, "")
+    entries = cvd.split(",")
+    uuid_list = cvd.startswith(("GPU-", "MIG-"))
+    bodies = [g.uuid[4:] for g in gpus]
+    for pos, entry in enumerate(entries):
+        where = f"entry {pos} ({entry!r})"
+        if uuid_list:
+            if entry.startswith("MIG-"):
+                found = _find_mig(entry, gpus)
+                if found is None:
+                    return _done(out, f"{where} names no MIG instance")
+                if any(d.mig is not None for d in out):
+                    return _done(out, f"{where}: one MIG device a process")
+                v: Visible | str = Visible(*found)
+            elif entry.startswith("GPU-"):
+                g = _prefix_match(bodies, entry[4:])
+                if g is None:
+                    return _done(out, f"{where} matches no GPU UUID, or more than one")
+                v = whole(g)
+            else:
+                return _done(out, f"{where} is not a GPU- or MIG- UUID")
+        else:
+            n = strtoul32(entry)
+            if n is None:
+                return _done(out, f"{where} is not a number")
+            if n >= len(base):
+                return _done(out, f"{where} is out of range (only {len(base)} GPUs)")
+            v = whole(base[n])
+        if isinstance(v, str):
+            return _done(out, f"{where}: {v}")
+        failed = add(v)
+        if failed:
+            return failed
+    return _done(out, "")
+
+
+def _find_mig(entry: str, gpus: Sequence[GpuIdentity]) -> tuple[int, int] | None:
+    m = _MIG_PATH.fullmatch(entry)
+    if m:
+        for gi_, g in enumerate(gpus):
+            if g.uuid.lower() == m[1].lower():
+                for mi, mig in enumerate(g.migs):
+                    if (mig.gpu_instance, mig.compute_instance) == (int(m[2]), int(m[3])):
+                        return gi_, mi
+        return None
+    if entry.startswith("MIG-GPU-"):
+        return None
+    flat = [(gi_, mi, mig.uuid[4:]) for gi_, g in enumerate(gpus) for mi, mig in enumerate(g.migs)]
+    hit = _prefix_match([f[2] for f in flat], entry[4:])
+    return None if hit is None else flat[hit][:2]
+
+
+def _done(out: list[Visible], stopped: str) -> CvdResult:
+    return CvdResult(tuple(out), 0 if out else CUDA_ERROR_NO_DEVICE, stopped)
