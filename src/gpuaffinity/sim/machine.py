@@ -1,0 +1,104 @@
+"""A simulated machine: the built libraries, a rendered config and a fake sysfs.
+
+``simulated(topology)`` prepares everything in a private temporary folder and
+removes it on exit; its ``env`` is the environment a child process needs to
+see the simulated GPUs through the real pynvml, cuda.bindings, torch or any
+other program that loads ``libnvidia-ml.so.1`` and ``libcuda.so.1``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpuaffinity.sim.build import SimulatorError, library_dir
+from gpuaffinity.sim.render import render_config, render_sysfs
+from gpuaffinity.sim.topology import Topology, load_topology
+
+#: Environment variables the simulator reads (see csrc/sim_common.h).
+CONFIG_VAR = "GPUAFFINITY_SIM_CONFIG"
+FAULTS_VAR = "GPUAFFINITY_SIM_FAULTS"
+COUNTERS_VAR = "GPUAFFINITY_SIM_COUNTERS"
+#: Where gpuaffinity itself reads sysfs from (default /sys).
+SYSFS_VAR = "GPUAFFINITY_SYSFS_ROOT"
+TOPOLOGY_VAR = "GPUAFFINITY_SIM_TOPOLOGY"
+
+
+@dataclass(frozen=True)
+class SimMachine:
+    topology: Topology
+    folder: Path
+    libdir: Path
+    config: Path
+    sysfs: Path
+    env: dict[str, str]
+
+
+def check_fault(spec: str) -> str:
+    """Validate one ``NAME=CODE[:TIMES]`` fault; return it, or raise ValueError."""
+    name, eq, rest = spec.partition("=")
+    code, _, times = rest.partition(":")
+    ok = bool(eq) and name.isidentifier() and _is_int(code) and (not times or times.isdigit())
+    if not ok:
+        raise ValueError(f"bad fault {spec!r}: want NAME=CODE or NAME=CODE:TIMES, e.g. cuInit=999 or "
+                         "nvmlDeviceGetHandleByIndex=15:1")
+    return spec
+
+
+def _is_int(s: str) -> bool:
+    try:
+        int(s, 0)
+    except ValueError:
+        return False
+    return True
+
+
+@contextmanager
+def simulated(topology: Topology | str | os.PathLike[str], *, faults: Sequence[str] = (),
+              counters: str | os.PathLike[str] | None = None,
+              base_env: Mapping[str, str] | None = None) -> Iterator[SimMachine]:
+    topo = topology if isinstance(topology, Topology) else load_topology(os.fspath(topology))
+    for f in faults:
+        check_fault(f)
+    libdir = library_dir()
+    folder = Path(tempfile.mkdtemp(prefix="gpuaffinity-sim-"))
+    try:
+        config = folder / "machine.conf"
+        config.write_text(render_config(topo))
+        sysfs = folder / "sys"
+        render_sysfs(topo, sysfs)
+        env = dict(os.environ if base_env is None else base_env)
+        old = env.get("LD_LIBRARY_PATH")
+        env["LD_LIBRARY_PATH"] = f"{libdir}{os.pathsep}{old}" if old else str(libdir)
+        env[CONFIG_VAR] = str(config)
+        env[SYSFS_VAR] = str(sysfs)
+        env[TOPOLOGY_VAR] = topo.source
+        if faults:
+            env[FAULTS_VAR] = ",".join(faults)
+        if counters is not None:
+            os.makedirs(counters, exist_ok=True)
+            env[COUNTERS_VAR] = os.fspath(counters)
+        yield SimMachine(topo, folder, libdir, config, sysfs, env)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def read_counters(folder: str | os.PathLike[str]) -> dict[tuple[int, str], dict[str, int]]:
+    """Counters the fake libraries wrote: {(pid, "nvml" or "cuda"): {call: count}}."""
+    out: dict[tuple[int, str], dict[str, int]] = {}
+    for p in Path(folder).glob("*.counts"):
+        pid, lib, _ = p.name.split(".", 2)
+        counts: dict[str, int] = {}
+        for line in p.read_text().splitlines():
+            name, _, n = line.partition(" ")
+            counts[name] = int(n)
+        out[(int(pid), lib)] = counts
+    return out
+
+
+__all__ = ["SimMachine", "SimulatorError", "check_fault", "read_counters", "simulated"]

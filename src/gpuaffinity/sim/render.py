@@ -1,0 +1,104 @@
+"""Turn a Topology into what the fake libraries and the fake sysfs hold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gpuaffinity.core.cpulist import format_cpulist, format_cpumask, to_mask_words
+from gpuaffinity.sim.topology import Gpu, Topology
+
+_MASK_WORDS = 16  # 1024 CPUs or nodes, the C side's limit
+
+
+def gpu_locality(topo: Topology, gpu: Gpu) -> dict[str, frozenset[int]]:
+    """Nodes and CPUs NVML reports for a GPU, at node and at socket scope.
+
+    A GPU whose firmware gives no node (-1) is reported near every node, as
+    NVML did on the lent H200 VM (node mask 0x1 on a one-node machine).
+    """
+    if gpu.numa_node < 0:
+        nodes = frozenset(n.id for n in topo.nodes)
+        socket_nodes = nodes
+    else:
+        nodes = frozenset({gpu.numa_node})
+        sock = topo.node(gpu.numa_node).socket
+        socket_nodes = frozenset(n.id for n in topo.nodes if n.socket == sock)
+    return {
+        "node_mem": nodes,
+        "socket_mem": socket_nodes,
+        "node_cpu": frozenset().union(*(topo.node(n).cpus for n in nodes)),
+        "socket_cpu": frozenset().union(*(topo.node(n).cpus for n in socket_nodes)),
+    }
+
+
+def _mask(numbers: frozenset[int]) -> str:
+    words = to_mask_words(numbers)
+    if len(words) > _MASK_WORDS:
+        raise ValueError(f"number {max(numbers)} is past the simulator's limit of {64 * _MASK_WORDS}")
+    return ",".join(f"{w:x}" for w in words)
+
+
+def render_config(topo: Topology) -> str:
+    """The line format documented at the top of csrc/sim_common.h."""
+    ranks = {idx: pos for pos, idx in enumerate(topo.cuda_default_order())}
+    lines = [
+        f"# gpuaffinity simulator config, from {topo.source}",
+        f"driver_version {topo.driver_version}",
+        f"nvml_version {topo.cuda_driver_version // 1000}.{topo.driver_version}",
+        f"cuda_driver_version {topo.cuda_driver_version}",
+    ]
+    for i, g in enumerate(topo.gpus):
+        dom, bus, dev, fn = g.pci_fields
+        lines.append(
+            f"gpu {g.uuid} {g.pci_bus_id} {dom} {bus} {dev} {fn} {g.pci_device_id:#x} {g.pci_subsystem_id:#x} "
+            f"{ranks[i]} {g.numa_node} {g.memory_mib} {g.compute_capability[0]} {g.compute_capability[1]} "
+            f"{g.multiprocessors} {g.name}")
+        for kind, nums in gpu_locality(topo, g).items():
+            lines.append(f"mask {kind} {_mask(nums)}")
+        for m in g.migs:
+            lines.append(f"mig {m.uuid} {m.gpu_instance} {m.compute_instance} {m.memory_mib} "
+                         f"{m.multiprocessors} {m.name}")
+    return "\n".join(lines) + "\n"
+
+
+def render_sysfs(topo: Topology, root: Path) -> None:
+    """Write the parts of /sys the package reads, under ``root`` (which stands for /sys)."""
+    def put(rel: str, text: str) -> None:
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text + "\n")
+
+    all_cpus = topo.cpus
+    for g in topo.gpus:
+        base = f"bus/pci/devices/{g.pci_bus_id}"
+        local = topo.node(g.numa_node).cpus if g.numa_node >= 0 else all_cpus
+        put(f"{base}/numa_node", str(g.numa_node))
+        put(f"{base}/local_cpulist", format_cpulist(local))
+        put(f"{base}/local_cpus", format_cpumask(local))
+        put(f"{base}/vendor", "0x10de")
+        put(f"{base}/device", f"{g.pci_device_id >> 16:#06x}")
+        put(f"{base}/class", "0x030200")
+    node_ids = [n.id for n in topo.nodes]
+    put("devices/system/node/online", format_cpulist(node_ids))
+    put("devices/system/node/possible", format_cpulist(node_ids))
+    put("devices/system/node/has_cpu", format_cpulist(node_ids))
+    for n in topo.nodes:
+        put(f"devices/system/node/node{n.id}/cpulist", format_cpulist(n.cpus))
+        put(f"devices/system/node/node{n.id}/cpumap", format_cpumask(n.cpus))
+        dist = " ".join("10" if m.id == n.id else ("12" if m.socket == n.socket else "21") for m in topo.nodes)
+        put(f"devices/system/node/node{n.id}/distance", dist)
+    put("devices/system/cpu/online", format_cpulist(all_cpus))
+    put("devices/system/cpu/possible", format_cpulist(all_cpus))
+    put("devices/system/cpu/present", format_cpulist(all_cpus))
+    socket_of = {cpu: n.socket for n in topo.nodes for cpu in n.cpus}
+    package_cpus: dict[int, set[int]] = {}
+    for cpu, sock in socket_of.items():
+        package_cpus.setdefault(sock, set()).add(cpu)
+    for core_id, siblings in enumerate(topo.cores()):
+        for cpu in siblings:
+            t = f"devices/system/cpu/cpu{cpu}/topology"
+            put(f"{t}/physical_package_id", str(socket_of[cpu]))
+            put(f"{t}/core_id", str(core_id))
+            put(f"{t}/thread_siblings_list", format_cpulist(siblings))
+            put(f"{t}/core_siblings_list", format_cpulist(package_cpus[socket_of[cpu]]))
+            put(f"{t}/package_cpus_list", format_cpulist(package_cpus[socket_of[cpu]]))
