@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gpuaffinity.sim import SimMachine, simulated
+
+ROOT = Path(__file__).resolve().parent.parent
+REAL_DATA = Path(__file__).with_name("data") / "real-h200x4-2026-11-27"
+CUDA_VARS = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")
+
+
+def load_probe():
+    """tools/probe_real_driver.py: the same child script runs on real and simulated machines."""
+    spec = importlib.util.spec_from_file_location("probe_real_driver", ROOT / "tools" / "probe_real_driver.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def child_env(machine: SimMachine, cvd: str | None = None, order: str | None = None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in machine.env.items() if k not in CUDA_VARS}
+    if cvd is not None:
+        env["CUDA_VISIBLE_DEVICES"] = cvd
+    if order is not None:
+        env["CUDA_DEVICE_ORDER"] = order
+    env.update(extra)
+    return env
+
+
+def run_json(machine: SimMachine, code: str, *args: str, cvd: str | None = None, order: str | None = None,
+             **extra: str) -> dict:
+    """Run Python code in a child on the simulated machine; return the JSON of its last stdout line."""
+    proc = subprocess.run([sys.executable, "-c", code, *args], env=child_env(machine, cvd, order, **extra),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def sim_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """Open simulated machines by preset or path, shared by the whole session."""
+    opened: dict[str, SimMachine] = {}
+    stack = []
+
+    def get(topology: str) -> SimMachine:
+        if topology not in opened:
+            cm = simulated(topology, base_env=dict(os.environ))
+            opened[topology] = cm.__enter__()
+            stack.append(cm)
+        return opened[topology]
+
+    yield get
+    for cm in reversed(stack):
+        cm.__exit__(None, None, None)

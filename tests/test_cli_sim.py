@@ -1,0 +1,139 @@
+"""`gpuaffinity sim list|run|check`: pass-through, exit status, one-line errors, nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpuaffinity.sim.build import CFLAGS, CSRC, LIBRARIES, find_compiler
+
+
+def gpuaffinity(*args: str, env: dict | None = None, stdin: str | None = None, tmpdir: Path | None = None):
+    e = dict(os.environ if env is None else env)
+    if tmpdir is not None:
+        tmpdir.mkdir(exist_ok=True)
+        e["TMPDIR"] = str(tmpdir)
+    return subprocess.run([sys.executable, "-m", "gpuaffinity", *args], env=e, input=stdin,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_list_names_every_preset():
+    out = gpuaffinity("sim", "list")
+    assert out.returncode == 0
+    rows = {line.split()[0]: line.split()[1] for line in out.stdout.splitlines()[1:]}
+    assert rows["dgx-h100"] == "8" and rows["mig-a100"] == "4"
+
+
+def test_run_passes_environment_stdin_and_exit_status(tmp_path):
+    code = ("import os, sys, json; data = sys.stdin.read();"
+            "print(json.dumps([os.environ['CUDA_VISIBLE_DEVICES'], os.environ['MY_VAR'], data,"
+            " os.environ['GPUAFFINITY_SIM_CONFIG'], os.environ['GPUAFFINITY_SYSFS_ROOT']])); sys.exit(7)")
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="1,0", MY_VAR="kept")
+    out = gpuaffinity("sim", "run", "vm-4gpu", "--", sys.executable, "-c", code, env=env, stdin="hello",
+                      tmpdir=tmp_path / "t")
+    assert out.returncode == 7
+    cvd, var, data, config, sysfs = json.loads(out.stdout)
+    assert (cvd, var, data) == ("1,0", "kept", "hello")
+    assert config.startswith(str(tmp_path / "t")) and sysfs.startswith(str(tmp_path / "t"))
+    assert list((tmp_path / "t").iterdir()) == []  # the machine's folder is gone afterwards
+
+
+def test_run_reports_a_signal_as_128_plus_n():
+    out = gpuaffinity("sim", "run", "vm-4gpu", "--", sys.executable, "-c",
+                      "import os, signal; os.kill(os.getpid(), signal.SIGTERM)")
+    assert out.returncode == 128 + 15
+
+
+def test_run_fault_and_counters_options(tmp_path):
+    code = "import pynvml\ntry:\n    pynvml.nvmlInit()\nexcept pynvml.NVMLError as e:\n    print(type(e).__name__)"
+    out = gpuaffinity("sim", "run", "--fault", "nvmlInit=9", "--counters", str(tmp_path), "dgx-h100", "--",
+                      sys.executable, "-c", code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "NVMLError_DriverNotLoaded"
+    counts = [p.read_text() for p in tmp_path.glob("*.nvml.counts")]
+    assert counts == ["nvmlInitWithFlags 1\n"]
+
+
+@pytest.mark.parametrize(("args", "status", "text"), [
+    (["sim", "run", "dgx-h100"], 2, "no command given"),
+    (["sim", "run", "--fault", "cuInit", "dgx-h100", "--", "true"], 2, "bad fault 'cuInit'"),
+    (["sim", "run", "dgx-h100", "--", "/no/such/program"], 127, "command not found: /no/such/program"),
+    (["sim", "run", "no-such-preset", "--", "true"], 1, "neither a topology file nor a preset"),
+    (["sim", "frobnicate"], 2, "invalid choice"),
+])
+def test_errors_are_one_line_with_their_status(args, status, text):
+    out = gpuaffinity(*args)
+    assert out.returncode == status
+    assert text in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_bad_topology_file_leaves_nothing_behind(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\n[[numa_node]]\nid = 0\ncpus = "0-3"\n[[gpu]]\nuuid = "GPU-1"\n'
+                   'pci_bus_id = "0000:01:00.0"\nname = "NVIDIA H100"\nnuma_node = 0\n')
+    out = gpuaffinity("sim", "run", str(bad), "--", "true", tmpdir=tmp_path / "t")
+    assert out.returncode == 1
+    assert out.stderr.strip() == (f"gpuaffinity: {bad}: gpu[0].uuid: malformed GPU UUID 'GPU-1' "
+                                  "(want GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)")
+    assert list((tmp_path / "t").iterdir()) == []
+
+
+def test_no_compiler_is_one_clear_line(tmp_path):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "python3").symlink_to(sys.executable)
+    env = dict(os.environ, PATH=str(bindir), GPUAFFINITY_SIM_CACHE=str(tmp_path / "cache"))
+    env.pop("CC", None)
+    out = gpuaffinity("sim", "run", "dgx-h100", "--", "true", env=env)
+    assert out.returncode == 1
+    assert out.stderr.startswith("gpuaffinity: no C compiler found")
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_failed_build_is_reported_and_cleaned_up(tmp_path):
+    env = dict(os.environ, CC="false", GPUAFFINITY_SIM_CACHE=str(tmp_path / "cache"))
+    out = gpuaffinity("sim", "run", "dgx-h100", "--", "true", env=env)
+    assert out.returncode == 1
+    assert "building the simulated" in out.stderr
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_sources_compile_without_warnings(tmp_path):
+    for lib, src in LIBRARIES.items():
+        proc = subprocess.run([find_compiler(), *CFLAGS, "-Werror", "-o", str(tmp_path / lib), str(CSRC / src),
+                               "-lpthread", "-ldl"], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+
+
+def test_check_prints_the_machine():
+    out = gpuaffinity("sim", "check", "mixed-4gpu")
+    assert out.returncode == 0
+    assert "nvml 1  cuda(FASTEST_FIRST) 0  0000:21:00.0" in out.stdout
+
+
+def test_help_teaches():
+    out = gpuaffinity("sim", "run", "--help")
+    assert out.returncode == 0
+    for needle in ("TOPOLOGY", "--fault", "--counters", "examples:", "sim run dgx-h100 --"):
+        assert needle in out.stdout
+
+
+def test_demo_finds_the_wrong_nodes():
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="3,6,5,4,0,7,1,2")
+    out = gpuaffinity("sim", "run", "dgx-h100", "--", sys.executable, "-m", "gpuaffinity.sim.demo", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "8 of 8 devices would be pinned to the wrong GPU" in out.stdout
+    assert out.stdout.count("wrong NUMA node") == 6
+
+
+def test_import_is_light():
+    code = ("import sys, gpuaffinity; bad = [m for m in ('torch', 'pynvml', 'cuda', 'ctypes', 'pluggy')"
+            " if m in sys.modules]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,35 @@
+"""The docs stay true to the code and the data."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+from conftest import REAL_DATA, ROOT
+from gpuaffinity.sim import list_presets
+
+
+def test_cvd_table_in_docs_is_the_recorded_data():
+    table = subprocess.run([sys.executable, str(ROOT / "tools" / "cvd_table.py"), str(REAL_DATA / "cvd_cases.json")],
+                           capture_output=True, text=True, check=True).stdout
+    doc = (ROOT / "docs" / "cvd-grammar.md").read_text()
+    between = doc.split("<!-- table:begin -->\n", 1)[1].split("<!-- table:end -->", 1)[0]
+    assert between == table
+    cases = json.loads((REAL_DATA / "cvd_cases.json").read_text())["cases"]
+    assert f"all {len(cases)} records" in (ROOT / "docs" / "validation.md").read_text()
+
+
+def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)\n```", readme, re.S)
+    assert len(blocks) == 2
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert blocks[1] in ci.splitlines()
+
+
+def test_every_preset_is_documented():
+    doc = (ROOT / "docs" / "simulator.md").read_text()
+    for name in list_presets():
+        assert f"`{name}`" in doc

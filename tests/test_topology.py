@@ -1,0 +1,126 @@
+"""Topology files: presets, checks with one-line errors, the rendered sysfs tree."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gpuaffinity.core.cpulist import format_cpulist, format_cpumask, parse_cpulist
+from gpuaffinity.sim import TopologyError, list_presets, load_topology
+from gpuaffinity.sim.render import render_sysfs
+
+GOOD = """
+name = "t"
+[[numa_node]]
+id = 0
+cpus = "0-3"
+[[numa_node]]
+id = 1
+cpus = "4-7"
+[[gpu]]
+uuid = "GPU-b9eccfb1-9bb7-c430-154d-cfd6d08463e0"
+pci_bus_id = "0000:86:00.0"
+name = "NVIDIA H200"
+numa_node = 1
+[[gpu]]
+uuid = "GPU-00eccfb1-9bb7-c430-154d-cfd6d08463e0"
+pci_bus_id = "0000:06:00.0"
+name = "NVIDIA H200"
+numa_node = 0
+"""
+
+
+def write(tmp_path, text):
+    p = tmp_path / "machine.toml"
+    p.write_text(text)
+    return p
+
+
+def test_presets_load():
+    assert {"dgx-h100", "vm-4gpu", "mixed-4gpu", "mig-a100", "h200x4-vm"} <= set(list_presets())
+    dgx = load_topology("dgx-h100")
+    assert len(dgx.gpus) == 8 and len(dgx.cpus) == 224 and dgx.threads_per_core == 2
+    assert [g.numa_node for g in dgx.gpus] == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert all(g.numa_node == -1 for g in load_topology("vm-4gpu").gpus)
+    mixed = load_topology("mixed-4gpu")
+    assert mixed.cuda_default_order() != list(range(4))
+    assert sum(bool(g.migs) for g in load_topology("mig-a100").gpus) == 2
+
+
+def test_gpus_come_in_pci_order(tmp_path):
+    topo = load_topology(write(tmp_path, GOOD))
+    assert [g.pci_bus_id for g in topo.gpus] == ["0000:06:00.0", "0000:86:00.0"]
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ('uuid = "GPU-00eccfb1', 'uuid = "GPU-b9eccfb1', "gpu[1].uuid: duplicate UUID"),
+    ('"0000:06:00.0"', '"0000:06:00"', "gpu[1].pci_bus_id: malformed PCI bus id"),
+    ('"0000:06:00.0"', '"0000:86:00.0"', "gpu[1].pci_bus_id: duplicate PCI bus id"),
+    ("numa_node = 0", "numa_node = 5", "gpu[1].numa_node: unknown NUMA node 5"),
+    ('cpus = "4-7"', 'cpus = "7-4"', "numa_node[1].cpus: bad cpulist"),
+    ('cpus = "4-7"', 'cpus = "3-7"', "numa_node[1].cpus: CPU 3 is already in NUMA node 0"),
+    ('cpus = "4-7"', 'cpus = "4,x"', "numa_node[1].cpus: bad cpulist"),
+    ('name = "NVIDIA H200"\nnuma_node = 0', 'name = "NVIDIA H200"\nnuma = 0', "gpu[1].numa: unknown field"),
+    ('uuid = "GPU-00eccfb1-9bb7-c430-154d-cfd6d08463e0"', 'uuid = "GPU-xyz"', "gpu[1].uuid: malformed GPU UUID"),
+    ('name = "t"', 'name = 3', "name: must be a string"),
+    ('id = 1', 'id = 0', "numa_node[1].id: duplicate NUMA node id 0"),
+])
+def test_bad_files_name_file_field_and_problem(tmp_path, old, new, message):
+    assert old in GOOD
+    path = write(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(TopologyError) as e:
+        load_topology(path)
+    text = str(e.value)
+    assert text.startswith(f"{path}: ")
+    assert message in text
+    assert "\n" not in text
+
+
+def test_not_toml_and_unknown_preset(tmp_path):
+    with pytest.raises(TopologyError, match="not valid TOML"):
+        load_topology(write(tmp_path, "name = "))
+    with pytest.raises(TopologyError, match="neither a topology file nor a preset .*dgx-h100"):
+        load_topology("no-such-machine")
+
+
+@given(st.sets(st.integers(0, 300)))
+def test_cpulist_round_trip(cpus):
+    assert parse_cpulist(format_cpulist(cpus)) == cpus
+
+
+def test_cpulist_forms():
+    assert parse_cpulist("0-3,8,10-14:2") == {0, 1, 2, 3, 8, 10, 12, 14}
+    assert parse_cpulist(" \n") == frozenset()
+    assert format_cpumask(range(64)) == "ffffffff,ffffffff"
+    assert format_cpumask({0, 33}) == "00000002,00000001"
+    for bad in ("1-", "a", "1,,2", "3-1"):
+        with pytest.raises(ValueError):
+            parse_cpulist(bad)
+
+
+def test_sysfs_tree_of_the_dgx(tmp_path):
+    topo = load_topology("dgx-h100")
+    render_sysfs(topo, tmp_path)
+
+    def read(rel):
+        return (tmp_path / rel).read_text().strip()
+
+    for g in topo.gpus:
+        base = f"bus/pci/devices/{g.pci_bus_id}"
+        assert read(f"{base}/numa_node") == str(g.numa_node)
+        assert read(f"{base}/local_cpulist") == format_cpulist(topo.node(g.numa_node).cpus)
+    assert read("devices/system/node/node1/cpulist") == "56-111,168-223"
+    assert read("devices/system/node/online") == "0-1"
+    assert read("devices/system/cpu/cpu3/topology/thread_siblings_list") == "3,115"
+    assert read("devices/system/cpu/cpu115/topology/core_id") == read("devices/system/cpu/cpu3/topology/core_id")
+    assert read("devices/system/cpu/cpu170/topology/physical_package_id") == "1"
+    assert read("devices/system/cpu/online") == "0-223"
+
+
+def test_sysfs_of_a_vm_gives_no_node(tmp_path):
+    topo = load_topology("vm-4gpu")
+    render_sysfs(topo, tmp_path)
+    bus = topo.gpus[0].pci_bus_id
+    assert (tmp_path / f"bus/pci/devices/{bus}/numa_node").read_text().strip() == "-1"
+    assert (tmp_path / f"bus/pci/devices/{bus}/local_cpulist").read_text().strip() == "0-31"
