@@ -1,8 +1,56 @@
 """gpuaffinity: which physical GPU is CUDA device N, and which NUMA node and CPUs sit next to it.
 
-Importing this package loads no torch, no CUDA and no NVML.
+Importing this package loads no torch, no CUDA and no NVML; the functions
+below load what they need when first called.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from gpuaffinity.core.errors import (
+    ConflictError,
+    DeviceNotVisibleError,
+    DisagreementWarning,
+    FallbackWarning,
+    GpuAffinityError,
+    GpuAffinityWarning,
+    InvalidVisibleDevicesError,
+    NoDriverError,
+    PluginError,
+)
+from gpuaffinity.core.model import PhysicalDevice
+
+if TYPE_CHECKING:
+    from gpuaffinity.api import clear_cache, resolve, resolve_all
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "ConflictError",
+    "DeviceNotVisibleError",
+    "DisagreementWarning",
+    "FallbackWarning",
+    "GpuAffinityError",
+    "GpuAffinityWarning",
+    "InvalidVisibleDevicesError",
+    "NoDriverError",
+    "PhysicalDevice",
+    "PluginError",
+    "__version__",
+    "clear_cache",
+    "resolve",
+    "resolve_all",
+]
+
+_LAZY = {"resolve": "gpuaffinity.api", "resolve_all": "gpuaffinity.api", "clear_cache": "gpuaffinity.api"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'gpuaffinity' has no attribute {name!r}")

@@ -44,6 +44,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="gpuaffinity",
                 description="Which physical GPU is CUDA device N, and which NUMA node and CPUs sit next to it?")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    policy_help = ("how strategies are combined: first (take the first answer), verify (default: check with the "
+                   "other cheap strategies, warn on disagreement), strict (disagreement is an error, exit 3); "
+                   "default from GPUAFFINITY_POLICY")
+    res = sub.add_parser(
+        "resolve", help="which physical GPU is each CUDA device",
+        description="Map logical CUDA device ids (as this process's CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER "
+                    "number them) to physical GPUs, with their NUMA nodes and nearby CPUs.",
+        epilog=_EPILOG_RESOLVE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    res.add_argument("ids", nargs="*", metavar="ID", help="logical CUDA device ids (default: every visible device)")
+    res.add_argument("--json", action="store_true", help="print a JSON array, one object per device")
+    _resolution_options(res, policy_help)
+    doc = sub.add_parser(
+        "doctor", help="explain the mapping: every strategy's answer, the environment, warnings",
+        description="A report a person reads: per logical device what each strategy said and why, whether they "
+                    "agree, the NUMA nodes and CPUs, the relevant environment, and every warning.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _resolution_options(doc, policy_help)
     sim = sub.add_parser("sim", help="run programs against a simulated GPU machine",
                          description="A simulated machine: fake NVIDIA libraries and sysfs from a topology file.",
                          epilog=_EPILOG_SIM, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,18 +68,40 @@ def build_parser() -> argparse.ArgumentParser:
     simsub.add_parser("list", help="list the bundled preset machines")
     run = simsub.add_parser(
         "run", help="run CMD against a simulated machine",
-        usage="gpuaffinity sim run [--fault NAME=CODE[:TIMES]] [--counters DIR] TOPOLOGY -- CMD [ARG ...]",
+        usage="gpuaffinity sim run [--fault NAME=CODE[:TIMES]] [--cpuset CPULIST] [--counters DIR] TOPOLOGY -- CMD "
+              "[ARG ...]",
         description="Run CMD with the simulated NVIDIA libraries of TOPOLOGY.",
         epilog=_EPILOG_SIM, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("topology", metavar="TOPOLOGY", help="preset name or topology file")
     run.add_argument("--fault", action="append", default=[], metavar="NAME=CODE[:TIMES]",
                      help="make the named NVML/CUDA entry point return CODE (only its first TIMES calls); "
                           "repeatable, e.g. --fault nvmlInit=9 --fault cuInit=999")
+    run.add_argument("--cpuset", metavar="CPULIST",
+                     help="CPUs the simulated process may use (a simulated cgroup cpuset; default: all of the "
+                          "machine's), e.g. --cpuset 0-27,112-139")
     run.add_argument("--counters", metavar="DIR",
                      help="write per-process call counts of every simulated entry point to DIR/<pid>.<lib>.counts")
     simsub.add_parser("check", help="check a topology file and print what it describes").add_argument(
         "topology", metavar="TOPOLOGY")
     return p
+
+
+def _resolution_options(p: argparse.ArgumentParser, policy_help: str) -> None:
+    p.add_argument("--policy", choices=("first", "verify", "strict"), help=policy_help)
+    p.add_argument("--disable", action="append", default=[], metavar="NAME",
+                   help="leave out a plugin or strategy by name (repeatable; also GPUAFFINITY_DISABLE=a,b)")
+    p.add_argument("--no-subprocess", action="store_true",
+                   help="never start a child process to ask the CUDA driver (also GPUAFFINITY_NO_SUBPROCESS=1)")
+
+
+_EPILOG_RESOLVE = """\
+examples:
+  gpuaffinity resolve                 every visible device, as a table
+  gpuaffinity resolve 0 --json        device 0 as JSON: uuid, pci_bus_id, nvml_index, numa_nodes, cpus, ...
+  CUDA_VISIBLE_DEVICES=GPU-8932f937,3 gpuaffinity resolve --policy strict
+
+exit status: 0 ok; 1 error (one line on stderr); 2 usage; 3 strategies disagree under --policy strict.
+"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,6 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         if args.command == "sim":
             return _sim(args, cmd, parser)
+        if cmd:
+            raise UsageError(f"gpuaffinity {args.command}: unexpected arguments after `--`: {' '.join(cmd)}")
+        if args.command == "resolve":
+            return _resolve(args)
+        if args.command == "doctor":
+            return _doctor(args)
         raise UsageError(f"gpuaffinity: unknown command {args.command!r}")
     except UsageError as e:
         print(e, file=sys.stderr)
@@ -110,7 +155,12 @@ def _sim(args: argparse.Namespace, cmd: list[str], parser: argparse.ArgumentPars
                     check_fault(f)
                 except ValueError as e:
                     raise UsageError(f"gpuaffinity sim run: {e}") from None
-            return _sim_run(args.topology, cmd, args.fault, args.counters)
+            try:
+                return _sim_run(args.topology, cmd, args.fault, args.counters, args.cpuset)
+            except TopologyError:
+                raise
+            except ValueError as e:  # a bad --cpuset
+                raise UsageError(f"gpuaffinity sim run: {e}") from None
         raise UsageError("gpuaffinity sim: say `list`, `run` or `check` (see `gpuaffinity sim --help`)")
     except (TopologyError, SimulatorError) as e:
         print(f"gpuaffinity: {e}", file=sys.stderr)
@@ -135,10 +185,10 @@ def _sim_check(t: object) -> int:
     return EXIT_OK
 
 
-def _sim_run(topology: str, cmd: list[str], faults: list[str], counters: str | None) -> int:
+def _sim_run(topology: str, cmd: list[str], faults: list[str], counters: str | None, cpuset: str | None) -> int:
     from gpuaffinity.sim.machine import simulated
 
-    with simulated(topology, faults=faults, counters=counters) as machine:
+    with simulated(topology, faults=faults, counters=counters, cpuset=cpuset) as machine:
         try:
             child = subprocess.Popen(cmd, env=machine.env)
         except FileNotFoundError:
@@ -157,3 +207,132 @@ def _sim_run(topology: str, cmd: list[str], faults: list[str], counters: str | N
             for s, h in old.items():
                 signal.signal(s, h)
     return 128 - rc if rc < 0 else rc
+
+
+def _options(args: argparse.Namespace) -> dict:
+    return {"policy": args.policy, "disable": args.disable or None, "allow_subprocess": not args.no_subprocess}
+
+
+def _resolve(args: argparse.Namespace) -> int:
+    import json
+    import warnings
+
+    from gpuaffinity.core.cpulist import format_cpulist
+    from gpuaffinity.core.errors import GpuAffinityError
+
+    ids: list[int] = []
+    for text in args.ids:
+        if not text.isdigit():
+            raise UsageError(f"gpuaffinity resolve: ID must be a logical CUDA device number such as 0, not {text!r}")
+        ids.append(int(text))
+    from gpuaffinity.api import resolve, resolve_all
+    from gpuaffinity.numa.query import gpu_locality
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            devices = [resolve(i, **_options(args)) for i in ids] if ids else resolve_all(**_options(args))
+        except GpuAffinityError as e:
+            _print_warnings(caught)
+            print(f"gpuaffinity: {_strip(e)}", file=sys.stderr)
+            return e.exit_status
+    _print_warnings(caught)
+    rows = []
+    for d in devices:
+        loc = gpu_locality(d.pci_bus_id)
+        rows.append({**d.to_dict(), "numa_nodes": list(loc.numa_nodes), "cpus": format_cpulist(loc.cpus)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    table = [("CUDA", "NVML", "PCI", "UUID", "NODES", "CPUS", "BY")]
+    for r in rows:
+        by = r["strategy"] + (" (fallback)" if r["fallback"] else "")
+        if r["disagreed"]:
+            by += f"; disagreed: {','.join(r['disagreed'])}"
+        uuid = r["uuid"] + (f" / {r['mig_uuid']}" if r["mig_uuid"] else "")
+        nodes = ",".join(map(str, r["numa_nodes"])) or "none"
+        table.append((str(r["logical_id"]), str(r["nvml_index"]), r["pci_bus_id"], uuid, nodes, r["cpus"] or "-", by))
+    _print_table(table)
+    return EXIT_OK
+
+
+def _strip(e: Exception) -> str:
+    text = str(e)
+    return text[len("gpuaffinity: "):] if text.startswith("gpuaffinity: ") else text
+
+
+def _print_warnings(caught: list) -> None:
+    for w in caught:
+        print(f"gpuaffinity: warning: {_strip(w.message)}", file=sys.stderr)
+
+
+def _print_table(rows: list[tuple[str, ...]], indent: str = "") -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print(indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    import os
+
+    from gpuaffinity.core.cpulist import format_cpulist
+    from gpuaffinity.core.errors import GpuAffinityError
+    from gpuaffinity.core.model import Abstain
+    from gpuaffinity.numa.query import gpu_locality
+
+    print("Environment")
+    for var in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "GPUAFFINITY_POLICY", "GPUAFFINITY_DISABLE",
+                "GPUAFFINITY_NO_SUBPROCESS", "GPUAFFINITY_SIM_TOPOLOGY"):
+        value = os.environ.get(var)
+        print(f"  {var:<26} {'<unset>' if value is None else repr(value)}")
+    from gpuaffinity.resolvers.pci import cuda_initialized_here
+    torch = sys.modules.get("torch")
+    print(f"  {'torch imported':<26} {'yes, ' + torch.__version__ if torch else 'no (gpuaffinity never imports it)'}")
+    print(f"  {'CUDA initialised here':<26} {'yes' if cuda_initialized_here() else 'no'}")
+    from gpuaffinity.numa.query import allowed_cpus
+    print(f"  {'allowed CPUs':<26} {format_cpulist(allowed_cpus())}")
+
+    from gpuaffinity.api import run_resolution
+    try:
+        res = run_resolution(**_options(args), strict_errors=False)
+    except GpuAffinityError as e:
+        print(f"\ngpuaffinity: {_strip(e)}", file=sys.stderr)
+        return e.exit_status
+    print(f"\nMachine (NVML, PCI order): {len(res.inventory.gpus)} GPU(s)")
+    table = [("NVML", "PCI", "UUID", "MODEL", "NODES", "LOCAL CPUS")]
+    for g in res.inventory.gpus:
+        loc = gpu_locality(g.pci_bus_id)
+        migs = f" + {len(g.migs)} MIG" if g.migs else ""
+        table.append((str(g.nvml_index), g.pci_bus_id, g.uuid + migs, g.name,
+                      ",".join(map(str, loc.numa_nodes)) or "none", format_cpulist(loc.local_cpus) or "-"))
+    _print_table(table, "  ")
+    print(f"\nStrategies (priority order; policy {res.policy})")
+    _print_table([(s.name, str(s.priority), getattr(s, "describe", "")) for s in res.strategies], "  ")
+    print(f"\nDevices: this process sees {res.context.visible}")
+    for d in res.devices:
+        loc = gpu_locality(d.pci_bus_id)
+        status = "fallback" if d.fallback else ("DISAGREEMENT" if d.disagreed else "agreed")
+        mig = f" MIG {d.mig_uuid}" if d.mig_uuid else ""
+        print(f"  cuda {d.logical_id} -> nvml {d.nvml_index}  {d.pci_bus_id}  {d.uuid}{mig}")
+        print(f"      by {d.strategy}; {status} ({', '.join(d.agreed) or 'no other answer'}); "
+              f"nodes {','.join(map(str, loc.numa_nodes)) or 'none'}; cpus {format_cpulist(loc.cpus) or '-'}")
+        for note in loc.notes:
+            print(f"      note: {note}")
+        for v in d.verdicts:
+            if isinstance(v.result, Abstain):
+                said = ("skipped: " if not v.ran else "abstained: ") + v.result.reason
+            else:
+                g = res.inventory.by_uuid(v.result.uuid)
+                said = f"nvml {g.nvml_index if g else '?'} ({v.result.detail})"
+            print(f"      {v.strategy:<8} {said}")
+    if res.warnings or res.error:
+        print("\nWarnings and errors")
+        for _cat, msg in res.warnings:
+            print(f"  warning: {_strip(msg)}")
+        if res.error:
+            print(f"  error: {_strip(res.error)}")
+    else:
+        print("\nNo warnings.")
+    if res.error is not None:
+        return getattr(res.error, "exit_status", EXIT_ERROR)
+    return EXIT_OK

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpuaffinity.core.cpulist import format_cpulist, parse_cpulist
 from gpuaffinity.sim.build import SimulatorError, library_dir
 from gpuaffinity.sim.render import render_config, render_sysfs
 from gpuaffinity.sim.topology import Topology, load_topology
@@ -27,6 +28,8 @@ COUNTERS_VAR = "GPUAFFINITY_SIM_COUNTERS"
 #: Where gpuaffinity itself reads sysfs from (default /sys).
 SYSFS_VAR = "GPUAFFINITY_SYSFS_ROOT"
 TOPOLOGY_VAR = "GPUAFFINITY_SIM_TOPOLOGY"
+#: The simulated process's cpuset (gpuaffinity.numa reads it instead of the real affinity mask).
+ALLOWED_VAR = "GPUAFFINITY_SIM_ALLOWED_CPUS"
 
 
 @dataclass(frozen=True)
@@ -60,11 +63,20 @@ def _is_int(s: str) -> bool:
 
 @contextmanager
 def simulated(topology: Topology | str | os.PathLike[str], *, faults: Sequence[str] = (),
-              counters: str | os.PathLike[str] | None = None,
+              counters: str | os.PathLike[str] | None = None, cpuset: str | None = None,
               base_env: Mapping[str, str] | None = None) -> Iterator[SimMachine]:
     topo = topology if isinstance(topology, Topology) else load_topology(os.fspath(topology))
     for f in faults:
         check_fault(f)
+    allowed = topo.cpus
+    if cpuset is not None:
+        try:
+            allowed = parse_cpulist(cpuset)
+        except ValueError as e:
+            raise ValueError(f"bad --cpuset: {e}") from None
+        if not allowed <= topo.cpus:
+            raise ValueError(f"--cpuset names CPUs the machine does not have: {format_cpulist(allowed - topo.cpus)} "
+                             f"(it has {format_cpulist(topo.cpus)})")
     libdir = library_dir()
     folder = Path(tempfile.mkdtemp(prefix="gpuaffinity-sim-"))
     try:
@@ -78,6 +90,7 @@ def simulated(topology: Topology | str | os.PathLike[str], *, faults: Sequence[s
         env[CONFIG_VAR] = str(config)
         env[SYSFS_VAR] = str(sysfs)
         env[TOPOLOGY_VAR] = topo.source
+        env[ALLOWED_VAR] = format_cpulist(allowed)
         if faults:
             env[FAULTS_VAR] = ",".join(faults)
         if counters is not None:

@@ -1,0 +1,143 @@
+"""resolve() and resolve_all(): the public entry points, with their cache.
+
+Results are cached per (CUDA_VISIBLE_DEVICES, CUDA_DEVICE_ORDER, policy,
+disabled plugins, subprocess permission): a repeated call with an unchanged
+environment is a dictionary look-up, and changing either variable makes the
+next call resolve afresh.  Warnings are given when a result is computed, not
+again on cache hits.  Thread-safe: one computation at a time per process.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from gpuaffinity.core.chain import choose_policy, resolve_one
+from gpuaffinity.core.errors import DeviceNotVisibleError, InvalidVisibleDevicesError
+from gpuaffinity.core.hookspec import ResolveContext, Strategy
+from gpuaffinity.core.model import Inventory, PhysicalDevice
+from gpuaffinity.core.plugins import DISABLE_VAR, build_manager, collect_strategies, disabled_names
+
+CVD = "CUDA_VISIBLE_DEVICES"
+ORDER = "CUDA_DEVICE_ORDER"
+
+_lock = threading.Lock()
+_cache: dict[tuple, tuple[PhysicalDevice, ...]] = {}
+
+
+@dataclass
+class Resolution:
+    """Everything one resolution saw: for ``gpuaffinity doctor`` and tests."""
+
+    devices: list[PhysicalDevice]
+    inventory: Inventory
+    strategies: list[Strategy]
+    context: ResolveContext
+    policy: str
+    warnings: list[tuple[type[Warning], str]] = field(default_factory=list)
+    error: Exception | None = None
+
+
+def clear_cache() -> None:
+    """Forget every cached result (the next call resolves afresh)."""
+    with _lock:
+        _cache.clear()
+
+
+def _key(policy: str | None, disable: Iterable[str] | None, allow_subprocess: bool) -> tuple:
+    env = os.environ
+    return (env.get(CVD), env.get(ORDER), policy, env.get("GPUAFFINITY_POLICY"),
+            tuple(disable) if disable else None, env.get(DISABLE_VAR), allow_subprocess)
+
+
+def run_resolution(*, policy: str | None = None, disable: Iterable[str] | None = None,
+                   allow_subprocess: bool = True, timeout: float = 120.0, strict_errors: bool = True) -> Resolution:
+    """Resolve every visible device without the cache, keeping every strategy's verdict."""
+    from gpuaffinity.inventory import read_inventory
+    from gpuaffinity.resolvers import builtin_plugins
+    from gpuaffinity.resolvers._common import visible_devices
+
+    chosen = choose_policy(policy)
+    disabled = disabled_names(disable)
+    strategies = collect_strategies(build_manager(builtin_plugins(), disabled), disabled)
+    inventory = read_inventory()
+    ctx = ResolveContext(inventory, os.environ.get(CVD), os.environ.get(ORDER), 0,
+                         {"allow_subprocess": allow_subprocess, "timeout": timeout})
+    out = Resolution([], inventory, strategies, ctx, chosen)
+    grammar = visible_devices(ctx)
+    if grammar.error and grammar.error != 100:
+        out.error = InvalidVisibleDevicesError(
+            f"the CUDA driver refuses CUDA_VISIBLE_DEVICES={ctx.cvd!r} with CUDA_DEVICE_ORDER={ctx.device_order!r}: "
+            f"{grammar.stopped} (cuInit fails with CUDA_ERROR_INVALID_DEVICE); fix the variable")
+        if strict_errors:
+            raise out.error
+        return out
+    ctx.visible = len(grammar.devices)
+    for i in range(ctx.visible):
+        try:
+            dev, warns = resolve_one(strategies, ctx, i, chosen)
+        except Exception as e:
+            out.error = e
+            if strict_errors:
+                raise
+            break
+        out.devices.append(dev)
+        out.warnings.extend(warns)
+    return out
+
+
+def resolve_all(*, policy: str | None = None, disable: Iterable[str] | None = None,
+                allow_subprocess: bool = True) -> list[PhysicalDevice]:
+    """Every logical CUDA device this process sees, in CUDA's order, each with its physical GPU.
+
+    ``policy``: ``"first"``, ``"verify"`` (default, or GPUAFFINITY_POLICY) or ``"strict"``.
+    ``disable``: names of plugins or strategies to leave out (also GPUAFFINITY_DISABLE).
+    ``allow_subprocess``: whether the ``pci`` strategy may start a child process to ask
+    the CUDA driver when CUDA is not initialised here.
+    Raises ``InvalidVisibleDevicesError`` when the driver itself would refuse the variables,
+    ``NoDriverError`` without NVML, ``ConflictError`` on disagreement under ``strict``.
+    """
+    return list(_resolved(policy, disable, allow_subprocess, stacklevel=3))
+
+
+def _resolved(policy: str | None, disable: Iterable[str] | None, allow_subprocess: bool,
+              stacklevel: int) -> tuple[PhysicalDevice, ...]:
+    key = _key(policy, disable, allow_subprocess)
+    hit = _cache.get(key)
+    if hit is not None:
+        return hit
+    with _lock:
+        hit = _cache.get(key)
+        if hit is not None:
+            return hit
+        res = run_resolution(policy=policy, disable=disable, allow_subprocess=allow_subprocess)
+        for category, message in res.warnings:
+            warnings.warn(message, category, stacklevel=stacklevel + 1)
+        devices = tuple(res.devices)
+        _cache[key] = devices
+        return devices
+
+
+def resolve(logical_id: int, *, policy: str | None = None, disable: Iterable[str] | None = None,
+            allow_subprocess: bool = True) -> PhysicalDevice:
+    """The physical GPU behind CUDA device ``logical_id`` of this process (see ``resolve_all``).
+
+    Raises ``DeviceNotVisibleError`` (also an IndexError) for an id this process does not see.
+    """
+    if isinstance(logical_id, bool) or not isinstance(logical_id, int):
+        raise TypeError(f"logical_id must be an int, not {type(logical_id).__name__}")
+    key = _key(policy, disable, allow_subprocess)
+    devices = _cache.get(key)
+    if devices is None:
+        devices = _resolved(policy, disable, allow_subprocess, stacklevel=3)
+    if 0 <= logical_id < len(devices):
+        return devices[logical_id]
+    cvd = os.environ.get(CVD)
+    shown = "unset" if cvd is None else repr(cvd)
+    raise DeviceNotVisibleError(
+        f"CUDA device {logical_id} is not visible: this process sees {len(devices)} device(s) "
+        f"(0-{len(devices) - 1}) with CUDA_VISIBLE_DEVICES {shown}" if devices else
+        f"CUDA device {logical_id} is not visible: this process sees no CUDA device (CUDA_VISIBLE_DEVICES {shown})")

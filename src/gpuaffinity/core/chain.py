@@ -1,0 +1,157 @@
+"""The chain: strategies by priority, answers compared on the physical GPU, a policy to decide.
+
+Policies:
+
+``first``
+    The first answer, in priority order, wins; nothing else runs.
+``verify`` (default)
+    After the first answer, every other *cheap* strategy runs as a check.  On
+    disagreement a DisagreementWarning names every answer; if a higher-priority
+    expensive strategy (ground truth) was skipped, it runs to settle it.
+``strict``
+    Every strategy runs, expensive ones too; any disagreement is a ConflictError.
+
+An answer is a *fallback* when a higher-priority strategy abstained for a
+reason other than not applying here (see ``Abstain.quiet``), or when nothing
+answered and the identity mapping (logical id = NVML index) was used; either
+way a FallbackWarning says so.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from gpuaffinity.core.errors import ConflictError, DisagreementWarning, FallbackWarning, GpuAffinityError
+from gpuaffinity.core.hookspec import ResolveContext, Strategy
+from gpuaffinity.core.model import Abstain, Answer, PhysicalDevice, Verdict
+
+POLICIES = ("first", "verify", "strict")
+POLICY_VAR = "GPUAFFINITY_POLICY"
+IDENTITY = "identity"
+
+
+def choose_policy(policy: str | None) -> str:
+    chosen = policy or os.environ.get(POLICY_VAR) or "verify"
+    if chosen not in POLICIES:
+        source = "policy argument" if policy else POLICY_VAR
+        raise GpuAffinityError(f"unknown {source} {chosen!r}: choose one of {', '.join(POLICIES)}")
+    return chosen
+
+
+def _ask(s: Strategy, ctx: ResolveContext, logical_id: int) -> Answer | Abstain:
+    try:
+        res = s.answer(ctx, logical_id)
+    except Exception as e:  # a strategy that raises abstains; its reason says why
+        return Abstain(f"raised {type(e).__name__}: {e}")
+    if not isinstance(res, Answer | Abstain):
+        return Abstain(f"returned {type(res).__name__}, not Answer or Abstain")
+    if isinstance(res, Answer) and ctx.inventory.by_uuid(res.uuid) is None:
+        return Abstain(f"answered {res.uuid}, which is not a GPU of this machine")
+    return res
+
+
+def _cost(s: Strategy, ctx: ResolveContext) -> str:
+    fn = getattr(s, "cost", None)
+    try:
+        return fn(ctx) if fn else "cheap"
+    except Exception:
+        return "expensive"
+
+
+def resolve_one(strategies: Sequence[Strategy], ctx: ResolveContext, logical_id: int,
+                policy: str) -> tuple[PhysicalDevice, list[tuple[type[Warning], str]]]:
+    verdicts: dict[str, Verdict] = {}
+    winner: tuple[Strategy, Answer] | None = None
+    loud: list[str] = []  # higher-priority strategies that abstained for a reason
+    skipped_expensive: list[Strategy] = []
+
+    def run(s: Strategy) -> Answer | Abstain:
+        res = _ask(s, ctx, logical_id)
+        verdicts[s.name] = Verdict(s.name, s.priority, res)
+        return res
+
+    for s in strategies:
+        if winner is not None and policy == "first":
+            verdicts[s.name] = Verdict(s.name, s.priority, Abstain("not asked: policy 'first'", quiet=True), False)
+            continue
+        if winner is not None and policy == "verify" and _cost(s, ctx) == "expensive":
+            verdicts[s.name] = Verdict(s.name, s.priority, Abstain("not asked: too costly to verify with", True),
+                                       False)
+            continue
+        if winner is None and policy != "strict" and _cost(s, ctx) == "expensive":
+            # ground truth at a price: ask the cheap ones first, come back if they fail or disagree
+            skipped_expensive.append(s)
+            continue
+        res = run(s)
+        if isinstance(res, Answer):
+            if winner is None:
+                winner = (s, res)
+        elif winner is None and not res.quiet:
+            loud.append(s.name)
+
+    def disagreeing() -> list[str]:
+        assert winner is not None
+        return [v.strategy for v in verdicts.values()
+                if isinstance(v.result, Answer) and v.result.uuid.lower() != winner[1].uuid.lower()]
+
+    # the expensive strategies skipped above: needed when nothing answered, or to settle a disagreement
+    for s in skipped_expensive:
+        if winner is not None and not disagreeing():
+            verdicts[s.name] = Verdict(s.name, s.priority, Abstain("not asked: cheaper strategies agreed", True),
+                                       False)
+            continue
+        res = run(s)
+        if isinstance(res, Answer) and (winner is None or s.priority > winner[0].priority):
+            winner = (s, res)
+        elif isinstance(res, Abstain) and winner is None and not res.quiet:
+            loud.append(s.name)
+
+    warns: list[tuple[type[Warning], str]] = []
+    env = f"CUDA_VISIBLE_DEVICES={ctx.cvd!r}, CUDA_DEVICE_ORDER={ctx.device_order!r}"
+    ordered = tuple(sorted(verdicts.values(), key=lambda v: (-v.priority, v.strategy)))
+    if winner is None:
+        if logical_id >= len(ctx.inventory.gpus):
+            raise GpuAffinityError(f"no strategy could resolve CUDA device {logical_id} ({env}) and NVML has only "
+                                   f"{len(ctx.inventory.gpus)} GPUs: " + _reasons(ordered))
+        gpu = ctx.inventory.gpus[logical_id]
+        warns.append((FallbackWarning, f"gpuaffinity: no strategy could resolve CUDA device {logical_id} ({env}); "
+                                   f"guessing NVML index {logical_id} ({gpu.pci_bus_id}), which is wrong whenever "
+                                   f"CUDA's numbering differs from NVML's. " + _reasons(ordered)))
+        return PhysicalDevice(logical_id, gpu.nvml_index, gpu.uuid, gpu.pci_bus_id, None, gpu.name, IDENTITY,
+                              (), (), True, ordered), warns
+
+    strategy, ans = winner
+    gpu = ctx.inventory.by_uuid(ans.uuid)
+    assert gpu is not None
+    agreed = tuple(v.strategy for v in ordered
+                   if isinstance(v.result, Answer) and v.result.uuid.lower() == ans.uuid.lower())
+    disagreed = tuple(v.strategy for v in ordered
+                      if isinstance(v.result, Answer) and v.result.uuid.lower() != ans.uuid.lower())
+    fallback = any(verdicts[n].priority > strategy.priority for n in loud)
+    if disagreed:
+        detail = "; ".join(f"{v.strategy} says {_gpu_text(ctx, v.result)}" for v in ordered
+                           if isinstance(v.result, Answer))
+        head = f"gpuaffinity: strategies disagree on CUDA device {logical_id} ({env}): {detail}"
+        if policy == "strict":
+            raise ConflictError(f"{head}; the strict policy refuses to choose (use --policy verify to take "
+                                f"{strategy.name}'s answer with a warning)")
+        warns.append((DisagreementWarning, f"{head}; using {strategy.name}'s answer"))
+    if fallback:
+        warns.append((FallbackWarning, f"gpuaffinity: CUDA device {logical_id} ({env}) resolved by fallback strategy "
+                                   f"{strategy.name!r} because higher-priority strategies could not answer. "
+                                   + _reasons(ordered)))
+    return PhysicalDevice(logical_id, gpu.nvml_index, gpu.uuid, gpu.pci_bus_id, ans.mig_uuid, gpu.name,
+                          strategy.name, agreed, disagreed, fallback, ordered), warns
+
+
+def _gpu_text(ctx: ResolveContext, a: Answer | Abstain) -> str:
+    assert isinstance(a, Answer)
+    g = ctx.inventory.by_uuid(a.uuid)
+    return f"NVML {g.nvml_index} ({g.pci_bus_id}, {g.uuid})" if g else a.uuid
+
+
+def _reasons(verdicts: Sequence[Verdict]) -> str:
+    parts = [f"{v.strategy}: {v.result.reason}" for v in verdicts
+             if isinstance(v.result, Abstain) and v.ran]
+    return ("Abstained: " + "; ".join(parts) + ".") if parts else ""

@@ -1,0 +1,9 @@
+"""Built-in strategies, each a pluggy plugin in a module of its own."""
+
+from __future__ import annotations
+
+
+def builtin_plugins() -> list[tuple[str, object]]:
+    from gpuaffinity.resolvers import cvd, pci, torch_helper
+
+    return [("pci", pci), ("cvd", cvd), ("torch", torch_helper)]

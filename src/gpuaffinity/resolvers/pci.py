@@ -1,0 +1,166 @@
+"""Strategy ``pci``: ask the CUDA driver for each device's PCI bus id, then NVML for that bus.
+
+Ground truth: the driver applies CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER
+itself.  The price is ``cuInit``, and a process that calls ``cuInit`` and
+later forks leaves CUDA unusable in its children (a forked worker, a
+multiprocessing "fork" pool).  So:
+
+* If CUDA is already initialised in this process (someone else paid, and the
+  fork hazard exists anyway), the query runs here: cheap, a few microseconds
+  a device.
+* Otherwise it runs in a short-lived child process (``python -m
+  gpuaffinity.resolvers.pci``), never here: expensive (an interpreter start
+  plus ``cuInit``), so the chain asks it only when no cheaper strategy
+  answered, when cheaper ones disagree, or under the strict policy.
+  ``allow_subprocess=False`` (CLI ``--no-subprocess``, environment
+  GPUAFFINITY_NO_SUBPROCESS=1) forbids the child.
+
+It uses cuda-python's ``cuda.bindings.driver`` when installed, else the
+driver library directly through ctypes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+from gpuaffinity.core.hookspec import Cost, ResolveContext, hookimpl
+from gpuaffinity.core.model import Abstain, Answer
+
+NO_SUBPROCESS_VAR = "GPUAFFINITY_NO_SUBPROCESS"
+CUDA_ERROR_NOT_INITIALIZED = 3
+
+
+def cuda_initialized_here() -> bool:
+    """True when libcuda is loaded in this process and cuInit has succeeded; initialises nothing."""
+    try:
+        lib = ctypes.CDLL("libcuda.so.1", mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+    except OSError:
+        return False
+    n = ctypes.c_int(0)
+    return lib.cuDeviceGetCount(ctypes.byref(n)) == 0
+
+
+def query_driver(init: bool) -> dict[str, Any]:
+    """Each CUDA device's PCI bus id and UUID (MIG instance's where there is one), from the driver."""
+    try:
+        from cuda.bindings import driver
+    except ImportError:
+        return _query_ctypes(init)
+    if init:
+        (rc,) = driver.cuInit(0)
+        if rc != driver.CUresult.CUDA_SUCCESS:
+            return {"rc": int(rc), "via": "cuda.bindings", "devices": []}
+    rc, n = driver.cuDeviceGetCount()
+    if rc != driver.CUresult.CUDA_SUCCESS:
+        return {"rc": int(rc), "via": "cuda.bindings", "devices": []}
+    devices = []
+    for i in range(n):
+        _, bus = driver.cuDeviceGetPCIBusId(32, i)
+        _, uuid = getattr(driver, "cuDeviceGetUuid_v2", driver.cuDeviceGetUuid)(i)  # MIG instances have their own
+        devices.append([bus.split(b"\0", 1)[0].decode(), bytes(uuid.bytes).hex()])
+    return {"rc": 0, "via": "cuda.bindings", "devices": devices}
+
+
+def _query_ctypes(init: bool) -> dict[str, Any]:
+    try:
+        cu = ctypes.CDLL("libcuda.so.1")
+    except OSError as e:
+        return {"rc": -1, "via": "ctypes", "error": f"libcuda.so.1 not loadable: {e}", "devices": []}
+    if init:
+        rc = cu.cuInit(0)
+        if rc:
+            return {"rc": rc, "via": "ctypes", "devices": []}
+    n = ctypes.c_int(0)
+    rc = cu.cuDeviceGetCount(ctypes.byref(n))
+    if rc:
+        return {"rc": rc, "via": "ctypes", "devices": []}
+    get_uuid = getattr(cu, "cuDeviceGetUuid_v2", None) or cu.cuDeviceGetUuid
+    devices = []
+    for i in range(n.value):
+        bus = ctypes.create_string_buffer(32)
+        cu.cuDeviceGetPCIBusId(bus, 32, i)
+        raw = (ctypes.c_ubyte * 16)()
+        get_uuid(raw, i)
+        devices.append([bus.value.decode(), bytes(raw).hex()])
+    return {"rc": 0, "via": "ctypes", "devices": devices}
+
+
+class PciStrategy:
+    name = "pci"
+    priority = 100
+    describe = "CUDA driver's cuDeviceGetPCIBusId matched to NVML's bus ids (in a child unless CUDA is up here)"
+
+    def cost(self, ctx: ResolveContext) -> Cost:
+        return "cheap" if self._in_process(ctx) else "expensive"
+
+    def _in_process(self, ctx: ResolveContext) -> bool:
+        key = "pci.in_process"
+        if key not in ctx.scratch:
+            ctx.scratch[key] = cuda_initialized_here()
+        return ctx.scratch[key]
+
+    def _table(self, ctx: ResolveContext) -> dict[str, Any]:
+        if "pci.table" in ctx.scratch:
+            return ctx.scratch["pci.table"]
+        if self._in_process(ctx):
+            table = query_driver(init=False)
+            table["where"] = "in this process (CUDA was already initialised)"
+        elif not ctx.options.get("allow_subprocess", True) or os.environ.get(NO_SUBPROCESS_VAR, "") not in ("", "0"):
+            table = {"rc": None, "devices": [], "error": "CUDA is not initialised here and subprocesses are "
+                     f"disabled (allow_subprocess=False or {NO_SUBPROCESS_VAR}); gpuaffinity will not cuInit in "
+                     "a process that may fork"}
+        else:
+            table = self._probe_child(ctx)
+        ctx.scratch["pci.table"] = table
+        return table
+
+    def _probe_child(self, ctx: ResolveContext) -> dict[str, Any]:
+        env = dict(os.environ)
+        for var, value in ctx.env.items():
+            if value is None:
+                env.pop(var, None)
+            else:
+                env[var] = value
+        timeout = float(ctx.options.get("timeout", 120))
+        try:
+            proc = subprocess.run([sys.executable, "-m", "gpuaffinity.resolvers.pci"], env=env, capture_output=True,
+                                  text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            return {"rc": None, "devices": [], "error": f"the CUDA probe process took over {timeout:g} s"}
+        try:
+            table = json.loads(proc.stdout.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            return {"rc": None, "devices": [], "error": f"the CUDA probe process failed: {last}"}
+        table["where"] = "in a child process"
+        return table
+
+    def answer(self, ctx: ResolveContext, logical_id: int) -> Answer | Abstain:
+        table = self._table(ctx)
+        if table.get("error"):
+            return Abstain(table["error"])
+        if table.get("rc"):
+            return Abstain(f"cuInit/cuDeviceGetCount returned CUDA error {table['rc']} ({table.get('where', '')})")
+        devices = table["devices"]
+        if logical_id >= len(devices):
+            return Abstain(f"the CUDA driver shows only {len(devices)} devices")
+        bus, uuid_hex = devices[logical_id]
+        gpu = ctx.inventory.by_bus(bus)
+        if gpu is None:
+            return Abstain(f"the CUDA driver's device {logical_id} is at PCI {bus}, where NVML has no GPU")
+        mig = next((m.uuid for m in gpu.migs if m.uuid[4:].replace("-", "").lower() == uuid_hex), None)
+        return Answer(gpu.uuid, mig, detail=f"cuDeviceGetPCIBusId({logical_id}) = {bus}, {table.get('where', '')}")
+
+
+@hookimpl
+def gpuaffinity_strategies() -> list[PciStrategy]:
+    return [PciStrategy()]
+
+
+if __name__ == "__main__":  # the child process: initialise CUDA here, print, exit
+    print(json.dumps(query_driver(init=True)))

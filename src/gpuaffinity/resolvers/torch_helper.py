@@ -1,0 +1,51 @@
+"""Strategy ``torch``: torch.cuda._get_nvml_device_index, when torch is already imported.
+
+gpuaffinity never imports torch to resolve (seconds of start-up); when the
+program already has, torch's own mapping is a cheap independent check.  The
+helper is private and absent before torch 2.1; it raises IndexError on an
+empty or duplicated list and RuntimeError on MIG or ids it cannot see, and it
+accepts some lists the driver refuses (docs/cvd-grammar.md): every such case
+becomes an abstention with torch's reason, never a crash.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from gpuaffinity.core.hookspec import Cost, ResolveContext, hookimpl
+from gpuaffinity.core.model import Abstain, Answer
+from gpuaffinity.resolvers._common import integers_index_unknown_order
+
+
+class TorchStrategy:
+    name = "torch"
+    priority = 40
+    describe = "torch.cuda._get_nvml_device_index, only where torch is already imported"
+
+    def cost(self, ctx: ResolveContext) -> Cost:
+        return "cheap"
+
+    def answer(self, ctx: ResolveContext, logical_id: int) -> Answer | Abstain:
+        torch = sys.modules.get("torch")
+        if torch is None:
+            return Abstain("torch is not imported (gpuaffinity never imports it just to resolve)", quiet=True)
+        helper = getattr(getattr(torch, "cuda", None), "_get_nvml_device_index", None)
+        if helper is None:
+            return Abstain(f"torch {getattr(torch, '__version__', '?')} has no torch.cuda._get_nvml_device_index "
+                           "(it arrived in torch 2.1)")
+        why = integers_index_unknown_order(ctx)
+        if why:
+            return Abstain("torch takes integers as NVML indices, wrong here: " + why)
+        try:
+            index = helper(logical_id)
+        except Exception as e:
+            return Abstain(f"torch raised {type(e).__name__}: {e}")
+        if not isinstance(index, int) or not 0 <= index < len(ctx.inventory.gpus):
+            return Abstain(f"torch answered NVML index {index!r}, which this machine does not have")
+        gpu = ctx.inventory.gpus[index]
+        return Answer(gpu.uuid, detail=f"torch.cuda._get_nvml_device_index({logical_id}) = {index}")
+
+
+@hookimpl
+def gpuaffinity_strategies() -> list[TorchStrategy]:
+    return [TorchStrategy()]
