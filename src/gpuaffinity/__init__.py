@@ -19,10 +19,10 @@ from gpuaffinity.core.errors import (
     NoDriverError,
     PluginError,
 )
-from gpuaffinity.core.model import PhysicalDevice
 
 if TYPE_CHECKING:
     from gpuaffinity.api import clear_cache, resolve, resolve_all
+    from gpuaffinity.core.model import PhysicalDevice
 
 __version__ = "0.1.0"
 
@@ -43,7 +43,8 @@ __all__ = [
     "resolve_all",
 ]
 
-_LAZY = {"resolve": "gpuaffinity.api", "resolve_all": "gpuaffinity.api", "clear_cache": "gpuaffinity.api"}
+_LAZY = {"resolve": "gpuaffinity.api", "resolve_all": "gpuaffinity.api", "clear_cache": "gpuaffinity.api",
+         "PhysicalDevice": "gpuaffinity.core.model"}
 
 
 def __getattr__(name: str) -> Any:

@@ -47,10 +47,21 @@ def clear_cache() -> None:
         _cache.clear()
 
 
-def _key(policy: str | None, disable: Iterable[str] | None, allow_subprocess: bool) -> tuple:
-    env = os.environ
-    return (env.get(CVD), env.get(ORDER), policy, env.get("GPUAFFINITY_POLICY"),
-            tuple(disable) if disable else None, env.get(DISABLE_VAR), allow_subprocess)
+# os.environ.get encodes the name on every call (~0.8 us for four); the warm path reads the
+# encoded mapping underneath it directly where CPython has one.
+_ENV = getattr(os.environ, "_data", None)
+if isinstance(_ENV, dict) and os.name == "posix":
+    _CVD_B, _ORDER_B, _POLICY_B, _DISABLE_B = (v.encode() for v in (CVD, ORDER, "GPUAFFINITY_POLICY", DISABLE_VAR))
+
+    def _key(policy: str | None, disable: Iterable[str] | None, allow_subprocess: bool) -> tuple:
+        get = _ENV.get
+        return (get(_CVD_B), get(_ORDER_B), policy, get(_POLICY_B),
+                tuple(disable) if disable else None, get(_DISABLE_B), allow_subprocess)
+else:  # pragma: no cover - other platforms
+    def _key(policy: str | None, disable: Iterable[str] | None, allow_subprocess: bool) -> tuple:
+        env = os.environ
+        return (env.get(CVD), env.get(ORDER), policy, env.get("GPUAFFINITY_POLICY"),
+                tuple(disable) if disable else None, env.get(DISABLE_VAR), allow_subprocess)
 
 
 def run_resolution(*, policy: str | None = None, disable: Iterable[str] | None = None,
@@ -58,7 +69,7 @@ def run_resolution(*, policy: str | None = None, disable: Iterable[str] | None =
     """Resolve every visible device without the cache, keeping every strategy's verdict."""
     from gpuaffinity.inventory import read_inventory
     from gpuaffinity.resolvers import builtin_plugins
-    from gpuaffinity.resolvers._common import visible_devices
+    from gpuaffinity.resolvers._common import integers_index_unknown_order, visible_devices
 
     chosen = choose_policy(policy)
     disabled = disabled_names(disable)
@@ -68,14 +79,28 @@ def run_resolution(*, policy: str | None = None, disable: Iterable[str] | None =
                          {"allow_subprocess": allow_subprocess, "timeout": timeout})
     out = Resolution([], inventory, strategies, ctx, chosen)
     grammar = visible_devices(ctx)
-    if grammar.error and grammar.error != 100:
+    error, ctx.visible = grammar.error, len(grammar.devices)
+    if any(g.migs for g in inventory.gpus) and integers_index_unknown_order(ctx):
+        # MIG GPUs under an unknown CUDA order: how many devices show, and whether the driver accepts the
+        # list at all, depend on that order (one MIG device a process); ask a strategy that can count
+        for s in strategies:
+            try:
+                counted = _count(s, ctx)
+            except InvalidVisibleDevicesError as e:
+                out.error = e
+                if strict_errors:
+                    raise
+                return out
+            if counted is not None:
+                error, ctx.visible = 0, counted
+                break
+    if error and error != 100:
         out.error = InvalidVisibleDevicesError(
             f"the CUDA driver refuses CUDA_VISIBLE_DEVICES={ctx.cvd!r} with CUDA_DEVICE_ORDER={ctx.device_order!r}: "
             f"{grammar.stopped} (cuInit fails with CUDA_ERROR_INVALID_DEVICE); fix the variable")
         if strict_errors:
             raise out.error
         return out
-    ctx.visible = len(grammar.devices)
     for i in range(ctx.visible):
         try:
             dev, warns = resolve_one(strategies, ctx, i, chosen)
@@ -87,6 +112,16 @@ def run_resolution(*, policy: str | None = None, disable: Iterable[str] | None =
         out.devices.append(dev)
         out.warnings.extend(warns)
     return out
+
+
+def _count(s: Strategy, ctx: ResolveContext) -> int | None:
+    fn = getattr(s, "count", None)
+    try:
+        return fn(ctx) if fn else None
+    except InvalidVisibleDevicesError:
+        raise
+    except Exception:
+        return None
 
 
 def resolve_all(*, policy: str | None = None, disable: Iterable[str] | None = None,

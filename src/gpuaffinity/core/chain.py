@@ -4,10 +4,14 @@ Policies:
 
 ``first``
     The first answer, in priority order, wins; nothing else runs.
+
+Under ``first`` and ``verify``, expensive strategies (see ``Strategy.cost``)
+are asked after the cheap ones, and only when those gave no answer or only a
+fallback (under ``verify`` also when they disagree).
 ``verify`` (default)
     After the first answer, every other *cheap* strategy runs as a check.  On
-    disagreement a DisagreementWarning names every answer; if a higher-priority
-    expensive strategy (ground truth) was skipped, it runs to settle it.
+    disagreement the expensive ones (ground truth at a price) run too, and a
+    DisagreementWarning names every answer; the highest-priority answer stands.
 ``strict``
     Every strategy runs, expensive ones too; any disagreement is a ConflictError.
 
@@ -64,24 +68,20 @@ def resolve_one(strategies: Sequence[Strategy], ctx: ResolveContext, logical_id:
     verdicts: dict[str, Verdict] = {}
     winner: tuple[Strategy, Answer] | None = None
     loud: list[str] = []  # higher-priority strategies that abstained for a reason
-    skipped_expensive: list[Strategy] = []
 
     def run(s: Strategy) -> Answer | Abstain:
         res = _ask(s, ctx, logical_id)
         verdicts[s.name] = Verdict(s.name, s.priority, res)
         return res
 
+    deferred: list[Strategy] = []  # expensive strategies: ground truth at a price, asked only when needed
+
     for s in strategies:
         if winner is not None and policy == "first":
             verdicts[s.name] = Verdict(s.name, s.priority, Abstain("not asked: policy 'first'", quiet=True), False)
             continue
-        if winner is not None and policy == "verify" and _cost(s, ctx) == "expensive":
-            verdicts[s.name] = Verdict(s.name, s.priority, Abstain("not asked: too costly to verify with", True),
-                                       False)
-            continue
-        if winner is None and policy != "strict" and _cost(s, ctx) == "expensive":
-            # ground truth at a price: ask the cheap ones first, come back if they fail or disagree
-            skipped_expensive.append(s)
+        if policy != "strict" and _cost(s, ctx) == "expensive":
+            deferred.append(s)
             continue
         res = run(s)
         if isinstance(res, Answer):
@@ -90,16 +90,20 @@ def resolve_one(strategies: Sequence[Strategy], ctx: ResolveContext, logical_id:
         elif winner is None and not res.quiet:
             loud.append(s.name)
 
-    def disagreeing() -> list[str]:
-        assert winner is not None
-        return [v.strategy for v in verdicts.values()
-                if isinstance(v.result, Answer) and v.result.uuid.lower() != winner[1].uuid.lower()]
+    def doubtful() -> bool:
+        """No answer yet, a fallback answer, or answers that disagree."""
+        if winner is None:
+            return True
+        if any(verdicts[n].priority > winner[0].priority for n in loud):
+            return True
+        return any(isinstance(v.result, Answer) and v.result.uuid.lower() != winner[1].uuid.lower()
+                   for v in verdicts.values())
 
-    # the expensive strategies skipped above: needed when nothing answered, or to settle a disagreement
-    for s in skipped_expensive:
-        if winner is not None and not disagreeing():
-            verdicts[s.name] = Verdict(s.name, s.priority, Abstain("not asked: cheaper strategies agreed", True),
-                                       False)
+    # Deferred strategies run when nothing cheaper answered, the answer is a fallback, or to settle a disagreement.
+    for s in deferred:
+        if winner is not None and (policy == "first" or not doubtful()):
+            why = "policy 'first'" if policy == "first" else "cheaper strategies agreed"
+            verdicts[s.name] = Verdict(s.name, s.priority, Abstain(f"not asked: {why}", True), False)
             continue
         res = run(s)
         if isinstance(res, Answer) and (winner is None or s.priority > winner[0].priority):

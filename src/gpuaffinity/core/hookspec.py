@@ -65,6 +65,10 @@ class Strategy(Protocol):
         under the strict policy)."""
         ...
 
+    # Optional: ``count(ctx) -> int | None``, how many CUDA devices the process
+    # sees, asked only where the grammar cannot tell (MIG GPUs under an unknown
+    # FASTEST_FIRST order); None when this strategy cannot say.
+
     def answer(self, ctx: ResolveContext, logical_id: int) -> Answer | Abstain:
         """The physical GPU behind ``logical_id`` (0 <= logical_id < ctx.visible),
         or an abstention with its reason.  Must not bind, fork, or initialise

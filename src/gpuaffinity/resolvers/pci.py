@@ -24,15 +24,17 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import subprocess
 import sys
 from typing import Any
 
+from gpuaffinity.core.errors import InvalidVisibleDevicesError
 from gpuaffinity.core.hookspec import Cost, ResolveContext, hookimpl
 from gpuaffinity.core.model import Abstain, Answer
 
 NO_SUBPROCESS_VAR = "GPUAFFINITY_NO_SUBPROCESS"
 CUDA_ERROR_NOT_INITIALIZED = 3
+CUDA_ERROR_NO_DEVICE = 100
+CUDA_ERROR_INVALID_DEVICE = 101
 
 
 def cuda_initialized_here() -> bool:
@@ -120,6 +122,8 @@ class PciStrategy:
         return table
 
     def _probe_child(self, ctx: ResolveContext) -> dict[str, Any]:
+        import subprocess
+
         env = dict(os.environ)
         for var, value in ctx.env.items():
             if value is None:
@@ -139,6 +143,22 @@ class PciStrategy:
             return {"rc": None, "devices": [], "error": f"the CUDA probe process failed: {last}"}
         table["where"] = "in a child process"
         return table
+
+    def count(self, ctx: ResolveContext) -> int | None:
+        """How many devices the driver shows, or None when it cannot be asked.
+
+        Raises InvalidVisibleDevicesError when the driver refuses the variables."""
+        table = self._table(ctx)
+        if table.get("error"):
+            return None
+        if table.get("rc") == CUDA_ERROR_INVALID_DEVICE:
+            raise InvalidVisibleDevicesError(
+                f"the CUDA driver refuses CUDA_VISIBLE_DEVICES={ctx.cvd!r} with CUDA_DEVICE_ORDER="
+                f"{ctx.device_order!r} (cuInit returned CUDA_ERROR_INVALID_DEVICE): a device is named twice, or "
+                "the order is not FASTEST_FIRST or PCI_BUS_ID; fix the variable")
+        if table.get("rc") == CUDA_ERROR_NO_DEVICE:
+            return 0
+        return None if table.get("rc") else len(table["devices"])
 
     def answer(self, ctx: ResolveContext, logical_id: int) -> Answer | Abstain:
         table = self._table(ctx)

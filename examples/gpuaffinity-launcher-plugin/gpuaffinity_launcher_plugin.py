@@ -1,0 +1,44 @@
+"""An example gpuaffinity strategy: the launcher already knows.
+
+Many launchers pick GPUs by UUID and could simply record, for each worker,
+which physical GPU its logical device N is.  This strategy reads that record
+from LAUNCHER_GPU_UUIDS ("GPU-aaa…,GPU-bbb…": entry N is logical device N)
+and, when it is there, answers before every built-in strategy.  The chain
+still checks it against the cheap built-ins (policy "verify"), so a stale
+record shows up as a DisagreementWarning rather than a silent mistake.
+"""
+
+from __future__ import annotations
+
+import os
+
+from gpuaffinity.core.hookspec import ResolveContext, hookimpl
+from gpuaffinity.core.model import Abstain, Answer
+
+VAR = "LAUNCHER_GPU_UUIDS"
+
+
+class LauncherStrategy:
+    name = "launcher"
+    priority = 150  # above the built-ins (pci 100, cvd 50, torch 40)
+    describe = f"the GPU UUIDs the launcher recorded in {VAR}"
+
+    def cost(self, ctx: ResolveContext) -> str:
+        return "cheap"
+
+    def answer(self, ctx: ResolveContext, logical_id: int) -> Answer | Abstain:
+        record = os.environ.get(VAR)
+        if not record:
+            return Abstain(f"{VAR} is not set", quiet=True)  # quiet: not applying here is normal
+        uuids = [u.strip() for u in record.split(",") if u.strip()]
+        if logical_id >= len(uuids):
+            return Abstain(f"{VAR} lists only {len(uuids)} GPUs")
+        gpu = ctx.inventory.by_uuid(uuids[logical_id])
+        if gpu is None:
+            return Abstain(f"{VAR} names {uuids[logical_id]}, which NVML does not know")
+        return Answer(gpu.uuid, detail=f"{VAR}[{logical_id}]")
+
+
+@hookimpl
+def gpuaffinity_strategies() -> list[LauncherStrategy]:
+    return [LauncherStrategy()]

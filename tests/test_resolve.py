@@ -1,0 +1,239 @@
+"""The resolver on simulated machines: strategies, chain, policies, warnings, errors, cache, threads, fork."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import child_env, run_json
+from gpuaffinity.sim import read_counters
+
+CHILD = str(Path(__file__).with_name("resolve_child.py"))
+RAY = "3,6,5,4,0,7,1,2"
+
+
+def resolve_in(machine, combos, **extra):
+    """Resolve in one child process on the machine: combos = [(cvd, order, options), ...]."""
+    proc = subprocess.run([sys.executable, CHILD, json.dumps(combos)], env=child_env(machine, **extra),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def nvml_indices(rec):
+    return [d["nvml_index"] for d in rec["devices"]]
+
+
+@pytest.mark.parametrize("policy", ["first", "verify", "strict"])
+def test_ray_shuffle_on_the_dgx(sim_factory, policy):
+    machine = sim_factory("dgx-h100")
+    (rec,) = resolve_in(machine, [(RAY, None, {"policy": policy})])
+    assert nvml_indices(rec) == [3, 6, 5, 4, 0, 7, 1, 2]
+    assert rec["warnings"] == []
+    for d, gpu_index in zip(rec["devices"], [3, 6, 5, 4, 0, 7, 1, 2], strict=True):
+        gpu = machine.topology.gpus[gpu_index]
+        winner = "pci" if policy == "strict" else "cvd"  # strict asks everyone; the highest priority answers
+        assert (d["uuid"], d["pci_bus_id"], d["strategy"], d["fallback"]) == (gpu.uuid, gpu.pci_bus_id, winner, False)
+    pci_ran = rec["devices"][0]["verdicts"]["pci"][1]
+    # ground truth in a child process costs an interpreter and cuInit: only strict pays for it when cvd is sure
+    assert pci_ran == (policy == "strict")
+    if policy == "strict":
+        assert rec["devices"][0]["agreed"] == ["pci", "cvd"]
+
+
+def test_uuid_prefix_and_mig_forms(sim_factory):
+    machine = sim_factory("mig-a100")
+    gpus = machine.topology.gpus
+    mig = gpus[2].migs[1]
+    path = f"MIG-{gpus[0].uuid}/{gpus[0].migs[0].gpu_instance}/{gpus[0].migs[0].compute_instance}"
+    by_mig, by_path, by_prefix = resolve_in(machine, [(mig.uuid, None, {}), (path, None, {}),
+                                                      (f"{gpus[3].uuid[:10]},{gpus[1].uuid}", None, {})])
+    assert [(d["uuid"], d["mig_uuid"]) for d in by_mig["devices"]] == [(gpus[2].uuid, mig.uuid)]
+    assert [(d["uuid"], d["mig_uuid"]) for d in by_path["devices"]] == [(gpus[0].uuid, gpus[0].migs[0].uuid)]
+    assert nvml_indices(by_prefix) == [3, 1]
+    assert by_mig["warnings"] == by_path["warnings"] == by_prefix["warnings"] == []
+
+
+def test_mixed_models_need_the_driver(sim_factory):
+    """FASTEST_FIRST on mixed models: cvd and torch cannot know the order; pci asks the driver in a child."""
+    machine = sim_factory("mixed-4gpu")
+    default, pci_order, uuids, no_child = resolve_in(machine, [
+        ("0,1", None, {}),
+        ("0,1", "PCI_BUS_ID", {}),
+        (f"{machine.topology.gpus[2].uuid},{machine.topology.gpus[1].uuid}", None, {}),
+        ("0,1", None, {"allow_subprocess": False}),
+    ])
+    assert nvml_indices(default) == [1, 3]  # the A100s come first
+    assert default["devices"][0]["strategy"] == "pci" and default["warnings"] == []
+    assert "mixes GPU models" in default["devices"][0]["verdicts"]["cvd"][2]
+    assert nvml_indices(pci_order) == [0, 1] and pci_order["devices"][0]["strategy"] == "cvd"
+    assert nvml_indices(uuids) == [2, 1] and uuids["devices"][0]["strategy"] == "cvd"
+    # nothing can answer: the identity guess, loudly, naming both variables
+    assert [d["strategy"] for d in no_child["devices"]] == ["identity", "identity"]
+    assert all(d["fallback"] for d in no_child["devices"])
+    categories = {c for c, _ in no_child["warnings"]}
+    assert categories == {"FallbackWarning"}
+    assert all("CUDA_VISIBLE_DEVICES='0,1'" in m and "CUDA_DEVICE_ORDER=None" in m for _, m in no_child["warnings"])
+
+
+def test_torch_helper_checks_the_answer_when_torch_is_imported(sim_factory):
+    pytest.importorskip("torch")
+    machine = sim_factory("dgx-h100")
+    gpus = machine.topology.gpus
+    ints, uuids = resolve_in(machine, [(RAY, None, {}), (f"{gpus[5].uuid},{gpus[1].uuid[:12]}", None, {})],
+                             T_IMPORT_TORCH="1")
+    assert nvml_indices(ints) == [3, 6, 5, 4, 0, 7, 1, 2]
+    assert all(d["agreed"] == ["cvd", "torch"] for d in ints["devices"])
+    assert nvml_indices(uuids) == [5, 1] and uuids["devices"][1]["agreed"] == ["cvd", "torch"]
+
+
+def test_torch_helper_errors_become_abstentions(sim_factory):
+    pytest.importorskip("torch")
+    machine = sim_factory("mig-a100")
+    (rec,) = resolve_in(machine, [(machine.topology.gpus[0].migs[1].uuid, None, {})], T_IMPORT_TORCH="1")
+    verdict = rec["devices"][0]["verdicts"]["torch"]
+    assert verdict[0] is None and verdict[2].startswith("torch raised")
+    assert rec["devices"][0]["mig_uuid"] == machine.topology.gpus[0].migs[1].uuid
+
+
+def test_errors_a_user_can_act_on(sim_factory):
+    machine = sim_factory("dgx-h100")
+    dup, bad_order, empty = resolve_in(machine, [("0,0", None, {}), ("0", "pci_bus_id", {}), ("", None, {})])
+    assert dup["error"] == "InvalidVisibleDevicesError" and "named twice" in dup["message"]
+    assert bad_order["error"] == "InvalidVisibleDevicesError" and "'pci_bus_id'" in bad_order["message"]
+    assert empty["devices"] == []
+    code = ("import gpuaffinity\ntry:\n    gpuaffinity.resolve(2)\nexcept gpuaffinity.DeviceNotVisibleError as e:\n"
+            "    import json; print(json.dumps([str(e), isinstance(e, IndexError)]))")
+    message, is_index_error = run_json(machine, code, cvd="5,1")
+    assert message == ("CUDA device 2 is not visible: this process sees 2 device(s) (0-1) with "
+                       "CUDA_VISIBLE_DEVICES '5,1'")
+    assert is_index_error
+
+
+def gpuaffinity_cli(machine, *args, **extra):
+    return subprocess.run([sys.executable, "-m", "gpuaffinity", *args], env=child_env(machine, **extra),
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_resolve_json_and_table(sim_factory):
+    machine = sim_factory("dgx-h100")
+    out = gpuaffinity_cli(machine, "resolve", "--json", cvd=RAY)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert [r["nvml_index"] for r in rows] == [3, 6, 5, 4, 0, 7, 1, 2]
+    first = rows[0]
+    assert set(first) >= {"logical_id", "nvml_index", "uuid", "pci_bus_id", "mig_uuid", "strategy", "agreed",
+                          "disagreed", "fallback", "numa_nodes", "cpus"}
+    assert first["numa_nodes"] == [0] and first["cpus"] == "0-55,112-167"
+    assert rows[1]["numa_nodes"] == [1] and rows[1]["cpus"] == "56-111,168-223"
+    one = gpuaffinity_cli(machine, "resolve", "4", cvd=RAY)
+    assert one.returncode == 0
+    assert one.stdout.splitlines()[1].split()[:3] == ["4", "0", machine.topology.gpus[0].pci_bus_id]
+
+
+@pytest.mark.parametrize(("args", "env", "status", "text"), [
+    (["resolve", "9"], {"cvd": "1,2"}, 1, "CUDA device 9 is not visible: this process sees 2 device(s)"),
+    (["resolve", "x"], {}, 2, "ID must be a logical CUDA device number"),
+    (["resolve"], {"cvd": "1,1"}, 1, "refuses CUDA_VISIBLE_DEVICES='1,1'"),
+    (["resolve", "--policy", "bogus"], {}, 2, "invalid choice"),
+    (["resolve"], {"GPUAFFINITY_POLICY": "bogus"}, 1, "unknown GPUAFFINITY_POLICY 'bogus'"),
+    (["resolve"], {"GPUAFFINITY_SIM_FAULTS": "nvmlInit=9"}, 1, "NVML could not start"),
+])
+def test_cli_errors_are_one_line(sim_factory, args, env, status, text):
+    machine = sim_factory("dgx-h100")
+    out = gpuaffinity_cli(machine, *args, **env)
+    assert out.returncode == status, out.stderr
+    assert text in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_no_driver_at_all_is_one_line():
+    import ctypes.util
+    if ctypes.util.find_library("nvidia-ml"):
+        pytest.skip("a real NVML is installed here")
+    out = subprocess.run([sys.executable, "-m", "gpuaffinity", "resolve"], capture_output=True, text=True)
+    assert out.returncode == 1
+    assert out.stderr.startswith("gpuaffinity: no NVIDIA driver here: libnvidia-ml.so.1 was not found")
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_doctor_explains(sim_factory):
+    machine = sim_factory("mixed-4gpu")
+    out = gpuaffinity_cli(machine, "doctor", cvd="1,0")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    for needle in ("Environment", "CUDA_VISIBLE_DEVICES       '1,0'", "Machine (NVML, PCI order): 4 GPU(s)",
+                   "Strategies (priority order; policy verify)", "Devices: this process sees 2",
+                   "cuda 0 -> nvml 3", "cuda 1 -> nvml 1", "in a child process", "mixes GPU models",
+                   "torch is not imported", "No warnings."):
+        assert needle in text, needle
+    fallback = gpuaffinity_cli(machine, "doctor", "--no-subprocess", cvd="1,0")
+    assert "Warnings and errors" in fallback.stdout and "guessing NVML index 0" in fallback.stdout
+
+
+COUNT = r"""
+import ctypes, json, threading, gpuaffinity
+first = gpuaffinity.resolve_all()
+again = gpuaffinity.resolve_all()
+nv = ctypes.CDLL("libnvidia-ml.so.1")
+counts = [nv.gpuaffinitySimCallCount(b"nvmlInitWithFlags"), nv.gpuaffinitySimCallCount(b"nvmlShutdown")]
+import os
+os.environ["CUDA_VISIBLE_DEVICES"] = "2"
+changed = gpuaffinity.resolve_all()
+counts.append(nv.gpuaffinitySimCallCount(b"nvmlInitWithFlags"))
+del os.environ["CUDA_VISIBLE_DEVICES"]
+gpuaffinity.clear_cache()
+results = []
+def work():
+    results.append([d.uuid for d in gpuaffinity.resolve_all()])
+threads = [threading.Thread(target=work) for _ in range(16)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+counts.append(nv.gpuaffinitySimCallCount(b"nvmlInitWithFlags"))
+print(json.dumps({"same_object": all(a is b for a, b in zip(first, again)), "counts": counts,
+                  "changed": [d.nvml_index for d in changed], "threads": len({tuple(r) for r in results}),
+                  "n": len(results), "warm": gpuaffinity.resolve(0) is gpuaffinity.resolve(0)}))
+"""
+
+
+def test_cache_threads_and_balanced_nvml(sim_factory):
+    out = run_json(sim_factory("dgx-h100"), COUNT)
+    assert out["same_object"] and out["warm"]
+    assert out["counts"][:2] == [1, 1]  # one init, one shutdown for two calls
+    assert out["changed"] == [2] and out["counts"][2] == 2  # a new CUDA_VISIBLE_DEVICES resolves afresh
+    assert out["n"] == 16 and out["threads"] == 1 and out["counts"][3] == 3  # 16 threads, one resolution
+
+
+FORK = r"""
+import json, os, gpuaffinity
+devs = gpuaffinity.resolve_all()
+print(json.dumps({"pid": os.getpid(), "devs": [d.nvml_index for d in devs],
+                  "where": [d.verdicts[0].result.detail for d in devs]}))
+"""
+
+
+@pytest.mark.parametrize("cuda_up", [False, True])
+def test_never_initialises_cuda_in_a_process_that_may_fork(sim_factory, tmp_path, cuda_up):
+    machine = sim_factory("mixed-4gpu")
+    extra = {"GPUAFFINITY_SIM_COUNTERS": str(tmp_path)}
+    if cuda_up:
+        extra["T_CUINIT"] = "1"
+        code = "import ctypes; ctypes.CDLL('libcuda.so.1').cuInit(0)\n" + FORK
+    else:
+        code = FORK
+    out = run_json(machine, code, cvd="0,1", **extra)
+    assert out["devs"] == [1, 3]
+    cuda = {pid: c for (pid, lib), c in read_counters(tmp_path).items() if lib == "cuda"}
+    if cuda_up:
+        assert list(cuda) == [out["pid"]]  # answered in-process, no child
+        assert cuda[out["pid"]]["cuInit"] == 1
+        assert all("in this process" in w for w in out["where"])
+    else:
+        assert cuda.get(out["pid"], {}).get("cuInit", 0) == 0  # the resolving process never called cuInit
+        children = [c for pid, c in cuda.items() if pid != out["pid"]]
+        assert [c["cuInit"] for c in children] == [1]  # one child probe served both devices
+        assert all("in a child process" in w for w in out["where"])
