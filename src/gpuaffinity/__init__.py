@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from gpuaffinity.core.errors import (
+    BindWarning,
     ConflictError,
     DeviceNotVisibleError,
     DisagreementWarning,
@@ -21,12 +22,16 @@ from gpuaffinity.core.errors import (
 )
 
 if TYPE_CHECKING:
-    from gpuaffinity.api import clear_cache, resolve, resolve_all
+    from gpuaffinity.api import bind, clear_cache, plan, resolve, resolve_all
     from gpuaffinity.core.model import PhysicalDevice
+    from gpuaffinity.numa.bind import BindError, BindRecord
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BindError",
+    "BindRecord",
+    "BindWarning",
     "ConflictError",
     "DeviceNotVisibleError",
     "DisagreementWarning",
@@ -38,13 +43,16 @@ __all__ = [
     "PhysicalDevice",
     "PluginError",
     "__version__",
+    "bind",
     "clear_cache",
+    "plan",
     "resolve",
     "resolve_all",
 ]
 
 _LAZY = {"resolve": "gpuaffinity.api", "resolve_all": "gpuaffinity.api", "clear_cache": "gpuaffinity.api",
-         "PhysicalDevice": "gpuaffinity.core.model"}
+         "PhysicalDevice": "gpuaffinity.core.model", "bind": "gpuaffinity.api", "plan": "gpuaffinity.api",
+         "BindError": "gpuaffinity.numa.bind", "BindRecord": "gpuaffinity.numa.bind"}
 
 
 def __getattr__(name: str) -> Any:

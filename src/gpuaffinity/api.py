@@ -14,12 +14,16 @@ import threading
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from gpuaffinity.core.chain import choose_policy, resolve_one
 from gpuaffinity.core.errors import DeviceNotVisibleError, InvalidVisibleDevicesError
 from gpuaffinity.core.hookspec import ResolveContext, Strategy
 from gpuaffinity.core.model import Inventory, PhysicalDevice
 from gpuaffinity.core.plugins import DISABLE_VAR, build_manager, collect_strategies, disabled_names
+
+if TYPE_CHECKING:
+    from gpuaffinity.numa.bind import BindRecord
 
 CVD = "CUDA_VISIBLE_DEVICES"
 ORDER = "CUDA_DEVICE_ORDER"
@@ -176,3 +180,68 @@ def resolve(logical_id: int, *, policy: str | None = None, disable: Iterable[str
         f"CUDA device {logical_id} is not visible: this process sees {len(devices)} device(s) "
         f"(0-{len(devices) - 1}) with CUDA_VISIBLE_DEVICES {shown}" if devices else
         f"CUDA device {logical_id} is not visible: this process sees no CUDA device (CUDA_VISIBLE_DEVICES {shown})")
+
+
+ON_FAILURE_VAR = "GPUAFFINITY_ON_FAILURE"
+
+
+def plan(logical_id: int, *, mode: str = "node", memory: str = "bind", policy: str | None = None,
+         disable: Iterable[str] | None = None, allow_subprocess: bool = True) -> BindRecord:
+    """What ``bind`` would apply for CUDA device ``logical_id``, without applying it."""
+    from gpuaffinity.inventory import read_inventory
+    from gpuaffinity.numa.bind import MEMORY_POLICIES, BindError, BindRecord
+    from gpuaffinity.numa.modes import MODES, place
+    from gpuaffinity.numa.query import allowed_cpus, localities
+
+    if mode not in MODES:
+        raise BindError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+    if memory not in MEMORY_POLICIES:
+        raise BindError(f"unknown memory policy {memory!r}: choose one of {', '.join(MEMORY_POLICIES)}")
+    dev = resolve(logical_id, policy=policy, disable=disable, allow_subprocess=allow_subprocess)
+    inventory = read_inventory()
+    locs = localities([g.pci_bus_id for g in inventory.gpus] + [dev.pci_bus_id])
+    by_node: dict[int, list[str]] = {}
+    for bus, loc in locs.items():
+        for n in loc.numa_nodes:
+            by_node.setdefault(n, []).append(bus)
+    allowed = allowed_cpus()
+    placement = place(locs[dev.pci_bus_id], mode, allowed, by_node)
+    rec = BindRecord(logical_id, dev.pci_bus_id, mode, memory if placement.numa_nodes else "none",
+                     placement.numa_nodes, placement.cpus, notes=list(placement.notes))
+    if memory != "none" and not placement.numa_nodes:
+        rec.notes.append("memory policy left alone: the GPU has no NUMA node")
+    if not placement.cpus:
+        rec.failures.append(f"no CPU to bind to: none of the CPUs near GPU {dev.pci_bus_id} is allowed to this "
+                            "process (its affinity mask or cgroup cpuset excludes them)")
+    return rec
+
+
+def bind(logical_id: int, *, mode: str = "node", memory: str = "bind", on_failure: str | None = None,
+         policy: str | None = None, disable: Iterable[str] | None = None,
+         allow_subprocess: bool = True) -> BindRecord:
+    """Bind this process to the NUMA node of CUDA device ``logical_id``; return what was applied.
+
+    ``mode``: ``node`` (default), ``socket``, ``exclusive`` or ``llc`` (docs/numa.md).
+    ``memory``: ``bind`` (default), ``preferred`` or ``none``.
+    ``on_failure``: ``warn`` (default, or GPUAFFINITY_ON_FAILURE): a BindWarning, and the
+    process runs on with whatever could be applied, listed in the record; ``error``: a
+    BindError, with nothing left applied.
+    """
+    from gpuaffinity.core.errors import BindWarning
+    from gpuaffinity.numa.bind import BindError, apply
+
+    policy_ = on_failure or os.environ.get(ON_FAILURE_VAR) or "warn"
+    if policy_ not in ("warn", "error"):
+        raise BindError(f"unknown failure policy {policy_!r} (from {'on_failure' if on_failure else ON_FAILURE_VAR})"
+                        ": choose warn or error")
+    rec = plan(logical_id, mode=mode, memory=memory, policy=policy, disable=disable, allow_subprocess=allow_subprocess)
+    if rec.failures:  # nothing can be applied at all
+        if policy_ == "error":
+            raise BindError("; ".join(rec.failures))
+        warnings.warn(f"gpuaffinity: not bound: {'; '.join(rec.failures)}", BindWarning, stacklevel=2)
+        return rec
+    apply(rec, policy_)
+    if rec.failures:
+        warnings.warn(f"gpuaffinity: bound only in part ({rec.summary()}): {'; '.join(rec.failures)}",
+                      BindWarning, stacklevel=2)
+    return rec

@@ -61,6 +61,25 @@ def build_parser() -> argparse.ArgumentParser:
                     "agree, the NUMA nodes and CPUs, the relevant environment, and every warning.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _resolution_options(doc, policy_help)
+    bnd = sub.add_parser(
+        "bind", help="run CMD bound to a GPU's NUMA node",
+        usage="gpuaffinity bind ID [--mode MODE] [--memory POLICY] [--on-failure warn|error] [--dry-run] "
+              "-- CMD [ARG ...]",
+        description="Resolve CUDA device ID, pin this process's CPUs (every thread) and memory policy to the "
+                    "GPU's NUMA node, then replace this process with CMD (exec: no shell, no numactl). "
+                    "CMD's exit status is the command's.",
+        epilog=_EPILOG_BIND, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bnd.add_argument("id", metavar="ID", help="logical CUDA device id, as CMD will see it")
+    bnd.add_argument("--mode", choices=("node", "socket", "exclusive", "llc"), default="node",
+                     help="which CPUs: node (default), socket, exclusive (this GPU's even share of its node's "
+                          "cores), llc (CPUs sharing the node's last-level cache)")
+    bnd.add_argument("--memory", choices=("bind", "preferred", "none"), default="bind",
+                     help="memory policy: bind (default: allocate only on the GPU's node), preferred, none")
+    bnd.add_argument("--on-failure", choices=("warn", "error"), default=None,
+                     help="warn (default, or GPUAFFINITY_ON_FAILURE): run CMD anyway, unbound where binding "
+                          "failed; error: exit 1 without running CMD")
+    bnd.add_argument("--dry-run", action="store_true", help="print what would be applied; run nothing")
+    _resolution_options(bnd, policy_help)
     sim = sub.add_parser("sim", help="run programs against a simulated GPU machine",
                          description="A simulated machine: fake NVIDIA libraries and sysfs from a topology file.",
                          epilog=_EPILOG_SIM, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -104,6 +123,16 @@ exit status: 0 ok; 1 error (one line on stderr); 2 usage; 3 strategies disagree 
 """
 
 
+_EPILOG_BIND = """\
+examples:
+  gpuaffinity bind 0 -- python3 serve.py --port 8000
+  gpuaffinity bind 3 --mode exclusive --memory preferred -- ./worker
+  gpuaffinity bind 0 --dry-run
+
+exit status: CMD's; 1 when resolving or (with --on-failure error) binding fails; 2 usage; 127 CMD not found.
+"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
     cmd: list[str] = []
@@ -118,12 +147,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         if args.command == "sim":
             return _sim(args, cmd, parser)
-        if cmd:
+        if cmd and args.command != "bind":
             raise UsageError(f"gpuaffinity {args.command}: unexpected arguments after `--`: {' '.join(cmd)}")
         if args.command == "resolve":
             return _resolve(args)
         if args.command == "doctor":
             return _doctor(args)
+        if args.command == "bind":
+            return _bind(args, cmd)
         raise UsageError(f"gpuaffinity: unknown command {args.command!r}")
     except UsageError as e:
         print(e, file=sys.stderr)
@@ -336,3 +367,54 @@ def _doctor(args: argparse.Namespace) -> int:
     if res.error is not None:
         return getattr(res.error, "exit_status", EXIT_ERROR)
     return EXIT_OK
+
+
+def _bind(args: argparse.Namespace, cmd: list[str]) -> int:
+    import os
+    import warnings
+
+    from gpuaffinity.core.cpulist import format_cpulist
+    from gpuaffinity.core.errors import GpuAffinityError
+
+    if not args.id.isdigit():
+        raise UsageError(f"gpuaffinity bind: ID must be a logical CUDA device number such as 0, not {args.id!r}")
+    if not cmd and not args.dry_run:
+        raise UsageError("gpuaffinity bind: no command given: write it after `--`, e.g. gpuaffinity bind 0 -- "
+                         "python3 serve.py (or use --dry-run)")
+    from gpuaffinity.api import bind, plan
+
+    opts = _options(args)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if args.dry_run:
+                rec = plan(int(args.id), mode=args.mode, memory=args.memory, **opts)
+            else:
+                rec = bind(int(args.id), mode=args.mode, memory=args.memory, on_failure=args.on_failure, **opts)
+        except GpuAffinityError as e:
+            _print_warnings(caught)
+            print(f"gpuaffinity: {_strip(e)}", file=sys.stderr)
+            return e.exit_status
+    _print_warnings(caught)
+    if args.dry_run:
+        print(f"would bind: {rec.summary().replace(' (not applied)', '')}")
+        print(f"  cpus {format_cpulist(rec.cpus) or '-'}; nodes {format_cpulist(rec.numa_nodes) or 'none'}")
+        for note in rec.notes:
+            print(f"  note: {note}")
+        for failure in rec.failures:
+            print(f"  would fail: {failure}")
+        return EXIT_OK
+    for note in rec.notes:
+        if "no NUMA" in note or "not allowed" in note or "no core" in note:
+            print(f"gpuaffinity: note: {note}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvp(cmd[0], cmd)
+    except FileNotFoundError:
+        print(f"gpuaffinity: bind: command not found: {cmd[0]}", file=sys.stderr)
+        return 127
+    except PermissionError:
+        print(f"gpuaffinity: bind: not executable: {cmd[0]}", file=sys.stderr)
+        return 126
+    return EXIT_ERROR  # not reached

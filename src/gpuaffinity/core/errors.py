@@ -46,3 +46,7 @@ class FallbackWarning(GpuAffinityWarning):
 
 class DisagreementWarning(GpuAffinityWarning):
     """Strategies named different GPUs for one logical device."""
+
+
+class BindWarning(GpuAffinityWarning):
+    """Binding failed under the ``warn`` failure policy: the process runs on, not (fully) bound."""

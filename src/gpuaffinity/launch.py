@@ -1,0 +1,68 @@
+"""Start workers already bound to their GPU's NUMA node, from a Python parent.
+
+Why not simply fork a bound child?  A process that has initialised CUDA
+cannot hand a working CUDA to a child it forks: the driver's state does not
+survive fork(), and the child fails (torch says "Cannot re-initialize CUDA in
+forked subprocess").  gpuaffinity itself never initialises CUDA in your
+process (docs/resolving.md), but your parent may have.  So every helper here
+starts a *fresh* interpreter: a subprocess through ``gpuaffinity bind``
+(which binds itself, then execs the command), or a multiprocessing "spawn"
+worker that binds before your function runs.  Each child resolves its device
+under its own environment, so a per-worker CUDA_VISIBLE_DEVICES is honoured.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+
+def bound_command(logical_id: int, cmd: Sequence[str], *, mode: str = "node", memory: str = "bind",
+                  on_failure: str = "warn") -> list[str]:
+    """The argv that runs ``cmd`` bound to CUDA device ``logical_id``'s node."""
+    return [sys.executable, "-m", "gpuaffinity", "bind", str(int(logical_id)), "--mode", mode, "--memory", memory,
+            "--on-failure", on_failure, "--", *cmd]
+
+
+def popen(logical_id: int, cmd: Sequence[str], *, mode: str = "node", memory: str = "bind",
+          on_failure: str = "warn", env: Mapping[str, str] | None = None, **kwargs: Any) -> subprocess.Popen:
+    """subprocess.Popen of ``cmd``, bound before it starts (``env`` as for Popen)."""
+    return subprocess.Popen(bound_command(logical_id, cmd, mode=mode, memory=memory, on_failure=on_failure),
+                            env=None if env is None else dict(env), **kwargs)
+
+
+def _bound_target(logical_id: int, bind_kwargs: dict[str, Any], env: dict[str, str] | None,
+                  target: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
+    if env:
+        os.environ.update(env)
+    from gpuaffinity.api import bind
+
+    bind(logical_id, **bind_kwargs)
+    return target(*args, **kwargs)
+
+
+def spawn_process(logical_id: int, target: Callable[..., Any], args: Sequence[Any] = (),
+                  kwargs: Mapping[str, Any] | None = None, *, env: Mapping[str, str] | None = None,
+                  mode: str = "node", memory: str = "bind", on_failure: str = "warn",
+                  **process_kwargs: Any) -> multiprocessing.process.BaseProcess:
+    """A multiprocessing "spawn" Process that binds to the device, then runs ``target``.
+
+    ``env`` is applied in the child before it resolves (e.g. its own CUDA_VISIBLE_DEVICES).
+    The process is returned unstarted; call ``.start()``.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    bind_kwargs = {"mode": mode, "memory": memory, "on_failure": on_failure}
+    return ctx.Process(target=_bound_target, args=(logical_id, bind_kwargs, dict(env) if env else None, target,
+                                                   tuple(args), dict(kwargs or {})), **process_kwargs)
+
+
+def initializer(logical_id: int, mode: str = "node", memory: str = "bind", on_failure: str = "warn") -> None:
+    """For ``multiprocessing.get_context("spawn").Pool(initializer=gpuaffinity.launch.initializer,
+    initargs=(device,))``: bind each pool worker before it takes work."""
+    from gpuaffinity.api import bind
+
+    bind(logical_id, mode=mode, memory=memory, on_failure=on_failure)
