@@ -256,6 +256,13 @@ def case_values(uuids: list[str]) -> list[tuple[str, str | None]]:
         ("uuid_then_same_int", f"{u[1]},1"), ("int_then_same_uuid", f"1,{u[1]}"),
         ("mig_on_non_mig_gpu", f"MIG-{u[0]}/0/0"), ("mig_unknown", "MIG-00000000-0000-0000-0000-000000000000"),
         ("int_then_mig", f"0,MIG-{u[0]}/0/0"),
+        # second round (2026-11-27, after the first run): what the first left unmeasured
+        ("dup_after_stop", "0,9,0"), ("dup_uuid_after_stop", f"{u[1]},junk,{u[1]}"),
+        ("uuid_no_dashes", "GPU-" + u[0][4:].replace("-", "")), ("uuid_trailing_space", u[0] + " "),
+        ("uuid_comma_space", f"{u[0]}, {u[1]}"), ("negative_wrap", "-4294967295"),
+        ("huge", "18446744073709551617"), ("mixed_case_tag", "Gpu-" + u[0][4:]), ("uuid_trailing_comma", u[0] + ","),
+        ("uuid_dup_other_case", f"{u[0]},GPU-{u[0][4:].upper()}"), ("comma_then_uuid", "," + u[0]),
+        ("mig_path_nonmig_gi1", f"MIG-{u[0]}/1/0"), ("uuid_prefix_dash_end", u[0][:9]),
     ]
     return vals
 
