@@ -12,7 +12,8 @@ from gpuaffinity.sim import list_presets
 
 
 def test_cvd_table_in_docs_is_the_recorded_data():
-    table = subprocess.run([sys.executable, str(ROOT / "tools" / "cvd_table.py"), str(REAL_DATA / "cvd_cases.json")],
+    latest = REAL_DATA.parent / "real-h200x4-2026-11-27b" / "cvd_cases.json"
+    table = subprocess.run([sys.executable, str(ROOT / "tools" / "cvd_table.py"), str(latest)],
                            capture_output=True, text=True, check=True).stdout
     doc = (ROOT / "docs" / "cvd-grammar.md").read_text()
     between = doc.split("<!-- table:begin -->\n", 1)[1].split("<!-- table:end -->", 1)[0]

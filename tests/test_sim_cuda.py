@@ -19,43 +19,83 @@ from gpuaffinity.sim.render import render_config
 from gpuaffinity.sim.topology import parse_topology
 
 PROBE = load_probe()
-RECORDED = json.loads((REAL_DATA / "cvd_cases.json").read_text())
 COMPARED = ["cuInit", "cuDeviceGetCount", "count", "devices", "cuDeviceGet_past_end", "cuDeviceGetByPCIBusId"]
+DATASETS = sorted(p for p in REAL_DATA.parent.glob("real-*") if (p / "cvd_cases.json").exists())
 
 
-def _case_id(case: dict) -> str:
-    return f"{case['label']}-{case['order']}"
+def captured_topology(folder):
+    """The lent machine a dataset was recorded on, as a topology (its UUIDs, bus ids, nodes and CPUs)."""
+    facts = json.loads((folder / "topology.json").read_text())
+    sysfs = facts["sysfs"]
+    nodes = [{"id": int(name[4:]), "cpus": n["cpulist"]} for name, n in sysfs["nodes"].items()]
+    gpus = [{"uuid": g["uuid"], "pci_bus_id": g["busIdLegacy"].lower(), "name": g["name"],
+             "numa_node": int(sysfs["pci"][g["busIdLegacy"].lower()]["numa_node"])} for g in facts["gpus"]]
+    return parse_topology({"name": folder.name, "numa_node": nodes, "gpu": gpus,
+                           "driver_version": facts["driver_version"]})
 
 
-@pytest.mark.parametrize("case", RECORDED["cases"], ids=_case_id)
-def test_simulator_equals_real_driver(sim_factory, case):
-    """Every recorded case: same devices, order, error codes as driver 580.159.04 on the 4x H200 VM."""
-    machine = sim_factory("h200x4-vm")
-    got = run_json(machine, PROBE.CHILD, json.dumps(RECORDED["bus_ids"]), cvd=case["cvd"], order=case["order"])
+CASES = [(folder, case) for folder in DATASETS
+         for case in json.loads((folder / "cvd_cases.json").read_text())["cases"]]
+
+
+def _case_id(item) -> str:
+    folder, case = item
+    return f"{folder.name[-1]}-{case['label']}-{case['order']}"
+
+
+@pytest.fixture(scope="module")
+def captured():
+    opened, stack = {}, []
+    yield lambda folder: opened.get(folder) or opened.setdefault(folder, _open(folder, stack))
+    for cm in stack:
+        cm.__exit__(None, None, None)
+
+
+def _open(folder, stack):
+    from gpuaffinity.sim import simulated
+    cm = simulated(captured_topology(folder))
+    stack.append(cm)
+    return cm.__enter__()
+
+
+@pytest.mark.parametrize("item", CASES, ids=_case_id)
+def test_simulator_equals_real_driver(captured, item):
+    """Every recorded case: the same devices, order and error codes as the real driver gave on that machine."""
+    folder, case = item
+    data = json.loads((folder / "cvd_cases.json").read_text())
+    got = run_json(captured(folder), PROBE.CHILD, json.dumps(data["bus_ids"]), cvd=case["cvd"], order=case["order"])
     for key in COMPARED:
         assert got[key] == case[key], f"{key}: simulator {got[key]!r} != real {case[key]!r}"
 
 
-def _identities(uuids: list[str]) -> list[GpuIdentity]:
-    return [GpuIdentity(u) for u in uuids]
-
-
-@pytest.mark.parametrize("case", RECORDED["cases"], ids=_case_id)
-def test_pure_grammar_equals_real_driver(case):
+@pytest.mark.parametrize("item", CASES, ids=_case_id)
+def test_pure_grammar_equals_real_driver(item):
     """gpuaffinity.core.cvd.apply_cvd gives the real driver's answer on every recorded case."""
-    res = apply_cvd(case["cvd"], _identities(RECORDED["uuids"]), device_order=case["order"])
-    real = [RECORDED["bus_ids"].index(d["pci_bus_id"]) for d in case.get("devices", [])]
+    folder, case = item
+    data = json.loads((folder / "cvd_cases.json").read_text())
+    res = apply_cvd(case["cvd"], [GpuIdentity(u) for u in data["uuids"]], device_order=case["order"])
+    real = [data["bus_ids"].index(d["pci_bus_id"]) for d in case.get("devices", [])]
     assert res.gpus == real
     assert res.error == case["cuInit"]
 
 
+def test_preset_is_the_first_captured_machine(sim_factory):
+    preset = sim_factory("h200x4-vm").topology
+    captured = captured_topology(REAL_DATA)
+    assert [(g.uuid, g.pci_bus_id, g.numa_node) for g in preset.gpus] == [
+        (g.uuid, g.pci_bus_id, g.numa_node) for g in captured.gpus]
+    assert preset.cpus == captured.cpus
+
+
 def test_recorded_table_is_wide_enough():
     """The issue asks for at least 25 values of CUDA_VISIBLE_DEVICES, each under both orders."""
-    labels = {c["label"] for c in RECORDED["cases"] if not c["label"].startswith("order_")}
-    assert len(labels) >= 25
-    for label in labels:
-        orders = {c["order"] for c in RECORDED["cases"] if c["label"] == label}
-        assert {"FASTEST_FIRST", "PCI_BUS_ID"} <= orders
+    for folder in DATASETS:
+        cases = json.loads((folder / "cvd_cases.json").read_text())["cases"]
+        labels = {c["label"] for c in cases if not c["label"].startswith("order_")}
+        assert len(labels) >= 25
+        for label in labels:
+            orders = {c["order"] for c in cases if c["label"] == label}
+            assert {"FASTEST_FIRST", "PCI_BUS_ID"} <= orders
 
 
 def test_fastest_first_differs_from_pci_order_on_mixed_models(sim_factory):

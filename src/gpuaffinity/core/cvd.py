@@ -10,9 +10,9 @@ This follows the table measured on driver 580.159.04 (docs/cvd-grammar.md):
   a sign are taken, text after the digits is ignored (``1gpu`` is 1, ``0x1`` is
   0), and the value is cut to 32 bits (4294967297 is 1; -1 is out of range).
   An entry with no digits or out of range ends the list.
-* ``GPU-`` (upper case) plus a prefix of a GPU's UUID, hex compared without
-  regard to case, names that GPU if no other GPU shares the prefix; text past
-  the UUID's length is ignored.  No white space is skipped.
+* ``GPU-`` (upper case) plus a prefix of a GPU's UUID names that GPU if no
+  other GPU shares the prefix: hex compared without regard to case, dashes
+  ignored, text past the UUID's 32 digits ignored.  No white space is skipped.
 * The list stops at the first entry that names nothing; the devices before it
   stay visible.  Naming one device twice (in any form) is not a stop but an
   error: ``cuInit`` fails with CUDA_ERROR_INVALID_DEVICE and nothing is visible.
@@ -90,8 +90,14 @@ def strtoul32(text: str) -> int | None:
 
 
 def _prefix_match(candidates: Sequence[str], text: str) -> int | None:
-    """Index of the one candidate (a UUID without its tag) that starts with text."""
-    hits = [i for i, c in enumerate(candidates) if c[: len(text)].lower() == text[: len(c)].lower()]
+    """Index of the one candidate (a UUID without its tag) that starts with text.
+
+    Dashes are ignored on both sides and hex digits compared without regard to
+    case (measured: ``GPU-`` plus the 32 digits without dashes selects the GPU).
+    """
+    want = text.replace("-", "").lower()
+    hexes = [c.replace("-", "").lower() for c in candidates]
+    hits = [i for i, h in enumerate(hexes) if h[: len(want)] == want[: len(h)]]
     return hits[0] if len(hits) == 1 else None
 
 

@@ -92,16 +92,13 @@ static int cu_add_gpu(cu_dev *out, int *n, sim_gpu *g, int *stop) {
     return cu_add(out, n, g, &g->migs[0]);
 }
 
-/* "GPU-<prefix>": the one GPU whose UUID starts with the text (hex compared
- * without regard to case; text past the UUID's length is ignored, measured). */
+/* "GPU-<prefix>": the one GPU whose UUID starts with the text (see sim_uuid_prefix). */
 static sim_gpu *cu_match_gpu_uuid(const char *tok) {
     if (strncmp(tok, "GPU-", 4)) return NULL; /* measured: "gpu-" is refused */
     const char *hex = tok + 4;
     sim_gpu *found = NULL;
     for (int i = 0; i < sim_cfg.ngpus; i++) {
-        const char *body = sim_cfg.gpus[i].uuid + 4;
-        size_t n = strlen(hex) < strlen(body) ? strlen(hex) : strlen(body);
-        if (sim_uuid_prefix(body, hex, n)) {
+        if (sim_uuid_prefix(sim_cfg.gpus[i].uuid + 4, hex)) {
             if (found) return NULL; /* ambiguous prefix, measured: ends the list */
             found = &sim_cfg.gpus[i];
         }
@@ -137,13 +134,10 @@ static sim_mig *cu_match_mig(const char *tok) {
         return NULL;
     }
     sim_mig *found = NULL;
-    size_t n = strlen(rest);
     for (int i = 0; i < sim_cfg.ngpus; i++) {
         for (int j = 0; j < sim_cfg.gpus[i].nmigs; j++) {
             sim_mig *m = &sim_cfg.gpus[i].migs[j];
-            const char *body = m->uuid + 4;
-            size_t k = n < strlen(body) ? n : strlen(body);
-            if (!strncmp(m->uuid, "MIG-", 4) && sim_uuid_prefix(body, rest, k)) {
+            if (!strncmp(m->uuid, "MIG-", 4) && sim_uuid_prefix(m->uuid + 4, rest)) {
                 if (found) return NULL;
                 found = m;
             }

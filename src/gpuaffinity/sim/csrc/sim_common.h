@@ -333,10 +333,19 @@ static int sim_enter(const char *fn, int *code) {
     return hit;
 }
 
-/* Case-insensitive: does `uuid` (after its "GPU-"/"MIG-" tag) start with `hex`? */
-static int sim_uuid_prefix(const char *uuid_body, const char *hex, size_t n) {
-    if (n > strlen(uuid_body)) return 0;
-    return strncasecmp(uuid_body, hex, n) == 0;
+/* Does the UUID body (after its "GPU-"/"MIG-" tag) start with `text`?  Dashes
+ * are skipped on both sides, hex compared without regard to case, and text past
+ * the UUID's last digit is ignored (all as measured on driver 580.159.04). */
+static int sim_uuid_prefix(const char *uuid_body, const char *text) {
+    const char *u = uuid_body, *t = text;
+    for (;;) {
+        while (*u == '-') u++;
+        while (*t == '-') t++;
+        if (!*u || !*t) return 1;
+        if (tolower((unsigned char)*u) != tolower((unsigned char)*t)) return 0;
+        u++;
+        t++;
+    }
 }
 
 #define SIM_EXPORT __attribute__((visibility("default")))
