@@ -141,7 +141,10 @@ def test_cli_resolve_json_and_table(sim_factory):
     (["resolve"], {"cvd": "1,1"}, 1, "refuses CUDA_VISIBLE_DEVICES='1,1'"),
     (["resolve", "--policy", "bogus"], {}, 2, "invalid choice"),
     (["resolve"], {"GPUAFFINITY_POLICY": "bogus"}, 1, "unknown GPUAFFINITY_POLICY 'bogus'"),
-    (["resolve"], {"GPUAFFINITY_SIM_FAULTS": "nvmlInit=9"}, 1, "NVML could not start"),
+    (["resolve"], {"GPUAFFINITY_SIM_FAULTS": "nvmlInit=9", "GPUAFFINITY_INVENTORY": "nvml"}, 1,
+     "NVML could not start"),
+    (["resolve"], {"GPUAFFINITY_SIM_FAULTS": "nvmlInit=9", "GPUAFFINITY_PROCFS_ROOT": "/nonexistent"}, 1,
+     "NVML could not start"),
 ])
 def test_cli_errors_are_one_line(sim_factory, args, env, status, text):
     machine = sim_factory("dgx-h100")
@@ -166,7 +169,8 @@ def test_doctor_explains(sim_factory):
     out = gpuaffinity_cli(machine, "doctor", cvd="1,0")
     assert out.returncode == 0, out.stderr
     text = out.stdout
-    for needle in ("Environment", "CUDA_VISIBLE_DEVICES       '1,0'", "Machine (NVML, PCI order): 4 GPU(s)",
+    for needle in ("Environment", "CUDA_VISIBLE_DEVICES       '1,0'",
+                   "Machine (NVML order = PCI order; listed from the driver's /proc files): 4 GPU(s)",
                    "Strategies (priority order; policy verify)", "Devices: this process sees 2",
                    "cuda 0 -> nvml 3", "cuda 1 -> nvml 1", "in a child process", "mixes GPU models",
                    "torch is not imported", "No warnings."):
@@ -201,7 +205,7 @@ print(json.dumps({"same_object": all(a is b for a, b in zip(first, again)), "cou
 
 
 def test_cache_threads_and_balanced_nvml(sim_factory):
-    out = run_json(sim_factory("dgx-h100"), COUNT)
+    out = run_json(sim_factory("dgx-h100"), COUNT, GPUAFFINITY_INVENTORY="nvml")
     assert out["same_object"] and out["warm"]
     assert out["counts"][:2] == [1, 1]  # one init, one shutdown for two calls
     assert out["changed"] == [2] and out["counts"][2] == 2  # a new CUDA_VISIBLE_DEVICES resolves afresh
@@ -237,3 +241,33 @@ def test_never_initialises_cuda_in_a_process_that_may_fork(sim_factory, tmp_path
         children = [c for pid, c in cuda.items() if pid != out["pid"]]
         assert [c["cuInit"] for c in children] == [1]  # one child probe served both devices
         assert all("in a child process" in w for w in out["where"])
+
+
+INVENTORIES = r"""
+import json
+from gpuaffinity.inventory import read_inventory_nvml, read_inventory_procfs
+a, b = read_inventory_nvml(), read_inventory_procfs()
+print(json.dumps([[g.nvml_index, g.uuid, g.pci_bus_id, g.name] for g in a.gpus],) + "\n" +
+      json.dumps(None if b is None else [[g.nvml_index, g.uuid, g.pci_bus_id, g.name] for g in b.gpus]))
+"""
+
+
+@pytest.mark.parametrize("preset", ["dgx-h100", "vm-4gpu", "mixed-4gpu", "h200x4-vm", "mig-a100"])
+def test_driver_files_and_nvml_list_the_same_gpus(sim_factory, preset):
+    machine = sim_factory(preset)
+    proc = subprocess.run([sys.executable, "-c", INVENTORIES], env=child_env(machine), capture_output=True,
+                          text=True, check=True)
+    nvml, procfs = (json.loads(line) for line in proc.stdout.splitlines())
+    if preset == "mig-a100":
+        assert procfs is None  # MIG instance UUIDs come from NVML alone
+    else:
+        assert procfs == nvml
+
+
+def test_resolving_from_the_driver_files_needs_no_nvml(sim_factory, tmp_path):
+    machine = sim_factory("dgx-h100")
+    (rec,) = resolve_in(machine, [(RAY, None, {})], GPUAFFINITY_SIM_COUNTERS=str(tmp_path),
+                        GPUAFFINITY_SIM_FAULTS="nvmlInit=9")
+    assert nvml_indices(rec) == [3, 6, 5, 4, 0, 7, 1, 2] and rec["warnings"] == []
+    nvml_calls = [c for (_pid, lib), c in read_counters(tmp_path).items() if lib == "nvml"]
+    assert nvml_calls == []  # not one NVML call, so a broken NVML does not matter

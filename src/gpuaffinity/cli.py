@@ -329,7 +329,8 @@ def _doctor(args: argparse.Namespace) -> int:
     except GpuAffinityError as e:
         print(f"\ngpuaffinity: {_strip(e)}", file=sys.stderr)
         return e.exit_status
-    print(f"\nMachine (NVML, PCI order): {len(res.inventory.gpus)} GPU(s)")
+    source = "the driver's /proc files" if res.inventory.source == "procfs" else "NVML"
+    print(f"\nMachine (NVML order = PCI order; listed from {source}): {len(res.inventory.gpus)} GPU(s)")
     table = [("NVML", "PCI", "UUID", "MODEL", "NODES", "LOCAL CPUS")]
     for g in res.inventory.gpus:
         loc = gpu_locality(g.pci_bus_id)

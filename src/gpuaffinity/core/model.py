@@ -29,6 +29,7 @@ class Inventory:
     """Every GPU of the machine, in NVML (PCI bus) order."""
 
     gpus: tuple[GpuInfo, ...]
+    source: str = "nvml"  # where the list came from: "nvml" or "procfs"
 
     def by_uuid(self, uuid: str) -> GpuInfo | None:
         u = uuid.lower()

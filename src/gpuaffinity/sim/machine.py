@@ -18,15 +18,16 @@ from pathlib import Path
 
 from gpuaffinity.core.cpulist import format_cpulist, parse_cpulist
 from gpuaffinity.sim.build import SimulatorError, library_dir
-from gpuaffinity.sim.render import render_config, render_sysfs
+from gpuaffinity.sim.render import render_config, render_procfs, render_sysfs
 from gpuaffinity.sim.topology import Topology, load_topology
 
 #: Environment variables the simulator reads (see csrc/sim_common.h).
 CONFIG_VAR = "GPUAFFINITY_SIM_CONFIG"
 FAULTS_VAR = "GPUAFFINITY_SIM_FAULTS"
 COUNTERS_VAR = "GPUAFFINITY_SIM_COUNTERS"
-#: Where gpuaffinity itself reads sysfs from (default /sys).
+#: Where gpuaffinity itself reads sysfs and procfs from (default /sys and /proc).
 SYSFS_VAR = "GPUAFFINITY_SYSFS_ROOT"
+PROCFS_VAR = "GPUAFFINITY_PROCFS_ROOT"
 TOPOLOGY_VAR = "GPUAFFINITY_SIM_TOPOLOGY"
 #: The simulated process's cpuset (gpuaffinity.numa reads it instead of the real affinity mask).
 ALLOWED_VAR = "GPUAFFINITY_SIM_ALLOWED_CPUS"
@@ -84,11 +85,13 @@ def simulated(topology: Topology | str | os.PathLike[str], *, faults: Sequence[s
         config.write_text(render_config(topo))
         sysfs = folder / "sys"
         render_sysfs(topo, sysfs)
+        render_procfs(topo, folder / "proc")
         env = dict(os.environ if base_env is None else base_env)
         old = env.get("LD_LIBRARY_PATH")
         env["LD_LIBRARY_PATH"] = f"{libdir}{os.pathsep}{old}" if old else str(libdir)
         env[CONFIG_VAR] = str(config)
         env[SYSFS_VAR] = str(sysfs)
+        env[PROCFS_VAR] = str(folder / "proc")
         env[TOPOLOGY_VAR] = topo.source
         env[ALLOWED_VAR] = format_cpulist(allowed)
         if faults:

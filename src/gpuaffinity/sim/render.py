@@ -102,3 +102,23 @@ def render_sysfs(topo: Topology, root: Path) -> None:
             put(f"{t}/thread_siblings_list", format_cpulist(siblings))
             put(f"{t}/core_siblings_list", format_cpulist(package_cpus[socket_of[cpu]]))
             put(f"{t}/package_cpus_list", format_cpulist(package_cpus[socket_of[cpu]]))
+
+
+def render_procfs(topo: Topology, root: Path) -> None:
+    """The driver's /proc/driver/nvidia files, under ``root`` (which stands for /proc)."""
+    base = root / "driver" / "nvidia"
+    for minor, g in enumerate(topo.gpus):
+        info = base / "gpus" / g.pci_bus_id / "information"
+        info.parent.mkdir(parents=True, exist_ok=True)
+        info.write_text(
+            f"Model: \t\t {g.name}\nIRQ:   \t\t {100 + minor}\nGPU UUID: \t {g.uuid}\n"
+            f"Video BIOS: \t 96.00.99.00.01\nBus Type: \t PCIe\nDMA Size: \t 52 bits\n"
+            f"DMA Mask: \t 0xfffffffffffff\nBus Location: \t {g.pci_bus_id}\nDevice Minor: \t {minor}\n"
+            f"GPU Excluded:\t No\n")
+        caps = base / "capabilities" / f"gpu{minor}" / "mig"
+        caps.mkdir(parents=True, exist_ok=True)
+        (caps / "config").write_text("DeviceFileMinor: 1\nDeviceFileMode: 256\nDeviceFileModify: 1\n")
+        for m in g.migs:
+            ci = caps / f"gi{m.gpu_instance}" / f"ci{m.compute_instance}"
+            ci.mkdir(parents=True, exist_ok=True)
+            (ci / "access").write_text("DeviceFileMinor: 2\nDeviceFileMode: 292\nDeviceFileModify: 1\n")
