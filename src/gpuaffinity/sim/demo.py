@@ -1,9 +1,10 @@
 """What goes wrong without gpuaffinity, shown on whatever machine this runs on.
 
-For every CUDA device this process sees, it prints the physical GPU the CUDA
-driver says it is (by PCI bus id, matched to NVML) next to the GPU you get by
-passing the logical index straight to ``nvmlDeviceGetHandleByIndex``, the
-mistake many launchers make, and the NUMA node each one sits on.
+For every CUDA device this process sees, it prints the physical GPU
+gpuaffinity resolves (checked against the CUDA driver itself: policy
+"strict"), next to the GPU you get by passing the logical index straight to
+``nvmlDeviceGetHandleByIndex``, the mistake many launchers make, and the NUMA
+node each one sits on.
 
 Run it on a simulated machine with a Ray-style shuffled CUDA_VISIBLE_DEVICES:
 
@@ -12,59 +13,41 @@ Run it on a simulated machine with a Ray-style shuffled CUDA_VISIBLE_DEVICES:
 
 from __future__ import annotations
 
-import ctypes
 import os
 import sys
 
 
-def _node(bus_id: str) -> str:
-    root = os.environ.get("GPUAFFINITY_SYSFS_ROOT", "/sys")
-    try:
-        with open(os.path.join(root, "bus/pci/devices", bus_id.lower(), "numa_node")) as f:
-            return f.read().strip()
-    except OSError:
-        return "?"
-
-
 def main() -> int:
-    import pynvml
+    import gpuaffinity
+    from gpuaffinity.inventory import read_inventory
+    from gpuaffinity.numa.query import localities
 
     try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        print("no CUDA driver (libcuda.so.1) here: run this under `gpuaffinity sim run`", file=sys.stderr)
+        devices = gpuaffinity.resolve_all(policy="strict")
+    except gpuaffinity.GpuAffinityError as e:
+        print(f"gpuaffinity: {e}", file=sys.stderr)
         return 1
-    rc = cuda.cuInit(0)
-    if rc != 0:
-        print(f"cuInit failed with CUDA error {rc} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})",
-              file=sys.stderr)
-        return 1
-    n = ctypes.c_int()
-    cuda.cuDeviceGetCount(ctypes.byref(n))
-    pynvml.nvmlInit()
-    try:
-        print(f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}  "
-              f"CUDA_DEVICE_ORDER={os.environ.get('CUDA_DEVICE_ORDER', '<unset>')}")
-        print("cuda  physical (by PCI bus id)     node | naive nvmlDeviceGetHandleByIndex(cuda)  node")
-        wrong = 0
-        for i in range(n.value):
-            buf = ctypes.create_string_buffer(32)
-            cuda.cuDeviceGetPCIBusId(buf, 32, i)
-            bus = buf.value.decode()
-            real = pynvml.nvmlDeviceGetIndex(pynvml.nvmlDeviceGetHandleByPciBusId(bus.encode()))
-            naive_bus = ""
-            if i < pynvml.nvmlDeviceGetCount():
-                naive_bus = pynvml.nvmlDeviceGetPciInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).busIdLegacy
-                naive_bus = naive_bus.decode() if isinstance(naive_bus, bytes) else naive_bus
-            mark = "" if naive_bus.lower() == bus.lower() else "  <- wrong GPU"
-            if mark and _node(naive_bus) != _node(bus):
-                mark += ", wrong NUMA node"
-            wrong += bool(mark)
-            print(f"{i:>4}  nvml {real} {bus.lower():<14}  {_node(bus):>6} | nvml {i} {naive_bus.lower():<14}"
-                  f"  {_node(naive_bus):>6}{mark}")
-        print(f"{wrong} of {n.value} devices would be pinned to the wrong GPU by the naive mapping.")
-    finally:
-        pynvml.nvmlShutdown()
+    gpus = read_inventory().gpus
+    locs = localities([g.pci_bus_id for g in gpus])
+
+    def node(bus: str) -> str:
+        return ",".join(map(str, locs[bus].numa_nodes)) or "none"
+
+    print(f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}  "
+          f"CUDA_DEVICE_ORDER={os.environ.get('CUDA_DEVICE_ORDER', '<unset>')}")
+    print("cuda  physical GPU (gpuaffinity)   node | naive nvmlDeviceGetHandleByIndex(cuda)  node")
+    wrong = 0
+    for d in devices:
+        naive = gpus[d.logical_id].pci_bus_id if d.logical_id < len(gpus) else "-"
+        mark = "" if naive == d.pci_bus_id else "  <- wrong GPU"
+        if mark and naive != "-" and node(naive) != node(d.pci_bus_id):
+            mark += ", wrong NUMA node"
+        wrong += bool(mark)
+        print(f"{d.logical_id:>4}  nvml {d.nvml_index} {d.pci_bus_id:<14}  {node(d.pci_bus_id):>6} | "
+              f"nvml {d.logical_id} {naive:<14}  {node(naive) if naive != '-' else '-':>6}{mark}")
+    agreed = ", ".join(devices[0].agreed) if devices else "-"
+    print(f"{wrong} of {len(devices)} devices would be pinned to the wrong GPU by the naive mapping.")
+    print(f"(gpuaffinity's answer: strategies {agreed} agree; `gpuaffinity doctor` explains each one)")
     return 0
 
 

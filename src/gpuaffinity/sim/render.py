@@ -105,7 +105,9 @@ def render_sysfs(topo: Topology, root: Path) -> None:
 
 
 def render_procfs(topo: Topology, root: Path) -> None:
-    """The driver's /proc/driver/nvidia files, under ``root`` (which stands for /proc)."""
+    """The driver's /proc/driver/nvidia files, under ``root`` (which stands for /proc).
+
+    The ``information`` layout is the one driver 580.159.04 writes (seen on the lent H200s)."""
     base = root / "driver" / "nvidia"
     for minor, g in enumerate(topo.gpus):
         info = base / "gpus" / g.pci_bus_id / "information"
@@ -114,7 +116,7 @@ def render_procfs(topo: Topology, root: Path) -> None:
             f"Model: \t\t {g.name}\nIRQ:   \t\t {100 + minor}\nGPU UUID: \t {g.uuid}\n"
             f"Video BIOS: \t 96.00.99.00.01\nBus Type: \t PCIe\nDMA Size: \t 52 bits\n"
             f"DMA Mask: \t 0xfffffffffffff\nBus Location: \t {g.pci_bus_id}\nDevice Minor: \t {minor}\n"
-            f"GPU Excluded:\t No\n")
+            f"GPU Firmware: \t {topo.driver_version}\nGPU Excluded:\t No\n")
         caps = base / "capabilities" / f"gpu{minor}" / "mig"
         caps.mkdir(parents=True, exist_ok=True)
         (caps / "config").write_text("DeviceFileMinor: 1\nDeviceFileMode: 256\nDeviceFileModify: 1\n")
