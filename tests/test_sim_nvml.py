@@ -171,7 +171,8 @@ def by_uuid(text):
         return "mig:" + s(N.nvmlDeviceGetUUID(h))
     return N.nvmlDeviceGetIndex(h)
 out["uuid"] = {t: by_uuid(t) for t in [GPU0, GPU1, GPU2, GPU1[4:], MIG0, MIG1, GPU1[:12], GPU1.upper(),
-    "GPU-" + GPU1[4:].upper(), "gpu-" + GPU1[4:], GPU1 + "0", GPU1 + "/", MIG0[4:], "", "GPU-"]}
+    "GPU-" + GPU1[4:].upper(), "gpu-" + GPU1[4:], GPU1 + "0", GPU1 + "/", MIG0[4:], "", "GPU-",
+    "MIG-" + GPU1 + "/2/0", "MIG-" + GPU1 + "/3/0", "MIG-" + GPU0 + "/1/0", "MIG-" + GPU1 + "/2/0x"]}
 
 h1 = N.nvmlDeviceGetHandleByIndex(1)
 migs = []
@@ -291,6 +292,10 @@ def test_handle_by_uuid(result: dict) -> None:
         MIG0[4:]: nf,
         "": nf,
         "GPU-": nf,
+        "MIG-" + GPU1 + "/2/0": "mig:" + MIG1,  # the older MIG form names the instance by GI/CI
+        "MIG-" + GPU1 + "/3/0": nf,
+        "MIG-" + GPU0 + "/1/0": nf,
+        "MIG-" + GPU1 + "/2/0x": nf,
     }
 
 

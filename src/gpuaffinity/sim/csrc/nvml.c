@@ -283,6 +283,25 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, nvmlDevice_t
             }
         }
     }
+    /* the older MIG form, "MIG-GPU-<gpu uuid>/<gi>/<ci>" (modelled from NVIDIA's docs, not measured) */
+    if (!strncmp(uuid, "MIG-GPU-", 8)) {
+        const char *slash = strchr(uuid, '/');
+        unsigned gi, ci;
+        char tail;
+        if (slash && sscanf(slash, "/%u/%u%c", &gi, &ci, &tail) == 2) {
+            for (int i = 0; i < sim_cfg.ngpus; i++) {
+                sim_gpu *g = &sim_cfg.gpus[i];
+                if (strlen(g->uuid) != (size_t)(slash - uuid - 4) || strncmp(g->uuid, uuid + 4, strlen(g->uuid)))
+                    continue;
+                for (int j = 0; j < g->nmigs; j++) {
+                    if (g->migs[j].gi == gi && g->migs[j].ci == ci) {
+                        *device = &g->migs[j];
+                        return NVML_SUCCESS;
+                    }
+                }
+            }
+        }
+    }
     return NVML_ERROR_NOT_FOUND;
 }
 
