@@ -271,3 +271,31 @@ def test_resolving_from_the_driver_files_needs_no_nvml(sim_factory, tmp_path):
     assert nvml_indices(rec) == [3, 6, 5, 4, 0, 7, 1, 2] and rec["warnings"] == []
     nvml_calls = [c for (_pid, lib), c in read_counters(tmp_path).items() if lib == "nvml"]
     assert nvml_calls == []  # not one NVML call, so a broken NVML does not matter
+
+
+SELECT = r"""
+import json, sys, gpuaffinity
+out = []
+for sel in sys.argv[1:]:
+    try:
+        d = gpuaffinity.resolve(sel)
+        out.append([d.logical_id, d.nvml_index, d.mig_uuid, d.strategy])
+    except (gpuaffinity.GpuAffinityError, ValueError) as e:
+        out.append(type(e).__name__)
+print(json.dumps(out))
+"""
+
+
+def test_physical_selectors(sim_factory):
+    """A worker told its GPU another way (Ray's NOSET mode, a launcher) names it by UUID or PCI bus id."""
+    machine = sim_factory("dgx-h100")
+    gpus = machine.topology.gpus
+    out = run_json(machine, SELECT, gpus[6].uuid, gpus[6].uuid[:10].upper(), gpus[6].pci_bus_id,
+                   gpus[6].pci_bus_id[5:], gpus[1].pci_bus_id, "3", "GPU-", "nonsense", "0000:ff:00.0", cvd="6,1")
+    assert out[:6] == [[0, 6, None, "selector"]] * 4 + [[1, 1, None, "selector"], "DeviceNotVisibleError"]
+    assert out[6:] == ["ValueError", "ValueError", "DeviceNotVisibleError"]  # a bare tag, junk, no such bus
+    hidden = run_json(machine, SELECT, gpus[4].uuid, cvd="6,1")
+    assert hidden == [[-1, 4, None, "selector"]]  # a GPU this process does not see: logical id -1
+    mig = sim_factory("mig-a100")
+    m = mig.topology.gpus[2].migs[1]
+    assert run_json(mig, SELECT, m.uuid) == [[-1, 2, m.uuid, "selector"]]

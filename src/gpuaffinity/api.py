@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from gpuaffinity.core.chain import choose_policy, resolve_one
-from gpuaffinity.core.errors import DeviceNotVisibleError, InvalidVisibleDevicesError
+from gpuaffinity.core.errors import DeviceNotVisibleError, GpuAffinityError, InvalidVisibleDevicesError
 from gpuaffinity.core.hookspec import ResolveContext, Strategy
 from gpuaffinity.core.model import Inventory, PhysicalDevice
 from gpuaffinity.core.plugins import DISABLE_VAR, build_manager, collect_strategies, disabled_names
@@ -160,14 +160,26 @@ def _resolved(policy: str | None, disable: Iterable[str] | None, allow_subproces
         return devices
 
 
-def resolve(logical_id: int, *, policy: str | None = None, disable: Iterable[str] | None = None,
+def resolve(logical_id: int | str, *, policy: str | None = None, disable: Iterable[str] | None = None,
             allow_subprocess: bool = True) -> PhysicalDevice:
     """The physical GPU behind CUDA device ``logical_id`` of this process (see ``resolve_all``).
 
-    Raises ``DeviceNotVisibleError`` (also an IndexError) for an id this process does not see.
+    ``logical_id`` may also be a *physical selector*, for workers told their GPU some other
+    way than CUDA_VISIBLE_DEVICES (Ray with RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES, a
+    launcher's record): a GPU UUID or unique prefix (``"GPU-8932f937"``), a MIG UUID, or a
+    PCI bus id (``"0000:3b:00.0"``).  The answer's ``logical_id`` is then the id under which
+    this process sees that GPU, or -1 when it does not see it.
+
+    Raises ``DeviceNotVisibleError`` (also an IndexError) for an id this process does not see,
+    ``ValueError`` for a string that is no selector.
     """
+    if isinstance(logical_id, str):
+        selector = parse_selector(logical_id)
+        if isinstance(selector, str):
+            return _by_selector(selector, policy, disable, allow_subprocess)
+        logical_id = selector
     if isinstance(logical_id, bool) or not isinstance(logical_id, int):
-        raise TypeError(f"logical_id must be an int, not {type(logical_id).__name__}")
+        raise TypeError(f"logical_id must be an int or a selector string, not {type(logical_id).__name__}")
     key = _key(policy, disable, allow_subprocess)
     devices = _cache.get(key)
     if devices is None:
@@ -182,10 +194,66 @@ def resolve(logical_id: int, *, policy: str | None = None, disable: Iterable[str
         f"CUDA device {logical_id} is not visible: this process sees no CUDA device (CUDA_VISIBLE_DEVICES {shown})")
 
 
+_BUS_RE = None
+
+
+def parse_selector(text: str) -> int | str:
+    """A logical id ("3") as an int, or a physical selector (UUID, MIG UUID, PCI bus id) as given."""
+    global _BUS_RE
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    if text.startswith(("GPU-", "MIG-")) and len(text) > 4:
+        return text
+    if _BUS_RE is None:
+        import re
+        _BUS_RE = re.compile(r"([0-9a-fA-F]{1,8}:)?[0-9a-fA-F]{1,2}:[0-9a-fA-F]{1,2}(\.[0-7])?")
+    if _BUS_RE.fullmatch(text):
+        return text
+    raise ValueError(f"{text!r} is not a device: give a logical CUDA id (0), a GPU UUID or unique prefix "
+                     "(GPU-8932f937), a MIG UUID, or a PCI bus id (0000:3b:00.0)")
+
+
+def _by_selector(selector: str, policy: str | None, disable: Iterable[str] | None,
+                 allow_subprocess: bool) -> PhysicalDevice:
+    from gpuaffinity.core.cvd import match_uuid
+    from gpuaffinity.core.model import normalize_bus_id
+    from gpuaffinity.inventory import read_inventory
+
+    inv = read_inventory()
+    gpu, mig = None, None
+    if selector.startswith("MIG-"):
+        if inv.source != "nvml" and not any(g.migs for g in inv.gpus):
+            from gpuaffinity.inventory import read_inventory_nvml
+            inv = read_inventory_nvml()
+        migs = [(g, m) for g in inv.gpus for m in g.migs]
+        hit = match_uuid(selector[4:], [m.uuid[4:] for _g, m in migs])
+        if hit is not None:
+            gpu, mig = migs[hit][0], migs[hit][1].uuid
+    elif selector.startswith("GPU-"):
+        hit = match_uuid(selector[4:], [g.uuid[4:] for g in inv.gpus])
+        gpu = None if hit is None else inv.gpus[hit]
+    else:
+        gpu = inv.by_bus(normalize_bus_id(selector if selector.count(":") == 2 else f"0000:{selector}"))
+    if gpu is None:
+        raise DeviceNotVisibleError(f"no GPU of this machine matches {selector!r} (or more than one does): "
+                                    f"{len(inv.gpus)} GPU(s), see `gpuaffinity doctor`")
+    logical = -1
+    try:
+        for d in _resolved(policy, disable, allow_subprocess, stacklevel=4):
+            if d.uuid == gpu.uuid and (mig is None or d.mig_uuid == mig):
+                logical = d.logical_id
+                break
+    except GpuAffinityError:
+        pass
+    return PhysicalDevice(logical, gpu.nvml_index, gpu.uuid, gpu.pci_bus_id, mig, gpu.name, "selector",
+                          ("selector",), (), False)
+
+
 ON_FAILURE_VAR = "GPUAFFINITY_ON_FAILURE"
 
 
-def plan(logical_id: int, *, mode: str = "node", memory: str = "bind", policy: str | None = None,
+def plan(logical_id: int | str, *, mode: str = "node", memory: str = "bind", policy: str | None = None,
          disable: Iterable[str] | None = None, allow_subprocess: bool = True) -> BindRecord:
     """What ``bind`` would apply for CUDA device ``logical_id``, without applying it."""
     from gpuaffinity.inventory import read_inventory
@@ -206,7 +274,7 @@ def plan(logical_id: int, *, mode: str = "node", memory: str = "bind", policy: s
             by_node.setdefault(n, []).append(bus)
     allowed = allowed_cpus()
     placement = place(locs[dev.pci_bus_id], mode, allowed, by_node)
-    rec = BindRecord(logical_id, dev.pci_bus_id, mode, memory if placement.numa_nodes else "none",
+    rec = BindRecord(dev.logical_id, dev.pci_bus_id, mode, memory if placement.numa_nodes else "none",
                      placement.numa_nodes, placement.cpus, notes=list(placement.notes))
     if memory != "none" and not placement.numa_nodes:
         rec.notes.append("memory policy left alone: the GPU has no NUMA node")
@@ -216,7 +284,7 @@ def plan(logical_id: int, *, mode: str = "node", memory: str = "bind", policy: s
     return rec
 
 
-def bind(logical_id: int, *, mode: str = "node", memory: str = "bind", on_failure: str | None = None,
+def bind(logical_id: int | str, *, mode: str = "node", memory: str = "bind", on_failure: str | None = None,
          policy: str | None = None, disable: Iterable[str] | None = None,
          allow_subprocess: bool = True) -> BindRecord:
     """Bind this process to the NUMA node of CUDA device ``logical_id``; return what was applied.

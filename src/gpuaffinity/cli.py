@@ -52,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Map logical CUDA device ids (as this process's CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER "
                     "number them) to physical GPUs, with their NUMA nodes and nearby CPUs.",
         epilog=_EPILOG_RESOLVE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    res.add_argument("ids", nargs="*", metavar="ID", help="logical CUDA device ids (default: every visible device)")
+    res.add_argument("ids", nargs="*", metavar="ID",
+                     help="logical CUDA device ids (default: every visible device), or physical selectors: a GPU "
+                          "UUID or unique prefix, a MIG UUID, a PCI bus id")
     res.add_argument("--json", action="store_true", help="print a JSON array, one object per device")
     _resolution_options(res, policy_help)
     doc = sub.add_parser(
@@ -69,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "GPU's NUMA node, then replace this process with CMD (exec: no shell, no numactl). "
                     "CMD's exit status is the command's.",
         epilog=_EPILOG_BIND, formatter_class=argparse.RawDescriptionHelpFormatter)
-    bnd.add_argument("id", metavar="ID", help="logical CUDA device id, as CMD will see it")
+    bnd.add_argument("id", metavar="ID", help="logical CUDA device id, as CMD will see it; or a GPU UUID (or unique "
+                                              "prefix), MIG UUID or PCI bus id")
     bnd.add_argument("--mode", choices=("node", "socket", "exclusive", "llc"), default="node",
                      help="which CPUs: node (default), socket, exclusive (this GPU's even share of its node's "
                           "cores), llc (CPUs sharing the node's last-level cache)")
@@ -248,15 +251,16 @@ def _resolve(args: argparse.Namespace) -> int:
     import json
     import warnings
 
+    from gpuaffinity.api import parse_selector, resolve, resolve_all
     from gpuaffinity.core.cpulist import format_cpulist
     from gpuaffinity.core.errors import GpuAffinityError
 
-    ids: list[int] = []
+    ids: list[int | str] = []
     for text in args.ids:
-        if not text.isdigit():
-            raise UsageError(f"gpuaffinity resolve: ID must be a logical CUDA device number such as 0, not {text!r}")
-        ids.append(int(text))
-    from gpuaffinity.api import resolve, resolve_all
+        try:
+            ids.append(parse_selector(text))
+        except ValueError as e:
+            raise UsageError(f"gpuaffinity resolve: {e}") from None
     from gpuaffinity.numa.query import gpu_locality
 
     with warnings.catch_warnings(record=True) as caught:
@@ -374,11 +378,14 @@ def _bind(args: argparse.Namespace, cmd: list[str]) -> int:
     import os
     import warnings
 
+    from gpuaffinity.api import parse_selector
     from gpuaffinity.core.cpulist import format_cpulist
     from gpuaffinity.core.errors import GpuAffinityError
 
-    if not args.id.isdigit():
-        raise UsageError(f"gpuaffinity bind: ID must be a logical CUDA device number such as 0, not {args.id!r}")
+    try:
+        selector = parse_selector(args.id)
+    except ValueError as e:
+        raise UsageError(f"gpuaffinity bind: {e}") from None
     if not cmd and not args.dry_run:
         raise UsageError("gpuaffinity bind: no command given: write it after `--`, e.g. gpuaffinity bind 0 -- "
                          "python3 serve.py (or use --dry-run)")
@@ -389,9 +396,9 @@ def _bind(args: argparse.Namespace, cmd: list[str]) -> int:
         warnings.simplefilter("always")
         try:
             if args.dry_run:
-                rec = plan(int(args.id), mode=args.mode, memory=args.memory, **opts)
+                rec = plan(selector, mode=args.mode, memory=args.memory, **opts)
             else:
-                rec = bind(int(args.id), mode=args.mode, memory=args.memory, on_failure=args.on_failure, **opts)
+                rec = bind(selector, mode=args.mode, memory=args.memory, on_failure=args.on_failure, **opts)
         except GpuAffinityError as e:
             _print_warnings(caught)
             print(f"gpuaffinity: {_strip(e)}", file=sys.stderr)

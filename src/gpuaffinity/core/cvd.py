@@ -89,6 +89,11 @@ def strtoul32(text: str) -> int | None:
     return value & 0xFFFFFFFF
 
 
+def match_uuid(text: str, candidates: Sequence[str]) -> int | None:
+    """Index of the one UUID body (after its tag) that ``text`` is a prefix of, as the driver matches."""
+    return _prefix_match(candidates, text)
+
+
 def _prefix_match(candidates: Sequence[str], text: str) -> int | None:
     """Index of the one candidate (a UUID without its tag) that starts with text.
 
