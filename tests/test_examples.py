@@ -1,0 +1,109 @@
+"""The examples/ programs, run for real: Ray actors, spawn workers, torchrun workers, subprocesses.
+
+They run on a simulated 8-GPU, 2-node machine whose two nodes are this host's
+first two CPUs, so every bind is a real system call that the kernel reads back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+CPUS = sorted(os.sched_getaffinity(0))[:2]
+pytestmark = pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs")
+EXAMPLES = ROOT / "examples"
+SHUFFLE = "3,6,5,4,0,7,1,2"
+
+
+@pytest.fixture(scope="module")
+def host8(tmp_path_factory):
+    path = tmp_path_factory.mktemp("topo") / "host8.toml"
+    text = 'name = "host8"\n' + "".join(f'[[numa_node]]\nid = {n}\ncpus = "{c}"\n' for n, c in enumerate(CPUS))
+    for i in range(8):
+        text += (f'[[gpu]]\nuuid = "GPU-{i:08x}-0000-0000-0000-000000000000"\n'
+                 f'pci_bus_id = "0000:{16 * i + 16:02x}:00.0"\nname = "NVIDIA H100 80GB HBM3"\nnuma_node = {i // 4}\n')
+    path.write_text(text)
+    return path
+
+
+def run_example(topology, *cmd, **env):
+    e = dict(os.environ, **env)
+    proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", str(topology), "--", *cmd], env=e,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def json_lines(text):
+    return [json.loads(line) for line in text.splitlines() if line.startswith(("{", "["))]
+
+
+def node_cpu(nvml_index):
+    return [CPUS[nvml_index // 4]]
+
+
+@pytest.mark.parametrize("noset", [False, True])
+def test_ray_actors_resolve_and_bind_the_gpu_ray_assigned(host8, noset):
+    pytest.importorskip("ray")
+    args = [sys.executable, str(EXAMPLES / "ray_actors.py")] + (["--noset"] if noset else [])
+    (rows,) = json_lines(run_example(host8, *args, CUDA_VISIBLE_DEVICES=SHUFFLE, RAY_AUTH_MODE="disabled").stdout)
+    assert len(rows) == 8
+    assert sorted(int(r["ray_gpu_id"]) for r in rows) == list(range(8))
+    for r in rows:
+        # Ray's GPU ids are the entries of the driver's CUDA_VISIBLE_DEVICES: here, physical indices
+        assert r["nvml_index"] == int(r["ray_gpu_id"]), r
+        assert r["numa_nodes"] == [r["nvml_index"] // 4]
+        assert r["bound_cpus"] == node_cpu(r["nvml_index"]) and r["failures"] == []
+        if noset:
+            assert r["cvd"] == SHUFFLE and r["strategy"] == "cvd"
+        else:
+            assert r["cvd"] == r["ray_gpu_id"]
+
+
+def test_spawn_workers(host8):
+    (rows,) = json_lines(run_example(host8, sys.executable, str(EXAMPLES / "multiprocessing_workers.py"),
+                                     CUDA_VISIBLE_DEVICES=SHUFFLE).stdout)
+    shuffled = [int(x) for x in SHUFFLE.split(",")]
+    assert [r["nvml_index"] for r in rows] == shuffled
+    assert [r["cpus"] for r in rows] == [node_cpu(i) for i in shuffled]
+
+
+def test_torchrun_workers_use_local_rank(host8):
+    pytest.importorskip("torch")
+    torchrun = shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun is not installed")
+    out = run_example(host8, torchrun, "--standalone", "--nproc-per-node", "2", str(EXAMPLES / "torchrun_worker.py"),
+                      CUDA_VISIBLE_DEVICES="5,2", EXAMPLE_MEMORY="none")
+    rows = sorted(json_lines(out.stdout), key=lambda r: r["local_rank"])
+    assert [(r["local_rank"], r["nvml_index"], r["cpus"], r["failures"]) for r in rows] == [
+        (0, 5, node_cpu(5), []), (1, 2, node_cpu(2), [])]
+
+
+def test_subprocess_launcher(host8):
+    (rows,) = json_lines(run_example(host8, sys.executable, str(EXAMPLES / "subprocess_launcher.py"),
+                                     CUDA_VISIBLE_DEVICES="6,1").stdout)
+    assert [(r["nvml_index"], r["cpus"]) for r in rows] == [(6, node_cpu(6)), (1, node_cpu(1))]
+    assert all(r["cvd"].startswith("GPU-") for r in rows)
+
+
+def test_example_plugin_readme_command_works(sim_factory, tmp_path):
+    """docs/plugins.md, step 3: the doctor shows the installed plugin answering."""
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(site), str(EXAMPLES / "gpuaffinity-launcher-plugin")], check=True)
+    machine = sim_factory("dgx-h100")
+    gpus = machine.topology.gpus
+    env = dict(machine.env, CUDA_VISIBLE_DEVICES="3,1", LAUNCHER_GPU_UUIDS=f"{gpus[3].uuid},{gpus[1].uuid}",
+               PYTHONPATH=f"{site}:{machine.env.get('PYTHONPATH', '')}")
+    out = subprocess.run([sys.executable, "-m", "gpuaffinity", "doctor"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "launcher 150" in " ".join(out.stdout.split())
+    assert out.stdout.count("by launcher; agreed (launcher, cvd)") == 2
