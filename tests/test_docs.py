@@ -34,3 +34,17 @@ def test_every_preset_is_documented():
     doc = (ROOT / "docs" / "simulator.md").read_text()
     for name in list_presets():
         assert f"`{name}`" in doc
+
+
+def test_every_example_is_run_by_a_test_and_documented():
+    tests = (ROOT / "tests" / "test_examples.py").read_text()
+    docs = (ROOT / "docs" / "launchers.md").read_text()
+    for example in sorted((ROOT / "examples").glob("*.py")):
+        assert f'"{example.name}"' in tests, example.name
+        assert f"examples/{example.name}" in docs, example.name
+
+
+def test_readme_links_every_doc():
+    readme = (ROOT / "README.md").read_text()
+    for doc in sorted((ROOT / "docs").glob("*.md")):
+        assert f"(docs/{doc.name})" in readme, doc.name

@@ -137,7 +137,7 @@ def test_cli_resolve_json_and_table(sim_factory):
 
 @pytest.mark.parametrize(("args", "env", "status", "text"), [
     (["resolve", "9"], {"cvd": "1,2"}, 1, "CUDA device 9 is not visible: this process sees 2 device(s)"),
-    (["resolve", "x"], {}, 2, "ID must be a logical CUDA device number"),
+    (["resolve", "x"], {}, 2, "'x' is not a device: give a logical CUDA id (0)"),
     (["resolve"], {"cvd": "1,1"}, 1, "refuses CUDA_VISIBLE_DEVICES='1,1'"),
     (["resolve", "--policy", "bogus"], {}, 2, "invalid choice"),
     (["resolve"], {"GPUAFFINITY_POLICY": "bogus"}, 1, "unknown GPUAFFINITY_POLICY 'bogus'"),
