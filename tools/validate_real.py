@@ -1,14 +1,21 @@
 #!/usr/bin/env python3
-"""gpuaffinity on a real multi-GPU machine: resolution against the driver, binding, a concurrent reorder.
+"""gpuaffinity on a real multi-GPU machine, one run, every case: the end-to-end proof.
 
-Runs from the repository root with the package importable (PYTHONPATH=src).
-Each case runs in a fresh process, as a worker would.  Writes JSON files into
-the folder given as the first argument and prints a short table last.
+1. the driver's truth: tools/probe_real_driver.py (every recorded
+   CUDA_VISIBLE_DEVICES value x both orders, one fresh process each);
+2. resolution: every case x every policy (and with torch imported), each in a
+   fresh process, compared strategy by strategy with that truth and with
+   nvidia-smi;
+3. binding: a child per GPU, its CPU affinity and memory policy read back;
+4. a Ray-like reorder (3,1,0,2) across 4 processes at once;
+5. timings: benchmarks/bench_resolve.py --real, side by side.
+
+Runs from the repository root with the package importable (PYTHONPATH=src),
+writes JSON files into OUTDIR and prints a short table last.
 
     PYTHONPATH=src python3 tools/validate_real.py OUTDIR [cvd_cases.json]
 
-The optional second argument is tools/probe_real_driver.py's output from the
-same machine: its per-case driver truth is what resolution is compared with.
+With a cvd_cases.json from the same machine, step 1 is skipped.
 """
 
 from __future__ import annotations
@@ -36,21 +43,32 @@ def run(args: list[str], env_over: dict[str, str | None], timeout: float = 300) 
     return p.returncode, p.stdout, p.stderr, time.perf_counter() - t
 
 
+RESOLVE = r"""
+import json, sys, warnings
+if sys.argv[2] == "torch":
+    import torch  # noqa: F401
+import gpuaffinity
+from gpuaffinity.core.model import Answer
+warnings.simplefilter("always")
+with warnings.catch_warnings(record=True) as w:
+    try:
+        devs = gpuaffinity.resolve_all(policy=sys.argv[1])
+    except gpuaffinity.GpuAffinityError as e:
+        print(json.dumps({"error": type(e).__name__, "message": str(e)}))
+        sys.exit(0)
+rows = []
+for d in devs:
+    row = d.to_dict()
+    row["verdicts"] = {v.strategy: v.result.uuid if isinstance(v.result, Answer) else None for v in d.verdicts}
+    rows.append(row)
+print(json.dumps({"devices": rows, "warnings": [str(x.message) for x in w]}))
+"""
+
+
 def resolve_case(case: dict, policy: str, torch: bool) -> dict:
     env = {"CUDA_VISIBLE_DEVICES": case["cvd"], "CUDA_DEVICE_ORDER": case["order"]}
-    if torch:
-        code = ("import json, sys, warnings, torch, gpuaffinity\nwarnings.simplefilter('always')\n"
-                "with warnings.catch_warnings(record=True) as w:\n"
-                "    try:\n"
-                f"        d = [x.to_dict() for x in gpuaffinity.resolve_all(policy={policy!r})]\n"
-                "    except gpuaffinity.GpuAffinityError as e:\n"
-                "        print(json.dumps({'error': type(e).__name__})); sys.exit(0)\n"
-                "print(json.dumps({'devices': d, 'warnings': [str(x.message) for x in w]}))")
-        rc, out, err, dt = run([sys.executable, "-c", code], env)
-    else:
-        rc, out, err, dt = run([sys.executable, "-m", "gpuaffinity", "resolve", "--json", "--policy", policy], env)
-        out = json.dumps({"devices": json.loads(out)}) if rc == 0 else json.dumps({"error": err.strip()})
-    rec = json.loads(out) if out.strip() else {"error": err.strip()[-300:]}
+    rc, out, err, dt = run([sys.executable, "-c", RESOLVE, policy, "torch" if torch else "-"], env)
+    rec = json.loads(out) if rc == 0 and out.strip() else {"error": "crashed", "message": err.strip()[-300:]}
     rec.update(label=case["label"], cvd=case["cvd"], order=case["order"], policy=policy, torch=torch, rc=rc,
                seconds=round(dt, 3), stderr=err.strip()[-500:])
     return rec
@@ -60,6 +78,10 @@ def main() -> int:
     out = sys.argv[1]
     os.makedirs(out, exist_ok=True)
     truth_file = sys.argv[2] if len(sys.argv) > 2 else None
+    if truth_file is None:
+        subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "probe_real_driver.py"),
+                        os.path.join(out, "probe")], check=True, stdout=subprocess.DEVNULL)
+        truth_file = os.path.join(out, "probe", "cvd_cases.json")
     results: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     query = ["nvidia-smi", "--query-gpu=index,uuid,pci.bus_id,name,driver_version", "--format=csv,noheader"]
     try:
@@ -88,22 +110,32 @@ def main() -> int:
     with cf.ThreadPoolExecutor(8) as ex:
         recs = list(ex.map(lambda j: resolve_case(*j), jobs))
     by_case = {(c["label"], c["order"]): c for c in cases}
+    smi_uuid = [line.split(", ")[1] for line in smi]
     bad = []
+    strategy_answers: dict[str, list[int]] = {}  # strategy -> [answers, wrong answers]
     for r in recs:
         c = by_case[(r["label"], r["order"])]
         if c["truth"] is None:
             ok = "devices" not in r or r["devices"] == []
             if c["truth_error"] == 101:
-                ok = "devices" not in r
+                ok = r.get("error") == "InvalidVisibleDevicesError"
         else:
             got = [d["pci_bus_id"] for d in r.get("devices", [])]
             ok = got == c["truth"] and not any(d["fallback"] for d in r.get("devices", []))
-            for d in r.get("devices", []):  # nvidia-smi's index is NVML's: it must name the same GPU
-                ok = ok and smi_bus[d["nvml_index"]] == d["pci_bus_id"]
+            for d, bus in zip(r.get("devices", []), c["truth"], strict=False):
+                ok = ok and smi_bus[d["nvml_index"]] == d["pci_bus_id"]  # nvidia-smi's index is NVML's
+                want = smi_uuid[smi_bus.index(bus)] if bus in smi_bus else None
+                for strategy, answer in d.get("verdicts", {}).items():
+                    if answer is not None:
+                        tally = strategy_answers.setdefault(strategy, [0, 0])
+                        tally[0] += 1
+                        tally[1] += answer != want
+                        ok = ok and answer == want
         r["ok"] = ok
         if not ok:
             bad.append(r)
-    results["resolve"] = {"cases": len(recs), "wrong": len(bad), "wrong_cases": bad[:40]}
+    results["resolve"] = {"cases": len(recs), "wrong": len(bad), "wrong_cases": bad[:40],
+                          "strategies": strategy_answers}
     json.dump(recs, open(os.path.join(out, "resolve_cases.json"), "w"), indent=1)
 
     # 2. bind each GPU's process and read back affinity and memory policy from the kernel
@@ -137,7 +169,13 @@ def main() -> int:
                               "ok": all(r["got"] and r["got"][0] == r["want_nvml"] for r in ray)}
     json.dump(results, open(os.path.join(out, "validation.json"), "w"), indent=1)
 
+    bench = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "..", "benchmarks",
+                                                         "bench_resolve.py"), "--real", "--repeat", "15", "--json",
+                            os.path.join(out, "bench.json")], capture_output=True, text=True)
+    print(bench.stdout.strip() or bench.stderr.strip()[-2000:])
     print(f"resolution: {len(recs) - len(bad)}/{len(recs)} runs match the driver (cases x policies, + torch)")
+    for strategy, (n, wrong) in sorted(strategy_answers.items()):
+        print(f"  strategy {strategy:<8} answered {n} times, wrong {wrong}")
     for r in bad[:10]:
         print("  WRONG", r["label"], r["order"], r["policy"], r["torch"], r.get("error") or
               [d["pci_bus_id"] for d in r.get("devices", [])], r["stderr"][-200:])
