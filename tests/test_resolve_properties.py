@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import CUDA_VARS
-from gpuaffinity.core.cvd import GpuIdentity, MigIdentity, apply_cvd
+from gpuaffinity.core.cvd import apply_cvd
 from gpuaffinity.sim import simulated
 from gpuaffinity.sim.topology import parse_topology
 from test_resolve import CHILD
@@ -68,8 +68,7 @@ def check(topo, combos, torch=False):
                               capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout.strip().splitlines()[-1])
-    idents = [GpuIdentity(g.uuid, tuple(MigIdentity(m.uuid, m.gpu_instance, m.compute_instance) for m in g.migs))
-              for g in topo.gpus]
+    idents = topo.gpus  # apply_cvd reads .uuid and .migs, which the topology's records have
     for (cvd, order), rec in zip(combos, results, strict=True):
         truth = apply_cvd(cvd, idents, topo.cuda_default_order(), order)
         where = f"CUDA_VISIBLE_DEVICES={cvd!r} CUDA_DEVICE_ORDER={order!r}: {rec}"

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import REAL_DATA, child_env, load_probe, run_json
-from gpuaffinity.core.cvd import GpuIdentity, MigIdentity, apply_cvd
+from gpuaffinity.core.cvd import GpuIdentity, apply_cvd
 from gpuaffinity.sim.build import library_dir
 from gpuaffinity.sim.render import render_config
 from gpuaffinity.sim.topology import parse_topology
@@ -254,8 +254,7 @@ def test_simulator_follows_the_pure_grammar(data, tmp_path_factory):
         env["CUDA_DEVICE_ORDER"] = order
     got = json.loads(subprocess.run([sys.executable, "-c", HARNESS], env=env, capture_output=True, text=True,
                                     check=True).stdout)
-    idents = [GpuIdentity(g.uuid, tuple(MigIdentity(m.uuid, m.gpu_instance, m.compute_instance) for m in g.migs))
-              for g in topo.gpus]
+    idents = topo.gpus  # apply_cvd reads .uuid and .migs, which the topology's records have
     want = apply_cvd(cvd, idents, topo.cuda_default_order(), order)
     assert got["rc"] == want.error, (cvd, order, want.stopped)
     expected = []

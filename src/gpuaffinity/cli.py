@@ -225,12 +225,8 @@ def _sim_run(topology: str, cmd: list[str], faults: list[str], counters: str | N
     with simulated(topology, faults=faults, counters=counters, cpuset=cpuset) as machine:
         try:
             child = subprocess.Popen(cmd, env=machine.env)
-        except FileNotFoundError:
-            print(f"gpuaffinity: sim run: command not found: {cmd[0]}", file=sys.stderr)
-            return 127
-        except PermissionError:
-            print(f"gpuaffinity: sim run: not executable: {cmd[0]}", file=sys.stderr)
-            return 126
+        except OSError as e:
+            return _cannot_run("sim run", cmd, e)
         # The child gets terminal signals itself; pass on the ones sent to us alone.
         def forward(signum: int, _frame: object) -> None:
             child.send_signal(signum)
@@ -419,10 +415,15 @@ def _bind(args: argparse.Namespace, cmd: list[str]) -> int:
     sys.stderr.flush()
     try:
         os.execvp(cmd[0], cmd)
-    except FileNotFoundError:
-        print(f"gpuaffinity: bind: command not found: {cmd[0]}", file=sys.stderr)
-        return 127
-    except PermissionError:
-        print(f"gpuaffinity: bind: not executable: {cmd[0]}", file=sys.stderr)
-        return 126
+    except OSError as e:
+        return _cannot_run("bind", cmd, e)
     return EXIT_ERROR  # not reached
+
+
+def _cannot_run(verb: str, cmd: list[str], e: OSError) -> int:
+    """One line, and the shell's status: 127 not found, 126 not executable."""
+    if isinstance(e, FileNotFoundError):
+        print(f"gpuaffinity: {verb}: command not found: {cmd[0]}", file=sys.stderr)
+        return 127
+    print(f"gpuaffinity: {verb}: cannot run {cmd[0]}: {e.strerror or e}", file=sys.stderr)
+    return 126

@@ -29,6 +29,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
+
+from gpuaffinity.core.model import MigInfo
 
 CUDA_ERROR_NO_DEVICE = 100
 CUDA_ERROR_INVALID_DEVICE = 101
@@ -36,19 +39,20 @@ CUDA_ERROR_INVALID_DEVICE = 101
 ORDERS = ("FASTEST_FIRST", "PCI_BUS_ID")
 
 
-@dataclass(frozen=True)
-class MigIdentity:
-    uuid: str  # MIG-…
-    gpu_instance: int
-    compute_instance: int
+#: A MIG instance as the grammar sees it: the model's own record.
+MigIdentity = MigInfo
 
 
 @dataclass(frozen=True)
 class GpuIdentity:
-    """What the grammar needs to know of one physical GPU."""
+    """The least the grammar needs to know of one physical GPU.
+
+    ``apply_cvd`` takes anything with these two attributes; the machine's
+    ``GpuInfo`` records (``gpuaffinity.core.model``) serve as they are.
+    """
 
     uuid: str  # GPU-…
-    migs: tuple[MigIdentity, ...] = ()
+    migs: tuple[MigInfo, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,11 +110,25 @@ def _prefix_match(candidates: Sequence[str], text: str) -> int | None:
     return hits[0] if len(hits) == 1 else None
 
 
-def apply_cvd(cvd: str | None, gpus: Sequence[GpuIdentity], base_order: Sequence[int] | None = None,
+class _Mig(Protocol):
+    uuid: str
+    gpu_instance: int
+    compute_instance: int
+
+
+class _Gpu(Protocol):
+    @property
+    def uuid(self) -> str: ...
+    @property
+    def migs(self) -> Sequence[_Mig]: ...
+
+
+def apply_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] | None = None,
               device_order: str | None = None) -> CvdResult:
     """The CUDA devices a process sees, in CUDA's order.
 
-    ``gpus`` are the machine's GPUs in NVML (PCI) order; ``base_order`` lists
+    ``gpus`` are the machine's GPUs in NVML (PCI) order, anything with ``uuid``
+    and ``migs`` (``GpuIdentity``, the inventory's ``GpuInfo``); ``base_order`` lists
     their positions in CUDA's order before CUDA_VISIBLE_DEVICES is applied
     (for FASTEST_FIRST; default PCI order); ``device_order`` is the value of
     CUDA_DEVICE_ORDER, under which PCI_BUS_ID ignores ``base_order``.
@@ -179,7 +197,7 @@ def apply_cvd(cvd: str | None, gpus: Sequence[GpuIdentity], base_order: Sequence
     return _done(out, "")
 
 
-def _find_mig(entry: str, gpus: Sequence[GpuIdentity]) -> tuple[int, int] | None:
+def _find_mig(entry: str, gpus: Sequence[_Gpu]) -> tuple[int, int] | None:
     m = _MIG_PATH.fullmatch(entry)
     if m:
         for gi_, g in enumerate(gpus):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gpuaffinity.core.cvd import CvdResult, GpuIdentity, MigIdentity, apply_cvd
+from gpuaffinity.core.cvd import CvdResult, apply_cvd
 from gpuaffinity.core.hookspec import ResolveContext
 
 
@@ -10,9 +10,7 @@ def visible_devices(ctx: ResolveContext) -> CvdResult:
     """The driver's grammar applied to this machine, in PCI order, computed once per resolution."""
     res = ctx.scratch.get("_cvd")
     if res is None:
-        idents = [GpuIdentity(g.uuid, tuple(MigIdentity(m.uuid, m.gpu_instance, m.compute_instance) for m in g.migs))
-                  for g in ctx.inventory.gpus]
-        res = ctx.scratch["_cvd"] = apply_cvd(ctx.cvd, idents, None, ctx.device_order)
+        res = ctx.scratch["_cvd"] = apply_cvd(ctx.cvd, ctx.inventory.gpus, None, ctx.device_order)
     return res
 
 
