@@ -80,24 +80,49 @@ def test_mixed_models_need_the_driver(sim_factory):
     assert all("CUDA_VISIBLE_DEVICES='0,1'" in m and "CUDA_DEVICE_ORDER=None" in m for _, m in no_child["warnings"])
 
 
+def needs_torch_helper():
+    torch = pytest.importorskip("torch")
+    if not hasattr(torch.cuda, "_get_nvml_device_index"):
+        pytest.skip(f"torch {torch.__version__} has no _get_nvml_device_index")
+
+
 def test_torch_helper_checks_the_answer_when_torch_is_imported(sim_factory):
-    pytest.importorskip("torch")
+    needs_torch_helper()
     machine = sim_factory("dgx-h100")
     gpus = machine.topology.gpus
     ints, uuids = resolve_in(machine, [(RAY, None, {}), (f"{gpus[5].uuid},{gpus[1].uuid[:12]}", None, {})],
                              T_IMPORT_TORCH="1")
     assert nvml_indices(ints) == [3, 6, 5, 4, 0, 7, 1, 2]
-    assert all(d["agreed"] == ["cvd", "torch"] for d in ints["devices"])
-    assert nvml_indices(uuids) == [5, 1] and uuids["devices"][1]["agreed"] == ["cvd", "torch"]
+    assert all(d["agreed"] == ["torch", "cvd"] and d["strategy"] == "torch" for d in ints["devices"])
+    assert nvml_indices(uuids) == [5, 1] and uuids["devices"][1]["agreed"] == ["torch", "cvd"]
+    assert ints["warnings"] == uuids["warnings"] == []
 
 
 def test_torch_helper_errors_become_abstentions(sim_factory):
-    pytest.importorskip("torch")
+    needs_torch_helper()
     machine = sim_factory("mig-a100")
     (rec,) = resolve_in(machine, [(machine.topology.gpus[0].migs[1].uuid, None, {})], T_IMPORT_TORCH="1")
     verdict = rec["devices"][0]["verdicts"]["torch"]
     assert verdict[0] is None and verdict[2].startswith("torch raised")
     assert rec["devices"][0]["mig_uuid"] == machine.topology.gpus[0].migs[1].uuid
+    # torch, ranked above cvd, could not answer: cvd's (right) answer is a fallback, and says so
+    assert rec["devices"][0]["strategy"] == "cvd" and rec["devices"][0]["fallback"]
+    [(category, message)] = rec["warnings"]
+    assert category == "FallbackWarning" and "torch: torch raised" in message
+
+
+def test_torch_without_the_helper_falls_back_loudly_and_answers_right(sim_factory):
+    """torch 2.0 (tox env torch20): no _get_nvml_device_index; cvd answers, with a FallbackWarning."""
+    torch = pytest.importorskip("torch")
+    if hasattr(torch.cuda, "_get_nvml_device_index"):
+        pytest.skip(f"torch {torch.__version__} has the helper (the torch20 tox env runs this)")
+    machine = sim_factory("dgx-h100")
+    (rec,) = resolve_in(machine, [(RAY, None, {})], T_IMPORT_TORCH="1")
+    assert nvml_indices(rec) == [3, 6, 5, 4, 0, 7, 1, 2]
+    assert all(d["strategy"] == "cvd" and d["fallback"] for d in rec["devices"])
+    assert {c for c, _ in rec["warnings"]} == {"FallbackWarning"}
+    assert all("has no torch.cuda._get_nvml_device_index" in m and "CUDA_VISIBLE_DEVICES" in m
+               for _, m in rec["warnings"])
 
 
 def test_errors_a_user_can_act_on(sim_factory):

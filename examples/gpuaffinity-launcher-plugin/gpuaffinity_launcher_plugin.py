@@ -20,7 +20,7 @@ VAR = "LAUNCHER_GPU_UUIDS"
 
 class LauncherStrategy:
     name = "launcher"
-    priority = 150  # above the built-ins (pci 100, cvd 50, torch 40)
+    priority = 150  # above the built-ins (pci 100, torch 60, cvd 50)
     describe = f"the GPU UUIDs the launcher recorded in {VAR}"
 
     def cost(self, ctx: ResolveContext) -> str:

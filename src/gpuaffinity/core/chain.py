@@ -6,8 +6,8 @@ Policies:
     The first answer, in priority order, wins; nothing else runs.
 
 Under ``first`` and ``verify``, expensive strategies (see ``Strategy.cost``)
-are asked after the cheap ones, and only when those gave no answer or only a
-fallback (under ``verify`` also when they disagree).
+are asked after the cheap ones, and only when those gave no answer (under
+``verify`` also when they disagree).
 ``verify`` (default)
     After the first answer, every other *cheap* strategy runs as a check.  On
     disagreement the expensive ones (ground truth at a price) run too, and a
@@ -91,15 +91,13 @@ def resolve_one(strategies: Sequence[Strategy], ctx: ResolveContext, logical_id:
             loud.append(s.name)
 
     def doubtful() -> bool:
-        """No answer yet, a fallback answer, or answers that disagree."""
+        """No answer yet, or answers that disagree."""
         if winner is None:
-            return True
-        if any(verdicts[n].priority > winner[0].priority for n in loud):
             return True
         return any(isinstance(v.result, Answer) and v.result.uuid.lower() != winner[1].uuid.lower()
                    for v in verdicts.values())
 
-    # Deferred strategies run when nothing cheaper answered, the answer is a fallback, or to settle a disagreement.
+    # Deferred strategies run when nothing cheaper answered, or to settle a disagreement.
     for s in deferred:
         if winner is not None and (policy == "first" or not doubtful()):
             why = "policy 'first'" if policy == "first" else "cheaper strategies agreed"
@@ -133,6 +131,9 @@ def resolve_one(strategies: Sequence[Strategy], ctx: ResolveContext, logical_id:
     disagreed = tuple(v.strategy for v in ordered
                       if isinstance(v.result, Answer) and v.result.uuid.lower() != ans.uuid.lower())
     fallback = any(verdicts[n].priority > strategy.priority for n in loud)
+    # answers are compared on the physical GPU; the MIG instance comes from whoever knows it
+    mig = ans.mig_uuid or next((v.result.mig_uuid for v in ordered if isinstance(v.result, Answer)
+                                and v.strategy in agreed and v.result.mig_uuid), None)
     if disagreed:
         detail = "; ".join(f"{v.strategy} says {_gpu_text(ctx, v.result)}" for v in ordered
                            if isinstance(v.result, Answer))
@@ -145,7 +146,7 @@ def resolve_one(strategies: Sequence[Strategy], ctx: ResolveContext, logical_id:
         warns.append((FallbackWarning, f"gpuaffinity: CUDA device {logical_id} ({env}) resolved by fallback strategy "
                                    f"{strategy.name!r} because higher-priority strategies could not answer. "
                                    + _reasons(ordered)))
-    return PhysicalDevice(logical_id, gpu.nvml_index, gpu.uuid, gpu.pci_bus_id, ans.mig_uuid, gpu.name,
+    return PhysicalDevice(logical_id, gpu.nvml_index, gpu.uuid, gpu.pci_bus_id, mig, gpu.name,
                           strategy.name, agreed, disagreed, fallback, ordered), warns
 
 

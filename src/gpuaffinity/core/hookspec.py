@@ -51,8 +51,8 @@ class Strategy(Protocol):
     """What ``gpuaffinity_strategies`` returns: objects of this shape.
 
     ``name`` is unique and is what users disable and what reports show.
-    ``priority``: higher runs first and wins ties (built-ins: pci 100, cvd 50,
-    torch 40).  ``describe`` is one line for ``gpuaffinity doctor``.
+    ``priority``: higher runs first and wins ties (built-ins: pci 100, torch 60,
+    cvd 50).  ``describe`` is one line for ``gpuaffinity doctor``.
     """
 
     name: str

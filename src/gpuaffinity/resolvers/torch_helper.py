@@ -1,7 +1,7 @@
 """Strategy ``torch``: torch.cuda._get_nvml_device_index, when torch is already imported.
 
 gpuaffinity never imports torch to resolve (seconds of start-up); when the
-program already has, torch's own mapping is a cheap independent check.  The
+program already has, torch's own mapping comes first, and cvd checks it.  The
 helper is private and absent before torch 2.1; it raises IndexError on an
 empty or duplicated list and RuntimeError on MIG or ids it cannot see, and it
 accepts some lists the driver refuses (docs/cvd-grammar.md): every such case
@@ -19,7 +19,10 @@ from gpuaffinity.resolvers._common import integers_index_unknown_order
 
 class TorchStrategy:
     name = "torch"
-    priority = 40
+    # Above cvd: when the program has imported torch, torch's own view of the numbering comes first,
+    # checked by cvd (and, on disagreement, settled by the driver through pci).  So torch raising,
+    # or lacking the helper (torch 2.0), makes cvd's answer a fallback, with a warning.
+    priority = 60
     describe = "torch.cuda._get_nvml_device_index, only where torch is already imported"
 
     def cost(self, ctx: ResolveContext) -> Cost:
