@@ -257,3 +257,21 @@ def test_parse_of_cpulist_in_status_matches():
     with open("/proc/self/status") as f:
         line = next(ln for ln in f if ln.startswith("Cpus_allowed_list"))
     assert parse_cpulist(line.split(":")[1]) == frozenset(os.sched_getaffinity(0))
+
+
+def test_a_gpu_spanning_nodes_reports_all_and_disagreement_is_noted(tmp_path, monkeypatch):
+    """NVML's node mask may name several nodes (a GPU between sockets); sysfs names one of them."""
+    from gpuaffinity.numa.query import gpu_locality
+    from gpuaffinity.sim.render import render_sysfs
+    from gpuaffinity.sim.topology import load_topology
+
+    topo = load_topology("dgx-h100")
+    render_sysfs(topo, tmp_path)
+    monkeypatch.setenv("GPUAFFINITY_SYSFS_ROOT", str(tmp_path))
+    bus = topo.gpus[0].pci_bus_id  # sysfs: node 0
+    every = topo.cpus
+    span = gpu_locality(bus, every, (frozenset({0, 1}), every))
+    assert span.numa_nodes == (0, 1) and span.cpus == every
+    assert any("spans NUMA nodes 0-1" in n for n in span.notes)
+    other = gpu_locality(bus, every, (frozenset({1}), every))
+    assert other.numa_nodes == (0,) and any("but sysfs says 0: using sysfs" in n for n in other.notes)

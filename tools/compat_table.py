@@ -42,8 +42,25 @@ def main() -> int:
              "`[a, b]` lists the NVML indices torch returns for devices 0, 1, …; `refuses` means it raised for",
              "all. **Bold** marks an answer that differs from the driver's: torch answering for a device",
              "the driver does not show, missing one it shows, or naming another GPU. Where torch is wrong,",
-             "gpuaffinity's chain still gives the driver's answer (`tests/test_torch_compat.py`).", "",
-             "| torch | Python | date | helper | cases where it differs from the driver |", "|---|---|---|---|---|"]
+             "gpuaffinity's chain still gives the driver's answer (`tests/test_torch_compat.py`)."]
+    suites = {}
+    for xml in sorted(folder.glob("*.xml")):
+        import xml.etree.ElementTree as ET
+        root = ET.parse(xml).getroot()
+        suite = root if root.tag == "testsuite" else root.find("testsuite")
+        if suite is not None:
+            a = suite.attrib
+            suites[xml.stem] = (int(a.get("tests", 0)), int(a.get("failures", 0)) + int(a.get("errors", 0)),
+                                int(a.get("skipped", 0)))
+    if suites:
+        lines += ["", "The full test suite in each tox env, the same run:", "",
+                  "| tox env | tests | failed | skipped |", "|---|---|---|---|"]
+        lines += [f"| {env} | {t} | {f} | {s} |" for env, (t, f, s) in suites.items()]
+        lines += ["", "| torch | Python | date | helper | cases where it differs from the driver |",
+                  "|---|---|---|---|---|"]
+    else:
+        lines += ["", "| torch | Python | date | helper | cases where it differs from the driver |",
+                  "|---|---|---|---|---|"]
     for r in runs:
         wrong = sum(1 for c in r["cases"] if r["has_helper"] and not agrees(c))
         lines.append(f"| {r['torch']} | {r['python']} | {r['date']} | {'yes' if r['has_helper'] else 'no'} | "
