@@ -257,7 +257,7 @@ def _resolve(args: argparse.Namespace) -> int:
             ids.append(parse_selector(text))
         except ValueError as e:
             raise UsageError(f"gpuaffinity resolve: {e}") from None
-    from gpuaffinity.numa.query import gpu_locality
+    from gpuaffinity.numa.query import localities
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -268,9 +268,10 @@ def _resolve(args: argparse.Namespace) -> int:
             print(f"gpuaffinity: {_strip(e)}", file=sys.stderr)
             return e.exit_status
     _print_warnings(caught)
+    locs = localities(d.pci_bus_id for d in devices)  # NVML and sysfs, one NVML session for all
     rows = []
     for d in devices:
-        loc = gpu_locality(d.pci_bus_id)
+        loc = locs[d.pci_bus_id]
         rows.append({**d.to_dict(), "numa_nodes": list(loc.numa_nodes), "cpus": format_cpulist(loc.cpus)})
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -309,7 +310,7 @@ def _doctor(args: argparse.Namespace) -> int:
     from gpuaffinity.core.cpulist import format_cpulist
     from gpuaffinity.core.errors import GpuAffinityError
     from gpuaffinity.core.model import Abstain
-    from gpuaffinity.numa.query import gpu_locality
+    from gpuaffinity.numa.query import localities
 
     print("Environment")
     for var in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "GPUAFFINITY_POLICY", "GPUAFFINITY_DISABLE",
@@ -331,9 +332,10 @@ def _doctor(args: argparse.Namespace) -> int:
         return e.exit_status
     source = "the driver's /proc files" if res.inventory.source == "procfs" else "NVML"
     print(f"\nMachine (NVML order = PCI order; listed from {source}): {len(res.inventory.gpus)} GPU(s)")
+    locs = localities(g.pci_bus_id for g in res.inventory.gpus)  # NVML and sysfs, once for both sections
     table = [("NVML", "PCI", "UUID", "MODEL", "NODES", "LOCAL CPUS")]
     for g in res.inventory.gpus:
-        loc = gpu_locality(g.pci_bus_id)
+        loc = locs[g.pci_bus_id]
         migs = f" + {len(g.migs)} MIG" if g.migs else ""
         table.append((str(g.nvml_index), g.pci_bus_id, g.uuid + migs, g.name,
                       ",".join(map(str, loc.numa_nodes)) or "none", format_cpulist(loc.local_cpus) or "-"))
@@ -342,7 +344,7 @@ def _doctor(args: argparse.Namespace) -> int:
     _print_table([(s.name, str(s.priority), getattr(s, "describe", "")) for s in res.strategies], "  ")
     print(f"\nDevices: this process sees {res.context.visible}")
     for d in res.devices:
-        loc = gpu_locality(d.pci_bus_id)
+        loc = locs[d.pci_bus_id]
         status = "fallback" if d.fallback else ("DISAGREEMENT" if d.disagreed else "agreed")
         mig = f" MIG {d.mig_uuid}" if d.mig_uuid else ""
         print(f"  cuda {d.logical_id} -> nvml {d.nvml_index}  {d.pci_bus_id}  {d.uuid}{mig}")
