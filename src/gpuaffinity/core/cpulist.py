@@ -8,16 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+#: What may surround a list in a sysfs file: white space, and the NUL some kernels add after the newline.
+_PADDING = " \t\n\r\v\f\0"
+
 
 def parse_cpulist(text: str) -> frozenset[int]:
     """Return the numbers a cpulist names; raise ValueError saying what is wrong.
 
     Accepts what the kernel writes and reads: comma-separated numbers and
     ranges ``a-b``, a range may carry a stride ``a-b:s``; an empty string (or
-    only white space) is the empty set.
+    only white space) is the empty set.  White space and NUL bytes around the
+    list are ignored: some kernels end sysfs lists with a NUL after the newline.
     """
     out: set[int] = set()
-    text = text.strip()
+    text = text.strip(_PADDING)
     if not text:
         return frozenset()
     for part in text.split(","):
@@ -76,3 +80,23 @@ def format_cpumask(numbers: Iterable[int]) -> str:
     """The kernel's hex mask form ("ffffffff,ffffffff"), 32-bit groups, most significant first."""
     words = to_mask_words(numbers, 32)
     return ",".join(f"{w:08x}" for w in reversed(words))
+
+
+def parse_cpumask(text: str) -> frozenset[int]:
+    """The numbers a kernel hex mask names (``"00000002,00000001"`` -> ``{0, 33}``); raise ValueError.
+
+    Comma-separated groups of 32 bits, most significant first, as the kernel
+    writes ``cpumap``, ``local_cpus`` and ``thread_siblings``: every group but
+    the first has 8 hex digits.  White space and NUL bytes around it are ignored.
+    """
+    text = text.strip(_PADDING)
+    if not text:
+        return frozenset()
+    groups = text.split(",")
+    value = 0
+    for i, group in enumerate(groups):
+        width_ok = 1 <= len(group) <= 8 if i == 0 else len(group) == 8
+        if not width_ok or any(ch not in "0123456789abcdefABCDEF" for ch in group):
+            raise ValueError(f"{group!r} is not a group of 32-bit hex digits in cpumask {text!r}")
+        value = value << 32 | int(group, 16)
+    return frozenset(bit for bit in range(value.bit_length()) if value >> bit & 1)

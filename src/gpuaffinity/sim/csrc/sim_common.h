@@ -9,7 +9,9 @@
  *   cuda_driver_version 13000
  *   gpu UUID BUSID DOMAIN BUS DEVICE FUNCTION PCIDEVID SUBSYSID CUDARANK NUMANODE MEMMIB CCMAJ CCMIN SMS NAME...
  *   mask KIND W0,W1,...     (applies to the last gpu; KIND is node_mem,
- *                            socket_mem, node_cpu or socket_cpu; words are
+ *                            socket_mem, node_cpu, socket_cpu or gpu_mem (the
+ *                            NUMA node holding the GPU's own memory, Grace
+ *                            Hopper style; absent or 0: none); words are
  *                            64-bit hex, word 0 holds bits 0-63)
  *   mig UUID GI CI MEMMIB SMS NAME...   (an instance of the last gpu)
  *
@@ -70,6 +72,7 @@ typedef struct sim_gpu {
     char name[96];
     unsigned long long node_mem[SIM_MASK_WORDS], socket_mem[SIM_MASK_WORDS];
     unsigned long long node_cpu[SIM_MASK_WORDS], socket_cpu[SIM_MASK_WORDS];
+    unsigned long long gpu_mem[SIM_MASK_WORDS];
     int nmigs;
     sim_mig migs[SIM_MAX_MIGS];
     int index; /* NVML index */
@@ -187,6 +190,7 @@ static void sim_load_once(void) {
                                       : !strcmp(fl[0], "socket_mem") ? g->socket_mem
                                       : !strcmp(fl[0], "node_cpu")   ? g->node_cpu
                                       : !strcmp(fl[0], "socket_cpu") ? g->socket_cpu
+                                      : !strcmp(fl[0], "gpu_mem")    ? g->gpu_mem
                                                                      : NULL;
             if (!dst || sim_parse_mask(fl[1], dst)) goto bad;
         } else if (!strncmp(line, "mig ", 4)) {
