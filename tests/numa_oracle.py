@@ -10,10 +10,13 @@ tests pin the oracle itself down.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
+from gpuaffinity.core.cpulist import format_cpulist as fmt
 from gpuaffinity.numa.modes import MODES, place
 from gpuaffinity.numa.query import gpu_locality
 from gpuaffinity.numa.sysfs import Sysfs
@@ -97,13 +100,41 @@ class Oracle:
 
     def expect(self, gpu: Gpu, mode: str, allowed: frozenset[int] | None = None,
                mems: frozenset[int] | None = None, gpu_memory: bool = False) -> Answer:
-        usable = (self.online if allowed is None else allowed) & self.online
+        cpus, nodes, _notes = self.expect_full(gpu, mode, allowed, mems, gpu_memory)
+        return cpus, nodes
+
+    def expect_full(self, gpu: Gpu, mode: str, allowed: frozenset[int] | None = None,
+                    mems: frozenset[int] | None = None, gpu_memory: bool = False
+                    ) -> tuple[frozenset[int], tuple[int, ...], list[str]]:
+        """(CPUs, memory nodes, notes) by the rules of docs/numa.md, on a clean tree with NVML answering."""
+        raw = self.online if allowed is None else allowed
+        usable = raw & self.online
+        notes: list[str] = []
+        if gpu.gpu_memory_node is not None:
+            notes.append(f"this GPU's own memory is NUMA node {gpu.gpu_memory_node} (coherent GPU memory): memory "
+                         "policies leave it out unless asked")
         nodes = self.gpu_nodes(gpu)
-        if not nodes:
-            return usable, ()
+        if gpu.numa_node < 0 and nodes:
+            notes.append(f"the firmware gives no NUMA node for this GPU (numa_node = -1) but NVML names node(s) "
+                         f"{fmt(nodes)} of {fmt(self.cpu_nodes)}: using NVML's answer")
+        elif gpu.numa_node < 0:
+            notes += ["the firmware gives no NUMA node for this GPU (numa_node = -1, common in VMs): no preference",
+                      f"NVML names node(s) {fmt(self.cpu_nodes)}, ignored: nothing in the firmware backs it",
+                      "no NUMA preference: every allowed CPU"]
+            return usable, (), notes
+        users: set[int] = set()
+        for n in sorted(nodes):
+            near = {n} if n in self.cpu_nodes else self.nearest(n, self.cpu_nodes)
+            if n not in self.cpu_nodes:
+                notes.append(f"node {n} has no CPUs: the CPUs of the nearest node(s) {fmt(near)} are used")
+            users |= near
         local = self.local_cpus(nodes)
+        if local and not local & raw:
+            notes.append(f"none of this GPU's local CPUs ({fmt(local)}) is allowed to this process "
+                         f"(allowed: {fmt(raw)}; affinity mask or cgroup cpuset)")
         pool = local & usable
         memory = set(nodes)
+        where = f"node(s) {fmt(nodes)}"
         if mode == "node":
             cpus = pool
         elif mode == "socket":
@@ -113,33 +144,89 @@ class Oracle:
         else:
             peers = self.peers(gpu)
             rank = peers.index(gpu.pci_bus_id)
+            if users - nodes:
+                notes.append(f"this GPU's CPUs come from node(s) {fmt(users)}, whose own GPUs do not count it in "
+                             "their split: its share overlaps theirs")
             if mode == "exclusive":
                 cores = self.cores(pool)
-                units = cores
+                units, what = cores, "allowed core"
                 if len(cores) < len(peers) and len(pool) > len(cores):
-                    units = [(c,) for core in cores for c in core]
+                    units, what = [(c,) for core in cores for c in core], "allowed CPU"
+                    notes.append(f"{len(cores)} allowed cores for {len(peers)} GPUs on {where}: split by hardware "
+                                 "thread, so siblings are split")
                 cpus = self.share(units, len(peers), rank)
+                self.share_note(units, peers, rank, what, "core", where, cpus, notes)
             else:
                 groups = self.llc_groups()
                 if groups is None:
                     cpus = pool
+                    if pool:
+                        notes.append("no last-level cache information in sysfs: using the node")
                 else:
-                    domains = sorted({tuple(sorted(g & pool)) for g in groups if g & pool}, key=lambda d: d[0])
-                    cpus = self.share(domains, len(peers), rank)
+                    units = sorted({tuple(sorted(g & pool)) for g in groups if g & pool}, key=lambda d: d[0])
+                    cpus = self.share(units, len(peers), rank)
+                    self.share_note(units, peers, rank, "last-level cache domain", "last-level cache", where, cpus,
+                                    notes)
         if gpu_memory and gpu.gpu_memory_node is not None:
             memory.add(gpu.gpu_memory_node)
         placed: set[int] = set()
-        for n in memory:
-            placed |= {n} if n in self.has_memory else self.nearest(n, self.has_memory)
-        if mems is not None:
+        for n in sorted(memory):
+            near = {n} if n in self.has_memory else self.nearest(n, self.has_memory)
+            if n not in self.has_memory:
+                notes.append(f"node {n} has no memory: memory goes to the nearest node(s) with memory "
+                             f"({fmt(near) or 'unknown: memory left alone'})")
+            placed |= near
+        if mems is not None and placed - mems:
+            notes.append(f"memory on node(s) {fmt(placed - mems)} is not allowed to this process (Mems_allowed_list "
+                         f"{fmt(mems) or 'empty'}, from its cgroup cpuset): left out of the memory policy")
             placed &= mems
-        return cpus, tuple(sorted(placed))
+        return cpus, tuple(sorted(placed)), notes
+
+    @staticmethod
+    def share_note(units, peers, rank, what, own, where, cpus, notes) -> None:
+        if not units:
+            return
+        what += "" if len(units) == 1 else "s"
+        if len(units) >= len(peers):
+            size = len([u for u in units if set(u) <= cpus])
+            notes.append(f"GPU {rank + 1} of {len(peers)} on {where}: {size} of the {len(units)} {what}")
+        else:
+            others = [r + 1 for r in range(len(peers)) if r % len(units) == rank % len(units) and r != rank]
+            notes.append(f"{len(units)} {what} for {len(peers)} GPUs on {where}: no {own} of its own for each GPU, "
+                         f"they are dealt round-robin: GPU {rank + 1} gets {fmt(cpus)}, as does GPU {fmt(others)}")
 
 
 def render(topo: Topology, root: Path | None = None) -> Path:
     root = Path(tempfile.mkdtemp(prefix="numa-oracle-")) if root is None else root
     render_sysfs(topo, root)
     return root
+
+
+def cached_render(topo: Topology) -> Path:
+    """The topology's sysfs tree, rendered once and kept (read-only by convention) in a per-user cache.
+
+    Keyed by the topology and the sources that render it, so a change to either renders afresh; rendered
+    in a private folder and renamed into place, so concurrent test runs never see half a tree.  Keeps the
+    tests that only read a tree cheap, also in the forked processes of a mutation run."""
+    import gpuaffinity.core.cpulist as cpulist
+    import gpuaffinity.sim.render as render_mod
+    import gpuaffinity.sim.topology as topology_mod
+
+    digest = hashlib.sha256(repr(dataclasses.replace(topo, source="")).encode())
+    for mod in (cpulist, render_mod, topology_mod):
+        digest.update(Path(mod.__file__).read_bytes())
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpuaffinity-tests" / "sysfs"
+    final = base / digest.hexdigest()[:24]
+    if not final.is_dir():
+        base.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="render-", dir=base))
+        render_sysfs(topo, work / "sys")
+        try:
+            (work / "sys").rename(final)
+        except OSError:  # another run got there first
+            pass
+        shutil.rmtree(work, ignore_errors=True)
+    return final
 
 
 def plan_in_process(topo: Topology, root: Path, allowed: frozenset[int] | None = None,

@@ -15,7 +15,7 @@ from gpuaffinity.core.cpulist import format_cpulist, parse_cpulist
 from gpuaffinity.numa.modes import MODES
 from gpuaffinity.sim import load_topology, simulated
 from gpuaffinity.sim.topology import parse_topology
-from numa_oracle import Oracle, plan_in_process, render, with_gpus
+from numa_oracle import Oracle, cached_render, plan_in_process, with_gpus
 
 SHAPES = ["epyc-nps2", "epyc-nps4", "xeon-snc2", "xeon-snc4", "gh200", "gb200-tray", "irregular-2s", "dgx-h100"]
 COUNTS = (1, 3, 4, 8)
@@ -44,14 +44,8 @@ VARIANTS = [(shape, count) for shape in SHAPES for count in COUNTS if count <= l
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory):
-    made = {}
-
-    def get(topo):
-        if topo.name not in made:
-            made[topo.name] = render(topo, tmp_path_factory.mktemp(topo.name))
-        return made[topo.name]
-    return get
+def rendered():
+    return cached_render
 
 
 @pytest.fixture(autouse=True)
@@ -68,11 +62,12 @@ def test_every_mode_gives_the_rule(rendered, shape, count):
         got = plan_in_process(topo, root, allowed)
         for gpu in topo.gpus:
             for mode in MODES:
-                cpus, nodes, _notes = got[gpu.pci_bus_id][mode]
-                want_cpus, want_nodes = oracle.expect(gpu, mode, allowed)
+                cpus, nodes, notes = got[gpu.pci_bus_id][mode]
+                want_cpus, want_nodes, want_notes = oracle.expect_full(gpu, mode, allowed)
                 where = f"{shape} x{count} cpuset {name} GPU {gpu.pci_bus_id} {mode}"
                 assert format_cpulist(cpus) == format_cpulist(want_cpus), where
                 assert nodes == want_nodes, where
+                assert list(notes) == want_notes, where
         _check_exclusive_shares(topo, oracle, got, allowed)
 
 
@@ -245,7 +240,7 @@ def test_cpuset_of_three_of_five_cores_for_four_gpus(rendered):
     single = _one_node(5, 4, threads=1)
     got = plan_of(rendered, single, parse_cpulist("0-2"))
     assert [cpus_of(got, g.pci_bus_id, "exclusive") for g in single.gpus] == ["0", "1", "2", "0"]
-    assert any("shared round-robin: GPU 4 gets 0, as does GPU 1" in n
+    assert any("dealt round-robin: GPU 4 gets 0, as does GPU 1" in n
                for n in got[single.gpus[3].pci_bus_id]["exclusive"][2])
 
 

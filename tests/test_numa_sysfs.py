@@ -13,7 +13,7 @@ from gpuaffinity.numa.query import gpu_locality
 from gpuaffinity.numa.sysfs import Sysfs, read_text
 from gpuaffinity.sim import load_topology
 from gpuaffinity.sim.topology import SYSFS_QUIRKS
-from numa_oracle import Oracle, plan_in_process, render
+from numa_oracle import Oracle, cached_render, plan_in_process, render
 
 
 @pytest.fixture(autouse=True)
@@ -61,7 +61,7 @@ def test_quirky_tree_gives_the_clean_answer(quirk, tmp_path):
     clean = load_topology(shape)
     odd = quirky(shape, quirk)
     restriction = frozenset(sorted(clean.cpus)[: len(clean.cpus) * 2 // 3])
-    clean_root, odd_root = render(clean, tmp_path / "clean"), render(odd, tmp_path / "odd")
+    clean_root, odd_root = cached_render(clean), cached_render(odd)
     for allowed in (None, restriction):
         want = plan_in_process(clean, clean_root, allowed)
         got = plan_in_process(odd, odd_root, allowed)
@@ -207,3 +207,120 @@ def test_empty_cpuset_places_nothing_and_crashes_nothing(tmp_path):
     assert {c for modes in got.values() for (c, _n, _notes) in modes.values()} == {frozenset()}
     oracle = Oracle(topo)
     assert all(oracle.expect(g, m, frozenset())[0] == frozenset() for g in topo.gpus for m in MODES)
+
+
+# ---- the NUMA stage called the way the rest of the package calls it ---------------------------------
+
+
+def test_place_reads_sysfs_and_mems_allowed_itself(monkeypatch, tmp_path):
+    from gpuaffinity.numa.modes import cores_of
+
+    topo = load_topology("gh200")
+    monkeypatch.setenv("GPUAFFINITY_SYSFS_ROOT", str(cached_render(topo)))
+    bus = topo.gpus[0].pci_bus_id
+    loc = gpu_locality(bus, topo.cpus, (frozenset({0}), topo.cpus, frozenset({1})))
+    assert (loc.numa_nodes, loc.gpu_memory_nodes, loc.cpu_nodes) == ((0,), (1,), (0,))
+    p = place(loc, "exclusive", topo.cpus)
+    assert (p.numa_nodes, format_cpulist(p.cpus)) == ((0,), "0-71")
+    assert cores_of(frozenset({0, 1})) == [(0,), (1,)]
+    status = tmp_path / "proc" / "self" / "status"
+    status.parent.mkdir(parents=True)
+    status.write_text("Name:\tpython3\nMems_allowed:\t00000002\nMems_allowed_list:\t1\n")
+    left = place(loc, "node", topo.cpus)
+    assert left.numa_nodes == () and left.notes[-1] == (
+        "memory on node(s) 0 is not allowed to this process (Mems_allowed_list 1, from its cgroup cpuset): left out "
+        "of the memory policy")
+    assert place(loc, "node", topo.cpus, gpu_memory=True).numa_nodes == (1,)
+    status.write_text("Mems_allowed_list:\tx\n")
+    assert place(loc, "node", topo.cpus).numa_nodes == (0,)  # unreadable: no limit
+    with pytest.raises(ValueError, match=r"^unknown mode 'nodes': choose one of node, socket, exclusive, llc$"):
+        place(loc, "nodes", topo.cpus)
+
+
+def test_sysfs_root_is_sys_unless_the_simulator_says(monkeypatch):
+    from pathlib import Path
+
+    from gpuaffinity.numa.sysfs import sysfs_root
+
+    monkeypatch.delenv("GPUAFFINITY_SYSFS_ROOT", raising=False)
+    assert sysfs_root() == Path("/sys") and Sysfs().root == Path("/sys")
+    monkeypatch.setenv("GPUAFFINITY_SYSFS_ROOT", "/elsewhere")
+    assert Sysfs().root == Path("/elsewhere")
+
+
+def _device(root, bus, vendor, cls, node):
+    base = root / "bus" / "pci" / "devices" / bus
+    base.mkdir(parents=True)
+    for name, text in (("vendor", vendor), ("class", cls), ("numa_node", str(node))):
+        (base / name).write_text(text + "\n")
+
+
+def test_exclusive_counts_gpus_this_process_cannot_open(tmp_path):
+    """The split counts every GPU of the node the PCI tree shows, not only those this process sees."""
+    topo = load_topology("dgx-h100")
+    root = render(topo, tmp_path / "sys")
+    _device(root, "0000:05:00.0", "0x15b3", "0x020000", 0)  # a NIC: not a GPU
+    _device(root, "0000:06:00.0", "0x10de", "0x068000", 0)  # an NVSwitch: not a GPU
+    _device(root, "0000:07:00.0", "0x10de", "0x040300", 0)  # a GPU's audio function: not a GPU
+    _device(root, "0000:e0:00.0", "0x10de", "0x030000", 1)  # a VGA NVIDIA GPU on node 1: counts
+    _device(root, "0000:e1:00.0", "0x10de", "0x030200", -1)  # no node: counts nowhere
+    fs = Sysfs(root)
+    assert fs.gpus_by_node() == {0: [g.pci_bus_id for g in topo.gpus[:4]],
+                                 1: [g.pci_bus_id for g in topo.gpus[4:]] + ["0000:e0:00.0"]}
+    for gpu, want in ((topo.gpus[1], "14-27,126-139"), (topo.gpus[4], "56-67,168-179")):
+        loc = gpu_locality(gpu.pci_bus_id, topo.cpus, None, sysfs=fs)
+        p = place(loc, "exclusive", topo.cpus, {gpu.numa_node: [gpu.pci_bus_id]}, allowed_mems=None, sysfs=fs)
+        assert format_cpulist(p.cpus) == want
+    assert Sysfs(tmp_path / "none").gpus_by_node() == {}
+
+
+def test_node_lists_that_name_offline_cpus(tmp_path):
+    topo = load_topology("irregular-2s")
+    root = render(topo, tmp_path / "sys")
+    (root / "devices/system/node/node3/cpulist").write_text("30-39,70-79\n")
+    assert Sysfs(root).node_cpus(3) == parse_cpulist("30-35")
+    (root / "devices/system/cpu/online").unlink()
+    assert Sysfs(root).node_cpus(3) == parse_cpulist("30-39,70-79")  # without cpu/online: as the node says
+
+
+def test_socket_without_the_online_file(tmp_path):
+    topo = load_topology("xeon-snc2")
+    root = render(topo, tmp_path / "sys")
+    (root / "devices/system/cpu/online").unlink()
+    got = plan_in_process(topo, root)
+    assert format_cpulist(got[topo.gpus[0].pci_bus_id]["socket"][0]) == "0-39,80-119"
+    assert format_cpulist(got[topo.gpus[7].pci_bus_id]["socket"][0]) == "40-79,120-159"
+
+
+def test_memory_placement_notes_what_sysfs_did_not_say(tmp_path):
+    topo = load_topology("irregular-2s")
+    root = render(topo, tmp_path / "sys")
+    (root / "devices/system/node/has_memory").write_text("0-x\n")
+    fs = Sysfs(root)
+    notes: list[str] = []
+    assert fs.nodes_with_memory(notes) == frozenset({0, 2, 3, 4})  # from meminfo
+    assert notes == [f"{root}/devices/system/node/has_memory is not a CPU list ('x' is not a CPU number in cpulist "
+                     "'0-x'): ignored"]
+    bus = "0000:31:00.0"  # node 1: CPUs, no memory
+    loc = gpu_locality(bus, topo.cpus, None, sysfs=fs)
+    assert notes[0] in place(loc, "node", topo.cpus, allowed_mems=None, sysfs=fs).notes
+    (root / "devices/system/node/node1/distance").write_text("10 12 21\n")
+    fs = Sysfs(root)
+    p = place(gpu_locality(bus, topo.cpus, None, sysfs=fs), "node", topo.cpus, allowed_mems=None, sysfs=fs)
+    assert p.numa_nodes == ()
+    assert p.notes[-2:] == (
+        f"{root}/devices/system/node/node1/distance ('10 12 21') does not list one distance per online node (0-4): "
+        "ignored",
+        "node 1 has no memory: memory goes to the nearest node(s) with memory (unknown: memory left alone)")
+
+
+def test_nearest_never_names_the_node_itself_or_an_unknown_one(tree):
+    topo, root = tree
+    fs = Sysfs(root)
+    assert fs.nearest(0, frozenset({0, 1, 7})) == (1,)
+    assert fs.nearest(0, frozenset({0})) == ()
+    (root / "devices/system/node/online").write_text("0-z\n")
+    notes: list[str] = []
+    assert Sysfs(root).distances(0, notes) == {0: 10, 1: 12, 2: 21, 3: 21}
+    assert notes == [f"{root}/devices/system/node/online is not a CPU list ('z' is not a CPU number in cpulist "
+                     "'0-z'): ignored"]

@@ -37,6 +37,7 @@ CUDA_ERROR_NO_DEVICE = 100
 CUDA_ERROR_INVALID_DEVICE = 101
 
 ORDERS = ("FASTEST_FIRST", "PCI_BUS_ID")
+ULONG_MAX = 2**64 - 1
 
 
 #: A MIG instance as the grammar sees it: the model's own record.
@@ -86,10 +87,10 @@ def strtoul32(text: str) -> int | None:
     if not m:
         return None
     value = int(m[2])
-    if value > 0xFFFFFFFFFFFFFFFF:  # strtoul saturates at ULONG_MAX
-        value = 0xFFFFFFFFFFFFFFFF
-    elif m[1] == "-":
-        value = (-value) & 0xFFFFFFFFFFFFFFFF
+    if value > ULONG_MAX:  # strtoul saturates at ULONG_MAX, whatever the sign
+        return ULONG_MAX & 0xFFFFFFFF
+    if m[1] == "-":
+        value = -value & ULONG_MAX
     return value & 0xFFFFFFFF
 
 
@@ -205,8 +206,6 @@ def _find_mig(entry: str, gpus: Sequence[_Gpu]) -> tuple[int, int] | None:
                 for mi, mig in enumerate(g.migs):
                     if (mig.gpu_instance, mig.compute_instance) == (int(m[2]), int(m[3])):
                         return gi_, mi
-        return None
-    if entry.startswith("MIG-GPU-"):
         return None
     flat = [(gi_, mi, mig.uuid[4:]) for gi_, g in enumerate(gpus) for mi, mig in enumerate(g.migs)]
     hit = _prefix_match([f[2] for f in flat], entry[4:])

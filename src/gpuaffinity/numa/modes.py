@@ -117,7 +117,7 @@ def _peers(loc: Locality, gpus_by_node: dict[int, list[str]] | None, fs: Sysfs) 
     return sorted(found)
 
 
-def _share(units: list[tuple[int, ...]], peers: list[str], rank: int, what: str, where: str,
+def _share(units: list[tuple[int, ...]], peers: list[str], rank: int, what: str, own: str, where: str,
            notes: list[str]) -> frozenset[int]:
     """This GPU's contiguous share of ``units``; with fewer units than GPUs, unit ``rank`` mod count, shared."""
     if not units:
@@ -129,8 +129,8 @@ def _share(units: list[tuple[int, ...]], peers: list[str], rank: int, what: str,
     else:
         share = [units[rank % len(units)]]
         others = [r + 1 for r in range(len(peers)) if r % len(units) == rank % len(units) and r != rank]
-        notes.append(f"{len(units)} {what} for {len(peers)} GPUs on {where}: no core of its own for each GPU, "
-                     f"they are shared round-robin: GPU {rank + 1} gets {format_cpulist(share[0])}, as does GPU "
+        notes.append(f"{len(units)} {what} for {len(peers)} GPUs on {where}: no {own} of its own for each GPU, "
+                     f"they are dealt round-robin: GPU {rank + 1} gets {format_cpulist(share[0])}, as does GPU "
                      f"{format_cpulist(others)}")
     return frozenset(c for unit in share for c in unit)
 
@@ -139,11 +139,11 @@ def _exclusive(pool: frozenset[int], peers: list[str], rank: int, where: str, fs
                notes: list[str]) -> frozenset[int]:
     cores = cores_of(pool, fs, notes)
     if len(cores) >= len(peers) or len(pool) <= len(cores):
-        return _share(cores, peers, rank, "allowed core", where, notes)
+        return _share(cores, peers, rank, "allowed core", "core", where, notes)
     threads = [(c,) for core in cores for c in core]  # core by core, so a share keeps siblings where it can
     notes.append(f"{len(cores)} allowed cores for {len(peers)} GPUs on {where}: split by hardware thread, "
                  "so siblings are split")
-    return _share(threads, peers, rank, "allowed CPU", where, notes)
+    return _share(threads, peers, rank, "allowed CPU", "core", where, notes)
 
 
 def _llc(pool: frozenset[int], peers: list[str], rank: int, where: str, fs: Sysfs,
@@ -155,13 +155,13 @@ def _llc(pool: frozenset[int], peers: list[str], rank: int, where: str, fs: Sysf
             notes.append("no last-level cache information in sysfs: using the node")
             return pool
         domains.add(tuple(sorted(shared & pool)))
-    return _share(sorted(domains), peers, rank, "last-level cache domain", where, notes)
+    return _share(sorted(domains), peers, rank, "last-level cache domain", "last-level cache", where, notes)
 
 
 def _socket(loc: Locality, usable: frozenset[int], fs: Sysfs, notes: list[str]
             ) -> tuple[frozenset[int], tuple[int, ...]]:
     """Every usable CPU of the packages holding the GPU's CPUs, and the nodes with CPUs there."""
-    packages = {fs.package(c, notes) for c in loc.local_cpus}
+    packages = {fs.package(c) for c in loc.local_cpus}
     if not packages or None in packages:
         notes.append("the kernel does not tell which package this GPU's CPUs are on (physical_package_id missing "
                      "or -1): socket mode uses the GPU's node")

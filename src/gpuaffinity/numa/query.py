@@ -52,10 +52,9 @@ def allowed_memory_nodes() -> frozenset[int] | None:
     set by a cgroup cpuset or Kubernetes' memory manager); None when the kernel does not say."""
     text = read_text(_procfs_root() / "self" / "status")
     for line in (text or "").splitlines():
-        key, _, value = line.partition(":")
-        if key == "Mems_allowed_list":
+        if line.startswith("Mems_allowed_list:"):
             try:
-                return parse_cpulist(value)
+                return parse_cpulist(line[len("Mems_allowed_list:"):])
             except ValueError:
                 return None
     return None
@@ -139,9 +138,8 @@ def driver_gpu_memory_node(pci_bus_id: str) -> int | None:
     line ``Node:``), on platforms where it is one; None elsewhere."""
     text = read_text(_procfs_root() / "driver" / "nvidia" / "gpus" / pci_bus_id / "numa_status")
     for line in (text or "").splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "Node" and value.strip().isdigit():
-            return int(value)
+        if line.startswith("Node:") and line[len("Node:"):].strip().isdigit():
+            return int(line[len("Node:"):])
     return None
 
 

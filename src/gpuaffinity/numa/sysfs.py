@@ -99,15 +99,10 @@ class Sysfs:
         """The CPUs that are online (``cpu/online``); None when the kernel does not say."""
         return self._once("online", lambda n: self._list("devices/system/cpu/online", n), notes)
 
-    def package(self, cpu: int, notes: list[str] | None = None) -> int | None:
+    def package(self, cpu: int) -> int | None:
         """The CPU's package (socket), or None when missing or unknown (``physical_package_id`` = -1)."""
-        def compute(n: list[str]) -> int | None:
-            text = self.text(f"devices/system/cpu/cpu{cpu}/topology/physical_package_id")
-            if text is None or not text.lstrip("-").isdigit():
-                return None
-            value = int(text)
-            return value if value >= 0 else None
-        return self._once(("package", cpu), compute, notes)
+        text = self.text(f"devices/system/cpu/cpu{cpu}/topology/physical_package_id")
+        return int(text) if text is not None and text.isdigit() else None
 
     def siblings(self, cpu: int, notes: list[str] | None = None) -> frozenset[int]:
         """The hardware threads of the CPU's core, the CPU included.
@@ -227,7 +222,7 @@ class Sysfs:
                 n.append(f"{self.root}/devices/system/node/node{node}/distance ({text!r}) does not list one "
                          f"distance per online node ({format_cpulist(ids)}): ignored")
                 return None
-            return dict(zip(ids, map(int, values), strict=True))
+            return {node: int(values[i]) for i, node in enumerate(ids)}
         return self._once(("distance", node), compute, notes)
 
     def nearest(self, node: int, candidates: frozenset[int], notes: list[str] | None = None) -> tuple[int, ...]:
