@@ -131,7 +131,7 @@ class Oracle:
         local = self.local_cpus(nodes)
         if local and not local & raw:
             notes.append(f"none of this GPU's local CPUs ({fmt(local)}) is allowed to this process "
-                         f"(allowed: {fmt(raw)}; affinity mask or cgroup cpuset)")
+                         f"(allowed: {fmt(raw) or 'none'}; affinity mask or cgroup cpuset)")
         pool = local & usable
         memory = set(nodes)
         where = f"node(s) {fmt(nodes)}"

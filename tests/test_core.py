@@ -168,3 +168,7 @@ def test_uuid_prefix_matching():
                                              ("00000010:C1:00.0", "0010:c1:00.0")])
 def test_hex_domains(given, want):
     assert normalize_bus_id(given) == want
+
+
+def test_strtoul32_negative_wraps_modulo_two_to_the_64():
+    assert strtoul32("-18446744073709551615") == 1 and strtoul32("-18446744073709551614") == 2

@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import traceback
+from dataclasses import replace as dataclasses_replace
 from pathlib import Path
 
 import pytest
@@ -231,3 +232,194 @@ def test_localities_with_nvml_and_sysfs(tmp_path):
     plain = value(forked(_with_nvml, "gh200", tmp_path, "nvmlInit=9", lambda t: _localities(t, root, None)))
     assert plain["0009:01:00.0"][1:3] == [format_cpulist(sorted(set(CPUS) & set(range(72)))), "sysfs"]
     assert plain["allowed"] == CPUS
+
+
+# ---- failures the kernel gives only on other machines, made here with a seccomp filter ---------------
+
+_NR = {"x86_64": {"set_mempolicy": 238, "get_mempolicy": 239, "sched_setaffinity": 203},
+       "aarch64": {"set_mempolicy": 237, "get_mempolicy": 236, "sched_setaffinity": 122}}
+
+
+def _refuse(syscall: str, err: int, mode: int | None = None) -> bool:
+    """Install a seccomp filter: ``syscall`` (with first argument ``mode``, if given) fails with ``err``."""
+    import ctypes
+
+    class Filter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+
+    class Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
+
+    nr = _NR[platform.machine()][syscall]
+    errno_ret, allow = 0x00050000 | err, 0x7FFF0000
+    if mode is None:
+        code = [(0x20, 0, 0, 0), (0x15, 0, 1, nr), (0x06, 0, 0, errno_ret), (0x06, 0, 0, allow)]
+    else:  # also compare the low word of args[0] (offset 16 in struct seccomp_data)
+        code = [(0x20, 0, 0, 0), (0x15, 0, 3, nr), (0x20, 0, 0, 16), (0x15, 0, 1, mode), (0x06, 0, 0, errno_ret),
+                (0x06, 0, 0, allow)]
+    prog = (Filter * len(code))(*[Filter(*c) for c in code])
+    libc = ctypes.CDLL(None, use_errno=True)
+    return not (libc.prctl(38, 1, 0, 0, 0) or libc.prctl(22, 2, ctypes.byref(Prog(len(code), prog)), 0, 0))
+
+
+def _seccomp_or_skip(out):
+    if out.get("raised", "").startswith("SkipSeccomp"):
+        pytest.skip("seccomp filters are not available here")
+    return out
+
+
+class SkipSeccomp(Exception):
+    pass
+
+
+def _under(syscall, err, mode, fn, *args):
+    if platform.machine() not in _NR or not _refuse(syscall, err, mode):
+        raise SkipSeccomp()
+    return fn(*args)
+
+
+@pytest.mark.skipif(not ONE_NODE, reason="needs a kernel with node 0 only")
+def test_preferred_many_falls_back_to_the_first_node_on_kernels_without_it():
+    """Kernels before 5.15 refuse MPOL_PREFERRED_MANY with EINVAL: prefer the first node instead."""
+    out = _seccomp_or_skip(forked(_under, "set_mempolicy", errno.EINVAL, bind.MPOL_PREFERRED_MANY, _policy,
+                                  "preferred", [0, 1]))
+    assert value(out) == [bind.MPOL_PREFERRED, [0]]
+    out = _seccomp_or_skip(forked(_under, "set_mempolicy", errno.EINVAL, bind.MPOL_PREFERRED_MANY, _policy,
+                                  "preferred", [1, 0]))
+    assert out["raised"].startswith("BindError: set_mempolicy(preferred, node(s) 0-1) failed: EINVAL: the kernel has "
+                                    "no such NUMA node")
+    out = _seccomp_or_skip(forked(_under, "set_mempolicy", errno.ENOMEM, bind.MPOL_PREFERRED_MANY, _policy,
+                                  "preferred", [0, 1]))
+    assert out["raised"] == ("BindError: set_mempolicy(preferred, node(s) 0-1) failed: ENOMEM (Cannot allocate "
+                             "memory)")
+
+
+def test_affinity_refused_by_the_kernel():
+    out = _seccomp_or_skip(forked(_under, "sched_setaffinity", errno.EPERM, None, _affinity, CPUS[:1]))
+    assert out["raised"] == (f"BindError: sched_setaffinity({CPUS[0]}) failed: EPERM, not permitted (CAP_SYS_NICE "
+                             "missing?)")
+    out = _seccomp_or_skip(forked(_under, "sched_setaffinity", errno.EBUSY, None, _affinity, CPUS[:1]))
+    assert out["raised"] == (f"BindError: sched_setaffinity({CPUS[0]}) failed: [Errno 16] Device or resource busy")
+
+
+def _read_policy_refused():
+    try:
+        bind.get_mempolicy()
+    except OSError as e:
+        return [e.errno, str(e)]
+    return None
+
+
+def test_memory_policy_read_refused():
+    out = _seccomp_or_skip(forked(_under, "get_mempolicy", errno.EPERM, None, _read_policy_refused))
+    assert value(out) == [errno.EPERM, "[Errno 1] get_mempolicy: Operation not permitted"]
+    # apply() goes on without the old policy to restore: it binds, and reports no failure
+    out = _seccomp_or_skip(forked(_under, "get_mempolicy", errno.EPERM, None, _apply_blind, CPUS[:1], [0]))
+    assert value(out) == [[], True, True]
+
+
+def _apply_blind(cpus, nodes):
+    rec = BindRecord(0, "0000:01:00.0", "node", "bind", tuple(nodes), frozenset(cpus))
+    bind.apply(rec, "error")
+    return [rec.failures, rec.cpus_applied, rec.memory_applied]
+
+
+def _apply_after(memory, nodes, on_failure, cpus, rec_memory, rec_nodes):
+    bind.set_mempolicy(memory, tuple(nodes))
+    return _apply(on_failure, cpus, rec_memory, rec_nodes)
+
+
+def test_a_failed_bind_puts_the_old_memory_policy_back():
+    """CPUs refused, memory bound: under ``error`` the memory policy goes back to what it was."""
+    raised = value(forked(_apply_after, "preferred", [0], "error", [], "bind", [0]))
+    assert raised[0] == "raised" and raised[1] == "no CPU to bind to (nothing was left applied)"
+    assert raised[4:6] == [False, [bind.MPOL_PREFERRED, [0]]]
+    kept = value(forked(_apply_after, "preferred", [0], "warn", [], "bind", [0]))
+    assert kept[1] == ["no CPU to bind to"] and kept[3:5] == [False, True] and kept[6] == [bind.MPOL_BIND, [0]]
+
+
+def _threads_bound(cpus):
+    import threading
+    stop = threading.Event()
+    threads = [threading.Thread(target=stop.wait) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        n = bind.set_affinity_all_threads(frozenset(cpus))
+        seen = {tid: sorted(os.sched_getaffinity(tid)) for tid in bind.thread_ids()}
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    return [n, sorted(map(tuple, seen.values()))]
+
+
+def test_every_thread_counts():
+    assert value(forked(_threads_bound, CPUS[:1])) == [3, [CPUS[:1]] * 3]
+
+
+def _gone_thread_then_mine(cpus):
+    bind.thread_ids = lambda: [2**22 + 12345, os.getpid()]  # a thread that ended meanwhile, then this one
+    return bind.set_affinity_all_threads(frozenset(cpus))
+
+
+def _no_proc():
+    def refuse(_path):
+        raise PermissionError("no /proc here")
+    os.listdir = refuse
+    return bind.thread_ids()
+
+
+def test_threads_that_end_meanwhile_and_no_proc():
+    assert value(forked(_gone_thread_then_mine, CPUS[:1])) == 1
+    assert value(forked(_no_proc)) == [0]
+
+
+def test_node_masks_both_ways():
+    words = bind._nodemask((0, 1, 64, 1023))
+    assert (words[0], words[1], words[15]) == (3, 1, 1 << 63) and sum(words[2:15]) == 0
+    assert bind._from_nodemask(words) == frozenset({0, 1, 64, 1023})
+    assert bind._from_nodemask([0, 0]) == frozenset()
+    assert bind._mempolicy_error(9999, "bind", (0,)) == (
+        "set_mempolicy(bind, node(s) 0) failed: 9999 (Unknown error 9999)")
+    assert bind._mempolicy_error(errno.EPERM, "bind", (0,)) == (
+        "set_mempolicy(bind, node(s) 0) failed: EPERM, not permitted: the container's seccomp profile blocks it "
+        "without the CAP_SYS_NICE capability (docker run --cap-add SYS_NICE), or use --memory none")
+    assert bind._mempolicy_error(errno.EINVAL, "preferred", (2,)) == (
+        "set_mempolicy(preferred, node(s) 2) failed: EINVAL: the kernel has no such NUMA node (or it has no memory); "
+        "check /sys/devices/system/node, or use --memory none")
+
+
+# ---- the query helpers -------------------------------------------------------------------------------------
+
+
+def _own_affinity():
+    from gpuaffinity.numa import query
+    os.environ.pop(query.SIM_ALLOWED_VAR, None)
+    os.sched_setaffinity(0, CPUS[:1])
+    return sorted(query.allowed_cpus())
+
+
+def test_allowed_cpus_are_this_process_s_affinity():
+    assert value(forked(_own_affinity)) == CPUS[:1]
+
+
+def test_nvml_masks_to_sets():
+    from gpuaffinity.numa.query import _bits
+    assert _bits([0b101, 1 << 63]) == frozenset({0, 2, 127}) and _bits([]) == frozenset()
+
+
+def _localities_without_nvml(topo, root):
+    from gpuaffinity.numa import query
+    os.environ["GPUAFFINITY_SYSFS_ROOT"] = str(root)
+    os.environ["GPUAFFINITY_PROCFS_ROOT"] = "/nonexistent"
+    os.environ[query.SIM_ALLOWED_VAR] = format_cpulist(topo.cpus)
+    locs = query.localities([g.pci_bus_id for g in topo.gpus], use_nvml=False)
+    return [[loc.source, list(loc.gpu_memory_nodes)] for loc in locs.values()] + [query.node_cpus(0)]
+
+
+def test_localities_without_nvml_do_not_ask_it(tmp_path):
+    topo = load_topology("gh200")
+    root = cached_render(dataclasses_replace(topo, sysfs_quirks=("no-node-cpulist",)))
+    got = value(forked(_with_nvml, "gh200", tmp_path, "", lambda t: _localities_without_nvml(t, root)))
+    assert got == [["sysfs", []], list(range(72))]

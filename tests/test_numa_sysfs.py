@@ -38,7 +38,7 @@ def all_notes(result):
 # quirk -> (shape, the note it must produce or None, modes whose answer may differ from the clean tree's)
 EXPECTED = {
     "nul-terminated": ("irregular-2s", None, ()),
-    "no-node-cpulist": ("irregular-2s", "cpulist is missing: node 0's CPUs taken from its cpumap", ()),
+    "no-node-cpulist": ("irregular-2s", "node*/cpulist is missing: each node's CPUs taken from its cpumap", ()),
     "no-numa-node": ("xeon-snc2", "numa_node is missing: node(s) 1 taken from its local CPUs (20-39,100-119)", ()),
     "no-local-cpulist": ("irregular-2s", None, ()),
     "hex-siblings": ("epyc-nps4", None, ()),
@@ -205,6 +205,8 @@ def test_empty_cpuset_places_nothing_and_crashes_nothing(tmp_path):
     topo = load_topology("irregular-2s")
     got = plan_in_process(topo, render(topo, tmp_path), frozenset())
     assert {c for modes in got.values() for (c, _n, _notes) in modes.values()} == {frozenset()}
+    assert "none of this GPU's local CPUs (0-9,40-49) is allowed to this process (allowed: none; affinity mask or " \
+           "cgroup cpuset)" in got["0000:11:00.0"]["node"][2]
     oracle = Oracle(topo)
     assert all(oracle.expect(g, m, frozenset())[0] == frozenset() for g in topo.gpus for m in MODES)
 
@@ -324,3 +326,47 @@ def test_nearest_never_names_the_node_itself_or_an_unknown_one(tree):
     assert Sysfs(root).distances(0, notes) == {0: 10, 1: 12, 2: 21, 3: 21}
     assert notes == [f"{root}/devices/system/node/online is not a CPU list ('z' is not a CPU number in cpulist "
                      "'0-z'): ignored"]
+
+
+def _caches(root, cpu, *entries):
+    """Write cpu<N>/cache/index<i> folders: (level or None, type or None, shared_cpu_list or None)."""
+    for i, (level, kind, shared) in enumerate(entries):
+        base = root / "devices/system/cpu" / f"cpu{cpu}" / "cache" / f"index{i}"
+        base.mkdir(parents=True)
+        for name, text in (("level", level), ("type", kind), ("shared_cpu_list", shared)):
+            if text is not None:
+                (base / name).write_text(f"{text}\n")
+
+
+def test_the_last_level_cache_is_read_by_level_and_type(tmp_path):
+    root = tmp_path / "sys"
+    _caches(root, 0, ("1", "Data", "0"), ("3", "Instruction", "0-7"), ("2", "Unified", "0-1"))
+    _caches(root, 1, ("1", "Data", "1"), ("3", None, "0-3"), ("3", "Unified", "0-7"))  # no type: unified; first L3
+    _caches(root, 2, ("3", "Unified", None), ("2", "Unified", "2-3"), (None, "Unified", "0-15"))
+    _caches(root, 3, ("x", "Unified", "0-15"))
+    fs = Sysfs(root)
+    notes: list[str] = []
+    assert fs.last_level_cache(0, notes) == frozenset({0, 1})  # the level-3 instruction cache does not count
+    assert fs.last_level_cache(1, notes) == frozenset({0, 1, 2, 3})
+    assert fs.last_level_cache(2, notes) == frozenset({2, 3})  # an L3 without CPUs, a cache without level: skipped
+    assert fs.last_level_cache(3, notes) is None and fs.last_level_cache(4, notes) is None
+    assert notes == [f"a cache in {root}/devices/system/cpu/cpu*/cache has no level: ignored"]
+
+
+def test_llc_mode_passes_on_what_the_cache_files_did_not_say(tmp_path):
+    topo = load_topology("epyc-nps2")
+    root = render(topo, tmp_path / "sys")
+    (root / "devices/system/cpu/cpu0/cache/index3/level").unlink()
+    got = plan_in_process(topo, root)
+    notes = got[topo.gpus[0].pci_bus_id]["llc"][2]
+    assert f"a cache in {root}/devices/system/cpu/cpu*/cache has no level: ignored" in notes
+    # CPU 0's last level is then its L2 (0,96): a domain of its own, so node 0 has 4 domains, 2 a GPU
+    assert format_cpulist(got[topo.gpus[0].pci_bus_id]["llc"][0]) == "0-7,96-103"
+
+
+def test_unknown_package_note_in_full(tmp_path):
+    odd = quirky("epyc-nps4", "package-unknown")
+    got = plan_in_process(odd, cached_render(odd))
+    assert got["0000:07:00.0"]["socket"][2] == (
+        "the kernel does not tell which package this GPU's CPUs are on (physical_package_id missing or -1): socket "
+        "mode uses the GPU's node",)

@@ -120,8 +120,12 @@ def get_mempolicy() -> tuple[int, frozenset[int]]:
     if libc.syscall(get_nr, ctypes.byref(mode), mask, ctypes.c_ulong(_MASK_BITS + 1), None, ctypes.c_ulong(0)):
         err = ctypes.get_errno()
         raise OSError(err, f"get_mempolicy: {os.strerror(err)}")
-    nodes = frozenset(w * 64 + b for w, word in enumerate(mask) for b in range(64) if word >> b & 1)
-    return mode.value, nodes
+    return mode.value, _from_nodemask(mask)
+
+
+def _from_nodemask(words: Iterable[int]) -> frozenset[int]:
+    """The nodes a kernel node mask (64-bit words, word 0 first) names."""
+    return frozenset(w * 64 + b for w, word in enumerate(words) for b in range(64) if word >> b & 1)
 
 
 def thread_ids() -> list[int]:

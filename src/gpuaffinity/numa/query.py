@@ -51,7 +51,9 @@ def allowed_memory_nodes() -> frozenset[int] | None:
     """The NUMA nodes this process may allocate on (``Mems_allowed_list`` in ``/proc/self/status``,
     set by a cgroup cpuset or Kubernetes' memory manager); None when the kernel does not say."""
     text = read_text(_procfs_root() / "self" / "status")
-    for line in (text or "").splitlines():
+    if text is None:
+        return None
+    for line in text.splitlines():
         if line.startswith("Mems_allowed_list:"):
             try:
                 return parse_cpulist(line[len("Mems_allowed_list:"):])
@@ -83,10 +85,6 @@ class Locality:
     notes: tuple[str, ...] = ()
     gpu_memory_nodes: tuple[int, ...] = ()
     cpu_nodes: tuple[int, ...] = ()
-
-
-def _read(path: Path) -> str | None:
-    return read_text(path)
 
 
 def node_cpus(node: int) -> frozenset[int] | None:
@@ -137,7 +135,9 @@ def driver_gpu_memory_node(pci_bus_id: str) -> int | None:
     """The node the driver says holds the GPU's memory (``/proc/driver/nvidia/gpus/<bus>/numa_status``,
     line ``Node:``), on platforms where it is one; None elsewhere."""
     text = read_text(_procfs_root() / "driver" / "nvidia" / "gpus" / pci_bus_id / "numa_status")
-    for line in (text or "").splitlines():
+    if text is None:
+        return None
+    for line in text.splitlines():
         if line.startswith("Node:") and line[len("Node:"):].strip().isdigit():
             return int(line[len("Node:"):])
     return None
@@ -227,7 +227,7 @@ def gpu_locality(pci_bus_id: str, allowed: frozenset[int] | None = None,
     cpus = local & allowed
     if local and not cpus:
         notes.append(f"none of this GPU's local CPUs ({format_cpulist(local)}) is allowed to this process "
-                     f"(allowed: {format_cpulist(allowed)}; affinity mask or cgroup cpuset)")
+                     f"(allowed: {format_cpulist(allowed) or 'none'}; affinity mask or cgroup cpuset)")
     return Locality(pci_bus_id, tuple(sorted(nodes)), cpus, local, source, tuple(notes), tuple(sorted(own)),
                     tuple(sorted(users)))
 

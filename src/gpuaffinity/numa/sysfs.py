@@ -60,7 +60,7 @@ class Sysfs:
         return value
 
     def text(self, rel: str) -> str | None:
-        return self._once(("text", rel), lambda _n: read_text(self.root / rel), None)
+        return self._once((Sysfs.text, rel), lambda _n: read_text(self.root / rel), None)
 
     def _list(self, rel: str, notes: list[str]) -> frozenset[int] | None:
         """A cpulist file; None when missing or unreadable (with a note for unreadable)."""
@@ -97,7 +97,7 @@ class Sysfs:
 
     def online_cpus(self, notes: list[str] | None = None) -> frozenset[int] | None:
         """The CPUs that are online (``cpu/online``); None when the kernel does not say."""
-        return self._once("online", lambda n: self._list("devices/system/cpu/online", n), notes)
+        return self._once(Sysfs.online_cpus, lambda n: self._list("devices/system/cpu/online", n), notes)
 
     def package(self, cpu: int) -> int | None:
         """The CPU's package (socket), or None when missing or unknown (``physical_package_id`` = -1)."""
@@ -123,7 +123,7 @@ class Sysfs:
             n.append(f"no thread siblings in {self.root}/devices/system/cpu/cpu*/topology: a CPU without them is "
                      "taken as a core of its own")
             return frozenset({cpu})
-        return self._once(("siblings", cpu), compute, notes)
+        return self._once((Sysfs.siblings, cpu), compute, notes)
 
     def last_level_cache(self, cpu: int, notes: list[str] | None = None) -> frozenset[int] | None:
         """The CPUs sharing this CPU's last-level cache: the data or unified cache of highest ``level``.
@@ -153,7 +153,7 @@ class Sysfs:
                 if best is None or int(level) > best[0]:
                     best = (int(level), shared | {cpu})
             return None if best is None else best[1]
-        return self._once(("llc", cpu), compute, notes)
+        return self._once((Sysfs.last_level_cache, cpu), compute, notes)
 
     # ---- NUMA nodes -------------------------------------------------------------------------------
 
@@ -168,7 +168,7 @@ class Sysfs:
             except OSError:
                 return ()
             return tuple(sorted(int(x[4:]) for x in names if x.startswith("node") and x[4:].isdigit()))
-        return self._once("nodes", compute, notes)
+        return self._once(Sysfs.node_ids, compute, notes)
 
     def node_cpus(self, node: int, notes: list[str] | None = None) -> frozenset[int]:
         """The node's online CPUs: ``cpulist``, else the hex ``cpumap`` (older kernels), each with a note."""
@@ -177,7 +177,8 @@ class Sysfs:
             listed = self._list(f"{base}/cpulist", n)
             masked = self._mask(f"{base}/cpumap", n)
             if listed is None and masked is not None:
-                n.append(f"{self.root / base}/cpulist is missing: node {node}'s CPUs taken from its cpumap")
+                n.append(f"{self.root}/devices/system/node/node*/cpulist is missing: each node's CPUs taken from its "
+                         "cpumap")
             elif listed is not None and masked is not None and listed != masked:
                 n.append(f"{self.root / base}/cpulist ({format_cpulist(listed) or 'empty'}) and cpumap "
                          f"({format_cpulist(masked) or 'empty'}) disagree: using cpulist")
@@ -188,7 +189,7 @@ class Sysfs:
                 return frozenset()
             online = self.online_cpus(n)
             return cpus if online is None else cpus & online
-        return self._once(("node_cpus", node), compute, notes)
+        return self._once((Sysfs.node_cpus, node), compute, notes)
 
     def nodes_with_memory(self, notes: list[str] | None = None) -> frozenset[int] | None:
         """Nodes that have memory: ``node/has_memory``, else each node's ``meminfo`` MemTotal; None if unknown."""
@@ -208,7 +209,7 @@ class Sysfs:
                     if len(parts) >= 4 and parts[2] == "MemTotal:" and parts[3].isdigit() and int(parts[3]) > 0:
                         found.add(node)
             return frozenset(found)
-        return self._once("has_memory", compute, notes)
+        return self._once(Sysfs.nodes_with_memory, compute, notes)
 
     def distances(self, node: int, notes: list[str] | None = None) -> dict[int, int] | None:
         """The node's distance to every online node (``node<N>/distance``); None when unreadable."""
@@ -223,7 +224,7 @@ class Sysfs:
                          f"distance per online node ({format_cpulist(ids)}): ignored")
                 return None
             return {node: int(values[i]) for i, node in enumerate(ids)}
-        return self._once(("distance", node), compute, notes)
+        return self._once((Sysfs.distances, node), compute, notes)
 
     def nearest(self, node: int, candidates: frozenset[int], notes: list[str] | None = None) -> tuple[int, ...]:
         """The candidates at the smallest distance from ``node`` (all of them on a tie); () if unknown."""
@@ -251,12 +252,12 @@ class Sysfs:
                 n.append(f"{self.pci_dir(bus_id)}/numa_node says {text!r}, not a node: ignored")
                 return None
             return max(int(text), -1)
-        return self._once(("pci_node", bus_id), compute, notes)
+        return self._once((Sysfs.pci_numa_node, bus_id), compute, notes)
 
     def pci_local_cpus(self, bus_id: str, notes: list[str] | None = None) -> frozenset[int] | None:
         """The device's ``local_cpulist``, else its hex ``local_cpus``; None when neither can be read."""
         base = f"bus/pci/devices/{bus_id}"
-        return self._once(("pci_local", bus_id),
+        return self._once((Sysfs.pci_local_cpus, bus_id),
                           lambda n: self._list_or_mask(f"{base}/local_cpulist", f"{base}/local_cpus", n), notes)
 
     def gpus_by_node(self) -> dict[int, list[str]]:
@@ -276,4 +277,4 @@ class Sysfs:
                 if node is not None and node >= 0:
                     out.setdefault(node, []).append(bus)
             return out
-        return self._once("gpus", compute, None)
+        return self._once(Sysfs.gpus_by_node, compute, None)
