@@ -252,5 +252,6 @@ def plan_in_process(topo: Topology, root: Path, allowed: frozenset[int] | None =
         out[bus] = {}
         for mode in MODES:
             p = place(loc, mode, allowed, by_node, gpu_memory=gpu_memory, allowed_mems=mems, sysfs=fs)
+            assert p.mode == mode
             out[bus][mode] = (p.cpus, p.numa_nodes, p.notes)
     return out

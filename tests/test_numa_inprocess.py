@@ -423,3 +423,38 @@ def test_localities_without_nvml_do_not_ask_it(tmp_path):
     root = cached_render(dataclasses_replace(topo, sysfs_quirks=("no-node-cpulist",)))
     got = value(forked(_with_nvml, "gh200", tmp_path, "", lambda t: _localities_without_nvml(t, root)))
     assert got == [["sysfs", []], list(range(72))]
+
+
+def _apply_with_unreadable_policy():
+    real = bind.get_mempolicy
+    calls = []
+
+    def first_refused():
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(errno.EPERM, "get_mempolicy: Operation not permitted")
+        return real()
+    bind.get_mempolicy = first_refused
+    bind.set_mempolicy("preferred", (0,))  # the policy before: one apply() cannot read
+    rec = BindRecord(0, "0000:01:00.0", "node", "bind", (0,), frozenset())
+    try:
+        bind.apply(rec, "error")
+    except BindError as e:
+        return [str(e), rec.memory_applied, list(real())]
+    return None
+
+
+def test_undoing_a_memory_policy_it_could_not_read_goes_back_to_the_default():
+    assert value(forked(_apply_with_unreadable_policy)) == [
+        "no CPU to bind to (nothing was left applied)", False, [bind.MPOL_DEFAULT, []]]
+
+
+def _apply_from_narrow_affinity(mine, cpus):
+    os.sched_setaffinity(0, mine)
+    return _apply("error", cpus, "bind", [1])
+
+
+@pytest.mark.skipif(len(CPUS) < 2 or not ONE_NODE, reason="needs two CPUs and a kernel with node 0 only")
+def test_undoing_cpus_goes_back_to_this_process_s_own_affinity():
+    raised = value(forked(_apply_from_narrow_affinity, CPUS[1:2], CPUS[:1]))
+    assert raised[0] == "raised" and raised[2] is True  # back to CPUS[1] alone, not to another process's mask

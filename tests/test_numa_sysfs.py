@@ -151,18 +151,23 @@ def test_no_node_files_at_all_falls_back_to_nvml(tmp_path):
         p = place(loc, mode, every, allowed_mems=None, sysfs=fs)
         assert (p.numa_nodes, format_cpulist(p.cpus)) == ((1,), "20-39,100-119"), mode
     assert any("package" in n for n in place(loc, "socket", every, allowed_mems=None, sysfs=fs).notes)
+    assert (f"no thread siblings in {tmp_path / 'nothing'}/devices/system/cpu/cpu*/topology: a CPU without them is "
+            "taken as a core of its own") in place(loc, "exclusive", every, allowed_mems=None, sysfs=fs).notes
     nothing = gpu_locality(topo.gpus[2].pci_bus_id, every, None, sysfs=fs)
     assert (nothing.numa_nodes, nothing.source) == ((), "none")
 
 
 def test_node_list_from_folders_and_memory_from_meminfo(tree):
     topo, root = tree
-    (root / "devices/system/node/online").unlink()
+    (root / "devices/system/node/online").write_text("0-q\n")
     (root / "devices/system/node/has_memory").unlink()
     (root / "devices/system/node/node3/meminfo").write_text("Node 3 MemTotal:       0 kB\n")
     fs = Sysfs(root)
+    notes: list[str] = []
+    assert fs.nodes_with_memory(notes) == frozenset({0, 1, 2})
+    assert notes == [f"{root}/devices/system/node/online is not a CPU list ('q' is not a CPU number in cpulist "
+                     "'0-q'): ignored"]
     assert fs.node_ids() == (0, 1, 2, 3)
-    assert fs.nodes_with_memory() == frozenset({0, 1, 2})
     (root / "devices/system/node/node2/meminfo").unlink()
     assert Sysfs(root).nodes_with_memory() is None
 
@@ -342,8 +347,9 @@ def test_the_last_level_cache_is_read_by_level_and_type(tmp_path):
     root = tmp_path / "sys"
     _caches(root, 0, ("1", "Data", "0"), ("3", "Instruction", "0-7"), ("2", "Unified", "0-1"))
     _caches(root, 1, ("1", "Data", "1"), ("3", None, "0-3"), ("3", "Unified", "0-7"))  # no type: unified; first L3
-    _caches(root, 2, ("3", "Unified", None), ("2", "Unified", "2-3"), (None, "Unified", "0-15"))
+    _caches(root, 2, (None, "Unified", "0-15"), ("3", "Unified", None), ("2", "Unified", "2-3"))
     _caches(root, 3, ("x", "Unified", "0-15"))
+    _caches(root, 5, ("3", "Unified", "0-q"))
     fs = Sysfs(root)
     notes: list[str] = []
     assert fs.last_level_cache(0, notes) == frozenset({0, 1})  # the level-3 instruction cache does not count
@@ -351,6 +357,9 @@ def test_the_last_level_cache_is_read_by_level_and_type(tmp_path):
     assert fs.last_level_cache(2, notes) == frozenset({2, 3})  # an L3 without CPUs, a cache without level: skipped
     assert fs.last_level_cache(3, notes) is None and fs.last_level_cache(4, notes) is None
     assert notes == [f"a cache in {root}/devices/system/cpu/cpu*/cache has no level: ignored"]
+    assert fs.last_level_cache(5, notes) is None
+    assert notes[-1] == (f"{root}/devices/system/cpu/cpu5/cache/index0/shared_cpu_list is not a CPU list ('q' is not "
+                         "a CPU number in cpulist '0-q'): ignored")
 
 
 def test_llc_mode_passes_on_what_the_cache_files_did_not_say(tmp_path):
@@ -370,3 +379,29 @@ def test_unknown_package_note_in_full(tmp_path):
     assert got["0000:07:00.0"]["socket"][2] == (
         "the kernel does not tell which package this GPU's CPUs are on (physical_package_id missing or -1): socket "
         "mode uses the GPU's node",)
+
+
+@pytest.mark.parametrize(("keep", "form"), [("core_cpus", "mask"), ("thread_siblings_list", "list")])
+def test_siblings_from_whichever_file_is_there(tmp_path, keep, form):
+    topo = load_topology("epyc-nps4")
+    root = render(topo, tmp_path / "sys")
+    base = root / "devices/system/cpu/cpu0/topology"
+    for name in ("core_cpus", "core_cpus_list", "thread_siblings", "thread_siblings_list"):
+        if name != keep:
+            (base / name).unlink()
+    assert Sysfs(root).siblings(0) == frozenset({0, 128}), form
+
+
+def test_a_vm_gpu_has_no_preference_and_never_an_offline_cpu(tmp_path):
+    from gpuaffinity.sim.topology import parse_topology
+
+    topo = parse_topology({"name": "vm-offline", "offline_cpus": "6-7", "numa_node": [{"id": 0, "cpus": "0-7"}],
+                           "gpu": [{"uuid": "GPU-00000000-0000-0000-0000-000000000001", "pci_bus_id": "0000:01:00.0",
+                                    "name": "NVIDIA H100", "numa_node": -1}]})
+    got = plan_in_process(topo, render(topo, tmp_path / "sys"), frozenset(range(8)), mems=frozenset())
+    for mode in MODES:
+        cpus, nodes, notes = got["0000:01:00.0"][mode]
+        assert (format_cpulist(cpus), nodes) == ("0-5", ())
+        assert notes == ("the firmware gives no NUMA node for this GPU (numa_node = -1, common in VMs): no preference",
+                         "NVML names node(s) 0, ignored: nothing in the firmware backs it",
+                         "no NUMA preference: every allowed CPU")

@@ -163,11 +163,12 @@ def apply(record: BindRecord, on_failure: str) -> BindRecord:
     if on_failure not in ("warn", "error"):
         raise BindError(f"unknown failure policy {on_failure!r}: choose warn or error")
     old_cpus = frozenset(os.sched_getaffinity(0))
-    old_policy = None
+    old_policy: tuple[int, frozenset[int]] = (MPOL_DEFAULT, frozenset())  # a thread's policy unless set
     try:
-        old_policy = get_mempolicy() if record.memory != "none" else None
+        if record.memory != "none":
+            old_policy = get_mempolicy()
     except (OSError, BindError):
-        pass
+        pass  # unreadable: undoing falls back to the default policy
     try:
         record.threads = set_affinity_all_threads(record.cpus)
         record.cpus_applied = True
@@ -183,7 +184,7 @@ def apply(record: BindRecord, on_failure: str) -> BindRecord:
         if record.cpus_applied:
             set_affinity_all_threads(old_cpus)
             record.cpus_applied = False
-        if record.memory_applied and old_policy is not None:
+        if record.memory_applied:
             _restore_mempolicy(*old_policy)
             record.memory_applied = False
         raise BindError("; ".join(record.failures) + " (nothing was left applied)")

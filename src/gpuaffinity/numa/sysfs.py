@@ -12,6 +12,7 @@ skip or that contradicts another.  Nothing here binds or asks NVML.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,9 @@ class Sysfs:
 
     # ---- plumbing -----------------------------------------------------------------------------
 
-    def _once(self, key: Any, compute: Callable[[list[str]], Any], notes: list[str] | None) -> Any:
+    def _once(self, compute: Callable[[list[str]], Any], notes: list[str] | None, *args: Any) -> Any:
+        """``compute(notes)`` once per call site and arguments; its notes go to every caller's list."""
+        key = (compute.__code__, args)
         if key not in self._memo:
             produced: list[str] = []
             self._memo[key] = (compute(produced), tuple(produced))
@@ -60,7 +63,7 @@ class Sysfs:
         return value
 
     def text(self, rel: str) -> str | None:
-        return self._once((Sysfs.text, rel), lambda _n: read_text(self.root / rel), None)
+        return self._once(lambda _n: read_text(self.root / rel), None, rel)
 
     def _list(self, rel: str, notes: list[str]) -> frozenset[int] | None:
         """A cpulist file; None when missing or unreadable (with a note for unreadable)."""
@@ -97,7 +100,7 @@ class Sysfs:
 
     def online_cpus(self, notes: list[str] | None = None) -> frozenset[int] | None:
         """The CPUs that are online (``cpu/online``); None when the kernel does not say."""
-        return self._once(Sysfs.online_cpus, lambda n: self._list("devices/system/cpu/online", n), notes)
+        return self._once(lambda n: self._list("devices/system/cpu/online", n), notes)
 
     def package(self, cpu: int) -> int | None:
         """The CPU's package (socket), or None when missing or unknown (``physical_package_id`` = -1)."""
@@ -123,7 +126,7 @@ class Sysfs:
             n.append(f"no thread siblings in {self.root}/devices/system/cpu/cpu*/topology: a CPU without them is "
                      "taken as a core of its own")
             return frozenset({cpu})
-        return self._once((Sysfs.siblings, cpu), compute, notes)
+        return self._once(compute, notes, cpu)
 
     def last_level_cache(self, cpu: int, notes: list[str] | None = None) -> frozenset[int] | None:
         """The CPUs sharing this CPU's last-level cache: the data or unified cache of highest ``level``.
@@ -141,7 +144,7 @@ class Sysfs:
             for index in indexes:
                 rel = f"devices/system/cpu/cpu{cpu}/cache/{index}"
                 level = self.text(f"{rel}/level")
-                kind = self.text(f"{rel}/type") or "Unified"
+                kind = self.text(f"{rel}/type")  # missing: a unified cache
                 if level is None or not level.isdigit():
                     n.append(f"a cache in {self.root}/devices/system/cpu/cpu*/cache has no level: ignored")
                     continue
@@ -153,7 +156,7 @@ class Sysfs:
                 if best is None or int(level) > best[0]:
                     best = (int(level), shared | {cpu})
             return None if best is None else best[1]
-        return self._once((Sysfs.last_level_cache, cpu), compute, notes)
+        return self._once(compute, notes, cpu)
 
     # ---- NUMA nodes -------------------------------------------------------------------------------
 
@@ -168,7 +171,7 @@ class Sysfs:
             except OSError:
                 return ()
             return tuple(sorted(int(x[4:]) for x in names if x.startswith("node") and x[4:].isdigit()))
-        return self._once(Sysfs.node_ids, compute, notes)
+        return self._once(compute, notes)
 
     def node_cpus(self, node: int, notes: list[str] | None = None) -> frozenset[int]:
         """The node's online CPUs: ``cpulist``, else the hex ``cpumap`` (older kernels), each with a note."""
@@ -189,7 +192,7 @@ class Sysfs:
                 return frozenset()
             online = self.online_cpus(n)
             return cpus if online is None else cpus & online
-        return self._once((Sysfs.node_cpus, node), compute, notes)
+        return self._once(compute, notes, node)
 
     def nodes_with_memory(self, notes: list[str] | None = None) -> frozenset[int] | None:
         """Nodes that have memory: ``node/has_memory``, else each node's ``meminfo`` MemTotal; None if unknown."""
@@ -198,18 +201,18 @@ class Sysfs:
             if listed is not None:
                 return listed
             found: set[int] = set()
-            if not self.node_ids(n):
+            ids = self.node_ids(n)
+            if not ids:
                 return None
-            for node in self.node_ids(n):
+            for node in ids:
                 text = self.text(f"devices/system/node/node{node}/meminfo")
                 if text is None:
                     return None
-                for line in text.splitlines():
-                    parts = line.split()
-                    if len(parts) >= 4 and parts[2] == "MemTotal:" and parts[3].isdigit() and int(parts[3]) > 0:
-                        found.add(node)
+                total = re.search(r"MemTotal:\s*(\d+)", text)
+                if total and int(total[1]):
+                    found.add(node)
             return frozenset(found)
-        return self._once(Sysfs.nodes_with_memory, compute, notes)
+        return self._once(compute, notes)
 
     def distances(self, node: int, notes: list[str] | None = None) -> dict[int, int] | None:
         """The node's distance to every online node (``node<N>/distance``); None when unreadable."""
@@ -224,7 +227,7 @@ class Sysfs:
                          f"distance per online node ({format_cpulist(ids)}): ignored")
                 return None
             return {node: int(values[i]) for i, node in enumerate(ids)}
-        return self._once((Sysfs.distances, node), compute, notes)
+        return self._once(compute, notes, node)
 
     def nearest(self, node: int, candidates: frozenset[int], notes: list[str] | None = None) -> tuple[int, ...]:
         """The candidates at the smallest distance from ``node`` (all of them on a tie); () if unknown."""
@@ -252,13 +255,13 @@ class Sysfs:
                 n.append(f"{self.pci_dir(bus_id)}/numa_node says {text!r}, not a node: ignored")
                 return None
             return max(int(text), -1)
-        return self._once((Sysfs.pci_numa_node, bus_id), compute, notes)
+        return self._once(compute, notes, bus_id)
 
     def pci_local_cpus(self, bus_id: str, notes: list[str] | None = None) -> frozenset[int] | None:
         """The device's ``local_cpulist``, else its hex ``local_cpus``; None when neither can be read."""
         base = f"bus/pci/devices/{bus_id}"
-        return self._once((Sysfs.pci_local_cpus, bus_id),
-                          lambda n: self._list_or_mask(f"{base}/local_cpulist", f"{base}/local_cpus", n), notes)
+        return self._once(lambda n: self._list_or_mask(f"{base}/local_cpulist", f"{base}/local_cpus", n), notes,
+                          bus_id)
 
     def gpus_by_node(self) -> dict[int, list[str]]:
         """Every NVIDIA GPU the machine's PCI tree shows, by ``numa_node``, whatever this process may open."""
@@ -271,10 +274,11 @@ class Sysfs:
             for bus in names:
                 if self.text(f"bus/pci/devices/{bus}/vendor") != NVIDIA_VENDOR:
                     continue
-                if not (self.text(f"bus/pci/devices/{bus}/class") or "").startswith(GPU_CLASSES):
+                cls = self.text(f"bus/pci/devices/{bus}/class")
+                if cls is None or not cls.startswith(GPU_CLASSES):
                     continue
                 node = self.pci_numa_node(bus)
                 if node is not None and node >= 0:
                     out.setdefault(node, []).append(bus)
             return out
-        return self._once(Sysfs.gpus_by_node, compute, None)
+        return self._once(compute, None)
