@@ -186,6 +186,45 @@ def test_grace_hopper_driver_numa_status_names_the_memory_node(rendered, tmp_pat
     assert other.gpu_memory_nodes == (2,) and any("numa_status says 1: using NVML" in n for n in other.notes)
 
 
+def test_a_gpu_whose_pci_node_is_its_own_memory_takes_the_nearest_cpu_node(tmp_path):
+    from gpuaffinity.numa.query import gpu_locality
+    from gpuaffinity.numa.sysfs import Sysfs
+    from numa_oracle import render
+
+    topo = load_topology("gh200")
+    root = render(topo, tmp_path / "sys")
+    bus = topo.gpus[0].pci_bus_id
+    (root / "bus/pci/devices" / bus / "numa_node").write_text("1\n")
+    (root / "bus/pci/devices" / bus / "local_cpulist").write_text("\n")  # node 1 has no CPUs
+    (root / "bus/pci/devices" / bus / "local_cpus").write_text("00000000,00000000,00000000\n")
+    loc = gpu_locality(bus, topo.cpus, (frozenset({1}), frozenset(), frozenset({1})), sysfs=Sysfs(root))
+    assert (loc.numa_nodes, format_cpulist(loc.cpus), loc.gpu_memory_nodes) == ((0,), "0-71", (1,))
+    assert loc.notes == (
+        "this GPU's own memory is NUMA node 1 (coherent GPU memory): memory policies leave it out unless asked",
+        "node(s) 1 hold this GPU's own memory: its place is the CPU node(s) nearest that memory")
+
+
+def test_numa_status_is_read_from_its_node_line(tmp_path):
+    from gpuaffinity.numa.query import driver_gpu_memory_node
+
+    status = tmp_path / "proc" / "driver" / "nvidia" / "gpus" / "0009:01:00.0" / "numa_status"
+    status.parent.mkdir(parents=True)
+    for text, want in (("Numa: 7\nNode: 1\n", 1), ("Node: x\n", None), ("Status: online\n", None),
+                       ("Node:\t\t2\n", 2)):
+        status.write_text(text)
+        assert driver_gpu_memory_node("0009:01:00.0") == want, text
+    assert driver_gpu_memory_node("0000:00:00.0") is None
+
+
+def test_a_two_node_vm_where_nvml_names_every_node_has_no_preference(rendered):
+    topo = parse_topology({"name": "vm-2node", "numa_node": [{"id": 0, "cpus": "0-3"}, {"id": 1, "cpus": "4-7"}],
+                           "gpu": [{"uuid": "GPU-00000000-0000-0000-0000-000000000001",
+                                    "pci_bus_id": "0000:01:00.0", "name": "NVIDIA H100", "numa_node": -1}]})
+    got = plan_of(rendered, topo)
+    assert (cpus_of(got, "0000:01:00.0", "node"), got["0000:01:00.0"]["node"][1]) == ("0-7", ())
+    assert got["0000:01:00.0"]["node"][2][1] == "NVML names node(s) 0-1, ignored: nothing in the firmware backs it"
+
+
 def test_grace_blackwell_two_gpus_a_grace(rendered):
     topo = load_topology("gb200-tray")
     got = plan_of(rendered, topo)

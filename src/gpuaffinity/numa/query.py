@@ -154,7 +154,7 @@ def gpu_locality(pci_bus_id: str, allowed: frozenset[int] | None = None,
     online = fs.online_cpus(notes)
     node_cpu = {n: fs.node_cpus(n, notes) for n in fs.node_ids(notes)}
     cpu_nodes = frozenset(n for n, c in node_cpu.items() if c)
-    every_cpu = frozenset().union(*node_cpu.values()) or online or frozenset()
+    every_cpu = online if online is not None else frozenset().union(*node_cpu.values())
     own = _own_memory_nodes(pci_bus_id, nv_own, notes)
     node = fs.pci_numa_node(pci_bus_id, notes)
     local_file = fs.pci_local_cpus(pci_bus_id, notes)
@@ -213,7 +213,7 @@ def gpu_locality(pci_bus_id: str, allowed: frozenset[int] | None = None,
                      "are used")
     local = frozenset().union(*(node_cpu[n] for n in users))
     if not nodes:
-        local = local_file or every_cpu
+        local = every_cpu  # no preference: every CPU, whatever the device's local list says
     elif source == "nvml" and nv_cpus:
         local = nv_cpus
     elif not local and local_file:
