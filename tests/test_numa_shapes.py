@@ -41,7 +41,9 @@ def cpusets(topo) -> dict[str, frozenset[int] | None]:
     }
 
 
-VARIANTS = [(shape, count) for shape in SHAPES for count in COUNTS if count <= len(load_topology(shape).gpus)]
+GPUS = {shape: len(load_topology(shape).gpus) for shape in SHAPES}
+VARIANTS = [(shape, count) for shape in SHAPES
+            for count in sorted({c for c in COUNTS if c <= GPUS[shape]} | {GPUS[shape]})]  # and all of its GPUs
 
 
 @pytest.fixture(scope="module")
@@ -262,6 +264,16 @@ def _one_node(cores: int, gpus: int, threads: int = 2):
            "gpu": [{"uuid": f"GPU-{i:08x}-0000-0000-0000-000000000000", "pci_bus_id": f"0000:{i + 1:02x}:00.0",
                     "name": "NVIDIA H100", "numa_node": 0} for i in range(gpus)]}
     return parse_topology(doc)
+
+
+def test_fewer_cpus_than_gpus_deals_threads_round_robin(rendered):
+    topo = _one_node(1, 3)
+    got = plan_of(rendered, topo)
+    assert [cpus_of(got, g.pci_bus_id, "exclusive") for g in topo.gpus] == ["0", "1", "0"]
+    assert got["0000:03:00.0"]["exclusive"][2] == (
+        "1 allowed cores for 3 GPUs on node(s) 0: split by hardware thread, so siblings are split",
+        "2 allowed CPUs for 3 GPUs on node(s) 0: no core of its own for each GPU, they are dealt round-robin: GPU 3 "
+        "gets 0, as does GPU 1")
 
 
 def test_ten_cores_for_four_gpus_split_three_three_two_two(rendered):

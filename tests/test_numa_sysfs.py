@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from gpuaffinity.core.cpulist import format_cpulist, parse_cpulist, parse_cpumask
+from gpuaffinity.core.cpulist import format_cpulist, format_cpumask, parse_cpulist, parse_cpumask
 from gpuaffinity.numa.modes import MODES, place
 from gpuaffinity.numa.query import gpu_locality
 from gpuaffinity.numa.sysfs import Sysfs, read_text
@@ -38,14 +38,16 @@ def all_notes(result):
 # quirk -> (shape, the note it must produce or None, modes whose answer may differ from the clean tree's)
 EXPECTED = {
     "nul-terminated": ("irregular-2s", None, ()),
-    "no-node-cpulist": ("irregular-2s", "node*/cpulist is missing: each node's CPUs taken from its cpumap", ()),
-    "no-numa-node": ("xeon-snc2", "numa_node is missing: node(s) 1 taken from its local CPUs (20-39,100-119)", ()),
+    "no-node-cpulist": ("irregular-2s", "{root}/devices/system/node/node*/cpulist is missing: each node's CPUs taken "
+                        "from its cpumap", ()),
+    "no-numa-node": ("xeon-snc2", "{root}/bus/pci/devices/0000:3a:00.0/numa_node is missing: node(s) 1 taken from its "
+                     "local CPUs (20-39,100-119)", ()),
     "no-local-cpulist": ("irregular-2s", None, ()),
     "hex-siblings": ("epyc-nps4", None, ()),
-    "package-unknown": ("epyc-nps4", "physical_package_id missing or -1): socket mode uses the GPU's node",
-                        ("socket",)),
-    "local-cpulist-contradicts": ("xeon-snc4", "local_cpulist (14-27,126-139) is not node 0's CPUs "
-                                  "(0-13,112-125): using the node's", ()),
+    "package-unknown": ("epyc-nps4", "the kernel does not tell which package this GPU's CPUs are on "
+                        "(physical_package_id missing or -1): socket mode uses the GPU's node", ("socket",)),
+    "local-cpulist-contradicts": ("xeon-snc4", "{root}/bus/pci/devices/0000:1b:00.0/local_cpulist (14-27,126-139) is "
+                                  "not node 0's CPUs (0-13,112-125): using the node's", ()),
     "cache-reordered": ("epyc-nps2", None, ()),
     "no-l1i": ("irregular-2s", None, ()),
 }
@@ -71,7 +73,8 @@ def test_quirky_tree_gives_the_clean_answer(quirk, tmp_path):
                 if mode not in differ:
                     assert g[bus][mode] == w[bus][mode], (quirk, bus, mode)
         if note:
-            assert any(note in n for n in all_notes(got)), sorted(all_notes(got))
+            full = note.format(root=odd_root)
+            assert full in all_notes(got), sorted(all_notes(got))
     if differ:  # the unknown package: socket falls back to the node
         for bus in g:
             assert g[bus]["socket"] == g[bus]["node"]
@@ -405,3 +408,89 @@ def test_a_vm_gpu_has_no_preference_and_never_an_offline_cpu(tmp_path):
         assert notes == ("the firmware gives no NUMA node for this GPU (numa_node = -1, common in VMs): no preference",
                          "NVML names node(s) 0, ignored: nothing in the firmware backs it",
                          "no NUMA preference: every allowed CPU")
+
+
+
+def test_locality_reads_allowed_cpus_itself(monkeypatch):
+    topo = load_topology("xeon-snc2")
+    monkeypatch.setenv("GPUAFFINITY_SIM_ALLOWED_CPUS", "20-24")
+    loc = gpu_locality(topo.gpus[2].pci_bus_id, None, None, sysfs=Sysfs(cached_render(topo)))
+    assert format_cpulist(loc.cpus) == "20-24" and format_cpulist(loc.local_cpus) == "20-39,100-119"
+
+
+def test_a_gpu_on_a_node_nothing_describes(tmp_path):
+    """Node 3's lists and distances unreadable: the device's own local list, limited to online CPUs."""
+    topo = load_topology("irregular-2s")
+    root = render(topo, tmp_path / "sys")
+    for name in ("cpulist", "cpumap", "distance"):
+        (root / "devices/system/node/node3" / name).unlink()
+    bus = "0000:c1:00.0"
+    (root / "bus/pci/devices" / bus / "local_cpulist").write_text("30-39,70-79\n")
+    (root / "bus/pci/devices" / bus / "local_cpus").write_text(format_cpumask(parse_cpulist("30-39,70-79")) + "\n")
+    loc = gpu_locality(bus, topo.cpus, None, sysfs=Sysfs(root))
+    assert (loc.numa_nodes, format_cpulist(loc.cpus)) == ((3,), "30-35")
+    assert loc.notes == (
+        f"neither {root}/devices/system/node/node3/cpulist nor cpumap can be read: node 3 taken as having no CPUs",
+        "node 3 has no CPUs: the CPUs of the nearest node(s) (unknown) are used")
+
+
+def test_notes_from_every_file_reach_the_locality(tmp_path):
+    topo = load_topology("irregular-2s")
+    root = render(topo, tmp_path / "sys")
+    (root / "devices/system/node/online").write_text("0-q\n")
+    (root / "devices/system/node/node4/distance").write_text("10 12\n")
+    bus = "0000:e1:00.0"  # node 4: memory, no CPUs
+    (root / "bus/pci/devices" / bus / "local_cpus").write_text("00000001\n")
+    loc = gpu_locality(bus, topo.cpus, None, sysfs=Sysfs(root))
+    assert (loc.numa_nodes, loc.cpus) == ((4,), frozenset())
+    assert loc.notes == (
+        f"{root}/devices/system/node/online is not a CPU list ('q' is not a CPU number in cpulist '0-q'): ignored",
+        f"{root}/bus/pci/devices/{bus}/local_cpulist (empty) and {root}/bus/pci/devices/{bus}/local_cpus (0) "
+        "disagree: using the list",
+        f"{root}/devices/system/node/node4/distance ('10 12') does not list one distance per online node (0-4): "
+        "ignored",
+        "node 4 has no CPUs: the CPUs of the nearest node(s) (unknown) are used")
+
+
+def test_a_vm_without_the_online_file(tmp_path):
+    topo = load_topology("vm-4gpu")
+    root = render(topo, tmp_path / "sys")
+    (root / "devices/system/cpu/online").unlink()
+    loc = gpu_locality(topo.gpus[0].pci_bus_id, topo.cpus, None, sysfs=Sysfs(root))
+    assert (loc.numa_nodes, format_cpulist(loc.cpus)) == ((), "0-31")
+
+
+def test_nothing_known_is_an_empty_locality(tmp_path):
+    from gpuaffinity.numa.query import Locality
+
+    loc = gpu_locality("0000:01:00.0", frozenset({0, 1}), None, sysfs=Sysfs(tmp_path))
+    assert loc == Locality("0000:01:00.0", (), frozenset(), frozenset(), "none", (
+        f"neither sysfs ({tmp_path}/bus/pci/devices/0000:01:00.0) nor NVML gives this GPU's locality: no preference",))
+
+
+def test_sysfs_cpus_win_over_nvml_cpus(tree):
+    topo, root = tree
+    loc = gpu_locality(topo.gpus[2].pci_bus_id, topo.cpus, (frozenset({1}), frozenset({0, 1})), sysfs=Sysfs(root))
+    assert (loc.numa_nodes, format_cpulist(loc.cpus), loc.source) == ((1,), "20-39,100-119", "sysfs+nvml")
+
+
+def test_empty_lists_are_said_to_be_empty(tree):
+    topo, root = tree
+    bus = topo.gpus[2].pci_bus_id
+    (root / "bus/pci/devices" / bus / "local_cpulist").write_text("\n")
+    (root / "bus/pci/devices" / bus / "local_cpus").write_text("00000000\n")
+    (root / "devices/system/node/node0/cpulist").write_text("\n")
+    (root / "devices/system/node/node2/cpumap").write_text("zz\n")
+    fs = Sysfs(root)
+    loc = gpu_locality(bus, topo.cpus, None, sysfs=fs)
+    assert loc.notes == (
+        f"{root}/devices/system/node/node0/cpulist (empty) and cpumap (0-19,80-99) disagree: using cpulist",
+        f"{root}/devices/system/node/node2/cpumap is not a CPU mask ('zz' is not a group of 32-bit hex digits in "
+        "cpumask 'zz'): ignored",
+        f"{root}/bus/pci/devices/{bus}/local_cpulist (empty) is not node 1's CPUs (20-39,100-119): using the node's")
+    (root / "devices/system/node/node0/cpumap").write_text("00000000\n")
+    (root / "devices/system/node/node0/cpulist").write_text("0-19,80-99\n")
+    notes: list[str] = []
+    Sysfs(root).node_cpus(0, notes)
+    assert notes == [f"{root}/devices/system/node/node0/cpulist (0-19,80-99) and cpumap (empty) disagree: using "
+                     "cpulist"]

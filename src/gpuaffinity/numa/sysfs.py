@@ -243,23 +243,25 @@ class Sysfs:
     # ---- PCI devices ------------------------------------------------------------------------------
 
     def pci_dir(self, bus_id: str) -> Path:
-        return self.root / "bus" / "pci" / "devices" / bus_id
+        return self.root / _pci(bus_id)
 
     def pci_numa_node(self, bus_id: str, notes: list[str] | None = None) -> int | None:
         """The device's ``numa_node`` (-1: the firmware gives none); None when the file is missing or garbled."""
         def compute(n: list[str]) -> int | None:
-            text = self.text(f"bus/pci/devices/{bus_id}/numa_node")
+            text = self.text(f"{_pci(bus_id)}/numa_node")
             if text is None:
                 return None
-            if not text.lstrip("-").isdigit():
+            try:
+                value = int(text)
+            except ValueError:
                 n.append(f"{self.pci_dir(bus_id)}/numa_node says {text!r}, not a node: ignored")
                 return None
-            return max(int(text), -1)
+            return value if value >= 0 else -1
         return self._once(compute, notes, bus_id)
 
     def pci_local_cpus(self, bus_id: str, notes: list[str] | None = None) -> frozenset[int] | None:
         """The device's ``local_cpulist``, else its hex ``local_cpus``; None when neither can be read."""
-        base = f"bus/pci/devices/{bus_id}"
+        base = _pci(bus_id)
         return self._once(lambda n: self._list_or_mask(f"{base}/local_cpulist", f"{base}/local_cpus", n), notes,
                           bus_id)
 
@@ -268,13 +270,13 @@ class Sysfs:
         def compute(_n: list[str]) -> dict[int, list[str]]:
             out: dict[int, list[str]] = {}
             try:
-                names = sorted(os.listdir(self.root / "bus" / "pci" / "devices"))
+                names = sorted(os.listdir(self.pci_dir("")))
             except OSError:
                 return out
             for bus in names:
-                if self.text(f"bus/pci/devices/{bus}/vendor") != NVIDIA_VENDOR:
+                if self.text(f"{_pci(bus)}/vendor") != NVIDIA_VENDOR:
                     continue
-                cls = self.text(f"bus/pci/devices/{bus}/class")
+                cls = self.text(f"{_pci(bus)}/class")
                 if cls is None or not cls.startswith(GPU_CLASSES):
                     continue
                 node = self.pci_numa_node(bus)
@@ -282,3 +284,8 @@ class Sysfs:
                     out.setdefault(node, []).append(bus)
             return out
         return self._once(compute, None)
+
+
+def _pci(bus_id: str) -> str:
+    """Where a PCI device's files are, relative to /sys."""
+    return f"bus/pci/devices/{bus_id}"
