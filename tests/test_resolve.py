@@ -194,8 +194,9 @@ def test_doctor_explains(sim_factory):
     out = gpuaffinity_cli(machine, "doctor", cvd="1,0")
     assert out.returncode == 0, out.stderr
     text = out.stdout
-    for needle in ("Environment", "CUDA_VISIBLE_DEVICES       '1,0'",
-                   "Machine (NVML order = PCI order; listed from the driver's /proc files): 4 GPU(s)",
+    for needle in ("Environment", "CUDA_VISIBLE_DEVICES         '1,0'",
+                   "GPUs this process can use (NVML order = PCI order): 4",
+                   "listed from the driver's /proc files (4 GPUs), checked against the device nodes",
                    "Strategies (priority order; policy verify)", "Devices: this process sees 2",
                    "cuda 0 -> nvml 3", "cuda 1 -> nvml 1", "in a child process", "mixes GPU models",
                    "torch is not imported", "No warnings."):
@@ -269,24 +270,23 @@ def test_never_initialises_cuda_in_a_process_that_may_fork(sim_factory, tmp_path
 
 
 INVENTORIES = r"""
-import json
-from gpuaffinity.inventory import read_inventory_nvml, read_inventory_procfs
-a, b = read_inventory_nvml(), read_inventory_procfs()
-print(json.dumps([[g.nvml_index, g.uuid, g.pci_bus_id, g.name] for g in a.gpus],) + "\n" +
-      json.dumps(None if b is None else [[g.nvml_index, g.uuid, g.pci_bus_id, g.name] for g in b.gpus]))
+import json, os
+from gpuaffinity.inventory import ProcListing, read_inventory, read_inventory_nvml
+a, listing, used = read_inventory_nvml(), ProcListing.read(os.environ), read_inventory()
+rows = lambda gpus: [[g.nvml_index, g.uuid, g.pci_bus_id, g.name] for g in gpus]
+print(json.dumps([rows(a.gpus), rows(listing.gpus), listing.why_not_nvml_equal(os.environ), used.source]))
 """
 
 
 @pytest.mark.parametrize("preset", ["dgx-h100", "vm-4gpu", "mixed-4gpu", "h200x4-vm", "mig-a100"])
 def test_driver_files_and_nvml_list_the_same_gpus(sim_factory, preset):
     machine = sim_factory(preset)
-    proc = subprocess.run([sys.executable, "-c", INVENTORIES], env=child_env(machine), capture_output=True,
-                          text=True, check=True)
-    nvml, procfs = (json.loads(line) for line in proc.stdout.splitlines())
+    nvml, procfs, why, used = run_json(machine, INVENTORIES)
+    assert procfs == nvml  # the same GPUs, order, UUIDs, buses and models
     if preset == "mig-a100":
-        assert procfs is None  # MIG instance UUIDs come from NVML alone
+        assert (why, used) == ("MIG instances exist, and only NVML knows their UUIDs", "nvml")
     else:
-        assert procfs == nvml
+        assert (why, used) == (None, "procfs")
 
 
 def test_resolving_from_the_driver_files_needs_no_nvml(sim_factory, tmp_path):

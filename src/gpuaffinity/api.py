@@ -1,10 +1,14 @@
 """resolve() and resolve_all(): the public entry points, with their cache.
 
-Results are cached per (CUDA_VISIBLE_DEVICES, CUDA_DEVICE_ORDER, policy,
-disabled plugins, subprocess permission): a repeated call with an unchanged
-environment is a dictionary look-up, and changing either variable makes the
-next call resolve afresh.  Warnings are given when a result is computed, not
-again on cache hits.  Thread-safe: one computation at a time per process.
+Results are cached per call options and per one snapshot of every variable a
+resolution reads (``core.settings``: CUDA_VISIBLE_DEVICES, CUDA_DEVICE_ORDER,
+the policy, disabled names, the subprocess switch, the inventory's roots).  A
+repeated call with an unchanged environment is a dictionary look-up; a
+changed variable makes the next call resolve afresh.  The resolution reads its
+inputs from the same snapshot that keys it.  Warnings are given when a result
+is computed, not again on cache hits.  Thread-safe (one computation at a time
+per process) and fork-safe: a child forked while another thread resolves gets
+a fresh lock.
 """
 
 from __future__ import annotations
@@ -16,20 +20,28 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from gpuaffinity.core.chain import choose_policy, resolve_one
+from gpuaffinity.core.chain import resolve_one
 from gpuaffinity.core.errors import DeviceNotVisibleError, GpuAffinityError, InvalidVisibleDevicesError
 from gpuaffinity.core.hookspec import ResolveContext, Strategy
 from gpuaffinity.core.model import Inventory, PhysicalDevice
-from gpuaffinity.core.plugins import DISABLE_VAR, build_manager, collect_strategies, disabled_names
+from gpuaffinity.core.plugins import build_manager, collect_strategies
+from gpuaffinity.core.settings import Settings, make_key, normalize_disable
 
 if TYPE_CHECKING:
     from gpuaffinity.numa.bind import BindRecord
 
-CVD = "CUDA_VISIBLE_DEVICES"
-ORDER = "CUDA_DEVICE_ORDER"
-
 _lock = threading.Lock()
 _cache: dict[tuple, tuple[PhysicalDevice, ...]] = {}
+
+
+def _after_fork_in_child() -> None:
+    """A fork while another thread held the lock would leave the child's copy held forever."""
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @dataclass
@@ -41,6 +53,7 @@ class Resolution:
     strategies: list[Strategy]
     context: ResolveContext
     policy: str
+    settings: Settings | None = None
     warnings: list[tuple[type[Warning], str]] = field(default_factory=list)
     error: Exception | None = None
 
@@ -51,39 +64,31 @@ def clear_cache() -> None:
         _cache.clear()
 
 
-# os.environ.get encodes the name on every call (~0.8 us for four); the warm path reads the
-# encoded mapping underneath it directly where CPython has one.
-_ENV = getattr(os.environ, "_data", None)
-if isinstance(_ENV, dict) and os.name == "posix":
-    _CVD_B, _ORDER_B, _POLICY_B, _DISABLE_B = (v.encode() for v in (CVD, ORDER, "GPUAFFINITY_POLICY", DISABLE_VAR))
-
-    def _key(policy: str | None, disable: Iterable[str] | None, allow_subprocess: bool) -> tuple:
-        get = _ENV.get
-        return (get(_CVD_B), get(_ORDER_B), policy, get(_POLICY_B),
-                tuple(disable) if disable else None, get(_DISABLE_B), allow_subprocess)
-else:  # pragma: no cover - other platforms
-    def _key(policy: str | None, disable: Iterable[str] | None, allow_subprocess: bool) -> tuple:
-        env = os.environ
-        return (env.get(CVD), env.get(ORDER), policy, env.get("GPUAFFINITY_POLICY"),
-                tuple(disable) if disable else None, env.get(DISABLE_VAR), allow_subprocess)
+def _key(policy: str | None, disable: Iterable[str] | str | None, allow_subprocess: bool) -> tuple:
+    return make_key(policy, normalize_disable(disable), allow_subprocess)
 
 
-def run_resolution(*, policy: str | None = None, disable: Iterable[str] | None = None,
-                   allow_subprocess: bool = True, timeout: float = 120.0, strict_errors: bool = True) -> Resolution:
-    """Resolve every visible device without the cache, keeping every strategy's verdict."""
+def run_resolution(*, policy: str | None = None, disable: Iterable[str] | str | None = None,
+                   allow_subprocess: bool = True, timeout: float = 120.0, strict_errors: bool = True,
+                   settings: Settings | None = None) -> Resolution:
+    """Resolve every visible device without the cache, keeping every strategy's verdict.
+
+    ``settings``: the snapshot to resolve under (default: read now from the arguments and the environment)."""
+    from gpuaffinity.core.cvd import read_cvd
     from gpuaffinity.inventory import read_inventory
     from gpuaffinity.resolvers import builtin_plugins
-    from gpuaffinity.resolvers._common import integers_index_unknown_order, visible_devices
+    from gpuaffinity.resolvers._common import integers_index_unknown_order
 
-    chosen = choose_policy(policy)
-    disabled = disabled_names(disable)
+    st = settings or Settings.from_key(_key(policy, disable, allow_subprocess))
+    chosen = st.policy
+    disabled = st.disabled
     strategies = collect_strategies(build_manager(builtin_plugins(), disabled), disabled)
-    inventory = read_inventory()
-    ctx = ResolveContext(inventory, os.environ.get(CVD), os.environ.get(ORDER), 0,
-                         {"allow_subprocess": allow_subprocess, "timeout": timeout})
-    out = Resolution([], inventory, strategies, ctx, chosen)
-    grammar = visible_devices(ctx)
-    error, ctx.visible = grammar.error, len(grammar.devices)
+    inventory = read_inventory(st.inventory_env)
+    grammar = read_cvd(st.cvd, inventory.gpus, None, st.device_order)
+    ctx = ResolveContext(inventory, st.cvd, st.device_order, len(grammar.devices),
+                         {"allow_subprocess": st.subprocess_allowed, "timeout": timeout}, grammar=grammar)
+    out = Resolution([], inventory, strategies, ctx, chosen, st)
+    error = grammar.error
     if any(g.migs for g in inventory.gpus) and integers_index_unknown_order(ctx):
         # MIG GPUs under an unknown CUDA order: how many devices show, and whether the driver accepts the
         # list at all, depend on that order (one MIG device a process); ask a strategy that can count
@@ -100,8 +105,9 @@ def run_resolution(*, policy: str | None = None, disable: Iterable[str] | None =
                 break
     if error and error != 100:
         out.error = InvalidVisibleDevicesError(
-            f"the CUDA driver refuses CUDA_VISIBLE_DEVICES={ctx.cvd!r} with CUDA_DEVICE_ORDER={ctx.device_order!r}: "
-            f"{grammar.stopped} (cuInit fails with CUDA_ERROR_INVALID_DEVICE); fix the variable")
+            f"the CUDA driver refuses CUDA_VISIBLE_DEVICES={_shown(ctx.cvd)} with CUDA_DEVICE_ORDER="
+            f"{_shown(ctx.device_order)}: {grammar.stopped} (cuInit fails with CUDA_ERROR_INVALID_DEVICE); "
+            "fix the variable")
         if strict_errors:
             raise out.error
         return out
@@ -118,6 +124,14 @@ def run_resolution(*, policy: str | None = None, disable: Iterable[str] | None =
     return out
 
 
+def _shown(value: str | None, limit: int = 200) -> str:
+    """A variable's value for an error line: repr, cut to ``limit`` characters."""
+    if value is None:
+        return "None"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(value)} characters)"
+
+
 def _count(s: Strategy, ctx: ResolveContext) -> int | None:
     fn = getattr(s, "count", None)
     try:
@@ -128,23 +142,24 @@ def _count(s: Strategy, ctx: ResolveContext) -> int | None:
         return None
 
 
-def resolve_all(*, policy: str | None = None, disable: Iterable[str] | None = None,
+def resolve_all(*, policy: str | None = None, disable: Iterable[str] | str | None = None,
                 allow_subprocess: bool = True) -> list[PhysicalDevice]:
     """Every logical CUDA device this process sees, in CUDA's order, each with its physical GPU.
 
     ``policy``: ``"first"``, ``"verify"`` (default, or GPUAFFINITY_POLICY) or ``"strict"``.
-    ``disable``: names of plugins or strategies to leave out (also GPUAFFINITY_DISABLE).
+    ``disable``: names of plugins or strategies to leave out, any iterable of names or one
+    comma-separated string (also GPUAFFINITY_DISABLE).
     ``allow_subprocess``: whether the ``pci`` strategy may start a child process to ask
     the CUDA driver when CUDA is not initialised here.
     Raises ``InvalidVisibleDevicesError`` when the driver itself would refuse the variables,
     ``NoDriverError`` without NVML, ``ConflictError`` on disagreement under ``strict``.
     """
-    return list(_resolved(policy, disable, allow_subprocess, stacklevel=3))
+    return list(_resolved(policy, normalize_disable(disable), allow_subprocess, stacklevel=3))
 
 
-def _resolved(policy: str | None, disable: Iterable[str] | None, allow_subprocess: bool,
-              stacklevel: int) -> tuple[PhysicalDevice, ...]:
-    key = _key(policy, disable, allow_subprocess)
+def _resolved(policy: str | None, disable: Iterable[str] | str | None, allow_subprocess: bool,
+              stacklevel: int, key: tuple | None = None) -> tuple[PhysicalDevice, ...]:
+    key = key or _key(policy, disable, allow_subprocess)
     hit = _cache.get(key)
     if hit is not None:
         return hit
@@ -152,7 +167,8 @@ def _resolved(policy: str | None, disable: Iterable[str] | None, allow_subproces
         hit = _cache.get(key)
         if hit is not None:
             return hit
-        res = run_resolution(policy=policy, disable=disable, allow_subprocess=allow_subprocess)
+        # the snapshot that keys the result is the one it is computed from
+        res = run_resolution(settings=Settings.from_key(key))
         for category, message in res.warnings:
             warnings.warn(message, category, stacklevel=stacklevel + 1)
         devices = tuple(res.devices)
@@ -160,7 +176,7 @@ def _resolved(policy: str | None, disable: Iterable[str] | None, allow_subproces
         return devices
 
 
-def resolve(logical_id: int | str, *, policy: str | None = None, disable: Iterable[str] | None = None,
+def resolve(logical_id: int | str, *, policy: str | None = None, disable: Iterable[str] | str | None = None,
             allow_subprocess: bool = True) -> PhysicalDevice:
     """The physical GPU behind CUDA device ``logical_id`` of this process (see ``resolve_all``).
 
@@ -173,6 +189,7 @@ def resolve(logical_id: int | str, *, policy: str | None = None, disable: Iterab
     Raises ``DeviceNotVisibleError`` (also an IndexError) for an id this process does not see,
     ``ValueError`` for a string that is no selector.
     """
+    disable = normalize_disable(disable)  # an iterator is read once, here
     if isinstance(logical_id, str):
         selector = parse_selector(logical_id)
         if isinstance(selector, str):
@@ -183,11 +200,11 @@ def resolve(logical_id: int | str, *, policy: str | None = None, disable: Iterab
     key = _key(policy, disable, allow_subprocess)
     devices = _cache.get(key)
     if devices is None:
-        devices = _resolved(policy, disable, allow_subprocess, stacklevel=3)
+        devices = _resolved(policy, disable, allow_subprocess, stacklevel=3, key=key)
     if 0 <= logical_id < len(devices):
         return devices[logical_id]
-    cvd = os.environ.get(CVD)
-    shown = "unset" if cvd is None else repr(cvd)
+    cvd = Settings.from_key(key).cvd
+    shown = "unset" if cvd is None else _shown(cvd)
     raise DeviceNotVisibleError(
         f"CUDA device {logical_id} is not visible: this process sees {len(devices)} device(s) "
         f"(0-{len(devices) - 1}) with CUDA_VISIBLE_DEVICES {shown}" if devices else

@@ -164,6 +164,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `gpuaffinity doctor | head`: the reader left; stop quietly, as a shell tool does
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 def _sim(args: argparse.Namespace, cmd: list[str], parser: argparse.ArgumentParser) -> int:
@@ -279,6 +284,10 @@ def _resolve(args: argparse.Namespace) -> int:
     table = [("CUDA", "NVML", "PCI", "UUID", "NODES", "CPUS", "BY")]
     for r in rows:
         by = r["strategy"] + (" (fallback)" if r["fallback"] else "")
+        if r["agreed"]:
+            by += f" = {'='.join(x for x in r['agreed'] if x != r['strategy'])}"
+        elif not r["fallback"]:
+            by += " alone"
         if r["disagreed"]:
             by += f"; disagreed: {','.join(r['disagreed'])}"
         uuid = r["uuid"] + (f" / {r['mig_uuid']}" if r["mig_uuid"] else "")
@@ -304,6 +313,27 @@ def _print_table(rows: list[tuple[str, ...]], indent: str = "") -> None:
         print(indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
+def consensus(d: object) -> str:
+    """What stands behind one answer, in words: who answered, who agreed, whether the driver was asked."""
+    from gpuaffinity.core.model import PhysicalDevice
+
+    assert isinstance(d, PhysicalDevice)
+    driver = "the CUDA driver was asked" if d.driver_asked else "the CUDA driver was not asked"
+    if d.fallback:
+        head = f"FALLBACK: by {d.strategy}"
+    elif d.disagreed:
+        head = f"DISAGREEMENT: {', '.join(d.disagreed)} named another GPU; using {d.strategy}"
+    elif d.agreed:
+        head = f"by {d.strategy}; confirmed: {', '.join(d.agreed)} agree"
+    else:
+        head = f"by {d.strategy} alone, not cross-checked"
+    return f"{head}; {driver}"
+
+
+def _cut(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _doctor(args: argparse.Namespace) -> int:
     import os
 
@@ -314,15 +344,20 @@ def _doctor(args: argparse.Namespace) -> int:
 
     print("Environment")
     for var in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "GPUAFFINITY_POLICY", "GPUAFFINITY_DISABLE",
-                "GPUAFFINITY_NO_SUBPROCESS", "GPUAFFINITY_SIM_TOPOLOGY"):
+                "GPUAFFINITY_NO_SUBPROCESS", "GPUAFFINITY_INVENTORY", "GPUAFFINITY_SIM_TOPOLOGY",
+                "GPUAFFINITY_PROCFS_ROOT", "GPUAFFINITY_DEV_ROOT", "GPUAFFINITY_SYSFS_ROOT",
+                "GPUAFFINITY_SIM_ALLOWED_CPUS"):
         value = os.environ.get(var)
-        print(f"  {var:<26} {'<unset>' if value is None else repr(value)}")
+        if value is None and var.startswith("GPUAFFINITY_") and var not in ("GPUAFFINITY_POLICY",
+                                                                          "GPUAFFINITY_DISABLE"):
+            continue  # the simulator's and the rarer switches: shown only when set
+        print(f"  {var:<28} {'<unset>' if value is None else _cut(repr(value))}")
     from gpuaffinity.resolvers.pci import cuda_initialized_here
     torch = sys.modules.get("torch")
-    print(f"  {'torch imported':<26} {'yes, ' + torch.__version__ if torch else 'no (gpuaffinity never imports it)'}")
-    print(f"  {'CUDA initialised here':<26} {'yes' if cuda_initialized_here() else 'no'}")
+    print(f"  {'torch imported':<28} {'yes, ' + torch.__version__ if torch else 'no (gpuaffinity never imports it)'}")
+    print(f"  {'CUDA initialised here':<28} {'yes' if cuda_initialized_here() else 'no'}")
     from gpuaffinity.numa.query import allowed_cpus
-    print(f"  {'allowed CPUs':<26} {format_cpulist(allowed_cpus())}")
+    print(f"  {'allowed CPUs':<28} {format_cpulist(allowed_cpus())}")
 
     from gpuaffinity.api import run_resolution
     try:
@@ -330,8 +365,10 @@ def _doctor(args: argparse.Namespace) -> int:
     except GpuAffinityError as e:
         print(f"\ngpuaffinity: {_strip(e)}", file=sys.stderr)
         return e.exit_status
-    source = "the driver's /proc files" if res.inventory.source == "procfs" else "NVML"
-    print(f"\nMachine (NVML order = PCI order; listed from {source}): {len(res.inventory.gpus)} GPU(s)")
+    inv = res.inventory
+    print(f"\nGPUs this process can use (NVML order = PCI order): {len(inv.gpus)}")
+    for note in inv.notes:
+        print(f"  {note}")
     locs = localities(g.pci_bus_id for g in res.inventory.gpus)  # NVML and sysfs, once for both sections
     table = [("NVML", "PCI", "UUID", "MODEL", "NODES", "LOCAL CPUS")]
     for g in res.inventory.gpus:
@@ -342,14 +379,17 @@ def _doctor(args: argparse.Namespace) -> int:
     _print_table(table, "  ")
     print(f"\nStrategies (priority order; policy {res.policy})")
     _print_table([(s.name, str(s.priority), getattr(s, "describe", "")) for s in res.strategies], "  ")
+    if res.context.grammar.quirk:
+        print(f"  note: CUDA_VISIBLE_DEVICES {res.context.grammar.quirk}; the default policy checks such a reading "
+              "with the driver")
+    width = max([len(s.name) for s in res.strategies] + [8])
     print(f"\nDevices: this process sees {res.context.visible}")
     for d in res.devices:
         loc = locs[d.pci_bus_id]
-        status = "fallback" if d.fallback else ("DISAGREEMENT" if d.disagreed else "agreed")
         mig = f" MIG {d.mig_uuid}" if d.mig_uuid else ""
         print(f"  cuda {d.logical_id} -> nvml {d.nvml_index}  {d.pci_bus_id}  {d.uuid}{mig}")
-        print(f"      by {d.strategy}; {status} ({', '.join(d.agreed) or 'no other answer'}); "
-              f"nodes {','.join(map(str, loc.numa_nodes)) or 'none'}; cpus {format_cpulist(loc.cpus) or '-'}")
+        print(f"      {consensus(d)}; nodes {','.join(map(str, loc.numa_nodes)) or 'none'}; "
+              f"cpus {format_cpulist(loc.cpus) or '-'}")
         for note in loc.notes:
             print(f"      note: {note}")
         for v in d.verdicts:
@@ -358,7 +398,7 @@ def _doctor(args: argparse.Namespace) -> int:
             else:
                 g = res.inventory.by_uuid(v.result.uuid)
                 said = f"nvml {g.nvml_index if g else '?'} ({v.result.detail})"
-            print(f"      {v.strategy:<8} {said}")
+            print(f"      {v.strategy:<{width}} {said}")
     if res.warnings or res.error:
         print("\nWarnings and errors")
         for _cat, msg in res.warnings:

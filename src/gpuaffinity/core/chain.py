@@ -6,14 +6,23 @@ Policies:
     The first answer, in priority order, wins; nothing else runs.
 
 Under ``first`` and ``verify``, expensive strategies (see ``Strategy.cost``)
-are asked after the cheap ones, and only when those gave no answer (under
-``verify`` also when they disagree).
+are asked after the cheap ones, and only when something calls for them.
 ``verify`` (default)
-    After the first answer, every other *cheap* strategy runs as a check.  On
-    disagreement the expensive ones (ground truth at a price) run too, and a
+    After the first answer, every other *cheap* strategy runs as a check.  The
+    expensive ones (ground truth at a price: the built-in ``pci`` asks the
+    driver in a child process, about 1 s of ``cuInit`` on the lent H200s)
+    run too when no cheap strategy answered, when cheap ones disagree, or when
+    CUDA_VISIBLE_DEVICES reads differently under the documented grammar and
+    the measured one (``CvdResult.quirk``): an answer resting on undocumented
+    driver behaviour is checked against the driver.  On disagreement a
     DisagreementWarning names every answer; the highest-priority answer stands.
 ``strict``
     Every strategy runs, expensive ones too; any disagreement is a ConflictError.
+
+A result says who answered (``answered``), who gave the same GPU (``agreed``:
+empty when one strategy answered alone, since nothing confirmed it), whether
+the CUDA driver itself answered (``driver_asked``) and how the GPU list was
+established (``inventory``).
 
 An answer is a *fallback* when a higher-priority strategy abstained for a
 reason other than not applying here (see ``Abstain.quiet``), or when nothing
@@ -23,24 +32,13 @@ way a FallbackWarning says so.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 from gpuaffinity.core.errors import ConflictError, DisagreementWarning, FallbackWarning, GpuAffinityError
 from gpuaffinity.core.hookspec import ResolveContext, Strategy
 from gpuaffinity.core.model import Abstain, Answer, PhysicalDevice, Verdict
 
-POLICIES = ("first", "verify", "strict")
-POLICY_VAR = "GPUAFFINITY_POLICY"
 IDENTITY = "identity"
-
-
-def choose_policy(policy: str | None) -> str:
-    chosen = policy or os.environ.get(POLICY_VAR) or "verify"
-    if chosen not in POLICIES:
-        source = "policy argument" if policy else POLICY_VAR
-        raise GpuAffinityError(f"unknown {source} {chosen!r}: choose one of {', '.join(POLICIES)}")
-    return chosen
 
 
 def _ask(s: Strategy, ctx: ResolveContext, logical_id: int) -> Answer | Abstain:
@@ -61,6 +59,12 @@ def _cost(s: Strategy, ctx: ResolveContext) -> str:
         return fn(ctx) if fn else "cheap"
     except Exception:
         return "expensive"
+
+
+def inventory_label(ctx: ResolveContext) -> str:
+    """How the GPU list was established: ``procfs+device-nodes`` (the driver's files, checked against the
+    device nodes this process opens) or ``nvml``."""
+    return "procfs+device-nodes" if ctx.inventory.source == "procfs" else ctx.inventory.source
 
 
 def resolve_one(strategies: Sequence[Strategy], ctx: ResolveContext, logical_id: int,
@@ -91,16 +95,21 @@ def resolve_one(strategies: Sequence[Strategy], ctx: ResolveContext, logical_id:
             loud.append(s.name)
 
     def doubtful() -> bool:
-        """No answer yet, or answers that disagree."""
+        """No answer yet, answers that disagree, or (verify) an answer read with a measured quirk."""
         if winner is None:
+            return True
+        if policy == "verify" and ctx.grammar.quirk:
             return True
         return any(isinstance(v.result, Answer) and v.result.uuid.lower() != winner[1].uuid.lower()
                    for v in verdicts.values())
 
-    # Deferred strategies run when nothing cheaper answered, or to settle a disagreement.
+    # Deferred strategies run when nothing cheaper answered, to settle a disagreement, or to check a reading
+    # that rests on undocumented driver behaviour.
     for s in deferred:
         if winner is not None and (policy == "first" or not doubtful()):
-            why = "policy 'first'" if policy == "first" else "cheaper strategies agreed"
+            why = ("policy 'first'" if policy == "first" else
+                   "expensive, and nothing called for it (the cheaper answers agree and rest on the documented "
+                   "grammar); policy 'strict' asks it")
             verdicts[s.name] = Verdict(s.name, s.priority, Abstain(f"not asked: {why}", True), False)
             continue
         res = run(s)
@@ -121,19 +130,23 @@ def resolve_one(strategies: Sequence[Strategy], ctx: ResolveContext, logical_id:
                                    f"guessing NVML index {logical_id} ({gpu.pci_bus_id}), which is wrong whenever "
                                    f"CUDA's numbering differs from NVML's. " + _reasons(ordered)))
         return PhysicalDevice(logical_id, gpu.nvml_index, gpu.uuid, gpu.pci_bus_id, None, gpu.name, IDENTITY,
-                              (), (), True, ordered), warns
+                              (), (), True, inventory=inventory_label(ctx), verdicts=ordered), warns
 
     strategy, ans = winner
     gpu = ctx.inventory.by_uuid(ans.uuid)
     assert gpu is not None
+    answered = tuple(v.strategy for v in ordered if isinstance(v.result, Answer))
     agreed = tuple(v.strategy for v in ordered
                    if isinstance(v.result, Answer) and v.result.uuid.lower() == ans.uuid.lower())
+    if len(agreed) < 2:
+        agreed = ()  # one answer alone: nothing agreed with it
     disagreed = tuple(v.strategy for v in ordered
                       if isinstance(v.result, Answer) and v.result.uuid.lower() != ans.uuid.lower())
+    by_driver = {s.name for s in strategies if getattr(s, "asks_driver", False)}
     fallback = any(verdicts[n].priority > strategy.priority for n in loud)
     # answers are compared on the physical GPU; the MIG instance comes from whoever knows it
     mig = ans.mig_uuid or next((v.result.mig_uuid for v in ordered if isinstance(v.result, Answer)
-                                and v.strategy in agreed and v.result.mig_uuid), None)
+                                and v.result.uuid.lower() == ans.uuid.lower() and v.result.mig_uuid), None)
     if disagreed:
         detail = "; ".join(f"{v.strategy} says {_gpu_text(ctx, v.result)}" for v in ordered
                            if isinstance(v.result, Answer))
@@ -147,7 +160,9 @@ def resolve_one(strategies: Sequence[Strategy], ctx: ResolveContext, logical_id:
                                    f"{strategy.name!r} because higher-priority strategies could not answer. "
                                    + _reasons(ordered)))
     return PhysicalDevice(logical_id, gpu.nvml_index, gpu.uuid, gpu.pci_bus_id, mig, gpu.name,
-                          strategy.name, agreed, disagreed, fallback, ordered), warns
+                          strategy.name, agreed, disagreed, fallback, answered=answered,
+                          driver_asked=any(n in by_driver for n in answered), inventory=inventory_label(ctx),
+                          verdicts=ordered), warns
 
 
 def _gpu_text(ctx: ResolveContext, a: Answer | Abstain) -> str:

@@ -21,7 +21,15 @@ This follows the table measured on driver 580.159.04 (docs/cvd-grammar.md):
 * MIG (modelled from NVIDIA's documentation, not measured): ``MIG-<uuid>`` and
   ``MIG-GPU-<uuid>/<gi>/<ci>`` name an instance; one MIG device a process, so a
   second MIG entry ends the list; a GPU in MIG mode reached by index or GPU UUID
-  shows its first instance.
+  shows its first instance this process may use, and none at all when it may
+  use none (unset: skipped; named: the list ends).
+
+``apply_cvd(..., documented=True)`` reads only what NVIDIA documents, in its
+plain form: decimal integers without sign, white space, leading zeros or
+trailing text; ``GPU-``/``MIG-`` UUIDs or prefixes as nvidia-smi prints them
+(lower-case hex, dashes in place); anything else ends the list.  Where the two
+readings differ, the answer rests on measured, undocumented behaviour
+(``CvdResult.quirk``), and the default policy asks the driver itself.
 """
 
 from __future__ import annotations
@@ -71,6 +79,8 @@ class CvdResult:
     #: why the list ended early, or "" when every entry was used
     stopped: str = ""
     notes: tuple[str, ...] = field(default=())
+    #: "" when the documented reading gives the same devices; else what it rests on that is only measured
+    quirk: str = ""
 
     @property
     def gpus(self) -> list[int]:
@@ -123,15 +133,45 @@ class _Gpu(Protocol):
     def migs(self) -> Sequence[_Mig]: ...
 
 
+def read_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] | None = None,
+             device_order: str | None = None) -> CvdResult:
+    """``apply_cvd`` as the driver reads the value, with ``quirk`` saying whether that reading rests on
+    measured, undocumented behaviour (the documented reading of the same value differs)."""
+    measured = apply_cvd(cvd, gpus, base_order, device_order)
+    documented = apply_cvd(cvd, gpus, base_order, device_order, documented=True)
+    if (documented.devices, documented.error) == (measured.devices, measured.error):
+        return measured
+    why = documented.stopped or "the value"
+    return CvdResult(measured.devices, measured.error, measured.stopped, measured.notes,
+                     f"read as documented, {why}; the driver's measured grammar reads "
+                     f"{len(measured.devices)} device(s) from it")
+
+
+_PLAIN_INT = re.compile(r"0|[1-9][0-9]*")
+_CANON_BODY = "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
+
+
+def _plain_prefix(text: str) -> bool:
+    """A lower-case UUID body, or a prefix of one, with its dashes where nvidia-smi prints them."""
+    if not text or len(text) > len(_CANON_BODY):
+        return False
+    for c, shape in zip(text, _CANON_BODY, strict=False):
+        if (shape == "-") != (c == "-") or (c != "-" and c not in "0123456789abcdef"):
+            return False
+    return True
+
+
 def apply_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] | None = None,
-              device_order: str | None = None) -> CvdResult:
+              device_order: str | None = None, documented: bool = False) -> CvdResult:
     """The CUDA devices a process sees, in CUDA's order.
 
-    ``gpus`` are the machine's GPUs in NVML (PCI) order, anything with ``uuid``
-    and ``migs`` (``GpuIdentity``, the inventory's ``GpuInfo``); ``base_order`` lists
-    their positions in CUDA's order before CUDA_VISIBLE_DEVICES is applied
-    (for FASTEST_FIRST; default PCI order); ``device_order`` is the value of
-    CUDA_DEVICE_ORDER, under which PCI_BUS_ID ignores ``base_order``.
+    ``gpus`` are the GPUs this process can open in NVML (PCI) order, anything
+    with ``uuid`` and ``migs`` (``GpuIdentity``, the inventory's ``GpuInfo``);
+    ``base_order`` lists their positions in CUDA's order before
+    CUDA_VISIBLE_DEVICES is applied (for FASTEST_FIRST; default PCI order);
+    ``device_order`` is the value of CUDA_DEVICE_ORDER, under which PCI_BUS_ID
+    ignores ``base_order``.  ``documented``: read only the documented plain
+    forms (see the module's text).
     """
     if device_order is not None and device_order not in ORDERS:
         return CvdResult((), CUDA_ERROR_INVALID_DEVICE,
@@ -142,9 +182,10 @@ def apply_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] |
         base = list(base_order)
     out: list[Visible] = []
 
-    def whole(g: int) -> Visible | str:
+    def whole(g: int) -> Visible | str | None:
+        """The device a whole GPU shows; None: none (MIG mode, no instance this process may use)."""
         if not gpus[g].migs:
-            return Visible(g)
+            return None if getattr(gpus[g], "mig_enabled", False) else Visible(g)
         if any(d.mig is not None for d in out):
             return "one MIG device a process: a second GPU in MIG mode ends the list"
         return Visible(g, 0)
@@ -160,13 +201,16 @@ def apply_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] |
             v = whole(g)
             if isinstance(v, str):
                 return _done(out, v)
-            out.append(v)
+            if v is not None:
+                out.append(v)
         return _done(out, "")
     entries = cvd.split(",")
     uuid_list = cvd.startswith(("GPU-", "MIG-"))
     bodies = [g.uuid[4:] for g in gpus]
     for pos, entry in enumerate(entries):
         where = f"entry {pos} ({entry!r})"
+        if documented and not _plain_entry(entry, uuid_list):
+            return _done(out, f"{where} is not in a documented plain form")
         if uuid_list:
             if entry.startswith("MIG-"):
                 found = _find_mig(entry, gpus)
@@ -174,7 +218,7 @@ def apply_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] |
                     return _done(out, f"{where} names no MIG instance")
                 if any(d.mig is not None for d in out):
                     return _done(out, f"{where}: one MIG device a process")
-                v: Visible | str = Visible(*found)
+                v: Visible | str | None = Visible(*found)
             elif entry.startswith("GPU-"):
                 g = _prefix_match(bodies, entry[4:])
                 if g is None:
@@ -189,12 +233,24 @@ def apply_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] |
             if n >= len(base):
                 return _done(out, f"{where} is out of range (only {len(base)} GPUs)")
             v = whole(base[n])
+        if v is None:
+            return _done(out, f"{where} names a GPU in MIG mode with no MIG instance this process may use")
         if isinstance(v, str):
             return _done(out, f"{where}: {v}")
         failed = add(v)
         if failed:
             return failed
     return _done(out, "")
+
+
+def _plain_entry(entry: str, uuid_list: bool) -> bool:
+    if not uuid_list:
+        return bool(_PLAIN_INT.fullmatch(entry))
+    if entry.startswith("MIG-GPU-"):
+        m = _MIG_PATH.fullmatch(entry)
+        return bool(m) and len(m[1]) == 40 and _plain_prefix(m[1][4:]) and all(
+            _PLAIN_INT.fullmatch(x) for x in (m[2], m[3]))
+    return entry.startswith(("GPU-", "MIG-")) and _plain_prefix(entry[4:])
 
 
 def _find_mig(entry: str, gpus: Sequence[_Gpu]) -> tuple[int, int] | None:

@@ -26,6 +26,10 @@ class NoDriverError(GpuAffinityError):
     """No usable NVIDIA driver (NVML) here."""
 
 
+class InventoryError(NoDriverError):
+    """NVML failed while listing this process's GPUs: nothing can be mapped into a list that is not known."""
+
+
 class ConflictError(GpuAffinityError):
     """Under the strict policy, strategies named different GPUs."""
 

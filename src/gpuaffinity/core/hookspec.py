@@ -14,6 +14,7 @@ from typing import Any, Literal, Protocol
 
 import pluggy
 
+from gpuaffinity.core.cvd import CvdResult
 from gpuaffinity.core.model import Abstain, Answer, Inventory
 
 PROJECT = "gpuaffinity"
@@ -27,12 +28,15 @@ Cost = Literal["cheap", "expensive"]
 class ResolveContext:
     """What every strategy may read while one resolution runs.
 
-    ``inventory`` lists the machine's GPUs in NVML order; ``env`` holds the
-    values of CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER (None when unset);
-    ``visible`` is how many CUDA devices this process sees; ``options`` holds
-    the caller's keyword options (``allow_subprocess``, ``timeout`` …).
-    ``scratch`` is a per-resolution dict a strategy may use to do its work
-    once for all logical devices (key it with the strategy's name).
+    ``inventory`` lists the GPUs this process can open, in NVML order (as
+    NVML numbers them in this process); ``cvd`` and ``device_order`` are the
+    values of CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER (None when unset),
+    read once for the whole resolution; ``visible`` is how many CUDA devices
+    this process sees; ``grammar`` is CUDA_VISIBLE_DEVICES read with the
+    driver's grammar over the inventory in PCI order (computed once);
+    ``options`` holds the caller's keyword options (``allow_subprocess``,
+    ``timeout`` …).  ``scratch`` is a per-resolution dict a strategy may use to
+    do its work once for all logical devices (key it with the strategy's name).
     """
 
     inventory: Inventory
@@ -41,6 +45,7 @@ class ResolveContext:
     visible: int
     options: Mapping[str, Any] = field(default_factory=dict)
     scratch: dict[str, Any] = field(default_factory=dict)
+    grammar: CvdResult = field(default_factory=lambda: CvdResult(()))
 
     @property
     def env(self) -> dict[str, str | None]:
@@ -53,6 +58,8 @@ class Strategy(Protocol):
     ``name`` is unique and is what users disable and what reports show.
     ``priority``: higher runs first and wins ties (built-ins: pci 100, torch 60,
     cvd 50).  ``describe`` is one line for ``gpuaffinity doctor``.
+    Optional ``asks_driver = True``: the answer is the CUDA driver's own (the
+    built-in ``pci``); reports say whether the driver was asked.
     """
 
     name: str

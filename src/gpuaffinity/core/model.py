@@ -15,21 +15,30 @@ class MigInfo:
 
 @dataclass(frozen=True)
 class GpuInfo:
-    """One physical GPU as NVML numbers it."""
+    """One physical GPU as NVML numbers it in this process."""
 
     nvml_index: int
     uuid: str  # GPU-…
     pci_bus_id: str  # 0000:3b:00.0, the lowercase sysfs form
     name: str
-    migs: tuple[MigInfo, ...] = ()
+    migs: tuple[MigInfo, ...] = ()  # the MIG instances this process may use
+    mig_enabled: bool = False  # MIG mode is on (then CUDA shows instances, never the whole GPU)
 
 
 @dataclass(frozen=True)
 class Inventory:
-    """Every GPU of the machine, in NVML (PCI bus) order."""
+    """The GPUs this process can use, in NVML (PCI bus) order, and how that list was established.
+
+    ``source``: ``"nvml"``, or ``"procfs"`` (the driver's /proc files, checked
+    against this process's device nodes).  ``host_gpus``: how many GPUs the
+    driver's /proc lists for the whole host (None where it was not read).
+    ``notes``: how the list was established, and any difference between sources.
+    """
 
     gpus: tuple[GpuInfo, ...]
-    source: str = "nvml"  # where the list came from: "nvml" or "procfs"
+    source: str = "nvml"
+    host_gpus: int | None = None
+    notes: tuple[str, ...] = ()
 
     def by_uuid(self, uuid: str) -> GpuInfo | None:
         u = uuid.lower()
@@ -103,7 +112,19 @@ class Verdict:
 
 @dataclass(frozen=True)
 class PhysicalDevice:
-    """The physical GPU behind a logical CUDA device."""
+    """The physical GPU behind a logical CUDA device, and what was checked to say so.
+
+    ``nvml_index`` is the index pynvml gives this GPU *in this process* (which
+    numbers only the GPUs the process can open).  ``strategy`` gave the
+    answer; ``answered`` lists every strategy that gave one; ``agreed`` those
+    that gave this same GPU, the chosen one included, and is empty when one
+    strategy answered alone (nothing confirmed it); ``disagreed`` those that
+    named another GPU.  ``driver_asked``: the CUDA driver itself answered (the
+    ``pci`` strategy).  ``inventory``: how the GPU list was established,
+    ``"procfs+device-nodes"`` (the driver's /proc files, checked against the
+    device nodes this process can open) or ``"nvml"``.  ``fallback``: the
+    answer came from a fallback, and a warning said so.
+    """
 
     logical_id: int
     nvml_index: int
@@ -115,6 +136,9 @@ class PhysicalDevice:
     agreed: tuple[str, ...]
     disagreed: tuple[str, ...]
     fallback: bool
+    answered: tuple[str, ...] = ()
+    driver_asked: bool = False
+    inventory: str = ""
     verdicts: tuple[Verdict, ...] = field(default=(), compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,4 +146,5 @@ class PhysicalDevice:
         d.pop("verdicts")
         d["agreed"] = list(self.agreed)
         d["disagreed"] = list(self.disagreed)
+        d["answered"] = list(self.answered)
         return d

@@ -6,21 +6,13 @@ import importlib
 import os
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import pluggy
 
 from gpuaffinity.core.errors import PluginError
 from gpuaffinity.core.hookspec import PROJECT, HookSpec, Strategy
-
-#: Comma-separated names of plugins or strategies to leave out, like pytest's -p no:NAME.
-DISABLE_VAR = "GPUAFFINITY_DISABLE"
-
-
-def disabled_names(disable: Iterable[str] | None = None) -> frozenset[str]:
-    names = set(disable or ())
-    names.update(n.strip() for n in os.environ.get(DISABLE_VAR, "").split(",") if n.strip())
-    return frozenset(names)
+from gpuaffinity.core.settings import DISABLE_VAR  # comma-separated names to leave out, like pytest's -p no:NAME
 
 
 def build_manager(builtins: Sequence[tuple[str, object]], disabled: frozenset[str],

@@ -2,16 +2,7 @@
 
 from __future__ import annotations
 
-from gpuaffinity.core.cvd import CvdResult, apply_cvd
 from gpuaffinity.core.hookspec import ResolveContext
-
-
-def visible_devices(ctx: ResolveContext) -> CvdResult:
-    """The driver's grammar applied to this machine, in PCI order, computed once per resolution."""
-    res = ctx.scratch.get("_cvd")
-    if res is None:
-        res = ctx.scratch["_cvd"] = apply_cvd(ctx.cvd, ctx.inventory.gpus, None, ctx.device_order)
-    return res
 
 
 def integers_index_unknown_order(ctx: ResolveContext) -> str | None:
@@ -19,7 +10,7 @@ def integers_index_unknown_order(ctx: ResolveContext) -> str | None:
 
     Integers (and an unset variable) index CUDA's base order.  Under
     FASTEST_FIRST (the default) that order puts faster models first: it equals
-    PCI order only when every GPU is the same model.
+    PCI order only when every GPU this process can open is the same model.
     """
     cvd = ctx.cvd
     if cvd is not None and cvd.startswith(("GPU-", "MIG-")):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from gpuaffinity.core.hookspec import Cost, ResolveContext, hookimpl
 from gpuaffinity.core.model import Abstain, Answer
-from gpuaffinity.resolvers._common import integers_index_unknown_order, visible_devices
+from gpuaffinity.resolvers._common import integers_index_unknown_order
 
 
 class CvdStrategy:
@@ -26,7 +26,7 @@ class CvdStrategy:
         why = integers_index_unknown_order(ctx)
         if why:
             return Abstain(why)
-        res = visible_devices(ctx)
+        res = ctx.grammar
         if logical_id >= len(res.devices):
             return Abstain(f"CUDA_VISIBLE_DEVICES shows {len(res.devices)} devices")
         dev = res.devices[logical_id]

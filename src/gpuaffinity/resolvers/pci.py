@@ -8,12 +8,14 @@ multiprocessing "fork" pool).  So:
 * If CUDA is already initialised in this process (someone else paid, and the
   fork hazard exists anyway), the query runs here: cheap, a few microseconds
   a device.
-* Otherwise it runs in a short-lived child process (``python -m
-  gpuaffinity.resolvers.pci``), never here: expensive (an interpreter start
-  plus ``cuInit``), so the chain asks it only when no cheaper strategy
-  answered, when cheaper ones disagree, or under the strict policy.
+* Otherwise it runs in a short-lived child process, never here: expensive
+  (an interpreter start plus ``cuInit``), so the chain asks it only when
+  something calls for it (core/chain.py) or under the strict policy.
   ``allow_subprocess=False`` (CLI ``--no-subprocess``, environment
-  GPUAFFINITY_NO_SUBPROCESS=1) forbids the child.
+  GPUAFFINITY_NO_SUBPROCESS=1) forbids the child.  The child runs in
+  isolated mode (``python -I``): nothing from the caller's working directory,
+  PYTHONPATH or user site can be imported into it; it is told where this
+  package lives.
 
 It uses cuda-python's ``cuda.bindings.driver`` when installed, else the
 driver library directly through ctypes.
@@ -30,8 +32,8 @@ from typing import Any
 from gpuaffinity.core.errors import InvalidVisibleDevicesError
 from gpuaffinity.core.hookspec import Cost, ResolveContext, hookimpl
 from gpuaffinity.core.model import Abstain, Answer
+from gpuaffinity.core.settings import NO_SUBPROCESS_VAR
 
-NO_SUBPROCESS_VAR = "GPUAFFINITY_NO_SUBPROCESS"
 CUDA_ERROR_NOT_INITIALIZED = 3
 CUDA_ERROR_NO_DEVICE = 100
 CUDA_ERROR_INVALID_DEVICE = 101
@@ -95,6 +97,7 @@ def _query_ctypes(init: bool) -> dict[str, Any]:
 class PciStrategy:
     name = "pci"
     priority = 100
+    asks_driver = True
     describe = "CUDA driver's cuDeviceGetPCIBusId matched to NVML's bus ids (in a child unless CUDA is up here)"
 
     def cost(self, ctx: ResolveContext) -> Cost:
@@ -112,7 +115,7 @@ class PciStrategy:
         if self._in_process(ctx):
             table = query_driver(init=False)
             table["where"] = "in this process (CUDA was already initialised)"
-        elif not ctx.options.get("allow_subprocess", True) or os.environ.get(NO_SUBPROCESS_VAR, "") not in ("", "0"):
+        elif not ctx.options.get("allow_subprocess", True):
             table = {"rc": None, "devices": [], "error": "CUDA is not initialised here and subprocesses are "
                      f"disabled (allow_subprocess=False or {NO_SUBPROCESS_VAR}); gpuaffinity will not cuInit in "
                      "a process that may fork"}
@@ -132,8 +135,8 @@ class PciStrategy:
                 env[var] = value
         timeout = float(ctx.options.get("timeout", 120))
         try:
-            proc = subprocess.run([sys.executable, "-m", "gpuaffinity.resolvers.pci"], env=env, capture_output=True,
-                                  text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+            proc = subprocess.run(child_command(), env=env, capture_output=True, text=True, timeout=timeout,
+                                  stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             return {"rc": None, "devices": [], "error": f"the CUDA probe process took over {timeout:g} s"}
         try:
@@ -180,6 +183,16 @@ class PciStrategy:
 @hookimpl
 def gpuaffinity_strategies() -> list[PciStrategy]:
     return [PciStrategy()]
+
+
+_CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); import json; "
+          "from gpuaffinity.resolvers.pci import query_driver; print(json.dumps(query_driver(init=True)))")
+
+
+def child_command() -> list[str]:
+    """The probe child: isolated mode, told where this package lives, nothing else on its path first."""
+    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return [sys.executable, "-I", "-c", _CHILD, package_parent]
 
 
 if __name__ == "__main__":  # the child process: initialise CUDA here, print, exit

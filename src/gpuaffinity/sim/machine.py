@@ -13,13 +13,13 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gpuaffinity.core.cpulist import format_cpulist, parse_cpulist
 from gpuaffinity.sim.build import SimulatorError, library_dir
-from gpuaffinity.sim.render import render_config, render_procfs, render_sysfs
-from gpuaffinity.sim.topology import Topology, load_topology
+from gpuaffinity.sim.render import render_config, render_dev, render_procfs, render_sysfs
+from gpuaffinity.sim.topology import ProcessView, Topology, load_topology
 
 #: Environment variables the simulator reads (see csrc/sim_common.h).
 CONFIG_VAR = "GPUAFFINITY_SIM_CONFIG"
@@ -28,6 +28,8 @@ COUNTERS_VAR = "GPUAFFINITY_SIM_COUNTERS"
 #: Where gpuaffinity itself reads sysfs and procfs from (default /sys and /proc).
 SYSFS_VAR = "GPUAFFINITY_SYSFS_ROOT"
 PROCFS_VAR = "GPUAFFINITY_PROCFS_ROOT"
+#: The simulated /dev: its device nodes decide which GPUs the simulated process can open (csrc/sim_common.h).
+DEV_VAR = "GPUAFFINITY_DEV_ROOT"
 TOPOLOGY_VAR = "GPUAFFINITY_SIM_TOPOLOGY"
 #: The simulated process's cpuset (gpuaffinity.numa reads it instead of the real affinity mask).
 ALLOWED_VAR = "GPUAFFINITY_SIM_ALLOWED_CPUS"
@@ -65,8 +67,12 @@ def _is_int(s: str) -> bool:
 @contextmanager
 def simulated(topology: Topology | str | os.PathLike[str], *, faults: Sequence[str] = (),
               counters: str | os.PathLike[str] | None = None, cpuset: str | None = None,
-              base_env: Mapping[str, str] | None = None) -> Iterator[SimMachine]:
+              base_env: Mapping[str, str] | None = None, process: ProcessView | None = None) -> Iterator[SimMachine]:
+    """The machine ready to run programs on; ``process`` replaces the topology's own process view
+    (which GPUs the process can open, and how the others are kept away)."""
     topo = topology if isinstance(topology, Topology) else load_topology(os.fspath(topology))
+    if process is not None:
+        topo = replace(topo, process=process)
     for f in faults:
         check_fault(f)
     allowed = topo.cpus
@@ -86,12 +92,16 @@ def simulated(topology: Topology | str | os.PathLike[str], *, faults: Sequence[s
         sysfs = folder / "sys"
         render_sysfs(topo, sysfs)
         render_procfs(topo, folder / "proc")
+        render_dev(topo, folder / "dev")
         env = dict(os.environ if base_env is None else base_env)
+        for var, value in topo.process.env:  # what the scheduler sets, unless the caller set it
+            env.setdefault(var, value)
         old = env.get("LD_LIBRARY_PATH")
         env["LD_LIBRARY_PATH"] = f"{libdir}{os.pathsep}{old}" if old else str(libdir)
         env[CONFIG_VAR] = str(config)
         env[SYSFS_VAR] = str(sysfs)
         env[PROCFS_VAR] = str(folder / "proc")
+        env[DEV_VAR] = str(folder / "dev")
         env[TOPOLOGY_VAR] = topo.source
         env[ALLOWED_VAR] = format_cpulist(allowed)
         if faults:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,43 @@ class NumaNode:
     socket: int
 
 
+#: How the GPUs a process may not use are kept from it.
+OTHERS = ("denied", "absent")
+#: What the driver's /proc shows the process: every GPU of the host, or only its own.
+PROC_VIEWS = ("host", "masked")
+
+
+@dataclass(frozen=True)
+class ProcessView:
+    """What one process on the machine may open: a deployment shape.
+
+    ``gpus``: PCI-order positions of the GPUs whose device node opens (None:
+    all).  ``others``: how the rest are kept away: ``denied`` (the node is
+    there, the open is refused, as a device cgroup does) or ``absent`` (no
+    node, as in a container given some nodes).  ``proc``: ``host`` (the
+    driver's /proc lists every GPU) or ``masked`` (only the process's, as the
+    NVIDIA container toolkit arranges).  ``migs``: the MIG instances (UUIDs)
+    the process may use (None: all of its GPUs').  ``env``: variables the
+    scheduler sets for the process (``sim run`` applies those not already set).
+    """
+
+    gpus: tuple[int, ...] | None = None
+    others: str = "denied"
+    proc: str = "host"
+    migs: tuple[str, ...] | None = None
+    env: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def restricted(self) -> bool:
+        return self.gpus is not None or self.migs is not None or self.proc != "host"
+
+    def opens(self, index: int) -> bool:
+        return self.gpus is None or index in self.gpus
+
+    def uses_mig(self, uuid: str) -> bool:
+        return self.migs is None or uuid.lower() in (m.lower() for m in self.migs)
+
+
 @dataclass(frozen=True)
 class Topology:
     name: str
@@ -81,6 +118,7 @@ class Topology:
     cuda_driver_version: int = 13000
     source: str = "<memory>"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    process: ProcessView = ProcessView()
 
     @property
     def cpus(self) -> frozenset[int]:
@@ -115,7 +153,8 @@ class Topology:
 
 
 _TOP_KEYS = {"name", "description", "threads_per_core", "driver_version", "cuda_driver_version",
-             "numa_node", "gpu"}
+             "numa_node", "gpu", "base", "process"}
+_PROCESS_KEYS = {"gpus", "others", "proc", "mig", "env"}
 _NODE_KEYS = {"id", "cpus", "socket"}
 _GPU_KEYS = {"uuid", "pci_bus_id", "name", "numa_node", "cuda_order", "memory_mib",
              "compute_capability", "multiprocessors", "pci_device_id", "pci_subsystem_id", "mig"}
@@ -157,7 +196,9 @@ def resolve_topology_path(spec: str | Path) -> Path:
     return preset
 
 
-def load_topology(spec: str | Path) -> Topology:
+def load_topology(spec: str | Path, _depth: int = 0) -> Topology:
+    if _depth > 4:
+        raise TopologyError(f"{spec}: `base` nests more than 4 deep")
     path = resolve_topology_path(spec)
     try:
         data = tomllib.loads(path.read_text())
@@ -165,13 +206,15 @@ def load_topology(spec: str | Path) -> Topology:
         raise TopologyError(f"{path}: not valid TOML: {e}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise TopologyError(f"{path}: cannot read: {e}") from None
-    return parse_topology(data, str(path))
+    return parse_topology(data, str(path), _depth)
 
 
-def parse_topology(data: dict[str, Any], source: str = "<memory>") -> Topology:
+def parse_topology(data: dict[str, Any], source: str = "<memory>", _depth: int = 0) -> Topology:
     """Check a parsed TOML document and build the Topology it describes."""
     c = _Checker(source)
     c.keys(data, _TOP_KEYS, "")
+    if "base" in data:
+        return _derived(c, data, _depth)
     name = c.typed(data, "name", str, "", required=True)
     tpc = c.typed(data, "threads_per_core", int, "", default=1)
     if tpc not in (1, 2, 4, 8):
@@ -268,7 +311,7 @@ def parse_topology(data: dict[str, Any], source: str = "<memory>") -> Topology:
     if len(gpus) > 64:
         c.fail("gpu", "at most 64 GPUs")
     gpus.sort(key=lambda g: g.pci_fields)  # NVML numbers GPUs in PCI bus order
-    return Topology(
+    topo = Topology(
         name=name,
         description=c.typed(data, "description", str, "", default=""),
         nodes=tuple(sorted(nodes, key=lambda n: n.id)),
@@ -278,6 +321,92 @@ def parse_topology(data: dict[str, Any], source: str = "<memory>") -> Topology:
         cuda_driver_version=c.typed(data, "cuda_driver_version", int, "", default=13000),
         source=source,
     )
+    if "process" in data:
+        topo = replace(topo, process=_process(c, topo, data["process"]))
+    return topo
+
+
+def _derived(c: _Checker, data: dict[str, Any], depth: int) -> Topology:
+    """``base = "PRESET or FILE"``: that machine, with this file's name, description and [process]."""
+    for key in data:
+        if key not in ("base", "name", "description", "process"):
+            c.fail(key, "a file with `base` takes only name, description and [process]: the machine is the base's")
+    spec = c.typed(data, "base", str, "", required=True)
+    target: str | Path = spec
+    if ("/" in spec or spec.endswith(".toml")) and not Path(spec).is_absolute() and c.source != "<memory>":
+        target = Path(c.source).parent / spec  # a relative path is relative to this file
+    try:
+        base = load_topology(target, depth + 1)
+    except TopologyError as e:
+        c.fail("base", str(e))
+    topo = replace(base, name=c.typed(data, "name", str, "", default=base.name),
+                   description=c.typed(data, "description", str, "", default=base.description), source=c.source)
+    if "process" in data:
+        topo = replace(topo, process=_process(c, topo, data["process"]))
+    return topo
+
+
+def gpu_positions(topo: Topology, selectors: list[Any], where: str) -> tuple[int, ...]:
+    """PCI-order positions of GPUs named by position (int), PCI bus id or GPU UUID; TopologyError otherwise."""
+    out: list[int] = []
+    for sel in selectors:
+        if isinstance(sel, int) and not isinstance(sel, bool):
+            hit = sel if 0 <= sel < len(topo.gpus) else None
+        elif isinstance(sel, str):
+            text = sel.strip().lower()
+            if text.isdigit():
+                hit = int(text) if int(text) < len(topo.gpus) else None
+            else:
+                hit = next((i for i, g in enumerate(topo.gpus)
+                            if text in (g.uuid.lower(), g.pci_bus_id, g.pci_bus_id[5:])), None)
+        else:
+            raise TopologyError(f"{topo.source}: {where}: {sel!r} is not a GPU (give its position, bus id or UUID)")
+        if hit is None:
+            raise TopologyError(f"{topo.source}: {where}: no GPU {sel!r} on this machine "
+                                f"({len(topo.gpus)} GPUs: positions 0-{len(topo.gpus) - 1}, bus ids or UUIDs)")
+        if hit not in out:
+            out.append(hit)
+    return tuple(sorted(out))
+
+
+def make_process(topo: Topology, *, gpus: list[Any] | None = None, others: str | None = None,
+                 proc: str | None = None, migs: list[str] | None = None,
+                 env: dict[str, str] | None = None, where: str = "process") -> ProcessView:
+    """A ProcessView for ``topo``, starting from the topology's own, with the given parts replaced."""
+    cur = topo.process
+    if others is not None and others not in OTHERS:
+        raise TopologyError(f"{topo.source}: {where}.others: {others!r}: choose {' or '.join(OTHERS)}")
+    if proc is not None and proc not in PROC_VIEWS:
+        raise TopologyError(f"{topo.source}: {where}.proc: {proc!r}: choose {' or '.join(PROC_VIEWS)}")
+    mig_ids = None
+    if migs is not None:
+        known = {m.uuid.lower(): m.uuid for g in topo.gpus for m in g.migs}
+        mig_ids = []
+        for m in migs:
+            if not isinstance(m, str) or m.strip().lower() not in known:
+                raise TopologyError(f"{topo.source}: {where}.mig: {m!r} is not a MIG instance of this machine")
+            mig_ids.append(known[m.strip().lower()])
+    return ProcessView(
+        gpus=cur.gpus if gpus is None else gpu_positions(topo, gpus, f"{where}.gpus"),
+        others=cur.others if others is None else others,
+        proc=cur.proc if proc is None else proc,
+        migs=cur.migs if mig_ids is None else tuple(mig_ids),
+        env=cur.env if env is None else tuple(sorted(env.items())))
+
+
+def _process(c: _Checker, topo: Topology, raw: Any) -> ProcessView:
+    c.keys(raw, _PROCESS_KEYS, "process")
+    gpus = raw.get("gpus")
+    if gpus is not None and not isinstance(gpus, list):
+        c.fail("process.gpus", "must be a list of GPU positions, bus ids or UUIDs")
+    migs = raw.get("mig")
+    if migs is not None and not isinstance(migs, list):
+        c.fail("process.mig", "must be a list of MIG UUIDs")
+    env = raw.get("env", {})
+    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+        c.fail("process.env", "must be a table of strings, e.g. env = { CUDA_VISIBLE_DEVICES = \"0,1\" }")
+    return make_process(topo, gpus=gpus, others=c.typed(raw, "others", str, "process", default=None),
+                        proc=c.typed(raw, "proc", str, "process", default=None), migs=migs, env=env)
 
 
 class _Checker:

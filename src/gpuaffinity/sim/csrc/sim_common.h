@@ -7,13 +7,22 @@
  *   driver_version 580.159.04
  *   nvml_version 13.580.159.04
  *   cuda_driver_version 13000
- *   gpu UUID BUSID DOMAIN BUS DEVICE FUNCTION PCIDEVID SUBSYSID CUDARANK NUMANODE MEMMIB CCMAJ CCMIN SMS NAME...
+ *   gpu UUID BUSID DOMAIN BUS DEVICE FUNCTION PCIDEVID SUBSYSID CUDARANK NUMANODE MEMMIB CCMAJ CCMIN SMS MINOR NAME...
  *   mask KIND W0,W1,...     (applies to the last gpu; KIND is node_mem,
  *                            socket_mem, node_cpu or socket_cpu; words are
  *                            64-bit hex, word 0 holds bits 0-63)
- *   mig UUID GI CI MEMMIB SMS NAME...   (an instance of the last gpu)
+ *   mig UUID GI CI MEMMIB SMS CAPMINOR NAME...   (an instance of the last gpu)
  *
- * gpu records come in NVML order (ascending PCI bus id).
+ * gpu records come in PCI order, every GPU of the host.  MINOR is the GPU's
+ * device minor (/dev/nvidia<MINOR>), CAPMINOR the MIG instance's access
+ * capability (/dev/nvidia-caps/nvidia-cap<CAPMINOR>).
+ *
+ * The process's own view: where GPUAFFINITY_DEV_ROOT names a folder (the
+ * simulated /dev), NVML and CUDA enumerate only the GPUs whose device node
+ * there opens (O_RDWR), and only the MIG instances whose capability node opens
+ * (O_RDONLY), at nvmlInit and cuInit, as the real driver does (measured on a
+ * 2x H200 host, driver 580.159.04: a node absent from a read-only /dev, or one
+ * that refuses the open, hides its GPU from both).  Unset: every GPU opens.
  *
  * Two more variables change behaviour:
  *   GPUAFFINITY_SIM_FAULTS    "name=code[:times],..."  the named entry point
@@ -30,6 +39,7 @@
 #define _GNU_SOURCE
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,6 +64,8 @@ typedef struct sim_mig {
     int sms;
     char name[96];
     int index; /* position under its parent */
+    int cap_minor; /* /dev/nvidia-caps/nvidia-cap<cap_minor> grants access */
+    int usable;    /* this process can use it (set at nvmlInit / cuInit) */
     struct sim_gpu *parent;
 } sim_mig;
 
@@ -72,7 +84,8 @@ typedef struct sim_gpu {
     unsigned long long node_cpu[SIM_MASK_WORDS], socket_cpu[SIM_MASK_WORDS];
     int nmigs;
     sim_mig migs[SIM_MAX_MIGS];
-    int index; /* NVML index */
+    int minor; /* /dev/nvidia<minor> */
+    int index; /* NVML index in this process, -1 where the process cannot open the GPU */
 } sim_gpu;
 
 #define SIM_GPU_MAGIC 0x47505531u
@@ -162,10 +175,11 @@ static void sim_load_once(void) {
         } else if (!strncmp(line, "cuda_driver_version ", 20)) {
             sim_cfg.cuda_driver_version = atoi(line + 20);
         } else if (!strncmp(line, "gpu ", 4)) {
-            if (sim_cfg.ngpus >= SIM_MAX_GPUS || sim_fields(line + 4, fl, 14, &rest)) goto bad;
+            if (sim_cfg.ngpus >= SIM_MAX_GPUS || sim_fields(line + 4, fl, 15, &rest)) goto bad;
             g = &sim_cfg.gpus[sim_cfg.ngpus];
             g->magic = SIM_GPU_MAGIC;
             g->index = sim_cfg.ngpus++;
+            g->minor = atoi(fl[14]);
             sim_copy(g->uuid, sizeof g->uuid, fl[0]);
             sim_copy(g->bus_id, sizeof g->bus_id, fl[1]);
             g->domain = (unsigned)strtoul(fl[2], NULL, 0);
@@ -190,7 +204,7 @@ static void sim_load_once(void) {
                                                                      : NULL;
             if (!dst || sim_parse_mask(fl[1], dst)) goto bad;
         } else if (!strncmp(line, "mig ", 4)) {
-            if (!g || g->nmigs >= SIM_MAX_MIGS || sim_fields(line + 4, fl, 5, &rest)) goto bad;
+            if (!g || g->nmigs >= SIM_MAX_MIGS || sim_fields(line + 4, fl, 6, &rest)) goto bad;
             sim_mig *m = &g->migs[g->nmigs];
             m->magic = SIM_MIG_MAGIC;
             m->index = g->nmigs++;
@@ -200,6 +214,8 @@ static void sim_load_once(void) {
             m->ci = (unsigned)strtoul(fl[2], NULL, 10);
             m->mem_mib = strtoull(fl[3], NULL, 0);
             m->sms = atoi(fl[4]);
+            m->cap_minor = atoi(fl[5]);
+            m->usable = 1;
             sim_copy(m->name, sizeof m->name, rest);
         } else if (line[0] && line[0] != '#') {
             goto bad;
@@ -221,6 +237,44 @@ bad:
 static int sim_load(void) {
     pthread_once(&sim_once, sim_load_once);
     return sim_cfg.loaded == 1;
+}
+
+/* ---- the process's view: which device nodes open ------------------------ */
+
+/* Does GPUAFFINITY_DEV_ROOT/<name> open with these flags?  No root: yes. */
+static int sim_node_opens(const char *name, int flags) {
+    const char *root = getenv("GPUAFFINITY_DEV_ROOT");
+    if (!root || !*root) return 1;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", root, name);
+    int fd = open(path, flags | O_CLOEXEC);
+    if (fd < 0) return 0;
+    close(fd);
+    return 1;
+}
+
+static int sim_gpu_opens(const sim_gpu *g) {
+    char name[64];
+    snprintf(name, sizeof name, "nvidia%d", g->minor);
+    return sim_node_opens(name, O_RDWR);
+}
+
+/* Marks every MIG instance usable or not; returns how many GPUs the process can open. */
+static int sim_scan_access(sim_gpu **open_gpus) {
+    int n = 0;
+    for (int i = 0; i < sim_cfg.ngpus; i++) {
+        sim_gpu *g = &sim_cfg.gpus[i];
+        g->index = -1;
+        if (!sim_gpu_opens(g)) continue;
+        g->index = n;
+        open_gpus[n++] = g;
+        for (int j = 0; j < g->nmigs; j++) {
+            char name[64];
+            snprintf(name, sizeof name, "nvidia-caps/nvidia-cap%d", g->migs[j].cap_minor);
+            g->migs[j].usable = sim_node_opens(name, O_RDONLY);
+        }
+    }
+    return n;
 }
 
 /* ---- call counters ---------------------------------------------------- */

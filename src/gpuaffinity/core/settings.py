@@ -1,0 +1,113 @@
+"""One snapshot of everything that decides a resolution: the cache key, and what the resolution reads.
+
+The environment is read once per call, here.  The snapshot is the cache key,
+and the resolution it keys reads its inputs from the snapshot, never from
+``os.environ`` again: a thread that changes CUDA_VISIBLE_DEVICES while another
+resolves cannot leave an answer under the wrong key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from gpuaffinity.core.errors import GpuAffinityError
+
+CVD = "CUDA_VISIBLE_DEVICES"
+ORDER = "CUDA_DEVICE_ORDER"
+POLICY_VAR = "GPUAFFINITY_POLICY"
+DISABLE_VAR = "GPUAFFINITY_DISABLE"
+NO_SUBPROCESS_VAR = "GPUAFFINITY_NO_SUBPROCESS"
+PROCFS_VAR = "GPUAFFINITY_PROCFS_ROOT"
+DEV_VAR = "GPUAFFINITY_DEV_ROOT"
+SOURCE_VAR = "GPUAFFINITY_INVENTORY"
+
+#: Every variable a resolution depends on, in the order of Settings' environment fields.
+ENV_VARS = (CVD, ORDER, POLICY_VAR, DISABLE_VAR, NO_SUBPROCESS_VAR, PROCFS_VAR, DEV_VAR, SOURCE_VAR)
+
+POLICIES = ("first", "verify", "strict")
+
+# os.environ.get encodes the name on every call; the warm path reads the encoded mapping underneath
+# it directly where CPython has one (tests/test_resolve.py checks it against the public mapping).
+_ENV = getattr(os.environ, "_data", None)
+_ENV_B = tuple(v.encode() for v in ENV_VARS)
+_FAST = isinstance(_ENV, dict) and os.name == "posix" and hasattr(os, "fsdecode")
+
+
+def env_values() -> tuple[str | bytes | None, ...]:
+    """The raw values of ENV_VARS now (bytes where read from the encoded mapping): the warm path's key part."""
+    if _FAST:
+        get = _ENV.get  # type: ignore[union-attr]
+        return tuple(get(b) for b in _ENV_B)
+    return tuple(os.environ.get(v) for v in ENV_VARS)
+
+
+def _str(value: str | bytes | None) -> str | None:
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def normalize_disable(disable: Iterable[str] | str | None) -> tuple[str, ...] | None:
+    """Names to leave out, from any iterable of names or one comma-separated string."""
+    if disable is None:
+        return None
+    if isinstance(disable, str):
+        names = disable.split(",")
+    else:
+        names = list(disable)
+        for n in names:
+            if not isinstance(n, str):
+                raise TypeError(f"disable must hold strategy or plugin names (strings), not {type(n).__name__}")
+    out = tuple(dict.fromkeys(n.strip() for n in names if n.strip()))
+    return out or None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one resolution reads: the caller's options and the environment, read once."""
+
+    cvd: str | None
+    device_order: str | None
+    policy_arg: str | None
+    policy_env: str | None
+    disable_arg: tuple[str, ...] | None
+    disable_env: str | None
+    allow_subprocess: bool
+    no_subprocess_env: str | None
+    procfs_root: str | None
+    dev_root: str | None
+    inventory_source: str | None
+
+    @classmethod
+    def from_key(cls, key: tuple) -> Settings:
+        policy, disable, allow, values = key
+        cvd, order, pol, dis, nosub, procfs, dev, source = (_str(v) for v in values)
+        return cls(cvd, order, policy, pol, disable, dis, allow, nosub, procfs, dev, source)
+
+    @property
+    def policy(self) -> str:
+        """The policy in force; GpuAffinityError naming the source when it is not one of POLICIES."""
+        chosen = self.policy_arg or self.policy_env or "verify"
+        if chosen not in POLICIES:
+            source = "policy argument" if self.policy_arg else POLICY_VAR
+            raise GpuAffinityError(f"unknown {source} {chosen[:80]!r}: choose one of {', '.join(POLICIES)}")
+        return chosen
+
+    @property
+    def disabled(self) -> frozenset[str]:
+        names = set(self.disable_arg or ())
+        names.update(n.strip() for n in (self.disable_env or "").split(",") if n.strip())
+        return frozenset(names)
+
+    @property
+    def subprocess_allowed(self) -> bool:
+        return self.allow_subprocess and (self.no_subprocess_env or "") in ("", "0")
+
+    @property
+    def inventory_env(self) -> dict[str, str | None]:
+        return {PROCFS_VAR: self.procfs_root, DEV_VAR: self.dev_root, SOURCE_VAR: self.inventory_source}
+
+
+def make_key(policy: str | None, disable: tuple[str, ...] | None, allow_subprocess: bool) -> tuple:
+    """The cache key of a call now: its options and one read of the environment."""
+    return (policy, disable, allow_subprocess, env_values())
