@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from gpuaffinity import _state
 from gpuaffinity.core.errors import (
     BindWarning,
     ConflictError,
@@ -57,9 +58,10 @@ _LAZY = {"resolve": "gpuaffinity.api", "resolve_all": "gpuaffinity.api", "clear_
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
+        with _state.lock:  # which fork() waits for, so no import of ours is half-done in a child (_state)
+            import importlib
 
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+            value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'gpuaffinity' has no attribute {name!r}")

@@ -7,21 +7,27 @@ repeated call with an unchanged environment is a dictionary look-up; a
 changed variable makes the next call resolve afresh.  The resolution reads its
 inputs from the same snapshot that keys it.  Warnings are given when a result
 is computed, not again on cache hits.  Thread-safe (one computation at a time
-per process) and fork-safe: a child forked while another thread resolves gets
-a fresh lock.
+per process) and fork-safe (``_state``: fork waits for a resolution in
+progress, and the child starts with fresh locks).
 """
 
 from __future__ import annotations
 
 import os
-import threading
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from gpuaffinity import _state
 from gpuaffinity.core.chain import resolve_one
-from gpuaffinity.core.errors import DeviceNotVisibleError, GpuAffinityError, InvalidVisibleDevicesError
+from gpuaffinity.core.errors import (
+    ConflictError,
+    DeviceNotVisibleError,
+    DisagreementWarning,
+    GpuAffinityError,
+    InvalidVisibleDevicesError,
+)
 from gpuaffinity.core.hookspec import ResolveContext, Strategy
 from gpuaffinity.core.model import Inventory, PhysicalDevice
 from gpuaffinity.core.plugins import build_manager, collect_strategies
@@ -30,18 +36,7 @@ from gpuaffinity.core.settings import Settings, make_key, normalize_disable
 if TYPE_CHECKING:
     from gpuaffinity.numa.bind import BindRecord
 
-_lock = threading.Lock()
 _cache: dict[tuple, tuple[PhysicalDevice, ...]] = {}
-
-
-def _after_fork_in_child() -> None:
-    """A fork while another thread held the lock would leave the child's copy held forever."""
-    global _lock
-    _lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @dataclass
@@ -60,7 +55,7 @@ class Resolution:
 
 def clear_cache() -> None:
     """Forget every cached result (the next call resolves afresh)."""
-    with _lock:
+    with _state.lock:
         _cache.clear()
 
 
@@ -89,9 +84,11 @@ def run_resolution(*, policy: str | None = None, disable: Iterable[str] | str | 
                          {"allow_subprocess": st.subprocess_allowed, "timeout": timeout}, grammar=grammar)
     out = Resolution([], inventory, strategies, ctx, chosen, st)
     error = grammar.error
-    if any(g.migs for g in inventory.gpus) and integers_index_unknown_order(ctx):
-        # MIG GPUs under an unknown CUDA order: how many devices show, and whether the driver accepts the
-        # list at all, depend on that order (one MIG device a process); ask a strategy that can count
+    # MIG GPUs under an unknown CUDA order: how many devices show, and whether the driver accepts the list at
+    # all, depend on that order (one MIG device a process): the count must come from the driver.  An unsure
+    # reading (see read_cvd) is checked against the driver's count, unless the policy is 'first'.
+    must_count = any(g.migs for g in inventory.gpus) and bool(integers_index_unknown_order(ctx))
+    if must_count or (chosen != "first" and grammar.unsure):
         for s in strategies:
             try:
                 counted = _count(s, ctx)
@@ -100,9 +97,22 @@ def run_resolution(*, policy: str | None = None, disable: Iterable[str] | str | 
                 if strict_errors:
                     raise
                 return out
-            if counted is not None:
+            if counted is None:
+                continue
+            if not must_count and (counted != len(grammar.devices) or grammar.error not in (0, 100)):
+                head = (f"gpuaffinity: the CUDA driver ({s.name}) shows {counted} device(s) for CUDA_VISIBLE_DEVICES="
+                        f"{_shown(ctx.cvd)}, where the grammar on this process's GPU list reads "
+                        f"{len(grammar.devices)} (its reading {grammar.unsure})")
+                if chosen == "strict":
+                    out.error = ConflictError(f"{head}; the strict policy refuses to choose")
+                    if strict_errors:
+                        raise out.error
+                    return out
+                out.warnings.append((DisagreementWarning, f"{head}; using the driver's count"))
+                must_count = True
+            if must_count:
                 error, ctx.visible = 0, counted
-                break
+            break
     if error and error != 100:
         out.error = InvalidVisibleDevicesError(
             f"the CUDA driver refuses CUDA_VISIBLE_DEVICES={_shown(ctx.cvd)} with CUDA_DEVICE_ORDER="
@@ -163,7 +173,7 @@ def _resolved(policy: str | None, disable: Iterable[str] | str | None, allow_sub
     hit = _cache.get(key)
     if hit is not None:
         return hit
-    with _lock:
+    with _state.lock:
         hit = _cache.get(key)
         if hit is not None:
             return hit
@@ -233,6 +243,12 @@ def parse_selector(text: str) -> int | str:
 
 def _by_selector(selector: str, policy: str | None, disable: Iterable[str] | None,
                  allow_subprocess: bool) -> PhysicalDevice:
+    with _state.lock:  # lazy imports and NVML: see gpuaffinity._state
+        return _by_selector_locked(selector, policy, disable, allow_subprocess)
+
+
+def _by_selector_locked(selector: str, policy: str | None, disable: Iterable[str] | None,
+                        allow_subprocess: bool) -> PhysicalDevice:
     from gpuaffinity.core.cvd import match_uuid
     from gpuaffinity.core.model import normalize_bus_id
     from gpuaffinity.inventory import read_inventory
@@ -273,6 +289,12 @@ ON_FAILURE_VAR = "GPUAFFINITY_ON_FAILURE"
 def plan(logical_id: int | str, *, mode: str = "node", memory: str = "bind", policy: str | None = None,
          disable: Iterable[str] | None = None, allow_subprocess: bool = True) -> BindRecord:
     """What ``bind`` would apply for CUDA device ``logical_id``, without applying it."""
+    with _state.lock:  # lazy imports and NVML: see gpuaffinity._state
+        return _plan(logical_id, mode, memory, policy, disable, allow_subprocess)
+
+
+def _plan(logical_id: int | str, mode: str, memory: str, policy: str | None, disable: Iterable[str] | None,
+          allow_subprocess: bool) -> BindRecord:
     from gpuaffinity.inventory import read_inventory
     from gpuaffinity.numa.bind import MEMORY_POLICIES, BindError, BindRecord
     from gpuaffinity.numa.modes import MODES, place

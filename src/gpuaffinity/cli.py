@@ -23,6 +23,8 @@ examples:
   gpuaffinity sim run dgx-h100 -- python3 -c 'import pynvml; pynvml.nvmlInit(); print(pynvml.nvmlDeviceGetCount())'
   CUDA_VISIBLE_DEVICES=3,6,5,4,0,7,1,2 gpuaffinity sim run dgx-h100 -- python3 -m gpuaffinity.sim.demo
   gpuaffinity sim run ./my-machine.toml --fault cuInit=999 -- my-launcher --serve
+  gpuaffinity sim run slurm-2of8 -- gpuaffinity doctor          a job that may open 2 of 8 GPUs
+  gpuaffinity sim run dgx-h100 --gpus 2,5 --others absent -- gpuaffinity resolve
 
 TOPOLOGY is a preset name (see `sim list`) or a path to a topology file (docs/simulator.md).
 The command runs with the simulated libnvidia-ml.so.1 and libcuda.so.1 first on
@@ -90,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     simsub.add_parser("list", help="list the bundled preset machines")
     run = simsub.add_parser(
         "run", help="run CMD against a simulated machine",
-        usage="gpuaffinity sim run [--fault NAME=CODE[:TIMES]] [--cpuset CPULIST] [--counters DIR] TOPOLOGY -- CMD "
-              "[ARG ...]",
+        usage="gpuaffinity sim run [--fault NAME=CODE[:TIMES]] [--cpuset CPULIST] [--counters DIR] [--gpus LIST] "
+              "[--others denied|absent] [--proc host|masked] [--mig LIST] TOPOLOGY -- CMD [ARG ...]",
         description="Run CMD with the simulated NVIDIA libraries of TOPOLOGY.",
         epilog=_EPILOG_SIM, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("topology", metavar="TOPOLOGY", help="preset name or topology file")
@@ -103,6 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
                           "machine's), e.g. --cpuset 0-27,112-139")
     run.add_argument("--counters", metavar="DIR",
                      help="write per-process call counts of every simulated entry point to DIR/<pid>.<lib>.counts")
+    shape = run.add_argument_group(
+        "deployment shape", "what the process may open, as a device cgroup or a container decides (default: the "
+                            "topology's [process] table, else every GPU)")
+    shape.add_argument("--gpus", metavar="LIST",
+                       help="the GPUs whose device node opens, comma-separated: PCI-order positions, bus ids or "
+                            "UUIDs (e.g. --gpus 2,5); NVML and CUDA number only these")
+    shape.add_argument("--others", choices=("denied", "absent"),
+                       help="how the other GPUs are kept away: denied (node present, open refused: a device "
+                            "cgroup) or absent (no node: a container given some nodes)")
+    shape.add_argument("--proc", choices=("host", "masked"),
+                       help="what the driver's /proc lists: host (every GPU, the default) or masked (only the "
+                            "process's GPUs, as the NVIDIA container toolkit arranges)")
+    shape.add_argument("--mig", metavar="LIST", help="the MIG instances (UUIDs, comma-separated) the process may use")
     simsub.add_parser("check", help="check a topology file and print what it describes").add_argument(
         "topology", metavar="TOPOLOGY")
     return p
@@ -180,7 +195,9 @@ def _sim(args: argparse.Namespace, cmd: list[str], parser: argparse.ArgumentPars
             width = max(len(n) for n, _ in rows)
             print(f"{'PRESET':<{width}}  GPUS  NODES  DESCRIPTION")
             for name, t in rows:
-                print(f"{name:<{width}}  {len(t.gpus):>4}  {len(t.nodes):>5}  {t.description}")
+                n = len(t.gpus)
+                gpus = str(n) if t.process.gpus is None else f"{len(t.process.gpus)}/{n}"
+                print(f"{name:<{width}}  {gpus:>4}  {len(t.nodes):>5}  {t.description}")
             return EXIT_OK
         if args.sim_command == "check":
             return _sim_check(load_topology(args.topology))
@@ -194,8 +211,20 @@ def _sim(args: argparse.Namespace, cmd: list[str], parser: argparse.ArgumentPars
                     check_fault(f)
                 except ValueError as e:
                     raise UsageError(f"gpuaffinity sim run: {e}") from None
+            topo = load_topology(args.topology)
+            shape = {"gpus": _list(args.gpus), "others": args.others, "proc": args.proc, "migs": _list(args.mig)}
+            if any(v is not None for v in shape.values()):
+                from gpuaffinity.sim.topology import make_process
+
+                try:
+                    process = make_process(topo, where="--", **shape)
+                except TopologyError as e:  # "<source>: --gpus: what is wrong"
+                    raise UsageError(f"gpuaffinity sim run: {str(e).split(': ', 1)[-1]}") from None
+                from dataclasses import replace
+
+                topo = replace(topo, process=process)
             try:
-                return _sim_run(args.topology, cmd, args.fault, args.counters, args.cpuset)
+                return _sim_run(topo, cmd, args.fault, args.counters, args.cpuset)
             except TopologyError:
                 raise
             except ValueError as e:  # a bad --cpuset
@@ -221,10 +250,21 @@ def _sim_check(t: object) -> int:
               f"{g.name}{migs}")
     for n in t.nodes:
         print(f"  node {n.id}  socket {n.socket}  cpus {format_cpulist(n.cpus)}")
+    p = t.process
+    if p.restricted or p.env:
+        opens = "every GPU" if p.gpus is None else "GPUs at PCI positions " + ",".join(map(str, p.gpus))
+        print(f"  process: opens {opens}; the others {p.others}; /proc {p.proc}"
+              + (f"; MIG instances {', '.join(p.migs)}" if p.migs is not None else ""))
+        for var, value in p.env:
+            print(f"  process env: {var}={value}")
     return EXIT_OK
 
 
-def _sim_run(topology: str, cmd: list[str], faults: list[str], counters: str | None, cpuset: str | None) -> int:
+def _list(text: str | None) -> list[str] | None:
+    return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _sim_run(topology: object, cmd: list[str], faults: list[str], counters: str | None, cpuset: str | None) -> int:
     from gpuaffinity.sim.machine import simulated
 
     with simulated(topology, faults=faults, counters=counters, cpuset=cpuset) as machine:
@@ -379,9 +419,9 @@ def _doctor(args: argparse.Namespace) -> int:
     _print_table(table, "  ")
     print(f"\nStrategies (priority order; policy {res.policy})")
     _print_table([(s.name, str(s.priority), getattr(s, "describe", "")) for s in res.strategies], "  ")
-    if res.context.grammar.quirk:
-        print(f"  note: CUDA_VISIBLE_DEVICES {res.context.grammar.quirk}; the default policy checks such a reading "
-              "with the driver")
+    if res.context.grammar.unsure:
+        print(f"  note: the reading of CUDA_VISIBLE_DEVICES {res.context.grammar.unsure}; the default policy "
+              "checks it with the driver")
     width = max([len(s.name) for s in res.strategies] + [8])
     print(f"\nDevices: this process sees {res.context.visible}")
     for d in res.devices:

@@ -12,9 +12,10 @@ are asked after the cheap ones, and only when something calls for them.
     expensive ones (ground truth at a price: the built-in ``pci`` asks the
     driver in a child process, about 1 s of ``cuInit`` on the lent H200s)
     run too when no cheap strategy answered, when cheap ones disagree, or when
-    CUDA_VISIBLE_DEVICES reads differently under the documented grammar and
-    the measured one (``CvdResult.quirk``): an answer resting on undocumented
-    driver behaviour is checked against the driver.  On disagreement a
+    the reading of CUDA_VISIBLE_DEVICES is unsure (``CvdResult.unsure``: it
+    rests on undocumented driver behaviour, or ends at a UUID naming nothing in
+    this process's GPU list): such an answer is checked against the driver.
+    On disagreement a
     DisagreementWarning names every answer; the highest-priority answer stands.
 ``strict``
     Every strategy runs, expensive ones too; any disagreement is a ConflictError.
@@ -98,7 +99,7 @@ def resolve_one(strategies: Sequence[Strategy], ctx: ResolveContext, logical_id:
         """No answer yet, answers that disagree, or (verify) an answer read with a measured quirk."""
         if winner is None:
             return True
-        if policy == "verify" and ctx.grammar.quirk:
+        if policy == "verify" and ctx.grammar.unsure:
             return True
         return any(isinstance(v.result, Answer) and v.result.uuid.lower() != winner[1].uuid.lower()
                    for v in verdicts.values())
@@ -108,8 +109,8 @@ def resolve_one(strategies: Sequence[Strategy], ctx: ResolveContext, logical_id:
     for s in deferred:
         if winner is not None and (policy == "first" or not doubtful()):
             why = ("policy 'first'" if policy == "first" else
-                   "expensive, and nothing called for it (the cheaper answers agree and rest on the documented "
-                   "grammar); policy 'strict' asks it")
+                   "it is expensive, and nothing called for it (no cheaper answer was contradicted, and "
+                   "CUDA_VISIBLE_DEVICES reads the same under the documented grammar); policy 'strict' asks it")
             verdicts[s.name] = Verdict(s.name, s.priority, Abstain(f"not asked: {why}", True), False)
             continue
         res = run(s)

@@ -28,15 +28,17 @@ This follows the table measured on driver 580.159.04 (docs/cvd-grammar.md):
 plain form: decimal integers without sign, white space, leading zeros or
 trailing text; ``GPU-``/``MIG-`` UUIDs or prefixes as nvidia-smi prints them
 (lower-case hex, dashes in place); anything else ends the list.  Where the two
-readings differ, the answer rests on measured, undocumented behaviour
-(``CvdResult.quirk``), and the default policy asks the driver itself.
+readings differ, the answer rests on measured, undocumented behaviour; and
+where the list ends at a UUID that names nothing in the process's GPU list,
+the answer rests on that list alone.  ``read_cvd`` says so in
+``CvdResult.unsure``, and the default policy then asks the driver itself.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from gpuaffinity.core.model import MigInfo
@@ -79,8 +81,10 @@ class CvdResult:
     #: why the list ended early, or "" when every entry was used
     stopped: str = ""
     notes: tuple[str, ...] = field(default=())
-    #: "" when the documented reading gives the same devices; else what it rests on that is only measured
-    quirk: str = ""
+    #: the list ended at a GPU-/MIG- entry that names nothing among the GPUs given
+    unmatched: bool = False
+    #: "" when the reading needs no check by the driver; else why it does (see read_cvd)
+    unsure: str = ""
 
     @property
     def gpus(self) -> list[int]:
@@ -139,12 +143,16 @@ def read_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] | 
     measured, undocumented behaviour (the documented reading of the same value differs)."""
     measured = apply_cvd(cvd, gpus, base_order, device_order)
     documented = apply_cvd(cvd, gpus, base_order, device_order, documented=True)
-    if (documented.devices, documented.error) == (measured.devices, measured.error):
+    if (documented.devices, documented.error) != (measured.devices, measured.error):
+        why = (f"rests on measured, undocumented driver behaviour: read as documented, "
+               f"{documented.stopped or 'the value'}, but the driver's measured grammar reads "
+               f"{len(measured.devices)} device(s) from it")
+    elif measured.unmatched:
+        why = (f"ends at {measured.stopped}: whether that entry names a device rests on this process's GPU "
+               "list alone")
+    else:
         return measured
-    why = documented.stopped or "the value"
-    return CvdResult(measured.devices, measured.error, measured.stopped, measured.notes,
-                     f"read as documented, {why}; the driver's measured grammar reads "
-                     f"{len(measured.devices)} device(s) from it")
+    return replace(measured, unsure=why)
 
 
 _PLAIN_INT = re.compile(r"0|[1-9][0-9]*")
@@ -215,14 +223,14 @@ def apply_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] |
             if entry.startswith("MIG-"):
                 found = _find_mig(entry, gpus)
                 if found is None:
-                    return _done(out, f"{where} names no MIG instance")
+                    return _done(out, f"{where} names no MIG instance", unmatched=True)
                 if any(d.mig is not None for d in out):
                     return _done(out, f"{where}: one MIG device a process")
                 v: Visible | str | None = Visible(*found)
             elif entry.startswith("GPU-"):
                 g = _prefix_match(bodies, entry[4:])
                 if g is None:
-                    return _done(out, f"{where} matches no GPU UUID, or more than one")
+                    return _done(out, f"{where} matches no GPU UUID, or more than one", unmatched=True)
                 v = whole(g)
             else:
                 return _done(out, f"{where} is not a GPU- or MIG- UUID")
@@ -269,5 +277,5 @@ def _find_mig(entry: str, gpus: Sequence[_Gpu]) -> tuple[int, int] | None:
     return None if hit is None else flat[hit][:2]
 
 
-def _done(out: list[Visible], stopped: str) -> CvdResult:
-    return CvdResult(tuple(out), 0 if out else CUDA_ERROR_NO_DEVICE, stopped)
+def _done(out: list[Visible], stopped: str, unmatched: bool = False) -> CvdResult:
+    return CvdResult(tuple(out), 0 if out else CUDA_ERROR_NO_DEVICE, stopped, unmatched=unmatched)

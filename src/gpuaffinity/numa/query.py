@@ -90,7 +90,10 @@ def nvml_affinity(bus_ids: Iterable[str]) -> dict[str, tuple[frozenset[int], fro
                 continue
             out[bus] = (_bits(nodes), _bits(cpus))
     finally:
-        pynvml.nvmlShutdown()
+        try:
+            pynvml.nvmlShutdown()
+        except pynvml.NVMLError:
+            pass  # the answers are read; a failed shutdown only leaves NVML initialised
     return out
 
 

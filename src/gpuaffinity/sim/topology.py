@@ -371,23 +371,25 @@ def gpu_positions(topo: Topology, selectors: list[Any], where: str) -> tuple[int
 
 def make_process(topo: Topology, *, gpus: list[Any] | None = None, others: str | None = None,
                  proc: str | None = None, migs: list[str] | None = None,
-                 env: dict[str, str] | None = None, where: str = "process") -> ProcessView:
-    """A ProcessView for ``topo``, starting from the topology's own, with the given parts replaced."""
+                 env: dict[str, str] | None = None, where: str = "process.") -> ProcessView:
+    """A ProcessView for ``topo``, starting from the topology's own, with the given parts replaced.
+
+    ``where`` prefixes the field in error messages (``process.`` for the file, ``--`` for options)."""
     cur = topo.process
     if others is not None and others not in OTHERS:
-        raise TopologyError(f"{topo.source}: {where}.others: {others!r}: choose {' or '.join(OTHERS)}")
+        raise TopologyError(f"{topo.source}: {where}others: {others!r}: choose {' or '.join(OTHERS)}")
     if proc is not None and proc not in PROC_VIEWS:
-        raise TopologyError(f"{topo.source}: {where}.proc: {proc!r}: choose {' or '.join(PROC_VIEWS)}")
+        raise TopologyError(f"{topo.source}: {where}proc: {proc!r}: choose {' or '.join(PROC_VIEWS)}")
     mig_ids = None
     if migs is not None:
         known = {m.uuid.lower(): m.uuid for g in topo.gpus for m in g.migs}
         mig_ids = []
         for m in migs:
             if not isinstance(m, str) or m.strip().lower() not in known:
-                raise TopologyError(f"{topo.source}: {where}.mig: {m!r} is not a MIG instance of this machine")
+                raise TopologyError(f"{topo.source}: {where}mig: {m!r} is not a MIG instance of this machine")
             mig_ids.append(known[m.strip().lower()])
     return ProcessView(
-        gpus=cur.gpus if gpus is None else gpu_positions(topo, gpus, f"{where}.gpus"),
+        gpus=cur.gpus if gpus is None else gpu_positions(topo, gpus, f"{where}gpus"),
         others=cur.others if others is None else others,
         proc=cur.proc if proc is None else proc,
         migs=cur.migs if mig_ids is None else tuple(mig_ids),
