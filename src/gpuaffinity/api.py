@@ -31,7 +31,7 @@ from gpuaffinity.core.errors import (
 from gpuaffinity.core.hookspec import ResolveContext, Strategy
 from gpuaffinity.core.model import Inventory, PhysicalDevice
 from gpuaffinity.core.plugins import build_manager, collect_strategies
-from gpuaffinity.core.settings import Settings, make_key, normalize_disable
+from gpuaffinity.core.settings import Settings, env_values, make_key, normalize_disable
 
 if TYPE_CHECKING:
     from gpuaffinity.numa.bind import BindRecord
@@ -59,8 +59,6 @@ def clear_cache() -> None:
         _cache.clear()
 
 
-def _key(policy: str | None, disable: Iterable[str] | str | None, allow_subprocess: bool) -> tuple:
-    return make_key(policy, normalize_disable(disable), allow_subprocess)
 
 
 def run_resolution(*, policy: str | None = None, disable: Iterable[str] | str | None = None,
@@ -74,7 +72,7 @@ def run_resolution(*, policy: str | None = None, disable: Iterable[str] | str | 
     from gpuaffinity.resolvers import builtin_plugins
     from gpuaffinity.resolvers._common import integers_index_unknown_order
 
-    st = settings or Settings.from_key(_key(policy, disable, allow_subprocess))
+    st = settings or Settings.from_key(make_key(policy, normalize_disable(disable), allow_subprocess))
     chosen = st.policy
     disabled = st.disabled
     strategies = collect_strategies(build_manager(builtin_plugins(), disabled), disabled)
@@ -167,9 +165,10 @@ def resolve_all(*, policy: str | None = None, disable: Iterable[str] | str | Non
     return list(_resolved(policy, normalize_disable(disable), allow_subprocess, stacklevel=3))
 
 
-def _resolved(policy: str | None, disable: Iterable[str] | str | None, allow_subprocess: bool,
+def _resolved(policy: str | None, disable: tuple[str, ...] | None, allow_subprocess: bool,
               stacklevel: int, key: tuple | None = None) -> tuple[PhysicalDevice, ...]:
-    key = key or _key(policy, disable, allow_subprocess)
+    """The devices for these options (``disable`` normalised) under the environment now, cached."""
+    key = key or make_key(policy, disable, allow_subprocess)
     hit = _cache.get(key)
     if hit is not None:
         return hit
@@ -199,7 +198,8 @@ def resolve(logical_id: int | str, *, policy: str | None = None, disable: Iterab
     Raises ``DeviceNotVisibleError`` (also an IndexError) for an id this process does not see,
     ``ValueError`` for a string that is no selector.
     """
-    disable = normalize_disable(disable)  # an iterator is read once, here
+    if disable is not None:
+        disable = normalize_disable(disable)  # an iterator is read once, here
     if isinstance(logical_id, str):
         selector = parse_selector(logical_id)
         if isinstance(selector, str):
@@ -207,7 +207,7 @@ def resolve(logical_id: int | str, *, policy: str | None = None, disable: Iterab
         logical_id = selector
     if isinstance(logical_id, bool) or not isinstance(logical_id, int):
         raise TypeError(f"logical_id must be an int or a selector string, not {type(logical_id).__name__}")
-    key = _key(policy, disable, allow_subprocess)
+    key = (policy, disable, allow_subprocess, env_values())  # make_key, inlined on the warm path
     devices = _cache.get(key)
     if devices is None:
         devices = _resolved(policy, disable, allow_subprocess, stacklevel=3, key=key)

@@ -35,12 +35,16 @@ _ENV_B = tuple(v.encode() for v in ENV_VARS)
 _FAST = isinstance(_ENV, dict) and os.name == "posix" and hasattr(os, "fsdecode")
 
 
-def env_values() -> tuple[str | bytes | None, ...]:
-    """The raw values of ENV_VARS now (bytes where read from the encoded mapping): the warm path's key part."""
-    if _FAST:
-        get = _ENV.get  # type: ignore[union-attr]
-        return tuple(get(b) for b in _ENV_B)
-    return tuple(os.environ.get(v) for v in ENV_VARS)
+if _FAST:
+    _get = _ENV.get  # type: ignore[union-attr]
+
+    def env_values() -> tuple[str | bytes | None, ...]:
+        """The raw values of ENV_VARS now (bytes, from the encoded mapping): the warm path's key part."""
+        return tuple(map(_get, _ENV_B))
+else:  # pragma: no cover - platforms without the encoded mapping
+    def env_values() -> tuple[str | bytes | None, ...]:
+        """The values of ENV_VARS now: the warm path's key part."""
+        return tuple(map(os.environ.get, ENV_VARS))
 
 
 def _str(value: str | bytes | None) -> str | None:
@@ -109,5 +113,6 @@ class Settings:
 
 
 def make_key(policy: str | None, disable: tuple[str, ...] | None, allow_subprocess: bool) -> tuple:
-    """The cache key of a call now: its options and one read of the environment."""
+    """The cache key of a call now: its options (``disable`` already normalised) and one read of the
+    environment."""
     return (policy, disable, allow_subprocess, env_values())
