@@ -29,8 +29,8 @@ workers = [threading.Thread(target=resolver, args=(i,)) for i in range(6)]
 [w.join() for w in workers]
 stop.set(); flip.join()
 # every cached answer, with the CUDA_VISIBLE_DEVICES it is filed under
-cached = [[os.fsdecode(k[3][0]) if isinstance(k[3][0], bytes) else k[3][0], [d.pci_bus_id for d in v]]
-          for k, v in list(api._cache.items())]
+from gpuaffinity.core.settings import Settings
+cached = [[Settings.from_key(k).cvd, [d.pci_bus_id for d in v]] for k, v in list(api._cache.items())]
 print(json.dumps(cached))
 """
 

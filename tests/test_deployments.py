@@ -75,8 +75,9 @@ def cvd_values(topo) -> list[str | None]:
     u = [g.uuid for g in topo.gpus]
     vals: list[str | None] = [None, "0", "1,0", "1", str(len(usable)), "0,1", " 1", "1gpu"]
     vals += [u[usable[-1]], ",".join(u[i] for i in reversed(usable)), u[usable[0]][:13]]
+    vals.append("GPU-")  # a prefix every GPU of the host shares: the driver decides it against hidden GPUs too
     if hidden:
-        vals += [u[hidden[0]], f"{u[hidden[0]]},{u[usable[0]]}", f"{u[usable[0]]},{u[hidden[-1]]}"]
+        vals += [u[hidden[0]], f"{u[hidden[0]]},{u[usable[0]]}", f"{u[usable[0]]},{u[hidden[-1]]}", u[hidden[0]][:13]]
     for i, g in enumerate(topo.gpus):
         for m in g.migs:
             vals += [m.uuid, f"MIG-{g.uuid}/{m.gpu_instance}/{m.compute_instance}"]

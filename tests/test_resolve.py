@@ -324,3 +324,42 @@ def test_physical_selectors(sim_factory):
     mig = sim_factory("mig-a100")
     m = mig.topology.gpus[2].migs[1]
     assert run_json(mig, SELECT, m.uuid) == [[-1, 2, m.uuid, "selector"]]
+
+
+WHERE = r"""
+import json, os, warnings, gpuaffinity
+def where(fn):
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        gpuaffinity.clear_cache()
+        fn()
+    return [[os.path.basename(x.filename), x.lineno] for x in w][:1]
+bus = gpuaffinity.resolve(1).pci_bus_id
+print(json.dumps([where(lambda: gpuaffinity.resolve_all()),  # line 10
+                  where(lambda: gpuaffinity.resolve(0)),  # line 11
+                  where(lambda: gpuaffinity.resolve(bus))]))  # line 12
+"""
+
+
+def test_warnings_point_at_the_callers_line(sim_factory):
+    """A FallbackWarning names the user's own line, for resolve_all, resolve(int) and resolve(selector)."""
+    got = run_json(sim_factory("mixed-4gpu"), WHERE, cvd="0,1", GPUAFFINITY_NO_SUBPROCESS="1")
+    assert got == [[["<string>", 10]], [["<string>", 11]], [["<string>", 12]]]
+
+
+ENV_SHORTCUT = r"""
+import json, os
+from gpuaffinity.core.settings import ENV_VARS, Settings, make_key
+os.environ["CUDA_VISIBLE_DEVICES"] = "3,\u00e9,GPU-\udcff"  # a surrogate-escaped byte, as os.environ holds it
+os.environ["GPUAFFINITY_POLICY"] = "first"
+os.environ.pop("CUDA_DEVICE_ORDER", None)
+st = Settings.from_key(make_key(None, None, True))
+fields = [st.cvd, st.device_order, st.policy_env, st.disable_env, st.no_subprocess_env, st.procfs_root, st.dev_root,
+          st.sysfs_root, st.inventory_source]
+print(json.dumps([fields == [os.environ.get(v) for v in ENV_VARS], len(ENV_VARS) == len(fields)]))
+"""
+
+
+def test_the_environment_shortcut_reads_what_os_environ_holds(sim_factory):
+    """The warm path reads os.environ's encoded mapping; the snapshot it makes equals the public API's view."""
+    assert run_json(sim_factory("dgx-h100"), ENV_SHORTCUT) == [True, True]

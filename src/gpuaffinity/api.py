@@ -31,7 +31,7 @@ from gpuaffinity.core.errors import (
 from gpuaffinity.core.hookspec import ResolveContext, Strategy
 from gpuaffinity.core.model import Inventory, PhysicalDevice
 from gpuaffinity.core.plugins import build_manager, collect_strategies
-from gpuaffinity.core.settings import Settings, env_values, make_key, normalize_disable
+from gpuaffinity.core.settings import Settings, make_key, normalize_disable
 
 if TYPE_CHECKING:
     from gpuaffinity.numa.bind import BindRecord
@@ -77,15 +77,16 @@ def run_resolution(*, policy: str | None = None, disable: Iterable[str] | str | 
     disabled = st.disabled
     strategies = collect_strategies(build_manager(builtin_plugins(), disabled), disabled)
     inventory = read_inventory(st.inventory_env)
-    grammar = read_cvd(st.cvd, inventory.gpus, None, st.device_order)
+    grammar = read_cvd(st.cvd, inventory.gpus, None, st.device_order, inventory.hidden, inventory.host_complete)
     ctx = ResolveContext(inventory, st.cvd, st.device_order, len(grammar.devices),
                          {"allow_subprocess": st.subprocess_allowed, "timeout": timeout}, grammar=grammar)
     out = Resolution([], inventory, strategies, ctx, chosen, st)
     error = grammar.error
-    # MIG GPUs under an unknown CUDA order: how many devices show, and whether the driver accepts the list at
-    # all, depend on that order (one MIG device a process): the count must come from the driver.  An unsure
-    # reading (see read_cvd) is checked against the driver's count, unless the policy is 'first'.
-    must_count = any(g.migs for g in inventory.gpus) and bool(integers_index_unknown_order(ctx))
+    # MIG GPUs under an unknown CUDA order (how many devices show, and whether the driver accepts the list at
+    # all, depend on that order: one MIG device a process), or a reading this process cannot know (a UUID
+    # prefix decided against GPUs it cannot list): the count must come from the driver.  An unsure reading
+    # (see read_cvd) is checked against the driver's count, unless the policy is 'first'.
+    must_count = bool(any(g.migs for g in inventory.gpus) and integers_index_unknown_order(ctx) or grammar.unknown)
     if must_count or (chosen != "first" and grammar.unsure):
         for s in strategies:
             try:
@@ -162,11 +163,15 @@ def resolve_all(*, policy: str | None = None, disable: Iterable[str] | str | Non
     Raises ``InvalidVisibleDevicesError`` when the driver itself would refuse the variables,
     ``NoDriverError`` without NVML, ``ConflictError`` on disagreement under ``strict``.
     """
-    return list(_resolved(policy, normalize_disable(disable), allow_subprocess, stacklevel=3))
+    return list(_resolved(policy, normalize_disable(disable), allow_subprocess, stacklevel=2))
 
 
 def _resolved(policy: str | None, disable: tuple[str, ...] | None, allow_subprocess: bool,
               stacklevel: int, key: tuple | None = None) -> tuple[PhysicalDevice, ...]:
+    """The devices for these options (``disable`` normalised) under the environment now, cached.
+
+    ``stacklevel``: how many frames up from the caller of this function the user's call is (warnings
+    point there)."""
     """The devices for these options (``disable`` normalised) under the environment now, cached."""
     key = key or make_key(policy, disable, allow_subprocess)
     hit = _cache.get(key)
@@ -198,6 +203,15 @@ def resolve(logical_id: int | str, *, policy: str | None = None, disable: Iterab
     Raises ``DeviceNotVisibleError`` (also an IndexError) for an id this process does not see,
     ``ValueError`` for a string that is no selector.
     """
+    if type(logical_id) is int and disable is None:  # the warm path: one key, one look-up
+        devices = _cache.get(make_key(policy, None, allow_subprocess))
+        if devices is not None and 0 <= logical_id < len(devices):
+            return devices[logical_id]
+    return _resolve(logical_id, policy, disable, allow_subprocess)
+
+
+def _resolve(logical_id: int | str, policy: str | None, disable: Iterable[str] | str | None,
+             allow_subprocess: bool) -> PhysicalDevice:
     if disable is not None:
         disable = normalize_disable(disable)  # an iterator is read once, here
     if isinstance(logical_id, str):
@@ -207,7 +221,7 @@ def resolve(logical_id: int | str, *, policy: str | None = None, disable: Iterab
         logical_id = selector
     if isinstance(logical_id, bool) or not isinstance(logical_id, int):
         raise TypeError(f"logical_id must be an int or a selector string, not {type(logical_id).__name__}")
-    key = (policy, disable, allow_subprocess, env_values())  # make_key, inlined on the warm path
+    key = make_key(policy, disable, allow_subprocess)
     devices = _cache.get(key)
     if devices is None:
         devices = _resolved(policy, disable, allow_subprocess, stacklevel=3, key=key)
@@ -273,7 +287,7 @@ def _by_selector_locked(selector: str, policy: str | None, disable: Iterable[str
                                     f"{len(inv.gpus)} GPU(s), see `gpuaffinity doctor`")
     logical = -1
     try:
-        for d in _resolved(policy, disable, allow_subprocess, stacklevel=4):
+        for d in _resolved(policy, disable, allow_subprocess, stacklevel=5):
             if d.uuid == gpu.uuid and (mig is None or d.mig_uuid == mig):
                 logical = d.logical_id
                 break

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from gpuaffinity.core.errors import InventoryError, NoDriverError
 from gpuaffinity.core.model import GpuInfo, Inventory, MigInfo, normalize_bus_id
-from gpuaffinity.core.settings import DEV_VAR, PROCFS_VAR, SOURCE_VAR
+from gpuaffinity.core.settings import DEV_VAR, PROCFS_VAR, SOURCE_VAR, SYSFS_VAR
 
 #: NVML return codes that mean "this GPU has no such feature"
 _NVML_NOT_SUPPORTED, _NVML_FUNCTION_NOT_FOUND = 3, 13
@@ -55,12 +55,14 @@ def read_inventory(env: Mapping[str, str | None] | None = None) -> Inventory:
     default: os.environ)."""
     env = os.environ if env is None else env
     listing = ProcListing.read(env)
+    complete = bool(listing.gpus) and _bound_gpus(env) == len(listing.gpus)
     if env.get(SOURCE_VAR) != "nvml":
         why = listing.why_not_nvml_equal(env)
         if why is None:
-            return Inventory(listing.gpus, source="procfs", host_gpus=len(listing.gpus), notes=(
-                f"listed from the driver's /proc files ({len(listing.gpus)} GPUs), checked against the device "
-                f"nodes: this process opens each listed GPU's node and no other",))
+            return Inventory(listing.gpus, source="procfs", host_gpus=len(listing.gpus), host_complete=complete,
+                             notes=(f"listed from the driver's /proc files ({len(listing.gpus)} GPUs), checked "
+                                    "against the device nodes: this process opens each listed GPU's node and no "
+                                    "other",))
     else:
         why = f"{SOURCE_VAR}=nvml"
     inv = read_inventory_nvml()
@@ -68,8 +70,19 @@ def read_inventory(env: Mapping[str, str | None] | None = None) -> Inventory:
     if listing.gpus and len(listing.gpus) != len(inv.gpus):
         notes.append(f"the driver's /proc lists {len(listing.gpus)} GPUs of the host; this process can open "
                      f"{len(inv.gpus)} of them, and CUDA and NVML number only those")
+    usable = {g.uuid.lower() for g in inv.gpus}
+    hidden = tuple(g.uuid for g in listing.gpus if g.uuid.lower() not in usable)
     return Inventory(inv.gpus, source="nvml", host_gpus=len(listing.gpus) if listing.gpus else None,
-                     notes=tuple(notes))
+                     notes=tuple(notes), hidden=hidden, host_complete=complete)
+
+
+def _bound_gpus(env: Mapping[str, str | None]) -> int:
+    """How many PCI devices the nvidia driver has bound (sysfs), or -1 when that cannot be read."""
+    try:
+        names = os.listdir(Path(env.get(SYSFS_VAR) or "/sys") / "bus" / "pci" / "drivers" / "nvidia")
+    except OSError:
+        return -1
+    return sum(1 for n in names if n.count(":") == 2 and "." in n)
 
 
 @dataclass(frozen=True)

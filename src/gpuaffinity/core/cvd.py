@@ -13,6 +13,9 @@ This follows the table measured on driver 580.159.04 (docs/cvd-grammar.md):
 * ``GPU-`` (upper case) plus a prefix of a GPU's UUID names that GPU if no
   other GPU shares the prefix: hex compared without regard to case, dashes
   ignored, text past the UUID's 32 digits ignored.  No white space is skipped.
+  "Other GPU" means any GPU of the host, including those the process cannot
+  open; a UUID or prefix that only such a GPU matches names nothing (measured
+  on a 2x H200 host with one GPU's node hidden: ``GPU-`` names nothing there).
 * The list stops at the first entry that names nothing; the devices before it
   stay visible.  Naming one device twice (in any form) is not a stop but an
   error: ``cuInit`` fails with CUDA_ERROR_INVALID_DEVICE and nothing is visible.
@@ -83,8 +86,13 @@ class CvdResult:
     notes: tuple[str, ...] = field(default=())
     #: the list ended at a GPU-/MIG- entry that names nothing among the GPUs given
     unmatched: bool = False
-    #: "" when the reading needs no check by the driver; else why it does (see read_cvd)
+    #: a GPU- (MIG-) entry shorter than a whole UUID named a device
+    prefix_used: bool = False
+    mig_prefix_used: bool = False
+    #: "" when the reading needs no check by the driver; else why the default policy checks it (see read_cvd)
     unsure: str = ""
+    #: "" when this process can know the reading; else why only the driver can (any policy asks it)
+    unknown: str = ""
 
     @property
     def gpus(self) -> list[int]:
@@ -138,11 +146,19 @@ class _Gpu(Protocol):
 
 
 def read_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] | None = None,
-             device_order: str | None = None) -> CvdResult:
-    """``apply_cvd`` as the driver reads the value, with ``quirk`` saying whether that reading rests on
-    measured, undocumented behaviour (the documented reading of the same value differs)."""
-    measured = apply_cvd(cvd, gpus, base_order, device_order)
-    documented = apply_cvd(cvd, gpus, base_order, device_order, documented=True)
+             device_order: str | None = None, hidden: Sequence[str] = (), host_complete: bool = True) -> CvdResult:
+    """``apply_cvd`` as the driver reads the value, with ``unsure`` saying why the driver should confirm it:
+    the reading rests on measured, undocumented behaviour (the documented reading differs); it ends at a
+    UUID naming nothing here; or it takes a UUID prefix as unique without knowing every GPU of the host
+    (``host_complete`` False: a container's /proc may list only its own GPUs).  ``hidden``: UUIDs of the
+    host's GPUs this process cannot open."""
+    measured = apply_cvd(cvd, gpus, base_order, device_order, hidden=hidden)
+    if measured.prefix_used and not host_complete:
+        why = ("takes a UUID prefix as unique, but the driver compares it with every GPU of the host, and "
+               "this process cannot list them all (the driver's /proc lists fewer GPUs than the nvidia driver "
+               "has bound)")
+        return replace(measured, unsure=why, unknown=why)
+    documented = apply_cvd(cvd, gpus, base_order, device_order, documented=True, hidden=hidden)
     if (documented.devices, documented.error) != (measured.devices, measured.error):
         why = (f"rests on measured, undocumented driver behaviour: read as documented, "
                f"{documented.stopped or 'the value'}, but the driver's measured grammar reads "
@@ -150,6 +166,8 @@ def read_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] | 
     elif measured.unmatched:
         why = (f"ends at {measured.stopped}: whether that entry names a device rests on this process's GPU "
                "list alone")
+    elif measured.mig_prefix_used:
+        why = "takes a MIG UUID prefix as unique (modelled, not measured)"
     else:
         return measured
     return replace(measured, unsure=why)
@@ -170,7 +188,7 @@ def _plain_prefix(text: str) -> bool:
 
 
 def apply_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] | None = None,
-              device_order: str | None = None, documented: bool = False) -> CvdResult:
+              device_order: str | None = None, documented: bool = False, hidden: Sequence[str] = ()) -> CvdResult:
     """The CUDA devices a process sees, in CUDA's order.
 
     ``gpus`` are the GPUs this process can open in NVML (PCI) order, anything
@@ -179,7 +197,8 @@ def apply_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] |
     CUDA_VISIBLE_DEVICES is applied (for FASTEST_FIRST; default PCI order);
     ``device_order`` is the value of CUDA_DEVICE_ORDER, under which PCI_BUS_ID
     ignores ``base_order``.  ``documented``: read only the documented plain
-    forms (see the module's text).
+    forms (see the module's text).  ``hidden``: UUIDs of the host's GPUs this
+    process cannot open (they make a prefix ambiguous, and name nothing).
     """
     if device_order is not None and device_order not in ORDERS:
         return CvdResult((), CUDA_ERROR_INVALID_DEVICE,
@@ -189,6 +208,11 @@ def apply_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] |
     else:
         base = list(base_order)
     out: list[Visible] = []
+    prefix_used = mig_prefix_used = False
+
+    def done(stopped: str, unmatched: bool = False) -> CvdResult:
+        return CvdResult(tuple(out), 0 if out else CUDA_ERROR_NO_DEVICE, stopped, unmatched=unmatched,
+                         prefix_used=prefix_used, mig_prefix_used=mig_prefix_used)
 
     def whole(g: int) -> Visible | str | None:
         """The device a whole GPU shows; None: none (MIG mode, no instance this process may use)."""
@@ -208,47 +232,58 @@ def apply_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] |
         for g in base:
             v = whole(g)
             if isinstance(v, str):
-                return _done(out, v)
+                return done(v)
             if v is not None:
                 out.append(v)
-        return _done(out, "")
+        return done("")
     entries = cvd.split(",")
     uuid_list = cvd.startswith(("GPU-", "MIG-"))
-    bodies = [g.uuid[4:] for g in gpus]
+    bodies = [g.uuid[4:] for g in gpus] + [h[4:] for h in hidden]
+
     for pos, entry in enumerate(entries):
         where = f"entry {pos} ({entry!r})"
         if documented and not _plain_entry(entry, uuid_list):
-            return _done(out, f"{where} is not in a documented plain form")
+            return done(f"{where} is not in a documented plain form")
         if uuid_list:
             if entry.startswith("MIG-"):
                 found = _find_mig(entry, gpus)
                 if found is None:
-                    return _done(out, f"{where} names no MIG instance", unmatched=True)
+                    return done(f"{where} names no MIG instance", unmatched=True)
                 if any(d.mig is not None for d in out):
-                    return _done(out, f"{where}: one MIG device a process")
+                    return done(f"{where}: one MIG device a process")
                 v: Visible | str | None = Visible(*found)
+                mig_prefix_used = mig_prefix_used or _short(entry)
             elif entry.startswith("GPU-"):
                 g = _prefix_match(bodies, entry[4:])
                 if g is None:
-                    return _done(out, f"{where} matches no GPU UUID, or more than one", unmatched=True)
+                    return done(f"{where} matches no GPU UUID, or more than one", unmatched=True)
+                if g >= len(gpus):
+                    return done(f"{where} names a GPU this process cannot open", unmatched=True)
+                prefix_used = prefix_used or _short(entry)
                 v = whole(g)
             else:
-                return _done(out, f"{where} is not a GPU- or MIG- UUID")
+                return done(f"{where} is not a GPU- or MIG- UUID")
         else:
             n = strtoul32(entry)
             if n is None:
-                return _done(out, f"{where} is not a number")
+                return done(f"{where} is not a number")
             if n >= len(base):
-                return _done(out, f"{where} is out of range (only {len(base)} GPUs)")
+                return done(f"{where} is out of range (only {len(base)} GPUs)")
             v = whole(base[n])
         if v is None:
-            return _done(out, f"{where} names a GPU in MIG mode with no MIG instance this process may use")
+            return done(f"{where} names a GPU in MIG mode with no MIG instance this process may use")
         if isinstance(v, str):
-            return _done(out, f"{where}: {v}")
+            return done(f"{where}: {v}")
         failed = add(v)
         if failed:
             return failed
-    return _done(out, "")
+    return done("")
+
+
+def _short(entry: str) -> bool:
+    """A GPU-/MIG- entry with fewer hex digits than a whole UUID (32): a prefix."""
+    return entry.startswith(("GPU-", "MIG-")) and not entry.startswith("MIG-GPU-") and \
+        len(entry[4:].replace("-", "")) < 32
 
 
 def _plain_entry(entry: str, uuid_list: bool) -> bool:
@@ -275,7 +310,3 @@ def _find_mig(entry: str, gpus: Sequence[_Gpu]) -> tuple[int, int] | None:
     flat = [(gi_, mi, mig.uuid[4:]) for gi_, g in enumerate(gpus) for mi, mig in enumerate(g.migs)]
     hit = _prefix_match([f[2] for f in flat], entry[4:])
     return None if hit is None else flat[hit][:2]
-
-
-def _done(out: list[Visible], stopped: str, unmatched: bool = False) -> CvdResult:
-    return CvdResult(tuple(out), 0 if out else CUDA_ERROR_NO_DEVICE, stopped, unmatched=unmatched)

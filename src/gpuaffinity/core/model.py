@@ -33,12 +33,18 @@ class Inventory:
     against this process's device nodes).  ``host_gpus``: how many GPUs the
     driver's /proc lists for the whole host (None where it was not read).
     ``notes``: how the list was established, and any difference between sources.
+    ``hidden``: UUIDs of GPUs the driver's /proc lists that this process cannot
+    use; ``host_complete``: the /proc list is known to hold every GPU of the
+    host (as many as the nvidia driver has bound in sysfs; a container's /proc
+    may be masked).  CUDA decides a UUID prefix against every GPU of the host.
     """
 
     gpus: tuple[GpuInfo, ...]
     source: str = "nvml"
     host_gpus: int | None = None
     notes: tuple[str, ...] = ()
+    hidden: tuple[str, ...] = ()
+    host_complete: bool = False
 
     def by_uuid(self, uuid: str) -> GpuInfo | None:
         u = uuid.lower()

@@ -21,10 +21,11 @@ DISABLE_VAR = "GPUAFFINITY_DISABLE"
 NO_SUBPROCESS_VAR = "GPUAFFINITY_NO_SUBPROCESS"
 PROCFS_VAR = "GPUAFFINITY_PROCFS_ROOT"
 DEV_VAR = "GPUAFFINITY_DEV_ROOT"
+SYSFS_VAR = "GPUAFFINITY_SYSFS_ROOT"
 SOURCE_VAR = "GPUAFFINITY_INVENTORY"
 
 #: Every variable a resolution depends on, in the order of Settings' environment fields.
-ENV_VARS = (CVD, ORDER, POLICY_VAR, DISABLE_VAR, NO_SUBPROCESS_VAR, PROCFS_VAR, DEV_VAR, SOURCE_VAR)
+ENV_VARS = (CVD, ORDER, POLICY_VAR, DISABLE_VAR, NO_SUBPROCESS_VAR, PROCFS_VAR, DEV_VAR, SYSFS_VAR, SOURCE_VAR)
 
 POLICIES = ("first", "verify", "strict")
 
@@ -37,14 +38,18 @@ _FAST = isinstance(_ENV, dict) and os.name == "posix" and hasattr(os, "fsdecode"
 
 if _FAST:
     _get = _ENV.get  # type: ignore[union-attr]
+    _B0, _B1, _B2, _B3, _B4, _B5, _B6, _B7, _B8 = _ENV_B
 
-    def env_values() -> tuple[str | bytes | None, ...]:
-        """The raw values of ENV_VARS now (bytes, from the encoded mapping): the warm path's key part."""
-        return tuple(map(_get, _ENV_B))
+    def make_key(policy: str | None, disable: tuple[str, ...] | None, allow_subprocess: bool) -> tuple:
+        """The cache key of a call now: its options (``disable`` already normalised) and one read of ENV_VARS
+        (bytes, from the encoded mapping; written out, twice as fast as a loop: this is the warm path)."""
+        g = _get
+        return (policy, disable, allow_subprocess, g(_B0), g(_B1), g(_B2), g(_B3), g(_B4), g(_B5), g(_B6), g(_B7),
+                g(_B8))
 else:  # pragma: no cover - platforms without the encoded mapping
-    def env_values() -> tuple[str | bytes | None, ...]:
-        """The values of ENV_VARS now: the warm path's key part."""
-        return tuple(map(os.environ.get, ENV_VARS))
+    def make_key(policy: str | None, disable: tuple[str, ...] | None, allow_subprocess: bool) -> tuple:
+        """The cache key of a call now: its options and one read of ENV_VARS."""
+        return (policy, disable, allow_subprocess, *map(os.environ.get, ENV_VARS))
 
 
 def _str(value: str | bytes | None) -> str | None:
@@ -80,13 +85,14 @@ class Settings:
     no_subprocess_env: str | None
     procfs_root: str | None
     dev_root: str | None
+    sysfs_root: str | None
     inventory_source: str | None
 
     @classmethod
     def from_key(cls, key: tuple) -> Settings:
-        policy, disable, allow, values = key
-        cvd, order, pol, dis, nosub, procfs, dev, source = (_str(v) for v in values)
-        return cls(cvd, order, policy, pol, disable, dis, allow, nosub, procfs, dev, source)
+        policy, disable, allow, *values = key
+        cvd, order, pol, dis, nosub, procfs, dev, sysfs, source = (_str(v) for v in values)
+        return cls(cvd, order, policy, pol, disable, dis, allow, nosub, procfs, dev, sysfs, source)
 
     @property
     def policy(self) -> str:
@@ -109,10 +115,5 @@ class Settings:
 
     @property
     def inventory_env(self) -> dict[str, str | None]:
-        return {PROCFS_VAR: self.procfs_root, DEV_VAR: self.dev_root, SOURCE_VAR: self.inventory_source}
-
-
-def make_key(policy: str | None, disable: tuple[str, ...] | None, allow_subprocess: bool) -> tuple:
-    """The cache key of a call now: its options (``disable`` already normalised) and one read of the
-    environment."""
-    return (policy, disable, allow_subprocess, env_values())
+        return {PROCFS_VAR: self.procfs_root, DEV_VAR: self.dev_root, SYSFS_VAR: self.sysfs_root,
+                SOURCE_VAR: self.inventory_source}

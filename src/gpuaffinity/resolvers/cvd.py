@@ -23,7 +23,7 @@ class CvdStrategy:
         return "cheap"
 
     def answer(self, ctx: ResolveContext, logical_id: int) -> Answer | Abstain:
-        why = integers_index_unknown_order(ctx)
+        why = integers_index_unknown_order(ctx) or ctx.grammar.unknown
         if why:
             return Abstain(why)
         res = ctx.grammar

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from gpuaffinity.core.cpulist import format_cpulist, parse_cpulist
 from gpuaffinity.sim.build import SimulatorError, library_dir
-from gpuaffinity.sim.render import render_config, render_dev, render_procfs, render_sysfs
+from gpuaffinity.sim.render import render_config, render_dev, render_driver_binding, render_procfs, render_sysfs
 from gpuaffinity.sim.topology import ProcessView, Topology, load_topology
 
 #: Environment variables the simulator reads (see csrc/sim_common.h).
@@ -91,6 +91,7 @@ def simulated(topology: Topology | str | os.PathLike[str], *, faults: Sequence[s
         config.write_text(render_config(topo))
         sysfs = folder / "sys"
         render_sysfs(topo, sysfs)
+        render_driver_binding(topo, sysfs)
         render_procfs(topo, folder / "proc")
         render_dev(topo, folder / "dev")
         env = dict(os.environ if base_env is None else base_env)

@@ -112,6 +112,17 @@ def render_sysfs(topo: Topology, root: Path) -> None:
             put(f"{t}/package_cpus_list", format_cpulist(package_cpus[socket_of[cpu]]))
 
 
+def render_driver_binding(topo: Topology, root: Path) -> None:
+    """``bus/pci/drivers/nvidia/<bus>`` under ``root`` (which stands for /sys): every GPU of the host is bound
+    to the driver, whatever the process may open (containers do not mask sysfs)."""
+    drv = root / "bus" / "pci" / "drivers" / "nvidia"
+    drv.mkdir(parents=True, exist_ok=True)
+    for g in topo.gpus:
+        (drv / g.pci_bus_id).symlink_to(f"../../../../devices/pci0000:00/{g.pci_bus_id}")
+    for name in ("bind", "unbind", "new_id", "remove_id", "uevent"):
+        (drv / name).write_text("")
+
+
 def render_procfs(topo: Topology, root: Path) -> None:
     """The driver's /proc/driver/nvidia files, under ``root`` (which stands for /proc).
 

@@ -99,19 +99,21 @@ static int cu_add_gpu(cu_dev *out, int *n, sim_gpu *g, int *stop) {
     return cu_add(out, n, g, first);
 }
 
-/* "GPU-<prefix>": the one GPU whose UUID starts with the text (see sim_uuid_prefix). */
+/* "GPU-<prefix>": the one GPU whose UUID starts with the text (see sim_uuid_prefix).  The prefix must be
+ * unique among every GPU of the host, those this process cannot open included, and then name one it can
+ * open (measured on a 2x H200 host with one GPU's node hidden: "GPU-" names nothing, and so does the
+ * hidden GPU's UUID or a prefix of it). */
 static sim_gpu *cu_match_gpu_uuid(const char *tok) {
     if (strncmp(tok, "GPU-", 4)) return NULL; /* measured: "gpu-" is refused */
     const char *hex = tok + 4;
     sim_gpu *found = NULL;
     for (int i = 0; i < sim_cfg.ngpus; i++) {
-        if (sim_cfg.gpus[i].index < 0) continue; /* not openable here: its UUID names nothing (measured) */
         if (sim_uuid_prefix(sim_cfg.gpus[i].uuid + 4, hex)) {
             if (found) return NULL; /* ambiguous prefix, measured: ends the list */
             found = &sim_cfg.gpus[i];
         }
     }
-    return found;
+    return found && found->index >= 0 ? found : NULL;
 }
 
 /* "MIG-<uuid prefix>" or "MIG-GPU-<uuid>/<gi>/<ci>" (modelled from NVIDIA's docs). */
