@@ -20,6 +20,7 @@ from gpuaffinity.core.errors import (
     InvalidVisibleDevicesError,
     NoDriverError,
     PluginError,
+    SimulationWarning,
 )
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ __all__ = [
     "NoDriverError",
     "PhysicalDevice",
     "PluginError",
+    "SimulationWarning",
     "__version__",
     "bind",
     "clear_cache",

@@ -26,12 +26,15 @@ from gpuaffinity.core.errors import (
     DeviceNotVisibleError,
     DisagreementWarning,
     GpuAffinityError,
+    GpuAffinityWarning,
     InvalidVisibleDevicesError,
+    SimulationWarning,
+    shown,
 )
 from gpuaffinity.core.hookspec import ResolveContext, Strategy
 from gpuaffinity.core.model import Inventory, PhysicalDevice
 from gpuaffinity.core.plugins import build_manager, collect_strategies
-from gpuaffinity.core.settings import Settings, make_key, normalize_disable
+from gpuaffinity.core.settings import DISABLE_VAR, Settings, make_key, normalize_disable, stray_sim_variables
 
 if TYPE_CHECKING:
     from gpuaffinity.numa.bind import BindRecord
@@ -81,6 +84,15 @@ def run_resolution(*, policy: str | None = None, disable: Iterable[str] | str | 
     ctx = ResolveContext(inventory, st.cvd, st.device_order, len(grammar.devices),
                          {"allow_subprocess": st.subprocess_allowed, "timeout": timeout}, grammar=grammar)
     out = Resolution([], inventory, strategies, ctx, chosen, st)
+    out.warnings.extend((SimulationWarning, w) for w in stray_sim_variables())
+    if disabled:
+        unknown = _unknown_names(disabled, strategies)
+        if unknown:
+            out.warnings.append((GpuAffinityWarning, f"gpuaffinity: nothing is named {', '.join(map(repr, unknown))} "
+                                 f"to disable (from {'the disable argument' if st.disable_arg else ''}"
+                                 f"{' and ' if st.disable_arg and st.disable_env else ''}"
+                                 f"{DISABLE_VAR if st.disable_env else ''}); strategies here: "
+                                 f"{', '.join(s.name for s in strategies) or 'none'}"))
     error = grammar.error
     # MIG GPUs under an unknown CUDA order (how many devices show, and whether the driver accepts the list at
     # all, depend on that order: one MIG device a process), or a reading this process cannot know (a UUID
@@ -100,7 +112,7 @@ def run_resolution(*, policy: str | None = None, disable: Iterable[str] | str | 
                 continue
             if not must_count and (counted != len(grammar.devices) or grammar.error not in (0, 100)):
                 head = (f"gpuaffinity: the CUDA driver ({s.name}) shows {counted} device(s) for CUDA_VISIBLE_DEVICES="
-                        f"{_shown(ctx.cvd)}, where the grammar on this process's GPU list reads "
+                        f"{shown(ctx.cvd)}, where the grammar on this process's GPU list reads "
                         f"{len(grammar.devices)} (its reading {grammar.unsure})")
                 if chosen == "strict":
                     out.error = ConflictError(f"{head}; the strict policy refuses to choose")
@@ -114,8 +126,8 @@ def run_resolution(*, policy: str | None = None, disable: Iterable[str] | str | 
             break
     if error and error != 100:
         out.error = InvalidVisibleDevicesError(
-            f"the CUDA driver refuses CUDA_VISIBLE_DEVICES={_shown(ctx.cvd)} with CUDA_DEVICE_ORDER="
-            f"{_shown(ctx.device_order)}: {grammar.stopped} (cuInit fails with CUDA_ERROR_INVALID_DEVICE); "
+            f"the CUDA driver refuses CUDA_VISIBLE_DEVICES={shown(ctx.cvd)} with CUDA_DEVICE_ORDER="
+            f"{shown(ctx.device_order)}: {grammar.stopped} (cuInit fails with CUDA_ERROR_INVALID_DEVICE); "
             "fix the variable")
         if strict_errors:
             raise out.error
@@ -133,12 +145,14 @@ def run_resolution(*, policy: str | None = None, disable: Iterable[str] | str | 
     return out
 
 
-def _shown(value: str | None, limit: int = 200) -> str:
-    """A variable's value for an error line: repr, cut to ``limit`` characters."""
-    if value is None:
-        return "None"
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(value)} characters)"
+def _unknown_names(disabled: frozenset[str], enabled: list[Strategy]) -> list[str]:
+    """Disabled names that are no strategy or plugin here (a typo disables nothing: say so)."""
+    from gpuaffinity.core.plugins import find_entry_points
+    from gpuaffinity.resolvers import builtin_plugins
+
+    known = {s.name for s in enabled} | {name for name, _ in builtin_plugins()}
+    known |= {name for name, _ in find_entry_points("gpuaffinity") or ()}
+    return sorted(disabled - known)
 
 
 def _count(s: Strategy, ctx: ResolveContext) -> int | None:
@@ -228,30 +242,39 @@ def _resolve(logical_id: int | str, policy: str | None, disable: Iterable[str] |
     if 0 <= logical_id < len(devices):
         return devices[logical_id]
     cvd = Settings.from_key(key).cvd
-    shown = "unset" if cvd is None else _shown(cvd)
+    cvd_text = "unset" if cvd is None else shown(cvd)
     raise DeviceNotVisibleError(
         f"CUDA device {logical_id} is not visible: this process sees {len(devices)} device(s) "
-        f"(0-{len(devices) - 1}) with CUDA_VISIBLE_DEVICES {shown}" if devices else
-        f"CUDA device {logical_id} is not visible: this process sees no CUDA device (CUDA_VISIBLE_DEVICES {shown})")
+        f"(0-{len(devices) - 1}) with CUDA_VISIBLE_DEVICES {cvd_text}" if devices else
+        f"CUDA device {logical_id} is not visible: this process sees no CUDA device (CUDA_VISIBLE_DEVICES "
+        f"{cvd_text})")
 
 
 _BUS_RE = None
 
 
 def parse_selector(text: str) -> int | str:
-    """A logical id ("3") as an int, or a physical selector (UUID, MIG UUID, PCI bus id) as given."""
+    """A logical id ("3") as an int, or a physical selector as given (a UUID or MIG UUID, or a PCI bus id in
+    the sysfs form, with the domain and function NVML takes as 0 when left out).  ASCII only."""
     global _BUS_RE
     text = text.strip()
+    given = shown(text, 60)
+    if not text.isascii() or len(text) > 100:
+        raise ValueError(f"{given} is not a device: ids and selectors are short ASCII text: a logical CUDA id "
+                         "(0), a GPU UUID or unique prefix (GPU-8932f937), a MIG UUID, or a PCI bus id (0000:3b:00.0)")
     if text.isdigit():
+        if len(text) > 9:
+            raise ValueError(f"{given} is not a device: no process sees that many CUDA devices")
         return int(text)
     if text.startswith(("GPU-", "MIG-")) and len(text) > 4:
         return text
     if _BUS_RE is None:
         import re
-        _BUS_RE = re.compile(r"([0-9a-fA-F]{1,8}:)?[0-9a-fA-F]{1,2}:[0-9a-fA-F]{1,2}(\.[0-7])?")
-    if _BUS_RE.fullmatch(text):
-        return text
-    raise ValueError(f"{text!r} is not a device: give a logical CUDA id (0), a GPU UUID or unique prefix "
+        _BUS_RE = re.compile(r"(?:([0-9a-fA-F]{1,8}):)?([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})(?:\.([0-7]))?")
+    m = _BUS_RE.fullmatch(text)
+    if m:
+        return f"{int(m[1] or '0', 16):04x}:{int(m[2], 16):02x}:{int(m[3], 16):02x}.{m[4] or '0'}"
+    raise ValueError(f"{given} is not a device: give a logical CUDA id (0), a GPU UUID or unique prefix "
                      "(GPU-8932f937), a MIG UUID, or a PCI bus id (0000:3b:00.0)")
 
 
@@ -264,7 +287,6 @@ def _by_selector(selector: str, policy: str | None, disable: Iterable[str] | Non
 def _by_selector_locked(selector: str, policy: str | None, disable: Iterable[str] | None,
                         allow_subprocess: bool) -> PhysicalDevice:
     from gpuaffinity.core.cvd import match_uuid
-    from gpuaffinity.core.model import normalize_bus_id
     from gpuaffinity.inventory import read_inventory
 
     inv = read_inventory()
@@ -281,7 +303,7 @@ def _by_selector_locked(selector: str, policy: str | None, disable: Iterable[str
         hit = match_uuid(selector[4:], [g.uuid[4:] for g in inv.gpus])
         gpu = None if hit is None else inv.gpus[hit]
     else:
-        gpu = inv.by_bus(normalize_bus_id(selector if selector.count(":") == 2 else f"0000:{selector}"))
+        gpu = inv.by_bus(selector)  # parse_selector gave the full sysfs form
     if gpu is None:
         raise DeviceNotVisibleError(f"no GPU of this machine matches {selector!r} (or more than one does): "
                                     f"{len(inv.gpus)} GPU(s), see `gpuaffinity doctor`")

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+#: set it to see the traceback of an unexpected error instead of its one line
+DEBUG_VAR = "GPUAFFINITY_DEBUG"
 
 _EPILOG_SIM = """\
 examples:
@@ -175,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _bind(args, cmd)
         raise UsageError(f"gpuaffinity: unknown command {args.command!r}")
     except UsageError as e:
-        print(e, file=sys.stderr)
+        _say(str(e))
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
@@ -184,6 +186,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+    except Exception as e:
+        from gpuaffinity.core.errors import GpuAffinityError
+
+        if isinstance(e, GpuAffinityError):  # raised outside a command's own handling: still one line
+            _say(f"gpuaffinity: {_strip(e)}")
+            return e.exit_status
+        import os
+
+        if os.environ.get(DEBUG_VAR):
+            raise
+        # a user never sees a traceback; a bug still says what it is, and tests look for this line
+        _say(f"gpuaffinity: unexpected {type(e).__name__}: {_cut(str(e))} (a bug in gpuaffinity; "
+             f"{DEBUG_VAR}=1 shows the traceback)")
+        return EXIT_ERROR
 
 
 def _sim(args: argparse.Namespace, cmd: list[str], parser: argparse.ArgumentParser) -> int:
@@ -205,12 +221,13 @@ def _sim(args: argparse.Namespace, cmd: list[str], parser: argparse.ArgumentPars
             if not cmd:
                 raise UsageError("gpuaffinity sim run: no command given: write it after `--`, "
                                  "e.g. gpuaffinity sim run dgx-h100 -- nvidia-smi-like-tool")
-            from gpuaffinity.sim.machine import check_fault
-            for f in args.fault:
-                try:
-                    check_fault(f)
-                except ValueError as e:
-                    raise UsageError(f"gpuaffinity sim run: {e}") from None
+            if not cmd[0] or "\0" in "".join(cmd):
+                raise UsageError("gpuaffinity sim run: the command after `--` is empty or holds a NUL byte")
+            from gpuaffinity.sim.machine import check_faults
+            try:
+                check_faults(args.fault)
+            except ValueError as e:
+                raise UsageError(f"gpuaffinity sim run: {e}") from None
             topo = load_topology(args.topology)
             shape = {"gpus": _list(args.gpus), "others": args.others, "proc": args.proc, "migs": _list(args.mig)}
             if any(v is not None for v in shape.values()):
@@ -231,7 +248,7 @@ def _sim(args: argparse.Namespace, cmd: list[str], parser: argparse.ArgumentPars
                 raise UsageError(f"gpuaffinity sim run: {e}") from None
         raise UsageError("gpuaffinity sim: say `list`, `run` or `check` (see `gpuaffinity sim --help`)")
     except (TopologyError, SimulatorError) as e:
-        print(f"gpuaffinity: {e}", file=sys.stderr)
+        _say(f"gpuaffinity: {e}")
         return EXIT_ERROR
 
 
@@ -264,23 +281,96 @@ def _list(text: str | None) -> list[str] | None:
     return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
 
 
+#: Signals `sim run` passes on to its command (once) instead of dying without removing the simulated machine.
+FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
+
 def _sim_run(topology: object, cmd: list[str], faults: list[str], counters: str | None, cpuset: str | None) -> int:
+    """Run CMD on the simulated machine, as a shell runs a job: in a process group of its own, which holds the
+    terminal while it runs.  So a signal sent to `sim run`'s group reaches CMD once (passed on), one from the
+    terminal reaches CMD alone, and Ctrl-Z stops both; every signal in FORWARDED is passed on, and the
+    simulated machine's folder is removed whatever ends the run (but SIGKILL)."""
     from gpuaffinity.sim.machine import simulated
 
-    with simulated(topology, faults=faults, counters=counters, cpuset=cpuset) as machine:
+    early: list[int] = []
+    old = {s: signal.signal(s, lambda signum, _f: early.append(signum)) for s in FORWARDED}
+    try:
+        with simulated(topology, faults=faults, counters=counters, cpuset=cpuset) as machine:
+            if early:  # asked to stop while the machine was being prepared
+                return 128 + early[0]
+            return _run_job(cmd, machine.env, early)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _foreground_tty() -> int | None:
+    """The file descriptor of our controlling terminal when our process group holds it, else None."""
+    import os
+
+    for fd in (0, 1, 2):
         try:
-            child = subprocess.Popen(cmd, env=machine.env)
-        except OSError as e:
-            return _cannot_run("sim run", cmd, e)
-        # The child gets terminal signals itself; pass on the ones sent to us alone.
-        def forward(signum: int, _frame: object) -> None:
-            child.send_signal(signum)
-        old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+            if os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp():
+                return fd
+        except OSError:
+            continue
+    return None
+
+
+def _give_terminal(fd: int, pgid: int) -> None:
+    import os
+
+    old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # a background group may not take the terminal else
+    try:
+        os.tcsetpgrp(fd, pgid)
+    except OSError:
+        pass
+    finally:
+        signal.signal(signal.SIGTTOU, old)
+
+
+def _run_job(cmd: list[str], env: dict[str, str], early: list[int]) -> int:
+    import os
+
+    tty = _foreground_tty()
+
+    def own_group() -> None:  # in the child, before exec: its own group, and the terminal if we had it
+        os.setpgid(0, 0)
+        if tty is not None:
+            _give_terminal(tty, os.getpgrp())
+
+    try:
+        child = subprocess.Popen(cmd, env=env, preexec_fn=own_group)
+    except OSError as e:
+        return _cannot_run("sim run", cmd, e)
+
+    def forward(signum: int, _frame: object) -> None:
         try:
-            rc = child.wait()
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
+            os.killpg(child.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    for s in FORWARDED:
+        signal.signal(s, forward)
+    for s in early:
+        forward(s, None)
+    try:
+        while True:
+            _pid, status = os.waitpid(child.pid, os.WUNTRACED)
+            if not os.WIFSTOPPED(status):
+                break
+            # the job was stopped (Ctrl-Z): stop too, so that the shell sees it; carry on where it resumes us
+            if tty is not None:
+                _give_terminal(tty, os.getpgrp())
+            os.kill(os.getpid(), signal.SIGSTOP)
+            if tty is not None and os.tcgetpgrp(tty) == os.getpgrp():
+                _give_terminal(tty, child.pid)
+            os.killpg(child.pid, signal.SIGCONT)
+    finally:
+        if tty is not None:
+            _give_terminal(tty, os.getpgrp())
+    rc = os.waitstatus_to_exitcode(status)
+    child.returncode = rc
     return 128 - rc if rc < 0 else rc
 
 
@@ -310,7 +400,7 @@ def _resolve(args: argparse.Namespace) -> int:
             devices = [resolve(i, **_options(args)) for i in ids] if ids else resolve_all(**_options(args))
         except GpuAffinityError as e:
             _print_warnings(caught)
-            print(f"gpuaffinity: {_strip(e)}", file=sys.stderr)
+            _say(f"gpuaffinity: {_strip(e)}")
             return e.exit_status
     _print_warnings(caught)
     locs = localities(d.pci_bus_id for d in devices)  # NVML and sysfs, one NVML session for all
@@ -337,6 +427,17 @@ def _resolve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_ESCAPES = {c: f"\\x{c:02x}" for c in range(32)} | {10: "\\n", 9: "\\t", 13: "\\r", 127: "\\x7f"}
+
+
+def _say(text: str, limit: int = 2000) -> None:
+    """One line on stderr, whatever the text holds: control characters escaped, the length capped."""
+    line = text.translate(_ESCAPES)
+    if len(line) > limit:
+        line = line[:limit] + f"... ({len(line)} characters)"
+    print(line, file=sys.stderr)
+
+
 def _strip(e: Exception) -> str:
     text = str(e)
     return text[len("gpuaffinity: "):] if text.startswith("gpuaffinity: ") else text
@@ -344,7 +445,7 @@ def _strip(e: Exception) -> str:
 
 def _print_warnings(caught: list) -> None:
     for w in caught:
-        print(f"gpuaffinity: warning: {_strip(w.message)}", file=sys.stderr)
+        _say(f"gpuaffinity: warning: {_strip(w.message)}")
 
 
 def _print_table(rows: list[tuple[str, ...]], indent: str = "") -> None:
@@ -403,7 +504,7 @@ def _doctor(args: argparse.Namespace) -> int:
     try:
         res = run_resolution(**_options(args), strict_errors=False)
     except GpuAffinityError as e:
-        print(f"\ngpuaffinity: {_strip(e)}", file=sys.stderr)
+        _say(f"gpuaffinity: {_strip(e)}")
         return e.exit_status
     inv = res.inventory
     print(f"\nGPUs this process can use (NVML order = PCI order): {len(inv.gpus)}")
@@ -467,6 +568,8 @@ def _bind(args: argparse.Namespace, cmd: list[str]) -> int:
     if not cmd and not args.dry_run:
         raise UsageError("gpuaffinity bind: no command given: write it after `--`, e.g. gpuaffinity bind 0 -- "
                          "python3 serve.py (or use --dry-run)")
+    if cmd and (not cmd[0] or "\0" in "".join(cmd)):
+        raise UsageError("gpuaffinity bind: the command after `--` is empty or holds a NUL byte")
     from gpuaffinity.api import bind, plan
 
     opts = _options(args)
@@ -479,7 +582,7 @@ def _bind(args: argparse.Namespace, cmd: list[str]) -> int:
                 rec = bind(selector, mode=args.mode, memory=args.memory, on_failure=args.on_failure, **opts)
         except GpuAffinityError as e:
             _print_warnings(caught)
-            print(f"gpuaffinity: {_strip(e)}", file=sys.stderr)
+            _say(f"gpuaffinity: {_strip(e)}")
             return e.exit_status
     _print_warnings(caught)
     if args.dry_run:
@@ -492,7 +595,7 @@ def _bind(args: argparse.Namespace, cmd: list[str]) -> int:
         return EXIT_OK
     for note in rec.notes:
         if "no NUMA" in note or "not allowed" in note or "no core" in note:
-            print(f"gpuaffinity: note: {note}", file=sys.stderr)
+            _say(f"gpuaffinity: note: {note}")
     sys.stdout.flush()
     sys.stderr.flush()
     try:
@@ -505,7 +608,7 @@ def _bind(args: argparse.Namespace, cmd: list[str]) -> int:
 def _cannot_run(verb: str, cmd: list[str], e: OSError) -> int:
     """One line, and the shell's status: 127 not found, 126 not executable."""
     if isinstance(e, FileNotFoundError):
-        print(f"gpuaffinity: {verb}: command not found: {cmd[0]}", file=sys.stderr)
+        _say(f"gpuaffinity: {verb}: command not found: {cmd[0]}")
         return 127
-    print(f"gpuaffinity: {verb}: cannot run {cmd[0]}: {e.strerror or e}", file=sys.stderr)
+    _say(f"gpuaffinity: {verb}: cannot run {cmd[0]}: {e.strerror or e}")
     return 126

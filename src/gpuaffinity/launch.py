@@ -16,16 +16,18 @@ from __future__ import annotations
 import multiprocessing
 import os
 import subprocess
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 
 def bound_command(logical_id: int, cmd: Sequence[str], *, mode: str = "node", memory: str = "bind",
                   on_failure: str = "warn") -> list[str]:
-    """The argv that runs ``cmd`` bound to CUDA device ``logical_id``'s node."""
-    return [sys.executable, "-m", "gpuaffinity", "bind", str(int(logical_id)), "--mode", mode, "--memory", memory,
-            "--on-failure", on_failure, "--", *cmd]
+    """The argv that runs ``cmd`` bound to CUDA device ``logical_id``'s node (``gpuaffinity bind`` in an
+    isolated interpreter, gpuaffinity._child; ``cmd`` itself runs with the caller's environment)."""
+    from gpuaffinity._child import cli_argv
+
+    return cli_argv("bind", str(int(logical_id)), "--mode", mode, "--memory", memory, "--on-failure", on_failure,
+                    "--", *cmd)
 
 
 def popen(logical_id: int, cmd: Sequence[str], *, mode: str = "node", memory: str = "bind",

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gpuaffinity.core.errors import ConflictError, DisagreementWarning, FallbackWarning, GpuAffinityError
+from gpuaffinity.core.errors import ConflictError, DisagreementWarning, FallbackWarning, GpuAffinityError, shown
 from gpuaffinity.core.hookspec import ResolveContext, Strategy
 from gpuaffinity.core.model import Abstain, Answer, PhysicalDevice, Verdict
 
@@ -120,7 +120,7 @@ def resolve_one(strategies: Sequence[Strategy], ctx: ResolveContext, logical_id:
             loud.append(s.name)
 
     warns: list[tuple[type[Warning], str]] = []
-    env = f"CUDA_VISIBLE_DEVICES={ctx.cvd!r}, CUDA_DEVICE_ORDER={ctx.device_order!r}"
+    env = f"CUDA_VISIBLE_DEVICES={shown(ctx.cvd)}, CUDA_DEVICE_ORDER={shown(ctx.device_order)}"
     ordered = tuple(sorted(verdicts.values(), key=lambda v: (-v.priority, v.strategy)))
     if winner is None:
         if logical_id >= len(ctx.inventory.gpus):

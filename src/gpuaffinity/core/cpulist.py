@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+#: no kernel numbers CPUs or nodes this high (x86 NR_CPUS is at most 8192); a bound keeps a hostile range cheap
+MAX_NUMBER = 1 << 16
 
-def parse_cpulist(text: str) -> frozenset[int]:
+
+def parse_cpulist(text: str, limit: int = MAX_NUMBER) -> frozenset[int]:
     """Return the numbers a cpulist names; raise ValueError saying what is wrong.
 
     Accepts what the kernel writes and reads: comma-separated numbers and
     ranges ``a-b``, a range may carry a stride ``a-b:s``; an empty string (or
-    only white space) is the empty set.
+    only white space) is the empty set.  ``limit``: numbers must be below it
+    (checked before a range is expanded, so ``0-999999999`` costs nothing).
     """
     out: set[int] = set()
     text = text.strip()
@@ -23,29 +27,36 @@ def parse_cpulist(text: str) -> frozenset[int]:
     for part in text.split(","):
         part = part.strip()
         if not part:
-            raise ValueError(f"empty entry in cpulist {text!r}")
+            raise ValueError(f"empty entry in cpulist {_cut(text)}")
         stride = 1
         if ":" in part:
             part, _, s = part.partition(":")
-            stride = _number(s, text)
+            stride = _number(s, text, None)
             if stride < 1:
-                raise ValueError(f"stride must be at least 1 in cpulist {text!r}")
+                raise ValueError(f"stride must be at least 1 in cpulist {_cut(text)}")
         if "-" in part:
             a, _, b = part.partition("-")
-            lo, hi = _number(a, text), _number(b, text)
+            lo, hi = _number(a, text, limit), _number(b, text, limit)
             if hi < lo:
-                raise ValueError(f"range {part!r} runs backwards in cpulist {text!r}")
+                raise ValueError(f"range {part!r} runs backwards in cpulist {_cut(text)}")
             out.update(range(lo, hi + 1, stride))
         else:
-            out.add(_number(part, text))
+            out.add(_number(part, text, limit))
     return frozenset(out)
 
 
-def _number(s: str, whole: str) -> int:
+def _cut(text: str) -> str:
+    return repr(text) if len(text) <= 80 else repr(text[:80]) + "..."
+
+
+def _number(s: str, whole: str, limit: int | None) -> int:  # limit None: a stride
     s = s.strip()
-    if not s.isdigit():
-        raise ValueError(f"{s!r} is not a CPU number in cpulist {whole!r}")
-    return int(s)
+    if not (s.isascii() and s.isdigit()) or len(s) > 12:
+        raise ValueError(f"{s[:20]!r} is not a CPU number in cpulist {_cut(whole)}")
+    n = int(s)
+    if limit is not None and n >= limit:
+        raise ValueError(f"{n} is past the limit of {limit - 1} in cpulist {_cut(whole)}")
+    return n
 
 
 def format_cpulist(numbers: Iterable[int]) -> str:

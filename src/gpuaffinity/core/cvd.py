@@ -44,6 +44,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from gpuaffinity.core.errors import shown
 from gpuaffinity.core.model import MigInfo
 
 CUDA_ERROR_NO_DEVICE = 100
@@ -107,7 +108,9 @@ def strtoul32(text: str) -> int | None:
     m = re.match(r"[ \t\n\v\f\r]*([+-]?)([0-9]+)", text)
     if not m:
         return None
-    value = int(m[2])
+    digits = m[2].lstrip("0") or "0"
+    # more than 20 digits is past 2^64 whatever they are (and int() refuses thousands of digits)
+    value = int(digits) if len(digits) <= 20 else 1 << 64
     if value > 0xFFFFFFFFFFFFFFFF:  # strtoul saturates at ULONG_MAX
         value = 0xFFFFFFFFFFFFFFFF
     elif m[1] == "-":
@@ -202,7 +205,7 @@ def apply_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] |
     """
     if device_order is not None and device_order not in ORDERS:
         return CvdResult((), CUDA_ERROR_INVALID_DEVICE,
-                         f"CUDA_DEVICE_ORDER={device_order!r} is not FASTEST_FIRST or PCI_BUS_ID")
+                         f"CUDA_DEVICE_ORDER={shown(device_order, 80)} is not FASTEST_FIRST or PCI_BUS_ID")
     if device_order == "PCI_BUS_ID" or base_order is None:
         base = list(range(len(gpus)))
     else:
@@ -241,7 +244,7 @@ def apply_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] |
     bodies = [g.uuid[4:] for g in gpus] + [h[4:] for h in hidden]
 
     for pos, entry in enumerate(entries):
-        where = f"entry {pos} ({entry!r})"
+        where = f"entry {pos} ({shown(entry, 80)})"
         if documented and not _plain_entry(entry, uuid_list):
             return done(f"{where} is not in a documented plain form")
         if uuid_list:

@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+
+def shown(value: str | None, limit: int = 200) -> str:
+    """A variable's value for a message: its repr, cut to ``limit`` characters (a 200 KB value stays a line)."""
+    if value is None:
+        return "None"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(value)} characters)"
+
+
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 #: `gpuaffinity resolve --policy strict` when strategies disagree
@@ -50,6 +59,11 @@ class FallbackWarning(GpuAffinityWarning):
 
 class DisagreementWarning(GpuAffinityWarning):
     """Strategies named different GPUs for one logical device."""
+
+
+class SimulationWarning(GpuAffinityWarning):
+    """A variable meant for the simulator is set outside ``gpuaffinity sim run``: answers come from it, not
+    from this machine."""
 
 
 class BindWarning(GpuAffinityWarning):

@@ -28,6 +28,30 @@ SOURCE_VAR = "GPUAFFINITY_INVENTORY"
 ENV_VARS = (CVD, ORDER, POLICY_VAR, DISABLE_VAR, NO_SUBPROCESS_VAR, PROCFS_VAR, DEV_VAR, SYSFS_VAR, SOURCE_VAR)
 
 POLICIES = ("first", "verify", "strict")
+#: Set by ``gpuaffinity sim run``: the simulated machine's config; the roots below live beside it there.
+SIM_CONFIG_VAR = "GPUAFFINITY_SIM_CONFIG"
+SIM_ALLOWED_VAR = "GPUAFFINITY_SIM_ALLOWED_CPUS"
+#: Variables that replace what this machine says, meant for the simulator only.
+SIM_ROOTS = (PROCFS_VAR, DEV_VAR, SYSFS_VAR, SIM_ALLOWED_VAR)
+
+
+def stray_sim_variables(env: dict[str, str] | os._Environ | None = None) -> list[str]:
+    """Warnings for simulator variables set outside ``gpuaffinity sim run``: each one makes gpuaffinity answer
+    for another machine than this one (a /proc with other GPUs, a cpuset wider than this process's)."""
+    env = os.environ if env is None else env
+    config = env.get(SIM_CONFIG_VAR) or ""
+    home = os.path.dirname(config) if config and os.path.isfile(config) else None
+    out = []
+    for var in SIM_ROOTS:
+        value = env.get(var)
+        if value is None:
+            continue
+        inside = home is not None and (var == SIM_ALLOWED_VAR or os.path.abspath(value).startswith(home + os.sep))
+        if not inside:
+            out.append(f"gpuaffinity: {var}={value[:120]!r} is set outside `gpuaffinity sim run`: gpuaffinity "
+                       f"reads {'its CPU list' if var == SIM_ALLOWED_VAR else 'that folder'} instead of this "
+                       f"machine's; unset it unless you mean it")
+    return out
 
 # os.environ.get encodes the name on every call; the warm path reads the encoded mapping underneath
 # it directly where CPython has one (tests/test_resolve.py checks it against the public mapping).

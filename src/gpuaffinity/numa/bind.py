@@ -164,8 +164,16 @@ def apply(record: BindRecord, on_failure: str) -> BindRecord:
         old_policy = get_mempolicy() if record.memory != "none" else None
     except (OSError, BindError):
         pass
+    cpus = record.cpus
+    if os.environ.get("GPUAFFINITY_SIM_ALLOWED_CPUS") is not None:
+        # a simulated cpuset (sim run --cpuset) narrows the plan, never this process's real mask: a taskset or
+        # cgroup limit on the real process still holds
+        cpus = record.cpus & old_cpus
+        if cpus != record.cpus:
+            record.notes.append(f"the simulated plan's CPUs {format_cpulist(record.cpus) or 'none'} are cut to "
+                                f"{format_cpulist(cpus) or 'none'}, this process's real affinity mask allows them")
     try:
-        record.threads = set_affinity_all_threads(record.cpus)
+        record.threads = set_affinity_all_threads(cpus)
         record.cpus_applied = True
     except BindError as e:
         record.failures.append(str(e))

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpuaffinity.core.cpulist import format_cpulist, parse_cpulist
+from gpuaffinity.core.errors import GpuAffinityError
 
 SYSFS_VAR = "GPUAFFINITY_SYSFS_ROOT"
 #: Set by the simulator: the CPUs a simulated process may use (its simulated cpuset).
@@ -36,7 +37,11 @@ def allowed_cpus() -> frozenset[int]:
     Kubernetes limits show here), or on a simulated machine the simulated cpuset."""
     sim = os.environ.get(SIM_ALLOWED_VAR)
     if sim is not None:
-        return parse_cpulist(sim)
+        try:
+            return parse_cpulist(sim)
+        except ValueError as e:
+            raise GpuAffinityError(f"{SIM_ALLOWED_VAR} (the simulator's cpuset) is not a CPU list: {e}; unset it "
+                                   "outside `gpuaffinity sim run`") from None
     return frozenset(os.sched_getaffinity(0))
 
 

@@ -26,10 +26,9 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import sys
 from typing import Any
 
-from gpuaffinity.core.errors import InvalidVisibleDevicesError
+from gpuaffinity.core.errors import InvalidVisibleDevicesError, shown
 from gpuaffinity.core.hookspec import Cost, ResolveContext, hookimpl
 from gpuaffinity.core.model import Abstain, Answer
 from gpuaffinity.core.settings import NO_SUBPROCESS_VAR
@@ -63,11 +62,20 @@ def query_driver(init: bool) -> dict[str, Any]:
     if rc != driver.CUresult.CUDA_SUCCESS:
         return {"rc": int(rc), "via": "cuda.bindings", "devices": []}
     devices = []
+    get_uuid = getattr(driver, "cuDeviceGetUuid_v2", driver.cuDeviceGetUuid)  # MIG instances have their own
     for i in range(n):
-        _, bus = driver.cuDeviceGetPCIBusId(32, i)
-        _, uuid = getattr(driver, "cuDeviceGetUuid_v2", driver.cuDeviceGetUuid)(i)  # MIG instances have their own
+        rc, bus = driver.cuDeviceGetPCIBusId(32, i)
+        if rc != driver.CUresult.CUDA_SUCCESS:
+            return _failed(int(rc), f"cuDeviceGetPCIBusId({i})", "cuda.bindings")
+        rc, uuid = get_uuid(i)
+        if rc != driver.CUresult.CUDA_SUCCESS:
+            return _failed(int(rc), f"cuDeviceGetUuid({i})", "cuda.bindings")
         devices.append([bus.split(b"\0", 1)[0].decode(), bytes(uuid.bytes).hex()])
     return {"rc": 0, "via": "cuda.bindings", "devices": devices}
+
+
+def _failed(rc: int, call: str, via: str) -> dict[str, Any]:
+    return {"rc": None, "via": via, "devices": [], "error": f"the CUDA driver's {call} returned CUDA error {rc}"}
 
 
 def _query_ctypes(init: bool) -> dict[str, Any]:
@@ -87,10 +95,14 @@ def _query_ctypes(init: bool) -> dict[str, Any]:
     devices = []
     for i in range(n.value):
         bus = ctypes.create_string_buffer(32)
-        cu.cuDeviceGetPCIBusId(bus, 32, i)
+        rc = cu.cuDeviceGetPCIBusId(bus, 32, i)
+        if rc:
+            return _failed(rc, f"cuDeviceGetPCIBusId({i})", "ctypes")
         raw = (ctypes.c_ubyte * 16)()
-        get_uuid(raw, i)
-        devices.append([bus.value.decode(), bytes(raw).hex()])
+        rc = get_uuid(raw, i)
+        if rc:
+            return _failed(rc, f"cuDeviceGetUuid({i})", "ctypes")
+        devices.append([bus.value.decode(errors="replace"), bytes(raw).hex()])
     return {"rc": 0, "via": "ctypes", "devices": devices}
 
 
@@ -156,8 +168,8 @@ class PciStrategy:
             return None
         if table.get("rc") == CUDA_ERROR_INVALID_DEVICE:
             raise InvalidVisibleDevicesError(
-                f"the CUDA driver refuses CUDA_VISIBLE_DEVICES={ctx.cvd!r} with CUDA_DEVICE_ORDER="
-                f"{ctx.device_order!r} (cuInit returned CUDA_ERROR_INVALID_DEVICE): a device is named twice, or "
+                f"the CUDA driver refuses CUDA_VISIBLE_DEVICES={shown(ctx.cvd)} with CUDA_DEVICE_ORDER="
+                f"{shown(ctx.device_order)} (cuInit returned CUDA_ERROR_INVALID_DEVICE): a device is named twice, or "
                 "the order is not FASTEST_FIRST or PCI_BUS_ID; fix the variable")
         if table.get("rc") == CUDA_ERROR_NO_DEVICE:
             return 0
@@ -185,14 +197,12 @@ def gpuaffinity_strategies() -> list[PciStrategy]:
     return [PciStrategy()]
 
 
-_CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); import json; "
-          "from gpuaffinity.resolvers.pci import query_driver; print(json.dumps(query_driver(init=True)))")
-
-
 def child_command() -> list[str]:
-    """The probe child: isolated mode, told where this package lives, nothing else on its path first."""
-    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return [sys.executable, "-I", "-c", _CHILD, package_parent]
+    """The probe child, isolated (gpuaffinity._child)."""
+    from gpuaffinity._child import python_argv
+
+    return python_argv("import json; from gpuaffinity.resolvers.pci import query_driver; "
+                       "print(json.dumps(query_driver(init=True)))")
 
 
 if __name__ == "__main__":  # the child process: initialise CUDA here, print, exit

@@ -45,23 +45,58 @@ class SimMachine:
     env: dict[str, str]
 
 
+#: What the C side holds (csrc/sim_common.h): SIM_MAX_FAULTS faults, the whole value in a 4096-byte buffer.
+MAX_FAULTS = 32
+MAX_FAULTS_TEXT = 4095
+
+
+def entry_points() -> frozenset[str]:
+    """Every function the simulated libraries export (read from their sources)."""
+    import re
+
+    found: set[str] = set()
+    for src in sorted(Path(__file__).with_name("csrc").glob("*.c")):
+        found.update(re.findall(r"SIM_EXPORT\s+[\w\s*]+?\b(\w+)\s*\(", src.read_text()))
+    return frozenset(found - {"gpuaffinitySimCallCount"})
+
+
 def check_fault(spec: str) -> str:
-    """Validate one ``NAME=CODE[:TIMES]`` fault; return it, or raise ValueError."""
+    """Validate one ``NAME=CODE[:TIMES]`` fault; return it, or raise ValueError (one line)."""
     name, eq, rest = spec.partition("=")
     code, _, times = rest.partition(":")
-    ok = bool(eq) and name.isidentifier() and _is_int(code) and (not times or times.isdigit())
+    ok = bool(eq) and name.isidentifier() and name.isascii() and _is_int(code) and (
+        not times or (times.isascii() and times.isdigit() and len(times) < 10))
     if not ok:
-        raise ValueError(f"bad fault {spec!r}: want NAME=CODE or NAME=CODE:TIMES, e.g. cuInit=999 or "
+        raise ValueError(f"bad fault {spec[:80]!r}: want NAME=CODE or NAME=CODE:TIMES, e.g. cuInit=999 or "
                          "nvmlDeviceGetHandleByIndex=15:1")
+    known = entry_points()
+    # a name without a suffix also covers its _vN and WithFlags variants (csrc/sim_common.h)
+    if not any(k == name or k.startswith(name) and (k[len(name):] == "WithFlags" or
+                                                    k[len(name):len(name) + 2] == "_v") for k in known):
+        raise ValueError(f"unknown fault name {name!r}: the simulator has no such entry point (see "
+                         "docs/simulator.md; e.g. nvmlInit, nvmlDeviceGetHandleByIndex, cuInit)")
     return spec
 
 
+def check_faults(specs: Sequence[str]) -> list[str]:
+    """Validate every fault and what the simulator can hold of them; ValueError (one line) otherwise."""
+    out = [check_fault(f) for f in specs]
+    if len(out) > MAX_FAULTS:
+        raise ValueError(f"{len(out)} faults: the simulator holds at most {MAX_FAULTS}")
+    if len(",".join(out)) > MAX_FAULTS_TEXT:
+        raise ValueError(f"the faults take {len(','.join(out))} characters: the simulator holds at most "
+                         f"{MAX_FAULTS_TEXT}")
+    return out
+
+
 def _is_int(s: str) -> bool:
+    if not s.isascii() or len(s) > 12:
+        return False
     try:
-        int(s, 0)
+        value = int(s, 0)
     except ValueError:
         return False
-    return True
+    return -(1 << 31) <= value < 1 << 31
 
 
 @contextmanager
@@ -73,8 +108,7 @@ def simulated(topology: Topology | str | os.PathLike[str], *, faults: Sequence[s
     topo = topology if isinstance(topology, Topology) else load_topology(os.fspath(topology))
     if process is not None:
         topo = replace(topo, process=process)
-    for f in faults:
-        check_fault(f)
+    check_faults(faults)
     allowed = topo.cpus
     if cpuset is not None:
         try:
@@ -108,8 +142,13 @@ def simulated(topology: Topology | str | os.PathLike[str], *, faults: Sequence[s
         if faults:
             env[FAULTS_VAR] = ",".join(faults)
         if counters is not None:
-            os.makedirs(counters, exist_ok=True)
-            env[COUNTERS_VAR] = os.fspath(counters)
+            counters = os.path.abspath(counters)
+            try:
+                os.makedirs(counters, exist_ok=True)
+            except OSError as e:
+                raise SimulatorError(f"--counters {counters}: cannot use it as a folder ({e.strerror or e})") \
+                    from None
+            env[COUNTERS_VAR] = counters
         yield SimMachine(topo, folder, libdir, config, sysfs, env)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

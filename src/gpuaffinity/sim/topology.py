@@ -32,6 +32,10 @@ class TopologyError(ValueError):
     """A topology file that cannot be used; the message is one line."""
 
 
+#: The C side's limits (csrc/sim_common.h): CPUs and NUMA node ids in an affinity mask of 16 64-bit words.
+MAX_CPU = MAX_NODE = 1024
+
+
 @dataclass(frozen=True)
 class MigInstance:
     uuid: str
@@ -184,16 +188,22 @@ def list_presets() -> list[str]:
 
 def resolve_topology_path(spec: str | Path) -> Path:
     """A preset name or a path to a topology file."""
-    p = Path(spec)
-    if p.suffix == ".toml" or p.exists() or "/" in str(spec):
-        if not p.is_file():
-            raise TopologyError(f"{spec}: no such topology file")
-        return p
-    preset = PRESET_DIR / f"{spec}.toml"
-    if not preset.is_file():
-        raise TopologyError(
-            f"{spec!r} is neither a topology file nor a preset (presets: {', '.join(list_presets())})")
-    return preset
+    shown = repr(str(spec)) if len(str(spec)) <= 120 else f"{str(spec)[:120]!r}..."
+    try:
+        p = Path(spec)
+        if p.suffix == ".toml" or p.exists() or "/" in str(spec):
+            if not p.is_file():
+                raise TopologyError(f"{shown}: no such topology file")
+            return p
+        preset = PRESET_DIR / f"{spec}.toml"
+        if not preset.is_file():
+            raise TopologyError(
+                f"{shown} is neither a topology file nor a preset (presets: {', '.join(list_presets())})")
+        return preset
+    except (OSError, ValueError) as e:  # a name too long for the file system, a NUL byte
+        if isinstance(e, TopologyError):
+            raise
+        raise TopologyError(f"{shown} cannot be a topology file or a preset ({e.__class__.__name__})") from None
 
 
 def load_topology(spec: str | Path, _depth: int = 0) -> Topology:
@@ -204,6 +214,8 @@ def load_topology(spec: str | Path, _depth: int = 0) -> Topology:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise TopologyError(f"{path}: not valid TOML: {e}") from None
+    except RecursionError:
+        raise TopologyError(f"{path}: not valid TOML: nested too deeply") from None
     except (OSError, UnicodeDecodeError) as e:
         raise TopologyError(f"{path}: cannot read: {e}") from None
     return parse_topology(data, str(path), _depth)
@@ -229,15 +241,15 @@ def parse_topology(data: dict[str, Any], source: str = "<memory>", _depth: int =
         where = f"numa_node[{i}]"
         c.keys(raw, _NODE_KEYS, where)
         nid = c.typed(raw, "id", int, where, required=True)
-        if nid < 0:
-            c.fail(f"{where}.id", f"must be 0 or more, not {nid}")
+        if not 0 <= nid < MAX_NODE:
+            c.fail(f"{where}.id", f"must be 0 to {MAX_NODE - 1}, not {nid}")
         if any(n.id == nid for n in nodes):
             c.fail(f"{where}.id", f"duplicate NUMA node id {nid}")
         cpus_text = c.typed(raw, "cpus", str, where, required=True)
         try:
-            cpus = parse_cpulist(cpus_text)
+            cpus = parse_cpulist(cpus_text, limit=MAX_CPU)
         except ValueError as e:
-            c.fail(f"{where}.cpus", f"bad cpulist: {e}")
+            c.fail(f"{where}.cpus", f"bad cpulist (CPUs 0 to {MAX_CPU - 1}): {e}")
         if not cpus:
             c.fail(f"{where}.cpus", "a NUMA node in a topology file needs at least one CPU")
         for cpu in sorted(cpus):
@@ -423,8 +435,8 @@ class _Checker:
             self.fail(where or "top level", "must be a table")
         for k in table:
             if k not in allowed:
-                self.fail(f"{where}.{k}" if where else k,
-                          f"unknown field (known: {', '.join(sorted(allowed))})")
+                key = k if k.isidentifier() else repr(k)[:60]
+                self.fail(f"{where}.{key}" if where else key, f"unknown field (known: {', '.join(sorted(allowed))})")
 
     def typed(self, table: dict[str, Any], key: str, kind: type, where: str, *,
               required: bool = False, default: Any = None) -> Any:
@@ -438,6 +450,13 @@ class _Checker:
             self.fail(label, f"must be an integer, not {val!r}")
         if kind is str and not isinstance(val, str):
             self.fail(label, f"must be a string, not {val!r}")
+        if kind is str and any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in val):
+            # the simulator's config is one record a line: a newline in a name would add a record
+            self.fail(label, f"must not hold control characters (newline, tab, ...): {val[:60]!r}")
+        if kind is str and len(val) > 256:
+            self.fail(label, f"longer than 256 characters ({len(val)})")
+        if kind is int and not -(1 << 63) <= val < 1 << 63:
+            self.fail(label, f"out of range: {str(val)[:40]}")
         return val
 
     def table_list(self, table: dict[str, Any], key: str, where: str) -> list[dict[str, Any]]:

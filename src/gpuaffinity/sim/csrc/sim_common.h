@@ -335,10 +335,14 @@ static void sim_faults_load(void) {
     const char *spec = getenv("GPUAFFINITY_SIM_FAULTS");
     if (!spec) return;
     char buf[4096];
+    if (strlen(spec) >= sizeof buf) sim_complain("GPUAFFINITY_SIM_FAULTS is longer than 4095 characters: the rest is ignored");
     sim_copy(buf, sizeof buf, spec);
     char *save = NULL;
-    for (char *tok = strtok_r(buf, ",", &save); tok && sim_nfaults < SIM_MAX_FAULTS;
-         tok = strtok_r(NULL, ",", &save)) {
+    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (sim_nfaults == SIM_MAX_FAULTS) {
+            sim_complain("GPUAFFINITY_SIM_FAULTS names more than 32 faults: the rest are ignored");
+            break;
+        }
         char *eq = strchr(tok, '=');
         if (!eq) continue;
         *eq = 0;
