@@ -197,7 +197,8 @@ def test_doctor_explains(sim_factory):
     for needle in ("Environment", "CUDA_VISIBLE_DEVICES         '1,0'",
                    "GPUs this process can use (NVML order = PCI order): 4",
                    "listed from the driver's /proc files (4 GPUs), checked against the device nodes",
-                   "Strategies (priority order; policy verify)", "Devices: this process sees 2",
+                   "Strategies (priority order; equal priorities by name; policy verify)",
+                   "Devices: this process sees 2",
                    "cuda 0 -> nvml 3", "cuda 1 -> nvml 1", "in a child process", "mixes GPU models",
                    "torch is not imported", "No warnings."):
         assert needle in text, needle

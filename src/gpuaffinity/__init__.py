@@ -20,17 +20,21 @@ from gpuaffinity.core.errors import (
     InvalidVisibleDevicesError,
     NoDriverError,
     PluginError,
+    PluginWarning,
     SimulationWarning,
 )
 
 if TYPE_CHECKING:
     from gpuaffinity.api import bind, clear_cache, plan, resolve, resolve_all
-    from gpuaffinity.core.model import PhysicalDevice
+    from gpuaffinity.core.hookspec import ResolveContext, Strategy, hookimpl
+    from gpuaffinity.core.model import Abstain, Answer, GpuInfo, Inventory, MigInfo, PhysicalDevice
     from gpuaffinity.numa.bind import BindError, BindRecord
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Abstain",
+    "Answer",
     "BindError",
     "BindRecord",
     "BindWarning",
@@ -39,23 +43,36 @@ __all__ = [
     "DisagreementWarning",
     "FallbackWarning",
     "GpuAffinityError",
+    "GpuInfo",
     "GpuAffinityWarning",
     "InvalidVisibleDevicesError",
+    "Inventory",
+    "MigInfo",
     "NoDriverError",
     "PhysicalDevice",
     "PluginError",
+    "PluginWarning",
+    "ResolveContext",
     "SimulationWarning",
+    "Strategy",
     "__version__",
     "bind",
     "clear_cache",
+    "hookimpl",
     "plan",
     "resolve",
     "resolve_all",
 ]
 
 _LAZY = {"resolve": "gpuaffinity.api", "resolve_all": "gpuaffinity.api", "clear_cache": "gpuaffinity.api",
-         "PhysicalDevice": "gpuaffinity.core.model", "bind": "gpuaffinity.api", "plan": "gpuaffinity.api",
-         "BindError": "gpuaffinity.numa.bind", "BindRecord": "gpuaffinity.numa.bind"}
+         "bind": "gpuaffinity.api", "plan": "gpuaffinity.api",
+         "BindError": "gpuaffinity.numa.bind", "BindRecord": "gpuaffinity.numa.bind",
+         # the plugin contract (docs/plugins.md): everything a strategy author needs, stable
+         "hookimpl": "gpuaffinity.core.hookspec", "Strategy": "gpuaffinity.core.hookspec",
+         "ResolveContext": "gpuaffinity.core.hookspec", "Answer": "gpuaffinity.core.model",
+         "Abstain": "gpuaffinity.core.model", "PhysicalDevice": "gpuaffinity.core.model",
+         "GpuInfo": "gpuaffinity.core.model", "MigInfo": "gpuaffinity.core.model",
+         "Inventory": "gpuaffinity.core.model"}
 
 
 def __getattr__(name: str) -> Any:

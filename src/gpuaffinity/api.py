@@ -28,18 +28,27 @@ from gpuaffinity.core.errors import (
     GpuAffinityError,
     GpuAffinityWarning,
     InvalidVisibleDevicesError,
+    PluginWarning,
     SimulationWarning,
     shown,
 )
 from gpuaffinity.core.hookspec import ResolveContext, Strategy
 from gpuaffinity.core.model import Inventory, PhysicalDevice
-from gpuaffinity.core.plugins import build_manager, collect_strategies
-from gpuaffinity.core.settings import DISABLE_VAR, Settings, make_key, normalize_disable, stray_sim_variables
+from gpuaffinity.core.plugins import PluginInfo, build_manager, collect_strategies
+from gpuaffinity.core.settings import (
+    DISABLE_VAR,
+    Settings,
+    make_key,
+    normalize_disable,
+    stray_sim_variables,
+    watch,
+)
 
 if TYPE_CHECKING:
     from gpuaffinity.numa.bind import BindRecord
 
 _cache: dict[tuple, tuple[PhysicalDevice, ...]] = {}
+_WARNED: set[str] = set()  # plugins already warned about
 
 
 @dataclass
@@ -54,6 +63,7 @@ class Resolution:
     settings: Settings | None = None
     warnings: list[tuple[type[Warning], str]] = field(default_factory=list)
     error: Exception | None = None
+    plugins: list[PluginInfo] = field(default_factory=list)
 
 
 def clear_cache() -> None:
@@ -78,15 +88,21 @@ def run_resolution(*, policy: str | None = None, disable: Iterable[str] | str | 
     st = settings or Settings.from_key(make_key(policy, normalize_disable(disable), allow_subprocess))
     chosen = st.policy
     disabled = st.disabled
-    strategies = collect_strategies(build_manager(builtin_plugins(), disabled), disabled)
+    pm, plugins = build_manager(builtin_plugins(), disabled)
+    strategies = collect_strategies(pm, disabled, plugins)
     inventory = read_inventory(st.inventory_env)
     grammar = read_cvd(st.cvd, inventory.gpus, None, st.device_order, inventory.hidden, inventory.host_complete)
     ctx = ResolveContext(inventory, st.cvd, st.device_order, len(grammar.devices),
                          {"allow_subprocess": st.subprocess_allowed, "timeout": timeout}, grammar=grammar)
-    out = Resolution([], inventory, strategies, ctx, chosen, st)
+    ctx.settings = st
+    out = Resolution([], inventory, strategies, ctx, chosen, st, plugins=plugins)
     out.warnings.extend((SimulationWarning, w) for w in stray_sim_variables())
+    for info in plugins:
+        if info.problem and info.name not in _WARNED:  # once a process: the plugin stays broken until fixed
+            _WARNED.add(info.name)
+            out.warnings.append((PluginWarning, f"gpuaffinity: {info} {info.problem}; it contributes nothing"))
     if disabled:
-        unknown = _unknown_names(disabled, strategies)
+        unknown = _unknown_names(disabled, plugins)
         if unknown:
             out.warnings.append((GpuAffinityWarning, f"gpuaffinity: nothing is named {', '.join(map(repr, unknown))} "
                                  f"to disable (from {'the disable argument' if st.disable_arg else ''}"
@@ -136,22 +152,26 @@ def run_resolution(*, policy: str | None = None, disable: Iterable[str] | str | 
         try:
             dev, warns = resolve_one(strategies, ctx, i, chosen)
         except Exception as e:
-            out.error = e
             if strict_errors:
                 raise
+            out.error = out.error or e
+            if isinstance(e, ConflictError) and e.device is not None:  # doctor still shows every verdict
+                out.devices.append(e.device)
+                continue
             break
         out.devices.append(dev)
         out.warnings.extend(warns)
     return out
 
 
-def _unknown_names(disabled: frozenset[str], enabled: list[Strategy]) -> list[str]:
+def _unknown_names(disabled: frozenset[str], plugins: list[PluginInfo]) -> list[str]:
     """Disabled names that are no strategy or plugin here (a typo disables nothing: say so)."""
     from gpuaffinity.core.plugins import find_entry_points
     from gpuaffinity.resolvers import builtin_plugins
 
-    known = {s.name for s in enabled} | {name for name, _ in builtin_plugins()}
-    known |= {name for name, _ in find_entry_points("gpuaffinity") or ()}
+    known = {name for name, _ in builtin_plugins()} | {p.name for p in plugins}
+    known |= {n for p in plugins for n in p.strategies}
+    known |= {p.name for p in find_entry_points("gpuaffinity") or ()}  # disabled plugins are never loaded
     return sorted(disabled - known)
 
 
@@ -197,6 +217,8 @@ def _resolved(policy: str | None, disable: tuple[str, ...] | None, allow_subproc
             return hit
         # the snapshot that keys the result is the one it is computed from
         res = run_resolution(settings=Settings.from_key(key))
+        if watch(v for s in res.strategies for v in getattr(s, "env_vars", ())):
+            key = make_key(policy, disable, allow_subprocess)  # a strategy's variables join the key from now on
         for category, message in res.warnings:
             warnings.warn(message, category, stacklevel=stacklevel + 1)
         devices = tuple(res.devices)

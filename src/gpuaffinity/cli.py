@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "agree, the NUMA nodes and CPUs, the relevant environment, and every warning.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _resolution_options(doc, policy_help)
+    doc.add_argument("--verbose", "-v", action="store_true",
+                     help="also print the traceback of every strategy that raised")
     bnd = sub.add_parser(
         "bind", help="run CMD bound to a GPU's NUMA node",
         usage="gpuaffinity bind ID [--mode MODE] [--memory POLICY] [--on-failure warn|error] [--dry-run] "
@@ -475,6 +477,24 @@ def _cut(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
+def _plugins(res: object) -> None:
+    """Which plugins are loaded (where from, what they contribute) and which names are disabled, by whom."""
+    from gpuaffinity.core.settings import DISABLE_VAR
+
+    plugins = getattr(res, "plugins", [])
+    third = [p for p in plugins if p.target]
+    print("\nPlugins" + ("" if third else ": only the built-in ones"))
+    rows = [(p.name, f"{p.distribution} {p.version}".strip(), f"{p.name} = {p.target}",
+             ", ".join(p.strategies) or "none", p.problem) for p in third]
+    if rows:
+        _print_table([("PLUGIN", "DISTRIBUTION", "ENTRY POINT", "STRATEGIES", "PROBLEM"), *rows], "  ")
+    st = res.settings  # type: ignore[attr-defined]
+    sources = [(n, "--disable") for n in st.disable_arg or ()]
+    sources += [(n.strip(), DISABLE_VAR) for n in (st.disable_env or "").split(",") if n.strip()]
+    if sources:
+        print("  disabled: " + ", ".join(f"{n} (from {src})" for n, src in sources))
+
+
 def _doctor(args: argparse.Namespace) -> int:
     import os
 
@@ -518,8 +538,9 @@ def _doctor(args: argparse.Namespace) -> int:
         table.append((str(g.nvml_index), g.pci_bus_id, g.uuid + migs, g.name,
                       ",".join(map(str, loc.numa_nodes)) or "none", format_cpulist(loc.local_cpus) or "-"))
     _print_table(table, "  ")
-    print(f"\nStrategies (priority order; policy {res.policy})")
+    print(f"\nStrategies (priority order; equal priorities by name; policy {res.policy})")
     _print_table([(s.name, str(s.priority), getattr(s, "describe", "")) for s in res.strategies], "  ")
+    _plugins(res)
     if res.context.grammar.unsure:
         print(f"  note: the reading of CUDA_VISIBLE_DEVICES {res.context.grammar.unsure}; the default policy "
               "checks it with the driver")
@@ -540,6 +561,9 @@ def _doctor(args: argparse.Namespace) -> int:
                 g = res.inventory.by_uuid(v.result.uuid)
                 said = f"nvml {g.nvml_index if g else '?'} ({v.result.detail})"
             print(f"      {v.strategy:<{width}} {said}")
+            if args.verbose and v.trace:
+                for line in v.trace.rstrip().splitlines():
+                    print(f"      {'':<{width}} | {line}")
     if res.warnings or res.error:
         print("\nWarnings and errors")
         for _cat, msg in res.warnings:

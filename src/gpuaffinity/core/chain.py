@@ -33,33 +33,123 @@ way a FallbackWarning says so.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from gpuaffinity.core.errors import ConflictError, DisagreementWarning, FallbackWarning, GpuAffinityError, shown
-from gpuaffinity.core.hookspec import ResolveContext, Strategy
-from gpuaffinity.core.model import Abstain, Answer, PhysicalDevice, Verdict
+from gpuaffinity.core.hookspec import COSTS, OPTIONAL, ResolveContext, Strategy
+from gpuaffinity.core.model import Abstain, Answer, GpuInfo, PhysicalDevice, Verdict
 
 IDENTITY = "identity"
 
 
-def _ask(s: Strategy, ctx: ResolveContext, logical_id: int) -> Answer | Abstain:
+_log = logging.getLogger("gpuaffinity")
+
+
+class _Over(Exception):
+    """A strategy ran past its budget."""
+
+
+def _call(s: Strategy, ctx: ResolveContext, what: str, fn: Callable[[], Any]) -> Any:
+    """``fn()`` for strategy ``s``, within what is left of its budget for this resolution (a worker thread when
+    its ``watchdog`` is on, so that even a call that never returns ends there).  Raises _Over past it."""
+    budget = float(getattr(s, "budget", OPTIONAL["budget"]))
+    spent = ctx.scratch.setdefault("_spent", {})
+    left = budget - spent.get(s.name, 0.0)
+    if left <= 0:
+        raise _Over(f"over its time budget of {budget:g} s for this resolution: not asked again")
+    start = time.perf_counter()
     try:
-        res = s.answer(ctx, logical_id)
-    except Exception as e:  # a strategy that raises abstains; its reason says why
-        return Abstain(f"raised {type(e).__name__}: {e}")
-    if not isinstance(res, Answer | Abstain):
-        return Abstain(f"returned {type(res).__name__}, not Answer or Abstain")
-    if isinstance(res, Answer) and ctx.inventory.by_uuid(res.uuid) is None:
-        return Abstain(f"answered {res.uuid}, which is not a GPU of this machine")
-    return res
+        if not getattr(s, "watchdog", OPTIONAL["watchdog"]):
+            return fn()
+        box: list[Any] = []
+
+        def work() -> None:
+            try:
+                box.append((True, fn()))
+            except BaseException as e:  # handed to the caller below
+                box.append((False, e))
+
+        worker = threading.Thread(target=work, name=f"gpuaffinity-{s.name}", daemon=True)
+        worker.start()
+        worker.join(left)
+        if not box:
+            spent[s.name] = budget
+            raise _Over(f"{what} ran past its time budget of {budget:g} s: abandoned, and not asked again in this "
+                        "resolution")
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value
+    finally:
+        spent[s.name] = spent.get(s.name, 0.0) + time.perf_counter() - start
 
 
-def _cost(s: Strategy, ctx: ResolveContext) -> str:
+def _mistake(s: Strategy, res: object, ctx: ResolveContext) -> str | None:
+    """What is wrong with a strategy's result, in words a plugin author can act on; None when it is usable."""
+    if isinstance(res, Abstain):
+        return None if isinstance(res.reason, str) and res.reason else \
+            "abstained without a reason (give one: doctor shows it)"
+    if not isinstance(res, Answer):
+        if isinstance(res, GpuInfo):
+            return "returned a GpuInfo record instead of an Answer: return Answer(gpu.uuid)"
+        return f"returned {type(res).__name__}, not Answer or Abstain"
+    if isinstance(res.uuid, GpuInfo):
+        return "answered a GpuInfo record instead of its UUID: use Answer(gpu.uuid)"
+    if not isinstance(res.uuid, str):
+        return f"answered {type(res.uuid).__name__} {str(res.uuid)[:60]!r}, not a GPU UUID string"
+    if res.uuid.startswith("MIG-"):
+        return "put a MIG UUID where the GPU's belongs: use Answer(gpu_uuid, mig_uuid=...)"
+    if res.mig_uuid is not None and (not isinstance(res.mig_uuid, str) or not res.mig_uuid.startswith("MIG-")):
+        return f"gave mig_uuid {str(res.mig_uuid)[:60]!r}, not a MIG-... UUID"
+    if ctx.inventory.by_uuid(res.uuid) is None:
+        return f"answered {res.uuid[:60]}, which is not a GPU this process can use"
+    return None
+
+
+def _ask(s: Strategy, ctx: ResolveContext, logical_id: int) -> tuple[Answer | Abstain, str]:
+    """The strategy's answer for one device, checked, and the traceback text of an exception ("" if none)."""
+    try:
+        every = ctx.scratch.setdefault("_all", {})
+        if s.name not in every:  # one call for every device, where the strategy offers it
+            fn = getattr(s, "answer_all", None)
+            every[s.name] = _call(s, ctx, "answer_all", lambda: fn(ctx)) if fn else None
+        batch = every[s.name]
+        if batch is not None:
+            if isinstance(batch, str | bytes) or not isinstance(batch, Sequence) or len(batch) != ctx.visible:
+                res: object = Abstain(f"answer_all returned {type(batch).__name__} of "
+                                      f"{len(batch) if isinstance(batch, Sequence) else '?'} items, not one per "
+                                      f"visible device ({ctx.visible})")
+            else:
+                res = batch[logical_id]
+        else:
+            res = _call(s, ctx, f"answer({logical_id})", lambda: s.answer(ctx, logical_id))
+    except _Over as e:
+        return Abstain(str(e)), ""
+    except Exception as e:  # a strategy that raises abstains; its reason says why, the traceback is kept
+        _log.debug("strategy %s raised", s.name, exc_info=True)
+        return Abstain(f"raised {type(e).__name__}: {str(e)[:300]}"), "".join(traceback.format_exception(e))
+    why = _mistake(s, res, ctx)
+    return (Abstain(why), "") if why else (res, "")  # type: ignore[return-value]
+
+
+def _cost(s: Strategy, ctx: ResolveContext) -> str | Abstain:
+    """"cheap" or "expensive"; an abstention when cost() raises or says something else."""
     fn = getattr(s, "cost", None)
+    if fn is None:
+        return "cheap"
     try:
-        return fn(ctx) if fn else "cheap"
-    except Exception:
-        return "expensive"
+        word = fn(ctx)
+    except Exception as e:
+        _log.debug("strategy %s: cost() raised", s.name, exc_info=True)
+        return Abstain(f"cost() raised {type(e).__name__}: {str(e)[:200]}")
+    if word not in COSTS:
+        return Abstain(f"cost() returned {str(word)[:40]!r}, not 'cheap' or 'expensive'")
+    return word
 
 
 def inventory_label(ctx: ResolveContext) -> str:
@@ -75,8 +165,8 @@ def resolve_one(strategies: Sequence[Strategy], ctx: ResolveContext, logical_id:
     loud: list[str] = []  # higher-priority strategies that abstained for a reason
 
     def run(s: Strategy) -> Answer | Abstain:
-        res = _ask(s, ctx, logical_id)
-        verdicts[s.name] = Verdict(s.name, s.priority, res)
+        res, trace = _ask(s, ctx, logical_id)
+        verdicts[s.name] = Verdict(s.name, s.priority, res, trace=trace)
         return res
 
     deferred: list[Strategy] = []  # expensive strategies: ground truth at a price, asked only when needed
@@ -85,7 +175,13 @@ def resolve_one(strategies: Sequence[Strategy], ctx: ResolveContext, logical_id:
         if winner is not None and policy == "first":
             verdicts[s.name] = Verdict(s.name, s.priority, Abstain("not asked: policy 'first'", quiet=True), False)
             continue
-        if policy != "strict" and _cost(s, ctx) == "expensive":
+        cost = _cost(s, ctx)
+        if isinstance(cost, Abstain):  # a strategy that cannot say what it costs is not asked
+            verdicts[s.name] = Verdict(s.name, s.priority, cost)
+            if winner is None:
+                loud.append(s.name)
+            continue
+        if policy != "strict" and cost == "expensive":
             deferred.append(s)
             continue
         res = run(s)
@@ -148,22 +244,23 @@ def resolve_one(strategies: Sequence[Strategy], ctx: ResolveContext, logical_id:
     # answers are compared on the physical GPU; the MIG instance comes from whoever knows it
     mig = ans.mig_uuid or next((v.result.mig_uuid for v in ordered if isinstance(v.result, Answer)
                                 and v.result.uuid.lower() == ans.uuid.lower() and v.result.mig_uuid), None)
+    device = PhysicalDevice(logical_id, gpu.nvml_index, gpu.uuid, gpu.pci_bus_id, mig, gpu.name,
+                            strategy.name, agreed, disagreed, fallback, answered=answered,
+                            driver_asked=any(n in by_driver for n in answered), inventory=inventory_label(ctx),
+                            verdicts=ordered)
     if disagreed:
         detail = "; ".join(f"{v.strategy} says {_gpu_text(ctx, v.result)}" for v in ordered
                            if isinstance(v.result, Answer))
         head = f"gpuaffinity: strategies disagree on CUDA device {logical_id} ({env}): {detail}"
         if policy == "strict":
             raise ConflictError(f"{head}; the strict policy refuses to choose (use --policy verify to take "
-                                f"{strategy.name}'s answer with a warning)")
+                                f"{strategy.name}'s answer with a warning)", device=device)
         warns.append((DisagreementWarning, f"{head}; using {strategy.name}'s answer"))
     if fallback:
         warns.append((FallbackWarning, f"gpuaffinity: CUDA device {logical_id} ({env}) resolved by fallback strategy "
                                    f"{strategy.name!r} because higher-priority strategies could not answer. "
                                    + _reasons(ordered)))
-    return PhysicalDevice(logical_id, gpu.nvml_index, gpu.uuid, gpu.pci_bus_id, mig, gpu.name,
-                          strategy.name, agreed, disagreed, fallback, answered=answered,
-                          driver_asked=any(n in by_driver for n in answered), inventory=inventory_label(ctx),
-                          verdicts=ordered), warns
+    return device, warns
 
 
 def _gpu_text(ctx: ResolveContext, a: Answer | Abstain) -> str:

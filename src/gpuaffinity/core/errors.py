@@ -40,9 +40,14 @@ class InventoryError(NoDriverError):
 
 
 class ConflictError(GpuAffinityError):
-    """Under the strict policy, strategies named different GPUs."""
+    """Under the strict policy, strategies named different GPUs.  ``device``: what the verify policy would have
+    answered, with every strategy's verdict (``gpuaffinity doctor`` shows them)."""
 
     exit_status = EXIT_CONFLICT
+
+    def __init__(self, message: str, device: object = None) -> None:
+        super().__init__(message)
+        self.device = device
 
 
 class PluginError(GpuAffinityError):
@@ -59,6 +64,10 @@ class FallbackWarning(GpuAffinityWarning):
 
 class DisagreementWarning(GpuAffinityWarning):
     """Strategies named different GPUs for one logical device."""
+
+
+class PluginWarning(GpuAffinityWarning):
+    """A plugin loaded but contributes nothing (no @hookimpl, a misspelt hook name): warned once a process."""
 
 
 class SimulationWarning(GpuAffinityWarning):

@@ -114,6 +114,7 @@ class Verdict:
     priority: int
     result: Answer | Abstain
     ran: bool = True  # False: skipped (too expensive to verify with, or the policy stopped early)
+    trace: str = field(default="", compare=False, repr=False)  # the traceback when the strategy raised
 
 
 @dataclass(frozen=True)

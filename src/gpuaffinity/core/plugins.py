@@ -1,52 +1,101 @@
-"""The plugin manager: built-in strategies plus entry points, minus disabled names."""
+"""The plugin manager: built-in strategies plus entry points, minus disabled names, each strategy checked once.
+
+Every plugin is described by a ``PluginInfo`` (where it came from: its
+distribution and version and its entry point, or "built in"), so that every
+error and every report names it.  A strategy is validated when it is
+collected (``validate``); a violation is a ``PluginError`` naming the plugin
+and what is wrong.  pluggy's own validation errors are wrapped the same way.
+A plugin that loads but contributes no hook implementation (no ``@hookimpl``,
+a misspelt hook name) is no error: it is reported in ``gpuaffinity doctor``
+and warned about once a process.
+"""
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import re
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import pluggy
 
 from gpuaffinity.core.errors import PluginError
-from gpuaffinity.core.hookspec import PROJECT, HookSpec, Strategy
+from gpuaffinity.core.hookspec import OPTIONAL, PROJECT, HookSpec, Strategy
 from gpuaffinity.core.settings import DISABLE_VAR  # comma-separated names to leave out, like pytest's -p no:NAME
+
+NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,39}")
+HOOK = "gpuaffinity_strategies"
+
+
+@dataclass
+class PluginInfo:
+    """One plugin: its name, where it came from, what it contributed, and what is wrong with it."""
+
+    name: str
+    target: str = ""  # "module:attr" of its entry point; "" for a built-in
+    distribution: str = ""
+    version: str = ""
+    strategies: list[str] = field(default_factory=list)
+    problem: str = ""  # loaded but contributes nothing: why (reported, warned once)
+
+    def __str__(self) -> str:
+        if not self.target:
+            return f"built-in plugin {self.name!r}"
+        dist = f"distribution {self.distribution} {self.version}".rstrip() if self.distribution else "distribution ?"
+        return f"plugin {self.name!r} ({dist}, entry point {self.name} = {self.target})"
 
 
 def build_manager(builtins: Sequence[tuple[str, object]], disabled: frozenset[str],
-                  entry_points: bool = True) -> pluggy.PluginManager:
+                  entry_points: bool = True) -> tuple[pluggy.PluginManager, list[PluginInfo]]:
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(HookSpec)
+    infos: list[PluginInfo] = []
     for name in disabled:
         pm.set_blocked(name)
     for name, plugin in builtins:
         if name not in disabled:
-            pm.register(plugin, name=name)
-    if entry_points:
-        found = find_entry_points(PROJECT)
-        if found is None:  # something on sys.path is not a plain folder (a zip): let importlib.metadata look
-            try:
-                pm.load_setuptools_entrypoints(PROJECT)
-            except Exception as e:
-                raise PluginError(f"loading gpuaffinity plugins from entry points failed: {type(e).__name__}: {e}; "
-                                  f"disable the culprit with {DISABLE_VAR}=NAME") from e
-            return pm
-        for name, target in found:
-            if pm.is_blocked(name) or pm.get_plugin(name) is not None:
-                continue
-            try:
-                plugin = _load(target)
-            except Exception as e:  # a broken third-party package must say who it is
-                raise PluginError(f"gpuaffinity plugin {name!r} ({target}) failed to load: {type(e).__name__}: {e}; "
-                                  f"disable it with {DISABLE_VAR}={name}") from e
-            pm.register(plugin, name=name)
-    return pm
+            _register(pm, plugin, PluginInfo(name), infos)
+    if not entry_points:
+        return pm, infos
+    found = find_entry_points(PROJECT)
+    if found is None:  # something on sys.path is not a plain folder (a zip): importlib.metadata looks
+        found = _metadata_entry_points(PROJECT)
+    for info in found:
+        if pm.is_blocked(info.name) or pm.get_plugin(info.name) is not None:
+            continue
+        try:
+            plugin = _load(info.target)
+        except Exception as e:  # a broken third-party package must say who it is
+            raise PluginError(f"{info} failed to load: {type(e).__name__}: {e}; disable it with "
+                              f"{DISABLE_VAR}={info.name}") from e
+        _register(pm, plugin, info, infos)
+    return pm, infos
 
 
-def find_entry_points(group: str) -> list[tuple[str, str]] | None:
-    """(name, "module:attr") of every entry point in ``group`` of the installed distributions.
+def _register(pm: pluggy.PluginManager, plugin: object, info: PluginInfo, infos: list[PluginInfo]) -> None:
+    try:
+        pm.register(plugin, name=info.name)
+    except pluggy.PluginValidationError as e:
+        raise PluginError(f"{info} is not a valid gpuaffinity plugin: {e}; disable it with "
+                          f"{DISABLE_VAR}={info.name}") from e
+    infos.append(info)
+    if not pm.get_hookcallers(plugin):
+        near = [n for n in dir(plugin) if n.startswith("gpuaffinity_") or n.lower() == HOOK]
+        info.problem = (f"implements no hook: {near[0]} is not a hook (the hook is {HOOK})" if near and
+                        near[0] != HOOK else f"implements no hook: mark {HOOK} with @gpuaffinity.hookimpl"
+                        if near else f"implements no hook: define {HOOK} and mark it with @gpuaffinity.hookimpl")
+    try:
+        pm.check_pending()  # a @hookimpl of a hook that does not exist (a misspelt name)
+    except pluggy.PluginValidationError as e:
+        pm.unregister(plugin)
+        info.problem = f"implements no hook: {e}"
+
+
+def find_entry_points(group: str) -> list[PluginInfo] | None:
+    """Every entry point in ``group`` of the installed distributions, with its distribution and version.
 
     The same answer as importlib.metadata (the first distribution of a name on
     sys.path wins), read straight from the ``entry_points.txt`` files: a few
@@ -54,7 +103,7 @@ def find_entry_points(group: str) -> list[tuple[str, str]] | None:
     wants to resolve one device.  None when a sys.path entry is not a folder.
     """
     seen: set[str] = set()
-    out: list[tuple[str, str]] = []
+    out: list[PluginInfo] = []
     for entry in sys.path:
         try:
             names = os.listdir(entry or ".")
@@ -65,16 +114,29 @@ def find_entry_points(group: str) -> list[tuple[str, str]] | None:
         for n in sorted(names):
             if not n.endswith((".dist-info", ".egg-info")):
                 continue
-            dist = re.sub(r"[-_.]+", "_", n.rsplit(".", 1)[0].split("-", 1)[0]).lower()
+            stem = n.rsplit(".", 1)[0]
+            dist_raw, _, version = stem.partition("-")
+            dist = re.sub(r"[-_.]+", "_", dist_raw).lower()
             if dist in seen:
                 continue
             seen.add(dist)
             try:
                 with open(os.path.join(entry or ".", n, "entry_points.txt"), encoding="utf-8") as f:
                     text = f.read()
-            except OSError:
+            except (OSError, UnicodeDecodeError):
                 continue
-            out.extend(_section(text, group))
+            shown = dist_raw.replace("_", "-")  # the folder holds the normalised name: show it as pip does
+            out.extend(PluginInfo(name, target, shown, version) for name, target in _section(text, group))
+    return out
+
+
+def _metadata_entry_points(group: str) -> list[PluginInfo]:
+    from importlib.metadata import entry_points
+
+    out = []
+    for ep in entry_points(group=group):
+        dist = getattr(ep, "dist", None)
+        out.append(PluginInfo(ep.name, ep.value, getattr(dist, "name", "") or "", getattr(dist, "version", "") or ""))
     return out
 
 
@@ -101,25 +163,72 @@ def _load(target: str) -> object:
     return obj
 
 
-def collect_strategies(pm: pluggy.PluginManager, disabled: frozenset[str]) -> list[Strategy]:
-    """Every enabled strategy, highest priority first (ties by name)."""
-    seen: dict[str, str] = {}
+def validate(s: object, owner: object) -> None:
+    """PluginError naming ``owner`` unless ``s`` is a usable strategy (name, priority, methods, options)."""
+    def bad(what: str) -> PluginError:
+        return PluginError(f"{owner} returned a strategy {_short(s)} that {what}; fix it, or disable the plugin "
+                           f"with {DISABLE_VAR}={getattr(owner, 'name', owner)}")
+
+    name = getattr(s, "name", None)
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise bad(f"has no usable name ({name!r}: want a short identifier such as 'launcher')")
+    priority = getattr(s, "priority", None)
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise bad(f"has priority {priority!r}, not an int")
+    answer = getattr(s, "answer", None)
+    if not callable(answer) or not _accepts(answer, 2):
+        raise bad("has no answer(ctx, logical_id) method")
+    for method in ("cost", "count", "answer_all"):
+        fn = getattr(s, method, None)
+        if fn is not None and (not callable(fn) or not _accepts(fn, 1)):
+            raise bad(f"has {method} that is not a method taking (ctx)")
+    describe = getattr(s, "describe", OPTIONAL["describe"])
+    if not isinstance(describe, str):
+        raise bad(f"has describe {describe!r}, not a string")
+    env_vars = getattr(s, "env_vars", OPTIONAL["env_vars"])
+    if isinstance(env_vars, str) or not all(isinstance(v, str) and v for v in env_vars):
+        raise bad(f"has env_vars {env_vars!r}, not a tuple of variable names")
+    budget = getattr(s, "budget", OPTIONAL["budget"])
+    if isinstance(budget, bool) or not isinstance(budget, int | float) or not 0 < budget <= 3600:
+        raise bad(f"has budget {budget!r}: want seconds, more than 0 and at most 3600")
+
+
+def _accepts(fn: object, n: int) -> bool:
+    try:
+        inspect.signature(fn).bind(*[None] * n)  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    except ValueError:  # no signature to read (a builtin): take it on trust
+        return True
+    return True
+
+
+def _short(s: object) -> str:
+    text = repr(s)
+    return text if len(text) <= 80 else text[:80] + "..."
+
+
+def collect_strategies(pm: pluggy.PluginManager, disabled: frozenset[str],
+                       infos: Sequence[PluginInfo] = ()) -> list[Strategy]:
+    """Every enabled strategy, validated, highest priority first (ties by name); ``infos`` learn theirs."""
+    by_name = {i.name: i for i in infos}
+    seen: dict[str, object] = {}
     out: list[Strategy] = []
     for impl in pm.hook.gpuaffinity_strategies.get_hookimpls():
-        owner = impl.plugin_name
+        owner = by_name.get(impl.plugin_name) or PluginInfo(impl.plugin_name)
         try:
             contributed = list(impl.function() or ())
         except Exception as e:
-            raise PluginError(f"plugin {owner!r} failed in gpuaffinity_strategies: {type(e).__name__}: {e}; "
-                              f"disable it with {DISABLE_VAR}={owner}") from e
+            raise PluginError(f"{owner} failed in {HOOK}: {type(e).__name__}: {e}; disable it with "
+                              f"{DISABLE_VAR}={owner.name}") from e
         for s in contributed:
-            for attr in ("name", "priority", "answer"):
-                if not hasattr(s, attr):
-                    raise PluginError(f"plugin {owner!r} returned a strategy without {attr!r}: {s!r}")
+            validate(s, owner)
             if s.name in seen:
-                raise PluginError(f"two strategies are named {s.name!r} (plugins {seen[s.name]!r} and {owner!r}); "
-                                  f"disable one with {DISABLE_VAR}={owner}")
+                raise PluginError(f"two strategies are named {s.name!r} ({seen[s.name]} and {owner}); disable one "
+                                  f"with {DISABLE_VAR}={owner.name}")
             seen[s.name] = owner
+            if isinstance(owner, PluginInfo):
+                owner.strategies.append(s.name)
             if s.name not in disabled:
                 out.append(s)
     out.sort(key=lambda s: (-s.priority, s.name))

@@ -60,20 +60,37 @@ _ENV_B = tuple(v.encode() for v in ENV_VARS)
 _FAST = isinstance(_ENV, dict) and os.name == "posix" and hasattr(os, "fsdecode")
 
 
+#: Variables strategies declared they read (Strategy.env_vars): they join the key once a resolution saw them.
+_EXTRA: tuple[str, ...] = ()
+_EXTRA_KEYS: tuple = ()
+
 if _FAST:
     _get = _ENV.get  # type: ignore[union-attr]
     _B0, _B1, _B2, _B3, _B4, _B5, _B6, _B7, _B8 = _ENV_B
 
     def make_key(policy: str | None, disable: tuple[str, ...] | None, allow_subprocess: bool) -> tuple:
         """The cache key of a call now: its options (``disable`` already normalised) and one read of ENV_VARS
-        (bytes, from the encoded mapping; written out, twice as fast as a loop: this is the warm path)."""
+        and of the strategies' declared variables (bytes, from the encoded mapping; written out, twice as fast
+        as a loop: this is the warm path)."""
         g = _get
-        return (policy, disable, allow_subprocess, g(_B0), g(_B1), g(_B2), g(_B3), g(_B4), g(_B5), g(_B6), g(_B7),
-                g(_B8))
+        key = (policy, disable, allow_subprocess, g(_B0), g(_B1), g(_B2), g(_B3), g(_B4), g(_B5), g(_B6), g(_B7),
+               g(_B8))
+        return key + tuple(map(g, _EXTRA_KEYS)) if _EXTRA_KEYS else key
 else:  # pragma: no cover - platforms without the encoded mapping
     def make_key(policy: str | None, disable: tuple[str, ...] | None, allow_subprocess: bool) -> tuple:
-        """The cache key of a call now: its options and one read of ENV_VARS."""
-        return (policy, disable, allow_subprocess, *map(os.environ.get, ENV_VARS))
+        """The cache key of a call now: its options and one read of ENV_VARS and the declared variables."""
+        return (policy, disable, allow_subprocess, *map(os.environ.get, ENV_VARS), *map(os.environ.get, _EXTRA))
+
+
+def watch(names: Iterable[str]) -> bool:
+    """Add variables that strategies read to every later key; True when that changed the key's shape."""
+    global _EXTRA, _EXTRA_KEYS
+    new = sorted(set(_EXTRA) | set(names))
+    if tuple(new) == _EXTRA:
+        return False
+    _EXTRA = tuple(new)
+    _EXTRA_KEYS = tuple(v.encode() for v in _EXTRA) if _FAST else _EXTRA
+    return True
 
 
 def _str(value: str | bytes | None) -> str | None:
@@ -115,7 +132,7 @@ class Settings:
     @classmethod
     def from_key(cls, key: tuple) -> Settings:
         policy, disable, allow, *values = key
-        cvd, order, pol, dis, nosub, procfs, dev, sysfs, source = (_str(v) for v in values)
+        cvd, order, pol, dis, nosub, procfs, dev, sysfs, source = (_str(v) for v in values[:len(ENV_VARS)])
         return cls(cvd, order, policy, pol, disable, dis, allow, nosub, procfs, dev, sysfs, source)
 
     @property

@@ -9,13 +9,14 @@ inventory, shared with the other strategies.
 
 from __future__ import annotations
 
-from gpuaffinity.core.hookspec import Cost, ResolveContext, hookimpl
+from gpuaffinity.core.hookspec import Cost, ResolveContext, Strategy, hookimpl
 from gpuaffinity.core.model import Abstain, Answer
 from gpuaffinity.resolvers._common import integers_index_unknown_order
 
 
-class CvdStrategy:
+class CvdStrategy(Strategy):
     name = "cvd"
+    watchdog = False  # pure Python over the inventory: microseconds
     priority = 50
     describe = "CUDA_VISIBLE_DEVICES parsed with the driver's measured grammar (ints, UUIDs, prefixes, MIG)"
 

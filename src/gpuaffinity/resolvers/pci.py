@@ -29,7 +29,7 @@ import os
 from typing import Any
 
 from gpuaffinity.core.errors import InvalidVisibleDevicesError, shown
-from gpuaffinity.core.hookspec import Cost, ResolveContext, hookimpl
+from gpuaffinity.core.hookspec import Cost, ResolveContext, Strategy, hookimpl
 from gpuaffinity.core.model import Abstain, Answer
 from gpuaffinity.core.settings import NO_SUBPROCESS_VAR
 
@@ -106,8 +106,10 @@ def _query_ctypes(init: bool) -> dict[str, Any]:
     return {"rc": 0, "via": "ctypes", "devices": devices}
 
 
-class PciStrategy:
+class PciStrategy(Strategy):
     name = "pci"
+    watchdog = False  # its child has a timeout of its own (options['timeout'])
+    budget = 600.0
     priority = 100
     asks_driver = True
     describe = "CUDA driver's cuDeviceGetPCIBusId matched to NVML's bus ids (in a child unless CUDA is up here)"

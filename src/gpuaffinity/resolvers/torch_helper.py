@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import sys
 
-from gpuaffinity.core.hookspec import Cost, ResolveContext, hookimpl
+from gpuaffinity.core.hookspec import Cost, ResolveContext, Strategy, hookimpl
 from gpuaffinity.core.model import Abstain, Answer
 from gpuaffinity.resolvers._common import integers_index_unknown_order
 
 
-class TorchStrategy:
+class TorchStrategy(Strategy):
     name = "torch"
+    watchdog = False  # torch's own code, in the caller's process
+    budget = 120.0  # the helper's first call starts NVML
     # Above cvd: when the program has imported torch, torch's own view of the numbering comes first,
     # checked by cvd (and, on disagreement, settled by the driver through pci).  So torch raising,
     # or lacking the helper (torch 2.0), makes cvd's answer a fallback, with a warning.
