@@ -25,10 +25,11 @@ from gpuaffinity.core.errors import (
 )
 
 if TYPE_CHECKING:
-    from gpuaffinity.api import bind, clear_cache, plan, resolve, resolve_all
+    from gpuaffinity.api import clear_cache, resolve, resolve_all
     from gpuaffinity.core.hookspec import ResolveContext, Strategy, hookimpl
     from gpuaffinity.core.model import Abstain, Answer, GpuInfo, Inventory, MigInfo, PhysicalDevice
     from gpuaffinity.numa.bind import BindError, BindRecord
+    from gpuaffinity.placement import bind, plan
 
 __version__ = "0.1.0"
 
@@ -65,7 +66,7 @@ __all__ = [
 ]
 
 _LAZY = {"resolve": "gpuaffinity.api", "resolve_all": "gpuaffinity.api", "clear_cache": "gpuaffinity.api",
-         "bind": "gpuaffinity.api", "plan": "gpuaffinity.api",
+         "bind": "gpuaffinity.placement", "plan": "gpuaffinity.placement",
          "BindError": "gpuaffinity.numa.bind", "BindRecord": "gpuaffinity.numa.bind",
          # the plugin contract (docs/plugins.md): everything a strategy author needs, stable
          "hookimpl": "gpuaffinity.core.hookspec", "Strategy": "gpuaffinity.core.hookspec",

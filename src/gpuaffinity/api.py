@@ -13,11 +13,9 @@ progress, and the child starts with fresh locks).
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from gpuaffinity import _state
 from gpuaffinity.core.chain import resolve_one
@@ -25,7 +23,6 @@ from gpuaffinity.core.errors import (
     ConflictError,
     DeviceNotVisibleError,
     DisagreementWarning,
-    GpuAffinityError,
     GpuAffinityWarning,
     InvalidVisibleDevicesError,
     PluginWarning,
@@ -43,9 +40,6 @@ from gpuaffinity.core.settings import (
     stray_sim_variables,
     watch,
 )
-
-if TYPE_CHECKING:
-    from gpuaffinity.numa.bind import BindRecord
 
 _cache: dict[tuple, tuple[PhysicalDevice, ...]] = {}
 _WARNED: set[str] = set()  # plugins already warned about
@@ -251,9 +245,11 @@ def _resolve(logical_id: int | str, policy: str | None, disable: Iterable[str] |
     if disable is not None:
         disable = normalize_disable(disable)  # an iterator is read once, here
     if isinstance(logical_id, str):
+        from gpuaffinity.select import by_selector, parse_selector
+
         selector = parse_selector(logical_id)
         if isinstance(selector, str):
-            return _by_selector(selector, policy, disable, allow_subprocess)
+            return by_selector(selector, policy, disable, allow_subprocess)
         logical_id = selector
     if isinstance(logical_id, bool) or not isinstance(logical_id, int):
         raise TypeError(f"logical_id must be an int or a selector string, not {type(logical_id).__name__}")
@@ -270,143 +266,3 @@ def _resolve(logical_id: int | str, policy: str | None, disable: Iterable[str] |
         f"(0-{len(devices) - 1}) with CUDA_VISIBLE_DEVICES {cvd_text}" if devices else
         f"CUDA device {logical_id} is not visible: this process sees no CUDA device (CUDA_VISIBLE_DEVICES "
         f"{cvd_text})")
-
-
-_BUS_RE = None
-
-
-def parse_selector(text: str) -> int | str:
-    """A logical id ("3") as an int, or a physical selector as given (a UUID or MIG UUID, or a PCI bus id in
-    the sysfs form, with the domain and function NVML takes as 0 when left out).  ASCII only."""
-    global _BUS_RE
-    text = text.strip()
-    given = shown(text, 60)
-    if not text.isascii() or len(text) > 100:
-        raise ValueError(f"{given} is not a device: ids and selectors are short ASCII text: a logical CUDA id "
-                         "(0), a GPU UUID or unique prefix (GPU-8932f937), a MIG UUID, or a PCI bus id (0000:3b:00.0)")
-    if text.isdigit():
-        if len(text) > 9:
-            raise ValueError(f"{given} is not a device: no process sees that many CUDA devices")
-        return int(text)
-    if text.startswith(("GPU-", "MIG-")) and len(text) > 4:
-        return text
-    if _BUS_RE is None:
-        import re
-        _BUS_RE = re.compile(r"(?:([0-9a-fA-F]{1,8}):)?([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})(?:\.([0-7]))?")
-    m = _BUS_RE.fullmatch(text)
-    if m:
-        return f"{int(m[1] or '0', 16):04x}:{int(m[2], 16):02x}:{int(m[3], 16):02x}.{m[4] or '0'}"
-    raise ValueError(f"{given} is not a device: give a logical CUDA id (0), a GPU UUID or unique prefix "
-                     "(GPU-8932f937), a MIG UUID, or a PCI bus id (0000:3b:00.0)")
-
-
-def _by_selector(selector: str, policy: str | None, disable: Iterable[str] | None,
-                 allow_subprocess: bool) -> PhysicalDevice:
-    with _state.lock:  # lazy imports and NVML: see gpuaffinity._state
-        return _by_selector_locked(selector, policy, disable, allow_subprocess)
-
-
-def _by_selector_locked(selector: str, policy: str | None, disable: Iterable[str] | None,
-                        allow_subprocess: bool) -> PhysicalDevice:
-    from gpuaffinity.core.cvd import match_uuid
-    from gpuaffinity.inventory import read_inventory
-
-    inv = read_inventory()
-    gpu, mig = None, None
-    if selector.startswith("MIG-"):
-        if inv.source != "nvml" and not any(g.migs for g in inv.gpus):
-            from gpuaffinity.inventory import read_inventory_nvml
-            inv = read_inventory_nvml()
-        migs = [(g, m) for g in inv.gpus for m in g.migs]
-        hit = match_uuid(selector[4:], [m.uuid[4:] for _g, m in migs])
-        if hit is not None:
-            gpu, mig = migs[hit][0], migs[hit][1].uuid
-    elif selector.startswith("GPU-"):
-        hit = match_uuid(selector[4:], [g.uuid[4:] for g in inv.gpus])
-        gpu = None if hit is None else inv.gpus[hit]
-    else:
-        gpu = inv.by_bus(selector)  # parse_selector gave the full sysfs form
-    if gpu is None:
-        raise DeviceNotVisibleError(f"no GPU of this machine matches {selector!r} (or more than one does): "
-                                    f"{len(inv.gpus)} GPU(s), see `gpuaffinity doctor`")
-    logical = -1
-    try:
-        for d in _resolved(policy, disable, allow_subprocess, stacklevel=5):
-            if d.uuid == gpu.uuid and (mig is None or d.mig_uuid == mig):
-                logical = d.logical_id
-                break
-    except GpuAffinityError:
-        pass
-    return PhysicalDevice(logical, gpu.nvml_index, gpu.uuid, gpu.pci_bus_id, mig, gpu.name, "selector",
-                          ("selector",), (), False)
-
-
-ON_FAILURE_VAR = "GPUAFFINITY_ON_FAILURE"
-
-
-def plan(logical_id: int | str, *, mode: str = "node", memory: str = "bind", policy: str | None = None,
-         disable: Iterable[str] | None = None, allow_subprocess: bool = True) -> BindRecord:
-    """What ``bind`` would apply for CUDA device ``logical_id``, without applying it."""
-    with _state.lock:  # lazy imports and NVML: see gpuaffinity._state
-        return _plan(logical_id, mode, memory, policy, disable, allow_subprocess)
-
-
-def _plan(logical_id: int | str, mode: str, memory: str, policy: str | None, disable: Iterable[str] | None,
-          allow_subprocess: bool) -> BindRecord:
-    from gpuaffinity.inventory import read_inventory
-    from gpuaffinity.numa.bind import MEMORY_POLICIES, BindError, BindRecord
-    from gpuaffinity.numa.modes import MODES, place
-    from gpuaffinity.numa.query import allowed_cpus, localities
-
-    if mode not in MODES:
-        raise BindError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
-    if memory not in MEMORY_POLICIES:
-        raise BindError(f"unknown memory policy {memory!r}: choose one of {', '.join(MEMORY_POLICIES)}")
-    dev = resolve(logical_id, policy=policy, disable=disable, allow_subprocess=allow_subprocess)
-    inventory = read_inventory()
-    locs = localities([g.pci_bus_id for g in inventory.gpus] + [dev.pci_bus_id])
-    by_node: dict[int, list[str]] = {}
-    for bus, loc in locs.items():
-        for n in loc.numa_nodes:
-            by_node.setdefault(n, []).append(bus)
-    allowed = allowed_cpus()
-    placement = place(locs[dev.pci_bus_id], mode, allowed, by_node)
-    rec = BindRecord(dev.logical_id, dev.pci_bus_id, mode, memory if placement.numa_nodes else "none",
-                     placement.numa_nodes, placement.cpus, notes=list(placement.notes))
-    if memory != "none" and not placement.numa_nodes:
-        rec.notes.append("memory policy left alone: the GPU has no NUMA node")
-    if not placement.cpus:
-        rec.failures.append(f"no CPU to bind to: none of the CPUs near GPU {dev.pci_bus_id} is allowed to this "
-                            "process (its affinity mask or cgroup cpuset excludes them)")
-    return rec
-
-
-def bind(logical_id: int | str, *, mode: str = "node", memory: str = "bind", on_failure: str | None = None,
-         policy: str | None = None, disable: Iterable[str] | None = None,
-         allow_subprocess: bool = True) -> BindRecord:
-    """Bind this process to the NUMA node of CUDA device ``logical_id``; return what was applied.
-
-    ``mode``: ``node`` (default), ``socket``, ``exclusive`` or ``llc`` (docs/numa.md).
-    ``memory``: ``bind`` (default), ``preferred`` or ``none``.
-    ``on_failure``: ``warn`` (default, or GPUAFFINITY_ON_FAILURE): a BindWarning, and the
-    process runs on with whatever could be applied, listed in the record; ``error``: a
-    BindError, with nothing left applied.
-    """
-    from gpuaffinity.core.errors import BindWarning
-    from gpuaffinity.numa.bind import BindError, apply
-
-    policy_ = on_failure or os.environ.get(ON_FAILURE_VAR) or "warn"
-    if policy_ not in ("warn", "error"):
-        raise BindError(f"unknown failure policy {policy_!r} (from {'on_failure' if on_failure else ON_FAILURE_VAR})"
-                        ": choose warn or error")
-    rec = plan(logical_id, mode=mode, memory=memory, policy=policy, disable=disable, allow_subprocess=allow_subprocess)
-    if rec.failures:  # nothing can be applied at all
-        if policy_ == "error":
-            raise BindError("; ".join(rec.failures))
-        warnings.warn(f"gpuaffinity: not bound: {'; '.join(rec.failures)}", BindWarning, stacklevel=2)
-        return rec
-    apply(rec, policy_)
-    if rec.failures:
-        warnings.warn(f"gpuaffinity: bound only in part ({rec.summary()}): {'; '.join(rec.failures)}",
-                      BindWarning, stacklevel=2)
-    return rec

@@ -13,9 +13,9 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
+from gpuaffinity.core.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, UsageError, exit_status
+from gpuaffinity.core.settings import FAILURE_POLICIES, MEMORY_POLICIES, MODES, POLICIES
+
 #: set it to see the traceback of an unexpected error instead of its one line
 DEBUG_VAR = "GPUAFFINITY_DEBUG"
 
@@ -33,10 +33,6 @@ The command runs with the simulated libnvidia-ml.so.1 and libcuda.so.1 first on
 LD_LIBRARY_PATH, so unmodified pynvml, torch and cuda-python see the simulated GPUs.
 Environment, stdin and exit status pass through.
 """
-
-
-class UsageError(Exception):
-    pass
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,12 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG_BIND, formatter_class=argparse.RawDescriptionHelpFormatter)
     bnd.add_argument("id", metavar="ID", help="logical CUDA device id, as CMD will see it; or a GPU UUID (or unique "
                                               "prefix), MIG UUID or PCI bus id")
-    bnd.add_argument("--mode", choices=("node", "socket", "exclusive", "llc"), default="node",
+    bnd.add_argument("--mode", choices=MODES, default="node",
                      help="which CPUs: node (default), socket, exclusive (this GPU's even share of its node's "
                           "cores), llc (CPUs sharing the node's last-level cache)")
-    bnd.add_argument("--memory", choices=("bind", "preferred", "none"), default="bind",
+    bnd.add_argument("--memory", choices=MEMORY_POLICIES, default="bind",
                      help="memory policy: bind (default: allocate only on the GPU's node), preferred, none")
-    bnd.add_argument("--on-failure", choices=("warn", "error"), default=None,
+    bnd.add_argument("--on-failure", choices=FAILURE_POLICIES, default=None,
                      help="warn (default, or GPUAFFINITY_ON_FAILURE): run CMD anyway, unbound where binding "
                           "failed; error: exit 1 without running CMD")
     bnd.add_argument("--dry-run", action="store_true", help="print what would be applied; run nothing")
@@ -128,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _resolution_options(p: argparse.ArgumentParser, policy_help: str) -> None:
-    p.add_argument("--policy", choices=("first", "verify", "strict"), help=policy_help)
+    p.add_argument("--policy", choices=POLICIES, help=policy_help)
     p.add_argument("--disable", action="append", default=[], metavar="NAME",
                    help="leave out a plugin or strategy by name (repeatable; also GPUAFFINITY_DISABLE=a,b)")
     p.add_argument("--no-subprocess", action="store_true",
@@ -193,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if isinstance(e, GpuAffinityError):  # raised outside a command's own handling: still one line
             _say(f"gpuaffinity: {_strip(e)}")
-            return e.exit_status
+            return exit_status(e)
         import os
 
         if os.environ.get(DEBUG_VAR):
@@ -384,9 +380,10 @@ def _resolve(args: argparse.Namespace) -> int:
     import json
     import warnings
 
-    from gpuaffinity.api import parse_selector, resolve, resolve_all
+    from gpuaffinity.api import resolve, resolve_all
     from gpuaffinity.core.cpulist import format_cpulist
     from gpuaffinity.core.errors import GpuAffinityError
+    from gpuaffinity.select import parse_selector
 
     ids: list[int | str] = []
     for text in args.ids:
@@ -394,7 +391,7 @@ def _resolve(args: argparse.Namespace) -> int:
             ids.append(parse_selector(text))
         except ValueError as e:
             raise UsageError(f"gpuaffinity resolve: {e}") from None
-    from gpuaffinity.numa.query import localities
+    from gpuaffinity.placement import locate
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -403,9 +400,9 @@ def _resolve(args: argparse.Namespace) -> int:
         except GpuAffinityError as e:
             _print_warnings(caught)
             _say(f"gpuaffinity: {_strip(e)}")
-            return e.exit_status
+            return exit_status(e)
     _print_warnings(caught)
-    locs = localities(d.pci_bus_id for d in devices)  # NVML and sysfs, one NVML session for all
+    locs = locate(d.pci_bus_id for d in devices)
     rows = []
     for d in devices:
         loc = locs[d.pci_bus_id]
@@ -501,7 +498,7 @@ def _doctor(args: argparse.Namespace) -> int:
     from gpuaffinity.core.cpulist import format_cpulist
     from gpuaffinity.core.errors import GpuAffinityError
     from gpuaffinity.core.model import Abstain
-    from gpuaffinity.numa.query import localities
+    from gpuaffinity.placement import locate
 
     print("Environment")
     for var in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "GPUAFFINITY_POLICY", "GPUAFFINITY_DISABLE",
@@ -525,12 +522,12 @@ def _doctor(args: argparse.Namespace) -> int:
         res = run_resolution(**_options(args), strict_errors=False)
     except GpuAffinityError as e:
         _say(f"gpuaffinity: {_strip(e)}")
-        return e.exit_status
+        return exit_status(e)
     inv = res.inventory
     print(f"\nGPUs this process can use (NVML order = PCI order): {len(inv.gpus)}")
     for note in inv.notes:
         print(f"  {note}")
-    locs = localities(g.pci_bus_id for g in res.inventory.gpus)  # NVML and sysfs, once for both sections
+    locs = locate(g.pci_bus_id for g in res.inventory.gpus)  # once for both sections
     table = [("NVML", "PCI", "UUID", "MODEL", "NODES", "LOCAL CPUS")]
     for g in res.inventory.gpus:
         loc = locs[g.pci_bus_id]
@@ -573,7 +570,7 @@ def _doctor(args: argparse.Namespace) -> int:
     else:
         print("\nNo warnings.")
     if res.error is not None:
-        return getattr(res.error, "exit_status", EXIT_ERROR)
+        return exit_status(res.error)
     return EXIT_OK
 
 
@@ -581,9 +578,9 @@ def _bind(args: argparse.Namespace, cmd: list[str]) -> int:
     import os
     import warnings
 
-    from gpuaffinity.api import parse_selector
     from gpuaffinity.core.cpulist import format_cpulist
     from gpuaffinity.core.errors import GpuAffinityError
+    from gpuaffinity.select import parse_selector
 
     try:
         selector = parse_selector(args.id)
@@ -594,7 +591,7 @@ def _bind(args: argparse.Namespace, cmd: list[str]) -> int:
                          "python3 serve.py (or use --dry-run)")
     if cmd and (not cmd[0] or "\0" in "".join(cmd)):
         raise UsageError("gpuaffinity bind: the command after `--` is empty or holds a NUL byte")
-    from gpuaffinity.api import bind, plan
+    from gpuaffinity.placement import bind, plan
 
     opts = _options(args)
     with warnings.catch_warnings(record=True) as caught:
@@ -607,7 +604,7 @@ def _bind(args: argparse.Namespace, cmd: list[str]) -> int:
         except GpuAffinityError as e:
             _print_warnings(caught)
             _say(f"gpuaffinity: {_strip(e)}")
-            return e.exit_status
+            return exit_status(e)
     _print_warnings(caught)
     if args.dry_run:
         print(f"would bind: {rec.summary().replace(' (not applied)', '')}")

@@ -41,7 +41,7 @@ def _bound_target(logical_id: int, bind_kwargs: dict[str, Any], env: dict[str, s
                   target: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
     if env:
         os.environ.update(env)
-    from gpuaffinity.api import bind
+    from gpuaffinity.placement import bind
 
     bind(logical_id, **bind_kwargs)
     return target(*args, **kwargs)
@@ -65,6 +65,6 @@ def spawn_process(logical_id: int, target: Callable[..., Any], args: Sequence[An
 def initializer(logical_id: int, mode: str = "node", memory: str = "bind", on_failure: str = "warn") -> None:
     """For ``multiprocessing.get_context("spawn").Pool(initializer=gpuaffinity.launch.initializer,
     initargs=(device,))``: bind each pool worker before it takes work."""
-    from gpuaffinity.api import bind
+    from gpuaffinity.placement import bind
 
     bind(logical_id, mode=mode, memory=memory, on_failure=on_failure)

@@ -28,6 +28,15 @@ SOURCE_VAR = "GPUAFFINITY_INVENTORY"
 ENV_VARS = (CVD, ORDER, POLICY_VAR, DISABLE_VAR, NO_SUBPROCESS_VAR, PROCFS_VAR, DEV_VAR, SYSFS_VAR, SOURCE_VAR)
 
 POLICIES = ("first", "verify", "strict")
+#: The NUMA stage's choices (docs/numa.md), named once here so that the command line need not load that stage.
+MODES = ("node", "socket", "exclusive", "llc")
+MEMORY_POLICIES = ("bind", "preferred", "none")
+FAILURE_POLICIES = ("warn", "error")
+ON_FAILURE_VAR = "GPUAFFINITY_ON_FAILURE"
+#: The simulator's own variables (csrc/sim_common.h, gpuaffinity.sim.machine).
+SIM_FAULTS_VAR = "GPUAFFINITY_SIM_FAULTS"
+SIM_COUNTERS_VAR = "GPUAFFINITY_SIM_COUNTERS"
+SIM_TOPOLOGY_VAR = "GPUAFFINITY_SIM_TOPOLOGY"
 #: Set by ``gpuaffinity sim run``: the simulated machine's config; the roots below live beside it there.
 SIM_CONFIG_VAR = "GPUAFFINITY_SIM_CONFIG"
 SIM_ALLOWED_VAR = "GPUAFFINITY_SIM_ALLOWED_CPUS"

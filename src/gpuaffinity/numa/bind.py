@@ -17,16 +17,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from gpuaffinity.core.cpulist import format_cpulist
-from gpuaffinity.core.errors import GpuAffinityError
+from gpuaffinity.core.errors import BindError  # with every other error; importable from here too
 
 MPOL_DEFAULT, MPOL_PREFERRED, MPOL_BIND, MPOL_INTERLEAVE, MPOL_LOCAL, MPOL_PREFERRED_MANY = 0, 1, 2, 3, 4, 5
-MEMORY_POLICIES = ("bind", "preferred", "none")
+from gpuaffinity.core.settings import MEMORY_POLICIES  # noqa: E402 - named once, in settings
+
 _SYSCALLS = {"x86_64": (238, 239), "aarch64": (237, 236), "ppc64le": (261, 260)}  # set_, get_mempolicy
 _MASK_BITS = 1024
 
 
-class BindError(GpuAffinityError):
-    """Binding failed (under the ``error`` failure policy); the message names the cause."""
 
 
 @dataclass

@@ -23,9 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gpuaffinity.core.cpulist import format_cpulist, parse_cpulist
+from gpuaffinity.core.settings import MODES
 from gpuaffinity.numa.query import Locality, _read, sysfs_root
-
-MODES = ("node", "socket", "exclusive", "llc")
 
 
 @dataclass(frozen=True)

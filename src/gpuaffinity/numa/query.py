@@ -22,10 +22,7 @@ from pathlib import Path
 
 from gpuaffinity.core.cpulist import format_cpulist, parse_cpulist
 from gpuaffinity.core.errors import GpuAffinityError
-
-SYSFS_VAR = "GPUAFFINITY_SYSFS_ROOT"
-#: Set by the simulator: the CPUs a simulated process may use (its simulated cpuset).
-SIM_ALLOWED_VAR = "GPUAFFINITY_SIM_ALLOWED_CPUS"
+from gpuaffinity.core.settings import SIM_ALLOWED_VAR, SYSFS_VAR
 
 
 def sysfs_root() -> Path:

@@ -26,14 +26,15 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from gpuaffinity.core.errors import SimulatorError
+
 CSRC = Path(__file__).with_name("csrc")
 LIBRARIES = {"libnvidia-ml.so.1": "nvml.c", "libcuda.so.1": "cuda.c"}
 CFLAGS = ["-O2", "-fPIC", "-shared", "-fvisibility=hidden", "-Wall", "-Wextra"]
 CACHE_VAR = "GPUAFFINITY_SIM_CACHE"
 
 
-class SimulatorError(RuntimeError):
-    """The simulator cannot run; the message is one line saying why and what to do."""
+__all__ = ["SimulatorError", "cache_root", "check_owned", "library_dir"]
 
 
 def cache_root() -> Path:

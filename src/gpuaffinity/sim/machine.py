@@ -17,22 +17,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gpuaffinity.core.cpulist import format_cpulist, parse_cpulist
+from gpuaffinity.core.settings import DEV_VAR, PROCFS_VAR, SYSFS_VAR
+from gpuaffinity.core.settings import SIM_ALLOWED_VAR as ALLOWED_VAR
+from gpuaffinity.core.settings import SIM_CONFIG_VAR as CONFIG_VAR
+from gpuaffinity.core.settings import SIM_COUNTERS_VAR as COUNTERS_VAR
+from gpuaffinity.core.settings import SIM_FAULTS_VAR as FAULTS_VAR
+from gpuaffinity.core.settings import SIM_TOPOLOGY_VAR as TOPOLOGY_VAR
 from gpuaffinity.sim.build import SimulatorError, library_dir
 from gpuaffinity.sim.render import render_config, render_dev, render_driver_binding, render_procfs, render_sysfs
 from gpuaffinity.sim.topology import ProcessView, Topology, load_topology
-
-#: Environment variables the simulator reads (see csrc/sim_common.h).
-CONFIG_VAR = "GPUAFFINITY_SIM_CONFIG"
-FAULTS_VAR = "GPUAFFINITY_SIM_FAULTS"
-COUNTERS_VAR = "GPUAFFINITY_SIM_COUNTERS"
-#: Where gpuaffinity itself reads sysfs and procfs from (default /sys and /proc).
-SYSFS_VAR = "GPUAFFINITY_SYSFS_ROOT"
-PROCFS_VAR = "GPUAFFINITY_PROCFS_ROOT"
-#: The simulated /dev: its device nodes decide which GPUs the simulated process can open (csrc/sim_common.h).
-DEV_VAR = "GPUAFFINITY_DEV_ROOT"
-TOPOLOGY_VAR = "GPUAFFINITY_SIM_TOPOLOGY"
-#: The simulated process's cpuset (gpuaffinity.numa reads it instead of the real affinity mask).
-ALLOWED_VAR = "GPUAFFINITY_SIM_ALLOWED_CPUS"
 
 
 @dataclass(frozen=True)

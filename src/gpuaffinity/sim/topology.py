@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuaffinity.core.cpulist import parse_cpulist
+from gpuaffinity.core.errors import TopologyError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,8 +29,6 @@ MIG_UUID_RE = re.compile(rf"MIG-{_HEX_UUID}")
 PCI_BUS_ID_RE = re.compile(r"([0-9a-fA-F]{4}|[0-9a-fA-F]{8}):([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])")
 
 
-class TopologyError(ValueError):
-    """A topology file that cannot be used; the message is one line."""
 
 
 #: The C side's limits (csrc/sim_common.h): CPUs and NUMA node ids in an affinity mask of 16 64-bit words.
