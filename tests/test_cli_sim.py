@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from gpuaffinity.sim.build import CFLAGS, CSRC, LIBRARIES, find_compiler
+from gpuaffinity.sim.build import CFLAGS, COMMON, CSRC, LIBRARIES, find_compiler
 
 
 def gpuaffinity(*args: str, env: dict | None = None, stdin: str | None = None, tmpdir: Path | None = None):
@@ -105,10 +106,20 @@ def test_failed_build_is_reported_and_cleaned_up(tmp_path):
 
 
 def test_sources_compile_without_warnings(tmp_path):
+    """The shared code is compiled once and linked into both libraries, which export no shared symbol."""
+    common = tmp_path / "sim_common.o"
+    proc = subprocess.run([find_compiler(), *CFLAGS, "-Werror", "-c", "-o", str(common), str(CSRC / COMMON)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
     for lib, src in LIBRARIES.items():
-        proc = subprocess.run([find_compiler(), *CFLAGS, "-Werror", "-o", str(tmp_path / lib), str(CSRC / src),
-                               "-lpthread", "-ldl"], capture_output=True, text=True)
+        proc = subprocess.run([find_compiler(), *CFLAGS, "-shared", "-Werror", "-o", str(tmp_path / lib),
+                               str(CSRC / src), str(common), "-lpthread", "-ldl"], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
+        nm = shutil.which("nm")
+        if nm:
+            exported = subprocess.run([nm, "-D", "--defined-only", str(tmp_path / lib)], capture_output=True,
+                                      text=True).stdout
+            assert " sim_" not in exported
 
 
 def test_check_prints_the_machine():

@@ -209,3 +209,100 @@ def test_a_node_of_another_device_is_not_taken_for_a_gpu(tmp_path):
     assert _device_nodes_mismatch(dev, (0,), simulated=False) == f"{dev / 'nvidia0'} is not the device node of " \
                                                                  "GPU minor 0"
     assert _device_nodes_mismatch(dev, (0,), simulated=True) is None
+
+
+# Found by an adversarial pass over the changes above; each defect is now a test.
+
+RACE_TORCH = r"""
+import json, os, threading, torch, gpuaffinity
+want = {"0,1": [0, 1], "1,0": [1, 0]}
+def flip(stop):
+    while not stop.is_set():
+        for v in want:
+            os.environ["CUDA_VISIBLE_DEVICES"] = v
+bad = 0
+for trial in range(40):
+    gpuaffinity.clear_cache()
+    stop = threading.Event()
+    t = threading.Thread(target=flip, args=(stop,))
+    t.start()
+    gpuaffinity.resolve_all(policy="first")
+    stop.set(); t.join()
+    for v in want:  # the environment fixed: the cached answers must be for it
+        os.environ["CUDA_VISIBLE_DEVICES"] = v
+        bad += [d.nvml_index for d in gpuaffinity.resolve_all(policy="first")] != want[v]
+print(json.dumps(bad))
+"""
+
+
+def test_torchs_helper_never_answers_for_another_snapshot(sim_factory):
+    """torch's helper reads the variables itself: with another thread changing them, its answer is dropped."""
+    pytest.importorskip("torch")
+    assert run_json(sim_factory("dgx-h100"), RACE_TORCH) == 0
+
+
+def test_torch_under_first_keeps_the_mig_instance(sim_factory):
+    pytest.importorskip("torch")
+    machine = sim_factory("mig-container")
+    code = "import json, torch, gpuaffinity; d = gpuaffinity.resolve(0, policy='first'); print(json.dumps(" \
+           "[d.mig_uuid, d.strategy]))"
+    assert run_json(machine, code) == ["MIG-7cbdd8d7-1463-b16d-adaa-b2c3504c2658", "cvd"]
+
+
+@pytest.mark.parametrize("fault", ["nvmlDeviceGetMigMode=3", "nvmlDeviceGetMigDeviceHandleByIndex=4",
+                                   "nvmlDeviceGetMigDeviceHandleByIndex=6"])
+def test_nvml_wrong_about_mig_is_caught_by_the_driver_under_verify(sim_factory, fault):
+    machine = sim_factory("mig-a100")
+    truth = [b for b, _ in driver_truth(machine, [(None, None)])[0]["devices"]]
+    out = subprocess.run([sys.executable, "-m", "gpuaffinity", "resolve", "--json"],
+                         env=child_env(machine, GPUAFFINITY_SIM_FAULTS=fault), capture_output=True, text=True)
+    assert [d["pci_bus_id"] for d in json.loads(out.stdout)] == truth
+    assert "gpuaffinity: warning:" in out.stderr
+
+
+def test_one_model_in_another_order_than_pci_is_refused_as_a_topology(tmp_path):
+    from gpuaffinity.sim import TopologyError
+    from gpuaffinity.sim.topology import parse_topology
+
+    gpus = [{"uuid": f"GPU-{i}0000000-0000-0000-0000-000000000000", "pci_bus_id": f"0000:{i}1:00.0",
+             "name": "NVIDIA H100 80GB HBM3", "numa_node": 0, "cuda_order": 1 - i} for i in range(2)]
+    with pytest.raises(TopologyError, match="GPUs of one model keep PCI order under FASTEST_FIRST"):
+        parse_topology({"name": "x", "numa_node": [{"id": 0, "cpus": "0-3"}], "gpu": gpus})
+
+
+def test_a_selector_is_an_answer_alone_and_a_prefix_counts_hidden_gpus(sim_factory):
+    machine = sim_factory("slurm-2of8")
+    host = machine.topology.gpus
+    code = ("import json, sys, gpuaffinity\nout = []\nfor s in sys.argv[1:]:\n    try:\n"
+            "        d = gpuaffinity.resolve(s); out.append([d.pci_bus_id, list(d.answered), list(d.agreed), "
+            "d.inventory])\n    except gpuaffinity.GpuAffinityError as e:\n        out.append(str(e))\n"
+            "print(json.dumps(out))")
+    whole, shared, hidden = run_json(machine, code, host[5].uuid, "GPU-2", host[0].uuid, cvd="0,1")
+    assert whole == [host[5].pci_bus_id, ["selector"], [], "nvml"]
+    assert "no GPU of this machine matches 'GPU-2' (or more than one does)" in shared  # 29ec... and hidden 25ab...
+    assert f"names a GPU of the host that this process cannot open ({host[0].uuid})" in hidden
+
+
+def test_an_unknown_inventory_source_is_an_error(sim_factory):
+    out = subprocess.run([sys.executable, "-m", "gpuaffinity", "resolve"],
+                         env=child_env(sim_factory("dgx-h100"), GPUAFFINITY_INVENTORY="nvlm"), capture_output=True,
+                         text=True)
+    assert out.returncode == 1 and "unknown GPUAFFINITY_INVENTORY 'nvlm': choose nvml" in out.stderr
+
+
+DEV_EDIT = r"""
+import json, os, gpuaffinity
+os.environ["CUDA_VISIBLE_DEVICES"] = os.environ["T_UUID"]
+before = gpuaffinity.resolve(0).nvml_index
+os.remove(os.path.join(os.environ["GPUAFFINITY_DEV_ROOT"], "nvidia0"))
+cached = gpuaffinity.resolve(0).nvml_index
+gpuaffinity.clear_cache()
+print(json.dumps([before, cached, gpuaffinity.resolve(0).nvml_index]))
+"""
+
+
+def test_device_nodes_changing_under_a_running_process_need_clear_cache(tmp_path):
+    """Documented limit (docs/deployments.md): the cache is keyed by the environment, not by /dev, which a
+    process's cgroup does not change in its life; clear_cache() reads the new view."""
+    with simulated("dgx-h100", base_env=dict(os.environ)) as machine:
+        assert run_json(machine, DEV_EDIT, T_UUID=machine.topology.gpus[3].uuid) == [3, 3, 2]

@@ -85,7 +85,8 @@ def run_resolution(*, policy: str | None = None, disable: Iterable[str] | str | 
     pm, plugins = build_manager(builtin_plugins(), disabled)
     strategies = collect_strategies(pm, disabled, plugins)
     inventory = read_inventory(st.inventory_env)
-    grammar = read_cvd(st.cvd, inventory.gpus, None, st.device_order, inventory.hidden, inventory.host_complete)
+    grammar = read_cvd(st.cvd, inventory.gpus, None, st.device_order, inventory.hidden, inventory.host_complete,
+                       inventory.doubt)
     ctx = ResolveContext(inventory, st.cvd, st.device_order, len(grammar.devices),
                          {"allow_subprocess": st.subprocess_allowed, "timeout": timeout}, grammar=grammar)
     ctx.settings = st

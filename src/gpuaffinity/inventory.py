@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpuaffinity.core.errors import InventoryError, NoDriverError
+from gpuaffinity.core.errors import GpuAffinityError, InventoryError, NoDriverError
 from gpuaffinity.core.model import GpuInfo, Inventory, MigInfo, normalize_bus_id
 from gpuaffinity.core.settings import DEV_VAR, PROCFS_VAR, SOURCE_VAR, SYSFS_VAR
 
@@ -54,6 +54,10 @@ def read_inventory(env: Mapping[str, str | None] | None = None) -> Inventory:
     else from NVML.  ``env`` holds the values of the inventory's variables (``Settings.inventory_env``;
     default: os.environ)."""
     env = os.environ if env is None else env
+    source = env.get(SOURCE_VAR)
+    if source not in (None, "", "auto", "nvml"):
+        raise GpuAffinityError(f"unknown {SOURCE_VAR} {source[:40]!r}: choose nvml (always ask NVML) or auto (the "
+                               "default: the driver's /proc files where proven, else NVML)")
     listing = ProcListing.read(env)
     complete = bool(listing.gpus) and _bound_gpus(env) == len(listing.gpus)
     if env.get(SOURCE_VAR) != "nvml":
@@ -72,8 +76,14 @@ def read_inventory(env: Mapping[str, str | None] | None = None) -> Inventory:
                      f"{len(inv.gpus)} of them, and CUDA and NVML number only those")
     usable = {g.uuid.lower() for g in inv.gpus}
     hidden = tuple(g.uuid for g in listing.gpus if g.uuid.lower() not in usable)
+    minor_of = dict(zip((g.pci_bus_id for g in listing.gpus), listing.minors, strict=True))
+    odd = [g.pci_bus_id for g in inv.gpus if minor_of.get(g.pci_bus_id) in listing.mig_minors and not g.mig_enabled]
+    doubt = (f"the driver's /proc has MIG instances on {', '.join(odd)}, but NVML reports MIG mode off there"
+             if odd else "")
+    if doubt:
+        notes.append(doubt)
     return Inventory(inv.gpus, source="nvml", host_gpus=len(listing.gpus) if listing.gpus else None,
-                     notes=tuple(notes), hidden=hidden, host_complete=complete)
+                     notes=tuple(notes), hidden=hidden, host_complete=complete, doubt=doubt)
 
 
 def _bound_gpus(env: Mapping[str, str | None]) -> int:
@@ -93,6 +103,7 @@ class ProcListing:
     minors: tuple[int, ...]
     problem: str | None
     mig: bool = False
+    mig_minors: frozenset[int] = frozenset()  # GPUs with MIG instances (capabilities/gpu<minor>/mig/gi*)
 
     @classmethod
     def read(cls, env: Mapping[str, str | None]) -> ProcListing:
@@ -124,9 +135,10 @@ class ProcListing:
         if not found:
             return cls((), (), f"{root / 'gpus'} lists no GPU")
         found.sort()
-        mig = any((root / "capabilities").glob("gpu*/mig/gi*"))
+        mig_minors = frozenset(int(p.parts[-3][3:]) for p in (root / "capabilities").glob("gpu*/mig/gi*")
+                               if p.parts[-3][3:].isdigit())
         return cls(tuple(GpuInfo(i, uuid, bus, model) for i, (bus, uuid, model, _m) in enumerate(found)),
-                   tuple(m for *_x, m in found), None, mig)
+                   tuple(m for *_x, m in found), None, bool(mig_minors), mig_minors)
 
     def why_not_nvml_equal(self, env: Mapping[str, str | None]) -> str | None:
         """None when this listing equals what NVML enumerates in this process; else why it may not."""

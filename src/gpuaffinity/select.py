@@ -63,7 +63,11 @@ def _by_selector_locked(selector: str, policy: str | None, disable: Iterable[str
         if hit is not None:
             gpu, mig = migs[hit][0], migs[hit][1].uuid
     elif selector.startswith("GPU-"):
-        hit = match_uuid(selector[4:], [g.uuid[4:] for g in inv.gpus])
+        # as the driver decides a prefix: unique among every GPU of the host, and one this process can open
+        hit = match_uuid(selector[4:], [g.uuid[4:] for g in inv.gpus] + [h[4:] for h in inv.hidden])
+        if hit is not None and hit >= len(inv.gpus):
+            raise DeviceNotVisibleError(f"{shown(selector, 60)} names a GPU of the host that this process cannot "
+                                        f"open ({inv.hidden[hit - len(inv.gpus)]})")
         gpu = None if hit is None else inv.gpus[hit]
     else:
         gpu = inv.by_bus(selector)  # parse_selector gave the full sysfs form
@@ -78,7 +82,8 @@ def _by_selector_locked(selector: str, policy: str | None, disable: Iterable[str
                 break
     except GpuAffinityError:
         pass
-    return PhysicalDevice(logical, gpu.nvml_index, gpu.uuid, gpu.pci_bus_id, mig, gpu.name, "selector",
-                          ("selector",), (), False)
+    # named by the caller: nothing else answered, so nothing agreed
+    return PhysicalDevice(logical, gpu.nvml_index, gpu.uuid, gpu.pci_bus_id, mig, gpu.name, "selector", (), (),
+                          False, answered=("selector",), inventory=inv.label)
 
 

@@ -152,12 +152,6 @@ def _cost(s: Strategy, ctx: ResolveContext) -> str | Abstain:
     return word
 
 
-def inventory_label(ctx: ResolveContext) -> str:
-    """How the GPU list was established: ``procfs+device-nodes`` (the driver's files, checked against the
-    device nodes this process opens) or ``nvml``."""
-    return "procfs+device-nodes" if ctx.inventory.source == "procfs" else ctx.inventory.source
-
-
 def resolve_one(strategies: Sequence[Strategy], ctx: ResolveContext, logical_id: int,
                 policy: str) -> tuple[PhysicalDevice, list[tuple[type[Warning], str]]]:
     verdicts: dict[str, Verdict] = {}
@@ -227,7 +221,7 @@ def resolve_one(strategies: Sequence[Strategy], ctx: ResolveContext, logical_id:
                                    f"guessing NVML index {logical_id} ({gpu.pci_bus_id}), which is wrong whenever "
                                    f"CUDA's numbering differs from NVML's. " + _reasons(ordered)))
         return PhysicalDevice(logical_id, gpu.nvml_index, gpu.uuid, gpu.pci_bus_id, None, gpu.name, IDENTITY,
-                              (), (), True, inventory=inventory_label(ctx), verdicts=ordered), warns
+                              (), (), True, inventory=ctx.inventory.label, verdicts=ordered), warns
 
     strategy, ans = winner
     gpu = ctx.inventory.by_uuid(ans.uuid)
@@ -246,7 +240,7 @@ def resolve_one(strategies: Sequence[Strategy], ctx: ResolveContext, logical_id:
                                 and v.result.uuid.lower() == ans.uuid.lower() and v.result.mig_uuid), None)
     device = PhysicalDevice(logical_id, gpu.nvml_index, gpu.uuid, gpu.pci_bus_id, mig, gpu.name,
                             strategy.name, agreed, disagreed, fallback, answered=answered,
-                            driver_asked=any(n in by_driver for n in answered), inventory=inventory_label(ctx),
+                            driver_asked=any(n in by_driver for n in answered), inventory=ctx.inventory.label,
                             verdicts=ordered)
     if disagreed:
         detail = "; ".join(f"{v.strategy} says {_gpu_text(ctx, v.result)}" for v in ordered

@@ -149,12 +149,13 @@ class _Gpu(Protocol):
 
 
 def read_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] | None = None,
-             device_order: str | None = None, hidden: Sequence[str] = (), host_complete: bool = True) -> CvdResult:
+             device_order: str | None = None, hidden: Sequence[str] = (), host_complete: bool = True,
+             doubt: str = "") -> CvdResult:
     """``apply_cvd`` as the driver reads the value, with ``unsure`` saying why the driver should confirm it:
     the reading rests on measured, undocumented behaviour (the documented reading differs); it ends at a
     UUID naming nothing here; or it takes a UUID prefix as unique without knowing every GPU of the host
     (``host_complete`` False: a container's /proc may list only its own GPUs).  ``hidden``: UUIDs of the
-    host's GPUs this process cannot open."""
+    host's GPUs this process cannot open.  ``doubt``: a reason the GPU list itself is in doubt."""
     measured = apply_cvd(cvd, gpus, base_order, device_order, hidden=hidden)
     if measured.prefix_used and not host_complete:
         why = ("takes a UUID prefix as unique, but the driver compares it with every GPU of the host, and "
@@ -171,6 +172,11 @@ def read_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] | 
                "list alone")
     elif measured.mig_prefix_used:
         why = "takes a MIG UUID prefix as unique (modelled, not measured)"
+    elif any(getattr(g, "mig_enabled", False) and not g.migs for g in gpus):
+        why = ("counts on a GPU in MIG mode showing no device, as NVML gives it no MIG instance this process may "
+               "use (modelled, not measured)")
+    elif doubt:
+        why = f"rests on a GPU list in doubt: {doubt}"
     else:
         return measured
     return replace(measured, unsure=why)

@@ -45,6 +45,13 @@ class Inventory:
     notes: tuple[str, ...] = ()
     hidden: tuple[str, ...] = ()
     host_complete: bool = False
+    doubt: str = ""  # sources that disagree about the list's MIG facts: the driver should confirm a reading
+
+    @property
+    def label(self) -> str:
+        """How the list was established, as results report it: ``procfs+device-nodes`` (the driver's files,
+        checked against the device nodes this process opens) or ``nvml``."""
+        return "procfs+device-nodes" if self.source == "procfs" else self.source
 
     def by_uuid(self, uuid: str) -> GpuInfo | None:
         u = uuid.lower()

@@ -10,6 +10,7 @@ becomes an abstention with torch's reason, never a crash.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from gpuaffinity.core.hookspec import Cost, ResolveContext, Strategy, hookimpl
@@ -41,14 +42,29 @@ class TorchStrategy(Strategy):
         why = integers_index_unknown_order(ctx)
         if why:
             return Abstain("torch takes integers as NVML indices, wrong here: " + why)
+        # torch's helper reads the variables itself, now: its answer belongs to this resolution only if they
+        # are still the ones the resolution read (another thread may be changing them)
+        if not _same_environment(ctx):
+            return Abstain("CUDA_VISIBLE_DEVICES or CUDA_DEVICE_ORDER changed while resolving: torch's helper would "
+                           "read other values than this resolution", quiet=True)
         try:
             index = helper(logical_id)
         except Exception as e:
             return Abstain(f"torch raised {type(e).__name__}: {e}")
+        if not _same_environment(ctx):
+            return Abstain("CUDA_VISIBLE_DEVICES or CUDA_DEVICE_ORDER changed while torch's helper ran", quiet=True)
         if not isinstance(index, int) or not 0 <= index < len(ctx.inventory.gpus):
             return Abstain(f"torch answered NVML index {index!r}, which this machine does not have")
         gpu = ctx.inventory.gpus[index]
+        if gpu.mig_enabled:  # the helper names the whole GPU; in MIG mode the device is one of its instances
+            return Abstain(f"torch names NVML {index}, a GPU in MIG mode, not the MIG instance that is the device",
+                           quiet=True)
         return Answer(gpu.uuid, detail=f"torch.cuda._get_nvml_device_index({logical_id}) = {index}")
+
+
+def _same_environment(ctx: ResolveContext) -> bool:
+    env = os.environ
+    return env.get("CUDA_VISIBLE_DEVICES") == ctx.cvd and env.get("CUDA_DEVICE_ORDER") == ctx.device_order
 
 
 @hookimpl

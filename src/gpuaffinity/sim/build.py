@@ -30,7 +30,8 @@ from gpuaffinity.core.errors import SimulatorError
 
 CSRC = Path(__file__).with_name("csrc")
 LIBRARIES = {"libnvidia-ml.so.1": "nvml.c", "libcuda.so.1": "cuda.c"}
-CFLAGS = ["-O2", "-fPIC", "-shared", "-fvisibility=hidden", "-Wall", "-Wextra"]
+COMMON = "sim_common.c"  # compiled once, linked into both libraries (each keeps its own copy of the state)
+CFLAGS = ["-O2", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra"]
 CACHE_VAR = "GPUAFFINITY_SIM_CACHE"
 
 
@@ -115,6 +116,13 @@ def _built(target: Path) -> bool:
     return True
 
 
+def _compile(cc: str, args: list[str], what: str) -> None:
+    proc = subprocess.run([cc, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        first = next((ln for ln in proc.stderr.splitlines() if "error" in ln), proc.stderr.strip())
+        raise SimulatorError(f"building the simulated {what} with {cc} failed: {first[:300]}")
+
+
 def library_dir() -> Path:
     """The folder holding both built libraries, building them if needed."""
     root = _root()
@@ -124,14 +132,13 @@ def library_dir() -> Path:
     cc = find_compiler()
     work = Path(tempfile.mkdtemp(prefix=".build-", dir=root))  # 0700, ours
     try:
+        common = work / "sim_common.o"
+        _compile(cc, [*CFLAGS, "-c", "-o", str(common), str(CSRC / COMMON)], COMMON)
         for lib, src in LIBRARIES.items():
-            cmd = [cc, *CFLAGS, "-o", str(work / lib), f"-Wl,-soname,{lib}", str(CSRC / src),
-                   "-lpthread", "-ldl"]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                first = next((ln for ln in proc.stderr.splitlines() if "error" in ln), proc.stderr.strip())
-                raise SimulatorError(f"building the simulated {lib} with {cc} failed: {first[:300]}")
+            _compile(cc, [*CFLAGS, "-shared", "-o", str(work / lib), f"-Wl,-soname,{lib}", str(CSRC / src),
+                          str(common), "-lpthread", "-ldl"], lib)
             os.chmod(work / lib, 0o755)
+        common.unlink()
         try:
             work.rename(target)  # atomic: the whole folder appears at once
         except OSError:

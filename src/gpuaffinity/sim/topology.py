@@ -322,6 +322,16 @@ def parse_topology(data: dict[str, Any], source: str = "<memory>", _depth: int =
     if len(gpus) > 64:
         c.fail("gpu", "at most 64 GPUs")
     gpus.sort(key=lambda g: g.pci_fields)  # NVML numbers GPUs in PCI bus order
+    # Among GPUs of one model, FASTEST_FIRST keeps PCI order: measured on every lent host (4x and 2x H200), and
+    # what the grammar counts on.  cuda_order may rank models against each other, not reorder one model.
+    last: dict[str, tuple[int, str]] = {}
+    for i, g in enumerate(gpus):
+        rank = i if g.cuda_order is None else g.cuda_order
+        seen = last.get(g.name)
+        if seen is not None and rank < seen[0]:
+            c.fail("gpu", f"cuda_order puts {g.pci_bus_id} before {seen[1]}, another {g.name}: GPUs of one model "
+                          "keep PCI order under FASTEST_FIRST (measured); rank models, not GPUs of one model")
+        last[g.name] = (rank, g.pci_bus_id)
     topo = Topology(
         name=name,
         description=c.typed(data, "description", str, "", default=""),

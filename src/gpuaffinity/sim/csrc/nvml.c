@@ -80,7 +80,6 @@ static void nv_after_fork_child(void) {
 __attribute__((constructor)) static void init_name(void) {
     sim_lib_name = "nvml";
     pthread_atfork(NULL, NULL, nv_after_fork_child);
-    (void)sim_uuid_prefix; /* shared helper that only libcuda needs */
 }
 
 static int nv_ready(void) { return __atomic_load_n(&nv_refcount, __ATOMIC_ACQUIRE) > 0; }
