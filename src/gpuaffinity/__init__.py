@@ -1,12 +1,10 @@
 """gpuaffinity: which physical GPU is CUDA device N, and which NUMA node and CPUs sit next to it.
 
-Importing this package loads no torch, no CUDA and no NVML; the functions
-below load what they need when first called.
+Importing this package loads no torch, no CUDA, no NVML, not even ``typing``
+or ``re``; the functions below load what they need when first called.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
 
 from gpuaffinity import _state
 from gpuaffinity.core.errors import (
@@ -24,10 +22,14 @@ from gpuaffinity.core.errors import (
     SimulationWarning,
 )
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers take this spelling)
 if TYPE_CHECKING:
+    from typing import Any
+
     from gpuaffinity.api import clear_cache, resolve, resolve_all
-    from gpuaffinity.core.hookspec import ResolveContext, Strategy, hookimpl
+    from gpuaffinity.core.hookspec import hookimpl
     from gpuaffinity.core.model import Abstain, Answer, GpuInfo, Inventory, MigInfo, PhysicalDevice
+    from gpuaffinity.core.strategy import ResolveContext, Strategy
     from gpuaffinity.numa.bind import BindError, BindRecord
     from gpuaffinity.placement import bind, plan
 
@@ -69,8 +71,8 @@ _LAZY = {"resolve": "gpuaffinity.api", "resolve_all": "gpuaffinity.api", "clear_
          "bind": "gpuaffinity.placement", "plan": "gpuaffinity.placement",
          "BindError": "gpuaffinity.numa.bind", "BindRecord": "gpuaffinity.numa.bind",
          # the plugin contract (docs/plugins.md): everything a strategy author needs, stable
-         "hookimpl": "gpuaffinity.core.hookspec", "Strategy": "gpuaffinity.core.hookspec",
-         "ResolveContext": "gpuaffinity.core.hookspec", "Answer": "gpuaffinity.core.model",
+         "hookimpl": "gpuaffinity.core.hookspec", "Strategy": "gpuaffinity.core.strategy",
+         "ResolveContext": "gpuaffinity.core.strategy", "Answer": "gpuaffinity.core.model",
          "Abstain": "gpuaffinity.core.model", "PhysicalDevice": "gpuaffinity.core.model",
          "GpuInfo": "gpuaffinity.core.model", "MigInfo": "gpuaffinity.core.model",
          "Inventory": "gpuaffinity.core.model"}

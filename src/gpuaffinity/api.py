@@ -29,7 +29,6 @@ from gpuaffinity.core.errors import (
     SimulationWarning,
     shown,
 )
-from gpuaffinity.core.hookspec import ResolveContext, Strategy
 from gpuaffinity.core.model import Inventory, PhysicalDevice
 from gpuaffinity.core.plugins import PluginInfo, build_manager, collect_strategies
 from gpuaffinity.core.settings import (
@@ -40,6 +39,7 @@ from gpuaffinity.core.settings import (
     stray_sim_variables,
     watch,
 )
+from gpuaffinity.core.strategy import ResolveContext, Strategy
 
 _cache: dict[tuple, tuple[PhysicalDevice, ...]] = {}
 _WARNED: set[str] = set()  # plugins already warned about
@@ -82,8 +82,9 @@ def run_resolution(*, policy: str | None = None, disable: Iterable[str] | str | 
     st = settings or Settings.from_key(make_key(policy, normalize_disable(disable), allow_subprocess))
     chosen = st.policy
     disabled = st.disabled
-    pm, plugins = build_manager(builtin_plugins(), disabled)
-    strategies = collect_strategies(pm, disabled, plugins)
+    builtins = builtin_plugins()
+    pm, plugins = build_manager(builtins, disabled)
+    strategies = collect_strategies(pm, disabled, plugins, builtins)
     inventory = read_inventory(st.inventory_env)
     grammar = read_cvd(st.cvd, inventory.gpus, None, st.device_order, inventory.hidden, inventory.host_complete,
                        inventory.doubt)

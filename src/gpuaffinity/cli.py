@@ -510,7 +510,7 @@ def _doctor(args: argparse.Namespace) -> int:
                                                                           "GPUAFFINITY_DISABLE"):
             continue  # the simulator's and the rarer switches: shown only when set
         print(f"  {var:<28} {'<unset>' if value is None else _cut(repr(value))}")
-    from gpuaffinity.resolvers.pci import cuda_initialized_here
+    from gpuaffinity.resolvers._common import cuda_initialized_here
     torch = sys.modules.get("torch")
     print(f"  {'torch imported':<28} {'yes, ' + torch.__version__ if torch else 'no (gpuaffinity never imports it)'}")
     print(f"  {'CUDA initialised here':<28} {'yes' if cuda_initialized_here() else 'no'}")

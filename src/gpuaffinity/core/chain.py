@@ -33,21 +33,23 @@ way a FallbackWarning says so.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from gpuaffinity.core.errors import ConflictError, DisagreementWarning, FallbackWarning, GpuAffinityError, shown
-from gpuaffinity.core.hookspec import COSTS, OPTIONAL, ResolveContext, Strategy
 from gpuaffinity.core.model import Abstain, Answer, GpuInfo, PhysicalDevice, Verdict
+from gpuaffinity.core.strategy import COSTS, OPTIONAL, ResolveContext, Strategy
 
 IDENTITY = "identity"
 
 
-_log = logging.getLogger("gpuaffinity")
+def _debug(what: str) -> None:
+    """The traceback of the exception being handled, at DEBUG on the logger "gpuaffinity" (loaded only here)."""
+    import logging
+
+    logging.getLogger("gpuaffinity").debug(what, exc_info=True)
 
 
 class _Over(Exception):
@@ -131,7 +133,9 @@ def _ask(s: Strategy, ctx: ResolveContext, logical_id: int) -> tuple[Answer | Ab
     except _Over as e:
         return Abstain(str(e)), ""
     except Exception as e:  # a strategy that raises abstains; its reason says why, the traceback is kept
-        _log.debug("strategy %s raised", s.name, exc_info=True)
+        import traceback
+
+        _debug(f"strategy {s.name} raised")
         return Abstain(f"raised {type(e).__name__}: {str(e)[:300]}"), "".join(traceback.format_exception(e))
     why = _mistake(s, res, ctx)
     return (Abstain(why), "") if why else (res, "")  # type: ignore[return-value]
@@ -145,7 +149,7 @@ def _cost(s: Strategy, ctx: ResolveContext) -> str | Abstain:
     try:
         word = fn(ctx)
     except Exception as e:
-        _log.debug("strategy %s: cost() raised", s.name, exc_info=True)
+        _debug(f"strategy {s.name}: cost() raised")
         return Abstain(f"cost() raised {type(e).__name__}: {str(e)[:200]}")
     if word not in COSTS:
         return Abstain(f"cost() returned {str(word)[:40]!r}, not 'cheap' or 'expensive'")

@@ -1,5 +1,10 @@
 """The plugin manager: built-in strategies plus entry points, minus disabled names, each strategy checked once.
 
+The built-in plugins are called directly; pluggy is loaded, and a plugin
+manager built, only when an installed distribution declares an entry point in
+the group ``gpuaffinity`` (the entry points are read from the distributions'
+metadata files, which costs a few milliseconds).
+
 Every plugin is described by a ``PluginInfo`` (where it came from: its
 distribution and version and its entry point, or "built in"), so that every
 error and every report names it.  A strategy is validated when it is
@@ -13,18 +18,21 @@ and warned about once a process.
 from __future__ import annotations
 
 import importlib
-import inspect
 import os
 import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import pluggy
-
 from gpuaffinity.core.errors import PluginError
-from gpuaffinity.core.hookspec import OPTIONAL, PROJECT, HookSpec, Strategy
 from gpuaffinity.core.settings import DISABLE_VAR  # comma-separated names to leave out, like pytest's -p no:NAME
+from gpuaffinity.core.strategy import OPTIONAL, Strategy
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import pluggy
+
+PROJECT = "gpuaffinity"
 
 NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,39}")
 HOOK = "gpuaffinity_strategies"
@@ -49,23 +57,28 @@ class PluginInfo:
 
 
 def build_manager(builtins: Sequence[tuple[str, object]], disabled: frozenset[str],
-                  entry_points: bool = True) -> tuple[pluggy.PluginManager, list[PluginInfo]]:
-    pm = pluggy.PluginManager(PROJECT)
-    pm.add_hookspecs(HookSpec)
-    infos: list[PluginInfo] = []
-    for name in disabled:
-        pm.set_blocked(name)
-    for name, plugin in builtins:
-        if name not in disabled:
-            _register(pm, plugin, PluginInfo(name), infos)
-    if not entry_points:
-        return pm, infos
-    found = find_entry_points(PROJECT)
+                  entry_points: bool = True) -> tuple[pluggy.PluginManager | None, list[PluginInfo]]:
+    """The plugin manager for the installed third-party plugins (None when there are none), and every enabled
+    plugin's PluginInfo, built-ins first."""
+    infos = [PluginInfo(name) for name, _ in builtins if name not in disabled]
+    found = find_entry_points(PROJECT) if entry_points else []
     if found is None:  # something on sys.path is not a plain folder (a zip): importlib.metadata looks
         found = _metadata_entry_points(PROJECT)
-    for info in found:
-        if pm.is_blocked(info.name) or pm.get_plugin(info.name) is not None:
-            continue
+    taken = {name for name, _ in builtins} | set(disabled)
+    third = []
+    for info in found:  # the first distribution of a name wins, and no plugin takes a built-in's name
+        if info.name not in taken:
+            taken.add(info.name)
+            third.append(info)
+    if not third:
+        return None, infos
+    import pluggy
+
+    from gpuaffinity.core.hookspec import HookSpec
+
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(HookSpec)
+    for info in third:
         try:
             plugin = _load(info.target)
         except Exception as e:  # a broken third-party package must say who it is
@@ -76,6 +89,8 @@ def build_manager(builtins: Sequence[tuple[str, object]], disabled: frozenset[st
 
 
 def _register(pm: pluggy.PluginManager, plugin: object, info: PluginInfo, infos: list[PluginInfo]) -> None:
+    import pluggy
+
     try:
         pm.register(plugin, name=info.name)
     except pluggy.PluginValidationError as e:
@@ -194,6 +209,8 @@ def validate(s: object, owner: object) -> None:
 
 
 def _accepts(fn: object, n: int) -> bool:
+    import inspect
+
     try:
         inspect.signature(fn).bind(*[None] * n)  # type: ignore[arg-type]
     except TypeError:
@@ -208,21 +225,27 @@ def _short(s: object) -> str:
     return text if len(text) <= 80 else text[:80] + "..."
 
 
-def collect_strategies(pm: pluggy.PluginManager, disabled: frozenset[str],
-                       infos: Sequence[PluginInfo] = ()) -> list[Strategy]:
-    """Every enabled strategy, validated, highest priority first (ties by name); ``infos`` learn theirs."""
+def collect_strategies(pm: pluggy.PluginManager | None, disabled: frozenset[str],
+                       infos: Sequence[PluginInfo] = (), builtins: Sequence[tuple[str, object]] = ()
+                       ) -> list[Strategy]:
+    """Every enabled strategy, highest priority first (ties by name): the built-ins' (tested here, not checked
+    again), then the third-party plugins' (each validated); ``infos`` learn their strategies."""
     by_name = {i.name: i for i in infos}
     seen: dict[str, object] = {}
     out: list[Strategy] = []
-    for impl in pm.hook.gpuaffinity_strategies.get_hookimpls():
-        owner = by_name.get(impl.plugin_name) or PluginInfo(impl.plugin_name)
+    sources = [(by_name[name], getattr(module, HOOK), True) for name, module in builtins if name in by_name]
+    if pm is not None:
+        sources += [(by_name.get(impl.plugin_name) or PluginInfo(impl.plugin_name), impl.function, False)
+                    for impl in pm.hook.gpuaffinity_strategies.get_hookimpls()]
+    for owner, hook, trusted in sources:
         try:
-            contributed = list(impl.function() or ())
+            contributed = list(hook() or ())
         except Exception as e:
             raise PluginError(f"{owner} failed in {HOOK}: {type(e).__name__}: {e}; disable it with "
                               f"{DISABLE_VAR}={owner.name}") from e
         for s in contributed:
-            validate(s, owner)
+            if not trusted:
+                validate(s, owner)
             if s.name in seen:
                 raise PluginError(f"two strategies are named {s.name!r} ({seen[s.name]} and {owner}); disable one "
                                   f"with {DISABLE_VAR}={owner.name}")

@@ -2,7 +2,27 @@
 
 from __future__ import annotations
 
-from gpuaffinity.core.hookspec import ResolveContext
+import ctypes
+import os
+
+from gpuaffinity.core.strategy import ResolveContext
+
+
+def cuda_initialized_here() -> bool:
+    """True when libcuda is loaded in this process and cuInit has succeeded; initialises nothing."""
+    try:
+        lib = ctypes.CDLL("libcuda.so.1", mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+    except OSError:
+        return False
+    n = ctypes.c_int(0)
+    return lib.cuDeviceGetCount(ctypes.byref(n)) == 0
+
+
+def cuda_up(ctx: ResolveContext) -> bool:
+    """cuda_initialized_here(), asked once per resolution."""
+    if "cuda_up" not in ctx.scratch:
+        ctx.scratch["cuda_up"] = cuda_initialized_here()
+    return ctx.scratch["cuda_up"]
 
 
 def integers_index_unknown_order(ctx: ResolveContext) -> str | None:

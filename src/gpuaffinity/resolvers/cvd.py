@@ -9,8 +9,8 @@ inventory, shared with the other strategies.
 
 from __future__ import annotations
 
-from gpuaffinity.core.hookspec import Cost, ResolveContext, Strategy, hookimpl
 from gpuaffinity.core.model import Abstain, Answer
+from gpuaffinity.core.strategy import Cost, ResolveContext, Strategy
 from gpuaffinity.resolvers._common import integers_index_unknown_order
 
 
@@ -36,6 +36,5 @@ class CvdStrategy(Strategy):
         return Answer(gpu.uuid, mig, detail=f"entry {logical_id} is NVML {gpu.nvml_index}")
 
 
-@hookimpl
 def gpuaffinity_strategies() -> list[CvdStrategy]:
     return [CvdStrategy()]

@@ -30,19 +30,10 @@ from typing import Any
 
 from gpuaffinity.core.cvd import CUDA_ERROR_INVALID_DEVICE, CUDA_ERROR_NO_DEVICE
 from gpuaffinity.core.errors import InvalidVisibleDevicesError, shown
-from gpuaffinity.core.hookspec import Cost, ResolveContext, Strategy, hookimpl
 from gpuaffinity.core.model import Abstain, Answer
 from gpuaffinity.core.settings import NO_SUBPROCESS_VAR
-
-
-def cuda_initialized_here() -> bool:
-    """True when libcuda is loaded in this process and cuInit has succeeded; initialises nothing."""
-    try:
-        lib = ctypes.CDLL("libcuda.so.1", mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
-    except OSError:
-        return False
-    n = ctypes.c_int(0)
-    return lib.cuDeviceGetCount(ctypes.byref(n)) == 0
+from gpuaffinity.core.strategy import Cost, ResolveContext, Strategy
+from gpuaffinity.resolvers._common import cuda_up
 
 
 def query_driver(init: bool) -> dict[str, Any]:
@@ -115,10 +106,7 @@ class PciStrategy(Strategy):
         return "cheap" if self._in_process(ctx) else "expensive"
 
     def _in_process(self, ctx: ResolveContext) -> bool:
-        key = "pci.in_process"
-        if key not in ctx.scratch:
-            ctx.scratch[key] = cuda_initialized_here()
-        return ctx.scratch[key]
+        return cuda_up(ctx)
 
     def _table(self, ctx: ResolveContext) -> dict[str, Any]:
         if "pci.table" in ctx.scratch:
@@ -191,7 +179,6 @@ class PciStrategy(Strategy):
         return Answer(gpu.uuid, mig, detail=f"cuDeviceGetPCIBusId({logical_id}) = {bus}, {table.get('where', '')}")
 
 
-@hookimpl
 def gpuaffinity_strategies() -> list[PciStrategy]:
     return [PciStrategy()]
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import os
 import sys
 
-from gpuaffinity.core.hookspec import Cost, ResolveContext, Strategy, hookimpl
 from gpuaffinity.core.model import Abstain, Answer
-from gpuaffinity.resolvers._common import integers_index_unknown_order
+from gpuaffinity.core.strategy import Cost, ResolveContext, Strategy
+from gpuaffinity.resolvers._common import cuda_up, integers_index_unknown_order
 
 
 class TorchStrategy(Strategy):
@@ -29,7 +29,9 @@ class TorchStrategy(Strategy):
     describe = "torch.cuda._get_nvml_device_index, only where torch is already imported"
 
     def cost(self, ctx: ResolveContext) -> Cost:
-        return "cheap"
+        # With CUDA up here, the driver answers in-process in microseconds (pci); torch's helper would start
+        # NVML (milliseconds on a real host) to say what the driver already said.
+        return "expensive" if cuda_up(ctx) else "cheap"
 
     def answer(self, ctx: ResolveContext, logical_id: int) -> Answer | Abstain:
         torch = sys.modules.get("torch")
@@ -67,6 +69,5 @@ def _same_environment(ctx: ResolveContext) -> bool:
     return env.get("CUDA_VISIBLE_DEVICES") == ctx.cvd and env.get("CUDA_DEVICE_ORDER") == ctx.device_order
 
 
-@hookimpl
 def gpuaffinity_strategies() -> list[TorchStrategy]:
     return [TorchStrategy()]
