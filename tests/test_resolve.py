@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -247,15 +248,19 @@ print(json.dumps({"pid": os.getpid(), "devs": [d.nvml_index for d in devs],
 """
 
 
-@pytest.mark.parametrize("cuda_up", [False, True])
-def test_never_initialises_cuda_in_a_process_that_may_fork(sim_factory, tmp_path, cuda_up):
+THREAD = "import threading; threading.Thread(target=__import__('time').sleep, args=(30,), daemon=True).start()\n"
+
+
+@pytest.mark.parametrize("shape", ["single-threaded", "threaded", "cuda-up"])
+def test_never_initialises_cuda_in_a_process_that_may_fork(sim_factory, tmp_path, shape):
     machine = sim_factory("mixed-4gpu")
     extra = {"GPUAFFINITY_SIM_COUNTERS": str(tmp_path)}
+    cuda_up = shape == "cuda-up"
     if cuda_up:
         extra["T_CUINIT"] = "1"
         code = "import ctypes; ctypes.CDLL('libcuda.so.1').cuInit(0)\n" + FORK
     else:
-        code = FORK
+        code = (THREAD if shape == "threaded" else "") + FORK
     out = run_json(machine, code, cvd="0,1", **extra)
     assert out["devs"] == [1, 3]
     cuda = {pid: c for (pid, lib), c in read_counters(tmp_path).items() if lib == "cuda"}
@@ -267,7 +272,28 @@ def test_never_initialises_cuda_in_a_process_that_may_fork(sim_factory, tmp_path
         assert cuda.get(out["pid"], {}).get("cuInit", 0) == 0  # the resolving process never called cuInit
         children = [c for pid, c in cuda.items() if pid != out["pid"]]
         assert [c["cuInit"] for c in children] == [1]  # one child probe served both devices
-        assert all("in a child process" in w for w in out["where"])
+        # one thread: a fork of this process, no interpreter to start; another thread might hold a lock the
+        # fork would copy, so then a new isolated interpreter
+        how = "(a new isolated interpreter)" if shape == "threaded" else "(a fork of this one)"
+        assert all(f"in a child process {how}" in w for w in out["where"])
+
+
+def test_a_forked_probe_that_hangs_is_killed_and_says_so(monkeypatch):
+    from gpuaffinity.resolvers import pci
+
+    monkeypatch.setattr(pci, "query_driver", lambda init: __import__("time").sleep(60))
+    t0 = time.monotonic()
+    table = pci._forked_probe({"CUDA_VISIBLE_DEVICES": "0"}, 0.5)
+    assert time.monotonic() - t0 < 10
+    assert table == {"rc": None, "devices": [], "error": "the CUDA probe took over 0.5 s"}
+
+
+def test_a_forked_probe_that_dies_says_so(monkeypatch):
+    from gpuaffinity.resolvers import pci
+
+    monkeypatch.setattr(pci, "query_driver", lambda init: 1 / 0)
+    table = pci._forked_probe({}, 30)
+    assert table["error"] == "the CUDA probe (a forked copy) died before it answered"
 
 
 INVENTORIES = r"""

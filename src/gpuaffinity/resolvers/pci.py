@@ -9,23 +9,30 @@ multiprocessing "fork" pool).  So:
   fork hazard exists anyway), the query runs here: cheap, a few microseconds
   a device.
 * Otherwise it runs in a short-lived child process, never here: expensive
-  (an interpreter start plus ``cuInit``), so the chain asks it only when
+  (``cuInit``, about 0.1 s on an H200 host), so the chain asks it only when
   something calls for it (core/chain.py) or under the strict policy.
   ``allow_subprocess=False`` (CLI ``--no-subprocess``, environment
-  GPUAFFINITY_NO_SUBPROCESS=1) forbids the child.  The child runs in
-  isolated mode (``python -I``): nothing from the caller's working directory,
-  PYTHONPATH or user site can be imported into it; it is told where this
-  package lives.
+  GPUAFFINITY_NO_SUBPROCESS=1) forbids the child.
 
-It uses cuda-python's ``cuda.bindings.driver`` when installed, else the
-driver library directly through ctypes.
+  The child is a fork of this process when this process has exactly one
+  thread (/proc/self/task): fork copies no lock another thread could hold,
+  and the copy starts no interpreter.  With other threads it is a new
+  interpreter in isolated mode (``python -I``) whose whole program is QUERY:
+  nothing from the caller's working directory, PYTHONPATH or user site is
+  imported into it, nor anything of gpuaffinity.  Either way the child sets
+  the variables being resolved, calls ``cuInit``, answers down a pipe and is
+  gone; the parent never initialises CUDA.
+
+The query is plain ctypes on ``libcuda.so.1``: the same functions
+cuda-python's bindings call, and no import to pay for.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
+import sys
+import time
 from typing import Any
 
 from gpuaffinity.core.cvd import CUDA_ERROR_INVALID_DEVICE, CUDA_ERROR_NO_DEVICE
@@ -35,63 +42,94 @@ from gpuaffinity.core.settings import NO_SUBPROCESS_VAR
 from gpuaffinity.core.strategy import Cost, ResolveContext, Strategy
 from gpuaffinity.resolvers._common import cuda_up
 
-
-def query_driver(init: bool) -> dict[str, Any]:
-    """Each CUDA device's PCI bus id and UUID (MIG instance's where there is one), from the driver."""
-    try:
-        from cuda.bindings import driver
-    except ImportError:
-        return _query_ctypes(init)
-    if init:
-        (rc,) = driver.cuInit(0)
-        if rc != driver.CUresult.CUDA_SUCCESS:
-            return {"rc": int(rc), "via": "cuda.bindings", "devices": []}
-    rc, n = driver.cuDeviceGetCount()
-    if rc != driver.CUresult.CUDA_SUCCESS:
-        return {"rc": int(rc), "via": "cuda.bindings", "devices": []}
-    devices = []
-    get_uuid = getattr(driver, "cuDeviceGetUuid_v2", driver.cuDeviceGetUuid)  # MIG instances have their own
-    for i in range(n):
-        rc, bus = driver.cuDeviceGetPCIBusId(32, i)
-        if rc != driver.CUresult.CUDA_SUCCESS:
-            return _failed(int(rc), f"cuDeviceGetPCIBusId({i})", "cuda.bindings")
-        rc, uuid = get_uuid(i)
-        if rc != driver.CUresult.CUDA_SUCCESS:
-            return _failed(int(rc), f"cuDeviceGetUuid({i})", "cuda.bindings")
-        devices.append([bus.split(b"\0", 1)[0].decode(), bytes(uuid.bytes).hex()])
-    return {"rc": 0, "via": "cuda.bindings", "devices": devices}
-
-
-def _failed(rc: int, call: str, via: str) -> dict[str, Any]:
-    return {"rc": None, "via": via, "devices": [], "error": f"the CUDA driver's {call} returned CUDA error {rc}"}
-
-
-def _query_ctypes(init: bool) -> dict[str, Any]:
+# The driver's own answer, through ctypes alone: the same code runs in this process (CUDA already up), in a
+# forked copy of it, or as the whole program of an isolated child (so it imports nothing of gpuaffinity).
+QUERY = r"""
+import ctypes, json, os
+def failed(call, i, rc):
+    return {"rc": None, "devices": [], "error": f"the CUDA driver's {call}({i}) returned CUDA error {rc}"}
+def query_driver(init):
     try:
         cu = ctypes.CDLL("libcuda.so.1")
     except OSError as e:
-        return {"rc": -1, "via": "ctypes", "error": f"libcuda.so.1 not loadable: {e}", "devices": []}
+        return {"rc": -1, "error": f"libcuda.so.1 not loadable: {e}", "devices": []}
     if init:
         rc = cu.cuInit(0)
         if rc:
-            return {"rc": rc, "via": "ctypes", "devices": []}
+            return {"rc": rc, "devices": []}
     n = ctypes.c_int(0)
     rc = cu.cuDeviceGetCount(ctypes.byref(n))
     if rc:
-        return {"rc": rc, "via": "ctypes", "devices": []}
-    get_uuid = getattr(cu, "cuDeviceGetUuid_v2", None) or cu.cuDeviceGetUuid
+        return {"rc": rc, "devices": []}
+    get_uuid = getattr(cu, "cuDeviceGetUuid_v2", None) or cu.cuDeviceGetUuid  # v2: a MIG instance's own
     devices = []
     for i in range(n.value):
         bus = ctypes.create_string_buffer(32)
         rc = cu.cuDeviceGetPCIBusId(bus, 32, i)
         if rc:
-            return _failed(rc, f"cuDeviceGetPCIBusId({i})", "ctypes")
+            return failed("cuDeviceGetPCIBusId", i, rc)
         raw = (ctypes.c_ubyte * 16)()
         rc = get_uuid(raw, i)
         if rc:
-            return _failed(rc, f"cuDeviceGetUuid({i})", "ctypes")
+            return failed("cuDeviceGetUuid", i, rc)
         devices.append([bus.value.decode(errors="replace"), bytes(raw).hex()])
-    return {"rc": 0, "via": "ctypes", "devices": devices}
+    return {"rc": 0, "devices": devices}
+"""
+_space: dict[str, Any] = {}
+exec(compile(QUERY, f"{__file__}:QUERY", "exec"), _space)
+query_driver = _space["query_driver"]
+CHILD = QUERY + "print(json.dumps(query_driver(True)))\n"
+
+
+def _single_threaded() -> bool:
+    """No other thread in this process, Python's or a library's (/proc/self/task): fork() is safe here."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
+
+
+def _forked_probe(env: dict[str, str | None], timeout: float) -> dict[str, Any]:
+    """query_driver(init=True) in a forked copy of this process: no interpreter to start.  Only while this
+    process has one thread (a fork copies no lock another thread holds) and has not initialised CUDA (which is
+    why it asks a child: a child may initialise CUDA, never the parent)."""
+    import select
+    import signal
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the variables of this resolution, cuInit, the answer down the pipe, gone
+        try:
+            os.close(r)
+            for var, value in env.items():
+                if value is None:
+                    os.environ.pop(var, None)
+                else:
+                    os.environ[var] = value
+            data = json.dumps(query_driver(True)).encode()
+            while data:
+                data = data[os.write(w, data):]
+        finally:
+            os._exit(0)
+    os.close(w)
+    chunks, deadline = [], time.monotonic() + timeout
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([r], [], [], left)[0]:
+                os.kill(pid, signal.SIGKILL)
+                return {"rc": None, "devices": [], "error": f"the CUDA probe took over {timeout:g} s"}
+            chunk = os.read(r, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    try:
+        return json.loads(b"".join(chunks))
+    except ValueError:
+        return {"rc": None, "devices": [], "error": "the CUDA probe (a forked copy) died before it answered"}
 
 
 class PciStrategy(Strategy):
@@ -124,6 +162,11 @@ class PciStrategy(Strategy):
         return table
 
     def _probe_child(self, ctx: ResolveContext) -> dict[str, Any]:
+        timeout = float(ctx.options.get("timeout", 120))
+        if _single_threaded():
+            table = _forked_probe(ctx.env, timeout)
+            table["where"] = "in a child process (a fork of this one)"
+            return table
         import subprocess
 
         env = dict(os.environ)
@@ -132,7 +175,6 @@ class PciStrategy(Strategy):
                 env.pop(var, None)
             else:
                 env[var] = value
-        timeout = float(ctx.options.get("timeout", 120))
         try:
             proc = subprocess.run(child_command(), env=env, capture_output=True, text=True, timeout=timeout,
                                   stdin=subprocess.DEVNULL)
@@ -143,7 +185,7 @@ class PciStrategy(Strategy):
         except (IndexError, ValueError):
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             return {"rc": None, "devices": [], "error": f"the CUDA probe process failed: {last}"}
-        table["where"] = "in a child process"
+        table["where"] = "in a child process (a new isolated interpreter)"
         return table
 
     def count(self, ctx: ResolveContext) -> int | None:
@@ -184,12 +226,9 @@ def gpuaffinity_strategies() -> list[PciStrategy]:
 
 
 def child_command() -> list[str]:
-    """The probe child, isolated (gpuaffinity._child)."""
-    from gpuaffinity._child import python_argv
-
-    return python_argv("import json; from gpuaffinity.resolvers.pci import query_driver; "
-                       "print(json.dumps(query_driver(init=True)))")
+    """The probe child: isolated (``python -I``), its whole program the ctypes query above."""
+    return [sys.executable, "-I", "-c", CHILD]
 
 
-if __name__ == "__main__":  # the child process: initialise CUDA here, print, exit
-    print(json.dumps(query_driver(init=True)))
+if __name__ == "__main__":  # the same probe, by hand: initialise CUDA here, print, exit
+    print(json.dumps(query_driver(True)))
