@@ -14,8 +14,6 @@ progress, and the child starts with fresh locks).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from gpuaffinity import _state
 from gpuaffinity.core.chain import resolve_one
@@ -31,6 +29,7 @@ from gpuaffinity.core.errors import (
 )
 from gpuaffinity.core.model import Inventory, PhysicalDevice
 from gpuaffinity.core.plugins import PluginInfo, build_manager, collect_strategies
+from gpuaffinity.core.record import field, record
 from gpuaffinity.core.settings import (
     DISABLE_VAR,
     Settings,
@@ -41,11 +40,15 @@ from gpuaffinity.core.settings import (
 )
 from gpuaffinity.core.strategy import ResolveContext, Strategy
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
 _cache: dict[tuple, tuple[PhysicalDevice, ...]] = {}
 _WARNED: set[str] = set()  # plugins already warned about
 
 
-@dataclass
+@record
 class Resolution:
     """Everything one resolution saw: for ``gpuaffinity doctor`` and tests."""
 

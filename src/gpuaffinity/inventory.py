@@ -32,13 +32,17 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
 
 from gpuaffinity.core.errors import GpuAffinityError, InventoryError, NoDriverError
 from gpuaffinity.core.model import GpuInfo, Inventory, MigInfo, normalize_bus_id
+from gpuaffinity.core.record import record
 from gpuaffinity.core.settings import DEV_VAR, PROCFS_VAR, SOURCE_VAR, SYSFS_VAR
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+_join = os.path.join  # paths as plain strings: pathlib costs a fresh process milliseconds to import
 
 #: NVML return codes that mean "this GPU has no such feature"
 _NVML_NOT_SUPPORTED, _NVML_FUNCTION_NOT_FOUND = 3, 13
@@ -89,13 +93,13 @@ def read_inventory(env: Mapping[str, str | None] | None = None) -> Inventory:
 def _bound_gpus(env: Mapping[str, str | None]) -> int:
     """How many PCI devices the nvidia driver has bound (sysfs), or -1 when that cannot be read."""
     try:
-        names = os.listdir(Path(env.get(SYSFS_VAR) or "/sys") / "bus" / "pci" / "drivers" / "nvidia")
+        names = os.listdir(_join(env.get(SYSFS_VAR) or "/sys", "bus", "pci", "drivers", "nvidia"))
     except OSError:
         return -1
     return sum(1 for n in names if n.count(":") == 2 and "." in n)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ProcListing:
     """What /proc/driver/nvidia says: the host's GPUs (PCI order) with their device minors, or why it cannot."""
 
@@ -107,16 +111,17 @@ class ProcListing:
 
     @classmethod
     def read(cls, env: Mapping[str, str | None]) -> ProcListing:
-        root = Path(env.get(PROCFS_VAR) or "/proc") / "driver" / "nvidia"
+        root = _join(env.get(PROCFS_VAR) or "/proc", "driver", "nvidia")
         try:
-            entries = sorted(os.listdir(root / "gpus"))
+            entries = sorted(os.listdir(_join(root, "gpus")))
         except OSError as e:
-            return cls((), (), f"{root / 'gpus'} cannot be read ({e.strerror or e})")
+            return cls((), (), f"{_join(root, 'gpus')} cannot be read ({e.strerror or e})")
         found: list[tuple[str, str, str, int]] = []
         for entry in entries:
-            path = root / "gpus" / entry / "information"
+            path = _join(root, "gpus", entry, "information")
             try:
-                text = path.read_bytes().decode("utf-8")
+                with open(path, "rb") as f:
+                    text = f.read().decode("utf-8")
             except OSError as e:
                 return cls((), (), f"{path} cannot be read ({e.strerror or e})")
             except UnicodeDecodeError:
@@ -133,10 +138,9 @@ class ProcListing:
             except ValueError:
                 return cls((), (), f"{path} has a malformed bus location {bus[:40]!r}")
         if not found:
-            return cls((), (), f"{root / 'gpus'} lists no GPU")
+            return cls((), (), f"{_join(root, 'gpus')} lists no GPU")
         found.sort()
-        mig_minors = frozenset(int(p.parts[-3][3:]) for p in (root / "capabilities").glob("gpu*/mig/gi*")
-                               if p.parts[-3][3:].isdigit())
+        mig_minors = _mig_minors(_join(root, "capabilities"))
         return cls(tuple(GpuInfo(i, uuid, bus, model) for i, (bus, uuid, model, _m) in enumerate(found)),
                    tuple(m for *_x, m in found), None, bool(mig_minors), mig_minors)
 
@@ -146,7 +150,26 @@ class ProcListing:
             return self.problem
         if self.mig:
             return "MIG instances exist, and only NVML knows their UUIDs"
-        return _device_nodes_mismatch(Path(env.get(DEV_VAR) or "/dev"), self.minors, simulated=bool(env.get(DEV_VAR)))
+        return _device_nodes_mismatch(env.get(DEV_VAR) or "/dev", self.minors, simulated=bool(env.get(DEV_VAR)))
+
+
+def _mig_minors(capabilities: str) -> frozenset[int]:
+    """The minors of GPUs whose capabilities folder holds a MIG GPU instance (``gpu<minor>/mig/gi*``)."""
+    out = set()
+    try:
+        names = os.listdir(capabilities)
+    except OSError:
+        return frozenset()
+    for name in names:
+        minor = name[3:]
+        if name.startswith("gpu") and minor.isascii() and minor.isdigit():
+            try:
+                inner = os.listdir(_join(capabilities, name, "mig"))
+            except OSError:
+                continue
+            if any(n.startswith("gi") for n in inner):
+                out.add(int(minor))
+    return frozenset(out)
 
 
 def _info(text: str) -> dict[str, str]:
@@ -158,7 +181,7 @@ def _info(text: str) -> dict[str, str]:
     return out
 
 
-def _open_node(path: Path, flags: int) -> os.stat_result | int:
+def _open_node(path: str, flags: int) -> os.stat_result | int:
     """The node's stat when it opens with ``flags``, else the errno."""
     try:
         fd = os.open(path, flags | os.O_CLOEXEC)
@@ -174,13 +197,13 @@ def _errname(code: int) -> str:
     return errno.errorcode.get(code, str(code))
 
 
-def _device_nodes_mismatch(dev: Path, minors: tuple[int, ...], simulated: bool) -> str | None:
+def _device_nodes_mismatch(dev: str, minors: tuple[int, ...], simulated: bool) -> str | None:
     """None when this process opens exactly the listed GPUs' device nodes; else the first difference.
 
     ``simulated``: a plain file stands for a device node (the simulator's /dev)."""
-    ctl = _open_node(dev / "nvidiactl", os.O_RDWR)
+    ctl = _open_node(_join(dev, "nvidiactl"), os.O_RDWR)
     if isinstance(ctl, int):
-        return f"{dev / 'nvidiactl'} does not open ({_errname(ctl)})"
+        return f"{_join(dev, 'nvidiactl')} does not open ({_errname(ctl)})"
     major = os.major(ctl.st_rdev) if stat.S_ISCHR(ctl.st_mode) else None
 
     def is_node(st: os.stat_result, minor: int) -> bool:
@@ -189,7 +212,7 @@ def _device_nodes_mismatch(dev: Path, minors: tuple[int, ...], simulated: bool) 
         return simulated and stat.S_ISREG(st.st_mode)
 
     for minor in minors:
-        path = dev / f"nvidia{minor}"
+        path = _join(dev, f"nvidia{minor}")
         st = _open_node(path, os.O_RDWR)
         if isinstance(st, int):
             return f"the driver's /proc lists GPU minor {minor}, but {path} does not open ({_errname(st)})"
@@ -203,9 +226,9 @@ def _device_nodes_mismatch(dev: Path, minors: tuple[int, ...], simulated: bool) 
     for name in names:
         tail = name[6:]
         if name.startswith("nvidia") and tail.isascii() and tail.isdigit() and int(tail) not in listed:
-            st = _open_node(dev / name, os.O_RDWR)
+            st = _open_node(_join(dev, name), os.O_RDWR)
             if not isinstance(st, int):
-                return f"{dev / name} opens, but the driver's /proc does not list that GPU"
+                return f"{_join(dev, name)} opens, but the driver's /proc does not list that GPU"
     return None
 
 

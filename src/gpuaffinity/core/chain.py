@@ -33,14 +33,17 @@ way a FallbackWarning says so.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from _collections_abc import Sequence  # what collections.abc re-exports, loaded with os: no import to pay for
 
 from gpuaffinity.core.errors import ConflictError, DisagreementWarning, FallbackWarning, GpuAffinityError, shown
 from gpuaffinity.core.model import Abstain, Answer, GpuInfo, PhysicalDevice, Verdict
 from gpuaffinity.core.strategy import COSTS, OPTIONAL, ResolveContext, Strategy
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 IDENTITY = "identity"
 
@@ -75,6 +78,8 @@ def _call(s: Strategy, ctx: ResolveContext, what: str, fn: Callable[[], Any]) ->
                 box.append((True, fn()))
             except BaseException as e:  # handed to the caller below
                 box.append((False, e))
+
+        import threading  # only for a strategy with a watchdog: no built-in has one
 
         worker = threading.Thread(target=work, name=f"gpuaffinity-{s.name}", daemon=True)
         worker.start()

@@ -39,13 +39,25 @@ the answer rests on that list alone.  ``read_cvd`` says so in
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import Protocol
-
 from gpuaffinity.core.errors import shown
 from gpuaffinity.core.model import MigInfo
+from gpuaffinity.core.record import field, record, replace
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # neither typing nor re is loaded to read the variable: a first resolve pays for neither
+    from collections.abc import Sequence
+    from typing import Protocol
+
+    class _Mig(Protocol):
+        uuid: str
+        gpu_instance: int
+        compute_instance: int
+
+    class _Gpu(Protocol):
+        @property
+        def uuid(self) -> str: ...
+        @property
+        def migs(self) -> Sequence[_Mig]: ...
 
 CUDA_ERROR_NO_DEVICE = 100
 CUDA_ERROR_INVALID_DEVICE = 101
@@ -57,7 +69,7 @@ ORDERS = ("FASTEST_FIRST", "PCI_BUS_ID")
 MigIdentity = MigInfo
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class GpuIdentity:
     """The least the grammar needs to know of one physical GPU.
 
@@ -69,7 +81,7 @@ class GpuIdentity:
     migs: tuple[MigInfo, ...] = ()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Visible:
     """One CUDA device: the GPU (its position in the list given) and MIG instance, if any."""
 
@@ -77,7 +89,7 @@ class Visible:
     mig: int | None = None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CvdResult:
     devices: tuple[Visible, ...]
     #: CUDA error cuInit reports (0: none; 100 nothing visible; 101 duplicate or bad order)
@@ -100,20 +112,42 @@ class CvdResult:
         return [d.gpu for d in self.devices]
 
 
-_MIG_PATH = re.compile(r"MIG-(GPU-[^/]+)/([0-9]+)/([0-9]+)")
+DIGITS = "0123456789"  # ASCII only: str.isdigit() also takes "²" and "٣", which C's strtoul does not
+
+
+def _mig_path(entry: str) -> tuple[str, str, str] | None:
+    """``MIG-GPU-<uuid>/<gi>/<ci>`` split into its parts (the instances as digit strings), else None."""
+    if not entry.startswith("MIG-GPU-"):
+        return None
+    parts = entry[4:].split("/")
+    if len(parts) != 3 or len(parts[0]) < 5 or not all(p and all(c in DIGITS for c in p) for p in parts[1:]):
+        return None
+    return parts[0], parts[1], parts[2]
+
+
+def _same_number(digits: str, value: int) -> bool:
+    """A digit string (any length: int() refuses thousands of digits) names ``value``."""
+    return (digits.lstrip("0") or "0") == str(value)
 
 
 def strtoul32(text: str) -> int | None:
     """C's strtoul(text, NULL, 10) cut to 32 bits; None when no digits are found."""
-    m = re.match(r"[ \t\n\v\f\r]*([+-]?)([0-9]+)", text)
-    if not m:
+    i, n = 0, len(text)
+    while i < n and text[i] in " \t\n\v\f\r":
+        i += 1
+    sign = text[i] if i < n and text[i] in "+-" else ""
+    i += len(sign)
+    j = i
+    while j < n and text[j] in DIGITS:
+        j += 1
+    if j == i:
         return None
-    digits = m[2].lstrip("0") or "0"
+    digits = text[i:j].lstrip("0") or "0"
     # more than 20 digits is past 2^64 whatever they are (and int() refuses thousands of digits)
     value = int(digits) if len(digits) <= 20 else 1 << 64
     if value > 0xFFFFFFFFFFFFFFFF:  # strtoul saturates at ULONG_MAX
         value = 0xFFFFFFFFFFFFFFFF
-    elif m[1] == "-":
+    elif sign == "-":
         value = (-value) & 0xFFFFFFFFFFFFFFFF
     return value & 0xFFFFFFFF
 
@@ -134,18 +168,6 @@ def _prefix_match(candidates: Sequence[str], text: str) -> int | None:
     hits = [i for i, h in enumerate(hexes) if h[: len(want)] == want[: len(h)]]
     return hits[0] if len(hits) == 1 else None
 
-
-class _Mig(Protocol):
-    uuid: str
-    gpu_instance: int
-    compute_instance: int
-
-
-class _Gpu(Protocol):
-    @property
-    def uuid(self) -> str: ...
-    @property
-    def migs(self) -> Sequence[_Mig]: ...
 
 
 def read_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] | None = None,
@@ -182,7 +204,10 @@ def read_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] | 
     return replace(measured, unsure=why)
 
 
-_PLAIN_INT = re.compile(r"0|[1-9][0-9]*")
+def _plain_int(text: str) -> bool:
+    """``0`` or digits without a leading zero: a number as nvidia-smi prints it."""
+    return bool(text) and all(c in DIGITS for c in text) and (text == "0" or text[0] != "0")
+
 _CANON_BODY = "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
 
 
@@ -297,21 +322,21 @@ def _short(entry: str) -> bool:
 
 def _plain_entry(entry: str, uuid_list: bool) -> bool:
     if not uuid_list:
-        return bool(_PLAIN_INT.fullmatch(entry))
+        return _plain_int(entry)
     if entry.startswith("MIG-GPU-"):
-        m = _MIG_PATH.fullmatch(entry)
-        return bool(m) and len(m[1]) == 40 and _plain_prefix(m[1][4:]) and all(
-            _PLAIN_INT.fullmatch(x) for x in (m[2], m[3]))
+        m = _mig_path(entry)
+        return m is not None and len(m[0]) == 40 and _plain_prefix(m[0][4:]) and _plain_int(m[1]) and \
+            _plain_int(m[2])
     return entry.startswith(("GPU-", "MIG-")) and _plain_prefix(entry[4:])
 
 
 def _find_mig(entry: str, gpus: Sequence[_Gpu]) -> tuple[int, int] | None:
-    m = _MIG_PATH.fullmatch(entry)
+    m = _mig_path(entry)
     if m:
         for gi_, g in enumerate(gpus):
-            if g.uuid.lower() == m[1].lower():
+            if g.uuid.lower() == m[0].lower():
                 for mi, mig in enumerate(g.migs):
-                    if (mig.gpu_instance, mig.compute_instance) == (int(m[2]), int(m[3])):
+                    if _same_number(m[1], mig.gpu_instance) and _same_number(m[2], mig.compute_instance):
                         return gi_, mi
         return None
     if entry.startswith("MIG-GPU-"):

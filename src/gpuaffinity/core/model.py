@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from gpuaffinity.core.record import asdict, field, record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MigInfo:
     uuid: str  # MIG-…
     gpu_instance: int
     compute_instance: int
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class GpuInfo:
     """One physical GPU as NVML numbers it in this process."""
 
@@ -25,7 +28,7 @@ class GpuInfo:
     mig_enabled: bool = False  # MIG mode is on (then CUDA shows instances, never the whole GPU)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Inventory:
     """The GPUs this process can use, in NVML (PCI bus) order, and how that list was established.
 
@@ -91,7 +94,7 @@ def normalize_bus_id(bus_id: str) -> str:
     return f"{int(dom, 16):04x}:{bus}:{rest}"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Answer:
     """A strategy's answer for one logical device: the physical GPU (and MIG instance)."""
 
@@ -100,7 +103,7 @@ class Answer:
     detail: str = ""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Abstain:
     """A strategy that gives no answer, and why.
 
@@ -113,7 +116,7 @@ class Abstain:
     quiet: bool = False
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Verdict:
     """What one strategy said about one logical device, as the chain saw it."""
 
@@ -124,7 +127,7 @@ class Verdict:
     trace: str = field(default="", compare=False, repr=False)  # the traceback when the strategy raised
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PhysicalDevice:
     """The physical GPU behind a logical CUDA device, and what was checked to say so.
 

@@ -17,28 +17,46 @@ and warned about once a process.
 
 from __future__ import annotations
 
-import importlib
 import os
-import re
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from gpuaffinity.core.errors import PluginError
+from gpuaffinity.core.record import field, record
 from gpuaffinity.core.settings import DISABLE_VAR  # comma-separated names to leave out, like pytest's -p no:NAME
 from gpuaffinity.core.strategy import OPTIONAL, Strategy
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import pluggy
 
 PROJECT = "gpuaffinity"
 
-NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,39}")
+_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_NAME_CHARS = _LETTERS + "0123456789_.-"
+
+
+def valid_name(name: str) -> bool:
+    """A strategy or plugin name: an ASCII letter, then up to 39 letters, digits, ``_``, ``.`` or ``-``."""
+    return 1 <= len(name) <= 40 and name[0] in _LETTERS and all(c in _NAME_CHARS for c in name)
+
+
+def _dist_key(name: str) -> str:
+    """A distribution name as importlib.metadata compares them: runs of ``-``, ``_`` and ``.`` are one ``_``,
+    lower case (PEP 503)."""
+    out: list[str] = []
+    for c in name:
+        if c in "-_.":
+            if not out or out[-1] != "_":
+                out.append("_")
+        else:
+            out.append(c)
+    return "".join(out).lower()
 HOOK = "gpuaffinity_strategies"
 
 
-@dataclass
+@record
 class PluginInfo:
     """One plugin: its name, where it came from, what it contributed, and what is wrong with it."""
 
@@ -131,7 +149,7 @@ def find_entry_points(group: str) -> list[PluginInfo] | None:
                 continue
             stem = n.rsplit(".", 1)[0]
             dist_raw, _, version = stem.partition("-")
-            dist = re.sub(r"[-_.]+", "_", dist_raw).lower()
+            dist = _dist_key(dist_raw)
             if dist in seen:
                 continue
             seen.add(dist)
@@ -172,6 +190,8 @@ def _section(text: str, group: str) -> list[tuple[str, str]]:
 
 def _load(target: str) -> object:
     module, _, attr = target.partition(":")
+    import importlib
+
     obj: object = importlib.import_module(module.strip())
     for part in filter(None, attr.strip().split(".")):
         obj = getattr(obj, part)
@@ -185,7 +205,7 @@ def validate(s: object, owner: object) -> None:
                            f"with {DISABLE_VAR}={getattr(owner, 'name', owner)}")
 
     name = getattr(s, "name", None)
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+    if not isinstance(name, str) or not valid_name(name):
         raise bad(f"has no usable name ({name!r}: want a short identifier such as 'launcher')")
     priority = getattr(s, "priority", None)
     if isinstance(priority, bool) or not isinstance(priority, int):

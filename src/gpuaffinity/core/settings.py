@@ -9,10 +9,13 @@ resolves cannot leave an answer under the wrong key.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass
 
 from gpuaffinity.core.errors import GpuAffinityError
+from gpuaffinity.core.record import record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 CVD = "CUDA_VISIBLE_DEVICES"
 ORDER = "CUDA_DEVICE_ORDER"
@@ -121,7 +124,7 @@ def normalize_disable(disable: Iterable[str] | str | None) -> tuple[str, ...] | 
     return out or None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Settings:
     """What one resolution reads: the caller's options and the environment, read once."""
 

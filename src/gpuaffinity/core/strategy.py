@@ -10,14 +10,13 @@ plugin run without loading pluggy.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-
 from gpuaffinity.core.cvd import CvdResult
 from gpuaffinity.core.model import Abstain, Answer, Inventory
+from gpuaffinity.core.record import field, record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
     from typing import Any, Literal
 
     from gpuaffinity.core.settings import Settings
@@ -28,7 +27,7 @@ else:
 
 
 
-@dataclass
+@record
 class ResolveContext:
     """What every strategy may read while one resolution runs.
 

@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 
 from gpuaffinity.core.strategy import ResolveContext
 
 
+def libcuda_mapped() -> bool | None:
+    """Whether a ``libcuda.so*`` file is mapped into this process (/proc/self/maps); None when that cannot be read.
+
+    The CUDA driver API lives in libcuda alone, which is only ever loaded as a shared library (the runtime
+    and every binding dlopen ``libcuda.so.1``): a process without it mapped cannot have initialised CUDA."""
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            maps = f.read()
+    except OSError:
+        return None
+    return b"/libcuda.so" in maps
+
+
 def cuda_initialized_here() -> bool:
-    """True when libcuda is loaded in this process and cuInit has succeeded; initialises nothing."""
+    """True when libcuda is loaded in this process and cuInit has succeeded; initialises nothing.
+
+    When libcuda is not mapped the answer is False without loading ctypes (a fresh process's first
+    resolve); otherwise libcuda is asked, with RTLD_NOLOAD, whether a device count can be had."""
+    if libcuda_mapped() is False:
+        return False
+    import ctypes
+
     try:
         lib = ctypes.CDLL("libcuda.so.1", mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
     except OSError:

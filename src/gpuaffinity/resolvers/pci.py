@@ -29,11 +29,9 @@ cuda-python's bindings call, and no import to pay for.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
-from typing import Any
 
 from gpuaffinity.core.cvd import CUDA_ERROR_INVALID_DEVICE, CUDA_ERROR_NO_DEVICE
 from gpuaffinity.core.errors import InvalidVisibleDevicesError, shown
@@ -42,13 +40,17 @@ from gpuaffinity.core.settings import NO_SUBPROCESS_VAR
 from gpuaffinity.core.strategy import Cost, ResolveContext, Strategy
 from gpuaffinity.resolvers._common import cuda_up
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 # The driver's own answer, through ctypes alone: the same code runs in this process (CUDA already up), in a
 # forked copy of it, or as the whole program of an isolated child (so it imports nothing of gpuaffinity).
 QUERY = r"""
-import ctypes, json, os
 def failed(call, i, rc):
     return {"rc": None, "devices": [], "error": f"the CUDA driver's {call}({i}) returned CUDA error {rc}"}
 def query_driver(init):
+    import ctypes
     try:
         cu = ctypes.CDLL("libcuda.so.1")
     except OSError as e:
@@ -78,7 +80,7 @@ def query_driver(init):
 _space: dict[str, Any] = {}
 exec(compile(QUERY, f"{__file__}:QUERY", "exec"), _space)
 query_driver = _space["query_driver"]
-CHILD = QUERY + "print(json.dumps(query_driver(True)))\n"
+CHILD = QUERY + "import json\nprint(json.dumps(query_driver(True)))\n"
 
 
 def _single_threaded() -> bool:
@@ -93,6 +95,7 @@ def _forked_probe(env: dict[str, str | None], timeout: float) -> dict[str, Any]:
     """query_driver(init=True) in a forked copy of this process: no interpreter to start.  Only while this
     process has one thread (a fork copies no lock another thread holds) and has not initialised CUDA (which is
     why it asks a child: a child may initialise CUDA, never the parent)."""
+    import json
     import select
     import signal
 
@@ -167,6 +170,7 @@ class PciStrategy(Strategy):
             table = _forked_probe(ctx.env, timeout)
             table["where"] = "in a child process (a fork of this one)"
             return table
+        import json
         import subprocess
 
         env = dict(os.environ)
@@ -231,4 +235,6 @@ def child_command() -> list[str]:
 
 
 if __name__ == "__main__":  # the same probe, by hand: initialise CUDA here, print, exit
+    import json
+
     print(json.dumps(query_driver(True)))
