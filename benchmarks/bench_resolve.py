@@ -94,6 +94,11 @@ def main() -> int:
     ap.add_argument("--json", help="also write every raw figure here")
     args = ap.parse_args()
 
+    import compileall
+
+    # byte-compiled, as pip leaves an installed package: a variant must not pay for compiling our sources
+    # (where PYTHONDONTWRITEBYTECODE is set, nothing else would write them)
+    compileall.compile_dir(str(SRC / "gpuaffinity"), quiet=1)
     env = dict(os.environ)
     env["PYTHONPATH"] = f"{SRC}{os.pathsep}{env['PYTHONPATH']}" if env.get("PYTHONPATH") else str(SRC)
     have_torch = subprocess.run([sys.executable, "-c", "import torch"], env=env,
