@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import signal
-import subprocess
 import sys
-from collections.abc import Sequence
 
 from gpuaffinity.core.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, UsageError, exit_status
 from gpuaffinity.core.settings import FAILURE_POLICIES, MEMORY_POLICIES, MODES, POLICIES
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 #: set it to see the traceback of an unexpected error instead of its one line
 DEBUG_VAR = "GPUAFFINITY_DEBUG"
@@ -338,6 +340,8 @@ def _run_job(cmd: list[str], env: dict[str, str], early: list[int]) -> int:
             _give_terminal(tty, os.getpgrp())
 
     try:
+        import subprocess  # only `sim run` starts a process; resolve and bind never do
+
         child = subprocess.Popen(cmd, env=env, preexec_fn=own_group)
     except OSError as e:
         return _cannot_run("sim run", cmd, e)
