@@ -34,7 +34,7 @@ def test_command_line_and_api(machine, tmp_path):
     env = dict(os.environ, TMPDIR=str(tmp_path))
     out = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", machine, "--", sys.executable,
                           str(HARNESS), str(examples)], env=env, capture_output=True, text=True,
-                         timeout=max(600, examples // 5))  # 2 x examples at 10 or more a second, even on a loaded machine
+                         timeout=max(600, examples // 5))  # 2 x examples at 10 a second or more, even when loaded
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["failure"] is None, result["failure"]
     assert result["examples"] == 2 * examples

@@ -275,3 +275,28 @@ def test_a_gpu_spanning_nodes_reports_all_and_disagreement_is_noted(tmp_path, mo
     assert any("spans NUMA nodes 0-1" in n for n in span.notes)
     other = gpu_locality(bus, every, (frozenset({1}), every))
     assert other.numa_nodes == (0,) and any("but sysfs says 0: using sysfs" in n for n in other.notes)
+
+
+@pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs")
+def test_memory_outside_mems_allowed_is_left_out_not_einval(tmp_path):
+    """A node outside the cgroup's Mems_allowed is not bound to (it would be EINVAL): CPUs bound, memory left
+    alone, and said so.  Mems_allowed_list is this very process's, read by the kernel's rules from procfs."""
+    if os.path.exists("/sys/devices/system/node/node1"):
+        pytest.skip("this kernel has a node 1")
+    with open("/proc/self/status") as f:
+        status = f.read()
+    assert "Mems_allowed_list:\t0\n" in status  # this machine's only node
+    with simulated(local_machine(tmp_path, split=True)) as machine:
+        fake = machine.folder / "proc" / "self" / "status"
+        fake.parent.mkdir(parents=True, exist_ok=True)
+        fake.write_text(status)
+        env = child_env(machine)
+        run = [sys.executable, "-m", "gpuaffinity", "bind", "1"]
+        out = subprocess.run([*run, "--on-failure", "error", "--", sys.executable, "-c", READBACK], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        affinity, mode, _ = json.loads(out.stdout)
+        assert affinity == [CPUS[1]] and mode == 0  # CPUs applied, memory policy left at its default
+        assert "memory on node(s) 1 is not allowed to this process (Mems_allowed_list 0" in out.stderr
+        dry = subprocess.run([*run, "--dry-run"], env=env, capture_output=True, text=True, timeout=120)
+        assert "memory none" in dry.stdout and "would fail" not in dry.stdout

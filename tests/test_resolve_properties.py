@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import CUDA_VARS
-from gpuaffinity.core.cvd import apply_cvd
 from gpuaffinity.sim import simulated
 from gpuaffinity.sim.topology import parse_topology
 from test_resolve import CHILD
@@ -59,32 +58,86 @@ def cvd_values(topo):
                      st.permutations(list(range(n))).map(lambda p: ",".join(map(str, p))))
 
 
+# The truth comes from the simulated CUDA driver itself, asked through cuda.bindings, one fresh process per
+# environment (the driver reads the variables once, in cuInit): a child that never initialises CUDA forks one
+# grandchild per combination.  Nothing here uses gpuaffinity's own grammar.
+TRUTH = r"""
+import json, os, sys
+from cuda.bindings import driver as d
+out = []
+for cvd, order in json.loads(sys.argv[1]):
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        for var, value in (("CUDA_VISIBLE_DEVICES", cvd), ("CUDA_DEVICE_ORDER", order)):
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+        (rc,) = d.cuInit(0)
+        devices = []
+        if rc == d.CUresult.CUDA_SUCCESS:
+            _, n = d.cuDeviceGetCount()
+            for i in range(n):
+                _, bus = d.cuDeviceGetPCIBusId(32, i)
+                _, own = getattr(d, "cuDeviceGetUuid_v2", d.cuDeviceGetUuid)(i)
+                devices.append([bus.split(b"\0", 1)[0].decode().lower(), bytes(own.bytes).hex()])
+        os.write(w, json.dumps([int(rc), devices]).encode())
+        os._exit(0)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 1 << 16):
+        data += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    out.append(json.loads(data))
+print(json.dumps(out))
+"""
+
+
+def driver_truth(env, combos):
+    """[(cuInit's result, [(physical GPU UUID, MIG UUID or None), ...]), ...] from the simulated driver."""
+    proc = subprocess.run([sys.executable, "-c", TRUTH, json.dumps(combos)], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def named(topo, bus, own_hex):
+    """The physical GPU at ``bus`` and, when the driver's UUID is not that GPU's, the MIG instance it names."""
+    gpu = next(g for g in topo.gpus if g.pci_bus_id == bus)
+    if gpu.uuid[4:].replace("-", "") == own_hex:
+        return gpu.uuid, None
+    mig = next(m for m in gpu.migs if m.uuid[4:].replace("-", "") == own_hex)
+    return gpu.uuid, mig.uuid
+
+
 def check(topo, combos, torch=False):
     extra = {"T_IMPORT_TORCH": "1"} if torch else {}
     with simulated(topo) as machine:
         env = {k: v for k, v in machine.env.items() if k not in CUDA_VARS}
+        truths = driver_truth(env, combos)
         env.update(extra)
         proc = subprocess.run([sys.executable, CHILD, json.dumps([[c, o, {}] for c, o in combos])], env=env,
                               capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout.strip().splitlines()[-1])
-    idents = topo.gpus  # apply_cvd reads .uuid and .migs, which the topology's records have
-    for (cvd, order), rec in zip(combos, results, strict=True):
-        truth = apply_cvd(cvd, idents, topo.cuda_default_order(), order)
+    for (cvd, order), rec, (rc, devices) in zip(combos, results, truths, strict=True):
         where = f"CUDA_VISIBLE_DEVICES={cvd!r} CUDA_DEVICE_ORDER={order!r}: {rec}"
-        if truth.error == 101:
+        if rc == 101:  # CUDA_ERROR_INVALID_DEVICE: the driver refuses the variables
             assert rec.get("error") == "InvalidVisibleDevicesError", where
             continue
         assert "error" not in rec, where
-        assert len(rec["devices"]) == len(truth.devices), where
-        for dev, want in zip(rec["devices"], truth.devices, strict=True):
-            want_uuid = topo.gpus[want.gpu].uuid
+        assert len(rec["devices"]) == len(devices), where
+        for dev, (bus, own_hex) in zip(rec["devices"], devices, strict=True):
+            want_uuid, want_mig = named(topo, bus, own_hex)
             for name, (answer, _ran, _why) in dev["verdicts"].items():
                 assert answer is None or answer == want_uuid, f"strategy {name} is wrong: {where}"
             if dev["uuid"] != want_uuid:
                 assert dev["fallback"] and rec["warnings"], f"wrong device without a warning: {where}"
-            if want.mig is not None and dev["strategy"] != "identity":
-                assert dev["mig_uuid"] == topo.gpus[want.gpu].migs[want.mig].uuid, where
+            if want_mig is not None and dev["strategy"] != "identity":
+                assert dev["mig_uuid"] == want_mig, where
 
 
 ORDERS = st.sampled_from([None, "FASTEST_FIRST", "PCI_BUS_ID"])

@@ -81,15 +81,45 @@ def test_chain_gives_the_drivers_answer_not_torchs(answers, label):
     assert all(w.startswith("gpuaffinity: CUDA device") and "fallback strategy 'cvd'" in w for w in got["warnings"])
 
 
-def test_torch_is_wrong_on_these_cases_here(answers):
-    """The list above stays honest: on the installed torch, most of these cases really do differ."""
+RAW = r"""
+import json, os, sys, torch
+out = {}
+for label, cvd in json.loads(sys.argv[1]):
+    if cvd is None:
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = cvd
+    raw = []
+    for i in range(5):
+        try:
+            raw.append(torch.cuda._get_nvml_device_index(i))
+        except Exception as e:
+            raw.append(type(e).__name__)
+    out[label] = raw
+print(json.dumps(out))
+"""
+
+
+def test_torch_is_wrong_exactly_where_it_was_on_the_real_machine():
+    """Every recorded value: torch's helper on the simulated copy of the machine answers exactly what torch 2.11
+    answered on the real H200s (exceptions compared by type), and differs from the driver on TORCH_WRONG only."""
+    torch = pytest.importorskip("torch")
+    if not hasattr(torch.cuda, "_get_nvml_device_index"):
+        pytest.skip(f"torch {torch.__version__} has no _get_nvml_device_index")
+    from gpuaffinity.sim import simulated
+    recorded = {c["label"]: [a.split(":")[0] if isinstance(a, str) else a for a in c["helper"]]
+                for c in json.loads((FOLDER / "torch_cases.json").read_text())}
+    with simulated(captured_topology(FOLDER)) as machine:
+        got = run_json(machine, RAW, json.dumps([[label, CASES[label]["cvd"]] for label in recorded]),
+                       order="PCI_BUS_ID")
+    assert got == recorded
     wrong = []
-    for label in TORCH_WRONG:
-        case, raw = CASES[label], answers[label]["torch"]
-        truth = ([DATA["bus_ids"].index(d["pci_bus_id"]) for d in case["devices"]] if case["cuInit"] == 0 else [])
+    for label, raw in got.items():
+        case = CASES[label]
+        truth = [DATA["bus_ids"].index(d["pci_bus_id"]) for d in case["devices"]] if case["cuInit"] == 0 else []
         if raw[: len(truth)] != truth or any(isinstance(a, int) for a in raw[len(truth):]):
             wrong.append(label)
-    assert len(wrong) >= len(TORCH_WRONG) // 2, wrong
+    assert wrong == TORCH_WRONG
 
 
 MIXED = r"""

@@ -6,10 +6,14 @@ lists, sysfs files and the topology file.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 #: no kernel numbers CPUs or nodes this high (x86 NR_CPUS is at most 8192); a bound keeps a hostile range cheap
 MAX_NUMBER = 1 << 16
+#: What may surround a list in a sysfs file: white space, and the NUL some kernels add after the newline.
+_PADDING = " \t\n\r\v\f\0"
 
 
 def parse_cpulist(text: str, limit: int = MAX_NUMBER) -> frozenset[int]:
@@ -17,11 +21,13 @@ def parse_cpulist(text: str, limit: int = MAX_NUMBER) -> frozenset[int]:
 
     Accepts what the kernel writes and reads: comma-separated numbers and
     ranges ``a-b``, a range may carry a stride ``a-b:s``; an empty string (or
-    only white space) is the empty set.  ``limit``: numbers must be below it
-    (checked before a range is expanded, so ``0-999999999`` costs nothing).
+    only white space) is the empty set.  White space and NUL bytes around the
+    list are ignored: some kernels end sysfs lists with a NUL after the newline.
+    ``limit``: numbers must be below it (checked before a range is expanded, so
+    ``0-999999999`` costs nothing).
     """
     out: set[int] = set()
-    text = text.strip()
+    text = text.strip(_PADDING)
     if not text:
         return frozenset()
     for part in text.split(","):
@@ -87,3 +93,28 @@ def format_cpumask(numbers: Iterable[int]) -> str:
     """The kernel's hex mask form ("ffffffff,ffffffff"), 32-bit groups, most significant first."""
     words = to_mask_words(numbers, 32)
     return ",".join(f"{w:08x}" for w in reversed(words))
+
+
+def parse_cpumask(text: str, limit: int = MAX_NUMBER) -> frozenset[int]:
+    """The numbers a kernel hex mask names (``"00000002,00000001"`` -> ``{0, 33}``); raise ValueError.
+
+    Comma-separated groups of 32 bits, most significant first, as the kernel
+    writes ``cpumap``, ``local_cpus`` and ``thread_siblings``: every group but
+    the first has 8 hex digits.  White space and NUL bytes around it are ignored.
+    ``limit``: as for parse_cpulist, checked before the bits are counted.
+    """
+    text = text.strip(_PADDING)
+    if not text:
+        return frozenset()
+    groups = text.split(",")
+    if (len(groups) - 1) * 32 >= limit:
+        raise ValueError(f"cpumask {_cut(text)} has {len(groups)} groups: past the limit of {limit - 1}")
+    value = 0
+    for i, group in enumerate(groups):
+        width_ok = 1 <= len(group) <= 8 if i == 0 else len(group) == 8
+        if not width_ok or any(ch not in "0123456789abcdefABCDEF" for ch in group):
+            raise ValueError(f"{group[:20]!r} is not a group of 32-bit hex digits in cpumask {_cut(text)}")
+        value = value << 32 | int(group, 16)
+    if value.bit_length() > limit:
+        raise ValueError(f"cpumask {_cut(text)} names a number past the limit of {limit - 1}")
+    return frozenset(bit for bit in range(value.bit_length()) if value >> bit & 1)

@@ -63,6 +63,7 @@ CUDA_ERROR_NO_DEVICE = 100
 CUDA_ERROR_INVALID_DEVICE = 101
 
 ORDERS = ("FASTEST_FIRST", "PCI_BUS_ID")
+ULONG_MAX = 2**64 - 1
 
 
 #: A MIG instance as the grammar sees it: the model's own record.
@@ -145,10 +146,10 @@ def strtoul32(text: str) -> int | None:
     digits = text[i:j].lstrip("0") or "0"
     # more than 20 digits is past 2^64 whatever they are (and int() refuses thousands of digits)
     value = int(digits) if len(digits) <= 20 else 1 << 64
-    if value > 0xFFFFFFFFFFFFFFFF:  # strtoul saturates at ULONG_MAX
-        value = 0xFFFFFFFFFFFFFFFF
-    elif sign == "-":
-        value = (-value) & 0xFFFFFFFFFFFFFFFF
+    if value > ULONG_MAX:  # strtoul saturates at ULONG_MAX, whatever the sign
+        return ULONG_MAX & 0xFFFFFFFF
+    if sign == "-":
+        value = -value & ULONG_MAX
     return value & 0xFFFFFFFF
 
 
@@ -338,8 +339,6 @@ def _find_mig(entry: str, gpus: Sequence[_Gpu]) -> tuple[int, int] | None:
                 for mi, mig in enumerate(g.migs):
                     if _same_number(m[1], mig.gpu_instance) and _same_number(m[2], mig.compute_instance):
                         return gi_, mi
-        return None
-    if entry.startswith("MIG-GPU-"):
         return None
     flat = [(gi_, mi, mig.uuid[4:]) for gi_, g in enumerate(gpus) for mi, mig in enumerate(g.migs)]
     hit = _prefix_match([f[2] for f in flat], entry[4:])

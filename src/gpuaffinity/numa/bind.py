@@ -12,15 +12,17 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from gpuaffinity.core.cpulist import format_cpulist
 from gpuaffinity.core.errors import BindError  # with every other error; importable from here too
+from gpuaffinity.core.record import field, record
+from gpuaffinity.core.settings import MEMORY_POLICIES, SIM_ALLOWED_VAR  # named once, in settings
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 MPOL_DEFAULT, MPOL_PREFERRED, MPOL_BIND, MPOL_INTERLEAVE, MPOL_LOCAL, MPOL_PREFERRED_MANY = 0, 1, 2, 3, 4, 5
-from gpuaffinity.core.settings import MEMORY_POLICIES  # noqa: E402 - named once, in settings
 
 _SYSCALLS = {"x86_64": (238, 239), "aarch64": (237, 236), "ppc64le": (261, 260)}  # set_, get_mempolicy
 _MASK_BITS = 1024
@@ -28,7 +30,7 @@ _MASK_BITS = 1024
 
 
 
-@dataclass
+@record
 class BindRecord:
     """What a bind applied, and what it did not."""
 
@@ -56,15 +58,20 @@ class BindRecord:
         return f"GPU {self.pci_bus_id}, mode {self.mode}: {cpu}, {mem}"
 
 
+def _machine() -> str:
+    """The CPU architecture (``uname -m``), without importing platform."""
+    return os.uname().machine
+
+
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
 def _syscall_numbers() -> tuple[int, int]:
     try:
-        return _SYSCALLS[platform.machine()]
+        return _SYSCALLS[_machine()]
     except KeyError:
-        raise BindError(f"memory policy is not supported on {platform.machine()} by gpuaffinity yet; "
+        raise BindError(f"memory policy is not supported on {_machine()} by gpuaffinity yet; "
                         "use --memory none") from None
 
 
@@ -119,8 +126,12 @@ def get_mempolicy() -> tuple[int, frozenset[int]]:
     if libc.syscall(get_nr, ctypes.byref(mode), mask, ctypes.c_ulong(_MASK_BITS + 1), None, ctypes.c_ulong(0)):
         err = ctypes.get_errno()
         raise OSError(err, f"get_mempolicy: {os.strerror(err)}")
-    nodes = frozenset(w * 64 + b for w, word in enumerate(mask) for b in range(64) if word >> b & 1)
-    return mode.value, nodes
+    return mode.value, _from_nodemask(mask)
+
+
+def _from_nodemask(words: Iterable[int]) -> frozenset[int]:
+    """The nodes a kernel node mask (64-bit words, word 0 first) names."""
+    return frozenset(w * 64 + b for w, word in enumerate(words) for b in range(64) if word >> b & 1)
 
 
 def thread_ids() -> list[int]:
@@ -158,13 +169,14 @@ def apply(record: BindRecord, on_failure: str) -> BindRecord:
     if on_failure not in ("warn", "error"):
         raise BindError(f"unknown failure policy {on_failure!r}: choose warn or error")
     old_cpus = frozenset(os.sched_getaffinity(0))
-    old_policy = None
+    old_policy: tuple[int, frozenset[int]] = (MPOL_DEFAULT, frozenset())  # a thread's policy unless set
     try:
-        old_policy = get_mempolicy() if record.memory != "none" else None
+        if record.memory != "none":
+            old_policy = get_mempolicy()
     except (OSError, BindError):
-        pass
+        pass  # unreadable: undoing falls back to the default policy
     cpus = record.cpus
-    if os.environ.get("GPUAFFINITY_SIM_ALLOWED_CPUS") is not None:
+    if os.environ.get(SIM_ALLOWED_VAR) is not None:
         # a simulated cpuset (sim run --cpuset) narrows the plan, never this process's real mask: a taskset or
         # cgroup limit on the real process still holds
         cpus = record.cpus & old_cpus
@@ -186,7 +198,7 @@ def apply(record: BindRecord, on_failure: str) -> BindRecord:
         if record.cpus_applied:
             set_affinity_all_threads(old_cpus)
             record.cpus_applied = False
-        if record.memory_applied and old_policy is not None:
+        if record.memory_applied:
             _restore_mempolicy(*old_policy)
             record.memory_applied = False
         raise BindError("; ".join(record.failures) + " (nothing was left applied)")

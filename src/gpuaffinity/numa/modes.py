@@ -1,114 +1,196 @@
-"""Which CPUs a process serving one GPU should run on: the partition modes.
+"""Which CPUs and memory nodes a process serving one GPU should use: the partition modes.
+
+The rules, with every shape they were checked on, are in docs/numa.md; in short:
 
 ``node``
     Every allowed CPU of the GPU's NUMA node(s).
 ``socket``
-    Every allowed CPU of the package(s) that hold those nodes.
+    Every allowed CPU of the package(s) that hold those nodes, and every node
+    with CPUs in those packages.
 ``exclusive``
-    The node's physical cores, split evenly among the GPUs local to that node,
-    in PCI order; this GPU gets its share.  Hyperthread siblings stay together,
-    and the split depends only on the machine and the GPU, so one process per
-    GPU gets disjoint cores without any of them talking to the others.
+    The GPU's share of the CPUs this process may use on its node(s): the
+    allowed cores there are split among every GPU local to the node (all the
+    machine's GPUs, in PCI order), whole cores, contiguous shares, the first
+    GPUs getting one core more where they do not divide evenly.  So one
+    process per GPU gets disjoint cores without any of them talking to the
+    others.
 ``llc``
-    The allowed CPUs that share this GPU's node's last-level caches
-    (``cache/index3/shared_cpu_list``); the node where the machine says nothing.
+    The same split, with whole last-level cache domains as the unit.
 
-A GPU without a node (numa_node = -1) has no preference: every mode gives all
-allowed CPUs and a note.
+The memory nodes are the mode's nodes, less the GPU's own memory nodes (unless
+``gpu_memory``), with a node that has no memory replaced by its nearest nodes
+that have, and limited to the nodes this process may allocate on.  A GPU
+without a node (numa_node = -1) has no preference: every mode gives all
+allowed CPUs and no memory node.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-
-from gpuaffinity.core.cpulist import format_cpulist, parse_cpulist
+from gpuaffinity.core.cpulist import format_cpulist
+from gpuaffinity.core.record import record
 from gpuaffinity.core.settings import MODES
-from gpuaffinity.numa.query import Locality, _read, sysfs_root
+from gpuaffinity.numa.query import Locality, allowed_memory_nodes
+from gpuaffinity.numa.sysfs import Sysfs
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import TypeVar
+
+    T = TypeVar("T")
+
+_ASK = object()  # allowed_mems not given: read Mems_allowed
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Placement:
+    """What one mode gives a GPU: the memory nodes to bind to, the CPUs, and notes."""
+
     mode: str
     numa_nodes: tuple[int, ...]
     cpus: frozenset[int]
     notes: tuple[str, ...] = ()
 
 
-def _cpu_topology(cpus: frozenset[int]) -> dict[int, tuple[int, tuple[int, ...]]]:
-    """cpu -> (package, siblings) from sysfs; a CPU without topology files is its own core."""
-    base = sysfs_root() / "devices" / "system" / "cpu"
-    out = {}
-    for cpu in cpus:
-        pkg = _read(base / f"cpu{cpu}" / "topology" / "physical_package_id")
-        sib = _read(base / f"cpu{cpu}" / "topology" / "thread_siblings_list")
-        out[cpu] = (int(pkg) if pkg and pkg.lstrip("-").isdigit() else 0,
-                    tuple(sorted(parse_cpulist(sib))) if sib else (cpu,))
-    return out
-
-
-def _online_cpus() -> frozenset[int]:
-    text = _read(sysfs_root() / "devices" / "system" / "cpu" / "online")
-    return parse_cpulist(text) if text else frozenset()
-
-
-def cores_of(cpus: frozenset[int]) -> list[tuple[int, ...]]:
+def cores_of(cpus: frozenset[int], sysfs: Sysfs | None = None, notes: list[str] | None = None
+             ) -> list[tuple[int, ...]]:
     """Physical cores (tuples of sibling CPUs) among ``cpus``, ordered by their first CPU."""
-    topo = _cpu_topology(cpus)
-    cores = {tuple(c for c in sib if c in cpus) for _pkg, sib in topo.values()}
+    fs = Sysfs() if sysfs is None else sysfs
+    cores = {tuple(sorted(fs.siblings(c, notes) & cpus)) for c in cpus}
     return sorted((c for c in cores if c), key=lambda c: c[0])
 
 
-def split_evenly(items: Sequence, parts: int, index: int) -> list:
+def split_evenly(items: Sequence[T], parts: int, index: int) -> list[T]:
     """The ``index``-th of ``parts`` contiguous, as-even-as-possible slices (the first ones get the extra)."""
     base, extra = divmod(len(items), parts)
     start = index * base + min(index, extra)
     return list(items[start:start + base + (1 if index < extra else 0)])
 
 
-def place(loc: Locality, mode: str, allowed: frozenset[int], gpus_by_node: dict[int, list[str]] | None = None
-          ) -> Placement:
-    """The CPUs for a process serving the GPU at ``loc`` in ``mode``.
+def place(loc: Locality, mode: str, allowed: frozenset[int], gpus_by_node: dict[int, list[str]] | None = None,
+          *, gpu_memory: bool = False, allowed_mems: frozenset[int] | None | object = _ASK,
+          sysfs: Sysfs | None = None) -> Placement:
+    """The CPUs and memory nodes for a process serving the GPU at ``loc`` in ``mode``.
 
-    ``gpus_by_node`` lists, for each node, the PCI bus ids of every GPU local to
-    it (all of the machine's GPUs, whatever CUDA_VISIBLE_DEVICES says): needed
-    by ``exclusive``.
+    ``allowed``: the CPUs this process may use.  ``gpus_by_node`` lists, for
+    each node, the PCI bus ids of GPUs local to it; the GPUs the machine's PCI
+    tree shows are added, so the ``exclusive`` and ``llc`` splits count every
+    GPU of the machine, whatever this process may open.  ``gpu_memory``: also
+    bind memory to the GPU's own memory node(s) (Grace Hopper).
+    ``allowed_mems``: the nodes this process may allocate on; by default read
+    from ``Mems_allowed_list`` (None: no limit).
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+    fs = Sysfs() if sysfs is None else sysfs
     notes = list(loc.notes)
+    online = fs.online_cpus(notes)
+    usable = allowed if online is None else allowed & online
     if not loc.numa_nodes:
-        return Placement(mode, (), allowed, (*notes, "no NUMA preference: every allowed CPU"))
+        return Placement(mode, (), usable, (*notes, "no NUMA preference: every allowed CPU"))
+    pool = loc.cpus & usable
+    nodes: tuple[int, ...] = loc.numa_nodes
     if mode == "node":
-        return Placement(mode, loc.numa_nodes, loc.cpus, tuple(notes))
-    if mode == "socket":
-        topo = _cpu_topology(_online_cpus() or loc.local_cpus)
-        packages = {topo[c][0] for c in loc.local_cpus if c in topo}
-        cpus = frozenset(c for c, (pkg, _) in topo.items() if pkg in packages) & allowed
-        return Placement(mode, loc.numa_nodes, cpus, tuple(notes))
-    if mode == "llc":
-        shared: set[int] = set()
-        for c in loc.local_cpus:
-            text = _read(sysfs_root() / "devices" / "system" / "cpu" / f"cpu{c}" / "cache" / "index3" /
-                         "shared_cpu_list")
-            if text:
-                shared |= parse_cpulist(text)
-        if not shared:
+        cpus = pool
+    elif mode == "socket":
+        cpus, nodes = _socket(loc, usable, fs, notes)
+    else:
+        peers = _peers(loc, gpus_by_node, fs)
+        rank = peers.index(loc.pci_bus_id)
+        where = f"node(s) {format_cpulist(loc.numa_nodes)}"
+        if set(loc.cpu_nodes) - set(loc.numa_nodes):
+            notes.append(f"this GPU's CPUs come from node(s) {format_cpulist(loc.cpu_nodes)}, whose own GPUs do not "
+                         "count it in their split: its share overlaps theirs")
+        if mode == "exclusive":
+            cpus = _exclusive(pool, peers, rank, where, fs, notes)
+        else:
+            cpus = _llc(pool, peers, rank, where, fs, notes)
+    mems = allowed_memory_nodes() if allowed_mems is _ASK else allowed_mems
+    memory = _memory_nodes(nodes, loc, gpu_memory, mems, fs, notes)  # type: ignore[arg-type]
+    return Placement(mode, memory, cpus, tuple(notes))
+
+
+def _peers(loc: Locality, gpus_by_node: dict[int, list[str]] | None, fs: Sysfs) -> list[str]:
+    """Every GPU local to the GPU's node(s), in PCI order: the GPUs an exclusive split is shared with."""
+    machine = fs.gpus_by_node()
+    found = {loc.pci_bus_id}
+    for n in loc.numa_nodes:
+        found.update((gpus_by_node or {}).get(n, ()))
+        found.update(machine.get(n, ()))
+    return sorted(found)
+
+
+def _share(units: list[tuple[int, ...]], peers: list[str], rank: int, what: str, own: str, where: str,
+           notes: list[str]) -> frozenset[int]:
+    """This GPU's contiguous share of ``units``; with fewer units than GPUs, unit ``rank`` mod count, shared."""
+    if not units:
+        return frozenset()
+    what += "" if len(units) == 1 else "s"
+    if len(units) >= len(peers):
+        share = split_evenly(units, len(peers), rank)
+        notes.append(f"GPU {rank + 1} of {len(peers)} on {where}: {len(share)} of the {len(units)} {what}")
+    else:
+        share = [units[rank % len(units)]]
+        others = [r + 1 for r in range(len(peers)) if r % len(units) == rank % len(units) and r != rank]
+        notes.append(f"{len(units)} {what} for {len(peers)} GPUs on {where}: no {own} of its own for each GPU, "
+                     f"they are dealt round-robin: GPU {rank + 1} gets {format_cpulist(share[0])}, as does GPU "
+                     f"{format_cpulist(others)}")
+    return frozenset(c for unit in share for c in unit)
+
+
+def _exclusive(pool: frozenset[int], peers: list[str], rank: int, where: str, fs: Sysfs,
+               notes: list[str]) -> frozenset[int]:
+    cores = cores_of(pool, fs, notes)
+    if len(cores) >= len(peers) or len(pool) <= len(cores):
+        return _share(cores, peers, rank, "allowed core", "core", where, notes)
+    threads = [(c,) for core in cores for c in core]  # core by core, so a share keeps siblings where it can
+    notes.append(f"{len(cores)} allowed cores for {len(peers)} GPUs on {where}: split by hardware thread, "
+                 "so siblings are split")
+    return _share(threads, peers, rank, "allowed CPU", "core", where, notes)
+
+
+def _llc(pool: frozenset[int], peers: list[str], rank: int, where: str, fs: Sysfs,
+         notes: list[str]) -> frozenset[int]:
+    domains: set[tuple[int, ...]] = set()
+    for cpu in pool:
+        shared = fs.last_level_cache(cpu, notes)
+        if shared is None:
             notes.append("no last-level cache information in sysfs: using the node")
-            return Placement(mode, loc.numa_nodes, loc.cpus, tuple(notes))
-        return Placement(mode, loc.numa_nodes, frozenset(shared) & allowed, tuple(notes))
-    # exclusive
-    peers = sorted(set().union(*((gpus_by_node or {}).get(n, []) for n in loc.numa_nodes)) | {loc.pci_bus_id})
-    rank = peers.index(loc.pci_bus_id)
-    cores = cores_of(loc.local_cpus)
-    share = split_evenly(cores, len(peers), rank)
-    mine = frozenset(c for core in share for c in core)
-    if len(cores) < len(peers):
-        notes.append(f"{len(cores)} cores for {len(peers)} GPUs: some GPUs get no core of their own")
-    cpus = mine & allowed
-    if mine and cpus != mine:
-        notes.append(f"only {format_cpulist(cpus) or 'none'} of this GPU's share {format_cpulist(mine)} "
-                     "is allowed to this process")
-    notes.append(f"GPU {rank + 1} of {len(peers)} on node(s) {format_cpulist(loc.numa_nodes)}: "
-                 f"{len(share)} of {len(cores)} cores")
-    return Placement(mode, loc.numa_nodes, cpus, tuple(notes))
+            return pool
+        domains.add(tuple(sorted(shared & pool)))
+    return _share(sorted(domains), peers, rank, "last-level cache domain", "last-level cache", where, notes)
+
+
+def _socket(loc: Locality, usable: frozenset[int], fs: Sysfs, notes: list[str]
+            ) -> tuple[frozenset[int], tuple[int, ...]]:
+    """Every usable CPU of the packages holding the GPU's CPUs, and the nodes with CPUs there."""
+    packages = {fs.package(c) for c in loc.local_cpus}
+    if not packages or None in packages:
+        notes.append("the kernel does not tell which package this GPU's CPUs are on (physical_package_id missing "
+                     "or -1): socket mode uses the GPU's node")
+        return loc.cpus & usable, loc.numa_nodes
+    every = fs.online_cpus() or frozenset().union(*(fs.node_cpus(n) for n in fs.node_ids()))
+    in_packages = frozenset(c for c in every if fs.package(c) in packages)
+    nodes = {n for n in fs.node_ids() if fs.node_cpus(n) & in_packages} | set(loc.numa_nodes)
+    return in_packages & usable, tuple(sorted(nodes - set(loc.gpu_memory_nodes)))
+
+
+def _memory_nodes(nodes: tuple[int, ...], loc: Locality, gpu_memory: bool, allowed_mems: frozenset[int] | None,
+                  fs: Sysfs, notes: list[str]) -> tuple[int, ...]:
+    wanted = set(nodes) | (set(loc.gpu_memory_nodes) if gpu_memory else set())
+    with_memory = fs.nodes_with_memory(notes)
+    out: set[int] = set()
+    for n in sorted(wanted):
+        if with_memory is None or n in with_memory:
+            out.add(n)
+            continue
+        near = fs.nearest(n, with_memory, notes)
+        out.update(near)
+        notes.append(f"node {n} has no memory: memory goes to the nearest node(s) with memory "
+                     f"({format_cpulist(near) or 'unknown: memory left alone'})")
+    if allowed_mems is not None and out - allowed_mems:
+        notes.append(f"memory on node(s) {format_cpulist(out - allowed_mems)} is not allowed to this process "
+                     f"(Mems_allowed_list {format_cpulist(allowed_mems) or 'empty'}, from its cgroup cpuset): left "
+                     "out of the memory policy")
+        out &= allowed_mems
+    return tuple(sorted(out))

@@ -2,31 +2,41 @@
 
 Two sources, checked against each other:
 
-* NVML: the memory affinity at node scope (every node a GPU spans) and the
-  CPU affinity.
-* sysfs: the PCI device's ``numa_node`` and ``local_cpulist``, and the nodes'
-  ``cpulist``.
+* NVML: the memory affinity at node scope (every node a GPU spans), the CPU
+  affinity, and, where the GPU's own memory is a NUMA node (Grace Hopper,
+  Grace Blackwell), that node (``nvmlDeviceGetNumaNodeId``).
+* sysfs: the PCI device's ``numa_node`` and ``local_cpulist`` (or
+  ``local_cpus``), and the nodes' ``cpulist`` (or ``cpumap``), read through
+  ``gpuaffinity.numa.sysfs``.
 
 sysfs wins where they differ.  The case that matters is a VM whose firmware
 gives no node (``numa_node`` = -1): NVML still names node 0 there (seen on the
 lent H200 VM), and binding to that invented node would be wrong.  A GPU with
 no node has no preference, and says so.  Without sysfs, NVML's answer is used.
+The rules, shape by shape, are in docs/numa.md.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from gpuaffinity.core.cpulist import format_cpulist, parse_cpulist
 from gpuaffinity.core.errors import GpuAffinityError
-from gpuaffinity.core.settings import SIM_ALLOWED_VAR, SYSFS_VAR
+from gpuaffinity.core.record import record
+from gpuaffinity.core.settings import PROCFS_VAR, SIM_ALLOWED_VAR, SYSFS_VAR
+from gpuaffinity.numa.sysfs import Sysfs, read_text, sysfs_root
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+__all__ = ["SIM_ALLOWED_VAR", "SYSFS_VAR", "Locality", "allowed_cpus", "allowed_memory_nodes", "gpu_locality",
+           "localities", "node_cpus", "nvml_affinity", "sysfs_root"]
 
 
-def sysfs_root() -> Path:
-    return Path(os.environ.get(SYSFS_VAR) or "/sys")
+def _procfs_root() -> Path:
+    return Path(os.environ.get(PROCFS_VAR) or "/proc")
 
 
 def allowed_cpus() -> frozenset[int]:
@@ -42,15 +52,34 @@ def allowed_cpus() -> frozenset[int]:
     return frozenset(os.sched_getaffinity(0))
 
 
-@dataclass(frozen=True)
+def allowed_memory_nodes() -> frozenset[int] | None:
+    """The NUMA nodes this process may allocate on (``Mems_allowed_list`` in ``/proc/self/status``,
+    set by a cgroup cpuset or Kubernetes' memory manager); None when the kernel does not say."""
+    text = read_text(_procfs_root() / "self" / "status")
+    if text is None:
+        return None
+    for line in text.splitlines():
+        if line.startswith("Mems_allowed_list:"):
+            try:
+                return parse_cpulist(line[len("Mems_allowed_list:"):])
+            except ValueError:
+                return None
+    return None
+
+
+@record(frozen=True)
 class Locality:
     """Where a GPU sits.
 
     ``numa_nodes`` is empty when nothing names a node (``numa_node`` = -1,
     common in VMs): no preference, never an invented node 0.  ``cpus`` is the
     GPU's local CPUs intersected with this process's allowed CPUs;
-    ``local_cpus`` is before that intersection.  ``notes`` says what a user
-    should know (disagreement between NVML and sysfs, an empty intersection…).
+    ``local_cpus`` is before that intersection (online CPUs only).
+    ``notes`` says what a user should know (disagreement between NVML and
+    sysfs or between sysfs files, an empty intersection…).
+    ``gpu_memory_nodes`` are nodes that hold the GPU's own memory (Grace
+    Hopper, Grace Blackwell): never in ``numa_nodes``.  ``cpu_nodes`` are the
+    nodes ``local_cpus`` come from: ``numa_nodes``, unless those have no CPUs.
     """
 
     pci_bus_id: str
@@ -59,95 +88,166 @@ class Locality:
     local_cpus: frozenset[int]
     source: str
     notes: tuple[str, ...] = ()
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return None
+    gpu_memory_nodes: tuple[int, ...] = ()
+    cpu_nodes: tuple[int, ...] = ()
 
 
 def node_cpus(node: int) -> frozenset[int] | None:
-    text = _read(sysfs_root() / "devices" / "system" / "node" / f"node{node}" / "cpulist")
-    return None if text is None else parse_cpulist(text)
+    """A node's online CPUs from sysfs (``cpulist``, else ``cpumap``); None when the node is unknown."""
+    fs = Sysfs()
+    if node not in fs.node_ids() and fs.text(f"devices/system/node/node{node}/cpulist") is None:
+        return None
+    return fs.node_cpus(node)
 
 
-def nvml_affinity(bus_ids: Iterable[str]) -> dict[str, tuple[frozenset[int], frozenset[int]]]:
-    """NVML's (nodes, CPUs) for each GPU bus id; empty where NVML cannot tell."""
+#: NVML's answer for one GPU: (nodes at node scope, CPUs at node scope[, the GPU's own memory node(s)]).
+NvmlAnswer = tuple[frozenset[int], ...]
+
+
+def nvml_affinity(bus_ids: Iterable[str]) -> dict[str, NvmlAnswer]:
+    """NVML's (nodes, CPUs, GPU memory nodes) for each GPU bus id; empty where NVML cannot tell.
+
+    Through ``gpuaffinity.numa.nvml_lite``: pynvml's very C calls, without importing pynvml."""
+    from gpuaffinity.numa.nvml_lite import NvmlLiteError, Session
+
+    out: dict[str, NvmlAnswer] = {}
     try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:
-        return {}
-    out: dict[str, tuple[frozenset[int], frozenset[int]]] = {}
-    try:
-        for bus in bus_ids:
-            try:
-                h = pynvml.nvmlDeviceGetHandleByPciBusId(bus.encode())
-                nodes = pynvml.nvmlDeviceGetMemoryAffinity(h, 16, pynvml.NVML_AFFINITY_SCOPE_NODE)
-                cpus = pynvml.nvmlDeviceGetCpuAffinityWithinScope(h, 16, pynvml.NVML_AFFINITY_SCOPE_NODE)
-            except pynvml.NVMLError:
-                continue
-            out[bus] = (_bits(nodes), _bits(cpus))
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except pynvml.NVMLError:
-            pass  # the answers are read; a failed shutdown only leaves NVML initialised
+        with Session() as nv:
+            for bus in bus_ids:
+                try:
+                    h = nv.handle(bus)
+                    nodes, cpus = nv.memory_affinity(h), nv.cpu_affinity(h)
+                except NvmlLiteError:
+                    continue
+                own: frozenset[int] = frozenset()
+                try:  # only where the GPU's memory is a NUMA node; NOT_SUPPORTED elsewhere (measured on x86)
+                    own = frozenset({nv.numa_node_id(h)})
+                except NvmlLiteError:
+                    pass
+                out[bus] = (nodes, cpus, own)
+    except NvmlLiteError:
+        return out
     return out
 
 
-def _bits(words: Iterable[int]) -> frozenset[int]:
-    return frozenset(w * 64 + b for w, word in enumerate(words) for b in range(64) if word >> b & 1)
+def driver_gpu_memory_node(pci_bus_id: str) -> int | None:
+    """The node the driver says holds the GPU's memory (``/proc/driver/nvidia/gpus/<bus>/numa_status``,
+    line ``Node:``), on platforms where it is one; None elsewhere."""
+    text = read_text(_procfs_root() / "driver" / "nvidia" / "gpus" / pci_bus_id / "numa_status")
+    if text is None:
+        return None
+    for line in text.splitlines():
+        if line.startswith("Node:") and line[len("Node:"):].strip().isdigit():
+            return int(line[len("Node:"):])
+    return None
 
 
 def gpu_locality(pci_bus_id: str, allowed: frozenset[int] | None = None,
-                 nvml: tuple[frozenset[int], frozenset[int]] | None = None) -> Locality:
-    """Combine sysfs and (when given) NVML's answer for one GPU."""
+                 nvml: NvmlAnswer | None = None, *, sysfs: Sysfs | None = None) -> Locality:
+    """Combine sysfs and (when given) NVML's answer for one GPU (rules: docs/numa.md, "Where a GPU sits")."""
     allowed = allowed_cpus() if allowed is None else allowed
-    dev = sysfs_root() / "bus" / "pci" / "devices" / pci_bus_id
+    fs = Sysfs() if sysfs is None else sysfs
+    dev = fs.pci_dir(pci_bus_id)
     notes: list[str] = []
-    node_text = _read(dev / "numa_node")
-    local_text = _read(dev / "local_cpulist")
-    nv_nodes, nv_cpus = nvml if nvml else (frozenset(), frozenset())
-    if node_text is None:
-        if not nvml:
+    nv_nodes, nv_cpus, nv_own = (*nvml, frozenset(), frozenset())[:3] if nvml else (frozenset(),) * 3
+    online = fs.online_cpus(notes)
+    node_cpu = {n: fs.node_cpus(n, notes) for n in fs.node_ids(notes)}
+    cpu_nodes = frozenset(n for n, c in node_cpu.items() if c)
+    every_cpu = online if online is not None else frozenset().union(*node_cpu.values())
+    own = _own_memory_nodes(pci_bus_id, nv_own, notes)
+    node = fs.pci_numa_node(pci_bus_id, notes)
+    local_file = fs.pci_local_cpus(pci_bus_id, notes)
+    if local_file is not None and online is not None:
+        local_file &= online
+    source = "sysfs+nvml" if nvml else "sysfs"
+
+    # 1. the GPU's nodes
+    nodes: set[int] = set()
+    if node is None:
+        derived = {n for n in cpu_nodes if local_file and node_cpu[n] <= local_file}
+        if derived and local_file != every_cpu:
+            nodes = derived
+            notes.append(f"{dev}/numa_node is missing: node(s) {format_cpulist(nodes)} taken from its local CPUs "
+                         f"({format_cpulist(local_file or ())})")
+        elif nvml:
+            nodes, source = set(nv_nodes), "nvml"
+            notes.append(f"{dev}/numa_node is missing: using NVML's answer")
+        else:
             return Locality(pci_bus_id, (), frozenset(), frozenset(), "none",
-                            (f"neither sysfs ({dev}) nor NVML gives this GPU's locality: no preference",))
-        nodes, local, source = tuple(sorted(nv_nodes)), nv_cpus, "nvml"
-        notes.append(f"{dev}/numa_node is missing: using NVML's answer")
-    else:
-        node = int(node_text) if node_text.lstrip("-").isdigit() else -1
-        source = "sysfs" if not nvml else "sysfs+nvml"
-        if node < 0:
-            nodes, local = (), parse_cpulist(local_text) if local_text else frozenset()
+                            (*notes, f"neither sysfs ({dev}) nor NVML gives this GPU's locality: no preference"))
+    elif node < 0:
+        named = nv_nodes - own
+        if named and named < cpu_nodes:
+            nodes = set(named)
+            notes.append(f"the firmware gives no NUMA node for this GPU (numa_node = -1) but NVML names node(s) "
+                         f"{format_cpulist(named)} of {format_cpulist(cpu_nodes)}: using NVML's answer")
+        else:
             notes.append("the firmware gives no NUMA node for this GPU (numa_node = -1, common in VMs): "
                          "no preference")
             if nv_nodes:
                 notes.append(f"NVML names node(s) {format_cpulist(nv_nodes)}, ignored: nothing in the firmware "
                              "backs it")
+    else:
+        nodes = {node}
+        if nv_nodes and node not in nv_nodes:
+            notes.append(f"NVML names node(s) {format_cpulist(nv_nodes)} but sysfs says {node}: using sysfs")
         else:
-            span = nv_nodes if node in nv_nodes else frozenset()
-            if nv_nodes and node not in nv_nodes:
-                notes.append(f"NVML names node(s) {format_cpulist(nv_nodes)} but sysfs says {node}: using sysfs")
-            nodes = tuple(sorted({node} | span))
-            if len(nodes) > 1:
-                notes.append(f"this GPU spans NUMA nodes {format_cpulist(nodes)}")
-            local = frozenset().union(*((node_cpus(n) or frozenset()) for n in nodes))
-            if not local and local_text:
-                local = parse_cpulist(local_text)
+            nodes |= nv_nodes
+    if own & nodes:
+        notes.append(f"node(s) {format_cpulist(own & nodes)} hold this GPU's own memory: its place is the CPU "
+                     "node(s) nearest that memory")
+        nodes = (nodes - own) or {n for o in own for n in fs.nearest(o, cpu_nodes, notes)}
+    if len(nodes) > 1:
+        notes.append(f"this GPU spans NUMA nodes {format_cpulist(nodes)}")
+
+    # 2. the CPUs near them
+    users: set[int] = set()
+    for n in sorted(nodes):
+        if n in cpu_nodes:
+            users.add(n)
+            continue
+        near = fs.nearest(n, cpu_nodes, notes)
+        users.update(near)
+        notes.append(f"node {n} has no CPUs: the CPUs of the nearest node(s) {format_cpulist(near) or '(unknown)'} "
+                     "are used")
+    local = frozenset().union(*(node_cpu[n] for n in users))
+    if not nodes:
+        local = every_cpu  # no preference: every CPU, whatever the device's local list says
+    elif source == "nvml" and nv_cpus:
+        local = nv_cpus
+    elif not local and local_file:
+        local = local_file
+    if node is not None and node >= 0 and node_cpu.get(node) and local_file is not None \
+            and local_file != node_cpu[node]:
+        notes.append(f"{dev}/local_cpulist ({format_cpulist(local_file) or 'empty'}) is not node {node}'s CPUs "
+                     f"({format_cpulist(node_cpu[node])}): using the node's")
+    if online is not None:
+        local &= online
     cpus = local & allowed
     if local and not cpus:
         notes.append(f"none of this GPU's local CPUs ({format_cpulist(local)}) is allowed to this process "
-                     f"(allowed: {format_cpulist(allowed)}; affinity mask or cgroup cpuset)")
-    return Locality(pci_bus_id, nodes, cpus, local, source, tuple(notes))
+                     f"(allowed: {format_cpulist(allowed) or 'none'}; affinity mask or cgroup cpuset)")
+    return Locality(pci_bus_id, tuple(sorted(nodes)), cpus, local, source, tuple(notes), tuple(sorted(own)),
+                    tuple(sorted(users)))
+
+
+def _own_memory_nodes(pci_bus_id: str, nv_own: frozenset[int], notes: list[str]) -> frozenset[int]:
+    """Nodes holding the GPU's own memory: NVML's ``nvmlDeviceGetNumaNodeId``, else the driver's numa_status."""
+    driver = driver_gpu_memory_node(pci_bus_id)
+    if nv_own and driver is not None and driver not in nv_own:
+        notes.append(f"NVML says this GPU's memory is node {format_cpulist(nv_own)}, the driver's numa_status says "
+                     f"{driver}: using NVML")
+    own = nv_own or (frozenset({driver}) if driver is not None else frozenset())
+    if own:
+        notes.append(f"this GPU's own memory is NUMA node {format_cpulist(own)} (coherent GPU memory): memory "
+                     "policies leave it out unless asked")
+    return own
 
 
 def localities(bus_ids: Iterable[str], use_nvml: bool = True) -> dict[str, Locality]:
-    """Locality of several GPUs with one NVML session."""
+    """Locality of several GPUs with one NVML session and one look at sysfs."""
     ids = list(dict.fromkeys(bus_ids))
     nv = nvml_affinity(ids) if use_nvml else {}
     allowed = allowed_cpus()
-    return {b: gpu_locality(b, allowed, nv.get(b)) for b in ids}
+    fs = Sysfs()
+    return {b: gpu_locality(b, allowed, nv.get(b), sysfs=fs) for b in ids}

@@ -6,30 +6,38 @@ import os
 import stat
 from pathlib import Path
 
-from gpuaffinity.core.cpulist import format_cpulist, format_cpumask, to_mask_words
+from gpuaffinity.core.cpulist import format_cpulist, format_cpumask, parse_cpulist, to_mask_words
 from gpuaffinity.sim.topology import Gpu, Topology
 
 _MASK_WORDS = 16  # 1024 CPUs or nodes, the C side's limit
 
 
 def gpu_locality(topo: Topology, gpu: Gpu) -> dict[str, frozenset[int]]:
-    """Nodes and CPUs NVML reports for a GPU, at node and at socket scope.
+    """Nodes and CPUs NVML reports for a GPU, at node and at socket scope, and its own memory node.
 
-    A GPU whose firmware gives no node (-1) is reported near every node, as
-    NVML did on the lent H200 VM (node mask 0x1 on a one-node machine).
+    A GPU whose firmware gives no node (-1) is reported near every node with
+    CPUs, as NVML did on the lent H200 VM (node mask 0x1 on a one-node
+    machine), unless the topology names the node NVML gives anyway
+    (``nvml_numa_node``: a GPU behind a switch on a 2-socket host, modelled).
+    ``gpu_mem`` is what ``nvmlDeviceGetNumaNodeId`` returns: the node holding
+    the GPU's own memory (Grace Hopper, modelled), empty elsewhere.  CPU masks
+    hold online CPUs only.
     """
-    if gpu.numa_node < 0:
-        nodes = frozenset(n.id for n in topo.nodes)
-        socket_nodes = nodes
-    else:
+    if gpu.numa_node >= 0:
         nodes = frozenset({gpu.numa_node})
-        sock = topo.node(gpu.numa_node).socket
-        socket_nodes = frozenset(n.id for n in topo.nodes if n.socket == sock)
+    elif gpu.nvml_numa_node is not None:
+        nodes = frozenset({gpu.nvml_numa_node})
+    else:
+        nodes = frozenset(n.id for n in topo.nodes if n.cpus - topo.offline_cpus)
+    sockets = {topo.node(n).socket for n in nodes}
+    socket_nodes = frozenset(n.id for n in topo.nodes if n.socket in sockets)
+    online = topo.cpus
     return {
         "node_mem": nodes,
         "socket_mem": socket_nodes,
-        "node_cpu": frozenset().union(*(topo.node(n).cpus for n in nodes)),
-        "socket_cpu": frozenset().union(*(topo.node(n).cpus for n in socket_nodes)),
+        "node_cpu": frozenset().union(*(topo.node(n).cpus for n in nodes)) & online,
+        "socket_cpu": frozenset().union(*(topo.node(n).cpus for n in socket_nodes)) & online,
+        "gpu_mem": frozenset() if gpu.gpu_memory_node is None else frozenset({gpu.gpu_memory_node}),
     }
 
 
@@ -70,46 +78,123 @@ def render_config(topo: Topology) -> str:
 
 
 def render_sysfs(topo: Topology, root: Path) -> None:
-    """Write the parts of /sys the package reads, under ``root`` (which stands for /sys)."""
+    """Write the parts of /sys the package reads, under ``root`` (which stands for /sys).
+
+    Offline CPUs have no topology or cache folder and leave their siblings'
+    lists, as Linux does.  ``topo.sysfs_quirks`` render the variants real
+    kernels show (docs/simulator.md): NUL-terminated lists, missing list files,
+    mask-only siblings, an unknown package, contradicting files, caches in
+    another order.
+    """
+    quirks = set(topo.sysfs_quirks)
+    end = "\n\0" if "nul-terminated" in quirks else "\n"
+
     def put(rel: str, text: str) -> None:
         p = root / rel
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text + "\n")
+        p.write_text(text + end)
 
-    all_cpus = topo.cpus
+    online = topo.cpus
+    cpus_of = {n.id: n.cpus & online for n in topo.nodes}
+    with_cpus = [n.id for n in topo.nodes if cpus_of[n.id]]
     for g in topo.gpus:
         base = f"bus/pci/devices/{g.pci_bus_id}"
-        local = topo.node(g.numa_node).cpus if g.numa_node >= 0 else all_cpus
-        put(f"{base}/numa_node", str(g.numa_node))
-        put(f"{base}/local_cpulist", format_cpulist(local))
+        local = cpus_of[g.numa_node] if g.numa_node >= 0 else online
+        if "local-cpulist-contradicts" in quirks and g.numa_node >= 0:
+            others = [n for n in with_cpus if n != g.numa_node] or [g.numa_node]
+            local = cpus_of[others[0]]
+        if "no-numa-node" not in quirks:
+            put(f"{base}/numa_node", str(g.numa_node))
+        if "no-local-cpulist" not in quirks:
+            put(f"{base}/local_cpulist", format_cpulist(local))
         put(f"{base}/local_cpus", format_cpumask(local))
         put(f"{base}/vendor", "0x10de")
         put(f"{base}/device", f"{g.pci_device_id >> 16:#06x}")
         put(f"{base}/class", "0x030200")
     node_ids = [n.id for n in topo.nodes]
+    with_memory = [n.id for n in topo.nodes if n.memory_mib > 0]
     put("devices/system/node/online", format_cpulist(node_ids))
     put("devices/system/node/possible", format_cpulist(node_ids))
-    put("devices/system/node/has_cpu", format_cpulist(node_ids))
+    put("devices/system/node/has_cpu", format_cpulist(with_cpus))
+    put("devices/system/node/has_memory", format_cpulist(with_memory))
+    put("devices/system/node/has_normal_memory", format_cpulist(with_memory))
     for n in topo.nodes:
-        put(f"devices/system/node/node{n.id}/cpulist", format_cpulist(n.cpus))
-        put(f"devices/system/node/node{n.id}/cpumap", format_cpumask(n.cpus))
+        if "no-node-cpulist" not in quirks:
+            put(f"devices/system/node/node{n.id}/cpulist", format_cpulist(cpus_of[n.id]))
+        put(f"devices/system/node/node{n.id}/cpumap", format_cpumask(cpus_of[n.id]))
         dist = " ".join("10" if m.id == n.id else ("12" if m.socket == n.socket else "21") for m in topo.nodes)
         put(f"devices/system/node/node{n.id}/distance", dist)
-    put("devices/system/cpu/online", format_cpulist(all_cpus))
-    put("devices/system/cpu/possible", format_cpulist(all_cpus))
-    put("devices/system/cpu/present", format_cpulist(all_cpus))
+        put(f"devices/system/node/node{n.id}/meminfo", f"Node {n.id} MemTotal:       {n.memory_mib * 1024} kB")
+    put("devices/system/cpu/online", format_cpulist(online))
+    put("devices/system/cpu/offline", format_cpulist(topo.offline_cpus))
+    put("devices/system/cpu/possible", format_cpulist(topo.all_cpus))
+    put("devices/system/cpu/present", format_cpulist(topo.all_cpus))
+    cores = [tuple(c for c in core if c in online) for core in topo.cores()]
+    smt = topo.threads_per_core > 1
+    put("devices/system/cpu/smt/control", "notsupported" if not smt else
+        ("on" if any(len(c) > 1 for c in cores) else "off"))
+    put("devices/system/cpu/smt/active", "1" if any(len(c) > 1 for c in cores) else "0")
     socket_of = {cpu: n.socket for n in topo.nodes for cpu in n.cpus}
     package_cpus: dict[int, set[int]] = {}
-    for cpu, sock in socket_of.items():
-        package_cpus.setdefault(sock, set()).add(cpu)
-    for core_id, siblings in enumerate(topo.cores()):
+    for cpu in online:
+        package_cpus.setdefault(socket_of[cpu], set()).add(cpu)
+    llc = _llc_groups(topo)
+    for cpu in sorted(topo.all_cpus - online):
+        put(f"devices/system/cpu/cpu{cpu}/online", "0")
+    for core_id, siblings in enumerate(cores):
         for cpu in siblings:
             t = f"devices/system/cpu/cpu{cpu}/topology"
-            put(f"{t}/physical_package_id", str(socket_of[cpu]))
+            package = package_cpus[socket_of[cpu]]
+            put(f"devices/system/cpu/cpu{cpu}/online", "1")
+            put(f"{t}/physical_package_id", "-1" if "package-unknown" in quirks else str(socket_of[cpu]))
             put(f"{t}/core_id", str(core_id))
-            put(f"{t}/thread_siblings_list", format_cpulist(siblings))
-            put(f"{t}/core_siblings_list", format_cpulist(package_cpus[socket_of[cpu]]))
-            put(f"{t}/package_cpus_list", format_cpulist(package_cpus[socket_of[cpu]]))
+            put(f"{t}/thread_siblings", format_cpumask(siblings))
+            if "hex-siblings" not in quirks:
+                put(f"{t}/thread_siblings_list", format_cpulist(siblings))
+                put(f"{t}/core_cpus", format_cpumask(siblings))
+                put(f"{t}/core_cpus_list", format_cpulist(siblings))
+            put(f"{t}/core_siblings_list", format_cpulist(package))
+            put(f"{t}/package_cpus_list", format_cpulist(package))
+            if llc:
+                _render_caches(put, quirks, f"devices/system/cpu/cpu{cpu}/cache", siblings, llc[cpu])
+
+
+def _llc_groups(topo: Topology) -> dict[int, frozenset[int]]:
+    """Each online CPU's last-level cache group, as ``topo.l3`` says; empty without cache information."""
+    if topo.l3 is None:
+        return {}
+    node_of = {cpu: n.id for n in topo.nodes for cpu in n.cpus}
+    out: dict[int, frozenset[int]] = {}
+    for n in topo.nodes:
+        mine = [c for c in topo.cores() if node_of[c[0]] == n.id]  # physical groups: offline CPUs keep theirs
+        if topo.l3 == "package":
+            groups = [frozenset(cpu for m in topo.nodes if m.socket == n.socket for cpu in m.cpus & topo.cpus)]
+        elif topo.l3 == "node":
+            groups = [n.cpus & topo.cpus]
+        else:
+            size = int(topo.l3)
+            groups = [frozenset(cpu for c in mine[i:i + size] for cpu in c) & topo.cpus
+                      for i in range(0, len(mine), size)]
+        for group in groups:
+            for cpu in group:
+                if node_of[cpu] == n.id:
+                    out[cpu] = group
+    return out
+
+
+def _render_caches(put, quirks: set[str], base: str, siblings: tuple[int, ...], llc: frozenset[int]) -> None:
+    core = format_cpulist(siblings)
+    caches = [("1", "Data", core), ("1", "Instruction", core), ("2", "Unified", core), ("3", "Unified",
+                                                                                         format_cpulist(llc))]
+    if "no-l1i" in quirks:
+        caches = [("1", "Unified", core), caches[2], caches[3]]
+    if "cache-reordered" in quirks:
+        caches = [caches[0], caches[1], caches[3], caches[2]]
+    for i, (level, kind, shared) in enumerate(caches):
+        put(f"{base}/index{i}/level", level)
+        put(f"{base}/index{i}/type", kind)
+        put(f"{base}/index{i}/shared_cpu_list", shared)
+        put(f"{base}/index{i}/shared_cpu_map", format_cpumask(parse_cpulist(shared)))
 
 
 def render_driver_binding(topo: Topology, root: Path) -> None:

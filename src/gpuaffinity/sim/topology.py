@@ -58,6 +58,8 @@ class Gpu:
     pci_device_id: int
     pci_subsystem_id: int
     migs: tuple[MigInstance, ...] = ()
+    gpu_memory_node: int | None = None  # the node holding the GPU's own memory (Grace Hopper), if any
+    nvml_numa_node: int | None = None  # with numa_node = -1: the node NVML names anyway (a GPU behind a switch)
 
     @property
     def pci_fields(self) -> tuple[int, int, int, int]:
@@ -69,8 +71,9 @@ class Gpu:
 @dataclass(frozen=True)
 class NumaNode:
     id: int
-    cpus: frozenset[int]
+    cpus: frozenset[int]  # every CPU of the node, offline ones included
     socket: int
+    memory_mib: int = 65536  # 0: a node with CPUs but no memory
 
 
 #: How the GPUs a process may not use are kept from it.
@@ -122,10 +125,19 @@ class Topology:
     source: str = "<memory>"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
     process: ProcessView = ProcessView()
+    offline_cpus: frozenset[int] = frozenset()
+    l3: int | str | None = None  # cores per last-level cache in a node, "node", "package", or None: no cache files
+    sysfs_quirks: tuple[str, ...] = ()
+
+    @property
+    def all_cpus(self) -> frozenset[int]:
+        """Every CPU the nodes name, offline ones included."""
+        return frozenset().union(*(n.cpus for n in self.nodes))
 
     @property
     def cpus(self) -> frozenset[int]:
-        return frozenset().union(*(n.cpus for n in self.nodes))
+        """The online CPUs."""
+        return self.all_cpus - self.offline_cpus
 
     def node(self, node_id: int) -> NumaNode:
         for n in self.nodes:
@@ -156,11 +168,15 @@ class Topology:
 
 
 _TOP_KEYS = {"name", "description", "threads_per_core", "driver_version", "cuda_driver_version",
-             "numa_node", "gpu", "base", "process"}
+             "numa_node", "gpu", "base", "process", "offline_cpus", "l3", "sysfs_quirks"}
 _PROCESS_KEYS = {"gpus", "others", "proc", "mig", "env"}
-_NODE_KEYS = {"id", "cpus", "socket"}
+_NODE_KEYS = {"id", "cpus", "socket", "memory_mib"}
 _GPU_KEYS = {"uuid", "pci_bus_id", "name", "numa_node", "cuda_order", "memory_mib",
-             "compute_capability", "multiprocessors", "pci_device_id", "pci_subsystem_id", "mig"}
+             "compute_capability", "multiprocessors", "pci_device_id", "pci_subsystem_id", "mig",
+             "gpu_memory_node", "nvml_numa_node"}
+#: Ways real sysfs trees differ from the textbook one; the simulator renders each on request (docs/simulator.md).
+SYSFS_QUIRKS = ("nul-terminated", "no-node-cpulist", "no-numa-node", "no-local-cpulist", "hex-siblings",
+                "package-unknown", "local-cpulist-contradicts", "cache-reordered", "no-l1i")
 _MIG_KEYS = {"uuid", "gpu_instance", "compute_instance", "name", "memory_mib", "multiprocessors"}
 
 # Defaults by model name: (memory MiB, compute capability, SMs, PCI device id)
@@ -249,8 +265,6 @@ def parse_topology(data: dict[str, Any], source: str = "<memory>", _depth: int =
             cpus = parse_cpulist(cpus_text, limit=MAX_CPU)
         except ValueError as e:
             c.fail(f"{where}.cpus", f"bad cpulist (CPUs 0 to {MAX_CPU - 1}): {e}")
-        if not cpus:
-            c.fail(f"{where}.cpus", "a NUMA node in a topology file needs at least one CPU")
         for cpu in sorted(cpus):
             if cpu in seen_cpus:
                 c.fail(f"{where}.cpus", f"CPU {cpu} is already in NUMA node {seen_cpus[cpu]}")
@@ -258,8 +272,12 @@ def parse_topology(data: dict[str, Any], source: str = "<memory>", _depth: int =
         if len(cpus) % tpc:
             c.fail(f"{where}.cpus", f"{len(cpus)} CPUs do not split into cores of {tpc} threads")
         socket = c.typed(raw, "socket", int, where, default=nid)
-        nodes.append(NumaNode(nid, cpus, socket))
+        mem = c.typed(raw, "memory_mib", int, where, default=65536)
+        if mem < 0:
+            c.fail(f"{where}.memory_mib", f"must be 0 or more, not {mem}")
+        nodes.append(NumaNode(nid, cpus, socket, mem))
     node_ids = {n.id for n in nodes}
+    offline, l3, quirks = _sysfs_keys(c, data, frozenset(seen_cpus))
 
     gpus: list[Gpu] = []
     uuids: dict[str, str] = {}
@@ -288,6 +306,12 @@ def parse_topology(data: dict[str, Any], source: str = "<memory>", _depth: int =
         rank = c.typed(raw, "cuda_order", int, where, default=None)
         if rank is not None:
             c.unique(ranks, rank, f"{where}.cuda_order", f"duplicate cuda_order {rank}")
+        own = c.typed(raw, "gpu_memory_node", int, where, default=None)
+        if own is not None and (own not in node_ids or own == node or any(n.cpus for n in nodes if n.id == own)):
+            c.fail(f"{where}.gpu_memory_node", f"must name a NUMA node without CPUs other than numa_node, not {own}")
+        nv_node = c.typed(raw, "nvml_numa_node", int, where, default=None)
+        if nv_node is not None and (node != -1 or nv_node not in node_ids):
+            c.fail(f"{where}.nvml_numa_node", "only for a GPU with numa_node = -1, naming a known NUMA node")
         mem, cc, sms, devid = _model_defaults(model)
         mem = c.typed(raw, "memory_mib", int, where, default=mem)
         cc_text = c.typed(raw, "compute_capability", str, where, default=f"{cc[0]}.{cc[1]}")
@@ -318,7 +342,7 @@ def parse_topology(data: dict[str, Any], source: str = "<memory>", _depth: int =
         if len(migs) > 8:
             c.fail(f"{where}.mig", "at most 8 MIG instances a GPU")
         gpus.append(Gpu(uuid, bus, model, node, rank, mem, (int(ccm[1]), int(ccm[2])), sms, devid, subsys,
-                        tuple(sorted(migs, key=lambda x: (x.gpu_instance, x.compute_instance)))))
+                        tuple(sorted(migs, key=lambda x: (x.gpu_instance, x.compute_instance))), own, nv_node))
     if len(gpus) > 64:
         c.fail("gpu", "at most 64 GPUs")
     gpus.sort(key=lambda g: g.pci_fields)  # NVML numbers GPUs in PCI bus order
@@ -341,6 +365,9 @@ def parse_topology(data: dict[str, Any], source: str = "<memory>", _depth: int =
         driver_version=c.typed(data, "driver_version", str, "", default="580.159.04"),
         cuda_driver_version=c.typed(data, "cuda_driver_version", int, "", default=13000),
         source=source,
+        offline_cpus=offline,
+        l3=l3,
+        sysfs_quirks=quirks,
     )
     if "process" in data:
         topo = replace(topo, process=_process(c, topo, data["process"]))
@@ -430,6 +457,26 @@ def _process(c: _Checker, topo: Topology, raw: Any) -> ProcessView:
         c.fail("process.env", "must be a table of strings, e.g. env = { CUDA_VISIBLE_DEVICES = \"0,1\" }")
     return make_process(topo, gpus=gpus, others=c.typed(raw, "others", str, "process", default=None),
                         proc=c.typed(raw, "proc", str, "process", default=None), migs=migs, env=env)
+
+
+def _sysfs_keys(c: _Checker, data: dict[str, Any], cpus: frozenset[int]
+                ) -> tuple[frozenset[int], int | str | None, tuple[str, ...]]:
+    """The keys that shape only the rendered sysfs: offline CPUs, caches, quirks."""
+    try:
+        offline = parse_cpulist(c.typed(data, "offline_cpus", str, "", default=""))
+    except ValueError as e:
+        c.fail("offline_cpus", f"bad cpulist: {e}")
+    if not cpus:
+        c.fail("numa_node", "the machine needs at least one CPU")
+    if not offline <= cpus or offline == cpus:
+        c.fail("offline_cpus", "must name CPUs of the nodes, and leave at least one online")
+    l3 = data.get("l3")
+    if l3 is not None and l3 not in ("node", "package") and (type(l3) is not int or l3 < 1):
+        c.fail("l3", f"want a number of cores per last-level cache, \"node\" or \"package\", not {l3!r}")
+    quirks = data.get("sysfs_quirks", [])
+    if not isinstance(quirks, list) or any(q not in SYSFS_QUIRKS for q in quirks):
+        c.fail("sysfs_quirks", f"want a list of: {', '.join(SYSFS_QUIRKS)}")
+    return offline, l3, tuple(quirks)
 
 
 class _Checker:

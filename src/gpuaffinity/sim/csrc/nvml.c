@@ -609,12 +609,19 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetCpuAffinity(nvmlDevice_t device, unsigned i
     return nv_copy_mask(g->node_cpu, cpuSetSize, cpuSet);
 }
 
-/* Measured on an x86 H200 VM: not supported, whatever the device. */
+/* The NUMA node of the GPU's own memory where it is one (Grace Hopper, modelled from NVIDIA's
+ * documentation: "only applies to platforms where the GPUs are NUMA nodes"); elsewhere not
+ * supported, as measured on an x86 H200 VM. */
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetNumaNodeId(nvmlDevice_t device, unsigned int *node) {
     NV_ENTER("nvmlDeviceGetNumaNodeId");
     NV_ANY(g, device);
-    (void)g;
-    (void)node;
+    for (unsigned i = 0; i < SIM_MASK_WORDS * 64; i++) {
+        if (g->gpu_mem[i / 64] >> (i % 64) & 1) {
+            if (!node) return NVML_ERROR_INVALID_ARGUMENT;
+            *node = i;
+            return NVML_SUCCESS;
+        }
+    }
     return NVML_ERROR_NOT_SUPPORTED;
 }
 

@@ -102,6 +102,7 @@ static void sim_load_once(void) {
                                       : !strcmp(fl[0], "socket_mem") ? g->socket_mem
                                       : !strcmp(fl[0], "node_cpu")   ? g->node_cpu
                                       : !strcmp(fl[0], "socket_cpu") ? g->socket_cpu
+                                      : !strcmp(fl[0], "gpu_mem")    ? g->gpu_mem
                                                                      : NULL;
             if (!dst || sim_parse_mask(fl[1], dst)) goto bad;
         } else if (!strncmp(line, "mig ", 4)) {

@@ -9,7 +9,9 @@
  *   cuda_driver_version 13000
  *   gpu UUID BUSID DOMAIN BUS DEVICE FUNCTION PCIDEVID SUBSYSID CUDARANK NUMANODE MEMMIB CCMAJ CCMIN SMS MINOR NAME...
  *   mask KIND W0,W1,...     (applies to the last gpu; KIND is node_mem,
- *                            socket_mem, node_cpu or socket_cpu; words are
+ *                            socket_mem, node_cpu, socket_cpu or gpu_mem (the
+ *                            NUMA node holding the GPU's own memory, Grace
+ *                            Hopper style; absent or 0: none); words are
  *                            64-bit hex, word 0 holds bits 0-63)
  *   mig UUID GI CI MEMMIB SMS CAPMINOR NAME...   (an instance of the last gpu)
  *
@@ -84,6 +86,7 @@ typedef struct sim_gpu {
     char name[96];
     unsigned long long node_mem[SIM_MASK_WORDS], socket_mem[SIM_MASK_WORDS];
     unsigned long long node_cpu[SIM_MASK_WORDS], socket_cpu[SIM_MASK_WORDS];
+    unsigned long long gpu_mem[SIM_MASK_WORDS];
     int nmigs;
     sim_mig migs[SIM_MAX_MIGS];
     int minor; /* /dev/nvidia<minor> */
