@@ -74,6 +74,7 @@ def test_a_dry_run_on_the_simulator_and_its_counts_derived_again(sim_factory, tm
                           "--no-bench", "--no-hidden"], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "[full] resolution: 35/35 runs match the driver" in run.stdout  # 5 values x 2 orders x 3 policies + 5
+    assert "[full] nvml_lite against pynvml: equal on 4 GPU(s)" in run.stdout
     again = subprocess.run([sys.executable, str(ROOT / "tools" / "validate_real.py"), "--summarize", str(out)],
                            env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0

@@ -227,10 +227,16 @@ def stage(out: str, expect_inventory: str, bench: bool, truth_file: str | None =
         ray.append({"worker": worker, "rc": p.returncode, "got": got, "want_nvml": order[worker], "stderr": e[-300:]})
     results["ray_reorder"] = {"cvd": cvd, "workers": ray,
                               "ok": all(r["got"] and r["got"][0] == r["want_nvml"] for r in ray)}
+    # 5. the locality stage's ctypes NVML calls against pynvml's, in this view
+    lite = subprocess.run([sys.executable, os.path.join(HERE, "nvml_lite_check.py")], capture_output=True, text=True)
+    try:
+        results["nvml_lite"] = json.loads(lite.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        results["nvml_lite"] = {"equal": False, "error": lite.stderr.strip()[-400:]}
     if bench:
         bench_json = os.path.join(out, "bench.json")
         b = subprocess.run([sys.executable, os.path.join(HERE, "..", "benchmarks", "bench_resolve.py"), "--real",
-                            "--repeat", "15", "--json", bench_json], capture_output=True, text=True)
+                            "--repeat", "7", "--json", bench_json], capture_output=True, text=True)
         results["bench_table"] = b.stdout.strip() or b.stderr.strip()[-2000:]
     with open(os.path.join(out, "validation.json"), "w") as f:
         json.dump(results, f, indent=1)
@@ -256,9 +262,14 @@ def report(name: str, results: dict) -> bool:
     ray = results["ray_reorder"]
     print(f"[{name}] ray-like reorder {ray['cvd']}: {'ok' if ray['ok'] else 'WRONG'} "
           f"{[w['got'][0] if w['got'] else None for w in ray['workers']]}")
+    lite = results.get("nvml_lite")
+    if lite is not None:
+        print(f"[{name}] nvml_lite against pynvml: {'equal' if lite.get('equal') else 'DIFFERENT'} on "
+              f"{len(lite.get('buses', []))} GPU(s) {lite.get('error', '')}")
     if results.get("bench_table"):
         print(results["bench_table"])
-    return r["wrong"] == 0 and ray["ok"] and all(b["rc"] == 0 for b in results.get("bind", []))
+    return r["wrong"] == 0 and ray["ok"] and all(b["rc"] == 0 for b in results.get("bind", [])) and \
+        (lite is None or bool(lite.get("equal")))
 
 
 def summarize(folder: str) -> int:
@@ -326,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         good = good and rc == 0
     if not args.no_bench:
         b = subprocess.run([sys.executable, os.path.join(HERE, "..", "benchmarks", "bench_resolve.py"), "--real",
-                            "--repeat", "15", "--json", os.path.join(args.out, "full", "bench.json")],
+                            "--repeat", "7", "--json", os.path.join(args.out, "full", "bench.json")],
                            capture_output=True, text=True)
         print(b.stdout.strip() or b.stderr.strip()[-2000:])
     return 0 if good else 1
