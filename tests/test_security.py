@@ -52,6 +52,14 @@ def test_no_child_of_ours_imports_from_the_callers_directory(sim_factory, tmp_pa
             "sys.exit(subprocess.run(l.bound_command(0, ['true'])).returncode)")
     out = subprocess.run([sys.executable, "-I", "-c", code], cwd=where, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+    # a process with another thread asks through a new interpreter, not a fork: that one is isolated too
+    code = ("import threading, time, json, gpuaffinity\n"
+            "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+            "d = gpuaffinity.resolve(0, policy='strict')\n"
+            "print(d.verdicts[0].result.detail)\n")
+    out = subprocess.run([sys.executable, "-I", "-c", code], cwd=where, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "in a child process (a new isolated interpreter)" in out.stdout
     assert not marker.exists(), marker.read_text()
 
 

@@ -17,7 +17,7 @@ multiprocessing "fork" pool).  So:
   The child is a fork of this process when this process has exactly one
   thread (/proc/self/task): fork copies no lock another thread could hold,
   and the copy starts no interpreter.  With other threads it is a new
-  interpreter in isolated mode (``python -I``) whose whole program is QUERY:
+  interpreter in isolated mode (``python -I``) whose whole program is _cuquery.py:
   nothing from the caller's working directory, PYTHONPATH or user site is
   imported into it, nor anything of gpuaffinity.  Either way the child sets
   the variables being resolved, calls ``cuInit``, answers down a pipe and is
@@ -38,49 +38,20 @@ from gpuaffinity.core.errors import InvalidVisibleDevicesError, shown
 from gpuaffinity.core.model import Abstain, Answer
 from gpuaffinity.core.settings import NO_SUBPROCESS_VAR
 from gpuaffinity.core.strategy import Cost, ResolveContext, Strategy
+from gpuaffinity.resolvers import _cuquery
 from gpuaffinity.resolvers._common import cuda_up
+from gpuaffinity.resolvers._cuquery import query_driver
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-# The driver's own answer, through ctypes alone: the same code runs in this process (CUDA already up), in a
-# forked copy of it, or as the whole program of an isolated child (so it imports nothing of gpuaffinity).
-QUERY = r"""
-def failed(call, i, rc):
-    return {"rc": None, "devices": [], "error": f"the CUDA driver's {call}({i}) returned CUDA error {rc}"}
-def query_driver(init):
-    import ctypes
-    try:
-        cu = ctypes.CDLL("libcuda.so.1")
-    except OSError as e:
-        return {"rc": -1, "error": f"libcuda.so.1 not loadable: {e}", "devices": []}
-    if init:
-        rc = cu.cuInit(0)
-        if rc:
-            return {"rc": rc, "devices": []}
-    n = ctypes.c_int(0)
-    rc = cu.cuDeviceGetCount(ctypes.byref(n))
-    if rc:
-        return {"rc": rc, "devices": []}
-    get_uuid = getattr(cu, "cuDeviceGetUuid_v2", None) or cu.cuDeviceGetUuid  # v2: a MIG instance's own
-    devices = []
-    for i in range(n.value):
-        bus = ctypes.create_string_buffer(32)
-        rc = cu.cuDeviceGetPCIBusId(bus, 32, i)
-        if rc:
-            return failed("cuDeviceGetPCIBusId", i, rc)
-        raw = (ctypes.c_ubyte * 16)()
-        rc = get_uuid(raw, i)
-        if rc:
-            return failed("cuDeviceGetUuid", i, rc)
-        devices.append([bus.value.decode(errors="replace"), bytes(raw).hex()])
-    return {"rc": 0, "devices": devices}
-"""
-_space: dict[str, Any] = {}
-exec(compile(QUERY, f"{__file__}:QUERY", "exec"), _space)
-query_driver = _space["query_driver"]
-CHILD = QUERY + "import json\nprint(json.dumps(query_driver(True)))\n"
+
+def child_program() -> str:
+    """The isolated child's whole program: _cuquery.py's text, then the query and its answer on stdout."""
+    with open(_cuquery.__file__, encoding="utf-8") as f:
+        return f.read() + "\nimport json\nprint(json.dumps(query_driver(True)))\n"
+
 
 
 def _single_threaded() -> bool:
@@ -231,7 +202,7 @@ def gpuaffinity_strategies() -> list[PciStrategy]:
 
 def child_command() -> list[str]:
     """The probe child: isolated (``python -I``), its whole program the ctypes query above."""
-    return [sys.executable, "-I", "-c", CHILD]
+    return [sys.executable, "-I", "-c", child_program()]
 
 
 if __name__ == "__main__":  # the same probe, by hand: initialise CUDA here, print, exit
