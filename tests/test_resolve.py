@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -294,6 +295,65 @@ def test_a_forked_probe_that_dies_says_so(monkeypatch):
     monkeypatch.setattr(pci, "query_driver", lambda init: 1 / 0)
     table = pci._forked_probe({}, 30)
     assert table["error"] == "the CUDA probe (a forked copy) died before it answered"
+
+
+CUDA_CHECK = r"""
+import json, os, sys, gpuaffinity
+from gpuaffinity.resolvers._common import cuda_initialized_here, libcuda_mapped
+mapped = libcuda_mapped()
+d = gpuaffinity.resolve(0)
+print(json.dumps({"pid": os.getpid(), "mapped": mapped, "up": cuda_initialized_here(), "nvml": d.nvml_index,
+                  "ctypes": "ctypes" in sys.modules}))
+"""
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_cuda_is_not_up_whether_or_not_libcuda_is_loaded(sim_factory, tmp_path, preload):
+    """Not mapped: known without loading ctypes.  Mapped but never initialised (a preloaded library, torch's
+    import): asked with RTLD_NOLOAD, still not up, and this process never calls cuInit."""
+    from gpuaffinity.sim.build import library_dir
+
+    machine = sim_factory("dgx-h100")
+    extra = {"GPUAFFINITY_SIM_COUNTERS": str(tmp_path)}
+    if preload:
+        extra["LD_PRELOAD"] = str(library_dir() / "libcuda.so.1")
+    out = run_json(machine, CUDA_CHECK, cvd="3,1", **extra)
+    assert (out["mapped"], out["up"], out["nvml"]) == (preload, False, 3)
+    assert out["ctypes"] is preload  # the unmapped case answers without importing ctypes at all
+    cuda = {pid: c for (pid, lib), c in read_counters(tmp_path).items() if lib == "cuda"}
+    assert cuda.get(out["pid"], {}).get("cuInit", 0) == 0
+
+
+def test_the_parents_work_meanwhile_never_fails_the_probe(monkeypatch):
+    from gpuaffinity.resolvers import pci
+
+    monkeypatch.setattr(pci, "query_driver", lambda init: {"rc": 0, "devices": [["0000:01:00.0", "ab" * 16]]})
+    done = []
+    table = pci._forked_probe({}, 30, lambda: done.append(os.getpid()))
+    assert table == {"rc": 0, "devices": [["0000:01:00.0", "ab" * 16]]} and done == [os.getpid()]  # in the parent
+    assert pci._forked_probe({}, 30, lambda: 1 / 0) == table
+
+
+def test_the_command_line_asks_locality_while_the_probe_runs(sim_factory, tmp_path):
+    """strict through the CLI: the same rows as the default policy's, NVML asked in the resolving process, and
+    the CUDA driver only in its child."""
+    machine = sim_factory("dgx-h100")
+    rows = {}
+    for policy in ("verify", "strict"):
+        counters = tmp_path / policy
+        counters.mkdir()
+        env = child_env(machine, "3,6,5,4,0,7,1,2", GPUAFFINITY_SIM_COUNTERS=str(counters))
+        out = subprocess.run([sys.executable, "-m", "gpuaffinity", "resolve", "--policy", policy, "--json"],
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        rows[policy] = [(r["uuid"], r["numa_nodes"], r["cpus"]) for r in json.loads(out.stdout)]
+        calls = read_counters(counters)
+        if policy == "strict":
+            cuda_pids = {pid for pid, lib in calls if lib == "cuda"}
+            nvml_pids = {pid for pid, lib in calls if lib == "nvml"}
+            assert len(cuda_pids) == 1 and nvml_pids and not cuda_pids & nvml_pids
+            assert all(c.get("cuInit", 0) == 0 for (pid, lib), c in calls.items() if pid in nvml_pids)
+    assert rows["strict"] == rows["verify"] and len(rows["strict"]) == 8
 
 
 INVENTORIES = r"""

@@ -20,6 +20,11 @@ import sys
 lock = _thread.RLock()
 _forking = _thread._local()
 
+#: Work for the parent while the ``pci`` strategy's forked probe initialises CUDA (about 0.5 s on the lent H200s):
+#: a callable taking the inventory's PCI bus ids, set by the command line to ask each GPU's locality (NVML's own
+#: start) in that time instead of after it.  Taken (and cleared) by the probe; None: nothing to do.
+while_probing = None
+
 
 def _before_fork() -> None:
     lock.acquire()

@@ -395,8 +395,13 @@ def _resolve(args: argparse.Namespace) -> int:
             ids.append(parse_selector(text))
         except ValueError as e:
             raise UsageError(f"gpuaffinity resolve: {e}") from None
+    from gpuaffinity import _state
     from gpuaffinity.placement import locate
 
+    # When the CUDA driver is asked in a forked child, its cuInit takes longer than NVML's start: ask every GPU's
+    # locality in that time (it depends on the bus id and this process's allowed CPUs only, not on the answer).
+    early: dict = {}
+    _state.while_probing = lambda buses: early.update(locate(buses))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -405,8 +410,11 @@ def _resolve(args: argparse.Namespace) -> int:
             _print_warnings(caught)
             _say(f"gpuaffinity: {_strip(e)}")
             return exit_status(e)
+        finally:
+            _state.while_probing = None
     _print_warnings(caught)
-    locs = locate(d.pci_bus_id for d in devices)
+    late = [d.pci_bus_id for d in devices if d.pci_bus_id not in early]
+    locs = {**early, **locate(late)} if late else early
     rows = []
     for d in devices:
         loc = locs[d.pci_bus_id]

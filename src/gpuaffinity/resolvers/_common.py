@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from gpuaffinity.core.strategy import ResolveContext
 
@@ -23,9 +24,12 @@ def libcuda_mapped() -> bool | None:
 def cuda_initialized_here() -> bool:
     """True when libcuda is loaded in this process and cuInit has succeeded; initialises nothing.
 
-    When libcuda is not mapped the answer is False without loading ctypes (a fresh process's first
-    resolve); otherwise libcuda is asked, with RTLD_NOLOAD, whether a device count can be had."""
-    if libcuda_mapped() is False:
+    When ctypes is not loaded yet and libcuda is not mapped, the answer is False without loading ctypes (a
+    fresh process's first resolve); otherwise libcuda is asked, with RTLD_NOLOAD, whether a device count can
+    be had."""
+    # /proc/self/maps is cheap in a fresh process and megabytes in one with torch's libraries (ms to read): read
+    # it only to avoid loading ctypes, never when ctypes is already here
+    if "ctypes" not in sys.modules and libcuda_mapped() is False:
         return False
     import ctypes
 

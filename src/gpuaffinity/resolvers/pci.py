@@ -62,7 +62,7 @@ def _single_threaded() -> bool:
         return False
 
 
-def _forked_probe(env: dict[str, str | None], timeout: float) -> dict[str, Any]:
+def _forked_probe(env: dict[str, str | None], timeout: float, meanwhile: Any = None) -> dict[str, Any]:
     """query_driver(init=True) in a forked copy of this process: no interpreter to start.  Only while this
     process has one thread (a fork copies no lock another thread holds) and has not initialised CUDA (which is
     why it asks a child: a child may initialise CUDA, never the parent)."""
@@ -86,7 +86,13 @@ def _forked_probe(env: dict[str, str | None], timeout: float) -> dict[str, Any]:
         finally:
             os._exit(0)
     os.close(w)
-    chunks, deadline = [], time.monotonic() + timeout
+    deadline = time.monotonic() + timeout
+    if meanwhile is not None:  # the parent's own work while the child waits for the driver; never fails the probe
+        try:
+            meanwhile()
+        except Exception:
+            pass
+    chunks = []
     try:
         while True:
             left = deadline - time.monotonic()
@@ -138,7 +144,11 @@ class PciStrategy(Strategy):
     def _probe_child(self, ctx: ResolveContext) -> dict[str, Any]:
         timeout = float(ctx.options.get("timeout", 120))
         if _single_threaded():
-            table = _forked_probe(ctx.env, timeout)
+            from gpuaffinity import _state
+
+            work, _state.while_probing = _state.while_probing, None
+            buses = [g.pci_bus_id for g in ctx.inventory.gpus]
+            table = _forked_probe(ctx.env, timeout, None if work is None else lambda: work(buses))
             table["where"] = "in a child process (a fork of this one)"
             return table
         import json
