@@ -405,7 +405,7 @@ def test_allowed_cpus_are_this_process_s_affinity():
 
 
 def test_nvml_masks_to_sets():
-    from gpuaffinity.numa.nvml_lite import _bits
+    from gpuaffinity.nvml_lite import _bits
     assert _bits([0b101, 1 << 63]) == frozenset({0, 2, 127}) and _bits([]) == frozenset()
 
 

@@ -213,11 +213,11 @@ import ctypes, json, threading, gpuaffinity
 first = gpuaffinity.resolve_all()
 again = gpuaffinity.resolve_all()
 nv = ctypes.CDLL("libnvidia-ml.so.1")
-counts = [nv.gpuaffinitySimCallCount(b"nvmlInitWithFlags"), nv.gpuaffinitySimCallCount(b"nvmlShutdown")]
+counts = [nv.gpuaffinitySimCallCount(b"nvmlInit_v2"), nv.gpuaffinitySimCallCount(b"nvmlShutdown")]
 import os
 os.environ["CUDA_VISIBLE_DEVICES"] = "2"
 changed = gpuaffinity.resolve_all()
-counts.append(nv.gpuaffinitySimCallCount(b"nvmlInitWithFlags"))
+counts.append(nv.gpuaffinitySimCallCount(b"nvmlInit_v2"))
 del os.environ["CUDA_VISIBLE_DEVICES"]
 gpuaffinity.clear_cache()
 results = []
@@ -226,7 +226,7 @@ def work():
 threads = [threading.Thread(target=work) for _ in range(16)]
 [t.start() for t in threads]
 [t.join() for t in threads]
-counts.append(nv.gpuaffinitySimCallCount(b"nvmlInitWithFlags"))
+counts.append(nv.gpuaffinitySimCallCount(b"nvmlInit_v2"))
 print(json.dumps({"same_object": all(a is b for a, b in zip(first, again)), "counts": counts,
                   "changed": [d.nvml_index for d in changed], "threads": len({tuple(r) for r in results}),
                   "n": len(results), "warm": gpuaffinity.resolve(0) is gpuaffinity.resolve(0)}))

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""gpuaffinity.numa.nvml_lite against pynvml on this machine's GPUs: the same questions, both ways, side by side.
+"""gpuaffinity.nvml_lite against pynvml on this machine's GPUs: the same questions, both ways, side by side.
 
-Prints one JSON object: the bus ids NVML lists, pynvml's answers and nvml_lite's for each (memory affinity and
-CPU affinity at node scope, the GPU memory's NUMA node or the error), what a lookup of a bus with no GPU gives,
-whether pynvml still works after nvml_lite's shutdown, and ``equal``.  tests/test_numa_nvml_lite.py runs it on
-simulated machines; tools/validate_real.py on real GPUs, in every view it sets up.
+Prints one JSON object: the GPU list both ways (index, UUID, bus id, name, MIG mode and the MIG instances with
+their ids: ``gpuaffinity.inventory.read_inventory_nvml`` against the same calls through pynvml), each GPU's
+locality answers both ways (memory and CPU affinity at node scope, the GPU memory's NUMA node or the error),
+what a lookup of a bus with no GPU gives, whether pynvml still works after nvml_lite's shutdown, and ``equal``.
+tests/test_numa_nvml_lite.py runs it on simulated machines; tools/validate_real.py on real GPUs, in every view
+it sets up.
 
     python3 tools/nvml_lite_check.py
 """
@@ -16,7 +18,7 @@ import json
 import pynvml
 
 from gpuaffinity.core.model import normalize_bus_id
-from gpuaffinity.numa.nvml_lite import NvmlLiteError, Session
+from gpuaffinity.nvml_lite import NvmlLiteError, Session
 
 
 def text(v: str | bytes) -> str:
@@ -48,7 +50,44 @@ def ours(nv: Session, bus: str) -> list:
     return out
 
 
+def their_list() -> list:
+    """The GPU list through pynvml, call for call what read_inventory_nvml asks."""
+    rows = []
+    for i in range(pynvml.nvmlDeviceGetCount()):
+        h = pynvml.nvmlDeviceGetHandleByIndex(i)
+        try:
+            mode = pynvml.nvmlDeviceGetMigMode(h)[0]
+        except pynvml.NVMLError as e:
+            if e.value not in (3, 13):
+                raise
+            mode = 0
+        migs = []
+        if mode == pynvml.NVML_DEVICE_MIG_ENABLE:
+            for j in range(pynvml.nvmlDeviceGetMaxMigDeviceCount(h)):
+                try:
+                    m = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(h, j)
+                except pynvml.NVMLError as e:
+                    if e.value in (4, 6):
+                        continue
+                    raise
+                migs.append([text(pynvml.nvmlDeviceGetUUID(m)), pynvml.nvmlDeviceGetGpuInstanceId(m),
+                             pynvml.nvmlDeviceGetComputeInstanceId(m)])
+        rows.append([i, text(pynvml.nvmlDeviceGetUUID(h)), normalize_bus_id(text(pynvml.nvmlDeviceGetPciInfo(h).busId)),
+                     text(pynvml.nvmlDeviceGetName(h)), sorted(migs, key=lambda m: (m[1], m[2])),
+                     mode == pynvml.NVML_DEVICE_MIG_ENABLE])
+    return rows
+
+
+def our_list() -> list:
+    from gpuaffinity.inventory import read_inventory_nvml
+
+    return [[g.nvml_index, g.uuid, g.pci_bus_id, g.name, [[m.uuid, m.gpu_instance, m.compute_instance]
+                                                         for m in g.migs], g.mig_enabled]
+            for g in read_inventory_nvml().gpus]
+
+
 def main() -> int:
+    mine_list = our_list()
     pynvml.nvmlInit()
     buses = [normalize_bus_id(text(pynvml.nvmlDeviceGetPciInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).busId))
              for i in range(pynvml.nvmlDeviceGetCount())]
@@ -59,9 +98,11 @@ def main() -> int:
             missing = None
         except NvmlLiteError as e:
             missing = [e.call, e.code]
-    reference = [theirs(b) for b in buses]
+    reference, reference_list = [theirs(b) for b in buses], their_list()
     print(json.dumps({"buses": buses, "pynvml": reference, "lite": mine, "missing": missing,
-                      "after": pynvml.nvmlDeviceGetCount(), "equal": mine == reference}))
+                      "list_pynvml": reference_list, "list_lite": mine_list,
+                      "after": pynvml.nvmlDeviceGetCount(),
+                      "equal": mine == reference and mine_list == reference_list}))
     return 0
 
 

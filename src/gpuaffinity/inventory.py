@@ -42,15 +42,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from gpuaffinity.nvml_lite import Session
+
 _join = os.path.join  # paths as plain strings: pathlib costs a fresh process milliseconds to import
-
-#: NVML return codes that mean "this GPU has no such feature"
-_NVML_NOT_SUPPORTED, _NVML_FUNCTION_NOT_FOUND = 3, 13
-_NVML_NO_PERMISSION, _NVML_NOT_FOUND = 4, 6
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def read_inventory(env: Mapping[str, str | None] | None = None) -> Inventory:
@@ -233,58 +227,67 @@ def _device_nodes_mismatch(dev: str, minors: tuple[int, ...], simulated: bool) -
 
 
 def read_inventory_nvml() -> Inventory:
-    """Every GPU NVML enumerates in this process, with its MIG instances; InventoryError on any NVML error."""
-    import pynvml
+    """Every GPU NVML enumerates in this process, with its MIG instances; InventoryError on any NVML error.
+
+    Through ``gpuaffinity.nvml_lite``: the C calls pynvml makes, without pynvml's import (about 0.1 s of a
+    fresh process on the lent H200 host, where a process that can open only some GPUs needs this list)."""
+    from gpuaffinity.nvml_lite import NvmlLiteError, Session
 
     try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError_LibraryNotFound:
+        nv = Session()
+    except NvmlLiteError:
         raise NoDriverError(
             "no NVIDIA driver here: libnvidia-ml.so.1 was not found; install the driver, or try gpuaffinity on a "
             "simulated machine: gpuaffinity sim run dgx-h100 -- gpuaffinity doctor") from None
-    except pynvml.NVMLError as e:
+    try:
+        nv.__enter__()
+    except NvmlLiteError as e:
         raise NoDriverError(f"NVML could not start ({e}); check that the NVIDIA driver is loaded "
                             "(nvidia-smi should work)") from None
     step = "counting GPUs"
     try:
         gpus = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
+        for i in range(nv.count()):
             step = f"reading GPU {i}"
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            bus = normalize_bus_id(_text(pynvml.nvmlDeviceGetPciInfo(h).busId))
+            h = nv.handle_by_index(i)
+            bus = normalize_bus_id(nv.pci_bus_id(h))
             step = f"reading GPU {i} ({bus})"
-            enabled, migs = _migs(pynvml, h)
-            gpus.append(GpuInfo(i, _text(pynvml.nvmlDeviceGetUUID(h)), bus, _text(pynvml.nvmlDeviceGetName(h)),
-                                migs, enabled))
+            enabled, migs = _migs(nv, h)
+            gpus.append(GpuInfo(i, nv.uuid(h), bus, nv.name(h), migs, enabled))
         return Inventory(tuple(gpus), source="nvml")
-    except pynvml.NVMLError as e:
+    except NvmlLiteError as e:
         raise InventoryError(f"NVML failed while {step}: {e}; the GPU list cannot be trusted, so nothing is "
                              "resolved (nvidia-smi shows whether the driver is healthy)") from None
     finally:
-        try:
-            pynvml.nvmlShutdown()
-        except pynvml.NVMLError:
-            pass  # the list is read; a failed shutdown only leaves NVML initialised
+        nv.__exit__()  # a failed shutdown only leaves NVML initialised: the list is read
 
 
-def _migs(pynvml, handle) -> tuple[bool, tuple[MigInfo, ...]]:
-    """(MIG mode on, the instances this process may use).  Raises NVMLError on a real failure."""
+def _migs(nv: Session, handle: object) -> tuple[bool, tuple[MigInfo, ...]]:
+    """(MIG mode on, the instances this process may use).  Raises NvmlLiteError on a real failure."""
+    from gpuaffinity.nvml_lite import (
+        NVML_DEVICE_MIG_ENABLE,
+        NVML_ERROR_FUNCTION_NOT_FOUND,
+        NVML_ERROR_NO_PERMISSION,
+        NVML_ERROR_NOT_FOUND,
+        NVML_ERROR_NOT_SUPPORTED,
+        NvmlLiteError,
+    )
+
     try:
-        current, _pending = pynvml.nvmlDeviceGetMigMode(handle)
-    except pynvml.NVMLError as e:
-        if e.value in (_NVML_NOT_SUPPORTED, _NVML_FUNCTION_NOT_FOUND):  # a GPU (or driver) without MIG
+        current = nv.mig_mode(handle)
+    except NvmlLiteError as e:
+        if e.code in (NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND):  # a GPU (or driver) without MIG
             return False, ()
         raise
-    if current != pynvml.NVML_DEVICE_MIG_ENABLE:
+    if current != NVML_DEVICE_MIG_ENABLE:
         return False, ()
     out = []
-    for j in range(pynvml.nvmlDeviceGetMaxMigDeviceCount(handle)):
+    for j in range(nv.max_mig_devices(handle)):
         try:
-            m = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, j)
-        except pynvml.NVMLError as e:
-            if e.value in (_NVML_NOT_FOUND, _NVML_NO_PERMISSION):  # an empty slot, or one this process may not use
+            m = nv.mig_handle(handle, j)
+        except NvmlLiteError as e:
+            if e.code in (NVML_ERROR_NOT_FOUND, NVML_ERROR_NO_PERMISSION):  # an empty slot, or one not ours
                 continue
             raise
-        out.append(MigInfo(_text(pynvml.nvmlDeviceGetUUID(m)), pynvml.nvmlDeviceGetGpuInstanceId(m),
-                           pynvml.nvmlDeviceGetComputeInstanceId(m)))
+        out.append(MigInfo(nv.uuid(m), nv.gpu_instance_id(m), nv.compute_instance_id(m)))
     return True, tuple(sorted(out, key=lambda x: (x.gpu_instance, x.compute_instance)))

@@ -107,8 +107,8 @@ NvmlAnswer = tuple[frozenset[int], ...]
 def nvml_affinity(bus_ids: Iterable[str]) -> dict[str, NvmlAnswer]:
     """NVML's (nodes, CPUs, GPU memory nodes) for each GPU bus id; empty where NVML cannot tell.
 
-    Through ``gpuaffinity.numa.nvml_lite``: pynvml's very C calls, without importing pynvml."""
-    from gpuaffinity.numa.nvml_lite import NvmlLiteError, Session
+    Through ``gpuaffinity.nvml_lite``: pynvml's very C calls, without importing pynvml."""
+    from gpuaffinity.nvml_lite import NvmlLiteError, Session
 
     out: dict[str, NvmlAnswer] = {}
     try:
