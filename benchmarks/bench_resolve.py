@@ -135,6 +135,7 @@ def main() -> int:
         raw["cli: ours, fresh process resolve(0)"] = timed_process(python + [OURS], env, n)
         raw["cli: bare NVML way, fresh process"] = timed_process(python + [BARE_NVML], env, n)
         raw["cli: floor, interpreter + nvmlInit"] = timed_process(python + [FLOOR], env, n)
+        raw["cli: bare interpreter (python -c pass)"] = timed_process(python + ["pass"], env, n)
         raw["cli: gpuaffinity resolve --json"] = timed_process(python + ["from gpuaffinity.cli import main; "
                                                                         "raise SystemExit(main())", "resolve",
                                                                         "--json"], env, n)
@@ -192,6 +193,9 @@ def main() -> int:
          ratio("cli: gpuaffinity bind 0 -- true", "cli: numactl --cpunodebind=0 true") + " numactl; target <= 1.2"),
         ("  numactl --cpunodebind=0 true", ms("cli: numactl --cpunodebind=0 true"), "" if numactl else
          "numactl not installed here"),
+        ("  bare interpreter: python -c pass", ms("cli: bare interpreter (python -c pass)"),
+         ratio("cli: bare interpreter (python -c pass)", "cli: numactl --cpunodebind=0 true")
+         + " numactl: what any Python command costs before its first line"),
         ("  ours, warm call (no torch)", f"{med['no torch: ours, warm call'] * 1e6:.2f} us", "target <= 1 us"),
         ("4 import gpuaffinity, clean interpreter (-I -S)", ms("import gpuaffinity, clean interpreter"),
          f"{count} modules; heavy ones loaded: {heavy}; target <= 5 ms"),

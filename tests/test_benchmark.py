@@ -16,6 +16,7 @@ ROWS = ["1 serving worker (torch + CUDA up): ours, first call incl. import", "ou
         "2 torch imported, CUDA not up: ours, first call", "3 CLI, no torch: ours, fresh process resolve(0)",
         "bare NVML way (wrong under a reordered CVD)", "floor: interpreter + nvmlInit",
         "gpuaffinity resolve --json (adds locality)", "gpuaffinity bind 0 -- true", "numactl --cpunodebind=0 true",
+        "bare interpreter: python -c pass",
         "4 import gpuaffinity, clean interpreter (-I -S)", "5 resolve --policy strict --json",
         "one bare cuInit child", "old row, not the headline"]
 
