@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import child_env, run_json
 from gpuaffinity.sim.build import CFLAGS, COMMON, CSRC, LIBRARIES, find_compiler
 
 
@@ -148,3 +149,53 @@ def test_import_is_light():
             " if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+NOTES = r"""
+import json, sys, gpuaffinity
+from gpuaffinity.core.notes import kind_of
+rec = gpuaffinity.plan(int(sys.argv[1]), mode=sys.argv[2])
+print(json.dumps([[kind_of(n), str(n)] for n in rec.notes]))
+"""
+
+
+@pytest.mark.parametrize(("preset", "cpuset", "mode", "said"), [
+    ("vm-4gpu", None, "node", ["no NUMA preference: every allowed CPU",
+                               "memory policy left alone: the GPU has no NUMA node"]),
+    ("dgx-h100", "0-2,112-114", "exclusive", ["3 allowed cores for 4 GPUs on node(s) 0: split by hardware thread"]),
+    ("dgx-h100", "0,1", "exclusive", ["2 allowed cores for 4 GPUs on node(s) 0: no core of its own"]),
+    ("dgx-h100", None, "exclusive", []),
+])
+def test_bind_says_the_attention_notes_by_kind(sim_factory, preset, cpuset, mode, said):
+    """bind prints exactly the notes of kind "attention" on stderr (no text matching), the others only in
+    --dry-run; and each note of the plan has a kind."""
+    machine = sim_factory(preset)
+    extra = {} if cpuset is None else {"GPUAFFINITY_SIM_ALLOWED_CPUS": cpuset}
+    notes = run_json(machine, NOTES, "0", mode, **extra)
+    assert notes and all(kind in ("info", "attention") for kind, _ in notes)
+    loud = [text for kind, text in notes if kind == "attention"]
+    assert len(loud) == len(said) and all(any(text.startswith(s) for text in loud) for s in said)
+    env = child_env(machine, **extra)
+    out = subprocess.run([sys.executable, "-m", "gpuaffinity", "bind", "0", "--mode", mode, "--", "true"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    cut = "gpuaffinity: note: the simulated plan's CPUs"  # bind's own attention note: this host has fewer CPUs
+    assert [ln for ln in out.stderr.splitlines() if not ln.startswith(cut)] == \
+        [f"gpuaffinity: note: {text}" for text in loud]
+    dry = subprocess.run([sys.executable, "-m", "gpuaffinity", "bind", "0", "--mode", mode, "--dry-run"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert [ln[len("  note: "):] for ln in dry.stdout.splitlines() if ln.startswith("  note: ")] == \
+        [text for _, text in notes]
+
+
+def test_a_note_is_a_string_with_a_kind():
+    import pickle
+
+    from gpuaffinity.core.notes import Note, attention, kind_of
+
+    n = attention("x")
+    assert n == "x" and isinstance(n, str) and kind_of(n) == "attention" and kind_of("plain") == "info"
+    back = pickle.loads(pickle.dumps(n))
+    assert back == "x" and kind_of(back) == "attention"
+    with pytest.raises(ValueError, match="unknown note kind 'loud'"):
+        Note("x", "loud")

@@ -626,8 +626,10 @@ def _bind(args: argparse.Namespace, cmd: list[str]) -> int:
         for failure in rec.failures:
             print(f"  would fail: {failure}")
         return EXIT_OK
+    from gpuaffinity.core.notes import kind_of
+
     for note in rec.notes:
-        if "no NUMA" in note or "not allowed" in note or "no core" in note:
+        if kind_of(note) == "attention":  # the binding is weaker than asked: said even without --dry-run
             _say(f"gpuaffinity: note: {note}")
     sys.stdout.flush()
     sys.stderr.flush()

@@ -59,7 +59,9 @@ def _plan(logical_id: int | str, mode: str, memory: str, policy: str | None, dis
     rec = BindRecord(dev.logical_id, dev.pci_bus_id, mode, memory if placement.numa_nodes else "none",
                      placement.numa_nodes, placement.cpus, notes=list(placement.notes))
     if memory != "none" and not placement.numa_nodes:
-        rec.notes.append("memory policy left alone: the GPU has no NUMA node")
+        from gpuaffinity.core.notes import attention
+
+        rec.notes.append(attention("memory policy left alone: the GPU has no NUMA node"))
     if not placement.cpus:
         rec.failures.append(f"no CPU to bind to: none of the CPUs near GPU {dev.pci_bus_id} is allowed to this "
                             "process (its affinity mask or cgroup cpuset excludes them)")

@@ -15,6 +15,7 @@ import os
 
 from gpuaffinity.core.cpulist import format_cpulist
 from gpuaffinity.core.errors import BindError  # with every other error; importable from here too
+from gpuaffinity.core.notes import attention
 from gpuaffinity.core.record import field, record
 from gpuaffinity.core.settings import MEMORY_POLICIES, SIM_ALLOWED_VAR  # named once, in settings
 
@@ -181,8 +182,9 @@ def apply(record: BindRecord, on_failure: str) -> BindRecord:
         # cgroup limit on the real process still holds
         cpus = record.cpus & old_cpus
         if cpus != record.cpus:
-            record.notes.append(f"the simulated plan's CPUs {format_cpulist(record.cpus) or 'none'} are cut to "
-                                f"{format_cpulist(cpus) or 'none'}, this process's real affinity mask allows them")
+            record.notes.append(attention(f"the simulated plan's CPUs {format_cpulist(record.cpus) or 'none'} are "
+                                          f"cut to {format_cpulist(cpus) or 'none'}, this process's real affinity "
+                                          "mask allows them"))
     try:
         record.threads = set_affinity_all_threads(cpus)
         record.cpus_applied = True
