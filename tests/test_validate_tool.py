@@ -73,14 +73,18 @@ def test_a_dry_run_on_the_simulator_and_its_counts_derived_again(sim_factory, tm
     run = subprocess.run([sys.executable, str(ROOT / "tools" / "validate_real.py"), str(out), "--truth", str(truth),
                           "--no-bench", "--no-hidden"], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "[full] resolution: 35/35 runs match the driver" in run.stdout  # 5 values x 2 orders x 3 policies + 5
+    # 5 values x 2 orders x 3 policies, + 5 with torch imported where torch is installed (not in the notorch env)
+    has_torch = importlib.util.find_spec("torch") is not None
+    n = 35 if has_torch else 30
+    assert f"[full] resolution: {n}/{n} runs match the driver" in run.stdout
+    assert ("torch is not importable here" in run.stdout) is (not has_torch)
     assert "[full] nvml_lite against pynvml: equal on 4 GPU(s)" in run.stdout
     again = subprocess.run([sys.executable, str(ROOT / "tools" / "validate_real.py"), "--summarize", str(out)],
                            env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0
-    assert "[full] resolution: 35/35 runs match the driver" in again.stdout
+    assert f"[full] resolution: {n}/{n} runs match the driver" in again.stdout
     recs = json.loads((out / "full" / "resolve_cases.json").read_text())
-    assert len(recs) == 35 and all(r["ok"] for r in recs)  # every per-run record is kept
+    assert len(recs) == n and all(r["ok"] for r in recs)  # every per-run record is kept
 
 
 def test_the_probe_refuses_to_record_a_simulated_driver(sim_factory, tmp_path):

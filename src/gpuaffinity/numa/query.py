@@ -23,7 +23,6 @@ from pathlib import Path
 
 from gpuaffinity.core.cpulist import format_cpulist, parse_cpulist
 from gpuaffinity.core.errors import GpuAffinityError
-from gpuaffinity.core.notes import attention
 from gpuaffinity.core.record import record
 from gpuaffinity.core.settings import PROCFS_VAR, SIM_ALLOWED_VAR, SYSFS_VAR
 from gpuaffinity.numa.sysfs import Sysfs, read_text, sysfs_root
@@ -226,9 +225,9 @@ def gpu_locality(pci_bus_id: str, allowed: frozenset[int] | None = None,
         local &= online
     cpus = local & allowed
     if local and not cpus:
-        notes.append(attention(f"none of this GPU's local CPUs ({format_cpulist(local)}) is allowed to this "
-                               f"process (allowed: {format_cpulist(allowed) or 'none'}; affinity mask or cgroup "
-                               "cpuset)"))
+        # plain info: binding fails on it with its own error, which says the same thing once
+        notes.append(f"none of this GPU's local CPUs ({format_cpulist(local)}) is allowed to this "
+                     f"process (allowed: {format_cpulist(allowed) or 'none'}; affinity mask or cgroup cpuset)")
     return Locality(pci_bus_id, tuple(sorted(nodes)), cpus, local, source, tuple(notes), tuple(sorted(own)),
                     tuple(sorted(users)))
 
