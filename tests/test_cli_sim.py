@@ -199,3 +199,24 @@ def test_a_note_is_a_string_with_a_kind():
     assert back == "x" and kind_of(back) == "attention"
     with pytest.raises(ValueError, match="unknown note kind 'loud'"):
         Note("x", "loud")
+
+
+def test_started_with_sigchld_ignored(sim_factory):
+    """A parent that ignores SIGCHLD passes that on across exec: the kernel then reaps children at once, and a
+    wait finds none.  `sim run` still reports its job's status and hands the job the disposition it would have
+    had; strict `resolve` still gets the driver's answer from its probe."""
+    import signal
+
+    def ignore() -> None:
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+
+    job = [sys.executable, "-c", "import signal, sys; sys.exit(7 if signal.getsignal(signal.SIGCHLD) == "
+           "signal.SIG_IGN else 8)"]
+    run = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", "dgx-h100", "--", *job],
+                         capture_output=True, text=True, timeout=120, preexec_fn=ignore)
+    assert (run.returncode, run.stderr) == (7, "")
+    env = child_env(sim_factory("mixed-4gpu"), "0,1")
+    run = subprocess.run([sys.executable, "-m", "gpuaffinity", "resolve", "--policy", "strict", "--json"],
+                         env=env, capture_output=True, text=True, timeout=120, preexec_fn=ignore)
+    assert run.returncode == 0, run.stderr
+    assert [r["nvml_index"] for r in json.loads(run.stdout)] == [1, 3]

@@ -136,6 +136,18 @@ def test_visible_devices_grammar(cvd, order, devices, error, stopped):
     assert res.gpus == [g for g, _m in devices]
 
 
+def test_a_malformed_mig_path_is_no_prefix_of_an_old_drivers_mig_uuid():
+    """Drivers before R470 named MIG instances MIG-GPU-<uuid>/<gi>/<ci>: an entry that is not a whole path
+    ('MIG-GPU-aa', a path cut short) names no instance, though the old UUID starts with it."""
+    legacy = MigInfo("MIG-GPU-aa000000-0000-0000-0000-000000000000/3/0", 3, 0)
+    gpus = [GpuIdentity("GPU-aa000000-0000-0000-0000-000000000000", (legacy,))]
+    for cvd in ("MIG-GPU-aa", "MIG-GPU-aa000000-0000-0000-0000-000000000000/3"):
+        res = apply_cvd(cvd, gpus, None, None)
+        assert (visible(res), res.error) == ([], 100), cvd
+    whole = apply_cvd("MIG-GPU-aa000000-0000-0000-0000-000000000000/3/0", gpus, None, None)
+    assert visible(whole) == [(0, 0)]
+
+
 def test_every_gpu_and_nothing_stopped_without_mig():
     plain = [GpuIdentity("GPU-a0000000-0000-0000-0000-000000000000"),
              GpuIdentity("GPU-c0000000-0000-0000-0000-000000000000")]

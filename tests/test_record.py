@@ -123,8 +123,10 @@ def test_inheritance_post_init_and_pickle():
 
 
 def test_the_resolution_path_loads_no_heavy_module():
-    """What the records are for: a first resolve loads neither dataclasses, typing, re, json nor pathlib."""
+    """What the records are for: a first resolve loads neither dataclasses, typing, re, json nor pathlib; nor
+    does the module behind plan and bind."""
     code = ("import sys\nimport gpuaffinity.api, gpuaffinity.inventory, gpuaffinity.resolvers.pci\n"
+            "import gpuaffinity.placement\n"
             "print(sorted({'dataclasses', 'typing', 're', 'json', 'pathlib', 'inspect', 'ctypes', 'enum'} "
             "& set(sys.modules)))")
     out = subprocess.run([sys.executable, "-I", "-S", "-c", f"import sys; sys.path[:0] = {sys.path!r}\n" + code],

@@ -334,6 +334,101 @@ def test_the_parents_work_meanwhile_never_fails_the_probe(monkeypatch):
     assert pci._forked_probe({}, 30, lambda: 1 / 0) == table
 
 
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_fork_that_fails_closes_its_pipe_and_hands_over(monkeypatch):
+    """fork() refused (no processes or memory left): the pipe is closed and None tells the caller to start an
+    isolated interpreter instead."""
+    from gpuaffinity.resolvers import pci
+
+    def refuse():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    before = _open_fds()
+    monkeypatch.setattr(os, "fork", refuse)
+    assert pci._forked_probe({}, 30) is None
+    assert _open_fds() == before
+
+
+def test_an_interrupt_while_probing_kills_and_reaps_the_child(monkeypatch):
+    from gpuaffinity.resolvers import pci
+
+    monkeypatch.setattr(pci, "query_driver", lambda init: __import__("time").sleep(60))
+    before = _open_fds()
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pci._forked_probe({}, 30, interrupted)
+    assert _open_fds() == before
+    with pytest.raises(ChildProcessError):  # killed and reaped: no zombie left behind
+        os.waitpid(-1, os.WNOHANG)
+
+
+def test_the_parents_work_meanwhile_is_not_the_childs_time(monkeypatch):
+    """The deadline starts once the parent's own work is done, and an answer already in the pipe is taken."""
+    from gpuaffinity.resolvers import pci
+
+    monkeypatch.setattr(pci, "query_driver", lambda init: {"rc": 0, "devices": []})
+    table = pci._forked_probe({}, 0.2, lambda: time.sleep(0.6))
+    assert table == {"rc": 0, "devices": []}
+
+
+HOSTILE_PARENT = r"""
+import ctypes, json, os, signal, sys
+shape = sys.argv[1]
+if shape == "sigchld-ignored":  # children reaped by the kernel: waitpid finds none
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+if shape == "fd-above-1023":  # select() cannot watch a descriptor this high; poll can
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    held = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]
+if shape == "fork-refused":
+    def refuse():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+    os.fork = refuse
+import gpuaffinity
+def answer():
+    devs = gpuaffinity.resolve_all(policy="strict")
+    return {"devs": [d.nvml_index for d in devs],
+            "where": [getattr(v.result, "detail", None) or repr(v.result) for d in devs for v in d.verdicts]}
+if shape == "forked-worker-of-cuda-parent":
+    # the parent initialised CUDA, then forked a worker: in the worker CUDA is mapped but not usable, and a
+    # fork of the worker could not initialise it either
+    assert ctypes.CDLL("libcuda.so.1").cuInit(0) == 0
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(w, json.dumps(answer()).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    data = os.read(r, 100000)
+    os.waitpid(pid, 0)
+    print(data.decode())
+else:
+    print(json.dumps(answer()))
+"""
+
+
+@pytest.mark.parametrize("shape", ["sigchld-ignored", "fd-above-1023", "fork-refused",
+                                   "forked-worker-of-cuda-parent"])
+def test_the_probe_answers_in_a_hostile_parent(sim_factory, shape):
+    """Each shape once made the strict policy refuse (the probe raised or its cuInit failed) where the driver
+    answers: now the driver's answer, from the child that can give it."""
+    out = run_json(sim_factory("mixed-4gpu"), HOSTILE_PARENT, shape, cvd="0,1")
+    assert out["devs"] == [1, 3]
+    pci = [w for w in out["where"] if "cuDeviceGetPCIBusId" in w]
+    assert len(pci) == 2
+    how = "(a fork of this one)" if shape in ("sigchld-ignored", "fd-above-1023") else "(a new isolated interpreter)"
+    assert all(how in w for w in pci), pci
+
+
 def test_the_command_line_asks_locality_while_the_probe_runs(sim_factory, tmp_path):
     """strict through the CLI: the same rows as the default policy's, NVML asked in the resolving process, and
     the CUDA driver only in its child."""
@@ -450,3 +545,12 @@ print(json.dumps([fields == [os.environ.get(v) for v in ENV_VARS], len(ENV_VARS)
 def test_the_environment_shortcut_reads_what_os_environ_holds(sim_factory):
     """The warm path reads os.environ's encoded mapping; the snapshot it makes equals the public API's view."""
     assert run_json(sim_factory("dgx-h100"), ENV_SHORTCUT) == [True, True]
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), 0, -1.0, "5", True, None])
+def test_a_timeout_that_is_no_number_of_seconds_is_refused_up_front(bad):
+    """inf once reached poll() as an OverflowError and nan as a ValueError from deep inside the probe."""
+    from gpuaffinity.api import run_resolution
+
+    with pytest.raises(ValueError, match=r"^timeout must be a finite number of seconds above 0, not "):
+        run_resolution(timeout=bad)

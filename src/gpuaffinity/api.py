@@ -82,6 +82,8 @@ def run_resolution(*, policy: str | None = None, disable: Iterable[str] | str | 
     from gpuaffinity.resolvers import builtin_plugins
     from gpuaffinity.resolvers._common import integers_index_unknown_order
 
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
+        raise ValueError(f"timeout must be a finite number of seconds above 0, not {timeout!r}")
     st = settings or Settings.from_key(make_key(policy, normalize_disable(disable), allow_subprocess))
     chosen = st.policy
     disabled = st.disabled

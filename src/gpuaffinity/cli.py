@@ -333,11 +333,16 @@ def _run_job(cmd: list[str], env: dict[str, str], early: list[int]) -> int:
     import os
 
     tty = _foreground_tty()
+    # SIGCHLD ignored by whoever started us (inherited across exec) would make the kernel reap the job, and our
+    # wait for it fail: the default here; the job itself gets the disposition it would have had without us
+    inherited = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
     def own_group() -> None:  # in the child, before exec: its own group, and the terminal if we had it
         os.setpgid(0, 0)
         if tty is not None:
             _give_terminal(tty, os.getpgrp())
+        if inherited == signal.SIG_IGN:
+            signal.signal(signal.SIGCHLD, signal.SIG_IGN)
 
     try:
         import subprocess  # only `sim run` starts a process; resolve and bind never do

@@ -79,31 +79,41 @@ class Session:
         self._up = False
         self._pci: Any = None
 
+    def _fn(self, name: str) -> Any:
+        """The library's function ``name``; NvmlLiteError FUNCTION_NOT_FOUND where this driver lacks it (an old
+        driver: nvmlDeviceGetMigMode before R450, say), as pynvml says, never AttributeError."""
+        fn = getattr(self._lib, name, None)
+        if fn is None:
+            raise NvmlLiteError(name, NVML_ERROR_FUNCTION_NOT_FOUND)
+        return fn
+
     def _check(self, call: str, rc: int) -> None:
         if rc != NVML_SUCCESS:
             raise NvmlLiteError(call, rc)
 
     def __enter__(self) -> Session:
-        self._check("nvmlInit_v2", self._lib.nvmlInit_v2())
+        self._check("nvmlInit_v2", self._fn("nvmlInit_v2")())
         self._up = True
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._up:
             self._up = False
-            self._lib.nvmlShutdown()  # a failed shutdown only leaves NVML initialised: the answers are read
+            shutdown = getattr(self._lib, "nvmlShutdown", None)
+            if shutdown is not None:
+                shutdown()  # a failed shutdown only leaves NVML initialised: the answers are read
 
     def handle(self, bus_id: str) -> object:
         c = self._c
         h = c.c_void_p()
         self._check("nvmlDeviceGetHandleByPciBusId_v2",
-                    self._lib.nvmlDeviceGetHandleByPciBusId_v2(c.c_char_p(bus_id.encode()), c.byref(h)))
+                    self._fn("nvmlDeviceGetHandleByPciBusId_v2")(c.c_char_p(bus_id.encode()), c.byref(h)))
         return h
 
     def _mask(self, fn: str, handle: object) -> frozenset[int]:
         c = self._c
         words = (c.c_ulong * WORDS)()
-        self._check(fn, getattr(self._lib, fn)(handle, c.c_uint(WORDS), words, c.c_uint(NVML_AFFINITY_SCOPE_NODE)))
+        self._check(fn, self._fn(fn)(handle, c.c_uint(WORDS), words, c.c_uint(NVML_AFFINITY_SCOPE_NODE)))
         return _bits(words)
 
     def memory_affinity(self, handle: object) -> frozenset[int]:
@@ -119,13 +129,13 @@ class Session:
     def _uint(self, call: str, *args: object) -> int:
         c = self._c
         out = c.c_uint(0)
-        self._check(call, getattr(self._lib, call)(*args, c.byref(out)))
+        self._check(call, self._fn(call)(*args, c.byref(out)))
         return out.value
 
     def _text(self, call: str, handle: object) -> str:
         c = self._c
         buf = c.create_string_buffer(_TEXT)
-        self._check(call, getattr(self._lib, call)(handle, buf, c.c_uint(_TEXT)))
+        self._check(call, self._fn(call)(handle, buf, c.c_uint(_TEXT)))
         return buf.value.decode("utf-8", "replace")
 
     def count(self) -> int:
@@ -134,7 +144,7 @@ class Session:
     def handle_by_index(self, index: int) -> object:
         c = self._c
         h = c.c_void_p()
-        self._check("nvmlDeviceGetHandleByIndex_v2", self._lib.nvmlDeviceGetHandleByIndex_v2(c.c_uint(index),
+        self._check("nvmlDeviceGetHandleByIndex_v2", self._fn("nvmlDeviceGetHandleByIndex_v2")(c.c_uint(index),
                                                                                              c.byref(h)))
         return h
 
@@ -143,7 +153,7 @@ class Session:
         if self._pci is None:
             self._pci = _pci_info_type(self._c)
         info = self._pci()
-        self._check("nvmlDeviceGetPciInfo_v3", self._lib.nvmlDeviceGetPciInfo_v3(handle, self._c.byref(info)))
+        self._check("nvmlDeviceGetPciInfo_v3", self._fn("nvmlDeviceGetPciInfo_v3")(handle, self._c.byref(info)))
         return info.busId.decode("utf-8", "replace")
 
     def uuid(self, handle: object) -> str:
@@ -156,7 +166,7 @@ class Session:
         """The current MIG mode (1: enabled)."""
         c = self._c
         current, pending = c.c_uint(0), c.c_uint(0)
-        self._check("nvmlDeviceGetMigMode", self._lib.nvmlDeviceGetMigMode(handle, c.byref(current),
+        self._check("nvmlDeviceGetMigMode", self._fn("nvmlDeviceGetMigMode")(handle, c.byref(current),
                                                                            c.byref(pending)))
         return current.value
 
@@ -167,7 +177,7 @@ class Session:
         c = self._c
         m = c.c_void_p()
         self._check("nvmlDeviceGetMigDeviceHandleByIndex",
-                    self._lib.nvmlDeviceGetMigDeviceHandleByIndex(handle, c.c_uint(index), c.byref(m)))
+                    self._fn("nvmlDeviceGetMigDeviceHandleByIndex")(handle, c.c_uint(index), c.byref(m)))
         return m
 
     def gpu_instance_id(self, mig: object) -> int:
@@ -181,9 +191,7 @@ class Session:
     def numa_node_id(self, handle: object) -> int:
         """The NUMA node of the GPU's own memory (Grace Hopper and later); NvmlLiteError elsewhere."""
         c = self._c
-        fn = getattr(self._lib, "nvmlDeviceGetNumaNodeId", None)
-        if fn is None:
-            raise NvmlLiteError("nvmlDeviceGetNumaNodeId", 13)  # NVML_ERROR_FUNCTION_NOT_FOUND, as pynvml says
+        fn = self._fn("nvmlDeviceGetNumaNodeId")
         node = c.c_uint(0)
         self._check("nvmlDeviceGetNumaNodeId", fn(handle, c.byref(node)))
         return node.value

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from gpuaffinity import _state
 from gpuaffinity.core.settings import FAILURE_POLICIES, MEMORY_POLICIES, MODES, ON_FAILURE_VAR
 
+TYPE_CHECKING = False  # typing and collections.abc stay unimported: the annotations are strings
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from gpuaffinity.numa.bind import BindRecord
     from gpuaffinity.numa.query import Locality
 

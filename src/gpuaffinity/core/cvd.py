@@ -340,6 +340,8 @@ def _find_mig(entry: str, gpus: Sequence[_Gpu]) -> tuple[int, int] | None:
                     if _same_number(m[1], mig.gpu_instance) and _same_number(m[2], mig.compute_instance):
                         return gi_, mi
         return None
+    if entry.startswith("MIG-GPU-"):  # a malformed path names nothing, even where an old driver's MIG UUID
+        return None                   # (MIG-GPU-<uuid>/<gi>/<ci>) would take it as a prefix
     flat = [(gi_, mi, mig.uuid[4:]) for gi_, g in enumerate(gpus) for mi, mig in enumerate(g.migs)]
     hit = _prefix_match([f[2] for f in flat], entry[4:])
     return None if hit is None else flat[hit][:2]

@@ -15,8 +15,10 @@ multiprocessing "fork" pool).  So:
   GPUAFFINITY_NO_SUBPROCESS=1) forbids the child.
 
   The child is a fork of this process when this process has exactly one
-  thread (/proc/self/task): fork copies no lock another thread could hold,
-  and the copy starts no interpreter.  With other threads it is a new
+  thread (/proc/self/task) and no libcuda mapped (/proc/self/maps): fork
+  copies no lock another thread could hold, the copy starts no interpreter,
+  and it can initialise CUDA (a copy of a process that had initialised it
+  cannot).  With other threads it is a new
   interpreter in isolated mode (``python -I``) whose whole program is _cuquery.py:
   nothing from the caller's working directory, PYTHONPATH or user site is
   imported into it, nor anything of gpuaffinity.  Either way the child sets
@@ -39,7 +41,7 @@ from gpuaffinity.core.model import Abstain, Answer
 from gpuaffinity.core.settings import NO_SUBPROCESS_VAR
 from gpuaffinity.core.strategy import Cost, ResolveContext, Strategy
 from gpuaffinity.resolvers import _cuquery
-from gpuaffinity.resolvers._common import cuda_up
+from gpuaffinity.resolvers._common import cuda_up, libcuda_mapped
 from gpuaffinity.resolvers._cuquery import query_driver
 
 TYPE_CHECKING = False
@@ -62,16 +64,26 @@ def _single_threaded() -> bool:
         return False
 
 
-def _forked_probe(env: dict[str, str | None], timeout: float, meanwhile: Any = None) -> dict[str, Any]:
+def _forked_probe(env: dict[str, str | None], timeout: float, meanwhile: Any = None) -> dict[str, Any] | None:
     """query_driver(init=True) in a forked copy of this process: no interpreter to start.  Only while this
-    process has one thread (a fork copies no lock another thread holds) and has not initialised CUDA (which is
-    why it asks a child: a child may initialise CUDA, never the parent)."""
+    process has one thread (a fork copies no lock another thread holds) and has no libcuda mapped (a fork of a
+    process that initialised CUDA cannot initialise it again: cuInit fails in the copy).
+
+    None when fork() itself fails (out of processes or memory): the caller tries the isolated interpreter.
+    Robust to the caller's process state: SIGCHLD ignored or reaped by someone else (the answer is in the pipe
+    already), a pipe descriptor above 1023 (poll, not select), an interrupt while waiting (the child is killed
+    and reaped, the descriptors closed)."""
     import json
     import select
     import signal
 
     r, w = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(r)
+        os.close(w)
+        return None
     if pid == 0:  # the child: the variables of this resolution, cuInit, the answer down the pipe, gone
         try:
             os.close(r)
@@ -86,26 +98,40 @@ def _forked_probe(env: dict[str, str | None], timeout: float, meanwhile: Any = N
         finally:
             os._exit(0)
     os.close(w)
-    deadline = time.monotonic() + timeout
-    if meanwhile is not None:  # the parent's own work while the child waits for the driver; never fails the probe
-        try:
-            meanwhile()
-        except Exception:
-            pass
-    chunks = []
+    chunks: list[bytes] = []
+    finished = False
     try:
+        if meanwhile is not None:  # the parent's own work while the child waits for the driver; never fails it
+            try:
+                meanwhile()
+            except Exception:
+                pass
+        deadline = time.monotonic() + timeout  # from here: the parent's own work is not the child's time
+        poller = select.poll()
+        poller.register(r, select.POLLIN | select.POLLHUP)
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([r], [], [], left)[0]:
-                os.kill(pid, signal.SIGKILL)
-                return {"rc": None, "devices": [], "error": f"the CUDA probe took over {timeout:g} s"}
+            # past the deadline, still take what is already in the pipe (poll with 0) before giving up
+            if not poller.poll(max(0.0, left) * 1000.0):
+                break
             chunk = os.read(r, 65536)
             if not chunk:
+                finished = True
                 break
             chunks.append(chunk)
     finally:
         os.close(r)
-        os.waitpid(pid, 0)
+        if not finished:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:  # SIGCHLD ignored, or another handler reaped it: nothing left to wait for
+            pass
+    if not finished:
+        return {"rc": None, "devices": [], "error": f"the CUDA probe took over {timeout:g} s"}
     try:
         return json.loads(b"".join(chunks))
     except ValueError:
@@ -143,14 +169,18 @@ class PciStrategy(Strategy):
 
     def _probe_child(self, ctx: ResolveContext) -> dict[str, Any]:
         timeout = float(ctx.options.get("timeout", 120))
-        if _single_threaded():
+        # fork only with one thread and no libcuda mapped: a copy of a process that initialised CUDA (a forked
+        # worker of a CUDA parent, where CUDA is not "up" any more) cannot initialise it, so it gets a new
+        # interpreter, which can
+        if _single_threaded() and libcuda_mapped() is False:
             from gpuaffinity import _state
 
             work, _state.while_probing = _state.while_probing, None
             buses = [g.pci_bus_id for g in ctx.inventory.gpus]
             table = _forked_probe(ctx.env, timeout, None if work is None else lambda: work(buses))
-            table["where"] = "in a child process (a fork of this one)"
-            return table
+            if table is not None:
+                table["where"] = "in a child process (a fork of this one)"
+                return table
         import json
         import subprocess
 
