@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from gpuaffinity.sim.build import CFLAGS, CSRC, LIBRARIES, find_compiler
+from conftest import child_env, run_json
+from gpuaffinity.sim.build import CFLAGS, COMMON, CSRC, LIBRARIES, find_compiler
 
 
 def gpuaffinity(*args: str, env: dict | None = None, stdin: str | None = None, tmpdir: Path | None = None):
@@ -105,10 +107,20 @@ def test_failed_build_is_reported_and_cleaned_up(tmp_path):
 
 
 def test_sources_compile_without_warnings(tmp_path):
+    """The shared code is compiled once and linked into both libraries, which export no shared symbol."""
+    common = tmp_path / "sim_common.o"
+    proc = subprocess.run([find_compiler(), *CFLAGS, "-Werror", "-c", "-o", str(common), str(CSRC / COMMON)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
     for lib, src in LIBRARIES.items():
-        proc = subprocess.run([find_compiler(), *CFLAGS, "-Werror", "-o", str(tmp_path / lib), str(CSRC / src),
-                               "-lpthread", "-ldl"], capture_output=True, text=True)
+        proc = subprocess.run([find_compiler(), *CFLAGS, "-shared", "-Werror", "-o", str(tmp_path / lib),
+                               str(CSRC / src), str(common), "-lpthread", "-ldl"], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
+        nm = shutil.which("nm")
+        if nm:
+            exported = subprocess.run([nm, "-D", "--defined-only", str(tmp_path / lib)], capture_output=True,
+                                      text=True).stdout
+            assert " sim_" not in exported
 
 
 def test_check_prints_the_machine():
@@ -137,3 +149,74 @@ def test_import_is_light():
             " if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+NOTES = r"""
+import json, sys, gpuaffinity
+from gpuaffinity.core.notes import kind_of
+rec = gpuaffinity.plan(int(sys.argv[1]), mode=sys.argv[2])
+print(json.dumps([[kind_of(n), str(n)] for n in rec.notes]))
+"""
+
+
+@pytest.mark.parametrize(("preset", "cpuset", "mode", "said"), [
+    ("vm-4gpu", None, "node", ["no NUMA preference: every allowed CPU",
+                               "memory policy left alone: the GPU has no NUMA node"]),
+    ("dgx-h100", "0-2,112-114", "exclusive", ["3 allowed cores for 4 GPUs on node(s) 0: split by hardware thread"]),
+    ("dgx-h100", "0,1", "exclusive", ["2 allowed cores for 4 GPUs on node(s) 0: no core of its own"]),
+    ("dgx-h100", None, "exclusive", []),
+])
+def test_bind_says_the_attention_notes_by_kind(sim_factory, preset, cpuset, mode, said):
+    """bind prints exactly the notes of kind "attention" on stderr (no text matching), the others only in
+    --dry-run; and each note of the plan has a kind."""
+    machine = sim_factory(preset)
+    extra = {} if cpuset is None else {"GPUAFFINITY_SIM_ALLOWED_CPUS": cpuset}
+    notes = run_json(machine, NOTES, "0", mode, **extra)
+    assert notes and all(kind in ("info", "attention") for kind, _ in notes)
+    loud = [text for kind, text in notes if kind == "attention"]
+    assert len(loud) == len(said) and all(any(text.startswith(s) for text in loud) for s in said)
+    env = child_env(machine, **extra)
+    out = subprocess.run([sys.executable, "-m", "gpuaffinity", "bind", "0", "--mode", mode, "--", "true"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    cut = "gpuaffinity: note: the simulated plan's CPUs"  # bind's own attention note: this host has fewer CPUs
+    assert [ln for ln in out.stderr.splitlines() if not ln.startswith(cut)] == \
+        [f"gpuaffinity: note: {text}" for text in loud]
+    dry = subprocess.run([sys.executable, "-m", "gpuaffinity", "bind", "0", "--mode", mode, "--dry-run"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert [ln[len("  note: "):] for ln in dry.stdout.splitlines() if ln.startswith("  note: ")] == \
+        [text for _, text in notes]
+
+
+def test_a_note_is_a_string_with_a_kind():
+    import pickle
+
+    from gpuaffinity.core.notes import Note, attention, kind_of
+
+    n = attention("x")
+    assert n == "x" and isinstance(n, str) and kind_of(n) == "attention" and kind_of("plain") == "info"
+    back = pickle.loads(pickle.dumps(n))
+    assert back == "x" and kind_of(back) == "attention"
+    with pytest.raises(ValueError, match="unknown note kind 'loud'"):
+        Note("x", "loud")
+
+
+def test_started_with_sigchld_ignored(sim_factory):
+    """A parent that ignores SIGCHLD passes that on across exec: the kernel then reaps children at once, and a
+    wait finds none.  `sim run` still reports its job's status and hands the job the disposition it would have
+    had; strict `resolve` still gets the driver's answer from its probe."""
+    import signal
+
+    def ignore() -> None:
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+
+    job = [sys.executable, "-c", "import signal, sys; sys.exit(7 if signal.getsignal(signal.SIGCHLD) == "
+           "signal.SIG_IGN else 8)"]
+    run = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", "dgx-h100", "--", *job],
+                         capture_output=True, text=True, timeout=120, preexec_fn=ignore)
+    assert (run.returncode, run.stderr) == (7, "")
+    env = child_env(sim_factory("mixed-4gpu"), "0,1")
+    run = subprocess.run([sys.executable, "-m", "gpuaffinity", "resolve", "--policy", "strict", "--json"],
+                         env=env, capture_output=True, text=True, timeout=120, preexec_fn=ignore)
+    assert run.returncode == 0, run.stderr
+    assert [r["nvml_index"] for r in json.loads(run.stdout)] == [1, 3]

@@ -46,12 +46,15 @@ def test_inventory_lookups():
 
 def test_physical_device_to_dict_has_the_public_fields_only():
     dev = PhysicalDevice(2, 1, GPUS[1].uuid, GPUS[1].pci_bus_id, MIG_A.uuid, "NVIDIA H200", "cvd", ("cvd", "pci"),
-                         ("torch",), True, (Verdict("cvd", 50, Answer(GPUS[1].uuid)),))
+                         ("torch",), True, ("cvd", "pci", "torch"), True, "procfs+device-nodes",
+                         verdicts=(Verdict("cvd", 50, Answer(GPUS[1].uuid)),))
     assert dev.to_dict() == {
         "logical_id": 2, "nvml_index": 1, "uuid": GPUS[1].uuid, "pci_bus_id": "0000:3b:00.0", "mig_uuid": MIG_A.uuid,
-        "name": "NVIDIA H200", "strategy": "cvd", "agreed": ["cvd", "pci"], "disagreed": ["torch"], "fallback": True}
+        "name": "NVIDIA H200", "strategy": "cvd", "agreed": ["cvd", "pci"], "disagreed": ["torch"], "fallback": True,
+        "answered": ["cvd", "pci", "torch"], "driver_asked": True, "inventory": "procfs+device-nodes"}
     assert dev == PhysicalDevice(2, 1, GPUS[1].uuid, GPUS[1].pci_bus_id, MIG_A.uuid, "NVIDIA H200", "cvd",
-                                 ("cvd", "pci"), ("torch",), True)  # verdicts do not count in equality
+                                 ("cvd", "pci"), ("torch",), True, ("cvd", "pci", "torch"), True,
+                                 "procfs+device-nodes")  # verdicts do not count in equality
     assert Abstain("why").quiet is False and Answer("GPU-x").mig_uuid is None and Verdict("a", 1, Abstain("b")).ran
 
 
@@ -131,6 +134,18 @@ def test_visible_devices_grammar(cvd, order, devices, error, stopped):
     res = apply_cvd(cvd, G, [2, 0, 1], order)
     assert (visible(res), res.error, res.stopped) == (devices, error, stopped)
     assert res.gpus == [g for g, _m in devices]
+
+
+def test_a_malformed_mig_path_is_no_prefix_of_an_old_drivers_mig_uuid():
+    """Drivers before R470 named MIG instances MIG-GPU-<uuid>/<gi>/<ci>: an entry that is not a whole path
+    ('MIG-GPU-aa', a path cut short) names no instance, though the old UUID starts with it."""
+    legacy = MigInfo("MIG-GPU-aa000000-0000-0000-0000-000000000000/3/0", 3, 0)
+    gpus = [GpuIdentity("GPU-aa000000-0000-0000-0000-000000000000", (legacy,))]
+    for cvd in ("MIG-GPU-aa", "MIG-GPU-aa000000-0000-0000-0000-000000000000/3"):
+        res = apply_cvd(cvd, gpus, None, None)
+        assert (visible(res), res.error) == ([], 100), cvd
+    whole = apply_cvd("MIG-GPU-aa000000-0000-0000-0000-000000000000/3/0", gpus, None, None)
+    assert visible(whole) == [(0, 0)]
 
 
 def test_every_gpu_and_nothing_stopped_without_mig():

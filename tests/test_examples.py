@@ -95,10 +95,11 @@ def test_subprocess_launcher(host8):
 
 
 def test_example_plugin_readme_command_works(sim_factory, tmp_path):
-    """docs/plugins.md, step 3: the doctor shows the installed plugin answering."""
-    site = tmp_path / "site"
+    """examples/gpuaffinity-launcher-plugin: the doctor shows the installed plugin answering."""
+    site, src = tmp_path / "site", tmp_path / "plugin"
+    shutil.copytree(EXAMPLES / "gpuaffinity-launcher-plugin", src, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), str(EXAMPLES / "gpuaffinity-launcher-plugin")], check=True)
+                    "--target", str(site), str(src)], check=True)
     machine = sim_factory("dgx-h100")
     gpus = machine.topology.gpus
     env = dict(machine.env, CUDA_VISIBLE_DEVICES="3,1", LAUNCHER_GPU_UUIDS=f"{gpus[3].uuid},{gpus[1].uuid}",
@@ -106,4 +107,4 @@ def test_example_plugin_readme_command_works(sim_factory, tmp_path):
     out = subprocess.run([sys.executable, "-m", "gpuaffinity", "doctor"], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "launcher 150" in " ".join(out.stdout.split())
-    assert out.stdout.count("by launcher; agreed (launcher, cvd)") == 2
+    assert out.stdout.count("by launcher; confirmed: launcher, cvd agree") == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,9 @@ PLUGIN_SRC = ROOT / "examples" / "gpuaffinity-launcher-plugin"
 def plugin_site(tmp_path_factory) -> Path:
     """pip builds the example plugin and installs it into a folder of its own."""
     site = tmp_path_factory.mktemp("site")
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(PLUGIN_SRC)]
+    src = tmp_path_factory.mktemp("src") / "plugin"
+    shutil.copytree(PLUGIN_SRC, src, ignore=shutil.ignore_patterns("build", "*.egg-info"))  # no stale build
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(src)]
     if importlib.util.find_spec("setuptools"):
         cmd.insert(4, "--no-build-isolation")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -96,4 +99,8 @@ def test_fast_entry_point_scan_matches_importlib_metadata(group):
     from gpuaffinity.core.plugins import find_entry_points
     found = find_entry_points(group)
     assert found is not None
-    assert sorted(set(found)) == sorted({(e.name, e.value) for e in entry_points(group=group)})
+    assert sorted({(p.name, p.target) for p in found}) == sorted({(e.name, e.value) for e in entry_points(group=group)})
+    dists = {e.name: (e.dist.name, e.dist.version) for e in entry_points(group=group)}
+    for p in found:  # the distribution each came from, named as its metadata names it
+        assert (p.distribution.replace("_", "-").lower(), p.version) == (
+            dists[p.name][0].replace("_", "-").lower(), dists[p.name][1])

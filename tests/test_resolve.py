@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -194,9 +196,11 @@ def test_doctor_explains(sim_factory):
     out = gpuaffinity_cli(machine, "doctor", cvd="1,0")
     assert out.returncode == 0, out.stderr
     text = out.stdout
-    for needle in ("Environment", "CUDA_VISIBLE_DEVICES       '1,0'",
-                   "Machine (NVML order = PCI order; listed from the driver's /proc files): 4 GPU(s)",
-                   "Strategies (priority order; policy verify)", "Devices: this process sees 2",
+    for needle in ("Environment", "CUDA_VISIBLE_DEVICES         '1,0'",
+                   "GPUs this process can use (NVML order = PCI order): 4",
+                   "listed from the driver's /proc files (4 GPUs), checked against the device nodes",
+                   "Strategies (priority order; equal priorities by name; policy verify)",
+                   "Devices: this process sees 2",
                    "cuda 0 -> nvml 3", "cuda 1 -> nvml 1", "in a child process", "mixes GPU models",
                    "torch is not imported", "No warnings."):
         assert needle in text, needle
@@ -209,11 +213,11 @@ import ctypes, json, threading, gpuaffinity
 first = gpuaffinity.resolve_all()
 again = gpuaffinity.resolve_all()
 nv = ctypes.CDLL("libnvidia-ml.so.1")
-counts = [nv.gpuaffinitySimCallCount(b"nvmlInitWithFlags"), nv.gpuaffinitySimCallCount(b"nvmlShutdown")]
+counts = [nv.gpuaffinitySimCallCount(b"nvmlInit_v2"), nv.gpuaffinitySimCallCount(b"nvmlShutdown")]
 import os
 os.environ["CUDA_VISIBLE_DEVICES"] = "2"
 changed = gpuaffinity.resolve_all()
-counts.append(nv.gpuaffinitySimCallCount(b"nvmlInitWithFlags"))
+counts.append(nv.gpuaffinitySimCallCount(b"nvmlInit_v2"))
 del os.environ["CUDA_VISIBLE_DEVICES"]
 gpuaffinity.clear_cache()
 results = []
@@ -222,7 +226,7 @@ def work():
 threads = [threading.Thread(target=work) for _ in range(16)]
 [t.start() for t in threads]
 [t.join() for t in threads]
-counts.append(nv.gpuaffinitySimCallCount(b"nvmlInitWithFlags"))
+counts.append(nv.gpuaffinitySimCallCount(b"nvmlInit_v2"))
 print(json.dumps({"same_object": all(a is b for a, b in zip(first, again)), "counts": counts,
                   "changed": [d.nvml_index for d in changed], "threads": len({tuple(r) for r in results}),
                   "n": len(results), "warm": gpuaffinity.resolve(0) is gpuaffinity.resolve(0)}))
@@ -245,15 +249,19 @@ print(json.dumps({"pid": os.getpid(), "devs": [d.nvml_index for d in devs],
 """
 
 
-@pytest.mark.parametrize("cuda_up", [False, True])
-def test_never_initialises_cuda_in_a_process_that_may_fork(sim_factory, tmp_path, cuda_up):
+THREAD = "import threading; threading.Thread(target=__import__('time').sleep, args=(30,), daemon=True).start()\n"
+
+
+@pytest.mark.parametrize("shape", ["single-threaded", "threaded", "cuda-up"])
+def test_never_initialises_cuda_in_a_process_that_may_fork(sim_factory, tmp_path, shape):
     machine = sim_factory("mixed-4gpu")
     extra = {"GPUAFFINITY_SIM_COUNTERS": str(tmp_path)}
+    cuda_up = shape == "cuda-up"
     if cuda_up:
         extra["T_CUINIT"] = "1"
         code = "import ctypes; ctypes.CDLL('libcuda.so.1').cuInit(0)\n" + FORK
     else:
-        code = FORK
+        code = (THREAD if shape == "threaded" else "") + FORK
     out = run_json(machine, code, cvd="0,1", **extra)
     assert out["devs"] == [1, 3]
     cuda = {pid: c for (pid, lib), c in read_counters(tmp_path).items() if lib == "cuda"}
@@ -265,28 +273,202 @@ def test_never_initialises_cuda_in_a_process_that_may_fork(sim_factory, tmp_path
         assert cuda.get(out["pid"], {}).get("cuInit", 0) == 0  # the resolving process never called cuInit
         children = [c for pid, c in cuda.items() if pid != out["pid"]]
         assert [c["cuInit"] for c in children] == [1]  # one child probe served both devices
-        assert all("in a child process" in w for w in out["where"])
+        # one thread: a fork of this process, no interpreter to start; another thread might hold a lock the
+        # fork would copy, so then a new isolated interpreter
+        how = "(a new isolated interpreter)" if shape == "threaded" else "(a fork of this one)"
+        assert all(f"in a child process {how}" in w for w in out["where"])
+
+
+def test_a_forked_probe_that_hangs_is_killed_and_says_so(monkeypatch):
+    from gpuaffinity.resolvers import pci
+
+    monkeypatch.setattr(pci, "query_driver", lambda init: __import__("time").sleep(60))
+    t0 = time.monotonic()
+    table = pci._forked_probe({"CUDA_VISIBLE_DEVICES": "0"}, 0.5)
+    assert time.monotonic() - t0 < 10
+    assert table == {"rc": None, "devices": [], "error": "the CUDA probe took over 0.5 s"}
+
+
+def test_a_forked_probe_that_dies_says_so(monkeypatch):
+    from gpuaffinity.resolvers import pci
+
+    monkeypatch.setattr(pci, "query_driver", lambda init: 1 / 0)
+    table = pci._forked_probe({}, 30)
+    assert table["error"] == "the CUDA probe (a forked copy) died before it answered"
+
+
+CUDA_CHECK = r"""
+import json, os, sys, gpuaffinity
+from gpuaffinity.resolvers._common import cuda_initialized_here, libcuda_mapped
+mapped = libcuda_mapped()
+d = gpuaffinity.resolve(0)
+print(json.dumps({"pid": os.getpid(), "mapped": mapped, "up": cuda_initialized_here(), "nvml": d.nvml_index,
+                  "ctypes": "ctypes" in sys.modules}))
+"""
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_cuda_is_not_up_whether_or_not_libcuda_is_loaded(sim_factory, tmp_path, preload):
+    """Not mapped: known without loading ctypes.  Mapped but never initialised (a preloaded library, torch's
+    import): asked with RTLD_NOLOAD, still not up, and this process never calls cuInit."""
+    from gpuaffinity.sim.build import library_dir
+
+    machine = sim_factory("dgx-h100")
+    extra = {"GPUAFFINITY_SIM_COUNTERS": str(tmp_path)}
+    if preload:
+        extra["LD_PRELOAD"] = str(library_dir() / "libcuda.so.1")
+    out = run_json(machine, CUDA_CHECK, cvd="3,1", **extra)
+    assert (out["mapped"], out["up"], out["nvml"]) == (preload, False, 3)
+    assert out["ctypes"] is preload  # the unmapped case answers without importing ctypes at all
+    cuda = {pid: c for (pid, lib), c in read_counters(tmp_path).items() if lib == "cuda"}
+    assert cuda.get(out["pid"], {}).get("cuInit", 0) == 0
+
+
+def test_the_parents_work_meanwhile_never_fails_the_probe(monkeypatch):
+    from gpuaffinity.resolvers import pci
+
+    monkeypatch.setattr(pci, "query_driver", lambda init: {"rc": 0, "devices": [["0000:01:00.0", "ab" * 16]]})
+    done = []
+    table = pci._forked_probe({}, 30, lambda: done.append(os.getpid()))
+    assert table == {"rc": 0, "devices": [["0000:01:00.0", "ab" * 16]]} and done == [os.getpid()]  # in the parent
+    assert pci._forked_probe({}, 30, lambda: 1 / 0) == table
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_fork_that_fails_closes_its_pipe_and_hands_over(monkeypatch):
+    """fork() refused (no processes or memory left): the pipe is closed and None tells the caller to start an
+    isolated interpreter instead."""
+    from gpuaffinity.resolvers import pci
+
+    def refuse():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    before = _open_fds()
+    monkeypatch.setattr(os, "fork", refuse)
+    assert pci._forked_probe({}, 30) is None
+    assert _open_fds() == before
+
+
+def test_an_interrupt_while_probing_kills_and_reaps_the_child(monkeypatch):
+    from gpuaffinity.resolvers import pci
+
+    monkeypatch.setattr(pci, "query_driver", lambda init: __import__("time").sleep(60))
+    before = _open_fds()
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pci._forked_probe({}, 30, interrupted)
+    assert _open_fds() == before
+    with pytest.raises(ChildProcessError):  # killed and reaped: no zombie left behind
+        os.waitpid(-1, os.WNOHANG)
+
+
+def test_the_parents_work_meanwhile_is_not_the_childs_time(monkeypatch):
+    """The deadline starts once the parent's own work is done, and an answer already in the pipe is taken."""
+    from gpuaffinity.resolvers import pci
+
+    monkeypatch.setattr(pci, "query_driver", lambda init: {"rc": 0, "devices": []})
+    table = pci._forked_probe({}, 0.2, lambda: time.sleep(0.6))
+    assert table == {"rc": 0, "devices": []}
+
+
+HOSTILE_PARENT = r"""
+import ctypes, json, os, signal, sys
+shape = sys.argv[1]
+if shape == "sigchld-ignored":  # children reaped by the kernel: waitpid finds none
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+if shape == "fd-above-1023":  # select() cannot watch a descriptor this high; poll can
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    held = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]
+if shape == "fork-refused":
+    def refuse():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+    os.fork = refuse
+import gpuaffinity
+def answer():
+    devs = gpuaffinity.resolve_all(policy="strict")
+    return {"devs": [d.nvml_index for d in devs],
+            "where": [getattr(v.result, "detail", None) or repr(v.result) for d in devs for v in d.verdicts]}
+if shape == "forked-worker-of-cuda-parent":
+    # the parent initialised CUDA, then forked a worker: in the worker CUDA is mapped but not usable, and a
+    # fork of the worker could not initialise it either
+    assert ctypes.CDLL("libcuda.so.1").cuInit(0) == 0
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(w, json.dumps(answer()).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    data = os.read(r, 100000)
+    os.waitpid(pid, 0)
+    print(data.decode())
+else:
+    print(json.dumps(answer()))
+"""
+
+
+@pytest.mark.parametrize("shape", ["sigchld-ignored", "fd-above-1023", "fork-refused",
+                                   "forked-worker-of-cuda-parent"])
+def test_the_probe_answers_in_a_hostile_parent(sim_factory, shape):
+    """Each shape once made the strict policy refuse (the probe raised or its cuInit failed) where the driver
+    answers: now the driver's answer, from the child that can give it."""
+    out = run_json(sim_factory("mixed-4gpu"), HOSTILE_PARENT, shape, cvd="0,1")
+    assert out["devs"] == [1, 3]
+    pci = [w for w in out["where"] if "cuDeviceGetPCIBusId" in w]
+    assert len(pci) == 2
+    how = "(a fork of this one)" if shape in ("sigchld-ignored", "fd-above-1023") else "(a new isolated interpreter)"
+    assert all(how in w for w in pci), pci
+
+
+def test_the_command_line_asks_locality_while_the_probe_runs(sim_factory, tmp_path):
+    """strict through the CLI: the same rows as the default policy's, NVML asked in the resolving process, and
+    the CUDA driver only in its child."""
+    machine = sim_factory("dgx-h100")
+    rows = {}
+    for policy in ("verify", "strict"):
+        counters = tmp_path / policy
+        counters.mkdir()
+        env = child_env(machine, "3,6,5,4,0,7,1,2", GPUAFFINITY_SIM_COUNTERS=str(counters))
+        out = subprocess.run([sys.executable, "-m", "gpuaffinity", "resolve", "--policy", policy, "--json"],
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        rows[policy] = [(r["uuid"], r["numa_nodes"], r["cpus"]) for r in json.loads(out.stdout)]
+        calls = read_counters(counters)
+        if policy == "strict":
+            cuda_pids = {pid for pid, lib in calls if lib == "cuda"}
+            nvml_pids = {pid for pid, lib in calls if lib == "nvml"}
+            assert len(cuda_pids) == 1 and nvml_pids and not cuda_pids & nvml_pids
+            assert all(c.get("cuInit", 0) == 0 for (pid, lib), c in calls.items() if pid in nvml_pids)
+    assert rows["strict"] == rows["verify"] and len(rows["strict"]) == 8
 
 
 INVENTORIES = r"""
-import json
-from gpuaffinity.inventory import read_inventory_nvml, read_inventory_procfs
-a, b = read_inventory_nvml(), read_inventory_procfs()
-print(json.dumps([[g.nvml_index, g.uuid, g.pci_bus_id, g.name] for g in a.gpus],) + "\n" +
-      json.dumps(None if b is None else [[g.nvml_index, g.uuid, g.pci_bus_id, g.name] for g in b.gpus]))
+import json, os
+from gpuaffinity.inventory import ProcListing, read_inventory, read_inventory_nvml
+a, listing, used = read_inventory_nvml(), ProcListing.read(os.environ), read_inventory()
+rows = lambda gpus: [[g.nvml_index, g.uuid, g.pci_bus_id, g.name] for g in gpus]
+print(json.dumps([rows(a.gpus), rows(listing.gpus), listing.why_not_nvml_equal(os.environ), used.source]))
 """
 
 
 @pytest.mark.parametrize("preset", ["dgx-h100", "vm-4gpu", "mixed-4gpu", "h200x4-vm", "mig-a100"])
 def test_driver_files_and_nvml_list_the_same_gpus(sim_factory, preset):
     machine = sim_factory(preset)
-    proc = subprocess.run([sys.executable, "-c", INVENTORIES], env=child_env(machine), capture_output=True,
-                          text=True, check=True)
-    nvml, procfs = (json.loads(line) for line in proc.stdout.splitlines())
+    nvml, procfs, why, used = run_json(machine, INVENTORIES)
+    assert procfs == nvml  # the same GPUs, order, UUIDs, buses and models
     if preset == "mig-a100":
-        assert procfs is None  # MIG instance UUIDs come from NVML alone
+        assert (why, used) == ("MIG instances exist, and only NVML knows their UUIDs", "nvml")
     else:
-        assert procfs == nvml
+        assert (why, used) == (None, "procfs")
 
 
 def test_resolving_from_the_driver_files_needs_no_nvml(sim_factory, tmp_path):
@@ -324,3 +506,51 @@ def test_physical_selectors(sim_factory):
     mig = sim_factory("mig-a100")
     m = mig.topology.gpus[2].migs[1]
     assert run_json(mig, SELECT, m.uuid) == [[-1, 2, m.uuid, "selector"]]
+
+
+WHERE = r"""
+import json, os, warnings, gpuaffinity
+def where(fn):
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        gpuaffinity.clear_cache()
+        fn()
+    return [[os.path.basename(x.filename), x.lineno] for x in w][:1]
+bus = gpuaffinity.resolve(1).pci_bus_id
+print(json.dumps([where(lambda: gpuaffinity.resolve_all()),  # line 10
+                  where(lambda: gpuaffinity.resolve(0)),  # line 11
+                  where(lambda: gpuaffinity.resolve(bus))]))  # line 12
+"""
+
+
+def test_warnings_point_at_the_callers_line(sim_factory):
+    """A FallbackWarning names the user's own line, for resolve_all, resolve(int) and resolve(selector)."""
+    got = run_json(sim_factory("mixed-4gpu"), WHERE, cvd="0,1", GPUAFFINITY_NO_SUBPROCESS="1")
+    assert got == [[["<string>", 10]], [["<string>", 11]], [["<string>", 12]]]
+
+
+ENV_SHORTCUT = r"""
+import json, os
+from gpuaffinity.core.settings import ENV_VARS, Settings, make_key
+os.environ["CUDA_VISIBLE_DEVICES"] = "3,\u00e9,GPU-\udcff"  # a surrogate-escaped byte, as os.environ holds it
+os.environ["GPUAFFINITY_POLICY"] = "first"
+os.environ.pop("CUDA_DEVICE_ORDER", None)
+st = Settings.from_key(make_key(None, None, True))
+fields = [st.cvd, st.device_order, st.policy_env, st.disable_env, st.no_subprocess_env, st.procfs_root, st.dev_root,
+          st.sysfs_root, st.inventory_source]
+print(json.dumps([fields == [os.environ.get(v) for v in ENV_VARS], len(ENV_VARS) == len(fields)]))
+"""
+
+
+def test_the_environment_shortcut_reads_what_os_environ_holds(sim_factory):
+    """The warm path reads os.environ's encoded mapping; the snapshot it makes equals the public API's view."""
+    assert run_json(sim_factory("dgx-h100"), ENV_SHORTCUT) == [True, True]
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), 0, -1.0, "5", True, None])
+def test_a_timeout_that_is_no_number_of_seconds_is_refused_up_front(bad):
+    """inf once reached poll() as an OverflowError and nan as a ValueError from deep inside the probe."""
+    from gpuaffinity.api import run_resolution
+
+    with pytest.raises(ValueError, match=r"^timeout must be a finite number of seconds above 0, not "):
+        run_resolution(timeout=bad)

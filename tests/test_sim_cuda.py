@@ -197,7 +197,8 @@ def topologies(draw):
     doc = {"name": "random", "numa_node": [{"id": i, "cpus": f"{4 * i}-{4 * i + 3}"} for i in range(nodes)],
            "gpu": []}
     for i, u in enumerate(uuids):
-        gpu = {"uuid": u, "pci_bus_id": f"0000:{i + 1:02x}:00.0", "name": "NVIDIA H100",
+        # a model a rank: FASTEST_FIRST reorders models, never GPUs of one model (the topology checker holds it)
+        gpu = {"uuid": u, "pci_bus_id": f"0000:{i + 1:02x}:00.0", "name": f"NVIDIA H100 r{ranks[i]}",
                "numa_node": draw(st.integers(-1, nodes - 1)), "cuda_order": ranks[i]}
         if draw(st.integers(0, 5)) == 0:
             gpu["mig"] = [{"uuid": f"MIG-{uuidlib.UUID(int=draw(st.integers(0, 2**120 - 1)) * 256 + 16 * i + k)}",

@@ -32,19 +32,19 @@ CONFIG = f"""\
 driver_version 580.159.04
 nvml_version 13.580.159.04
 cuda_driver_version 13000
-gpu {GPU0} 0000:00:06.0 0 0 6 0 0x233010de 0x16c110de 1 0 81559 9 0 132 NVIDIA H100 80GB HBM3
+gpu {GPU0} 0000:00:06.0 0 0 6 0 0x233010de 0x16c110de 1 0 81559 9 0 132 0 NVIDIA H100 80GB HBM3
 mask node_mem 1
 mask socket_mem 3
 mask node_cpu ff
 mask socket_cpu ffff
-gpu {GPU1} 0000:3b:00.0 0 0x3b 0 0 0x233510de 0x18b010de 0 1 143771 9 0 132 NVIDIA H200
+gpu {GPU1} 0000:3b:00.0 0 0x3b 0 0 0x233510de 0x18b010de 0 1 143771 9 0 132 1 NVIDIA H200
 mask node_mem 2
 mask socket_mem 3
 mask node_cpu ff00
 mask socket_cpu ffff
-mig {MIG0} 1 0 40192 60 NVIDIA H200 MIG 3g.71gb
-mig {MIG1} 2 0 19968 32 NVIDIA H200 MIG 2g.35gb
-gpu {GPU2} 0001:af:00.0 1 0xaf 0 0 0x20b010de 0x134f10de 2 -1 40960 8 0 108 NVIDIA A100-SXM4-40GB
+mig {MIG0} 1 0 40192 60 11 NVIDIA H200 MIG 3g.71gb
+mig {MIG1} 2 0 19968 32 12 NVIDIA H200 MIG 2g.35gb
+gpu {GPU2} 0001:af:00.0 1 0xaf 0 0 0x20b010de 0x134f10de 2 -1 40960 8 0 108 2 NVIDIA A100-SXM4-40GB
 mask node_mem 0
 mask socket_mem 0
 mask node_cpu 0,ff

@@ -226,9 +226,11 @@ def shortest_unique_prefix(u: str, others: list[str]) -> str:
     return u
 
 
-def case_values(uuids: list[str]) -> list[tuple[str, str | None]]:
-    u = uuids
-    p0 = shortest_unique_prefix(u[0], u[1:])
+def case_values(uuids: list[str], hidden: list[str] = ()) -> list[tuple[str, str | None]]:
+    """The recorded values, on any number of GPUs (``u[i]`` wraps around), plus values naming ``hidden``
+    GPUs: ones the driver's /proc lists but this process cannot open."""
+    u = [uuids[i % len(uuids)] for i in range(4)]
+    p0 = shortest_unique_prefix(u[0], [x for x in uuids if x != u[0]])
     vals: list[tuple[str, str | None]] = [
         ("unset", None), ("empty", ""), ("all", "0,1,2,3"), ("reverse", "3,2,1,0"),
         ("ray_reorder", "3,1,0,2"), ("single", "2"), ("subset", "1,3"),
@@ -264,7 +266,34 @@ def case_values(uuids: list[str]) -> list[tuple[str, str | None]]:
         ("uuid_dup_other_case", f"{u[0]},GPU-{u[0][4:].upper()}"), ("comma_then_uuid", "," + u[0]),
         ("mig_path_nonmig_gi1", f"MIG-{u[0]}/1/0"), ("uuid_prefix_dash_end", u[0][:9]),
     ]
+    for k, h in enumerate(hidden[:2]):  # third round (2026-11-27): GPUs this process cannot open
+        vals += [(f"hidden{k}_uuid", h), (f"hidden{k}_then_visible", f"{h},{u[0]}"),
+                 (f"visible_then_hidden{k}", f"{u[0]},{h}"), (f"hidden{k}_prefix", h[:13])]
     return vals
+
+
+def simulated_driver() -> str | None:
+    """Why this is the gpuaffinity simulator, not a real driver (None: a real one)."""
+    if os.environ.get("GPUAFFINITY_SIM_CONFIG"):
+        return "GPUAFFINITY_SIM_CONFIG is set"
+    try:
+        nv = ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return None
+    if hasattr(nv, "gpuaffinitySimCallCount"):
+        return "libnvidia-ml.so.1 is gpuaffinity's simulated library"
+    return None
+
+
+def host_uuids() -> list[str]:
+    """Every GPU UUID the driver's /proc lists (the host's, whatever this process may open)."""
+    out = []
+    for info in sorted(glob.glob("/proc/driver/nvidia/gpus/*/information")):
+        with open(info, errors="replace") as f:
+            for line in f:
+                if line.startswith("GPU UUID:"):
+                    out.append(line.split(":", 1)[1].strip())
+    return out
 
 
 def run_case(args: tuple[str, str | None, str | None, list[str], str]) -> dict:
@@ -291,6 +320,11 @@ def run_case(args: tuple[str, str | None, str | None, list[str], str]) -> dict:
 
 def main() -> int:
     out = sys.argv[1] if len(sys.argv) > 1 else "."
+    why = simulated_driver()
+    if why:
+        print(f"probe_real_driver: refusing to record: {why}; this tool records a real driver only",
+              file=sys.stderr)
+        return 1
     os.makedirs(out, exist_ok=True)
     t0 = time.time()
     topo = nvml_topology()
@@ -310,7 +344,9 @@ def main() -> int:
     print("driver", topo["driver_version"], "gpus", [(g["name"], g["busId"]) for g in topo["gpus"]], flush=True)
 
     uuids = [g["uuid"] for g in topo["gpus"]]
-    cases = case_values(uuids)
+    hidden = [h for h in host_uuids() if h not in uuids]
+    topo["hidden_uuids"] = hidden
+    cases = case_values(uuids, hidden)
     orders = [None, "FASTEST_FIRST", "PCI_BUS_ID"]
     jobs = [(label, cvd, order, buses, CHILD) for label, cvd in cases for order in orders]
     jobs.append(("order_bogus", "0,1", "BOGUS", buses, CHILD))
@@ -319,7 +355,7 @@ def main() -> int:
         recs = list(ex.map(run_case, jobs))
     with open(os.path.join(out, "cvd_cases.json"), "w") as f:
         json.dump({"driver_version": topo["driver_version"], "date": topo["date"],
-                   "uuids": uuids, "bus_ids": buses, "cases": recs}, f, indent=1)
+                   "uuids": uuids, "bus_ids": buses, "hidden_uuids": hidden, "cases": recs}, f, indent=1)
     for r in recs:
         got = [buses.index(d["pci_bus_id"]) if d.get("pci_bus_id") in buses else d.get("pci_bus_id")
                for d in r.get("devices", [])]

@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import os
 
-from gpuaffinity.core.hookspec import ResolveContext, hookimpl
-from gpuaffinity.core.model import Abstain, Answer
+from gpuaffinity import Abstain, Answer, ResolveContext, Strategy, hookimpl
 
 VAR = "LAUNCHER_GPU_UUIDS"
 
 
-class LauncherStrategy:
+class LauncherStrategy(Strategy):
     name = "launcher"
     priority = 150  # above the built-ins (pci 100, torch 60, cvd 50)
     describe = f"the GPU UUIDs the launcher recorded in {VAR}"
-
-    def cost(self, ctx: ResolveContext) -> str:
-        return "cheap"
+    env_vars = (VAR,)  # read by answer(): part of the cache key
 
     def answer(self, ctx: ResolveContext, logical_id: int) -> Answer | Abstain:
         record = os.environ.get(VAR)

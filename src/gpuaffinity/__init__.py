@@ -1,13 +1,12 @@
 """gpuaffinity: which physical GPU is CUDA device N, and which NUMA node and CPUs sit next to it.
 
-Importing this package loads no torch, no CUDA and no NVML; the functions
-below load what they need when first called.
+Importing this package loads no torch, no CUDA, no NVML, not even ``typing``
+or ``re``; the functions below load what they need when first called.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+from gpuaffinity import _state
 from gpuaffinity.core.errors import (
     BindWarning,
     ConflictError,
@@ -19,16 +18,26 @@ from gpuaffinity.core.errors import (
     InvalidVisibleDevicesError,
     NoDriverError,
     PluginError,
+    PluginWarning,
+    SimulationWarning,
 )
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers take this spelling)
 if TYPE_CHECKING:
-    from gpuaffinity.api import bind, clear_cache, plan, resolve, resolve_all
-    from gpuaffinity.core.model import PhysicalDevice
+    from typing import Any
+
+    from gpuaffinity.api import clear_cache, resolve, resolve_all
+    from gpuaffinity.core.hookspec import hookimpl
+    from gpuaffinity.core.model import Abstain, Answer, GpuInfo, Inventory, MigInfo, PhysicalDevice
+    from gpuaffinity.core.strategy import ResolveContext, Strategy
     from gpuaffinity.numa.bind import BindError, BindRecord
+    from gpuaffinity.placement import bind, plan
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Abstain",
+    "Answer",
     "BindError",
     "BindRecord",
     "BindWarning",
@@ -37,29 +46,44 @@ __all__ = [
     "DisagreementWarning",
     "FallbackWarning",
     "GpuAffinityError",
+    "GpuInfo",
     "GpuAffinityWarning",
     "InvalidVisibleDevicesError",
+    "Inventory",
+    "MigInfo",
     "NoDriverError",
     "PhysicalDevice",
     "PluginError",
+    "PluginWarning",
+    "ResolveContext",
+    "SimulationWarning",
+    "Strategy",
     "__version__",
     "bind",
     "clear_cache",
+    "hookimpl",
     "plan",
     "resolve",
     "resolve_all",
 ]
 
 _LAZY = {"resolve": "gpuaffinity.api", "resolve_all": "gpuaffinity.api", "clear_cache": "gpuaffinity.api",
-         "PhysicalDevice": "gpuaffinity.core.model", "bind": "gpuaffinity.api", "plan": "gpuaffinity.api",
-         "BindError": "gpuaffinity.numa.bind", "BindRecord": "gpuaffinity.numa.bind"}
+         "bind": "gpuaffinity.placement", "plan": "gpuaffinity.placement",
+         "BindError": "gpuaffinity.numa.bind", "BindRecord": "gpuaffinity.numa.bind",
+         # the plugin contract (docs/plugins.md): everything a strategy author needs, stable
+         "hookimpl": "gpuaffinity.core.hookspec", "Strategy": "gpuaffinity.core.strategy",
+         "ResolveContext": "gpuaffinity.core.strategy", "Answer": "gpuaffinity.core.model",
+         "Abstain": "gpuaffinity.core.model", "PhysicalDevice": "gpuaffinity.core.model",
+         "GpuInfo": "gpuaffinity.core.model", "MigInfo": "gpuaffinity.core.model",
+         "Inventory": "gpuaffinity.core.model"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
+        with _state.lock:  # which fork() waits for, so no import of ours is half-done in a child (_state)
+            import importlib
 
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+            value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'gpuaffinity' has no attribute {name!r}")

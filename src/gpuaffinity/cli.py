@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import argparse
 import signal
-import subprocess
 import sys
-from collections.abc import Sequence
 
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
+from gpuaffinity.core.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, UsageError, exit_status
+from gpuaffinity.core.settings import FAILURE_POLICIES, MEMORY_POLICIES, MODES, POLICIES
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+#: set it to see the traceback of an unexpected error instead of its one line
+DEBUG_VAR = "GPUAFFINITY_DEBUG"
 
 _EPILOG_SIM = """\
 examples:
@@ -23,16 +27,14 @@ examples:
   gpuaffinity sim run dgx-h100 -- python3 -c 'import pynvml; pynvml.nvmlInit(); print(pynvml.nvmlDeviceGetCount())'
   CUDA_VISIBLE_DEVICES=3,6,5,4,0,7,1,2 gpuaffinity sim run dgx-h100 -- python3 -m gpuaffinity.sim.demo
   gpuaffinity sim run ./my-machine.toml --fault cuInit=999 -- my-launcher --serve
+  gpuaffinity sim run slurm-2of8 -- gpuaffinity doctor          a job that may open 2 of 8 GPUs
+  gpuaffinity sim run dgx-h100 --gpus 2,5 --others absent -- gpuaffinity resolve
 
 TOPOLOGY is a preset name (see `sim list`) or a path to a topology file (docs/simulator.md).
 The command runs with the simulated libnvidia-ml.so.1 and libcuda.so.1 first on
 LD_LIBRARY_PATH, so unmodified pynvml, torch and cuda-python see the simulated GPUs.
 Environment, stdin and exit status pass through.
 """
-
-
-class UsageError(Exception):
-    pass
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "agree, the NUMA nodes and CPUs, the relevant environment, and every warning.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _resolution_options(doc, policy_help)
+    doc.add_argument("--verbose", "-v", action="store_true",
+                     help="also print the traceback of every strategy that raised")
     bnd = sub.add_parser(
         "bind", help="run CMD bound to a GPU's NUMA node",
         usage="gpuaffinity bind ID [--mode MODE] [--memory POLICY] [--on-failure warn|error] [--dry-run] "
@@ -73,12 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG_BIND, formatter_class=argparse.RawDescriptionHelpFormatter)
     bnd.add_argument("id", metavar="ID", help="logical CUDA device id, as CMD will see it; or a GPU UUID (or unique "
                                               "prefix), MIG UUID or PCI bus id")
-    bnd.add_argument("--mode", choices=("node", "socket", "exclusive", "llc"), default="node",
+    bnd.add_argument("--mode", choices=MODES, default="node",
                      help="which CPUs: node (default), socket, exclusive (this GPU's even share of its node's "
                           "cores), llc (CPUs sharing the node's last-level cache)")
-    bnd.add_argument("--memory", choices=("bind", "preferred", "none"), default="bind",
+    bnd.add_argument("--memory", choices=MEMORY_POLICIES, default="bind",
                      help="memory policy: bind (default: allocate only on the GPU's node), preferred, none")
-    bnd.add_argument("--on-failure", choices=("warn", "error"), default=None,
+    bnd.add_argument("--on-failure", choices=FAILURE_POLICIES, default=None,
                      help="warn (default, or GPUAFFINITY_ON_FAILURE): run CMD anyway, unbound where binding "
                           "failed; error: exit 1 without running CMD")
     bnd.add_argument("--dry-run", action="store_true", help="print what would be applied; run nothing")
@@ -90,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     simsub.add_parser("list", help="list the bundled preset machines")
     run = simsub.add_parser(
         "run", help="run CMD against a simulated machine",
-        usage="gpuaffinity sim run [--fault NAME=CODE[:TIMES]] [--cpuset CPULIST] [--counters DIR] TOPOLOGY -- CMD "
-              "[ARG ...]",
+        usage="gpuaffinity sim run [--fault NAME=CODE[:TIMES]] [--cpuset CPULIST] [--counters DIR] [--gpus LIST] "
+              "[--others denied|absent] [--proc host|masked] [--mig LIST] TOPOLOGY -- CMD [ARG ...]",
         description="Run CMD with the simulated NVIDIA libraries of TOPOLOGY.",
         epilog=_EPILOG_SIM, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("topology", metavar="TOPOLOGY", help="preset name or topology file")
@@ -103,13 +107,26 @@ def build_parser() -> argparse.ArgumentParser:
                           "machine's), e.g. --cpuset 0-27,112-139")
     run.add_argument("--counters", metavar="DIR",
                      help="write per-process call counts of every simulated entry point to DIR/<pid>.<lib>.counts")
+    shape = run.add_argument_group(
+        "deployment shape", "what the process may open, as a device cgroup or a container decides (default: the "
+                            "topology's [process] table, else every GPU)")
+    shape.add_argument("--gpus", metavar="LIST",
+                       help="the GPUs whose device node opens, comma-separated: PCI-order positions, bus ids or "
+                            "UUIDs (e.g. --gpus 2,5); NVML and CUDA number only these")
+    shape.add_argument("--others", choices=("denied", "absent"),
+                       help="how the other GPUs are kept away: denied (node present, open refused: a device "
+                            "cgroup) or absent (no node: a container given some nodes)")
+    shape.add_argument("--proc", choices=("host", "masked"),
+                       help="what the driver's /proc lists: host (every GPU, the default) or masked (only the "
+                            "process's GPUs, as the NVIDIA container toolkit arranges)")
+    shape.add_argument("--mig", metavar="LIST", help="the MIG instances (UUIDs, comma-separated) the process may use")
     simsub.add_parser("check", help="check a topology file and print what it describes").add_argument(
         "topology", metavar="TOPOLOGY")
     return p
 
 
 def _resolution_options(p: argparse.ArgumentParser, policy_help: str) -> None:
-    p.add_argument("--policy", choices=("first", "verify", "strict"), help=policy_help)
+    p.add_argument("--policy", choices=POLICIES, help=policy_help)
     p.add_argument("--disable", action="append", default=[], metavar="NAME",
                    help="leave out a plugin or strategy by name (repeatable; also GPUAFFINITY_DISABLE=a,b)")
     p.add_argument("--no-subprocess", action="store_true",
@@ -160,10 +177,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _bind(args, cmd)
         raise UsageError(f"gpuaffinity: unknown command {args.command!r}")
     except UsageError as e:
-        print(e, file=sys.stderr)
+        _say(str(e))
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `gpuaffinity doctor | head`: the reader left; stop quietly, as a shell tool does
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    except Exception as e:
+        from gpuaffinity.core.errors import GpuAffinityError
+
+        if isinstance(e, GpuAffinityError):  # raised outside a command's own handling: still one line
+            _say(f"gpuaffinity: {_strip(e)}")
+            return exit_status(e)
+        import os
+
+        if os.environ.get(DEBUG_VAR):
+            raise
+        # a user never sees a traceback; a bug still says what it is, and tests look for this line
+        _say(f"gpuaffinity: unexpected {type(e).__name__}: {_cut(str(e))} (a bug in gpuaffinity; "
+             f"{DEBUG_VAR}=1 shows the traceback)")
+        return EXIT_ERROR
 
 
 def _sim(args: argparse.Namespace, cmd: list[str], parser: argparse.ArgumentParser) -> int:
@@ -175,7 +211,9 @@ def _sim(args: argparse.Namespace, cmd: list[str], parser: argparse.ArgumentPars
             width = max(len(n) for n, _ in rows)
             print(f"{'PRESET':<{width}}  GPUS  NODES  DESCRIPTION")
             for name, t in rows:
-                print(f"{name:<{width}}  {len(t.gpus):>4}  {len(t.nodes):>5}  {t.description}")
+                n = len(t.gpus)
+                gpus = str(n) if t.process.gpus is None else f"{len(t.process.gpus)}/{n}"
+                print(f"{name:<{width}}  {gpus:>4}  {len(t.nodes):>5}  {t.description}")
             return EXIT_OK
         if args.sim_command == "check":
             return _sim_check(load_topology(args.topology))
@@ -183,21 +221,34 @@ def _sim(args: argparse.Namespace, cmd: list[str], parser: argparse.ArgumentPars
             if not cmd:
                 raise UsageError("gpuaffinity sim run: no command given: write it after `--`, "
                                  "e.g. gpuaffinity sim run dgx-h100 -- nvidia-smi-like-tool")
-            from gpuaffinity.sim.machine import check_fault
-            for f in args.fault:
-                try:
-                    check_fault(f)
-                except ValueError as e:
-                    raise UsageError(f"gpuaffinity sim run: {e}") from None
+            if not cmd[0] or "\0" in "".join(cmd):
+                raise UsageError("gpuaffinity sim run: the command after `--` is empty or holds a NUL byte")
+            from gpuaffinity.sim.machine import check_faults
             try:
-                return _sim_run(args.topology, cmd, args.fault, args.counters, args.cpuset)
+                check_faults(args.fault)
+            except ValueError as e:
+                raise UsageError(f"gpuaffinity sim run: {e}") from None
+            topo = load_topology(args.topology)
+            shape = {"gpus": _list(args.gpus), "others": args.others, "proc": args.proc, "migs": _list(args.mig)}
+            if any(v is not None for v in shape.values()):
+                from gpuaffinity.sim.topology import make_process
+
+                try:
+                    process = make_process(topo, where="--", **shape)
+                except TopologyError as e:  # "<source>: --gpus: what is wrong"
+                    raise UsageError(f"gpuaffinity sim run: {str(e).split(': ', 1)[-1]}") from None
+                from dataclasses import replace
+
+                topo = replace(topo, process=process)
+            try:
+                return _sim_run(topo, cmd, args.fault, args.counters, args.cpuset)
             except TopologyError:
                 raise
             except ValueError as e:  # a bad --cpuset
                 raise UsageError(f"gpuaffinity sim run: {e}") from None
         raise UsageError("gpuaffinity sim: say `list`, `run` or `check` (see `gpuaffinity sim --help`)")
     except (TopologyError, SimulatorError) as e:
-        print(f"gpuaffinity: {e}", file=sys.stderr)
+        _say(f"gpuaffinity: {e}")
         return EXIT_ERROR
 
 
@@ -216,26 +267,117 @@ def _sim_check(t: object) -> int:
               f"{g.name}{migs}")
     for n in t.nodes:
         print(f"  node {n.id}  socket {n.socket}  cpus {format_cpulist(n.cpus)}")
+    p = t.process
+    if p.restricted or p.env:
+        opens = "every GPU" if p.gpus is None else "GPUs at PCI positions " + ",".join(map(str, p.gpus))
+        print(f"  process: opens {opens}; the others {p.others}; /proc {p.proc}"
+              + (f"; MIG instances {', '.join(p.migs)}" if p.migs is not None else ""))
+        for var, value in p.env:
+            print(f"  process env: {var}={value}")
     return EXIT_OK
 
 
-def _sim_run(topology: str, cmd: list[str], faults: list[str], counters: str | None, cpuset: str | None) -> int:
+def _list(text: str | None) -> list[str] | None:
+    return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
+
+
+#: Signals `sim run` passes on to its command (once) instead of dying without removing the simulated machine.
+FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def _sim_run(topology: object, cmd: list[str], faults: list[str], counters: str | None, cpuset: str | None) -> int:
+    """Run CMD on the simulated machine, as a shell runs a job: in a process group of its own, which holds the
+    terminal while it runs.  So a signal sent to `sim run`'s group reaches CMD once (passed on), one from the
+    terminal reaches CMD alone, and Ctrl-Z stops both; every signal in FORWARDED is passed on, and the
+    simulated machine's folder is removed whatever ends the run (but SIGKILL)."""
     from gpuaffinity.sim.machine import simulated
 
-    with simulated(topology, faults=faults, counters=counters, cpuset=cpuset) as machine:
+    early: list[int] = []
+    old = {s: signal.signal(s, lambda signum, _f: early.append(signum)) for s in FORWARDED}
+    try:
+        with simulated(topology, faults=faults, counters=counters, cpuset=cpuset) as machine:
+            if early:  # asked to stop while the machine was being prepared
+                return 128 + early[0]
+            return _run_job(cmd, machine.env, early)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _foreground_tty() -> int | None:
+    """The file descriptor of our controlling terminal when our process group holds it, else None."""
+    import os
+
+    for fd in (0, 1, 2):
         try:
-            child = subprocess.Popen(cmd, env=machine.env)
-        except OSError as e:
-            return _cannot_run("sim run", cmd, e)
-        # The child gets terminal signals itself; pass on the ones sent to us alone.
-        def forward(signum: int, _frame: object) -> None:
-            child.send_signal(signum)
-        old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+            if os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp():
+                return fd
+        except OSError:
+            continue
+    return None
+
+
+def _give_terminal(fd: int, pgid: int) -> None:
+    import os
+
+    old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # a background group may not take the terminal else
+    try:
+        os.tcsetpgrp(fd, pgid)
+    except OSError:
+        pass
+    finally:
+        signal.signal(signal.SIGTTOU, old)
+
+
+def _run_job(cmd: list[str], env: dict[str, str], early: list[int]) -> int:
+    import os
+
+    tty = _foreground_tty()
+    # SIGCHLD ignored by whoever started us (inherited across exec) would make the kernel reap the job, and our
+    # wait for it fail: the default here; the job itself gets the disposition it would have had without us
+    inherited = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+    def own_group() -> None:  # in the child, before exec: its own group, and the terminal if we had it
+        os.setpgid(0, 0)
+        if tty is not None:
+            _give_terminal(tty, os.getpgrp())
+        if inherited == signal.SIG_IGN:
+            signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+
+    try:
+        import subprocess  # only `sim run` starts a process; resolve and bind never do
+
+        child = subprocess.Popen(cmd, env=env, preexec_fn=own_group)
+    except OSError as e:
+        return _cannot_run("sim run", cmd, e)
+
+    def forward(signum: int, _frame: object) -> None:
         try:
-            rc = child.wait()
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
+            os.killpg(child.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    for s in FORWARDED:
+        signal.signal(s, forward)
+    for s in early:
+        forward(s, None)
+    try:
+        while True:
+            _pid, status = os.waitpid(child.pid, os.WUNTRACED)
+            if not os.WIFSTOPPED(status):
+                break
+            # the job was stopped (Ctrl-Z): stop too, so that the shell sees it; carry on where it resumes us
+            if tty is not None:
+                _give_terminal(tty, os.getpgrp())
+            os.kill(os.getpid(), signal.SIGSTOP)
+            if tty is not None and os.tcgetpgrp(tty) == os.getpgrp():
+                _give_terminal(tty, child.pid)
+            os.killpg(child.pid, signal.SIGCONT)
+    finally:
+        if tty is not None:
+            _give_terminal(tty, os.getpgrp())
+    rc = os.waitstatus_to_exitcode(status)
+    child.returncode = rc
     return 128 - rc if rc < 0 else rc
 
 
@@ -247,9 +389,10 @@ def _resolve(args: argparse.Namespace) -> int:
     import json
     import warnings
 
-    from gpuaffinity.api import parse_selector, resolve, resolve_all
+    from gpuaffinity.api import resolve, resolve_all
     from gpuaffinity.core.cpulist import format_cpulist
     from gpuaffinity.core.errors import GpuAffinityError
+    from gpuaffinity.select import parse_selector
 
     ids: list[int | str] = []
     for text in args.ids:
@@ -257,18 +400,26 @@ def _resolve(args: argparse.Namespace) -> int:
             ids.append(parse_selector(text))
         except ValueError as e:
             raise UsageError(f"gpuaffinity resolve: {e}") from None
-    from gpuaffinity.numa.query import localities
+    from gpuaffinity import _state
+    from gpuaffinity.placement import locate
 
+    # When the CUDA driver is asked in a forked child, its cuInit takes longer than NVML's start: ask every GPU's
+    # locality in that time (it depends on the bus id and this process's allowed CPUs only, not on the answer).
+    early: dict = {}
+    _state.while_probing = lambda buses: early.update(locate(buses))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             devices = [resolve(i, **_options(args)) for i in ids] if ids else resolve_all(**_options(args))
         except GpuAffinityError as e:
             _print_warnings(caught)
-            print(f"gpuaffinity: {_strip(e)}", file=sys.stderr)
-            return e.exit_status
+            _say(f"gpuaffinity: {_strip(e)}")
+            return exit_status(e)
+        finally:
+            _state.while_probing = None
     _print_warnings(caught)
-    locs = localities(d.pci_bus_id for d in devices)  # NVML and sysfs, one NVML session for all
+    late = [d.pci_bus_id for d in devices if d.pci_bus_id not in early]
+    locs = {**early, **locate(late)} if late else early
     rows = []
     for d in devices:
         loc = locs[d.pci_bus_id]
@@ -279,6 +430,10 @@ def _resolve(args: argparse.Namespace) -> int:
     table = [("CUDA", "NVML", "PCI", "UUID", "NODES", "CPUS", "BY")]
     for r in rows:
         by = r["strategy"] + (" (fallback)" if r["fallback"] else "")
+        if r["agreed"]:
+            by += f" = {'='.join(x for x in r['agreed'] if x != r['strategy'])}"
+        elif not r["fallback"]:
+            by += " alone"
         if r["disagreed"]:
             by += f"; disagreed: {','.join(r['disagreed'])}"
         uuid = r["uuid"] + (f" / {r['mig_uuid']}" if r["mig_uuid"] else "")
@@ -288,6 +443,17 @@ def _resolve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_ESCAPES = {c: f"\\x{c:02x}" for c in range(32)} | {10: "\\n", 9: "\\t", 13: "\\r", 127: "\\x7f"}
+
+
+def _say(text: str, limit: int = 2000) -> None:
+    """One line on stderr, whatever the text holds: control characters escaped, the length capped."""
+    line = text.translate(_ESCAPES)
+    if len(line) > limit:
+        line = line[:limit] + f"... ({len(line)} characters)"
+    print(line, file=sys.stderr)
+
+
 def _strip(e: Exception) -> str:
     text = str(e)
     return text[len("gpuaffinity: "):] if text.startswith("gpuaffinity: ") else text
@@ -295,7 +461,7 @@ def _strip(e: Exception) -> str:
 
 def _print_warnings(caught: list) -> None:
     for w in caught:
-        print(f"gpuaffinity: warning: {_strip(w.message)}", file=sys.stderr)
+        _say(f"gpuaffinity: warning: {_strip(w.message)}")
 
 
 def _print_table(rows: list[tuple[str, ...]], indent: str = "") -> None:
@@ -304,35 +470,81 @@ def _print_table(rows: list[tuple[str, ...]], indent: str = "") -> None:
         print(indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
+def consensus(d: object) -> str:
+    """What stands behind one answer, in words: who answered, who agreed, whether the driver was asked."""
+    from gpuaffinity.core.model import PhysicalDevice
+
+    assert isinstance(d, PhysicalDevice)
+    driver = "the CUDA driver was asked" if d.driver_asked else "the CUDA driver was not asked"
+    if d.fallback:
+        head = f"FALLBACK: by {d.strategy}"
+    elif d.disagreed:
+        head = f"DISAGREEMENT: {', '.join(d.disagreed)} named another GPU; using {d.strategy}"
+    elif d.agreed:
+        head = f"by {d.strategy}; confirmed: {', '.join(d.agreed)} agree"
+    else:
+        head = f"by {d.strategy} alone, not cross-checked"
+    return f"{head}; {driver}"
+
+
+def _cut(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _plugins(res: object) -> None:
+    """Which plugins are loaded (where from, what they contribute) and which names are disabled, by whom."""
+    from gpuaffinity.core.settings import DISABLE_VAR
+
+    plugins = getattr(res, "plugins", [])
+    third = [p for p in plugins if p.target]
+    print("\nPlugins" + ("" if third else ": only the built-in ones"))
+    rows = [(p.name, f"{p.distribution} {p.version}".strip(), f"{p.name} = {p.target}",
+             ", ".join(p.strategies) or "none", p.problem) for p in third]
+    if rows:
+        _print_table([("PLUGIN", "DISTRIBUTION", "ENTRY POINT", "STRATEGIES", "PROBLEM"), *rows], "  ")
+    st = res.settings  # type: ignore[attr-defined]
+    sources = [(n, "--disable") for n in st.disable_arg or ()]
+    sources += [(n.strip(), DISABLE_VAR) for n in (st.disable_env or "").split(",") if n.strip()]
+    if sources:
+        print("  disabled: " + ", ".join(f"{n} (from {src})" for n, src in sources))
+
+
 def _doctor(args: argparse.Namespace) -> int:
     import os
 
     from gpuaffinity.core.cpulist import format_cpulist
     from gpuaffinity.core.errors import GpuAffinityError
     from gpuaffinity.core.model import Abstain
-    from gpuaffinity.numa.query import localities
+    from gpuaffinity.placement import locate
 
     print("Environment")
     for var in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "GPUAFFINITY_POLICY", "GPUAFFINITY_DISABLE",
-                "GPUAFFINITY_NO_SUBPROCESS", "GPUAFFINITY_SIM_TOPOLOGY"):
+                "GPUAFFINITY_NO_SUBPROCESS", "GPUAFFINITY_INVENTORY", "GPUAFFINITY_SIM_TOPOLOGY",
+                "GPUAFFINITY_PROCFS_ROOT", "GPUAFFINITY_DEV_ROOT", "GPUAFFINITY_SYSFS_ROOT",
+                "GPUAFFINITY_SIM_ALLOWED_CPUS"):
         value = os.environ.get(var)
-        print(f"  {var:<26} {'<unset>' if value is None else repr(value)}")
-    from gpuaffinity.resolvers.pci import cuda_initialized_here
+        if value is None and var.startswith("GPUAFFINITY_") and var not in ("GPUAFFINITY_POLICY",
+                                                                          "GPUAFFINITY_DISABLE"):
+            continue  # the simulator's and the rarer switches: shown only when set
+        print(f"  {var:<28} {'<unset>' if value is None else _cut(repr(value))}")
+    from gpuaffinity.resolvers._common import cuda_initialized_here
     torch = sys.modules.get("torch")
-    print(f"  {'torch imported':<26} {'yes, ' + torch.__version__ if torch else 'no (gpuaffinity never imports it)'}")
-    print(f"  {'CUDA initialised here':<26} {'yes' if cuda_initialized_here() else 'no'}")
+    print(f"  {'torch imported':<28} {'yes, ' + torch.__version__ if torch else 'no (gpuaffinity never imports it)'}")
+    print(f"  {'CUDA initialised here':<28} {'yes' if cuda_initialized_here() else 'no'}")
     from gpuaffinity.numa.query import allowed_cpus
-    print(f"  {'allowed CPUs':<26} {format_cpulist(allowed_cpus())}")
+    print(f"  {'allowed CPUs':<28} {format_cpulist(allowed_cpus())}")
 
     from gpuaffinity.api import run_resolution
     try:
         res = run_resolution(**_options(args), strict_errors=False)
     except GpuAffinityError as e:
-        print(f"\ngpuaffinity: {_strip(e)}", file=sys.stderr)
-        return e.exit_status
-    source = "the driver's /proc files" if res.inventory.source == "procfs" else "NVML"
-    print(f"\nMachine (NVML order = PCI order; listed from {source}): {len(res.inventory.gpus)} GPU(s)")
-    locs = localities(g.pci_bus_id for g in res.inventory.gpus)  # NVML and sysfs, once for both sections
+        _say(f"gpuaffinity: {_strip(e)}")
+        return exit_status(e)
+    inv = res.inventory
+    print(f"\nGPUs this process can use (NVML order = PCI order): {len(inv.gpus)}")
+    for note in inv.notes:
+        print(f"  {note}")
+    locs = locate(g.pci_bus_id for g in res.inventory.gpus)  # once for both sections
     table = [("NVML", "PCI", "UUID", "MODEL", "NODES", "LOCAL CPUS")]
     for g in res.inventory.gpus:
         loc = locs[g.pci_bus_id]
@@ -340,16 +552,20 @@ def _doctor(args: argparse.Namespace) -> int:
         table.append((str(g.nvml_index), g.pci_bus_id, g.uuid + migs, g.name,
                       ",".join(map(str, loc.numa_nodes)) or "none", format_cpulist(loc.local_cpus) or "-"))
     _print_table(table, "  ")
-    print(f"\nStrategies (priority order; policy {res.policy})")
+    print(f"\nStrategies (priority order; equal priorities by name; policy {res.policy})")
     _print_table([(s.name, str(s.priority), getattr(s, "describe", "")) for s in res.strategies], "  ")
+    _plugins(res)
+    if res.context.grammar.unsure:
+        print(f"  note: the reading of CUDA_VISIBLE_DEVICES {res.context.grammar.unsure}; the default policy "
+              "checks it with the driver")
+    width = max([len(s.name) for s in res.strategies] + [8])
     print(f"\nDevices: this process sees {res.context.visible}")
     for d in res.devices:
         loc = locs[d.pci_bus_id]
-        status = "fallback" if d.fallback else ("DISAGREEMENT" if d.disagreed else "agreed")
         mig = f" MIG {d.mig_uuid}" if d.mig_uuid else ""
         print(f"  cuda {d.logical_id} -> nvml {d.nvml_index}  {d.pci_bus_id}  {d.uuid}{mig}")
-        print(f"      by {d.strategy}; {status} ({', '.join(d.agreed) or 'no other answer'}); "
-              f"nodes {','.join(map(str, loc.numa_nodes)) or 'none'}; cpus {format_cpulist(loc.cpus) or '-'}")
+        print(f"      {consensus(d)}; nodes {','.join(map(str, loc.numa_nodes)) or 'none'}; "
+              f"cpus {format_cpulist(loc.cpus) or '-'}")
         for note in loc.notes:
             print(f"      note: {note}")
         for v in d.verdicts:
@@ -358,7 +574,10 @@ def _doctor(args: argparse.Namespace) -> int:
             else:
                 g = res.inventory.by_uuid(v.result.uuid)
                 said = f"nvml {g.nvml_index if g else '?'} ({v.result.detail})"
-            print(f"      {v.strategy:<8} {said}")
+            print(f"      {v.strategy:<{width}} {said}")
+            if args.verbose and v.trace:
+                for line in v.trace.rstrip().splitlines():
+                    print(f"      {'':<{width}} | {line}")
     if res.warnings or res.error:
         print("\nWarnings and errors")
         for _cat, msg in res.warnings:
@@ -368,7 +587,7 @@ def _doctor(args: argparse.Namespace) -> int:
     else:
         print("\nNo warnings.")
     if res.error is not None:
-        return getattr(res.error, "exit_status", EXIT_ERROR)
+        return exit_status(res.error)
     return EXIT_OK
 
 
@@ -376,9 +595,9 @@ def _bind(args: argparse.Namespace, cmd: list[str]) -> int:
     import os
     import warnings
 
-    from gpuaffinity.api import parse_selector
     from gpuaffinity.core.cpulist import format_cpulist
     from gpuaffinity.core.errors import GpuAffinityError
+    from gpuaffinity.select import parse_selector
 
     try:
         selector = parse_selector(args.id)
@@ -387,7 +606,9 @@ def _bind(args: argparse.Namespace, cmd: list[str]) -> int:
     if not cmd and not args.dry_run:
         raise UsageError("gpuaffinity bind: no command given: write it after `--`, e.g. gpuaffinity bind 0 -- "
                          "python3 serve.py (or use --dry-run)")
-    from gpuaffinity.api import bind, plan
+    if cmd and (not cmd[0] or "\0" in "".join(cmd)):
+        raise UsageError("gpuaffinity bind: the command after `--` is empty or holds a NUL byte")
+    from gpuaffinity.placement import bind, plan
 
     opts = _options(args)
     with warnings.catch_warnings(record=True) as caught:
@@ -399,8 +620,8 @@ def _bind(args: argparse.Namespace, cmd: list[str]) -> int:
                 rec = bind(selector, mode=args.mode, memory=args.memory, on_failure=args.on_failure, **opts)
         except GpuAffinityError as e:
             _print_warnings(caught)
-            print(f"gpuaffinity: {_strip(e)}", file=sys.stderr)
-            return e.exit_status
+            _say(f"gpuaffinity: {_strip(e)}")
+            return exit_status(e)
     _print_warnings(caught)
     if args.dry_run:
         print(f"would bind: {rec.summary().replace(' (not applied)', '')}")
@@ -410,9 +631,11 @@ def _bind(args: argparse.Namespace, cmd: list[str]) -> int:
         for failure in rec.failures:
             print(f"  would fail: {failure}")
         return EXIT_OK
+    from gpuaffinity.core.notes import kind_of
+
     for note in rec.notes:
-        if "no NUMA" in note or "not allowed" in note or "no core" in note:
-            print(f"gpuaffinity: note: {note}", file=sys.stderr)
+        if kind_of(note) == "attention":  # the binding is weaker than asked: said even without --dry-run
+            _say(f"gpuaffinity: note: {note}")
     sys.stdout.flush()
     sys.stderr.flush()
     try:
@@ -425,7 +648,7 @@ def _bind(args: argparse.Namespace, cmd: list[str]) -> int:
 def _cannot_run(verb: str, cmd: list[str], e: OSError) -> int:
     """One line, and the shell's status: 127 not found, 126 not executable."""
     if isinstance(e, FileNotFoundError):
-        print(f"gpuaffinity: {verb}: command not found: {cmd[0]}", file=sys.stderr)
+        _say(f"gpuaffinity: {verb}: command not found: {cmd[0]}")
         return 127
-    print(f"gpuaffinity: {verb}: cannot run {cmd[0]}: {e.strerror or e}", file=sys.stderr)
+    _say(f"gpuaffinity: {verb}: cannot run {cmd[0]}: {e.strerror or e}")
     return 126

@@ -16,16 +16,18 @@ from __future__ import annotations
 import multiprocessing
 import os
 import subprocess
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 
 def bound_command(logical_id: int, cmd: Sequence[str], *, mode: str = "node", memory: str = "bind",
                   on_failure: str = "warn") -> list[str]:
-    """The argv that runs ``cmd`` bound to CUDA device ``logical_id``'s node."""
-    return [sys.executable, "-m", "gpuaffinity", "bind", str(int(logical_id)), "--mode", mode, "--memory", memory,
-            "--on-failure", on_failure, "--", *cmd]
+    """The argv that runs ``cmd`` bound to CUDA device ``logical_id``'s node (``gpuaffinity bind`` in an
+    isolated interpreter, gpuaffinity._child; ``cmd`` itself runs with the caller's environment)."""
+    from gpuaffinity._child import cli_argv
+
+    return cli_argv("bind", str(int(logical_id)), "--mode", mode, "--memory", memory, "--on-failure", on_failure,
+                    "--", *cmd)
 
 
 def popen(logical_id: int, cmd: Sequence[str], *, mode: str = "node", memory: str = "bind",
@@ -39,7 +41,7 @@ def _bound_target(logical_id: int, bind_kwargs: dict[str, Any], env: dict[str, s
                   target: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
     if env:
         os.environ.update(env)
-    from gpuaffinity.api import bind
+    from gpuaffinity.placement import bind
 
     bind(logical_id, **bind_kwargs)
     return target(*args, **kwargs)
@@ -63,6 +65,6 @@ def spawn_process(logical_id: int, target: Callable[..., Any], args: Sequence[An
 def initializer(logical_id: int, mode: str = "node", memory: str = "bind", on_failure: str = "warn") -> None:
     """For ``multiprocessing.get_context("spawn").Pool(initializer=gpuaffinity.launch.initializer,
     initargs=(device,))``: bind each pool worker before it takes work."""
-    from gpuaffinity.api import bind
+    from gpuaffinity.placement import bind
 
     bind(logical_id, mode=mode, memory=memory, on_failure=on_failure)

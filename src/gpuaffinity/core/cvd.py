@@ -13,6 +13,9 @@ This follows the table measured on driver 580.159.04 (docs/cvd-grammar.md):
 * ``GPU-`` (upper case) plus a prefix of a GPU's UUID names that GPU if no
   other GPU shares the prefix: hex compared without regard to case, dashes
   ignored, text past the UUID's 32 digits ignored.  No white space is skipped.
+  "Other GPU" means any GPU of the host, including those the process cannot
+  open; a UUID or prefix that only such a GPU matches names nothing (measured
+  on a 2x H200 host with one GPU's node hidden: ``GPU-`` names nothing there).
 * The list stops at the first entry that names nothing; the devices before it
   stay visible.  Naming one device twice (in any form) is not a stop but an
   error: ``cuInit`` fails with CUDA_ERROR_INVALID_DEVICE and nothing is visible.
@@ -21,17 +24,40 @@ This follows the table measured on driver 580.159.04 (docs/cvd-grammar.md):
 * MIG (modelled from NVIDIA's documentation, not measured): ``MIG-<uuid>`` and
   ``MIG-GPU-<uuid>/<gi>/<ci>`` name an instance; one MIG device a process, so a
   second MIG entry ends the list; a GPU in MIG mode reached by index or GPU UUID
-  shows its first instance.
+  shows its first instance this process may use, and none at all when it may
+  use none (unset: skipped; named: the list ends).
+
+``apply_cvd(..., documented=True)`` reads only what NVIDIA documents, in its
+plain form: decimal integers without sign, white space, leading zeros or
+trailing text; ``GPU-``/``MIG-`` UUIDs or prefixes as nvidia-smi prints them
+(lower-case hex, dashes in place); anything else ends the list.  Where the two
+readings differ, the answer rests on measured, undocumented behaviour; and
+where the list ends at a UUID that names nothing in the process's GPU list,
+the answer rests on that list alone.  ``read_cvd`` says so in
+``CvdResult.unsure``, and the default policy then asks the driver itself.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
-
+from gpuaffinity.core.errors import shown
 from gpuaffinity.core.model import MigInfo
+from gpuaffinity.core.record import field, record, replace
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # neither typing nor re is loaded to read the variable: a first resolve pays for neither
+    from collections.abc import Sequence
+    from typing import Protocol
+
+    class _Mig(Protocol):
+        uuid: str
+        gpu_instance: int
+        compute_instance: int
+
+    class _Gpu(Protocol):
+        @property
+        def uuid(self) -> str: ...
+        @property
+        def migs(self) -> Sequence[_Mig]: ...
 
 CUDA_ERROR_NO_DEVICE = 100
 CUDA_ERROR_INVALID_DEVICE = 101
@@ -44,7 +70,7 @@ ULONG_MAX = 2**64 - 1
 MigIdentity = MigInfo
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class GpuIdentity:
     """The least the grammar needs to know of one physical GPU.
 
@@ -56,7 +82,7 @@ class GpuIdentity:
     migs: tuple[MigInfo, ...] = ()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Visible:
     """One CUDA device: the GPU (its position in the list given) and MIG instance, if any."""
 
@@ -64,7 +90,7 @@ class Visible:
     mig: int | None = None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CvdResult:
     devices: tuple[Visible, ...]
     #: CUDA error cuInit reports (0: none; 100 nothing visible; 101 duplicate or bad order)
@@ -72,24 +98,57 @@ class CvdResult:
     #: why the list ended early, or "" when every entry was used
     stopped: str = ""
     notes: tuple[str, ...] = field(default=())
+    #: the list ended at a GPU-/MIG- entry that names nothing among the GPUs given
+    unmatched: bool = False
+    #: a GPU- (MIG-) entry shorter than a whole UUID named a device
+    prefix_used: bool = False
+    mig_prefix_used: bool = False
+    #: "" when the reading needs no check by the driver; else why the default policy checks it (see read_cvd)
+    unsure: str = ""
+    #: "" when this process can know the reading; else why only the driver can (any policy asks it)
+    unknown: str = ""
 
     @property
     def gpus(self) -> list[int]:
         return [d.gpu for d in self.devices]
 
 
-_MIG_PATH = re.compile(r"MIG-(GPU-[^/]+)/([0-9]+)/([0-9]+)")
+DIGITS = "0123456789"  # ASCII only: str.isdigit() also takes "²" and "٣", which C's strtoul does not
+
+
+def _mig_path(entry: str) -> tuple[str, str, str] | None:
+    """``MIG-GPU-<uuid>/<gi>/<ci>`` split into its parts (the instances as digit strings), else None."""
+    if not entry.startswith("MIG-GPU-"):
+        return None
+    parts = entry[4:].split("/")
+    if len(parts) != 3 or len(parts[0]) < 5 or not all(p and all(c in DIGITS for c in p) for p in parts[1:]):
+        return None
+    return parts[0], parts[1], parts[2]
+
+
+def _same_number(digits: str, value: int) -> bool:
+    """A digit string (any length: int() refuses thousands of digits) names ``value``."""
+    return (digits.lstrip("0") or "0") == str(value)
 
 
 def strtoul32(text: str) -> int | None:
     """C's strtoul(text, NULL, 10) cut to 32 bits; None when no digits are found."""
-    m = re.match(r"[ \t\n\v\f\r]*([+-]?)([0-9]+)", text)
-    if not m:
+    i, n = 0, len(text)
+    while i < n and text[i] in " \t\n\v\f\r":
+        i += 1
+    sign = text[i] if i < n and text[i] in "+-" else ""
+    i += len(sign)
+    j = i
+    while j < n and text[j] in DIGITS:
+        j += 1
+    if j == i:
         return None
-    value = int(m[2])
+    digits = text[i:j].lstrip("0") or "0"
+    # more than 20 digits is past 2^64 whatever they are (and int() refuses thousands of digits)
+    value = int(digits) if len(digits) <= 20 else 1 << 64
     if value > ULONG_MAX:  # strtoul saturates at ULONG_MAX, whatever the sign
         return ULONG_MAX & 0xFFFFFFFF
-    if m[1] == "-":
+    if sign == "-":
         value = -value & ULONG_MAX
     return value & 0xFFFFFFFF
 
@@ -111,41 +170,89 @@ def _prefix_match(candidates: Sequence[str], text: str) -> int | None:
     return hits[0] if len(hits) == 1 else None
 
 
-class _Mig(Protocol):
-    uuid: str
-    gpu_instance: int
-    compute_instance: int
+
+def read_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] | None = None,
+             device_order: str | None = None, hidden: Sequence[str] = (), host_complete: bool = True,
+             doubt: str = "") -> CvdResult:
+    """``apply_cvd`` as the driver reads the value, with ``unsure`` saying why the driver should confirm it:
+    the reading rests on measured, undocumented behaviour (the documented reading differs); it ends at a
+    UUID naming nothing here; or it takes a UUID prefix as unique without knowing every GPU of the host
+    (``host_complete`` False: a container's /proc may list only its own GPUs).  ``hidden``: UUIDs of the
+    host's GPUs this process cannot open.  ``doubt``: a reason the GPU list itself is in doubt."""
+    measured = apply_cvd(cvd, gpus, base_order, device_order, hidden=hidden)
+    if measured.prefix_used and not host_complete:
+        why = ("takes a UUID prefix as unique, but the driver compares it with every GPU of the host, and "
+               "this process cannot list them all (the driver's /proc lists fewer GPUs than the nvidia driver "
+               "has bound)")
+        return replace(measured, unsure=why, unknown=why)
+    documented = apply_cvd(cvd, gpus, base_order, device_order, documented=True, hidden=hidden)
+    if (documented.devices, documented.error) != (measured.devices, measured.error):
+        why = (f"rests on measured, undocumented driver behaviour: read as documented, "
+               f"{documented.stopped or 'the value'}, but the driver's measured grammar reads "
+               f"{len(measured.devices)} device(s) from it")
+    elif measured.unmatched:
+        why = (f"ends at {measured.stopped}: whether that entry names a device rests on this process's GPU "
+               "list alone")
+    elif measured.mig_prefix_used:
+        why = "takes a MIG UUID prefix as unique (modelled, not measured)"
+    elif any(getattr(g, "mig_enabled", False) and not g.migs for g in gpus):
+        why = ("counts on a GPU in MIG mode showing no device, as NVML gives it no MIG instance this process may "
+               "use (modelled, not measured)")
+    elif doubt:
+        why = f"rests on a GPU list in doubt: {doubt}"
+    else:
+        return measured
+    return replace(measured, unsure=why)
 
 
-class _Gpu(Protocol):
-    @property
-    def uuid(self) -> str: ...
-    @property
-    def migs(self) -> Sequence[_Mig]: ...
+def _plain_int(text: str) -> bool:
+    """``0`` or digits without a leading zero: a number as nvidia-smi prints it."""
+    return bool(text) and all(c in DIGITS for c in text) and (text == "0" or text[0] != "0")
+
+_CANON_BODY = "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
+
+
+def _plain_prefix(text: str) -> bool:
+    """A lower-case UUID body, or a prefix of one, with its dashes where nvidia-smi prints them."""
+    if not text or len(text) > len(_CANON_BODY):
+        return False
+    for c, shape in zip(text, _CANON_BODY, strict=False):
+        if (shape == "-") != (c == "-") or (c != "-" and c not in "0123456789abcdef"):
+            return False
+    return True
 
 
 def apply_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] | None = None,
-              device_order: str | None = None) -> CvdResult:
+              device_order: str | None = None, documented: bool = False, hidden: Sequence[str] = ()) -> CvdResult:
     """The CUDA devices a process sees, in CUDA's order.
 
-    ``gpus`` are the machine's GPUs in NVML (PCI) order, anything with ``uuid``
-    and ``migs`` (``GpuIdentity``, the inventory's ``GpuInfo``); ``base_order`` lists
-    their positions in CUDA's order before CUDA_VISIBLE_DEVICES is applied
-    (for FASTEST_FIRST; default PCI order); ``device_order`` is the value of
-    CUDA_DEVICE_ORDER, under which PCI_BUS_ID ignores ``base_order``.
+    ``gpus`` are the GPUs this process can open in NVML (PCI) order, anything
+    with ``uuid`` and ``migs`` (``GpuIdentity``, the inventory's ``GpuInfo``);
+    ``base_order`` lists their positions in CUDA's order before
+    CUDA_VISIBLE_DEVICES is applied (for FASTEST_FIRST; default PCI order);
+    ``device_order`` is the value of CUDA_DEVICE_ORDER, under which PCI_BUS_ID
+    ignores ``base_order``.  ``documented``: read only the documented plain
+    forms (see the module's text).  ``hidden``: UUIDs of the host's GPUs this
+    process cannot open (they make a prefix ambiguous, and name nothing).
     """
     if device_order is not None and device_order not in ORDERS:
         return CvdResult((), CUDA_ERROR_INVALID_DEVICE,
-                         f"CUDA_DEVICE_ORDER={device_order!r} is not FASTEST_FIRST or PCI_BUS_ID")
+                         f"CUDA_DEVICE_ORDER={shown(device_order, 80)} is not FASTEST_FIRST or PCI_BUS_ID")
     if device_order == "PCI_BUS_ID" or base_order is None:
         base = list(range(len(gpus)))
     else:
         base = list(base_order)
     out: list[Visible] = []
+    prefix_used = mig_prefix_used = False
 
-    def whole(g: int) -> Visible | str:
+    def done(stopped: str, unmatched: bool = False) -> CvdResult:
+        return CvdResult(tuple(out), 0 if out else CUDA_ERROR_NO_DEVICE, stopped, unmatched=unmatched,
+                         prefix_used=prefix_used, mig_prefix_used=mig_prefix_used)
+
+    def whole(g: int) -> Visible | str | None:
+        """The device a whole GPU shows; None: none (MIG mode, no instance this process may use)."""
         if not gpus[g].migs:
-            return Visible(g)
+            return None if getattr(gpus[g], "mig_enabled", False) else Visible(g)
         if any(d.mig is not None for d in out):
             return "one MIG device a process: a second GPU in MIG mode ends the list"
         return Visible(g, 0)
@@ -160,57 +267,81 @@ def apply_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] |
         for g in base:
             v = whole(g)
             if isinstance(v, str):
-                return _done(out, v)
-            out.append(v)
-        return _done(out, "")
+                return done(v)
+            if v is not None:
+                out.append(v)
+        return done("")
     entries = cvd.split(",")
     uuid_list = cvd.startswith(("GPU-", "MIG-"))
-    bodies = [g.uuid[4:] for g in gpus]
+    bodies = [g.uuid[4:] for g in gpus] + [h[4:] for h in hidden]
+
     for pos, entry in enumerate(entries):
-        where = f"entry {pos} ({entry!r})"
+        where = f"entry {pos} ({shown(entry, 80)})"
+        if documented and not _plain_entry(entry, uuid_list):
+            return done(f"{where} is not in a documented plain form")
         if uuid_list:
             if entry.startswith("MIG-"):
                 found = _find_mig(entry, gpus)
                 if found is None:
-                    return _done(out, f"{where} names no MIG instance")
+                    return done(f"{where} names no MIG instance", unmatched=True)
                 if any(d.mig is not None for d in out):
-                    return _done(out, f"{where}: one MIG device a process")
-                v: Visible | str = Visible(*found)
+                    return done(f"{where}: one MIG device a process")
+                v: Visible | str | None = Visible(*found)
+                mig_prefix_used = mig_prefix_used or _short(entry)
             elif entry.startswith("GPU-"):
                 g = _prefix_match(bodies, entry[4:])
                 if g is None:
-                    return _done(out, f"{where} matches no GPU UUID, or more than one")
+                    return done(f"{where} matches no GPU UUID, or more than one", unmatched=True)
+                if g >= len(gpus):
+                    return done(f"{where} names a GPU this process cannot open", unmatched=True)
+                prefix_used = prefix_used or _short(entry)
                 v = whole(g)
             else:
-                return _done(out, f"{where} is not a GPU- or MIG- UUID")
+                return done(f"{where} is not a GPU- or MIG- UUID")
         else:
             n = strtoul32(entry)
             if n is None:
-                return _done(out, f"{where} is not a number")
+                return done(f"{where} is not a number")
             if n >= len(base):
-                return _done(out, f"{where} is out of range (only {len(base)} GPUs)")
+                return done(f"{where} is out of range (only {len(base)} GPUs)")
             v = whole(base[n])
+        if v is None:
+            return done(f"{where} names a GPU in MIG mode with no MIG instance this process may use")
         if isinstance(v, str):
-            return _done(out, f"{where}: {v}")
+            return done(f"{where}: {v}")
         failed = add(v)
         if failed:
             return failed
-    return _done(out, "")
+    return done("")
+
+
+def _short(entry: str) -> bool:
+    """A GPU-/MIG- entry with fewer hex digits than a whole UUID (32): a prefix."""
+    return entry.startswith(("GPU-", "MIG-")) and not entry.startswith("MIG-GPU-") and \
+        len(entry[4:].replace("-", "")) < 32
+
+
+def _plain_entry(entry: str, uuid_list: bool) -> bool:
+    if not uuid_list:
+        return _plain_int(entry)
+    if entry.startswith("MIG-GPU-"):
+        m = _mig_path(entry)
+        return m is not None and len(m[0]) == 40 and _plain_prefix(m[0][4:]) and _plain_int(m[1]) and \
+            _plain_int(m[2])
+    return entry.startswith(("GPU-", "MIG-")) and _plain_prefix(entry[4:])
 
 
 def _find_mig(entry: str, gpus: Sequence[_Gpu]) -> tuple[int, int] | None:
-    m = _MIG_PATH.fullmatch(entry)
+    m = _mig_path(entry)
     if m:
         for gi_, g in enumerate(gpus):
-            if g.uuid.lower() == m[1].lower():
+            if g.uuid.lower() == m[0].lower():
                 for mi, mig in enumerate(g.migs):
-                    if (mig.gpu_instance, mig.compute_instance) == (int(m[2]), int(m[3])):
+                    if _same_number(m[1], mig.gpu_instance) and _same_number(m[2], mig.compute_instance):
                         return gi_, mi
         return None
+    if entry.startswith("MIG-GPU-"):  # a malformed path names nothing, even where an old driver's MIG UUID
+        return None                   # (MIG-GPU-<uuid>/<gi>/<ci>) would take it as a prefix
     flat = [(gi_, mi, mig.uuid[4:]) for gi_, g in enumerate(gpus) for mi, mig in enumerate(g.migs)]
     hit = _prefix_match([f[2] for f in flat], entry[4:])
     return None if hit is None else flat[hit][:2]
-
-
-def _done(out: list[Visible], stopped: str) -> CvdResult:
-    return CvdResult(tuple(out), 0 if out else CUDA_ERROR_NO_DEVICE, stopped)

@@ -2,34 +2,59 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from gpuaffinity.core.record import asdict, field, record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MigInfo:
     uuid: str  # MIG-…
     gpu_instance: int
     compute_instance: int
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class GpuInfo:
-    """One physical GPU as NVML numbers it."""
+    """One physical GPU as NVML numbers it in this process."""
 
     nvml_index: int
     uuid: str  # GPU-…
     pci_bus_id: str  # 0000:3b:00.0, the lowercase sysfs form
     name: str
-    migs: tuple[MigInfo, ...] = ()
+    migs: tuple[MigInfo, ...] = ()  # the MIG instances this process may use
+    mig_enabled: bool = False  # MIG mode is on (then CUDA shows instances, never the whole GPU)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Inventory:
-    """Every GPU of the machine, in NVML (PCI bus) order."""
+    """The GPUs this process can use, in NVML (PCI bus) order, and how that list was established.
+
+    ``source``: ``"nvml"``, or ``"procfs"`` (the driver's /proc files, checked
+    against this process's device nodes).  ``host_gpus``: how many GPUs the
+    driver's /proc lists for the whole host (None where it was not read).
+    ``notes``: how the list was established, and any difference between sources.
+    ``hidden``: UUIDs of GPUs the driver's /proc lists that this process cannot
+    use; ``host_complete``: the /proc list is known to hold every GPU of the
+    host (as many as the nvidia driver has bound in sysfs; a container's /proc
+    may be masked).  CUDA decides a UUID prefix against every GPU of the host.
+    """
 
     gpus: tuple[GpuInfo, ...]
-    source: str = "nvml"  # where the list came from: "nvml" or "procfs"
+    source: str = "nvml"
+    host_gpus: int | None = None
+    notes: tuple[str, ...] = ()
+    hidden: tuple[str, ...] = ()
+    host_complete: bool = False
+    doubt: str = ""  # sources that disagree about the list's MIG facts: the driver should confirm a reading
+
+    @property
+    def label(self) -> str:
+        """How the list was established, as results report it: ``procfs+device-nodes`` (the driver's files,
+        checked against the device nodes this process opens) or ``nvml``."""
+        return "procfs+device-nodes" if self.source == "procfs" else self.source
 
     def by_uuid(self, uuid: str) -> GpuInfo | None:
         u = uuid.lower()
@@ -69,7 +94,7 @@ def normalize_bus_id(bus_id: str) -> str:
     return f"{int(dom, 16):04x}:{bus}:{rest}"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Answer:
     """A strategy's answer for one logical device: the physical GPU (and MIG instance)."""
 
@@ -78,7 +103,7 @@ class Answer:
     detail: str = ""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Abstain:
     """A strategy that gives no answer, and why.
 
@@ -91,7 +116,7 @@ class Abstain:
     quiet: bool = False
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Verdict:
     """What one strategy said about one logical device, as the chain saw it."""
 
@@ -99,11 +124,24 @@ class Verdict:
     priority: int
     result: Answer | Abstain
     ran: bool = True  # False: skipped (too expensive to verify with, or the policy stopped early)
+    trace: str = field(default="", compare=False, repr=False)  # the traceback when the strategy raised
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PhysicalDevice:
-    """The physical GPU behind a logical CUDA device."""
+    """The physical GPU behind a logical CUDA device, and what was checked to say so.
+
+    ``nvml_index`` is the index pynvml gives this GPU *in this process* (which
+    numbers only the GPUs the process can open).  ``strategy`` gave the
+    answer; ``answered`` lists every strategy that gave one; ``agreed`` those
+    that gave this same GPU, the chosen one included, and is empty when one
+    strategy answered alone (nothing confirmed it); ``disagreed`` those that
+    named another GPU.  ``driver_asked``: the CUDA driver itself answered (the
+    ``pci`` strategy).  ``inventory``: how the GPU list was established,
+    ``"procfs+device-nodes"`` (the driver's /proc files, checked against the
+    device nodes this process can open) or ``"nvml"``.  ``fallback``: the
+    answer came from a fallback, and a warning said so.
+    """
 
     logical_id: int
     nvml_index: int
@@ -115,6 +153,9 @@ class PhysicalDevice:
     agreed: tuple[str, ...]
     disagreed: tuple[str, ...]
     fallback: bool
+    answered: tuple[str, ...] = ()
+    driver_asked: bool = False
+    inventory: str = ""
     verdicts: tuple[Verdict, ...] = field(default=(), compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,4 +163,5 @@ class PhysicalDevice:
         d.pop("verdicts")
         d["agreed"] = list(self.agreed)
         d["disagreed"] = list(self.disagreed)
+        d["answered"] = list(self.answered)
         return d

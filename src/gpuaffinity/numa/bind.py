@@ -12,24 +12,26 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from gpuaffinity.core.cpulist import format_cpulist
-from gpuaffinity.core.errors import GpuAffinityError
+from gpuaffinity.core.errors import BindError  # with every other error; importable from here too
+from gpuaffinity.core.notes import attention
+from gpuaffinity.core.record import field, record
+from gpuaffinity.core.settings import MEMORY_POLICIES, SIM_ALLOWED_VAR  # named once, in settings
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 MPOL_DEFAULT, MPOL_PREFERRED, MPOL_BIND, MPOL_INTERLEAVE, MPOL_LOCAL, MPOL_PREFERRED_MANY = 0, 1, 2, 3, 4, 5
-MEMORY_POLICIES = ("bind", "preferred", "none")
+
 _SYSCALLS = {"x86_64": (238, 239), "aarch64": (237, 236), "ppc64le": (261, 260)}  # set_, get_mempolicy
 _MASK_BITS = 1024
 
 
-class BindError(GpuAffinityError):
-    """Binding failed (under the ``error`` failure policy); the message names the cause."""
 
 
-@dataclass
+@record
 class BindRecord:
     """What a bind applied, and what it did not."""
 
@@ -57,15 +59,20 @@ class BindRecord:
         return f"GPU {self.pci_bus_id}, mode {self.mode}: {cpu}, {mem}"
 
 
+def _machine() -> str:
+    """The CPU architecture (``uname -m``), without importing platform."""
+    return os.uname().machine
+
+
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
 def _syscall_numbers() -> tuple[int, int]:
     try:
-        return _SYSCALLS[platform.machine()]
+        return _SYSCALLS[_machine()]
     except KeyError:
-        raise BindError(f"memory policy is not supported on {platform.machine()} by gpuaffinity yet; "
+        raise BindError(f"memory policy is not supported on {_machine()} by gpuaffinity yet; "
                         "use --memory none") from None
 
 
@@ -169,8 +176,17 @@ def apply(record: BindRecord, on_failure: str) -> BindRecord:
             old_policy = get_mempolicy()
     except (OSError, BindError):
         pass  # unreadable: undoing falls back to the default policy
+    cpus = record.cpus
+    if os.environ.get(SIM_ALLOWED_VAR) is not None:
+        # a simulated cpuset (sim run --cpuset) narrows the plan, never this process's real mask: a taskset or
+        # cgroup limit on the real process still holds
+        cpus = record.cpus & old_cpus
+        if cpus != record.cpus:
+            record.notes.append(attention(f"the simulated plan's CPUs {format_cpulist(record.cpus) or 'none'} are "
+                                          f"cut to {format_cpulist(cpus) or 'none'}, this process's real affinity "
+                                          "mask allows them"))
     try:
-        record.threads = set_affinity_all_threads(record.cpus)
+        record.threads = set_affinity_all_threads(cpus)
         record.cpus_applied = True
     except BindError as e:
         record.failures.append(str(e))

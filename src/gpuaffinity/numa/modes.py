@@ -26,20 +26,24 @@ allowed CPUs and no memory node.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TypeVar
-
 from gpuaffinity.core.cpulist import format_cpulist
+from gpuaffinity.core.notes import attention
+from gpuaffinity.core.record import record
+from gpuaffinity.core.settings import MODES
 from gpuaffinity.numa.query import Locality, allowed_memory_nodes
 from gpuaffinity.numa.sysfs import Sysfs
 
-MODES = ("node", "socket", "exclusive", "llc")
-T = TypeVar("T")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import TypeVar
+
+    T = TypeVar("T")
+
 _ASK = object()  # allowed_mems not given: read Mems_allowed
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Placement:
     """What one mode gives a GPU: the memory nodes to bind to, the CPUs, and notes."""
 
@@ -84,7 +88,7 @@ def place(loc: Locality, mode: str, allowed: frozenset[int], gpus_by_node: dict[
     online = fs.online_cpus(notes)
     usable = allowed if online is None else allowed & online
     if not loc.numa_nodes:
-        return Placement(mode, (), usable, (*notes, "no NUMA preference: every allowed CPU"))
+        return Placement(mode, (), usable, (*notes, attention("no NUMA preference: every allowed CPU")))
     pool = loc.cpus & usable
     nodes: tuple[int, ...] = loc.numa_nodes
     if mode == "node":
@@ -129,9 +133,9 @@ def _share(units: list[tuple[int, ...]], peers: list[str], rank: int, what: str,
     else:
         share = [units[rank % len(units)]]
         others = [r + 1 for r in range(len(peers)) if r % len(units) == rank % len(units) and r != rank]
-        notes.append(f"{len(units)} {what} for {len(peers)} GPUs on {where}: no {own} of its own for each GPU, "
-                     f"they are dealt round-robin: GPU {rank + 1} gets {format_cpulist(share[0])}, as does GPU "
-                     f"{format_cpulist(others)}")
+        notes.append(attention(f"{len(units)} {what} for {len(peers)} GPUs on {where}: no {own} of its own for "
+                               f"each GPU, they are dealt round-robin: GPU {rank + 1} gets "
+                               f"{format_cpulist(share[0])}, as does GPU {format_cpulist(others)}"))
     return frozenset(c for unit in share for c in unit)
 
 
@@ -141,8 +145,8 @@ def _exclusive(pool: frozenset[int], peers: list[str], rank: int, where: str, fs
     if len(cores) >= len(peers) or len(pool) <= len(cores):
         return _share(cores, peers, rank, "allowed core", "core", where, notes)
     threads = [(c,) for core in cores for c in core]  # core by core, so a share keeps siblings where it can
-    notes.append(f"{len(cores)} allowed cores for {len(peers)} GPUs on {where}: split by hardware thread, "
-                 "so siblings are split")
+    notes.append(attention(f"{len(cores)} allowed cores for {len(peers)} GPUs on {where}: split by hardware "
+                           "thread, so siblings are split"))
     return _share(threads, peers, rank, "allowed CPU", "core", where, notes)
 
 
@@ -186,8 +190,8 @@ def _memory_nodes(nodes: tuple[int, ...], loc: Locality, gpu_memory: bool, allow
         notes.append(f"node {n} has no memory: memory goes to the nearest node(s) with memory "
                      f"({format_cpulist(near) or 'unknown: memory left alone'})")
     if allowed_mems is not None and out - allowed_mems:
-        notes.append(f"memory on node(s) {format_cpulist(out - allowed_mems)} is not allowed to this process "
-                     f"(Mems_allowed_list {format_cpulist(allowed_mems) or 'empty'}, from its cgroup cpuset): left "
-                     "out of the memory policy")
+        notes.append(attention(f"memory on node(s) {format_cpulist(out - allowed_mems)} is not allowed to this "
+                               f"process (Mems_allowed_list {format_cpulist(allowed_mems) or 'empty'}, from its "
+                               "cgroup cpuset): left out of the memory policy"))
         out &= allowed_mems
     return tuple(sorted(out))

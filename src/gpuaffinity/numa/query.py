@@ -19,16 +19,17 @@ The rules, shape by shape, are in docs/numa.md.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from gpuaffinity.core.cpulist import format_cpulist, parse_cpulist
-from gpuaffinity.numa.sysfs import SYSFS_VAR, Sysfs, read_text, sysfs_root
+from gpuaffinity.core.errors import GpuAffinityError
+from gpuaffinity.core.record import record
+from gpuaffinity.core.settings import PROCFS_VAR, SIM_ALLOWED_VAR, SYSFS_VAR
+from gpuaffinity.numa.sysfs import Sysfs, read_text, sysfs_root
 
-#: Set by the simulator: the CPUs a simulated process may use (its simulated cpuset).
-SIM_ALLOWED_VAR = "GPUAFFINITY_SIM_ALLOWED_CPUS"
-PROCFS_VAR = "GPUAFFINITY_PROCFS_ROOT"
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 __all__ = ["SIM_ALLOWED_VAR", "SYSFS_VAR", "Locality", "allowed_cpus", "allowed_memory_nodes", "gpu_locality",
            "localities", "node_cpus", "nvml_affinity", "sysfs_root"]
@@ -43,7 +44,11 @@ def allowed_cpus() -> frozenset[int]:
     Kubernetes limits show here), or on a simulated machine the simulated cpuset."""
     sim = os.environ.get(SIM_ALLOWED_VAR)
     if sim is not None:
-        return parse_cpulist(sim)
+        try:
+            return parse_cpulist(sim)
+        except ValueError as e:
+            raise GpuAffinityError(f"{SIM_ALLOWED_VAR} (the simulator's cpuset) is not a CPU list: {e}; unset it "
+                                   "outside `gpuaffinity sim run`") from None
     return frozenset(os.sched_getaffinity(0))
 
 
@@ -62,7 +67,7 @@ def allowed_memory_nodes() -> frozenset[int] | None:
     return None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Locality:
     """Where a GPU sits.
 
@@ -100,35 +105,29 @@ NvmlAnswer = tuple[frozenset[int], ...]
 
 
 def nvml_affinity(bus_ids: Iterable[str]) -> dict[str, NvmlAnswer]:
-    """NVML's (nodes, CPUs, GPU memory nodes) for each GPU bus id; empty where NVML cannot tell."""
-    try:
-        import pynvml
+    """NVML's (nodes, CPUs, GPU memory nodes) for each GPU bus id; empty where NVML cannot tell.
 
-        pynvml.nvmlInit()
-    except Exception:
-        return {}
+    Through ``gpuaffinity.nvml_lite``: pynvml's very C calls, without importing pynvml."""
+    from gpuaffinity.nvml_lite import NvmlLiteError, Session
+
     out: dict[str, NvmlAnswer] = {}
     try:
-        for bus in bus_ids:
-            try:
-                h = pynvml.nvmlDeviceGetHandleByPciBusId(bus.encode())
-                nodes = pynvml.nvmlDeviceGetMemoryAffinity(h, 16, pynvml.NVML_AFFINITY_SCOPE_NODE)
-                cpus = pynvml.nvmlDeviceGetCpuAffinityWithinScope(h, 16, pynvml.NVML_AFFINITY_SCOPE_NODE)
-            except pynvml.NVMLError:
-                continue
-            own: frozenset[int] = frozenset()
-            try:  # only where the GPU's memory is a NUMA node; NOT_SUPPORTED elsewhere (measured on x86)
-                own = frozenset({int(pynvml.nvmlDeviceGetNumaNodeId(h))})
-            except (pynvml.NVMLError, AttributeError):
-                pass
-            out[bus] = (_bits(nodes), _bits(cpus), own)
-    finally:
-        pynvml.nvmlShutdown()
+        with Session() as nv:
+            for bus in bus_ids:
+                try:
+                    h = nv.handle(bus)
+                    nodes, cpus = nv.memory_affinity(h), nv.cpu_affinity(h)
+                except NvmlLiteError:
+                    continue
+                own: frozenset[int] = frozenset()
+                try:  # only where the GPU's memory is a NUMA node; NOT_SUPPORTED elsewhere (measured on x86)
+                    own = frozenset({nv.numa_node_id(h)})
+                except NvmlLiteError:
+                    pass
+                out[bus] = (nodes, cpus, own)
+    except NvmlLiteError:
+        return out
     return out
-
-
-def _bits(words: Iterable[int]) -> frozenset[int]:
-    return frozenset(w * 64 + b for w, word in enumerate(words) for b in range(64) if word >> b & 1)
 
 
 def driver_gpu_memory_node(pci_bus_id: str) -> int | None:
@@ -226,8 +225,9 @@ def gpu_locality(pci_bus_id: str, allowed: frozenset[int] | None = None,
         local &= online
     cpus = local & allowed
     if local and not cpus:
-        notes.append(f"none of this GPU's local CPUs ({format_cpulist(local)}) is allowed to this process "
-                     f"(allowed: {format_cpulist(allowed) or 'none'}; affinity mask or cgroup cpuset)")
+        # plain info: binding fails on it with its own error, which says the same thing once
+        notes.append(f"none of this GPU's local CPUs ({format_cpulist(local)}) is allowed to this "
+                     f"process (allowed: {format_cpulist(allowed) or 'none'}; affinity mask or cgroup cpuset)")
     return Locality(pci_bus_id, tuple(sorted(nodes)), cpus, local, source, tuple(notes), tuple(sorted(own)),
                     tuple(sorted(users)))
 

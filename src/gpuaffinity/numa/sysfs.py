@@ -12,14 +12,16 @@ skip or that contradicts another.  Nothing here binds or asks NVML.
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from gpuaffinity.core.cpulist import format_cpulist, parse_cpulist, parse_cpumask
+from gpuaffinity.core.settings import SYSFS_VAR
 
-SYSFS_VAR = "GPUAFFINITY_SYSFS_ROOT"
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
 NVIDIA_VENDOR = "0x10de"
 GPU_CLASSES = ("0x0300", "0x0302")  # VGA and 3D controllers: GPUs, not NVSwitches (0x0680) or audio (0x0403)
 
@@ -35,6 +37,16 @@ def read_text(path: Path) -> str | None:
         return path.read_text(errors="replace").strip(" \t\n\r\v\f\0")
     except OSError:
         return None
+
+
+def _has_memory(meminfo: str) -> bool:
+    """A node's ``meminfo`` ("Node 0 MemTotal:  65536 kB") names a MemTotal other than 0."""
+    at = meminfo.find("MemTotal:")
+    if at < 0:
+        return False
+    rest = meminfo[at + len("MemTotal:"):].lstrip(" \t")
+    digits = rest[:len(rest) - len(rest.lstrip("0123456789"))]
+    return bool(digits.strip("0"))
 
 
 class Sysfs:
@@ -208,8 +220,7 @@ class Sysfs:
                 text = self.text(f"devices/system/node/node{node}/meminfo")
                 if text is None:
                     return None
-                total = re.search(r"MemTotal:\s*(\d+)", text)
-                if total and int(total[1]):
+                if _has_memory(text):
                     found.add(node)
             return frozenset(found)
         return self._once(compute, notes)

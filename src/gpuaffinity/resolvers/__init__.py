@@ -1,4 +1,4 @@
-"""Built-in strategies, each a pluggy plugin in a module of its own."""
+"""Built-in strategies, each a plugin in a module of its own (called directly: gpuaffinity.core.plugins)."""
 
 from __future__ import annotations
 

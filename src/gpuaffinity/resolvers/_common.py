@@ -2,16 +2,50 @@
 
 from __future__ import annotations
 
-from gpuaffinity.core.cvd import CvdResult, apply_cvd
-from gpuaffinity.core.hookspec import ResolveContext
+import os
+import sys
+
+from gpuaffinity.core.strategy import ResolveContext
 
 
-def visible_devices(ctx: ResolveContext) -> CvdResult:
-    """The driver's grammar applied to this machine, in PCI order, computed once per resolution."""
-    res = ctx.scratch.get("_cvd")
-    if res is None:
-        res = ctx.scratch["_cvd"] = apply_cvd(ctx.cvd, ctx.inventory.gpus, None, ctx.device_order)
-    return res
+def libcuda_mapped() -> bool | None:
+    """Whether a ``libcuda.so*`` file is mapped into this process (/proc/self/maps); None when that cannot be read.
+
+    The CUDA driver API lives in libcuda alone, which is only ever loaded as a shared library (the runtime
+    and every binding dlopen ``libcuda.so.1``): a process without it mapped cannot have initialised CUDA."""
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            maps = f.read()
+    except OSError:
+        return None
+    return b"/libcuda.so" in maps
+
+
+def cuda_initialized_here() -> bool:
+    """True when libcuda is loaded in this process and cuInit has succeeded; initialises nothing.
+
+    When ctypes is not loaded yet and libcuda is not mapped, the answer is False without loading ctypes (a
+    fresh process's first resolve); otherwise libcuda is asked, with RTLD_NOLOAD, whether a device count can
+    be had."""
+    # /proc/self/maps is cheap in a fresh process and megabytes in one with torch's libraries (ms to read): read
+    # it only to avoid loading ctypes, never when ctypes is already here
+    if "ctypes" not in sys.modules and libcuda_mapped() is False:
+        return False
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL("libcuda.so.1", mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+    except OSError:
+        return False
+    n = ctypes.c_int(0)
+    return lib.cuDeviceGetCount(ctypes.byref(n)) == 0
+
+
+def cuda_up(ctx: ResolveContext) -> bool:
+    """cuda_initialized_here(), asked once per resolution."""
+    if "cuda_up" not in ctx.scratch:
+        ctx.scratch["cuda_up"] = cuda_initialized_here()
+    return ctx.scratch["cuda_up"]
 
 
 def integers_index_unknown_order(ctx: ResolveContext) -> str | None:
@@ -19,7 +53,7 @@ def integers_index_unknown_order(ctx: ResolveContext) -> str | None:
 
     Integers (and an unset variable) index CUDA's base order.  Under
     FASTEST_FIRST (the default) that order puts faster models first: it equals
-    PCI order only when every GPU is the same model.
+    PCI order only when every GPU this process can open is the same model.
     """
     cvd = ctx.cvd
     if cvd is not None and cvd.startswith(("GPU-", "MIG-")):

@@ -9,13 +9,14 @@ inventory, shared with the other strategies.
 
 from __future__ import annotations
 
-from gpuaffinity.core.hookspec import Cost, ResolveContext, hookimpl
 from gpuaffinity.core.model import Abstain, Answer
-from gpuaffinity.resolvers._common import integers_index_unknown_order, visible_devices
+from gpuaffinity.core.strategy import Cost, ResolveContext, Strategy
+from gpuaffinity.resolvers._common import integers_index_unknown_order
 
 
-class CvdStrategy:
+class CvdStrategy(Strategy):
     name = "cvd"
+    watchdog = False  # pure Python over the inventory: microseconds
     priority = 50
     describe = "CUDA_VISIBLE_DEVICES parsed with the driver's measured grammar (ints, UUIDs, prefixes, MIG)"
 
@@ -23,10 +24,10 @@ class CvdStrategy:
         return "cheap"
 
     def answer(self, ctx: ResolveContext, logical_id: int) -> Answer | Abstain:
-        why = integers_index_unknown_order(ctx)
+        why = integers_index_unknown_order(ctx) or ctx.grammar.unknown
         if why:
             return Abstain(why)
-        res = visible_devices(ctx)
+        res = ctx.grammar
         if logical_id >= len(res.devices):
             return Abstain(f"CUDA_VISIBLE_DEVICES shows {len(res.devices)} devices")
         dev = res.devices[logical_id]
@@ -35,6 +36,5 @@ class CvdStrategy:
         return Answer(gpu.uuid, mig, detail=f"entry {logical_id} is NVML {gpu.nvml_index}")
 
 
-@hookimpl
 def gpuaffinity_strategies() -> list[CvdStrategy]:
     return [CvdStrategy()]

@@ -8,103 +8,149 @@ multiprocessing "fork" pool).  So:
 * If CUDA is already initialised in this process (someone else paid, and the
   fork hazard exists anyway), the query runs here: cheap, a few microseconds
   a device.
-* Otherwise it runs in a short-lived child process (``python -m
-  gpuaffinity.resolvers.pci``), never here: expensive (an interpreter start
-  plus ``cuInit``), so the chain asks it only when no cheaper strategy
-  answered, when cheaper ones disagree, or under the strict policy.
+* Otherwise it runs in a short-lived child process, never here: expensive
+  (``cuInit``, about 0.1 s on an H200 host), so the chain asks it only when
+  something calls for it (core/chain.py) or under the strict policy.
   ``allow_subprocess=False`` (CLI ``--no-subprocess``, environment
   GPUAFFINITY_NO_SUBPROCESS=1) forbids the child.
 
-It uses cuda-python's ``cuda.bindings.driver`` when installed, else the
-driver library directly through ctypes.
+  The child is a fork of this process when this process has exactly one
+  thread (/proc/self/task) and no libcuda mapped (/proc/self/maps): fork
+  copies no lock another thread could hold, the copy starts no interpreter,
+  and it can initialise CUDA (a copy of a process that had initialised it
+  cannot).  With other threads it is a new
+  interpreter in isolated mode (``python -I``) whose whole program is _cuquery.py:
+  nothing from the caller's working directory, PYTHONPATH or user site is
+  imported into it, nor anything of gpuaffinity.  Either way the child sets
+  the variables being resolved, calls ``cuInit``, answers down a pipe and is
+  gone; the parent never initialises CUDA.
+
+The query is plain ctypes on ``libcuda.so.1``: the same functions
+cuda-python's bindings call, and no import to pay for.
 """
 
 from __future__ import annotations
 
-import ctypes
-import json
 import os
 import sys
-from typing import Any
+import time
 
-from gpuaffinity.core.errors import InvalidVisibleDevicesError
-from gpuaffinity.core.hookspec import Cost, ResolveContext, hookimpl
+from gpuaffinity.core.cvd import CUDA_ERROR_INVALID_DEVICE, CUDA_ERROR_NO_DEVICE
+from gpuaffinity.core.errors import InvalidVisibleDevicesError, shown
 from gpuaffinity.core.model import Abstain, Answer
+from gpuaffinity.core.settings import NO_SUBPROCESS_VAR
+from gpuaffinity.core.strategy import Cost, ResolveContext, Strategy
+from gpuaffinity.resolvers import _cuquery
+from gpuaffinity.resolvers._common import cuda_up, libcuda_mapped
+from gpuaffinity.resolvers._cuquery import query_driver
 
-NO_SUBPROCESS_VAR = "GPUAFFINITY_NO_SUBPROCESS"
-CUDA_ERROR_NOT_INITIALIZED = 3
-CUDA_ERROR_NO_DEVICE = 100
-CUDA_ERROR_INVALID_DEVICE = 101
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
-def cuda_initialized_here() -> bool:
-    """True when libcuda is loaded in this process and cuInit has succeeded; initialises nothing."""
+def child_program() -> str:
+    """The isolated child's whole program: _cuquery.py's text, then the query and its answer on stdout."""
+    with open(_cuquery.__file__, encoding="utf-8") as f:
+        return f.read() + "\nimport json\nprint(json.dumps(query_driver(True)))\n"
+
+
+
+def _single_threaded() -> bool:
+    """No other thread in this process, Python's or a library's (/proc/self/task): fork() is safe here."""
     try:
-        lib = ctypes.CDLL("libcuda.so.1", mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        return len(os.listdir("/proc/self/task")) == 1
     except OSError:
         return False
-    n = ctypes.c_int(0)
-    return lib.cuDeviceGetCount(ctypes.byref(n)) == 0
 
 
-def query_driver(init: bool) -> dict[str, Any]:
-    """Each CUDA device's PCI bus id and UUID (MIG instance's where there is one), from the driver."""
+def _forked_probe(env: dict[str, str | None], timeout: float, meanwhile: Any = None) -> dict[str, Any] | None:
+    """query_driver(init=True) in a forked copy of this process: no interpreter to start.  Only while this
+    process has one thread (a fork copies no lock another thread holds) and has no libcuda mapped (a fork of a
+    process that initialised CUDA cannot initialise it again: cuInit fails in the copy).
+
+    None when fork() itself fails (out of processes or memory): the caller tries the isolated interpreter.
+    Robust to the caller's process state: SIGCHLD ignored or reaped by someone else (the answer is in the pipe
+    already), a pipe descriptor above 1023 (poll, not select), an interrupt while waiting (the child is killed
+    and reaped, the descriptors closed)."""
+    import json
+    import select
+    import signal
+
+    r, w = os.pipe()
     try:
-        from cuda.bindings import driver
-    except ImportError:
-        return _query_ctypes(init)
-    if init:
-        (rc,) = driver.cuInit(0)
-        if rc != driver.CUresult.CUDA_SUCCESS:
-            return {"rc": int(rc), "via": "cuda.bindings", "devices": []}
-    rc, n = driver.cuDeviceGetCount()
-    if rc != driver.CUresult.CUDA_SUCCESS:
-        return {"rc": int(rc), "via": "cuda.bindings", "devices": []}
-    devices = []
-    for i in range(n):
-        _, bus = driver.cuDeviceGetPCIBusId(32, i)
-        _, uuid = getattr(driver, "cuDeviceGetUuid_v2", driver.cuDeviceGetUuid)(i)  # MIG instances have their own
-        devices.append([bus.split(b"\0", 1)[0].decode(), bytes(uuid.bytes).hex()])
-    return {"rc": 0, "via": "cuda.bindings", "devices": devices}
-
-
-def _query_ctypes(init: bool) -> dict[str, Any]:
+        pid = os.fork()
+    except OSError:
+        os.close(r)
+        os.close(w)
+        return None
+    if pid == 0:  # the child: the variables of this resolution, cuInit, the answer down the pipe, gone
+        try:
+            os.close(r)
+            for var, value in env.items():
+                if value is None:
+                    os.environ.pop(var, None)
+                else:
+                    os.environ[var] = value
+            data = json.dumps(query_driver(True)).encode()
+            while data:
+                data = data[os.write(w, data):]
+        finally:
+            os._exit(0)
+    os.close(w)
+    chunks: list[bytes] = []
+    finished = False
     try:
-        cu = ctypes.CDLL("libcuda.so.1")
-    except OSError as e:
-        return {"rc": -1, "via": "ctypes", "error": f"libcuda.so.1 not loadable: {e}", "devices": []}
-    if init:
-        rc = cu.cuInit(0)
-        if rc:
-            return {"rc": rc, "via": "ctypes", "devices": []}
-    n = ctypes.c_int(0)
-    rc = cu.cuDeviceGetCount(ctypes.byref(n))
-    if rc:
-        return {"rc": rc, "via": "ctypes", "devices": []}
-    get_uuid = getattr(cu, "cuDeviceGetUuid_v2", None) or cu.cuDeviceGetUuid
-    devices = []
-    for i in range(n.value):
-        bus = ctypes.create_string_buffer(32)
-        cu.cuDeviceGetPCIBusId(bus, 32, i)
-        raw = (ctypes.c_ubyte * 16)()
-        get_uuid(raw, i)
-        devices.append([bus.value.decode(), bytes(raw).hex()])
-    return {"rc": 0, "via": "ctypes", "devices": devices}
+        if meanwhile is not None:  # the parent's own work while the child waits for the driver; never fails it
+            try:
+                meanwhile()
+            except Exception:
+                pass
+        deadline = time.monotonic() + timeout  # from here: the parent's own work is not the child's time
+        poller = select.poll()
+        poller.register(r, select.POLLIN | select.POLLHUP)
+        while True:
+            left = deadline - time.monotonic()
+            # past the deadline, still take what is already in the pipe (poll with 0) before giving up
+            if not poller.poll(max(0.0, left) * 1000.0):
+                break
+            chunk = os.read(r, 65536)
+            if not chunk:
+                finished = True
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(r)
+        if not finished:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:  # SIGCHLD ignored, or another handler reaped it: nothing left to wait for
+            pass
+    if not finished:
+        return {"rc": None, "devices": [], "error": f"the CUDA probe took over {timeout:g} s"}
+    try:
+        return json.loads(b"".join(chunks))
+    except ValueError:
+        return {"rc": None, "devices": [], "error": "the CUDA probe (a forked copy) died before it answered"}
 
 
-class PciStrategy:
+class PciStrategy(Strategy):
     name = "pci"
+    watchdog = False  # its child has a timeout of its own (options['timeout'])
+    budget = 600.0
     priority = 100
+    asks_driver = True
     describe = "CUDA driver's cuDeviceGetPCIBusId matched to NVML's bus ids (in a child unless CUDA is up here)"
 
     def cost(self, ctx: ResolveContext) -> Cost:
         return "cheap" if self._in_process(ctx) else "expensive"
 
     def _in_process(self, ctx: ResolveContext) -> bool:
-        key = "pci.in_process"
-        if key not in ctx.scratch:
-            ctx.scratch[key] = cuda_initialized_here()
-        return ctx.scratch[key]
+        return cuda_up(ctx)
 
     def _table(self, ctx: ResolveContext) -> dict[str, Any]:
         if "pci.table" in ctx.scratch:
@@ -112,7 +158,7 @@ class PciStrategy:
         if self._in_process(ctx):
             table = query_driver(init=False)
             table["where"] = "in this process (CUDA was already initialised)"
-        elif not ctx.options.get("allow_subprocess", True) or os.environ.get(NO_SUBPROCESS_VAR, "") not in ("", "0"):
+        elif not ctx.options.get("allow_subprocess", True):
             table = {"rc": None, "devices": [], "error": "CUDA is not initialised here and subprocesses are "
                      f"disabled (allow_subprocess=False or {NO_SUBPROCESS_VAR}); gpuaffinity will not cuInit in "
                      "a process that may fork"}
@@ -122,6 +168,20 @@ class PciStrategy:
         return table
 
     def _probe_child(self, ctx: ResolveContext) -> dict[str, Any]:
+        timeout = float(ctx.options.get("timeout", 120))
+        # fork only with one thread and no libcuda mapped: a copy of a process that initialised CUDA (a forked
+        # worker of a CUDA parent, where CUDA is not "up" any more) cannot initialise it, so it gets a new
+        # interpreter, which can
+        if _single_threaded() and libcuda_mapped() is False:
+            from gpuaffinity import _state
+
+            work, _state.while_probing = _state.while_probing, None
+            buses = [g.pci_bus_id for g in ctx.inventory.gpus]
+            table = _forked_probe(ctx.env, timeout, None if work is None else lambda: work(buses))
+            if table is not None:
+                table["where"] = "in a child process (a fork of this one)"
+                return table
+        import json
         import subprocess
 
         env = dict(os.environ)
@@ -130,10 +190,9 @@ class PciStrategy:
                 env.pop(var, None)
             else:
                 env[var] = value
-        timeout = float(ctx.options.get("timeout", 120))
         try:
-            proc = subprocess.run([sys.executable, "-m", "gpuaffinity.resolvers.pci"], env=env, capture_output=True,
-                                  text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+            proc = subprocess.run(child_command(), env=env, capture_output=True, text=True, timeout=timeout,
+                                  stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             return {"rc": None, "devices": [], "error": f"the CUDA probe process took over {timeout:g} s"}
         try:
@@ -141,7 +200,7 @@ class PciStrategy:
         except (IndexError, ValueError):
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             return {"rc": None, "devices": [], "error": f"the CUDA probe process failed: {last}"}
-        table["where"] = "in a child process"
+        table["where"] = "in a child process (a new isolated interpreter)"
         return table
 
     def count(self, ctx: ResolveContext) -> int | None:
@@ -153,8 +212,8 @@ class PciStrategy:
             return None
         if table.get("rc") == CUDA_ERROR_INVALID_DEVICE:
             raise InvalidVisibleDevicesError(
-                f"the CUDA driver refuses CUDA_VISIBLE_DEVICES={ctx.cvd!r} with CUDA_DEVICE_ORDER="
-                f"{ctx.device_order!r} (cuInit returned CUDA_ERROR_INVALID_DEVICE): a device is named twice, or "
+                f"the CUDA driver refuses CUDA_VISIBLE_DEVICES={shown(ctx.cvd)} with CUDA_DEVICE_ORDER="
+                f"{shown(ctx.device_order)} (cuInit returned CUDA_ERROR_INVALID_DEVICE): a device is named twice, or "
                 "the order is not FASTEST_FIRST or PCI_BUS_ID; fix the variable")
         if table.get("rc") == CUDA_ERROR_NO_DEVICE:
             return 0
@@ -177,10 +236,16 @@ class PciStrategy:
         return Answer(gpu.uuid, mig, detail=f"cuDeviceGetPCIBusId({logical_id}) = {bus}, {table.get('where', '')}")
 
 
-@hookimpl
 def gpuaffinity_strategies() -> list[PciStrategy]:
     return [PciStrategy()]
 
 
-if __name__ == "__main__":  # the child process: initialise CUDA here, print, exit
-    print(json.dumps(query_driver(init=True)))
+def child_command() -> list[str]:
+    """The probe child: isolated (``python -I``), its whole program the ctypes query above."""
+    return [sys.executable, "-I", "-c", child_program()]
+
+
+if __name__ == "__main__":  # the same probe, by hand: initialise CUDA here, print, exit
+    import json
+
+    print(json.dumps(query_driver(True)))

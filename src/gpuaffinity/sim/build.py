@@ -1,9 +1,19 @@
-"""Build the fake libnvidia-ml.so.1 and libcuda.so.1 on first use.
+"""Build the fake libnvidia-ml.so.1 and libcuda.so.1 on first use, into a cache only this user controls.
 
 The libraries are compiled with the system C compiler into a per-user cache
-folder named after the hash of their sources, so an upgrade rebuilds and
-concurrent first uses do not trip over each other (each builds in a private
-folder and renames it into place).
+folder named after the hash of their sources, so an upgrade rebuilds.  Every
+program run under ``gpuaffinity sim run`` loads them, possibly as root, so the
+cache is trusted only when nobody else could have put them there:
+
+* the cache root, and each folder and library in it, must be owned by this
+  user and not writable by group or others, and must not be a symbolic link
+  (checked with lstat, not followed); otherwise SimulatorError, one line;
+* folders are created 0700;
+* a build happens in a private folder (mkdtemp, 0700) that is renamed into
+  place whole, so a concurrent first use, or a failed build, leaves nothing
+  half-built, and a library is never rewritten where a reader may load it;
+* the path is absolute, so LD_LIBRARY_PATH never names a folder relative to
+  whatever directory the program runs in.
 """
 
 from __future__ import annotations
@@ -11,25 +21,31 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
 
+from gpuaffinity.core.errors import SimulatorError
+
 CSRC = Path(__file__).with_name("csrc")
 LIBRARIES = {"libnvidia-ml.so.1": "nvml.c", "libcuda.so.1": "cuda.c"}
-CFLAGS = ["-O2", "-fPIC", "-shared", "-fvisibility=hidden", "-Wall", "-Wextra"]
+COMMON = "sim_common.c"  # compiled once, linked into both libraries (each keeps its own copy of the state)
+CFLAGS = ["-O2", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra"]
+CACHE_VAR = "GPUAFFINITY_SIM_CACHE"
 
 
-class SimulatorError(RuntimeError):
-    """The simulator cannot run; the message is one line saying why and what to do."""
+__all__ = ["SimulatorError", "cache_root", "check_owned", "library_dir"]
 
 
 def cache_root() -> Path:
-    env = os.environ.get("GPUAFFINITY_SIM_CACHE")
+    """The cache folder: $GPUAFFINITY_SIM_CACHE, else $XDG_CACHE_HOME/gpuaffinity, else ~/.cache/gpuaffinity;
+    always absolute."""
+    env = os.environ.get(CACHE_VAR)
     if env:
-        return Path(env)
+        return Path(os.path.abspath(env))
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "gpuaffinity"
+    return Path(os.path.abspath(base)) / "gpuaffinity"
 
 
 def find_compiler() -> str:
@@ -53,27 +69,80 @@ def source_hash() -> str:
     return h.hexdigest()[:16]
 
 
+def check_owned(path: Path, kind: str) -> None:
+    """SimulatorError unless ``path`` is a ``kind`` ("folder" or "file", no symbolic link) owned by this user
+    and not writable by group or others."""
+    st = os.lstat(path)
+    fix = f"remove it, or set {CACHE_VAR} to a folder of your own"
+    if stat.S_ISLNK(st.st_mode):
+        raise SimulatorError(f"refusing the simulator cache: {path} is a symbolic link; {fix}")
+    if not (stat.S_ISDIR(st.st_mode) if kind == "folder" else stat.S_ISREG(st.st_mode)):
+        raise SimulatorError(f"refusing the simulator cache: {path} is not a {kind}; {fix}")
+    if st.st_uid != os.geteuid():
+        raise SimulatorError(f"refusing the simulator cache: {path} belongs to uid {st.st_uid}, not to you "
+                             f"(uid {os.geteuid()}); {fix}")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise SimulatorError(f"refusing the simulator cache: {path} is writable by group or others "
+                             f"(mode {stat.S_IMODE(st.st_mode):o}); {fix}")
+
+
+def _root() -> Path:
+    """The cache root, created 0700 if missing, checked either way."""
+    root = cache_root()
+    try:
+        os.makedirs(root.parent, exist_ok=True)
+        os.mkdir(root, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise SimulatorError(f"cannot create the simulator cache {root}: {e.strerror or e}; "
+                             f"set {CACHE_VAR} to a folder you may write") from None
+    check_owned(root, "folder")
+    return root
+
+
+def _built(target: Path) -> bool:
+    """Whether ``target`` holds both libraries; SimulatorError if it exists but cannot be trusted."""
+    try:
+        check_owned(target, "folder")
+    except FileNotFoundError:
+        return False
+    for lib in LIBRARIES:
+        try:
+            check_owned(target / lib, "file")
+        except FileNotFoundError:
+            raise SimulatorError(f"the simulator cache {target} lacks {lib}; remove the folder and run again") \
+                from None
+    return True
+
+
+def _compile(cc: str, args: list[str], what: str) -> None:
+    proc = subprocess.run([cc, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        first = next((ln for ln in proc.stderr.splitlines() if "error" in ln), proc.stderr.strip())
+        raise SimulatorError(f"building the simulated {what} with {cc} failed: {first[:300]}")
+
+
 def library_dir() -> Path:
     """The folder holding both built libraries, building them if needed."""
-    target = cache_root() / f"sim-{source_hash()}"
-    if all((target / lib).is_file() for lib in LIBRARIES):
+    root = _root()
+    target = root / f"sim-{source_hash()}"
+    if _built(target):
         return target
     cc = find_compiler()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
+    work = Path(tempfile.mkdtemp(prefix=".build-", dir=root))  # 0700, ours
     try:
+        common = work / "sim_common.o"
+        _compile(cc, [*CFLAGS, "-c", "-o", str(common), str(CSRC / COMMON)], COMMON)
         for lib, src in LIBRARIES.items():
-            cmd = [cc, *CFLAGS, "-o", str(work / lib), f"-Wl,-soname,{lib}", str(CSRC / src),
-                   "-lpthread", "-ldl"]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                first = next((ln for ln in proc.stderr.splitlines() if "error" in ln), proc.stderr.strip())
-                raise SimulatorError(f"building the simulated {lib} with {cc} failed: {first[:300]}")
+            _compile(cc, [*CFLAGS, "-shared", "-o", str(work / lib), f"-Wl,-soname,{lib}", str(CSRC / src),
+                          str(common), "-lpthread", "-ldl"], lib)
+            os.chmod(work / lib, 0o755)
+        common.unlink()
         try:
-            work.rename(target)
+            work.rename(target)  # atomic: the whole folder appears at once
         except OSError:
-            # another process finished first; its libraries are identical
-            if not all((target / lib).is_file() for lib in LIBRARIES):
+            if not _built(target):  # another process finished first; its libraries are identical
                 raise
     finally:
         if work.exists():

@@ -20,7 +20,7 @@ import sys
 def main() -> int:
     import gpuaffinity
     from gpuaffinity.inventory import read_inventory
-    from gpuaffinity.numa.query import localities
+    from gpuaffinity.placement import locate
 
     try:
         devices = gpuaffinity.resolve_all(policy="strict")
@@ -28,7 +28,7 @@ def main() -> int:
         print(f"gpuaffinity: {e}", file=sys.stderr)
         return 1
     gpus = read_inventory().gpus
-    locs = localities([g.pci_bus_id for g in gpus])
+    locs = locate(g.pci_bus_id for g in gpus)
 
     def node(bus: str) -> str:
         return ",".join(map(str, locs[bus].numa_nodes)) or "none"

@@ -13,24 +13,19 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gpuaffinity.core.cpulist import format_cpulist, parse_cpulist
+from gpuaffinity.core.settings import DEV_VAR, PROCFS_VAR, SYSFS_VAR
+from gpuaffinity.core.settings import SIM_ALLOWED_VAR as ALLOWED_VAR
+from gpuaffinity.core.settings import SIM_CONFIG_VAR as CONFIG_VAR
+from gpuaffinity.core.settings import SIM_COUNTERS_VAR as COUNTERS_VAR
+from gpuaffinity.core.settings import SIM_FAULTS_VAR as FAULTS_VAR
+from gpuaffinity.core.settings import SIM_TOPOLOGY_VAR as TOPOLOGY_VAR
 from gpuaffinity.sim.build import SimulatorError, library_dir
-from gpuaffinity.sim.render import render_config, render_procfs, render_sysfs
-from gpuaffinity.sim.topology import Topology, load_topology
-
-#: Environment variables the simulator reads (see csrc/sim_common.h).
-CONFIG_VAR = "GPUAFFINITY_SIM_CONFIG"
-FAULTS_VAR = "GPUAFFINITY_SIM_FAULTS"
-COUNTERS_VAR = "GPUAFFINITY_SIM_COUNTERS"
-#: Where gpuaffinity itself reads sysfs and procfs from (default /sys and /proc).
-SYSFS_VAR = "GPUAFFINITY_SYSFS_ROOT"
-PROCFS_VAR = "GPUAFFINITY_PROCFS_ROOT"
-TOPOLOGY_VAR = "GPUAFFINITY_SIM_TOPOLOGY"
-#: The simulated process's cpuset (gpuaffinity.numa reads it instead of the real affinity mask).
-ALLOWED_VAR = "GPUAFFINITY_SIM_ALLOWED_CPUS"
+from gpuaffinity.sim.render import render_config, render_dev, render_driver_binding, render_procfs, render_sysfs
+from gpuaffinity.sim.topology import ProcessView, Topology, load_topology
 
 
 @dataclass(frozen=True)
@@ -43,32 +38,70 @@ class SimMachine:
     env: dict[str, str]
 
 
+#: What the C side holds (csrc/sim_common.h): SIM_MAX_FAULTS faults, the whole value in a 4096-byte buffer.
+MAX_FAULTS = 32
+MAX_FAULTS_TEXT = 4095
+
+
+def entry_points() -> frozenset[str]:
+    """Every function the simulated libraries export (read from their sources)."""
+    import re
+
+    found: set[str] = set()
+    for src in sorted(Path(__file__).with_name("csrc").glob("*.c")):
+        found.update(re.findall(r"SIM_EXPORT\s+[\w\s*]+?\b(\w+)\s*\(", src.read_text()))
+    return frozenset(found - {"gpuaffinitySimCallCount"})
+
+
 def check_fault(spec: str) -> str:
-    """Validate one ``NAME=CODE[:TIMES]`` fault; return it, or raise ValueError."""
+    """Validate one ``NAME=CODE[:TIMES]`` fault; return it, or raise ValueError (one line)."""
     name, eq, rest = spec.partition("=")
     code, _, times = rest.partition(":")
-    ok = bool(eq) and name.isidentifier() and _is_int(code) and (not times or times.isdigit())
+    ok = bool(eq) and name.isidentifier() and name.isascii() and _is_int(code) and (
+        not times or (times.isascii() and times.isdigit() and len(times) < 10))
     if not ok:
-        raise ValueError(f"bad fault {spec!r}: want NAME=CODE or NAME=CODE:TIMES, e.g. cuInit=999 or "
+        raise ValueError(f"bad fault {spec[:80]!r}: want NAME=CODE or NAME=CODE:TIMES, e.g. cuInit=999 or "
                          "nvmlDeviceGetHandleByIndex=15:1")
+    known = entry_points()
+    # a name without a suffix also covers its _vN and WithFlags variants (csrc/sim_common.h)
+    if not any(k == name or k.startswith(name) and (k[len(name):] == "WithFlags" or
+                                                    k[len(name):len(name) + 2] == "_v") for k in known):
+        raise ValueError(f"unknown fault name {name!r}: the simulator has no such entry point (see "
+                         "docs/simulator.md; e.g. nvmlInit, nvmlDeviceGetHandleByIndex, cuInit)")
     return spec
 
 
+def check_faults(specs: Sequence[str]) -> list[str]:
+    """Validate every fault and what the simulator can hold of them; ValueError (one line) otherwise."""
+    out = [check_fault(f) for f in specs]
+    if len(out) > MAX_FAULTS:
+        raise ValueError(f"{len(out)} faults: the simulator holds at most {MAX_FAULTS}")
+    if len(",".join(out)) > MAX_FAULTS_TEXT:
+        raise ValueError(f"the faults take {len(','.join(out))} characters: the simulator holds at most "
+                         f"{MAX_FAULTS_TEXT}")
+    return out
+
+
 def _is_int(s: str) -> bool:
+    if not s.isascii() or len(s) > 12:
+        return False
     try:
-        int(s, 0)
+        value = int(s, 0)
     except ValueError:
         return False
-    return True
+    return -(1 << 31) <= value < 1 << 31
 
 
 @contextmanager
 def simulated(topology: Topology | str | os.PathLike[str], *, faults: Sequence[str] = (),
               counters: str | os.PathLike[str] | None = None, cpuset: str | None = None,
-              base_env: Mapping[str, str] | None = None) -> Iterator[SimMachine]:
+              base_env: Mapping[str, str] | None = None, process: ProcessView | None = None) -> Iterator[SimMachine]:
+    """The machine ready to run programs on; ``process`` replaces the topology's own process view
+    (which GPUs the process can open, and how the others are kept away)."""
     topo = topology if isinstance(topology, Topology) else load_topology(os.fspath(topology))
-    for f in faults:
-        check_fault(f)
+    if process is not None:
+        topo = replace(topo, process=process)
+    check_faults(faults)
     allowed = topo.cpus
     if cpuset is not None:
         try:
@@ -85,20 +118,30 @@ def simulated(topology: Topology | str | os.PathLike[str], *, faults: Sequence[s
         config.write_text(render_config(topo))
         sysfs = folder / "sys"
         render_sysfs(topo, sysfs)
+        render_driver_binding(topo, sysfs)
         render_procfs(topo, folder / "proc")
+        render_dev(topo, folder / "dev")
         env = dict(os.environ if base_env is None else base_env)
+        for var, value in topo.process.env:  # what the scheduler sets, unless the caller set it
+            env.setdefault(var, value)
         old = env.get("LD_LIBRARY_PATH")
         env["LD_LIBRARY_PATH"] = f"{libdir}{os.pathsep}{old}" if old else str(libdir)
         env[CONFIG_VAR] = str(config)
         env[SYSFS_VAR] = str(sysfs)
         env[PROCFS_VAR] = str(folder / "proc")
+        env[DEV_VAR] = str(folder / "dev")
         env[TOPOLOGY_VAR] = topo.source
         env[ALLOWED_VAR] = format_cpulist(allowed)
         if faults:
             env[FAULTS_VAR] = ",".join(faults)
         if counters is not None:
-            os.makedirs(counters, exist_ok=True)
-            env[COUNTERS_VAR] = os.fspath(counters)
+            counters = os.path.abspath(counters)
+            try:
+                os.makedirs(counters, exist_ok=True)
+            except OSError as e:
+                raise SimulatorError(f"--counters {counters}: cannot use it as a folder ({e.strerror or e})") \
+                    from None
+            env[COUNTERS_VAR] = counters
         yield SimMachine(topo, folder, libdir, config, sysfs, env)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

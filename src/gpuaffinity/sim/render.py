@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 from gpuaffinity.core.cpulist import format_cpulist, format_cpumask, parse_cpulist, to_mask_words
@@ -46,6 +48,12 @@ def _mask(numbers: frozenset[int]) -> str:
     return ",".join(f"{w:x}" for w in words)
 
 
+def mig_cap_minor(gpu_minor: int, mig_index: int) -> int:
+    """The minor of /dev/nvidia-caps/nvidia-cap<N> that grants use of a MIG instance (1 and 2 are the
+    driver's MIG config and monitor capabilities, as on the lent hosts)."""
+    return 3 + 8 * gpu_minor + mig_index
+
+
 def render_config(topo: Topology) -> str:
     """The line format documented at the top of csrc/sim_common.h."""
     ranks = {idx: pos for pos, idx in enumerate(topo.cuda_default_order())}
@@ -60,12 +68,12 @@ def render_config(topo: Topology) -> str:
         lines.append(
             f"gpu {g.uuid} {g.pci_bus_id} {dom} {bus} {dev} {fn} {g.pci_device_id:#x} {g.pci_subsystem_id:#x} "
             f"{ranks[i]} {g.numa_node} {g.memory_mib} {g.compute_capability[0]} {g.compute_capability[1]} "
-            f"{g.multiprocessors} {g.name}")
+            f"{g.multiprocessors} {i} {g.name}")
         for kind, nums in gpu_locality(topo, g).items():
             lines.append(f"mask {kind} {_mask(nums)}")
-        for m in g.migs:
+        for j, m in enumerate(g.migs):
             lines.append(f"mig {m.uuid} {m.gpu_instance} {m.compute_instance} {m.memory_mib} "
-                         f"{m.multiprocessors} {m.name}")
+                         f"{m.multiprocessors} {mig_cap_minor(i, j)} {m.name}")
     return "\n".join(lines) + "\n"
 
 
@@ -189,12 +197,28 @@ def _render_caches(put, quirks: set[str], base: str, siblings: tuple[int, ...], 
         put(f"{base}/index{i}/shared_cpu_map", format_cpumask(parse_cpulist(shared)))
 
 
+def render_driver_binding(topo: Topology, root: Path) -> None:
+    """``bus/pci/drivers/nvidia/<bus>`` under ``root`` (which stands for /sys): every GPU of the host is bound
+    to the driver, whatever the process may open (containers do not mask sysfs)."""
+    drv = root / "bus" / "pci" / "drivers" / "nvidia"
+    drv.mkdir(parents=True, exist_ok=True)
+    for g in topo.gpus:
+        (drv / g.pci_bus_id).symlink_to(f"../../../../devices/pci0000:00/{g.pci_bus_id}")
+    for name in ("bind", "unbind", "new_id", "remove_id", "uevent"):
+        (drv / name).write_text("")
+
+
 def render_procfs(topo: Topology, root: Path) -> None:
     """The driver's /proc/driver/nvidia files, under ``root`` (which stands for /proc).
 
-    The ``information`` layout is the one driver 580.159.04 writes (seen on the lent H200s)."""
+    The ``information`` layout is the one driver 580.159.04 writes (seen on the lent H200s).  Every GPU of
+    the host is listed, as the driver does for any process, unless the topology's process view is
+    ``proc = "masked"`` (the NVIDIA container toolkit hides the other GPUs' folders)."""
     base = root / "driver" / "nvidia"
+    view = topo.process
     for minor, g in enumerate(topo.gpus):
+        if view.proc == "masked" and not view.opens(minor):
+            continue
         info = base / "gpus" / g.pci_bus_id / "information"
         info.parent.mkdir(parents=True, exist_ok=True)
         info.write_text(
@@ -205,7 +229,31 @@ def render_procfs(topo: Topology, root: Path) -> None:
         caps = base / "capabilities" / f"gpu{minor}" / "mig"
         caps.mkdir(parents=True, exist_ok=True)
         (caps / "config").write_text("DeviceFileMinor: 1\nDeviceFileMode: 256\nDeviceFileModify: 1\n")
-        for m in g.migs:
+        for j, m in enumerate(g.migs):
             ci = caps / f"gi{m.gpu_instance}" / f"ci{m.compute_instance}"
             ci.mkdir(parents=True, exist_ok=True)
-            (ci / "access").write_text("DeviceFileMinor: 2\nDeviceFileMode: 292\nDeviceFileModify: 1\n")
+            (ci / "access").write_text(f"DeviceFileMinor: {mig_cap_minor(minor, j)}\nDeviceFileMode: 292\n"
+                                       "DeviceFileModify: 1\n")
+
+
+def render_dev(topo: Topology, root: Path) -> None:
+    """The device nodes, under ``root`` (which stands for /dev), as the topology's process view has them.
+
+    A node this process may open is a plain file.  One kept from it is missing (``others = "absent"``)
+    or is a socket, which open() refuses with ENXIO (``"denied"``, standing for a device cgroup's EPERM:
+    root may open any plain file, so a refused open needs a node that cannot be opened at all)."""
+    view = topo.process
+    caps = root / "nvidia-caps"
+    caps.mkdir(parents=True)
+    (root / "nvidiactl").write_text("")
+
+    def node(path: Path, usable: bool) -> None:
+        if usable:
+            path.write_text("")
+        elif view.others == "denied":
+            os.mknod(path, stat.S_IFSOCK | 0o666)  # no privilege needed for a socket node
+
+    for minor, g in enumerate(topo.gpus):
+        node(root / f"nvidia{minor}", view.opens(minor))
+        for j, m in enumerate(g.migs):
+            node(caps / f"nvidia-cap{mig_cap_minor(minor, j)}", view.opens(minor) and view.uses_mig(m.uuid))

@@ -2,7 +2,10 @@
  * identify devices, with CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER applied
  * the way driver 580.159.04 applies them (docs/cvd-grammar.md holds the
  * measured table this follows).  Everything else is absent, so callers see
- * "symbol not found" as they would with an old driver. */
+ * "symbol not found" as they would with an old driver.  Only the GPUs (and
+ * MIG instances) this process can open take part, as with the real driver
+ * (sim_common.h: GPUAFFINITY_DEV_ROOT): the others are not in the base order,
+ * and their UUIDs name nothing. */
 #include "sim_common.h"
 
 #include <dlfcn.h>
@@ -47,10 +50,9 @@ __attribute__((constructor)) static void cu_setup(void) {
 
 /* ---- enumeration ------------------------------------------------------- */
 
-/* The base order: NVML (PCI) order, or by each GPU's cuda_rank (ties in PCI order). */
+/* The base order of the GPUs this process can open: PCI order, or by each GPU's cuda_rank (ties in PCI order). */
 static int cu_base_order(const char *order, sim_gpu **base) {
-    int n = sim_cfg.ngpus;
-    for (int i = 0; i < n; i++) base[i] = &sim_cfg.gpus[i];
+    int n = sim_scan_access(base);
     if (order && !strcmp(order, "PCI_BUS_ID")) return n;
     if (order && strcmp(order, "FASTEST_FIRST")) return -1; /* measured: cuInit -> 101 */
     for (int i = 1; i < n; i++) { /* stable insertion sort */
@@ -81,18 +83,26 @@ static int cu_has_mig(cu_dev *out, int n) {
     return 0;
 }
 
-/* A whole GPU as CUDA sees it: a MIG-enabled GPU shows its first instance
- * (modelled from NVIDIA's MIG guide, not measured: one MIG device a process). */
+/* A whole GPU as CUDA sees it: a MIG-enabled GPU shows its first instance this
+ * process can use (modelled from NVIDIA's MIG guide, not measured: one MIG
+ * device a process), and no device at all when it can use none (returns -1). */
 static int cu_add_gpu(cu_dev *out, int *n, sim_gpu *g, int *stop) {
     if (!g->nmigs) return cu_add(out, n, g, NULL);
+    sim_mig *first = NULL;
+    for (int j = 0; j < g->nmigs && !first; j++)
+        if (g->migs[j].usable) first = &g->migs[j];
+    if (!first) return -1;
     if (cu_has_mig(out, *n)) {
         *stop = 1;
         return 0;
     }
-    return cu_add(out, n, g, &g->migs[0]);
+    return cu_add(out, n, g, first);
 }
 
-/* "GPU-<prefix>": the one GPU whose UUID starts with the text (see sim_uuid_prefix). */
+/* "GPU-<prefix>": the one GPU whose UUID starts with the text (see sim_uuid_prefix).  The prefix must be
+ * unique among every GPU of the host, those this process cannot open included, and then name one it can
+ * open (measured on a 2x H200 host with one GPU's node hidden: "GPU-" names nothing, and so does the
+ * hidden GPU's UUID or a prefix of it). */
 static sim_gpu *cu_match_gpu_uuid(const char *tok) {
     if (strncmp(tok, "GPU-", 4)) return NULL; /* measured: "gpu-" is refused */
     const char *hex = tok + 4;
@@ -103,7 +113,7 @@ static sim_gpu *cu_match_gpu_uuid(const char *tok) {
             found = &sim_cfg.gpus[i];
         }
     }
-    return found;
+    return found && found->index >= 0 ? found : NULL;
 }
 
 /* "MIG-<uuid prefix>" or "MIG-GPU-<uuid>/<gi>/<ci>" (modelled from NVIDIA's docs). */
@@ -127,16 +137,18 @@ static sim_mig *cu_match_mig(const char *tok) {
         if (*q) return NULL;
         for (int i = 0; i < sim_cfg.ngpus; i++) {
             sim_gpu *g = &sim_cfg.gpus[i];
-            if (strcasecmp(g->uuid, gpu_part)) continue;
+            if (g->index < 0 || strcasecmp(g->uuid, gpu_part)) continue;
             for (int j = 0; j < g->nmigs; j++)
-                if (g->migs[j].gi == gi && g->migs[j].ci == ci) return &g->migs[j];
+                if (g->migs[j].usable && g->migs[j].gi == gi && g->migs[j].ci == ci) return &g->migs[j];
         }
         return NULL;
     }
     sim_mig *found = NULL;
     for (int i = 0; i < sim_cfg.ngpus; i++) {
+        if (sim_cfg.gpus[i].index < 0) continue;
         for (int j = 0; j < sim_cfg.gpus[i].nmigs; j++) {
             sim_mig *m = &sim_cfg.gpus[i].migs[j];
+            if (!m->usable) continue;
             if (!strncmp(m->uuid, "MIG-", 4) && sim_uuid_prefix(m->uuid + 4, rest)) {
                 if (found) return NULL;
                 found = m;
@@ -157,12 +169,13 @@ static int cu_enumerate(void) {
     if (!cvd) {
         for (int i = 0; i < nbase && !stop; i++) {
             int rc = cu_add_gpu(cu.devs, &cu.count, base[i], &stop);
-            if (rc) return rc;
+            if (rc > 0) return rc; /* -1: a MIG GPU with no instance for us shows nothing */
         }
         return cu.count ? 0 : CUDA_ERROR_NO_DEVICE;
     }
-    char buf[8192];
-    sim_copy(buf, sizeof buf, cvd);
+    /* the whole value, however long, as the driver reads it */
+    char *buf = strdup(cvd);
+    if (!buf) return CUDA_ERROR_NO_DEVICE;
     /* The first entry decides the list's kind: UUIDs or integers (measured:
      * an entry of the other kind ends the list). */
     int uuid_list = !strncmp(buf, "GPU-", 4) || !strncmp(buf, "MIG-", 4);
@@ -180,6 +193,7 @@ static int cu_enumerate(void) {
                 sim_gpu *g = cu_match_gpu_uuid(p);
                 if (!g) break;
                 rc = cu_add_gpu(cu.devs, &cu.count, g, &stop);
+                if (rc < 0) break; /* names a GPU that shows no device here: the list ends */
             }
         } else {
             /* strtoul semantics, measured: leading white space and a sign are
@@ -191,14 +205,17 @@ static int cu_enumerate(void) {
             unsigned int v = (unsigned int)strtoull(p, NULL, 10);
             if (v >= (unsigned)nbase) break;
             rc = cu_add_gpu(cu.devs, &cu.count, base[v], &stop);
+            if (rc < 0) break;
         }
         if (rc) {
+            free(buf);
             cu.count = 0;
             return rc;
         }
         if (!comma) break;
         p = comma + 1;
     }
+    free(buf);
     return cu.count ? 0 : CUDA_ERROR_NO_DEVICE;
 }
 

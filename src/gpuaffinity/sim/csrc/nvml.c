@@ -4,7 +4,10 @@
  * Return codes and string formats follow driver 580.159.04 where measured.
  * Every other NVML entry point is absent, so callers see "function not
  * found" (pynvml: NVMLError_FunctionNotFound) as they would with an old
- * driver.  NVML ignores CUDA_VISIBLE_DEVICES, and so does this library. */
+ * driver.  NVML ignores CUDA_VISIBLE_DEVICES, and so does this library.
+ * Like the real one, it numbers only the GPUs this process can open (see
+ * sim_common.h: GPUAFFINITY_DEV_ROOT), in PCI order: a GPU it cannot open has
+ * no index, and a lookup by its bus id or UUID is NOT_FOUND (measured). */
 #include "sim_common.h"
 
 #include <stddef.h>
@@ -18,6 +21,7 @@ enum {
     NVML_ERROR_UNINITIALIZED = 1,
     NVML_ERROR_INVALID_ARGUMENT = 2,
     NVML_ERROR_NOT_SUPPORTED = 3,
+    NVML_ERROR_NO_PERMISSION = 4,
     NVML_ERROR_NOT_FOUND = 6,
     NVML_ERROR_INSUFFICIENT_SIZE = 7,
     NVML_ERROR_DRIVER_NOT_LOADED = 9,
@@ -65,6 +69,8 @@ typedef struct {
 
 static pthread_mutex_t nv_lock = PTHREAD_MUTEX_INITIALIZER;
 static int nv_refcount;
+static sim_gpu *nv_open[SIM_MAX_GPUS]; /* the GPUs this process can open, in NVML order */
+static int nv_nopen;
 
 static void nv_after_fork_child(void) {
     sim_counters_reset_in_child();
@@ -74,7 +80,6 @@ static void nv_after_fork_child(void) {
 __attribute__((constructor)) static void init_name(void) {
     sim_lib_name = "nvml";
     pthread_atfork(NULL, NULL, nv_after_fork_child);
-    (void)sim_uuid_prefix; /* shared helper that only libcuda needs */
 }
 
 static int nv_ready(void) { return __atomic_load_n(&nv_refcount, __ATOMIC_ACQUIRE) > 0; }
@@ -97,11 +102,12 @@ static sim_gpu *nv_handle(nvmlDevice_t dev, sim_mig **mig) {
     size_t i = (size_t)(p - lo) / sizeof(sim_gpu);
     size_t off = (size_t)(p - lo) % sizeof(sim_gpu);
     sim_gpu *g = &sim_cfg.gpus[i];
+    if (g->index < 0) return NULL; /* a GPU this process cannot open has no valid handle */
     if (off == 0) return g->magic == SIM_GPU_MAGIC ? g : NULL;
     size_t base = offsetof(sim_gpu, migs);
     if (off < base || (off - base) % sizeof(sim_mig)) return NULL;
     size_t j = (off - base) / sizeof(sim_mig);
-    if (j >= (size_t)g->nmigs || g->migs[j].magic != SIM_MIG_MAGIC) return NULL;
+    if (j >= (size_t)g->nmigs || g->migs[j].magic != SIM_MIG_MAGIC || !g->migs[j].usable) return NULL;
     *mig = &g->migs[j];
     return g;
 }
@@ -130,6 +136,7 @@ static nvmlReturn_t nv_string(char *dst, unsigned int length, const char *src) {
 static nvmlReturn_t nv_init(void) {
     if (!sim_load()) return NVML_ERROR_DRIVER_NOT_LOADED;
     pthread_mutex_lock(&nv_lock);
+    if (nv_refcount == 0) nv_nopen = sim_scan_access(nv_open); /* the real NVML opens every GPU here */
     __atomic_add_fetch(&nv_refcount, 1, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&nv_lock);
     return NVML_SUCCESS;
@@ -237,20 +244,20 @@ SIM_EXPORT nvmlReturn_t nvmlSystemGetCudaDriverVersion_v2(int *version) {
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetCount(unsigned int *count) {
     NV_ENTER("nvmlDeviceGetCount");
     if (!count) return NVML_ERROR_INVALID_ARGUMENT;
-    *count = (unsigned)sim_cfg.ngpus;
+    *count = (unsigned)nv_nopen;
     return NVML_SUCCESS;
 }
 
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count) {
     NV_ENTER("nvmlDeviceGetCount_v2");
     if (!count) return NVML_ERROR_INVALID_ARGUMENT;
-    *count = (unsigned)sim_cfg.ngpus;
+    *count = (unsigned)nv_nopen;
     return NVML_SUCCESS;
 }
 
 static nvmlReturn_t nv_by_index(unsigned int index, nvmlDevice_t *device) {
-    if (!device || index >= (unsigned)sim_cfg.ngpus) return NVML_ERROR_INVALID_ARGUMENT; /* measured */
-    *device = &sim_cfg.gpus[index];
+    if (!device || index >= (unsigned)nv_nopen) return NVML_ERROR_INVALID_ARGUMENT; /* measured */
+    *device = nv_open[index];
     return NVML_SUCCESS;
 }
 
@@ -269,15 +276,15 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDe
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, nvmlDevice_t *device) {
     NV_ENTER("nvmlDeviceGetHandleByUUID");
     if (!uuid || !device) return NVML_ERROR_INVALID_ARGUMENT;
-    for (int i = 0; i < sim_cfg.ngpus; i++) {
-        sim_gpu *g = &sim_cfg.gpus[i];
+    for (int i = 0; i < nv_nopen; i++) {
+        sim_gpu *g = nv_open[i];
         int untagged = !strncmp(g->uuid, "GPU-", 4) && !strcmp(g->uuid + 4, uuid);
         if (!strcmp(g->uuid, uuid) || untagged) {
             *device = g;
             return NVML_SUCCESS;
         }
         for (int j = 0; j < g->nmigs; j++) {
-            if (!strcmp(g->migs[j].uuid, uuid)) {
+            if (g->migs[j].usable && !strcmp(g->migs[j].uuid, uuid)) {
                 *device = &g->migs[j];
                 return NVML_SUCCESS;
             }
@@ -289,12 +296,12 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, nvmlDevice_t
         unsigned gi, ci;
         char tail;
         if (slash && sscanf(slash, "/%u/%u%c", &gi, &ci, &tail) == 2) {
-            for (int i = 0; i < sim_cfg.ngpus; i++) {
-                sim_gpu *g = &sim_cfg.gpus[i];
+            for (int i = 0; i < nv_nopen; i++) {
+                sim_gpu *g = nv_open[i];
                 if (strlen(g->uuid) != (size_t)(slash - uuid - 4) || strncmp(g->uuid, uuid + 4, strlen(g->uuid)))
                     continue;
                 for (int j = 0; j < g->nmigs; j++) {
-                    if (g->migs[j].gi == gi && g->migs[j].ci == ci) {
+                    if (g->migs[j].usable && g->migs[j].gi == gi && g->migs[j].ci == ci) {
                         *device = &g->migs[j];
                         return NVML_SUCCESS;
                     }
@@ -350,8 +357,8 @@ static int nv_parse_bus_id(const char *text, unsigned int *dom, unsigned int *bu
 static nvmlReturn_t nv_by_bus_id(const char *bus_id, nvmlDevice_t *device) {
     unsigned dom, bus, dev, fn;
     if (!bus_id || !device || nv_parse_bus_id(bus_id, &dom, &bus, &dev, &fn)) return NVML_ERROR_INVALID_ARGUMENT;
-    for (int i = 0; i < sim_cfg.ngpus; i++) {
-        sim_gpu *g = &sim_cfg.gpus[i];
+    for (int i = 0; i < nv_nopen; i++) {
+        sim_gpu *g = nv_open[i];
         if (g->domain == dom && g->bus == bus && g->device == dev && g->function == fn) {
             *device = g;
             return NVML_SUCCESS;
@@ -396,7 +403,7 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetMinorNumber(nvmlDevice_t device, unsigned i
     NV_ENTER("nvmlDeviceGetMinorNumber");
     NV_GPU(g, device);
     if (!minorNumber) return NVML_ERROR_INVALID_ARGUMENT;
-    *minorNumber = (unsigned)g->index;
+    *minorNumber = (unsigned)g->minor;
     return NVML_SUCCESS;
 }
 
@@ -646,6 +653,9 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t device,
     if (!migDevice) return NVML_ERROR_INVALID_ARGUMENT;
     if (!g->nmigs) return NVML_ERROR_NOT_SUPPORTED;
     if (index >= (unsigned)g->nmigs) return NVML_ERROR_NOT_FOUND;
+    /* an instance whose access capability this process cannot open (a container given another instance):
+     * modelled, not measured */
+    if (!g->migs[index].usable) return NVML_ERROR_NO_PERMISSION;
     *migDevice = &g->migs[index];
     return NVML_SUCCESS;
 }

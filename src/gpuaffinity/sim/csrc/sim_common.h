@@ -7,15 +7,24 @@
  *   driver_version 580.159.04
  *   nvml_version 13.580.159.04
  *   cuda_driver_version 13000
- *   gpu UUID BUSID DOMAIN BUS DEVICE FUNCTION PCIDEVID SUBSYSID CUDARANK NUMANODE MEMMIB CCMAJ CCMIN SMS NAME...
+ *   gpu UUID BUSID DOMAIN BUS DEVICE FUNCTION PCIDEVID SUBSYSID CUDARANK NUMANODE MEMMIB CCMAJ CCMIN SMS MINOR NAME...
  *   mask KIND W0,W1,...     (applies to the last gpu; KIND is node_mem,
  *                            socket_mem, node_cpu, socket_cpu or gpu_mem (the
  *                            NUMA node holding the GPU's own memory, Grace
  *                            Hopper style; absent or 0: none); words are
  *                            64-bit hex, word 0 holds bits 0-63)
- *   mig UUID GI CI MEMMIB SMS NAME...   (an instance of the last gpu)
+ *   mig UUID GI CI MEMMIB SMS CAPMINOR NAME...   (an instance of the last gpu)
  *
- * gpu records come in NVML order (ascending PCI bus id).
+ * gpu records come in PCI order, every GPU of the host.  MINOR is the GPU's
+ * device minor (/dev/nvidia<MINOR>), CAPMINOR the MIG instance's access
+ * capability (/dev/nvidia-caps/nvidia-cap<CAPMINOR>).
+ *
+ * The process's own view: where GPUAFFINITY_DEV_ROOT names a folder (the
+ * simulated /dev), NVML and CUDA enumerate only the GPUs whose device node
+ * there opens (O_RDWR), and only the MIG instances whose capability node opens
+ * (O_RDONLY), at nvmlInit and cuInit, as the real driver does (measured on a
+ * 2x H200 host, driver 580.159.04: a node absent from a read-only /dev, or one
+ * that refuses the open, hides its GPU from both).  Unset: every GPU opens.
  *
  * Two more variables change behaviour:
  *   GPUAFFINITY_SIM_FAULTS    "name=code[:times],..."  the named entry point
@@ -24,7 +33,9 @@
  *                             a suffix also matches its _vN and WithFlags variants.
  *   GPUAFFINITY_SIM_COUNTERS  a folder: after every call the library rewrites
  *                             FOLDER/<pid>.<lib>.counts with "name count" lines.
- * Every function here is static: each library gets its own copy.
+ * The code is in sim_common.c, compiled once and linked into each library
+ * with hidden visibility: each library has its own copy of the state below,
+ * and exports none of it.
  */
 #ifndef GPUAFFINITY_SIM_COMMON_H
 #define GPUAFFINITY_SIM_COMMON_H
@@ -32,6 +43,7 @@
 #define _GNU_SOURCE
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,6 +68,8 @@ typedef struct sim_mig {
     int sms;
     char name[96];
     int index; /* position under its parent */
+    int cap_minor; /* /dev/nvidia-caps/nvidia-cap<cap_minor> grants access */
+    int usable;    /* this process can use it (set at nvmlInit / cuInit) */
     struct sim_gpu *parent;
 } sim_mig;
 
@@ -75,7 +89,8 @@ typedef struct sim_gpu {
     unsigned long long gpu_mem[SIM_MASK_WORDS];
     int nmigs;
     sim_mig migs[SIM_MAX_MIGS];
-    int index; /* NVML index */
+    int minor; /* /dev/nvidia<minor> */
+    int index; /* NVML index in this process, -1 where the process cannot open the GPU */
 } sim_gpu;
 
 #define SIM_GPU_MAGIC 0x47505531u
@@ -90,267 +105,29 @@ typedef struct sim_config {
     sim_gpu gpus[SIM_MAX_GPUS];
 } sim_config;
 
-static sim_config sim_cfg;
-static pthread_once_t sim_once = PTHREAD_ONCE_INIT;
-static pthread_mutex_t sim_lock = PTHREAD_MUTEX_INITIALIZER;
-static const char *sim_lib_name = "lib";
+#define SIM_HIDDEN __attribute__((visibility("hidden")))
 
-static void sim_complain(const char *what) {
-    fprintf(stderr, "gpuaffinity simulator (%s): %s\n", sim_lib_name, what);
-}
+/* State: one copy in each library. */
+extern SIM_HIDDEN sim_config sim_cfg;
+extern SIM_HIDDEN pthread_mutex_t sim_lock;
+extern SIM_HIDDEN const char *sim_lib_name; /* "nvml" or "cuda": set by each library's constructor */
 
-static int sim_parse_mask(const char *text, unsigned long long *words) {
-    memset(words, 0, sizeof(unsigned long long) * SIM_MASK_WORDS);
-    int i = 0;
-    const char *p = text;
-    while (*p && i < SIM_MASK_WORDS) {
-        char *end;
-        words[i++] = strtoull(p, &end, 16);
-        if (end == p) return -1;
-        p = end;
-        if (*p == ',') p++;
-    }
-    return 0;
-}
-
+/* Complains on stderr, naming the library. */
+SIM_HIDDEN void sim_complain(const char *what);
 /* Copies with truncation, always terminated. */
-static void sim_copy(char *dst, size_t size, const char *src) {
-    size_t i = 0;
-    if (!size) return;
-    for (; src && src[i] && i + 1 < size; i++) dst[i] = src[i];
-    dst[i] = 0;
-}
-
-/* Leaves the rest of the line (the name) in *rest. */
-static int sim_fields(char *line, char **fields, int want, char **rest) {
-    char *p = line;
-    for (int i = 0; i < want; i++) {
-        while (*p == ' ') p++;
-        if (!*p) return -1;
-        fields[i] = p;
-        while (*p && *p != ' ') p++;
-        if (*p) *p++ = 0;
-    }
-    while (*p == ' ') p++;
-    *rest = p;
-    return 0;
-}
-
-static void sim_load_once(void) {
-    const char *path = getenv("GPUAFFINITY_SIM_CONFIG");
-    sim_cfg.loaded = -1;
-    if (!path || !*path) {
-        sim_complain("GPUAFFINITY_SIM_CONFIG is not set; start programs with `gpuaffinity sim run TOPOLOGY -- CMD`");
-        return;
-    }
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        char msg[512];
-        snprintf(msg, sizeof msg, "cannot read GPUAFFINITY_SIM_CONFIG=%s: %s", path, strerror(errno));
-        sim_complain(msg);
-        return;
-    }
-    char line[4096];
-    sim_gpu *g = NULL;
-    sim_copy(sim_cfg.driver_version, sizeof sim_cfg.driver_version, "580.159.04");
-    sim_copy(sim_cfg.nvml_version, sizeof sim_cfg.nvml_version, "13.580.159.04");
-    sim_cfg.cuda_driver_version = 13000;
-    while (fgets(line, sizeof line, f)) {
-        line[strcspn(line, "\r\n")] = 0;
-        char *rest, *fl[16];
-        if (!strncmp(line, "driver_version ", 15)) {
-            sim_copy(sim_cfg.driver_version, sizeof sim_cfg.driver_version, line + 15);
-        } else if (!strncmp(line, "nvml_version ", 13)) {
-            sim_copy(sim_cfg.nvml_version, sizeof sim_cfg.nvml_version, line + 13);
-        } else if (!strncmp(line, "cuda_driver_version ", 20)) {
-            sim_cfg.cuda_driver_version = atoi(line + 20);
-        } else if (!strncmp(line, "gpu ", 4)) {
-            if (sim_cfg.ngpus >= SIM_MAX_GPUS || sim_fields(line + 4, fl, 14, &rest)) goto bad;
-            g = &sim_cfg.gpus[sim_cfg.ngpus];
-            g->magic = SIM_GPU_MAGIC;
-            g->index = sim_cfg.ngpus++;
-            sim_copy(g->uuid, sizeof g->uuid, fl[0]);
-            sim_copy(g->bus_id, sizeof g->bus_id, fl[1]);
-            g->domain = (unsigned)strtoul(fl[2], NULL, 0);
-            g->bus = (unsigned)strtoul(fl[3], NULL, 0);
-            g->device = (unsigned)strtoul(fl[4], NULL, 0);
-            g->function = (unsigned)strtoul(fl[5], NULL, 0);
-            g->pci_device_id = (unsigned)strtoul(fl[6], NULL, 0);
-            g->pci_subsys_id = (unsigned)strtoul(fl[7], NULL, 0);
-            g->cuda_rank = atoi(fl[8]);
-            g->numa_node = atoi(fl[9]);
-            g->mem_mib = strtoull(fl[10], NULL, 0);
-            g->cc_major = atoi(fl[11]);
-            g->cc_minor = atoi(fl[12]);
-            g->sms = atoi(fl[13]);
-            sim_copy(g->name, sizeof g->name, rest);
-        } else if (!strncmp(line, "mask ", 5)) {
-            if (!g || sim_fields(line + 5, fl, 2, &rest)) goto bad;
-            unsigned long long *dst = !strcmp(fl[0], "node_mem")     ? g->node_mem
-                                      : !strcmp(fl[0], "socket_mem") ? g->socket_mem
-                                      : !strcmp(fl[0], "node_cpu")   ? g->node_cpu
-                                      : !strcmp(fl[0], "socket_cpu") ? g->socket_cpu
-                                      : !strcmp(fl[0], "gpu_mem")    ? g->gpu_mem
-                                                                     : NULL;
-            if (!dst || sim_parse_mask(fl[1], dst)) goto bad;
-        } else if (!strncmp(line, "mig ", 4)) {
-            if (!g || g->nmigs >= SIM_MAX_MIGS || sim_fields(line + 4, fl, 5, &rest)) goto bad;
-            sim_mig *m = &g->migs[g->nmigs];
-            m->magic = SIM_MIG_MAGIC;
-            m->index = g->nmigs++;
-            m->parent = g;
-            sim_copy(m->uuid, sizeof m->uuid, fl[0]);
-            m->gi = (unsigned)strtoul(fl[1], NULL, 10);
-            m->ci = (unsigned)strtoul(fl[2], NULL, 10);
-            m->mem_mib = strtoull(fl[3], NULL, 0);
-            m->sms = atoi(fl[4]);
-            sim_copy(m->name, sizeof m->name, rest);
-        } else if (line[0] && line[0] != '#') {
-            goto bad;
-        }
-    }
-    fclose(f);
-    sim_cfg.loaded = 1;
-    return;
-bad:
-    fclose(f);
-    {
-        char msg[4400];
-        snprintf(msg, sizeof msg, "malformed line in %s: %.4000s", path, line);
-        sim_complain(msg);
-    }
-    sim_cfg.ngpus = 0;
-}
-
-static int sim_load(void) {
-    pthread_once(&sim_once, sim_load_once);
-    return sim_cfg.loaded == 1;
-}
-
-/* ---- call counters ---------------------------------------------------- */
-
-static struct { const char *name; long count; } sim_counters[SIM_MAX_COUNTERS];
-static int sim_ncounters;
-
-static void sim_write_counters_locked(void) {
-    const char *dir = getenv("GPUAFFINITY_SIM_COUNTERS");
-    if (!dir || !*dir) return;
-    char path[4096], tmp[4200];
-    snprintf(path, sizeof path, "%s/%d.%s.counts", dir, (int)getpid(), sim_lib_name);
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f) return;
-    for (int i = 0; i < sim_ncounters; i++) fprintf(f, "%s %ld\n", sim_counters[i].name, sim_counters[i].count);
-    fclose(f);
-    rename(tmp, path);
-}
-
-static void sim_count(const char *name) {
-    pthread_mutex_lock(&sim_lock);
-    int i;
-    for (i = 0; i < sim_ncounters; i++)
-        if (sim_counters[i].name == name || !strcmp(sim_counters[i].name, name)) break;
-    if (i == sim_ncounters && sim_ncounters < SIM_MAX_COUNTERS) {
-        sim_counters[i].name = name;
-        sim_counters[i].count = 0;
-        sim_ncounters++;
-    }
-    if (i < sim_ncounters) sim_counters[i].count++;
-    sim_write_counters_locked();
-    pthread_mutex_unlock(&sim_lock);
-}
-
-static long sim_counter_value(const char *name) {
-    long v = 0;
-    pthread_mutex_lock(&sim_lock);
-    for (int i = 0; i < sim_ncounters; i++)
-        if (!strcmp(sim_counters[i].name, name)) v = sim_counters[i].count;
-    pthread_mutex_unlock(&sim_lock);
-    return v;
-}
-
-static void sim_counters_reset_in_child(void) {
-    /* a forked child is a new process: it starts counting from zero */
-    pthread_mutex_init(&sim_lock, NULL);
-    sim_ncounters = 0;
-}
-
-/* ---- fault injection --------------------------------------------------- */
-
-static struct { char name[96]; int code; long times; /* -1: always */ } sim_faults[SIM_MAX_FAULTS];
-static int sim_nfaults;
-static pthread_once_t sim_fault_once = PTHREAD_ONCE_INIT;
-
-static void sim_faults_load(void) {
-    const char *spec = getenv("GPUAFFINITY_SIM_FAULTS");
-    if (!spec) return;
-    char buf[4096];
-    sim_copy(buf, sizeof buf, spec);
-    char *save = NULL;
-    for (char *tok = strtok_r(buf, ",", &save); tok && sim_nfaults < SIM_MAX_FAULTS;
-         tok = strtok_r(NULL, ",", &save)) {
-        char *eq = strchr(tok, '=');
-        if (!eq) continue;
-        *eq = 0;
-        char *colon = strchr(eq + 1, ':');
-        long times = -1;
-        if (colon) {
-            *colon = 0;
-            times = strtol(colon + 1, NULL, 10);
-        }
-        while (*tok == ' ') tok++;
-        sim_copy(sim_faults[sim_nfaults].name, sizeof sim_faults[0].name, tok);
-        sim_faults[sim_nfaults].code = (int)strtol(eq + 1, NULL, 0);
-        sim_faults[sim_nfaults].times = times;
-        sim_nfaults++;
-    }
-}
-
-/* A fault named "nvmlInit" also hits its variants "nvmlInit_v2" and
- * "nvmlInitWithFlags" (which pynvml's nvmlInit() calls). */
-static int sim_name_matches(const char *fault, const char *fn) {
-    if (!strcmp(fault, fn)) return 1;
-    size_t n = strlen(fault);
-    if (strncmp(fault, fn, n)) return 0;
-    const char *s = fn + n;
-    if (!strcmp(s, "WithFlags")) return 1;
-    if (s[0] != '_' || s[1] != 'v' || !isdigit((unsigned char)s[2])) return 0;
-    for (s += 2; *s; s++)
-        if (!isdigit((unsigned char)*s)) return 0;
-    return 1;
-}
-
-/* Counts the call; returns nonzero and sets *code when a fault is injected. */
-static int sim_enter(const char *fn, int *code) {
-    sim_count(fn);
-    pthread_once(&sim_fault_once, sim_faults_load);
-    int hit = 0;
-    pthread_mutex_lock(&sim_lock);
-    for (int i = 0; i < sim_nfaults; i++) {
-        if (!sim_name_matches(sim_faults[i].name, fn) || sim_faults[i].times == 0) continue;
-        if (sim_faults[i].times > 0) sim_faults[i].times--;
-        *code = sim_faults[i].code;
-        hit = 1;
-        break;
-    }
-    pthread_mutex_unlock(&sim_lock);
-    return hit;
-}
-
-/* Does the UUID body (after its "GPU-"/"MIG-" tag) start with `text`?  Dashes
- * are skipped on both sides, hex compared without regard to case, and text past
- * the UUID's last digit is ignored (all as measured on driver 580.159.04). */
-static int sim_uuid_prefix(const char *uuid_body, const char *text) {
-    const char *u = uuid_body, *t = text;
-    for (;;) {
-        while (*u == '-') u++;
-        while (*t == '-') t++;
-        if (!*u || !*t) return 1;
-        if (tolower((unsigned char)*u) != tolower((unsigned char)*t)) return 0;
-        u++;
-        t++;
-    }
-}
+SIM_HIDDEN void sim_copy(char *dst, size_t size, const char *src);
+/* Reads GPUAFFINITY_SIM_CONFIG once; 1 when the machine is loaded. */
+SIM_HIDDEN int sim_load(void);
+/* Marks MIG instances usable or not; fills open_gpus with the GPUs this process can open; returns how many. */
+SIM_HIDDEN int sim_scan_access(sim_gpu **open_gpus);
+/* Counts a call of `name` (for GPUAFFINITY_SIM_COUNTERS); how many so far. */
+SIM_HIDDEN long sim_counter_value(const char *name);
+/* A forked child counts from zero. */
+SIM_HIDDEN void sim_counters_reset_in_child(void);
+/* Counts the call; returns nonzero and sets *code when a fault is injected (GPUAFFINITY_SIM_FAULTS). */
+SIM_HIDDEN int sim_enter(const char *fn, int *code);
+/* Does the UUID body start with `text` (dashes skipped, hex without regard to case)? */
+SIM_HIDDEN int sim_uuid_prefix(const char *uuid_body, const char *text);
 
 #define SIM_EXPORT __attribute__((visibility("default")))
 

@@ -1,0 +1,89 @@
+"""Physical selectors: a GPU named by UUID (or unique prefix), MIG UUID or PCI bus id instead of a logical id.
+
+For workers told their GPU some other way than CUDA_VISIBLE_DEVICES (Ray with
+RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES, a launcher's record).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from gpuaffinity import _state
+from gpuaffinity.core.errors import DeviceNotVisibleError, GpuAffinityError, shown
+from gpuaffinity.core.model import PhysicalDevice
+
+_BUS_RE = None
+
+
+def parse_selector(text: str) -> int | str:
+    """A logical id ("3") as an int, or a physical selector as given (a UUID or MIG UUID, or a PCI bus id in
+    the sysfs form, with the domain and function NVML takes as 0 when left out).  ASCII only."""
+    global _BUS_RE
+    text = text.strip()
+    given = shown(text, 60)
+    if not text.isascii() or len(text) > 100:
+        raise ValueError(f"{given} is not a device: ids and selectors are short ASCII text: a logical CUDA id "
+                         "(0), a GPU UUID or unique prefix (GPU-8932f937), a MIG UUID, or a PCI bus id (0000:3b:00.0)")
+    if text.isdigit():
+        if len(text) > 9:
+            raise ValueError(f"{given} is not a device: no process sees that many CUDA devices")
+        return int(text)
+    if text.startswith(("GPU-", "MIG-")) and len(text) > 4:
+        return text
+    if _BUS_RE is None:
+        import re
+        _BUS_RE = re.compile(r"(?:([0-9a-fA-F]{1,8}):)?([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})(?:\.([0-7]))?")
+    m = _BUS_RE.fullmatch(text)
+    if m:
+        return f"{int(m[1] or '0', 16):04x}:{int(m[2], 16):02x}:{int(m[3], 16):02x}.{m[4] or '0'}"
+    raise ValueError(f"{given} is not a device: give a logical CUDA id (0), a GPU UUID or unique prefix "
+                     "(GPU-8932f937), a MIG UUID, or a PCI bus id (0000:3b:00.0)")
+
+
+def by_selector(selector: str, policy: str | None, disable: Iterable[str] | None,
+                 allow_subprocess: bool) -> PhysicalDevice:
+    with _state.lock:  # lazy imports and NVML: see gpuaffinity._state
+        return _by_selector_locked(selector, policy, disable, allow_subprocess)
+
+
+def _by_selector_locked(selector: str, policy: str | None, disable: Iterable[str] | None,
+                        allow_subprocess: bool) -> PhysicalDevice:
+    from gpuaffinity.api import _resolved
+    from gpuaffinity.core.cvd import match_uuid
+    from gpuaffinity.inventory import read_inventory
+
+    inv = read_inventory()
+    gpu, mig = None, None
+    if selector.startswith("MIG-"):
+        if inv.source != "nvml" and not any(g.migs for g in inv.gpus):
+            from gpuaffinity.inventory import read_inventory_nvml
+            inv = read_inventory_nvml()
+        migs = [(g, m) for g in inv.gpus for m in g.migs]
+        hit = match_uuid(selector[4:], [m.uuid[4:] for _g, m in migs])
+        if hit is not None:
+            gpu, mig = migs[hit][0], migs[hit][1].uuid
+    elif selector.startswith("GPU-"):
+        # as the driver decides a prefix: unique among every GPU of the host, and one this process can open
+        hit = match_uuid(selector[4:], [g.uuid[4:] for g in inv.gpus] + [h[4:] for h in inv.hidden])
+        if hit is not None and hit >= len(inv.gpus):
+            raise DeviceNotVisibleError(f"{shown(selector, 60)} names a GPU of the host that this process cannot "
+                                        f"open ({inv.hidden[hit - len(inv.gpus)]})")
+        gpu = None if hit is None else inv.gpus[hit]
+    else:
+        gpu = inv.by_bus(selector)  # parse_selector gave the full sysfs form
+    if gpu is None:
+        raise DeviceNotVisibleError(f"no GPU of this machine matches {selector!r} (or more than one does): "
+                                    f"{len(inv.gpus)} GPU(s), see `gpuaffinity doctor`")
+    logical = -1
+    try:
+        for d in _resolved(policy, disable, allow_subprocess, stacklevel=5):
+            if d.uuid == gpu.uuid and (mig is None or d.mig_uuid == mig):
+                logical = d.logical_id
+                break
+    except GpuAffinityError:
+        pass
+    # named by the caller: nothing else answered, so nothing agreed
+    return PhysicalDevice(logical, gpu.nvml_index, gpu.uuid, gpu.pci_bus_id, mig, gpu.name, "selector", (), (),
+                          False, answered=("selector",), inventory=inv.label)
+
+

@@ -1,0 +1,82 @@
+"""Threads and fork: the cache never holds an answer for the wrong environment, and a forked child never hangs."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import run_json
+from test_deployments import driver_truth
+
+RACE = r"""
+import json, os, random, sys, threading, gpuaffinity
+from gpuaffinity import api
+values = json.loads(sys.argv[1])
+stop = threading.Event()
+def flipper():
+    rnd = random.Random(1)
+    while not stop.is_set():
+        os.environ["CUDA_VISIBLE_DEVICES"] = rnd.choice(values)
+def resolver(seed):
+    rnd = random.Random(seed)
+    for _ in range(60):
+        if rnd.random() < 0.3:
+            gpuaffinity.clear_cache()
+        gpuaffinity.resolve_all()
+flip = threading.Thread(target=flipper)
+flip.start()
+workers = [threading.Thread(target=resolver, args=(i,)) for i in range(6)]
+[w.start() for w in workers]
+[w.join() for w in workers]
+stop.set(); flip.join()
+# every cached answer, with the CUDA_VISIBLE_DEVICES it is filed under
+from gpuaffinity.core.settings import Settings
+cached = [[Settings.from_key(k).cvd, [d.pci_bus_id for d in v]] for k, v in list(api._cache.items())]
+print(json.dumps(cached))
+"""
+
+
+def test_changing_the_variable_while_threads_resolve_leaves_no_wrong_answer(sim_factory):
+    machine = sim_factory("dgx-h100")
+    values = ["0", "1,0", "3,6,5", "7", "2,4,6"]
+    truth = {v: [b for b, _ in t["devices"]] for v, t in zip(values, driver_truth(machine, [(v, None) for v in values]),
+                                                                strict=True)}
+    cached = run_json(machine, RACE, __import__("json").dumps(values), GPUAFFINITY_INVENTORY="nvml")
+    assert cached, "nothing was cached"
+    for cvd, buses in cached:
+        assert buses == truth[cvd], (cvd, buses)
+
+
+FORK = r"""
+import json, os, signal, sys, threading, time, gpuaffinity
+stop = threading.Event()
+def busy():
+    while not stop.is_set():
+        gpuaffinity.clear_cache()
+        gpuaffinity.resolve_all()
+t = threading.Thread(target=busy)
+t.start()
+results = []
+for i in range(8):
+    time.sleep(0.003 * i)
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(20)  # a hang shows as death by SIGALRM
+        try:
+            n = len(gpuaffinity.resolve_all(policy="first"))
+            import pynvml
+            pynvml.nvmlInit(); pynvml.nvmlShutdown()  # pynvml's own lock is usable too
+            os._exit(0 if n == 8 else 3)
+        except BaseException:
+            os._exit(4)
+    _, status = os.waitpid(pid, 0)
+    results.append(os.waitstatus_to_exitcode(status))
+stop.set(); t.join()
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.parametrize("source", ["procfs", "nvml"])
+def test_a_child_forked_while_another_thread_resolves_does_not_hang(sim_factory, source):
+    extra = {"GPUAFFINITY_INVENTORY": "nvml"} if source == "nvml" else {}
+    results = run_json(sim_factory("dgx-h100"), FORK, **extra)
+    assert results == [0] * 8

@@ -1,0 +1,319 @@
+"""The plugin contract, tried as a stranger would: write from the docs, install, resolve, get it wrong.
+
+docs/plugins.md's two files are installed as written; a second distribution holds plugins that make every
+mistake the contract names.  Nothing may reach the user as a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, child_env
+
+GUIDE = ROOT / "docs" / "plugins.md"
+
+
+def pip_install(src: Path, site: Path) -> None:
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(src)]
+    if importlib.util.find_spec("setuptools"):
+        cmd.insert(4, "--no-build-isolation")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+
+
+def guide_files() -> dict[str, str]:
+    """The code blocks of docs/plugins.md that start with a file name comment: that file's text, as written."""
+    out = {}
+    for _lang, body in re.findall(r"```(python|toml)\n(.*?)```", GUIDE.read_text(), re.S):
+        first = body.splitlines()[0]
+        if first.startswith("# ") and first.endswith((".py", ".toml")):
+            out[first[2:]] = body
+    return out
+
+
+@pytest.fixture(scope="module")
+def guide_site(tmp_path_factory) -> Path:
+    files = guide_files()
+    assert set(files) == {"scheduler_gpu_map.py", "pyproject.toml"}
+    src = tmp_path_factory.mktemp("guide") / "scheduler-gpu-map"
+    src.mkdir()
+    for name, text in files.items():
+        (src / name).write_text(text)
+    site = tmp_path_factory.mktemp("guide-site")
+    pip_install(src, site)
+    return site
+
+
+MISBEHAVE = '''
+import os, time
+from gpuaffinity import Abstain, Answer, GpuInfo, Strategy, hookimpl
+
+class Misbehave(Strategy):
+    name = "misbehave"
+    priority = 200
+    env_vars = ("MISBEHAVE",)
+    budget = 0.5
+
+    def cost(self, ctx):
+        how = os.environ.get("MISBEHAVE", "")
+        if how == "cost-raise":
+            raise RuntimeError("no idea")
+        return "fast" if how == "cost-word" else "cheap"
+
+    def answer(self, ctx, logical_id):
+        how = os.environ.get("MISBEHAVE", "")
+        gpu = ctx.inventory.gpus[logical_id]
+        if how == "raise":
+            raise ValueError("scheduler unreachable")
+        if how == "gpuinfo":
+            return gpu
+        if how == "answer-gpuinfo":
+            return Answer(gpu)
+        if how == "none":
+            return Answer(None)
+        if how == "mig":
+            return Answer("MIG-68b49734-b70d-a03b-466b-3aa827a0018a")
+        if how == "unknown":
+            return Answer("GPU-00000000-0000-0000-0000-000000000000")
+        if how == "abstain-none":
+            return Abstain(None)
+        if how == "string":
+            return gpu.uuid
+        if how == "slow":
+            time.sleep(2)
+        if how == "hang":
+            time.sleep(1000)
+        return Abstain("nothing to say", quiet=True)
+
+@hookimpl
+def gpuaffinity_strategies():
+    return [Misbehave()]
+'''
+
+BROKEN = '''
+import os
+from gpuaffinity import Abstain, Strategy, hookimpl
+
+class Broken(Strategy):
+    name = "broken"
+    priority = 10
+    def answer(self, ctx, logical_id):
+        return Abstain("x", quiet=True)
+
+class NoAnswer:
+    name = "noanswer"
+    priority = 10
+
+class OneArg(Strategy):
+    name = "onearg"
+    priority = 10
+    def answer(self, ctx):
+        return Abstain("x")
+
+@hookimpl
+def gpuaffinity_strategies():
+    how = os.environ.get("BROKEN", "")
+    s = Broken()
+    if how == "name":
+        s.name = "has space"
+    elif how == "priority":
+        s.priority = "high"
+    elif how == "duplicate":
+        s.name = "cvd"
+    elif how == "env_vars":
+        s.env_vars = "SCHEDULER"
+    elif how == "budget":
+        s.budget = 0
+    elif how == "noanswer":
+        return [NoAnswer()]
+    elif how == "onearg":
+        return [OneArg()]
+    elif how == "raise":
+        raise RuntimeError("no strategies today")
+    return [s] if how else []
+'''
+
+NOHOOK = "def gpuaffinity_strategies():\n    return []\n"
+MISSPELT = "from gpuaffinity import hookimpl\n\n@hookimpl\ndef gpuaffinity_strategy():\n    return []\n"
+
+
+@pytest.fixture(scope="module")
+def mistakes_site(tmp_path_factory) -> Path:
+    src = tmp_path_factory.mktemp("mistakes") / "plugin-mistakes"
+    src.mkdir()
+    for name, text in {"misbehave_mod.py": MISBEHAVE, "broken_mod.py": BROKEN, "nohook_mod.py": NOHOOK,
+                       "misspelt_mod.py": MISSPELT}.items():
+        (src / name).write_text(text)
+    (src / "pyproject.toml").write_text(textwrap.dedent('''
+        [build-system]
+        requires = ["setuptools>=69"]
+        build-backend = "setuptools.build_meta"
+        [project]
+        name = "plugin-mistakes"
+        version = "0.3"
+        [project.entry-points.gpuaffinity]
+        misbehave = "misbehave_mod"
+        broken = "broken_mod"
+        nohook = "nohook_mod"
+        misspelt = "misspelt_mod"
+        [tool.setuptools]
+        py-modules = ["misbehave_mod", "broken_mod", "nohook_mod", "misspelt_mod"]
+    '''))
+    site = tmp_path_factory.mktemp("mistakes-site")
+    pip_install(src, site)
+    return site
+
+
+def on(machine, site, code, *args, **env):
+    e = child_env(machine, **env)
+    e["PYTHONPATH"] = f"{site}:{e.get('PYTHONPATH', '')}"
+    proc = subprocess.run([sys.executable, "-c", code, *args], env=e, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def cli(machine, site, *args, **env):
+    e = child_env(machine, **env)
+    e["PYTHONPATH"] = f"{site}:{e.get('PYTHONPATH', '')}"
+    return subprocess.run([sys.executable, "-m", "gpuaffinity", *args], env=e, capture_output=True, text=True,
+                          timeout=300)
+
+
+STRANGER = r"""
+import json, os, warnings, gpuaffinity
+out = []
+def step():
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        d = gpuaffinity.resolve(0)
+    out.append([d.strategy, d.nvml_index, list(d.agreed), [x.category.__name__ for x in w]])
+step()
+os.environ["SCHEDULER_GPU_MAP"] = os.environ["SCHEDULER_GPU_MAP"].split(",")[1]  # a stale, wrong record
+step()                                   # noticed without clear_cache(): the variable is in the key
+os.environ["GPUAFFINITY_DISABLE"] = "scheduler"
+step()
+print(json.dumps(out))
+"""
+
+
+def test_the_guides_plugin_installs_as_written_and_resolves(sim_factory, guide_site):
+    machine = sim_factory("dgx-h100")
+    gpus = machine.topology.gpus
+    record = f"{gpus[3].uuid},{gpus[1].uuid}"
+    first, stale, disabled = on(machine, guide_site, STRANGER, cvd="3,1", SCHEDULER_GPU_MAP=record)
+    assert first == ["scheduler", 3, ["scheduler", "cvd"], []]
+    # the record now says GPU 1 for device 0: the plugin (priority 120) stands, loudly, after the driver was asked
+    assert stale[:2] == ["scheduler", 1] and "DisagreementWarning" in stale[3]
+    assert disabled[:2] == ["cvd", 3]
+    doctor = cli(machine, guide_site, "doctor", cvd="3,1", SCHEDULER_GPU_MAP=record).stdout
+    assert "scheduler  120" in doctor and "confirmed: scheduler, cvd agree" in doctor
+    assert "scheduler  scheduler-gpu-map 1.0.0  scheduler = scheduler_gpu_map  scheduler" in doctor
+
+
+MISTAKES = [
+    ("raise", "raised ValueError: scheduler unreachable"),
+    ("gpuinfo", "returned a GpuInfo record instead of an Answer: return Answer(gpu.uuid)"),
+    ("answer-gpuinfo", "answered a GpuInfo record instead of its UUID: use Answer(gpu.uuid)"),
+    ("none", "answered NoneType 'None', not a GPU UUID string"),
+    ("mig", "put a MIG UUID where the GPU's belongs: use Answer(gpu_uuid, mig_uuid=...)"),
+    ("unknown", "answered GPU-00000000-0000-0000-0000-000000000000, which is not a GPU this process can use"),
+    ("abstain-none", "abstained without a reason (give one: doctor shows it)"),
+    ("string", "returned str, not Answer or Abstain"),
+    ("cost-raise", "cost() raised RuntimeError: no idea"),
+    ("cost-word", "cost() returned 'fast', not 'cheap' or 'expensive'"),
+    ("slow", "answer(0) ran past its time budget of 0.5 s: abandoned"),
+    ("hang", "answer(0) ran past its time budget of 0.5 s: abandoned"),
+]
+
+ASK = r"""
+import json, sys, time, warnings, gpuaffinity
+warnings.simplefilter("ignore")
+t = time.perf_counter()
+devs = gpuaffinity.resolve_all()
+print(json.dumps([time.perf_counter() - t, [d.strategy for d in devs], [d.nvml_index for d in devs],
+                  [v.result.reason for v in devs[0].verdicts if v.strategy == "misbehave"]]))
+"""
+
+
+@pytest.mark.parametrize(("how", "reason"), MISTAKES)
+def test_a_plugins_mistake_is_an_abstention_that_names_it(sim_factory, mistakes_site, how, reason):
+    machine = sim_factory("dgx-h100")
+    seconds, strategies, indices, said = on(machine, mistakes_site, ASK, cvd="3,1", MISBEHAVE=how,
+                                            GPUAFFINITY_DISABLE="broken")
+    assert indices == [3, 1] and set(strategies) == {"cvd"}  # the others answer, right
+    assert said and said[0].startswith(reason), said
+    if how in ("slow", "hang"):
+        assert seconds < 2.5  # the budget holds for the whole resolution, not per device (8 x 2 s, or forever)
+    out = cli(machine, mistakes_site, "doctor", "--verbose", cvd="3,1", MISBEHAVE=how, GPUAFFINITY_DISABLE="broken")
+    assert out.returncode == 0 and "Traceback (most recent call last)" not in out.stderr
+    assert reason in out.stdout
+    if how == "raise":  # the traceback is kept for the author: doctor --verbose prints it
+        assert "| Traceback (most recent call last):" in out.stdout and "| ValueError: scheduler unreachable" \
+            in out.stdout
+
+
+BROKEN_CASES = [
+    ("name", "returned a strategy <broken_mod.Broken object"),
+    ("priority", "has priority 'high', not an int"),
+    ("duplicate", "two strategies are named 'cvd'"),
+    ("env_vars", "has env_vars 'SCHEDULER', not a tuple of variable names"),
+    ("budget", "has budget 0: want seconds, more than 0 and at most 3600"),
+    ("noanswer", "has no answer(ctx, logical_id) method"),
+    ("onearg", "has no answer(ctx, logical_id) method"),
+    ("raise", "failed in gpuaffinity_strategies: RuntimeError: no strategies today"),
+]
+
+
+@pytest.mark.parametrize(("how", "text"), BROKEN_CASES)
+def test_a_broken_strategy_is_a_plugin_error_naming_the_plugin(sim_factory, mistakes_site, how, text):
+    out = cli(sim_factory("dgx-h100"), mistakes_site, "resolve", BROKEN=how, GPUAFFINITY_DISABLE="misbehave")
+    assert out.returncode == 1, out.stdout
+    line = out.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line
+    assert text in line
+    assert "plugin 'broken' (distribution plugin-mistakes 0.3, entry point broken = broken_mod)" in line
+    assert "GPUAFFINITY_DISABLE=broken" in line
+
+
+def test_a_plugin_that_contributes_nothing_is_reported_and_warned_once(sim_factory, mistakes_site):
+    machine = sim_factory("dgx-h100")
+    code = r"""
+import json, warnings, gpuaffinity
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    gpuaffinity.resolve_all()
+    gpuaffinity.clear_cache()
+    gpuaffinity.resolve_all()
+print(json.dumps([str(x.message) for x in w if x.category is gpuaffinity.PluginWarning]))
+"""
+    warned = on(machine, mistakes_site, code, GPUAFFINITY_DISABLE="misbehave,broken")
+    assert len(warned) == 2  # each broken plugin once, though two resolutions ran
+    assert any("plugin 'nohook'" in m and "implements no hook: mark gpuaffinity_strategies with "
+               "@gpuaffinity.hookimpl" in m for m in warned)
+    assert any("plugin 'misspelt'" in m and "gpuaffinity_strategy" in m for m in warned)
+    doctor = cli(machine, mistakes_site, "doctor", GPUAFFINITY_DISABLE="misbehave,broken").stdout
+    assert re.search(r"nohook +plugin-mistakes 0.3 +nohook = nohook_mod +none +implements no hook", doctor)
+    assert "disabled: misbehave (from GPUAFFINITY_DISABLE), broken (from GPUAFFINITY_DISABLE)" in doctor
+
+
+def test_strict_refusal_still_shows_every_verdict(sim_factory, guide_site):
+    machine = sim_factory("dgx-h100")
+    gpus = machine.topology.gpus
+    out = cli(machine, guide_site, "doctor", "--policy", "strict", cvd="3,1", SCHEDULER_GPU_MAP=f"{gpus[1].uuid}")
+    assert out.returncode == 3
+    assert "DISAGREEMENT: pci, cvd named another GPU; using scheduler" in out.stdout
+    for name in ("scheduler", "pci", "torch", "cvd"):
+        assert re.search(rf"^ +{name} +(nvml|abstained|skipped)", out.stdout, re.M), name
+    start = time.perf_counter()
+    assert cli(machine, guide_site, "resolve", "--policy", "strict", cvd="3,1",
+               SCHEDULER_GPU_MAP=f"{gpus[1].uuid}").returncode == 3
+    assert time.perf_counter() - start < 60

@@ -1,0 +1,134 @@
+"""gpuaffinity.core.record against the standard dataclasses it stands in for (same classes, both ways)."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import subprocess
+import sys
+
+import pytest
+
+from gpuaffinity.core import record as rec
+
+
+def twins(frozen: bool):
+    """The same class body made a record and a dataclass."""
+    made = []
+    for deco, fld in ((rec.record(frozen=frozen), rec.field), (dataclasses.dataclass(frozen=frozen),
+                                                                 dataclasses.field)):
+        class Point:
+            x: int
+            y: str = "a"
+            tags: list = fld(default_factory=list)
+            note: str = fld(default="", compare=False, repr=False)
+
+            def total(self) -> str:
+                return f"{self.x}{self.y}"
+
+        made.append(deco(Point))
+    return made
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_a_record_behaves_as_the_dataclass_does(frozen):
+    R, D = twins(frozen)
+    for args, kwargs in [((1,), {}), ((1, "b"), {}), ((), {"x": 2, "tags": [1]}), ((3, "c", [2], "n"), {})]:
+        r, d = R(*args, **kwargs), D(*args, **kwargs)
+        assert repr(r).replace("Point", "") == repr(d).replace("Point", "")
+        assert (r.x, r.y, r.tags, r.note) == (d.x, d.y, d.tags, d.note)
+        assert rec.asdict(r) == dataclasses.asdict(d)
+        assert rec.fields(r) == tuple(f.name for f in dataclasses.fields(d))
+        assert R.__match_args__ == D.__match_args__
+        assert r.total() == d.total()
+    assert R(1) == R(1, note="other") and R(1) != R(2) and R(1) != "R(1)"  # note is not compared
+    assert R(1).tags is not R(1).tags  # a fresh list each time
+    for bad in [(), (1, 2, 3, 4, 5)]:
+        with pytest.raises(TypeError):
+            R(*bad)
+        with pytest.raises(TypeError):
+            D(*bad)
+    with pytest.raises(TypeError):
+        R(1, z=2)
+    if frozen:
+        r = R(1)
+        with pytest.raises(AttributeError) as caught:
+            r.x = 2
+        assert isinstance(caught.value, rec.FrozenError) and r.x == 1
+        with pytest.raises(AttributeError):
+            del r.y
+        assert hash(R(1, tags=())) == hash(R(1, tags=(), note="x"))
+        assert {R(1, tags=()): "a"}[R(1, tags=())] == "a"
+    else:
+        r = R(1)
+        r.x = 5
+        assert r.x == 5
+        with pytest.raises(TypeError):
+            hash(r)  # mutable and compared by value: unhashable, as the dataclass is
+        with pytest.raises(TypeError):
+            hash(D(1))
+
+
+def test_replace_and_asdict():
+    R, D = twins(True)
+    r = R(1, "b", [R(2)])
+    s = rec.replace(r, y="z")
+    assert (s.x, s.y, s.tags) == (1, "z", r.tags) and r.y == "b"
+    with pytest.raises(TypeError, match="no field 'nope'"):
+        rec.replace(r, nope=1)
+    d = rec.asdict(r)
+    assert d == {"x": 1, "y": "b", "tags": [{"x": 2, "y": "a", "tags": [], "note": ""}], "note": ""}
+    d["tags"].append(0)
+    assert len(r.tags) == 1  # copied, not shared
+
+
+def test_defaults_in_the_wrong_order_and_both_defaults_refused():
+    with pytest.raises(TypeError, match="without a default follows"):
+        @rec.record
+        class Bad:
+            a: int = 1
+            b: int
+    with pytest.raises(ValueError, match="not both"):
+        rec.field(default=1, default_factory=list)
+
+
+def test_inheritance_post_init_and_pickle():
+    @rec.record(frozen=True)
+    class Base:
+        a: int
+        b: int = 2
+
+    @rec.record(frozen=True)
+    class Child(Base):
+        c: int = 3
+
+    assert rec.fields(Child) == ("a", "b", "c") and Child(1).c == 3 and Child(1, 5, 6).b == 5
+    seen = []
+
+    @rec.record
+    class Hooked:
+        a: int
+
+        def __post_init__(self) -> None:
+            seen.append(self.a)
+
+    Hooked(7)
+    assert seen == [7]
+    from gpuaffinity.core.model import GpuInfo, MigInfo, PhysicalDevice
+
+    g = GpuInfo(0, "GPU-1", "0000:01:00.0", "H100", (MigInfo("MIG-1", 1, 0),), True)
+    assert pickle.loads(pickle.dumps(g)) == g
+    dev = PhysicalDevice(0, 1, "GPU-1", "0000:01:00.0", None, "H100", "pci", ("pci",), (), False)
+    assert dev.to_dict()["agreed"] == ["pci"] and "verdicts" not in dev.to_dict()
+
+
+def test_the_resolution_path_loads_no_heavy_module():
+    """What the records are for: a first resolve loads neither dataclasses, typing, re, json nor pathlib; nor
+    does the module behind plan and bind."""
+    code = ("import sys\nimport gpuaffinity.api, gpuaffinity.inventory, gpuaffinity.resolvers.pci\n"
+            "import gpuaffinity.placement\n"
+            "print(sorted({'dataclasses', 'typing', 're', 'json', 'pathlib', 'inspect', 'ctypes', 'enum'} "
+            "& set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", f"import sys; sys.path[:0] = {sys.path!r}\n" + code],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
