@@ -494,3 +494,15 @@ def test_empty_lists_are_said_to_be_empty(tree):
     Sysfs(root).node_cpus(0, notes)
     assert notes == [f"{root}/devices/system/node/node0/cpulist (0-19,80-99) and cpumap (empty) disagree: using "
                      "cpulist"]
+
+
+@pytest.mark.parametrize(("text", "node"), [("3\n", 3), ("-1\n", -1), ("-7\n", -1), ("+1\n", None), ("1_0\n", None),
+                                           ("\u0661\n", None), ("\n", None), ("-\n", None), ("0x1\n", None)])
+def test_numa_node_is_a_plain_integer(tree, text, node):
+    """The kernel writes a decimal integer, -1 for none; anything else is garbled, never read as some node."""
+    topo, root = tree
+    bus = topo.gpus[0].pci_bus_id
+    (root / f"bus/pci/devices/{bus}/numa_node").write_text(text)
+    notes: list[str] = []
+    assert Sysfs(root).pci_numa_node(bus, notes) == node
+    assert bool(notes) is (node is None)

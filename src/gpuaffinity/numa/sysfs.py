@@ -262,11 +262,11 @@ class Sysfs:
             text = self.text(f"{_pci(bus_id)}/numa_node")
             if text is None:
                 return None
-            try:
-                value = int(text)
-            except ValueError:
+            digits = text[1:] if text.startswith("-") else text
+            if not (digits.isascii() and digits.isdigit()):  # int() would take '+1', '1_0', Arabic digits
                 n.append(f"{self.pci_dir(bus_id)}/numa_node says {text!r}, not a node: ignored")
                 return None
+            value = int(text)
             return value if value >= 0 else -1
         return self._once(compute, notes, bus_id)
 
