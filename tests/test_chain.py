@@ -186,3 +186,16 @@ def test_answer_all_is_asked_once_for_every_device():
 def test_every_answer_is_checked(result, reason):
     dev, warns = run([Fake("p", 60, result), Fake("cvd", 50, Answer(U[1]))])
     assert reason in said(dev)["p"][0] and dev.strategy == "cvd" and dev.fallback and warns
+
+
+def test_a_guess_with_every_strategy_disabled_ends_its_sentence_cleanly(sim_factory):
+    """No abstention to list: each warning ends at its full stop, without a dangling space."""
+    from conftest import run_json
+
+    code = ("import json, warnings, gpuaffinity\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    gpuaffinity.resolve(0, disable=['pci', 'cvd', 'torch'])\n"
+            "print(json.dumps([str(x.message) for x in w]))")
+    messages = run_json(sim_factory("dgx-h100"), code)
+    assert len(messages) == 8 and all(m.endswith("differs from NVML's.") for m in messages), messages

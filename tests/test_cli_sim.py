@@ -220,3 +220,13 @@ def test_started_with_sigchld_ignored(sim_factory):
                          env=env, capture_output=True, text=True, timeout=120, preexec_fn=ignore)
     assert run.returncode == 0, run.stderr
     assert [r["nvml_index"] for r in json.loads(run.stdout)] == [1, 3]
+
+
+def test_doctor_with_every_strategy_disabled(sim_factory):
+    """Found by the long fuzz run: the strategies table had no row to size its columns by (IndexError)."""
+    env = child_env(sim_factory("dgx-h100"), "x")
+    out = subprocess.run([sys.executable, "-m", "gpuaffinity", "doctor", "--disable", "pci", "--disable", "cvd",
+                          "--disable", "torch"], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "unexpected" not in out.stderr
+    assert "  none: every strategy is disabled, so nothing can resolve" in out.stdout

@@ -44,8 +44,10 @@ API int nvmlShutdown(void) { return 0; }
 API int nvmlDeviceGetCount_v2(unsigned *n) { *n = 1; return 0; }
 API int nvmlDeviceGetHandleByIndex_v2(unsigned i, void **h) { if (i) return 2; *h = &gpu; return 0; }
 API int nvmlDeviceGetHandleByPciBusId_v2(const char *b, void **h) { (void)b; *h = &gpu; return 0; }
+#ifndef OLDER_STILL
 API int nvmlDeviceGetPciInfo_v3(void *h, pci_t *p) {
     (void)h; memset(p, 0, sizeof *p); strcpy(p->busId, "00000000:3B:00.0"); return 0; }
+#endif
 API int nvmlDeviceGetUUID(void *h, char *s, unsigned n) {
     (void)h; strncpy(s, "GPU-0ld00000-0000-0000-0000-000000000000", n); return 0; }
 API int nvmlDeviceGetName(void *h, char *s, unsigned n) { (void)h; strncpy(s, "Tesla V100", n); return 0; }
@@ -95,3 +97,26 @@ def test_an_old_driver_without_the_mig_and_scope_calls(tmp_path):
     assert out["gpus"] == [["GPU-0ld00000-0000-0000-0000-000000000000", "0000:3b:00.0", False, 0]]
     assert out["affinity"] == {}
     assert out["missing"] == ["nvmlDeviceGetMigMode", 13]
+
+
+def test_a_driver_older_than_the_list_calls_says_so(tmp_path):
+    """Without a function the GPU list needs (nvmlDeviceGetPciInfo_v3 here): one line saying the driver is too
+    old, not "check that the driver is loaded"."""
+    import shutil
+    import subprocess
+    import sys
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    src = tmp_path / "old.c"
+    src.write_text(OLD_DRIVER_C)
+    subprocess.run([cc, "-shared", "-fPIC", "-fvisibility=hidden", "-DOLDER_STILL", "-o",
+                    str(tmp_path / "libnvidia-ml.so.1"), str(src)], check=True)
+    env = {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": str(tmp_path), "GPUAFFINITY_INVENTORY": "nvml",
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src")}
+    proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "resolve"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr == ("gpuaffinity: this NVIDIA driver's NVML has no nvmlDeviceGetPciInfo_v3: the driver is "
+                           "older than the calls gpuaffinity makes; upgrade the driver\n")

@@ -71,6 +71,11 @@ def clear_cache() -> None:
 
 
 
+#: The longest ``timeout`` run_resolution takes: a day, far past any cuInit, and within what poll() and
+#: subprocess can wait for (about 2.1 million seconds and less).
+MAX_TIMEOUT = 86400
+
+
 def run_resolution(*, policy: str | None = None, disable: Iterable[str] | str | None = None,
                    allow_subprocess: bool = True, timeout: float = 120.0, strict_errors: bool = True,
                    settings: Settings | None = None) -> Resolution:
@@ -82,8 +87,9 @@ def run_resolution(*, policy: str | None = None, disable: Iterable[str] | str | 
     from gpuaffinity.resolvers import builtin_plugins
     from gpuaffinity.resolvers._common import integers_index_unknown_order
 
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
-        raise ValueError(f"timeout must be a finite number of seconds above 0, not {timeout!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT:
+        raise ValueError(f"timeout must be a number of seconds above 0 and at most {MAX_TIMEOUT} (a day), "
+                         f"not {timeout!r}")
     st = settings or Settings.from_key(make_key(policy, normalize_disable(disable), allow_subprocess))
     chosen = st.policy
     disabled = st.disabled

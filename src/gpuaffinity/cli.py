@@ -465,6 +465,8 @@ def _print_warnings(caught: list) -> None:
 
 
 def _print_table(rows: list[tuple[str, ...]], indent: str = "") -> None:
+    if not rows:
+        return
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print(indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
@@ -554,6 +556,9 @@ def _doctor(args: argparse.Namespace) -> int:
     _print_table(table, "  ")
     print(f"\nStrategies (priority order; equal priorities by name; policy {res.policy})")
     _print_table([(s.name, str(s.priority), getattr(s, "describe", "")) for s in res.strategies], "  ")
+    if not res.strategies:
+        print("  none: every strategy is disabled, so nothing can resolve; enable one (GPUAFFINITY_DISABLE, "
+              "--disable)")
     _plugins(res)
     if res.context.grammar.unsure:
         print(f"  note: the reading of CUDA_VISIBLE_DEVICES {res.context.grammar.unsure}; the default policy "

@@ -242,7 +242,7 @@ def read_inventory_nvml() -> Inventory:
     try:
         nv.__enter__()
     except NvmlLiteError as e:
-        raise NoDriverError(f"NVML could not start ({e}); check that the NVIDIA driver is loaded "
+        raise NoDriverError(_too_old(e) or f"NVML could not start ({e}); check that the NVIDIA driver is loaded "
                             "(nvidia-smi should work)") from None
     step = "counting GPUs"
     try:
@@ -256,10 +256,18 @@ def read_inventory_nvml() -> Inventory:
             gpus.append(GpuInfo(i, nv.uuid(h), bus, nv.name(h), migs, enabled))
         return Inventory(tuple(gpus), source="nvml")
     except NvmlLiteError as e:
-        raise InventoryError(f"NVML failed while {step}: {e}; the GPU list cannot be trusted, so nothing is "
-                             "resolved (nvidia-smi shows whether the driver is healthy)") from None
+        raise InventoryError(_too_old(e) or f"NVML failed while {step}: {e}; the GPU list cannot be trusted, so "
+                             "nothing is resolved (nvidia-smi shows whether the driver is healthy)") from None
     finally:
         nv.__exit__()  # a failed shutdown only leaves NVML initialised: the list is read
+
+
+def _too_old(e: Exception) -> str | None:
+    """The message for a function this driver's NVML lacks (FUNCTION_NOT_FOUND), else None."""
+    if getattr(e, "code", None) != 13:
+        return None
+    return (f"this NVIDIA driver's NVML has no {getattr(e, 'call', '?')}: the driver is older than the calls "
+            "gpuaffinity makes; upgrade the driver")
 
 
 def _migs(nv: Session, handle: object) -> tuple[bool, tuple[MigInfo, ...]]:

@@ -224,11 +224,11 @@ def resolve_one(strategies: Sequence[Strategy], ctx: ResolveContext, logical_id:
     if winner is None:
         if logical_id >= len(ctx.inventory.gpus):
             raise GpuAffinityError(f"no strategy could resolve CUDA device {logical_id} ({env}) and NVML has only "
-                                   f"{len(ctx.inventory.gpus)} GPUs: " + _reasons(ordered))
+                                   f"{len(ctx.inventory.gpus)} GPUs." + _reasons(ordered))
         gpu = ctx.inventory.gpus[logical_id]
         warns.append((FallbackWarning, f"gpuaffinity: no strategy could resolve CUDA device {logical_id} ({env}); "
                                    f"guessing NVML index {logical_id} ({gpu.pci_bus_id}), which is wrong whenever "
-                                   f"CUDA's numbering differs from NVML's. " + _reasons(ordered)))
+                                   f"CUDA's numbering differs from NVML's." + _reasons(ordered)))
         return PhysicalDevice(logical_id, gpu.nvml_index, gpu.uuid, gpu.pci_bus_id, None, gpu.name, IDENTITY,
                               (), (), True, inventory=ctx.inventory.label, verdicts=ordered), warns
 
@@ -261,7 +261,7 @@ def resolve_one(strategies: Sequence[Strategy], ctx: ResolveContext, logical_id:
         warns.append((DisagreementWarning, f"{head}; using {strategy.name}'s answer"))
     if fallback:
         warns.append((FallbackWarning, f"gpuaffinity: CUDA device {logical_id} ({env}) resolved by fallback strategy "
-                                   f"{strategy.name!r} because higher-priority strategies could not answer. "
+                                   f"{strategy.name!r} because higher-priority strategies could not answer."
                                    + _reasons(ordered)))
     return device, warns
 
@@ -275,4 +275,4 @@ def _gpu_text(ctx: ResolveContext, a: Answer | Abstain) -> str:
 def _reasons(verdicts: Sequence[Verdict]) -> str:
     parts = [f"{v.strategy}: {v.result.reason}" for v in verdicts
              if isinstance(v.result, Abstain) and v.ran]
-    return ("Abstained: " + "; ".join(parts) + ".") if parts else ""
+    return (" Abstained: " + "; ".join(parts) + ".") if parts else ""

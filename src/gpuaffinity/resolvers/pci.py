@@ -69,7 +69,8 @@ def _forked_probe(env: dict[str, str | None], timeout: float, meanwhile: Any = N
     process has one thread (a fork copies no lock another thread holds) and has no libcuda mapped (a fork of a
     process that initialised CUDA cannot initialise it again: cuInit fails in the copy).
 
-    None when fork() itself fails (out of processes or memory): the caller tries the isolated interpreter.
+    None when pipe() or fork() fails (out of descriptors, processes or memory): the caller tries the isolated
+    interpreter.
     Robust to the caller's process state: SIGCHLD ignored or reaped by someone else (the answer is in the pipe
     already), a pipe descriptor above 1023 (poll, not select), an interrupt while waiting (the child is killed
     and reaped, the descriptors closed)."""
@@ -77,15 +78,25 @@ def _forked_probe(env: dict[str, str | None], timeout: float, meanwhile: Any = N
     import select
     import signal
 
-    r, w = os.pipe()
+    # no signal handler may run between creating the pipe and the child and the try that cleans them up
+    caller_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    _clean_up_after_interrupted_probes()
+    try:
+        r, w = os.pipe()
+    except OSError:  # no descriptor left: the isolated interpreter will say so
+        signal.pthread_sigmask(signal.SIG_SETMASK, caller_mask)
+        return None
     try:
         pid = os.fork()
     except OSError:
         os.close(r)
         os.close(w)
+        signal.pthread_sigmask(signal.SIG_SETMASK, caller_mask)
         return None
     if pid == 0:  # the child: the variables of this resolution, cuInit, the answer down the pipe, gone
+        code = 1  # what the parent is told, if anything here raises
         try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, caller_mask)
             os.close(r)
             for var, value in env.items():
                 if value is None:
@@ -95,12 +106,17 @@ def _forked_probe(env: dict[str, str | None], timeout: float, meanwhile: Any = N
             data = json.dumps(query_driver(True)).encode()
             while data:
                 data = data[os.write(w, data):]
+            code = 0
         finally:
-            os._exit(0)
+            os._exit(code)
     os.close(w)
+    _unfinished[pid] = r
     chunks: list[bytes] = []
     finished = False
+    status: int | None = None
+    deadline = None
     try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, caller_mask)  # from here the finally below cleans up
         if meanwhile is not None:  # the parent's own work while the child waits for the driver; never fails it
             try:
                 meanwhile()
@@ -111,31 +127,86 @@ def _forked_probe(env: dict[str, str | None], timeout: float, meanwhile: Any = N
         poller.register(r, select.POLLIN | select.POLLHUP)
         while True:
             left = deadline - time.monotonic()
-            # past the deadline, still take what is already in the pipe (poll with 0) before giving up
-            if not poller.poll(max(0.0, left) * 1000.0):
-                break
+            # past the deadline, still take what is already in the pipe (poll with 0) before giving up; waits
+            # in slices of at most an hour, within poll()'s range whatever the timeout
+            if not poller.poll(min(max(0.0, left), 3600.0) * 1000.0):
+                if left <= 0:
+                    break
+                continue
             chunk = os.read(r, 65536)
             if not chunk:
                 finished = True
                 break
             chunks.append(chunk)
     finally:
-        os.close(r)
-        if not finished:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        # no signal handler may cut the clean-up short (a child left running, a descriptor open)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:  # SIGCHLD ignored, or another handler reaped it: nothing left to wait for
-            pass
+            del _unfinished[pid]  # before the child is reaped: a pid in there is never one recycled since
+            os.close(r)
+            status = _reap(pid, finished, deadline)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     if not finished:
-        return {"rc": None, "devices": [], "error": f"the CUDA probe took over {timeout:g} s"}
+        return {"rc": None, "devices": [], "error": f"the CUDA probe took over {timeout:g} s (cuInit did not "
+                "return in time; nvidia-smi shows whether the driver is healthy)"}
     try:
         return json.loads(b"".join(chunks))
     except ValueError:
-        return {"rc": None, "devices": [], "error": "the CUDA probe (a forked copy) died before it answered"}
+        how = "" if status is None else f": {_exit_words(status)}"
+        return {"rc": None, "devices": [], "error": f"the CUDA probe (a forked copy) died before it answered{how}"}
+
+
+#: Forked probes whose clean-up a signal handler cut short (one that raised again as the clean-up began): the
+#: child's pid and the parent's end of its pipe.  The next probe kills, reaps and closes them.
+_unfinished: dict[int, int] = {}
+
+
+def _clean_up_after_interrupted_probes() -> None:
+    while _unfinished:
+        pid, r = _unfinished.popitem()
+        try:
+            os.close(r)
+        except OSError:
+            pass
+        _reap(pid, False, None)
+
+
+def _reap(pid: int, answered: bool, deadline: float | None) -> int | None:
+    """Wait for the probe child; its wait status, or None when someone else reaped it (SIGCHLD ignored).
+
+    A child that has not answered is killed at once.  One that closed the pipe is given until the deadline to
+    exit (it may linger in the driver's teardown), then killed: the wait never outlasts the timeout by more
+    than the kill itself."""
+    import signal
+
+    if answered and deadline is not None:
+        pause = 0.0005
+        while True:
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                return None
+            if done:
+                return status
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        return os.waitpid(pid, 0)[1]
+    except ChildProcessError:  # SIGCHLD ignored, or another handler reaped it: nothing left to wait for
+        return None
+
+
+def _exit_words(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"
 
 
 class PciStrategy(Strategy):
@@ -194,7 +265,11 @@ class PciStrategy(Strategy):
             proc = subprocess.run(child_command(), env=env, capture_output=True, text=True, timeout=timeout,
                                   stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
-            return {"rc": None, "devices": [], "error": f"the CUDA probe process took over {timeout:g} s"}
+            return {"rc": None, "devices": [], "error": f"the CUDA probe process took over {timeout:g} s (cuInit "
+                    "did not return in time; nvidia-smi shows whether the driver is healthy)"}
+        except OSError as e:  # no process or descriptor left to start it with
+            return {"rc": None, "devices": [], "error": f"the CUDA probe process could not start ({e}); free "
+                    "processes or file descriptors (ulimit -u, ulimit -n) and try again"}
         try:
             table = json.loads(proc.stdout.strip().splitlines()[-1])
         except (IndexError, ValueError):
