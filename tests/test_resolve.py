@@ -549,3 +549,40 @@ def test_the_longest_timeout_still_gets_the_drivers_answer(sim_factory):
             "res = run_resolution(policy='strict', timeout=86400)\n"
             "print(json.dumps([d.nvml_index for d in res.devices]))")
     assert run_json(sim_factory("mixed-4gpu"), code, cvd="0,1") == [1, 3]
+
+
+UNRESOLVED = r"""
+import json, warnings, gpuaffinity
+out = {}
+for policy in ("verify", "strict"):
+    gpuaffinity.clear_cache()
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        try:
+            d = gpuaffinity.resolve(1, policy=policy)
+            out[policy] = {"nvml": d.nvml_index, "by": d.strategy, "fallback": d.fallback,
+                           "warned": [type(x.message).__name__ for x in w]}
+        except gpuaffinity.UnresolvedError as e:
+            out[policy] = {"error": str(e), "status": e.exit_status, "guess": e.device.nvml_index,
+                           "verdicts": [v.strategy for v in e.device.verdicts]}
+print(json.dumps(out))
+"""
+
+
+def test_strict_does_not_guess(sim_factory):
+    """Mixed models under FASTEST_FIRST with integers and no child allowed: no strategy can answer.  verify
+    guesses NVML index = CUDA index, loudly; strict refuses, with the guess and every verdict on the error."""
+    machine = sim_factory("mixed-4gpu")
+    out = run_json(machine, UNRESOLVED, cvd="0,1", GPUAFFINITY_NO_SUBPROCESS="1")
+    assert out["verify"] == {"nvml": 1, "by": "identity", "fallback": True,
+                             "warned": ["FallbackWarning", "FallbackWarning"]}  # one a device
+    strict = out["strict"]
+    assert strict["status"] == 3 and strict["guess"] == 0 and set(strict["verdicts"]) >= {"cvd", "pci"}
+    assert strict["error"].startswith("gpuaffinity: no strategy could resolve CUDA device 0 ")
+    assert "the strict policy does not guess (use --policy verify to take NVML index 0 with a warning)." in \
+        strict["error"]
+    cli = subprocess.run([sys.executable, "-m", "gpuaffinity", "resolve", "--policy", "strict", "--no-subprocess"],
+                         env=child_env(machine, "0,1"), capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 3 and cli.stdout == ""
+    assert len(cli.stderr.splitlines()) == 1 and "the strict policy does not guess" in cli.stderr
+    assert "Traceback" not in cli.stderr

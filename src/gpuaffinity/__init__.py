@@ -20,6 +20,7 @@ from gpuaffinity.core.errors import (
     PluginError,
     PluginWarning,
     SimulationWarning,
+    UnresolvedError,
 )
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers take this spelling)
@@ -58,6 +59,7 @@ __all__ = [
     "ResolveContext",
     "SimulationWarning",
     "Strategy",
+    "UnresolvedError",
     "__version__",
     "bind",
     "clear_cache",

@@ -25,6 +25,7 @@ from gpuaffinity.core.errors import (
     InvalidVisibleDevicesError,
     PluginWarning,
     SimulationWarning,
+    UnresolvedError,
     shown,
 )
 from gpuaffinity.core.model import Inventory, PhysicalDevice
@@ -162,7 +163,7 @@ def run_resolution(*, policy: str | None = None, disable: Iterable[str] | str | 
             if strict_errors:
                 raise
             out.error = out.error or e
-            if isinstance(e, ConflictError) and e.device is not None:  # doctor still shows every verdict
+            if isinstance(e, (ConflictError, UnresolvedError)) and e.device is not None:  # doctor shows every verdict
                 out.devices.append(e.device)
                 continue
             break
@@ -202,7 +203,8 @@ def resolve_all(*, policy: str | None = None, disable: Iterable[str] | str | Non
     ``allow_subprocess``: whether the ``pci`` strategy may start a child process to ask
     the CUDA driver when CUDA is not initialised here.
     Raises ``InvalidVisibleDevicesError`` when the driver itself would refuse the variables,
-    ``NoDriverError`` without NVML, ``ConflictError`` on disagreement under ``strict``.
+    ``NoDriverError`` without NVML, ``ConflictError`` on disagreement under ``strict``, ``UnresolvedError``
+    under ``strict`` where no strategy could answer.
     """
     return list(_resolved(policy, normalize_disable(disable), allow_subprocess, stacklevel=2))
 

@@ -47,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                 description="Which physical GPU is CUDA device N, and which NUMA node and CPUs sit next to it?")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     policy_help = ("how strategies are combined: first (take the first answer), verify (default: check with the "
-                   "other cheap strategies, warn on disagreement), strict (disagreement is an error, exit 3); "
-                   "default from GPUAFFINITY_POLICY")
+                   "other cheap strategies, warn on disagreement), strict (disagreement, or no answer at all, is an "
+                   "error, exit 3); default from GPUAFFINITY_POLICY")
     res = sub.add_parser(
         "resolve", help="which physical GPU is each CUDA device",
         description="Map logical CUDA device ids (as this process's CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER "
@@ -139,7 +139,8 @@ examples:
   gpuaffinity resolve 0 --json        device 0 as JSON: uuid, pci_bus_id, nvml_index, numa_nodes, cpus, ...
   CUDA_VISIBLE_DEVICES=GPU-8932f937,3 gpuaffinity resolve --policy strict
 
-exit status: 0 ok; 1 error (one line on stderr); 2 usage; 3 strategies disagree under --policy strict.
+exit status: 0 ok; 1 error (one line on stderr); 2 usage; 3 --policy strict refused (strategies
+disagree, or none could answer).
 """
 
 

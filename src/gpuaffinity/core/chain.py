@@ -18,7 +18,8 @@ are asked after the cheap ones, and only when something calls for them.
     On disagreement a
     DisagreementWarning names every answer; the highest-priority answer stands.
 ``strict``
-    Every strategy runs, expensive ones too; any disagreement is a ConflictError.
+    Every strategy runs, expensive ones too; any disagreement is a ConflictError, and where no strategy answers
+    it does not guess: UnresolvedError (both exit status 3 on the command line).
 
 A result says who answered (``answered``), who gave the same GPU (``agreed``:
 empty when one strategy answered alone, since nothing confirmed it), whether
@@ -36,7 +37,14 @@ from __future__ import annotations
 import time
 from _collections_abc import Sequence  # what collections.abc re-exports, loaded with os: no import to pay for
 
-from gpuaffinity.core.errors import ConflictError, DisagreementWarning, FallbackWarning, GpuAffinityError, shown
+from gpuaffinity.core.errors import (
+    ConflictError,
+    DisagreementWarning,
+    FallbackWarning,
+    GpuAffinityError,
+    UnresolvedError,
+    shown,
+)
 from gpuaffinity.core.model import Abstain, Answer, GpuInfo, PhysicalDevice, Verdict
 from gpuaffinity.core.strategy import COSTS, OPTIONAL, ResolveContext, Strategy
 
@@ -226,11 +234,16 @@ def resolve_one(strategies: Sequence[Strategy], ctx: ResolveContext, logical_id:
             raise GpuAffinityError(f"no strategy could resolve CUDA device {logical_id} ({env}) and NVML has only "
                                    f"{len(ctx.inventory.gpus)} GPUs." + _reasons(ordered))
         gpu = ctx.inventory.gpus[logical_id]
+        guess = PhysicalDevice(logical_id, gpu.nvml_index, gpu.uuid, gpu.pci_bus_id, None, gpu.name, IDENTITY,
+                               (), (), True, inventory=ctx.inventory.label, verdicts=ordered)
+        if policy == "strict":
+            raise UnresolvedError(f"gpuaffinity: no strategy could resolve CUDA device {logical_id} ({env}) and the "
+                                  "strict policy does not guess (use --policy verify to take NVML index "
+                                  f"{logical_id} with a warning)." + _reasons(ordered), device=guess)
         warns.append((FallbackWarning, f"gpuaffinity: no strategy could resolve CUDA device {logical_id} ({env}); "
                                    f"guessing NVML index {logical_id} ({gpu.pci_bus_id}), which is wrong whenever "
                                    f"CUDA's numbering differs from NVML's." + _reasons(ordered)))
-        return PhysicalDevice(logical_id, gpu.nvml_index, gpu.uuid, gpu.pci_bus_id, None, gpu.name, IDENTITY,
-                              (), (), True, inventory=ctx.inventory.label, verdicts=ordered), warns
+        return guess, warns
 
     strategy, ans = winner
     gpu = ctx.inventory.by_uuid(ans.uuid)

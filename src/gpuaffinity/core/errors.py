@@ -14,7 +14,7 @@ def shown(value: str | None, limit: int = 200) -> str:
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-#: `gpuaffinity resolve --policy strict` when strategies disagree
+#: `gpuaffinity resolve --policy strict` when it refuses: strategies disagree, or none could answer
 EXIT_CONFLICT = 3
 
 
@@ -52,6 +52,15 @@ class ConflictError(GpuAffinityError):
         self.device = device
 
 
+class UnresolvedError(GpuAffinityError):
+    """Under the strict policy, no strategy could answer: strict does not guess (the other policies fall back to
+    the identity mapping with a FallbackWarning).  ``device``: that guess, with every strategy's verdict."""
+
+    def __init__(self, message: str, device: object = None) -> None:
+        super().__init__(message)
+        self.device = device
+
+
 class PluginError(GpuAffinityError):
     """A plugin could not be loaded, or misbehaved."""
 
@@ -74,7 +83,8 @@ class UsageError(GpuAffinityError):
 
 #: The command line's exit status for each error: the first class of an error's MRO found here; any other
 #: exception is 1.  (CMD's own status passes through `bind` and `sim run`; 126/127 there: cannot run CMD.)
-EXIT_STATUS: dict[type, int] = {UsageError: EXIT_USAGE, ConflictError: EXIT_CONFLICT, GpuAffinityError: EXIT_ERROR}
+EXIT_STATUS: dict[type, int] = {UsageError: EXIT_USAGE, ConflictError: EXIT_CONFLICT, UnresolvedError: EXIT_CONFLICT,
+                                GpuAffinityError: EXIT_ERROR}
 
 
 def exit_status(e: BaseException) -> int:
