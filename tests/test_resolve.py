@@ -586,3 +586,18 @@ def test_strict_does_not_guess(sim_factory):
     assert cli.returncode == 3 and cli.stdout == ""
     assert len(cli.stderr.splitlines()) == 1 and "the strict policy does not guess" in cli.stderr
     assert "Traceback" not in cli.stderr
+
+
+def test_a_probe_process_that_cannot_start_says_what_to_free(monkeypatch):
+    """No fork (other threads) and the interpreter cannot be started (here: it does not exist; in the field, no
+    process or descriptor left): one line saying so, and what to free."""
+    from gpuaffinity.core.model import Inventory
+    from gpuaffinity.core.strategy import ResolveContext
+    from gpuaffinity.resolvers import pci
+
+    monkeypatch.setattr(pci, "_single_threaded", lambda: False)
+    monkeypatch.setattr(pci, "child_command", lambda: ["/nonexistent/python3", "-I", "-c", "pass"])
+    ctx = ResolveContext(Inventory(()), "0", None, 1, {"allow_subprocess": True, "timeout": 5})
+    table = pci.PciStrategy()._probe_child(ctx)
+    assert table["devices"] == [] and table["error"].startswith("the CUDA probe process could not start (")
+    assert table["error"].endswith("); free processes or file descriptors (ulimit -u, ulimit -n) and try again")
