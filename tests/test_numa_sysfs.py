@@ -506,3 +506,65 @@ def test_numa_node_is_a_plain_integer(tree, text, node):
     notes: list[str] = []
     assert Sysfs(root).pci_numa_node(bus, notes) == node
     assert bool(notes) is (node is None)
+
+
+def test_has_memory_reads_the_total_wherever_the_line_starts():
+    """meminfo's MemTotal, at the start of the text or after the node prefix; none, or zero: no memory."""
+    from gpuaffinity.numa.sysfs import _has_memory
+
+    assert _has_memory("Node 0 MemTotal:       65536 kB\nNode 0 MemFree: 1 kB\n") is True
+    assert _has_memory("MemTotal: 5 kB\n") is True  # the very first characters
+    assert _has_memory("Node 2 MemTotal:       0 kB\n") is False
+    assert _has_memory("Node 2 MemFree: 5 kB\n") is False  # no total at all
+    assert _has_memory("") is False
+
+
+def test_notes_are_said_in_full(tree):
+    """What a user reads, asserted whole: the mutation pass showed that a changed word, a lost path or a note
+    dropped on the way (an online list read without its notes) went unnoticed."""
+    topo, root = tree
+    # a siblings list that leaves out the CPU itself
+    (root / "devices/system/cpu/cpu3/topology/core_cpus_list").write_text("4\n")
+    notes: list[str] = []
+    Sysfs(root).siblings(3, notes)
+    assert f"{root}/devices/system/cpu/cpu3/topology/core_cpus_list (4) leaves out CPU 3 itself: ignored" in notes
+    # a garbled numa_node names the device's own file
+    bus = topo.gpus[0].pci_bus_id
+    (root / f"bus/pci/devices/{bus}/numa_node").write_text("x\n")
+    notes = []
+    assert Sysfs(root).pci_numa_node(bus, notes) is None
+    assert notes == [f"{root}/bus/pci/devices/{bus}/numa_node says 'x', not a node: ignored"]
+    # a garbled online list, met first through a node's CPUs: its note still reaches that caller
+    (root / "devices/system/cpu/online").write_text("0-z\n")
+    notes = []
+    Sysfs(root).node_cpus(0, notes)
+    assert any(n.startswith(f"{root}/devices/system/cpu/online is not a CPU list (") and n.endswith("): ignored")
+               for n in notes), notes
+
+
+def test_node_folders_other_than_nodeN_are_not_nodes(tree):
+    """Without node/online, the node<N> folders count, and nothing else there ('nodeX', 'possible', 'power')."""
+    topo, root = tree
+    base = root / "devices/system/node"
+    (base / "online").unlink()
+    (base / "nodeinfo").mkdir()
+    (base / "power").mkdir(exist_ok=True)
+    (base / "has_cpu").write_text("0-1\n")
+    assert Sysfs(root).node_ids() == tuple(sorted(n.id for n in topo.nodes))
+
+
+def test_the_nearest_cpu_node_to_gpu_memory_keeps_its_notes(tmp_path):
+    """The firmware puts the GPU's PCI device on its own memory node, and NVML names only that node: its place is
+    the CPU node nearest that memory, and when the distances cannot be read, the note saying so reaches the
+    locality."""
+    topo = load_topology("gh200")
+    root = render(topo, tmp_path / "sys")
+    bus = topo.gpus[0].pci_bus_id
+    (root / f"bus/pci/devices/{bus}/numa_node").write_text("1\n")
+    mem = frozenset({1})
+    loc = gpu_locality(bus, topo.cpus, (mem, topo.cpus, mem), sysfs=Sysfs(root))
+    assert loc.numa_nodes == (0,)  # Grace, the node nearest the HBM
+    (root / "devices/system/node/node1/distance").write_text("10\n")
+    loc = gpu_locality(bus, topo.cpus, (mem, topo.cpus, mem), sysfs=Sysfs(root))
+    assert any(n.startswith(f"{root}/devices/system/node/node1/distance") and
+               "does not list one distance per online node" in n for n in loc.notes), loc.notes
