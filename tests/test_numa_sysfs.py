@@ -568,3 +568,47 @@ def test_the_nearest_cpu_node_to_gpu_memory_keeps_its_notes(tmp_path):
     loc = gpu_locality(bus, topo.cpus, (mem, topo.cpus, mem), sysfs=Sysfs(root))
     assert any(n.startswith(f"{root}/devices/system/node/node1/distance") and
                "does not list one distance per online node" in n for n in loc.notes), loc.notes
+
+
+def test_a_file_that_is_not_text_is_read_with_replacement(tmp_path):
+    """Bytes that are not UTF-8 (a corrupt or hostile sysfs) are never a UnicodeDecodeError: the text is read
+    with replacement characters, and then judged as garbled by whoever parses it."""
+    f = tmp_path / "cpulist"
+    f.write_bytes(b"0-3\xff\xfe\n\0")
+    assert read_text(f) == "0-3\ufffd\ufffd"
+
+
+def test_a_local_cpu_list_and_mask_that_disagree_are_said_in_full(tree):
+    topo, root = tree
+    bus = topo.gpus[0].pci_bus_id
+    base = root / f"bus/pci/devices/{bus}"
+    (base / "local_cpus").write_text("0\n")  # an empty mask against a non-empty list
+    notes: list[str] = []
+    listed = Sysfs(root).pci_local_cpus(bus, notes)
+    assert listed and notes == [f"{base}/local_cpulist ({format_cpulist(listed)}) and {base}/local_cpus (empty) "
+                                "disagree: using the list"]
+    # no list, and a mask that is no mask: the mask's own note reaches the caller
+    (base / "local_cpulist").unlink()
+    (base / "local_cpus").write_text("zz-top\n")
+    notes = []
+    assert Sysfs(root).pci_local_cpus(bus, notes) is None
+    assert len(notes) == 1 and notes[0].startswith(f"{base}/local_cpus is not a CPU mask (")
+
+
+def test_a_garbled_online_list_is_noted_in_the_locality(tree):
+    topo, root = tree
+    (root / "devices/system/cpu/online").write_text("0-z\n")
+    bus = topo.gpus[0].pci_bus_id
+    loc = gpu_locality(bus, topo.cpus, None, sysfs=Sysfs(root))
+    assert any(n.startswith(f"{root}/devices/system/cpu/online is not a CPU list (") for n in loc.notes), loc.notes
+
+
+def test_a_garbled_simulated_cpuset_says_what_to_do(monkeypatch):
+    from gpuaffinity.core.errors import GpuAffinityError
+    from gpuaffinity.numa.query import allowed_cpus
+
+    monkeypatch.setenv("GPUAFFINITY_SIM_ALLOWED_CPUS", "zz")
+    with pytest.raises(GpuAffinityError) as e:
+        allowed_cpus()
+    assert str(e.value).startswith("GPUAFFINITY_SIM_ALLOWED_CPUS (the simulator's cpuset) is not a CPU list: ")
+    assert str(e.value).endswith("; unset it outside `gpuaffinity sim run`")
