@@ -612,3 +612,17 @@ def test_a_garbled_simulated_cpuset_says_what_to_do(monkeypatch):
         allowed_cpus()
     assert str(e.value).startswith("GPUAFFINITY_SIM_ALLOWED_CPUS (the simulator's cpuset) is not a CPU list: ")
     assert str(e.value).endswith("; unset it outside `gpuaffinity sim run`")
+
+
+def test_nvmls_cpus_are_cut_to_the_online_ones(tmp_path):
+    """The firmware gives no node, NVML's CPU affinity names offline CPUs (36-39 on node 3 here) and the affinity
+    mask names them too (a stale cpuset): the locality holds online CPUs only."""
+    topo = load_topology("irregular-2s")
+    root = render(topo, tmp_path)
+    bus = "0000:c1:00.0"
+    (root / f"bus/pci/devices/{bus}/numa_node").unlink()
+    for name in ("local_cpulist", "local_cpus"):
+        (root / f"bus/pci/devices/{bus}/{name}").unlink(missing_ok=True)
+    nv = (frozenset({3}), parse_cpulist("30-39"), frozenset())
+    loc = gpu_locality(bus, parse_cpulist("0-79"), nv, sysfs=Sysfs(root))
+    assert loc.source == "nvml" and format_cpulist(loc.cpus) == "30-35"
