@@ -132,3 +132,19 @@ def test_a_ray_without_the_hook_point_says_so_and_binds_nothing(capsys, monkeypa
     err = capsys.readouterr().err
     assert err.startswith("gpuaffinity: this Ray has no ray._private.utils.set_visible_accelerator_ids") and \
         err.count("\n") == 1
+
+
+def test_the_benchmark_runs_and_prints_its_table(host8, tmp_path):
+    """benchmarks/bench_ray_worker.py, run (not timed): its table and its JSON."""
+    bench = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_ray_worker.py")
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", str(host8), "--", sys.executable, bench,
+                           "--tasks", "1", "--json", str(tmp_path / "b.json")], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["what", "n", "median", "max"]
+    assert any(line.startswith("hook: setup") for line in lines)
+    assert any(line.startswith("hook: bound") for line in lines)
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert len(data["tasks"]) == 2 and data["medians_ms"]["bound"] > 0
