@@ -148,3 +148,105 @@ def test_the_benchmark_runs_and_prints_its_table(host8, tmp_path):
     assert any(line.startswith("hook: bound") for line in lines)
     data = json.loads((tmp_path / "b.json").read_text())
     assert len(data["tasks"]) == 2 and data["medians_ms"]["bound"] > 0
+
+
+SEQUENCE = r"""
+import json, os
+import ray
+from gpuaffinity.numa.bind import get_mempolicy
+
+cpus = sorted(os.sched_getaffinity(0))
+env = {k: v for k, v in os.environ.items() if k.startswith(("GPUAFFINITY_", "LD_"))}
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False,
+         runtime_env={"env_vars": env, "worker_process_setup_hook": "gpuaffinity.ray_worker.setup"})
+
+
+@ray.remote(num_cpus=1)
+def task(narrow_to=None):
+    from gpuaffinity import ray_worker
+    got = {"pid": os.getpid(), "ids": [str(i) for i in ray.get_gpu_ids()], "affinity": sorted(os.sched_getaffinity(0)),
+           "mempolicy": get_mempolicy()[0], "hook": [w for w, _s in ray_worker.timings][-1]}
+    if narrow_to is not None:  # the task changes its own mask, as user code may
+        os.sched_setaffinity(0, {narrow_to})
+    return got
+
+
+try:
+    out = [ray.get(task.options(num_gpus=1).remote(cpus[1])), ray.get(task.options(num_gpus=1).remote()),
+           ray.get(task.options(num_gpus=2).remote())]
+finally:
+    ray.shutdown()
+print(json.dumps(out))
+"""
+
+
+def test_no_stale_binding_when_a_task_changes_its_mask_or_the_next_gpu_has_no_node(host8, tmp_path):
+    """Found by attacking the hook: (1) a task that narrowed its own mask made the next task on the same GPU
+    skip its binding and run off its node; (2) after GPU 0 (node 0), a task holding GPU 0 and GPU 1, which has
+    no node (numa_node -1), kept a memory policy over node 0 alone.  Memory is bound where every GPU has a
+    node, and reset to the default otherwise."""
+    topo = tmp_path / "host8n.toml"
+    text = host8.read_text()
+    gpu1 = text.index('uuid = "GPU-00000001')
+    at = text.index("numa_node = 0", gpu1)
+    topo.write_text(text[:at] + "numa_node = -1" + text[at + len("numa_node = 0"):])
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", GPUAFFINITY_RAY_MEMORY="bind")
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", str(topo), "--", sys.executable, "-c",
+                           SEQUENCE], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, again, no_node = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert first["ids"] == again["ids"] == ["0"] and no_node["ids"] == ["0", "1"]
+    assert first["pid"] == again["pid"] == no_node["pid"]
+    assert first["affinity"] == again["affinity"] == [CPUS[0]]  # rebound, though the GPU was the same
+    assert again["hook"] == "bound"
+    assert (first["mempolicy"], again["mempolicy"]) == (2, 2)  # MPOL_BIND, node 0
+    assert no_node["mempolicy"] == 0  # the default policy, not node 0's alone
+
+
+STATES = r"""
+import json, os
+import ray
+from gpuaffinity import ray_worker
+
+ids = []
+ray.get_gpu_ids = lambda: list(ids)  # Ray's answer for the task at hand; the binding itself is real
+ray_worker.setup()  # notes this worker's own mask
+out = []
+for gpus, mode in ((["0"], None), (["5"], "nod"), (["0"], None)):
+    ids[:] = gpus
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    if mode:
+        os.environ["GPUAFFINITY_RAY_MODE"] = mode
+    try:
+        ray_worker.rebind()
+        error = None
+    except ValueError as e:
+        error = str(e)
+    os.environ.pop("GPUAFFINITY_RAY_MODE", None)
+    rec = ray_worker.last()
+    out.append({"error": error, "affinity": sorted(os.sched_getaffinity(0)),
+                "last_nodes": list(rec.numa_nodes) if rec else None})
+print(json.dumps(out))
+"""
+
+
+def test_a_failed_binding_leaves_no_stale_state(host8):
+    """Found by attacking the hook: after a task whose binding failed, the next task on the first task's GPU
+    was taken for 'the same GPUs' and left on the full mask, and last() still named the old node."""
+    env = dict(os.environ, GPUAFFINITY_RAY_MEMORY="none")
+    proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", str(host8), "--", sys.executable, "-c",
+                           STATES], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ok, failed, again = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert ok == {"error": None, "affinity": [CPUS[0]], "last_nodes": [0]}
+    assert failed["error"] == ("GPUAFFINITY_RAY_MODE='nod' is not one of node, socket, exclusive, llc; fix it in "
+                               "the runtime environment's env_vars")
+    assert failed["last_nodes"] is None and failed["affinity"] == sorted(os.sched_getaffinity(0))
+    assert again == {"error": None, "affinity": [CPUS[0]], "last_nodes": [0]}
+
+
+def test_the_timings_kept_are_bounded():
+    from gpuaffinity import ray_worker
+
+    assert ray_worker.timings.maxlen == 1000

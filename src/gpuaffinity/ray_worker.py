@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import deque
 
 from gpuaffinity import _state
 
@@ -36,8 +37,8 @@ if TYPE_CHECKING:
     from gpuaffinity.numa.bind import BindRecord
 
 _original_cpus: frozenset[int] | None = None
-#: seconds spent, in this worker: [setup, then one entry a task] (benchmarks/bench_ray_worker.py reads them)
-timings: list[tuple[str, float]] = []
+#: seconds spent, in this worker: setup, then one entry a task, the last 1000 (benchmarks/bench_ray_worker.py)
+timings: deque[tuple[str, float]] = deque(maxlen=1000)
 _last_key: object = None
 _last: BindRecord | None = None
 
@@ -71,7 +72,7 @@ def setup() -> None:
             what = "same GPUs" if _rebind()[1] else "bound"
         except Exception as e:  # never fail the user's task over a binding: say why, run unbound
             what = "failed"
-            print(f"gpuaffinity: this Ray task is not bound: {type(e).__name__}: {e}", file=sys.stderr)
+            _say_once(f"gpuaffinity: this Ray task is not bound: {type(e).__name__}: {str(e)[:300]}")
         timings.append((what, time.perf_counter() - t))
         return original
 
@@ -106,6 +107,7 @@ def _rebind() -> tuple[BindRecord | None, bool]:
     global _last_key, _last
     import ray
 
+    from gpuaffinity.core.settings import MEMORY_POLICIES, MODES
     from gpuaffinity.numa.bind import (
         MPOL_DEFAULT,
         BindRecord,
@@ -115,24 +117,32 @@ def _rebind() -> tuple[BindRecord | None, bool]:
     )
     from gpuaffinity.placement import plan
 
-    gpu_ids = [str(i) for i in ray.get_gpu_ids()]
+    gpu_ids = [str(i).strip() for i in ray.get_gpu_ids()]
     cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
     noset = os.environ.get(NOSET_VAR, "").lower() in ("1", "true")
     key = (tuple(gpu_ids), cvd, noset)
+    original = _original_cpus if _original_cpus is not None else frozenset(os.sched_getaffinity(0))
     if key == _last_key:
-        return _last, True
+        # the same GPUs, and the mask still what was applied (a task may have changed its own): nothing to do
+        want = original if _last is None or not _last.cpus_applied else _last.cpus
+        if frozenset(os.sched_getaffinity(0)) == want:
+            return _last, True
+    _last_key, _last = None, None  # whatever happens below, no stale record stands for this task
     with _state.lock:
-        original = _original_cpus if _original_cpus is not None else frozenset(os.sched_getaffinity(0))
-        if frozenset(os.sched_getaffinity(0)) != original:  # plan from the worker's own mask, not the last task's
+        # plan from the worker's own mask and the default memory policy, not the last task's
+        if frozenset(os.sched_getaffinity(0)) != original:
             set_affinity_all_threads(original)
+        _restore_mempolicy(MPOL_DEFAULT, frozenset())
         if not gpu_ids:
-            _restore_mempolicy(MPOL_DEFAULT, frozenset())
-            _last_key, _last = key, None
+            _last_key = key
             return None, False
-        mode = os.environ.get(MODE_VAR) or "node"
-        memory = os.environ.get(MEMORY_VAR) or "bind"
+        mode = _setting(MODE_VAR, "node", MODES)
+        memory = _setting(MEMORY_VAR, "bind", MEMORY_POLICIES)
         records = [plan(i, mode=mode, memory=memory) for i in logical_ids(gpu_ids, cvd, noset)]
         failures = [f for r in records for f in r.failures]
+        # a GPU without a node plans no memory policy: then none for the task, rather than a policy over the
+        # other GPUs' nodes alone
+        memory = memory if all(r.memory == memory for r in records) else "none"
         rec = BindRecord(records[0].logical_id, ",".join(r.pci_bus_id for r in records), mode, memory,
                          tuple(sorted({n for r in records for n in r.numa_nodes})),
                          frozenset().union(*(r.cpus for r in records)), failures=failures,
@@ -140,10 +150,29 @@ def _rebind() -> tuple[BindRecord | None, bool]:
     if not failures:
         apply(rec, "warn")
     if rec.failures:
-        print(f"gpuaffinity: this Ray task is bound only in part ({rec.summary()}): {'; '.join(rec.failures)}",
-              file=sys.stderr)
+        _say_once(f"gpuaffinity: this Ray task is bound only in part ({rec.summary()}): "
+                  f"{'; '.join(rec.failures)}".replace("use --memory none", f"set {MEMORY_VAR}=none in the "
+                                                        "runtime environment's env_vars"))
     _last_key, _last = key, rec
     return rec, False
+
+
+_said: set[str] = set()
+
+
+def _say_once(line: str) -> None:
+    """One line on stderr, once a worker process (a failure repeats on every task otherwise)."""
+    if line not in _said:
+        _said.add(line)
+        print(line, file=sys.stderr)
+
+
+def _setting(var: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = os.environ.get(var) or default
+    if value not in allowed:
+        raise ValueError(f"{var}={value[:40]!r} is not one of {', '.join(allowed)}; fix it in the runtime "
+                         "environment's env_vars")
+    return value
 
 
 def last() -> BindRecord | None:
