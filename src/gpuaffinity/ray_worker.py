@@ -9,9 +9,10 @@ from its task loop, and one worker process serves tasks with other GPUs in turn.
 function: after Ray has set the variable for a task, the process is bound to the NUMA node(s) of the task's
 GPUs (mode and memory policy from GPUAFFINITY_RAY_MODE and GPUAFFINITY_RAY_MEMORY, default ``node`` and
 ``bind``); a task without GPUs gets the worker's original CPU mask and the default memory policy back.  A
-task whose GPUs are those of the last one is not bound again (no system call).
+task whose GPUs are those of the last one, its mask unchanged, is not bound again (one sched_getaffinity).
 
-Several GPUs: the union of their nodes' CPUs, and a memory policy over their nodes.  Under
+Several GPUs: the union of their nodes' CPUs, and a memory policy over their nodes (none when one of them has
+no node).  Under
 RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES, Ray's ids are entries of the node's ``CUDA_VISIBLE_DEVICES``
 (or indices when it is unset): their positions there are the CUDA indices resolved.  CUDA is never
 initialised (resolution as everywhere in gpuaffinity: docs/resolving.md).
