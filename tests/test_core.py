@@ -187,3 +187,48 @@ def test_hex_domains(given, want):
 
 def test_strtoul32_negative_wraps_modulo_two_to_the_64():
     assert strtoul32("-18446744073709551615") == 1 and strtoul32("-18446744073709551614") == 2
+
+
+# ---- read_cvd: when the reading needs the driver's confirmation, and why (in the test process, for mutmut) ---
+
+P2 = [GpuIdentity("GPU-a0000000-0000-0000-0000-000000000000"), GpuIdentity("GPU-b1000000-0000-0000-0000-000000000000")]
+G2 = [P2[0], GpuIdentity("GPU-b1000000-0000-0000-0000-000000000000", (M10, M11))]
+UNDOC = ("rests on measured, undocumented driver behaviour: read as documented, entry {i} ({e!r}) is not in a "
+         "documented plain form, but the driver's measured grammar reads {n} device(s) from it")
+PREFIX_HOST = ("takes a UUID prefix as unique, but the driver compares it with every GPU of the host, and this "
+               "process cannot list them all (the driver's /proc lists fewer GPUs than the nvidia driver has bound)")
+MIG_PATH = "MIG-GPU-b1000000-0000-0000-0000-000000000000"
+
+
+@pytest.mark.parametrize(("cvd", "gpus", "kw", "devices", "unsure", "unknown"), [
+    ("0,1", P2, {}, [(0, None), (1, None)], "", ""),  # the documented plain form: nothing to check
+    (" 1", P2, {}, [(1, None)], UNDOC.format(i=0, e=" 1", n=1), ""),
+    ("01", P2, {}, [(1, None)], UNDOC.format(i=0, e="01", n=1), ""),
+    ("1,0x", P2, {}, [(1, None), (0, None)], UNDOC.format(i=1, e="0x", n=2), ""),
+    ("GPU-A0000000-0000-0000-0000-000000000000", P2, {}, [(0, None)],
+     UNDOC.format(i=0, e="GPU-A0000000-0000-0000-0000-000000000000", n=1), ""),
+    ("GPU-ffff", P2, {}, [], "ends at entry 0 ('GPU-ffff') matches no GPU UUID, or more than one: whether that entry "
+     "names a device rests on this process's GPU list alone", ""),
+    ("GPU-a0", P2, {}, [(0, None)], "", ""),  # a prefix, every GPU of the host known
+    ("GPU-a0", P2, {"host_complete": False}, [(0, None)], PREFIX_HOST, PREFIX_HOST),
+    ("MIG-11", G2, {}, [(1, 1)], "takes a MIG UUID prefix as unique (modelled, not measured)", ""),
+    (f"{MIG_PATH}/2/0", G2, {}, [(1, 1)], "", ""),
+    (f"{MIG_PATH}/01/0", G2, {}, [(1, 0)], UNDOC.format(i=0, e=f"{MIG_PATH}/01/0", n=1), ""),
+    ("0", P2, {"doubt": "the list is odd"}, [(0, None)], "rests on a GPU list in doubt: the list is odd", ""),
+    ("0,1", P2, {"doubt": ""}, [(0, None), (1, None)], "", ""),
+])
+def test_read_cvd_says_when_and_why_the_driver_must_confirm(cvd, gpus, kw, devices, unsure, unknown):
+    from gpuaffinity.core.cvd import read_cvd
+
+    res = read_cvd(cvd, gpus, **kw)
+    assert (visible(res), res.unsure, res.unknown) == (devices, unsure, unknown)
+
+
+def test_read_cvd_on_a_gpu_in_mig_mode_without_instances():
+    from gpuaffinity.core.cvd import read_cvd
+
+    gpus = [GpuInfo(0, P2[0].uuid, "0000:01:00.0", "A100"), GpuInfo(1, P2[1].uuid, "0000:02:00.0", "A100", (), True)]
+    res = read_cvd("0", gpus)
+    assert visible(res) == [(0, None)]
+    assert res.unsure == ("counts on a GPU in MIG mode showing no device, as NVML gives it no MIG instance this "
+                          "process may use (modelled, not measured)")
