@@ -215,6 +215,7 @@ MIG_PATH = "MIG-GPU-b1000000-0000-0000-0000-000000000000"
     (f"{MIG_PATH}/2/0", G2, {}, [(1, 1)], "", ""),
     (f"{MIG_PATH}/01/0", G2, {}, [(1, 0)], UNDOC.format(i=0, e=f"{MIG_PATH}/01/0", n=1), ""),
     ("0", P2, {"doubt": "the list is odd"}, [(0, None)], "rests on a GPU list in doubt: the list is odd", ""),
+    ("0", P2, {"base_order": [1, 0]}, [(1, None)], "", ""),  # CUDA's own order (FASTEST_FIRST), both readings
     ("0,1", P2, {"doubt": ""}, [(0, None), (1, None)], "", ""),
 ])
 def test_read_cvd_says_when_and_why_the_driver_must_confirm(cvd, gpus, kw, devices, unsure, unknown):
