@@ -216,6 +216,11 @@ MIG_PATH = "MIG-GPU-b1000000-0000-0000-0000-000000000000"
     (f"{MIG_PATH}/01/0", G2, {}, [(1, 0)], UNDOC.format(i=0, e=f"{MIG_PATH}/01/0", n=1), ""),
     ("0", P2, {"doubt": "the list is odd"}, [(0, None)], "rests on a GPU list in doubt: the list is odd", ""),
     ("0", P2, {"base_order": [1, 0]}, [(1, None)], "", ""),  # CUDA's own order (FASTEST_FIRST), both readings
+    ("0", P2, {"base_order": [1, 0], "device_order": "PCI_BUS_ID"}, [(0, None)], "", ""),  # PCI order wins
+    # a GPU of the host this process cannot open makes the prefix ambiguous, in both readings
+    ("GPU-a", P2, {"hidden": ["GPU-a1000000-0000-0000-0000-000000000000"]}, [],
+     "ends at entry 0 ('GPU-a') matches no GPU UUID, or more than one: whether that entry names a device rests on "
+     "this process's GPU list alone", ""),
     ("0,1", P2, {"doubt": ""}, [(0, None), (1, None)], "", ""),
 ])
 def test_read_cvd_says_when_and_why_the_driver_must_confirm(cvd, gpus, kw, devices, unsure, unknown):
