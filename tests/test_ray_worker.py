@@ -213,9 +213,12 @@ ids = []
 ray.get_gpu_ids = lambda: list(ids)  # Ray's answer for the task at hand; the binding itself is real
 ray_worker.setup()  # notes this worker's own mask
 out = []
-for gpus, mode in ((["0"], None), (["5"], "nod"), (["0"], None)):
+for gpus, mode in ((["0"], None), (["5"], "nod"), (["0"], None), ([], None)):
     ids[:] = gpus
-    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    else:  # Ray puts the node's variable back for a task without GPUs
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
     if mode:
         os.environ["GPUAFFINITY_RAY_MODE"] = mode
     try:
@@ -226,24 +229,30 @@ for gpus, mode in ((["0"], None), (["5"], "nod"), (["0"], None)):
     os.environ.pop("GPUAFFINITY_RAY_MODE", None)
     rec = ray_worker.last()
     out.append({"error": error, "affinity": sorted(os.sched_getaffinity(0)),
-                "last_nodes": list(rec.numa_nodes) if rec else None})
+                "last_nodes": list(rec.numa_nodes) if rec else None,
+                "mempolicy": __import__("gpuaffinity.numa.bind", fromlist=["x"]).get_mempolicy()[0]})
 print(json.dumps(out))
 """
 
 
 def test_a_failed_binding_leaves_no_stale_state(host8):
     """Found by attacking the hook: after a task whose binding failed, the next task on the first task's GPU
-    was taken for 'the same GPUs' and left on the full mask, and last() still named the old node."""
-    env = dict(os.environ, GPUAFFINITY_RAY_MEMORY="none")
+    was taken for 'the same GPUs' and left on the full mask, and last() still named the old node.  Then a task
+    without GPUs (Ray runs those in other workers in every run measured, so only here) gets the worker's own
+    mask and the default memory policy back.  Memory is bound to node 0, which this host has."""
+    env = dict(os.environ, GPUAFFINITY_RAY_MEMORY="bind")
     proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", str(host8), "--", sys.executable, "-c",
                            STATES], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ok, failed, again = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert ok == {"error": None, "affinity": [CPUS[0]], "last_nodes": [0]}
+    ok, failed, again, no_gpu = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert ok == {"error": None, "affinity": [CPUS[0]], "last_nodes": [0], "mempolicy": 2}  # MPOL_BIND
     assert failed["error"] == ("GPUAFFINITY_RAY_MODE='nod' is not one of node, socket, exclusive, llc; fix it in "
                                "the runtime environment's env_vars")
     assert failed["last_nodes"] is None and failed["affinity"] == sorted(os.sched_getaffinity(0))
-    assert again == {"error": None, "affinity": [CPUS[0]], "last_nodes": [0]}
+    assert again == {"error": None, "affinity": [CPUS[0]], "last_nodes": [0], "mempolicy": 2}
+    # a task without GPUs after a bound one: the worker's own mask and the default memory policy come back
+    assert no_gpu == {"error": None, "affinity": sorted(os.sched_getaffinity(0)), "last_nodes": None,
+                      "mempolicy": 0}
 
 
 def test_the_timings_kept_are_bounded():
