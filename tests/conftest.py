@@ -61,3 +61,19 @@ def sim_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     yield get
     for cm in reversed(stack):
         cm.__exit__(None, None, None)
+
+
+#: This host's first two CPUs: the two NUMA nodes of ``host8``, so that a bind there is a real system call.
+CPUS = sorted(os.sched_getaffinity(0))[:2]
+
+
+@pytest.fixture(scope="module")
+def host8(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A simulated 8-GPU, 2-node machine whose nodes are ``CPUS`` (GPUs 0-3 on node 0, 4-7 on node 1)."""
+    path = tmp_path_factory.mktemp("topo") / "host8.toml"
+    text = 'name = "host8"\n' + "".join(f'[[numa_node]]\nid = {n}\ncpus = "{c}"\n' for n, c in enumerate(CPUS))
+    for i in range(8):
+        text += (f'[[gpu]]\nuuid = "GPU-{i:08x}-0000-0000-0000-000000000000"\n'
+                 f'pci_bus_id = "0000:{16 * i + 16:02x}:00.0"\nname = "NVIDIA H100 80GB HBM3"\nnuma_node = {i // 4}\n')
+    path.write_text(text)
+    return path

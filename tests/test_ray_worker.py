@@ -13,8 +13,9 @@ import sys
 
 import pytest
 
+from conftest import CPUS
+
 pytest.importorskip("ray")
-CPUS = sorted(os.sched_getaffinity(0))[:2]
 pytestmark = pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs")
 SHUFFLE = "3,6,5,4,0,7,1,2"
 
@@ -73,17 +74,6 @@ finally:
     ray.shutdown()
 print(json.dumps(out))
 """
-
-
-@pytest.fixture(scope="module")
-def host8(tmp_path_factory):
-    path = tmp_path_factory.mktemp("topo") / "host8.toml"
-    text = 'name = "host8"\n' + "".join(f'[[numa_node]]\nid = {n}\ncpus = "{c}"\n' for n, c in enumerate(CPUS))
-    for i in range(8):
-        text += (f'[[gpu]]\nuuid = "GPU-{i:08x}-0000-0000-0000-000000000000"\n'
-                 f'pci_bus_id = "0000:{16 * i + 16:02x}:00.0"\nname = "NVIDIA H100 80GB HBM3"\nnuma_node = {i // 4}\n')
-    path.write_text(text)
-    return path
 
 
 @pytest.mark.parametrize("noset", [False, True])
