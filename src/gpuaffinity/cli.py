@@ -11,7 +11,7 @@ import argparse
 import signal
 import sys
 
-from gpuaffinity.core.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, UsageError, exit_status
+from gpuaffinity.core.errors import EXIT_ERROR, EXIT_FOUND, EXIT_OK, EXIT_USAGE, UsageError, exit_status
 from gpuaffinity.core.settings import FAILURE_POLICIES, MEMORY_POLICIES, MODES, POLICIES
 
 TYPE_CHECKING = False
@@ -87,6 +87,27 @@ def build_parser() -> argparse.ArgumentParser:
                           "failed; error: exit 1 without running CMD")
     bnd.add_argument("--dry-run", action="store_true", help="print what would be applied; run nothing")
     _resolution_options(bnd, policy_help)
+    ray = sub.add_parser(
+        "ray-check", help="check every GPU worker of a running Ray cluster: its GPU, NUMA node and binding",
+        description="Connect to a running Ray cluster and, on every node, place one probe per GPU the way a GPU "
+                    "actor is placed (num_gpus=1 on that node, under the one-line binding's runtime environment "
+                    "unless --runtime-env says otherwise). Each probe reports Ray's GPU id, the environment, the "
+                    "physical GPU it resolves to (every strategy, the CUDA driver's answer included), that GPU's "
+                    "NUMA node and CPUs, and the CPU affinity and memory policy in effect. One row per GPU.",
+        epilog=_EPILOG_RAY, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ray.add_argument("--address", metavar="HOST:PORT",
+                     help="the cluster (default: RAY_ADDRESS, else the cluster this machine belongs to: \"auto\")")
+    ray.add_argument("--mode", choices=MODES, default="node",
+                     help="the binding the workers should have, as for `gpuaffinity bind` (default node)")
+    ray.add_argument("--memory", choices=MEMORY_POLICIES, default="bind",
+                     help="the memory policy they should have (default bind; none: do not check memory)")
+    ray.add_argument("--runtime-env", metavar="JSON",
+                     help="the probes' Ray runtime environment, as your jobs pass it to ray.init (default: "
+                          "the one-line binding with --mode and --memory)")
+    ray.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                     help="give up on probes without an answer after this long (default 120); they get a "
+                          "TIMEOUT row")
+    ray.add_argument("--json", action="store_true", help="print the report as JSON (rows, settings, ok)")
     sim = sub.add_parser("sim", help="run programs against a simulated GPU machine",
                          description="A simulated machine: fake NVIDIA libraries and sysfs from a topology file.",
                          epilog=_EPILOG_SIM, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -144,6 +165,22 @@ disagree, or none could answer).
 """
 
 
+_EPILOG_RAY = """\
+examples:
+  gpuaffinity ray-check                          the cluster this machine belongs to, as a table
+  gpuaffinity ray-check --address 10.0.0.1:6379 --json
+  gpuaffinity ray-check --runtime-env "$(cat my_job_runtime_env.json)"   what your jobs' workers get
+
+each row is one GPU of one node: Ray's GPU id, CUDA_VISIBLE_DEVICES in the worker, the physical GPU (PCI bus
+id, UUID) the CUDA driver names, its NUMA node and CPUs, the worker's CPU affinity and memory policy, which
+strategies agreed, and a status: ok, UNBOUND, OFF-NODE, DISAGREE, DUPLICATE, TIMEOUT, ERROR, NOT-INSTALLED
+(no-gpus: a node where Ray counts no GPU). Each problem is explained under the table. docs/ray.md has more.
+
+exit status: 0 every GPU worker bound next to its GPU; 4 some row has a problem; 1 the check could not run
+(no Ray, no cluster; one line on stderr); 2 usage.
+"""
+
+
 _EPILOG_BIND = """\
 examples:
   gpuaffinity bind 0 -- python3 serve.py --port 8000
@@ -176,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _doctor(args)
         if args.command == "bind":
             return _bind(args, cmd)
+        if args.command == "ray-check":
+            return _ray_check(args)
         raise UsageError(f"gpuaffinity: unknown command {args.command!r}")
     except UsageError as e:
         _say(str(e))
@@ -595,6 +634,37 @@ def _doctor(args: argparse.Namespace) -> int:
     if res.error is not None:
         return exit_status(res.error)
     return EXIT_OK
+
+
+def _ray_check(args: argparse.Namespace) -> int:
+    import json
+
+    from gpuaffinity.ray_check import check, render
+
+    env = None
+    if args.runtime_env is not None:
+        try:
+            env = json.loads(args.runtime_env)
+        except ValueError as e:
+            raise UsageError(f"gpuaffinity ray-check: --runtime-env is not JSON: {e}") from None
+        if not isinstance(env, dict):
+            raise UsageError("gpuaffinity ray-check: --runtime-env must be a JSON object, such as "
+                             '\'{"worker_process_setup_hook": "gpuaffinity.ray_worker.setup"}\'')
+    live = sys.stderr.isatty()
+
+    def progress(done: int, total: int) -> None:
+        if live:
+            sys.stderr.write(f"\rgpuaffinity ray-check: {done}/{total} GPU probes answered")
+            sys.stderr.flush()
+
+    try:
+        report = check(args.address, mode=args.mode, memory=args.memory, runtime_env=env, timeout=args.timeout,
+                       progress=progress)
+    finally:
+        if live:
+            sys.stderr.write("\r\x1b[K")
+    print(report.to_json() if args.json else render(report))
+    return EXIT_OK if report.ok else EXIT_FOUND
 
 
 def _bind(args: argparse.Namespace, cmd: list[str]) -> int:

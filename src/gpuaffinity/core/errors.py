@@ -16,6 +16,8 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 #: `gpuaffinity resolve --policy strict` when it refuses: strategies disagree, or none could answer
 EXIT_CONFLICT = 3
+#: `gpuaffinity ray-check` when some GPU worker is unbound, bound off its GPU's node, or unresolved
+EXIT_FOUND = 4
 
 
 class GpuAffinityError(Exception):

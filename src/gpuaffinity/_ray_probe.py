@@ -1,0 +1,107 @@
+"""What one GPU worker of a Ray cluster reports to ``gpuaffinity ray-check`` (run inside the worker).
+
+This module is sent to the workers by value (``ray_check`` registers it with Ray's cloudpickle), so a node
+where gpuaffinity is not installed still runs it and says so, instead of failing to unpickle.  It imports
+nothing from gpuaffinity at the top, and reads what is in effect (CPU mask, memory policy) before doing
+anything else in the worker.
+"""
+
+from __future__ import annotations
+
+import os
+
+ENV = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES",
+       "NVIDIA_VISIBLE_DEVICES", "GPUAFFINITY_RAY_MODE", "GPUAFFINITY_RAY_MEMORY", "GPUAFFINITY_POLICY",
+       "GPUAFFINITY_DISABLE")
+POLICY_NAMES = {0: "default", 1: "preferred", 2: "bind", 3: "interleave", 4: "local", 5: "preferred"}
+
+
+class Probe:
+    """One per GPU, placed as a GPU actor is (``num_gpus=1`` on one node)."""
+
+    def report(self, mode: str) -> dict:
+        return probe(mode)
+
+
+def probe(mode: str) -> dict:
+    """Facts about this worker and its GPU; ``error`` set (and the rest partial) where it could not look."""
+    import socket
+    import sys
+
+    affinity = sorted(os.sched_getaffinity(0))  # first: what the worker runs with
+    out: dict = {"host": socket.gethostname(), "pid": os.getpid(), "python": sys.version.split()[0],
+                 "env": {k: os.environ[k] for k in ENV if k in os.environ}, "affinity": affinity, "error": None}
+    try:
+        import ray
+
+        ctx = ray.get_runtime_context()
+        out["node_id"] = ctx.get_node_id()
+        out["ip"] = ray.util.get_node_ip_address()
+        out["ray_gpu_ids"] = [str(i).strip() for i in ray.get_gpu_ids()]
+    except Exception as e:  # a Ray without these: say so, the rest still helps
+        out["error"] = f"could not ask Ray in the worker: {type(e).__name__}: {e}"
+        return out
+    try:
+        import gpuaffinity
+    except ImportError as e:
+        out["error"] = f"gpuaffinity is not importable in this node's Ray workers ({e}): install it on the node"
+        out["status"] = "not-installed"
+        return out
+    out["version"] = gpuaffinity.__version__
+    try:
+        _facts(out, mode)
+    except Exception as e:  # reported on the row, never a crash of the check
+        out["error"] = f"{type(e).__name__}: {str(e)[:500]}"
+    return out
+
+
+def _facts(out: dict, mode: str) -> None:
+    import warnings
+
+    from gpuaffinity import ray_worker
+    from gpuaffinity.api import resolve
+    from gpuaffinity.core.cpulist import format_cpulist
+    from gpuaffinity.core.errors import ConflictError, UnresolvedError
+    from gpuaffinity.core.model import Answer
+    from gpuaffinity.core.record import replace
+    from gpuaffinity.core.settings import SIM_ALLOWED_VAR
+    from gpuaffinity.numa.bind import get_mempolicy
+    from gpuaffinity.numa.modes import place
+    from gpuaffinity.numa.query import allowed_cpus
+    from gpuaffinity.placement import locate
+
+    policy, nodes = get_mempolicy()
+    out["memory"] = {"policy": POLICY_NAMES.get(policy, str(policy)), "nodes": sorted(nodes)}
+    original = ray_worker._original_cpus
+    rec = ray_worker.last()
+    out["hook"] = {"set_up": original is not None, "said": sorted(ray_worker._said),
+                   "pci_bus_id": rec.pci_bus_id if rec else None, "failures": list(rec.failures) if rec else []}
+    worker = frozenset(original) if original is not None else frozenset(out["affinity"])
+    # the CPUs the worker may use: its own mask before any binding (on a simulated machine, the simulated cpuset)
+    pool = allowed_cpus() if os.environ.get(SIM_ALLOWED_VAR) is not None else worker
+    out["worker_cpus"] = format_cpulist(pool)
+    noset = os.environ.get(ray_worker.NOSET_VAR, "").lower() in ("1", "true")
+    (logical,) = ray_worker.logical_ids(out["ray_gpu_ids"], os.environ.get("CUDA_VISIBLE_DEVICES"), noset)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        problem = None
+        try:  # every strategy, the CUDA driver's own answer (in a child process) included
+            dev = resolve(logical, policy="strict")
+        except (ConflictError, UnresolvedError) as e:
+            dev, problem = e.device, str(e)
+        driver = [v.result for v in dev.verdicts if v.strategy == "pci" and isinstance(v.result, Answer)]
+        if driver and driver[0].uuid != dev.uuid:  # judge the binding against the GPU the driver names
+            others = [v.strategy for v in dev.verdicts if v.strategy != "pci"]
+            true_dev = resolve(logical, policy="first", disable=others)
+        else:
+            true_dev = dev
+    out["warnings"] = [str(w.message) for w in caught]
+    out["gpu"] = {**dev.to_dict(), "driver_uuid": driver[0].uuid if driver else None, "problem": problem,
+                  "driver_pci_bus_id": true_dev.pci_bus_id}
+    loc = locate([true_dev.pci_bus_id])[true_dev.pci_bus_id]
+    # the GPU's CPUs within the worker's own (loc.cpus is within the current mask, which the binding narrowed)
+    loc = replace(loc, cpus=loc.local_cpus & pool)
+    region = loc.cpus if mode != "socket" else place(loc, "socket", pool, allowed_mems=None).cpus
+    out["numa_nodes"] = list(loc.numa_nodes)
+    out["gpu_cpus"] = format_cpulist(region) if loc.numa_nodes else ""
+    out["notes"] = list(loc.notes)

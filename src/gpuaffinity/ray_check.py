@@ -1,0 +1,288 @@
+"""The cluster check: on a running Ray cluster, is every GPU worker bound next to its GPU?
+
+``check()`` (and ``gpuaffinity ray-check``) connects to the cluster and, on every alive node, places one
+probe per GPU the way a GPU actor is placed: ``num_gpus=1``, pinned to that node, under a runtime environment
+(by default the one-line binding, ``gpuaffinity.ray_worker.setup``), so each probe gets Ray's own
+``CUDA_VISIBLE_DEVICES`` and whatever binding the cluster's workers get.  Each probe reports what it sees
+(``gpuaffinity._ray_probe``) and this module judges it: one row per GPU, with a status and the problems.
+docs/ray.md says what each column means and how to read a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gpuaffinity.core.cpulist import format_cpulist, parse_cpulist
+from gpuaffinity.core.errors import GpuAffinityError
+from gpuaffinity.core.settings import MEMORY_POLICIES, MODES
+
+SETUP_HOOK = "gpuaffinity.ray_worker.setup"
+#: a row's status, worst first: the table and the exit status follow this order
+STATUSES = ("not-installed", "error", "timeout", "disagree", "duplicate", "off-node", "unbound", "ok", "no-gpus")
+PROBLEMS = frozenset(STATUSES[:-2])
+DEFAULT_TIMEOUT = 120.0
+
+
+class Report:
+    """Rows, one per GPU (and one per node without GPUs), and what the check ran with."""
+
+    def __init__(self, rows: list[dict[str, Any]], settings: dict[str, Any], seconds: float,
+                 ray_messages: str = "") -> None:
+        self.rows = rows
+        self.settings = settings
+        self.seconds = seconds
+        #: what Ray printed while the check ran (its raylet's error messages): kept off stdout and out of --json
+        self.ray_messages = ray_messages
+
+    @property
+    def ok(self) -> bool:
+        """No row has a problem (nodes without GPUs are not problems)."""
+        return not any(r["status"] in PROBLEMS for r in self.rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "seconds": round(self.seconds, 3), "settings": self.settings, "rows": self.rows}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def runtime_env_for(mode: str, memory: str) -> dict[str, Any]:
+    """The one-line binding's runtime environment, with the mode and memory policy it should apply."""
+    return {"worker_process_setup_hook": SETUP_HOOK,
+            "env_vars": {"GPUAFFINITY_RAY_MODE": mode, "GPUAFFINITY_RAY_MEMORY": memory}}
+
+
+def check(address: str | None = None, *, mode: str = "node", memory: str = "bind",
+          runtime_env: dict[str, Any] | None = None, timeout: float = DEFAULT_TIMEOUT,
+          progress: Callable[[int, int], None] | None = None) -> Report:
+    """Probe every GPU of the Ray cluster at ``address`` (default: ``RAY_ADDRESS``, else ``"auto"``).
+
+    ``mode`` and ``memory``: the binding the workers should have (as ``gpuaffinity bind``).
+    ``runtime_env``: the probes' runtime environment; by default the one-line binding with that mode and
+    memory policy.  Pass your jobs' own to check what their workers get.  ``timeout``: seconds for the
+    whole check after connecting; probes without an answer by then get a ``timeout`` row.
+    ``progress(done, total)`` is called as answers come in.
+    """
+    if mode not in MODES:
+        raise GpuAffinityError(f"unknown mode {mode[:40]!r}: choose one of {', '.join(MODES)}")
+    if memory not in MEMORY_POLICIES:
+        raise GpuAffinityError(f"unknown memory policy {memory[:40]!r}: choose one of {', '.join(MEMORY_POLICIES)}")
+    if not (0 < timeout <= 86400):  # also refuses nan
+        raise GpuAffinityError(f"timeout {timeout!r} s: give a number of seconds above 0, at most a day")
+    try:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    except ImportError:
+        raise GpuAffinityError("the cluster check needs Ray in this environment: pip install ray") from None
+    env = runtime_env_for(mode, memory) if runtime_env is None else dict(runtime_env)
+    if ray.is_initialized():  # the probes' runtime environment is a job's: a job of their own, not the caller's
+        raise GpuAffinityError("this process is already connected to Ray: run the check in a process of its own "
+                               "(`gpuaffinity ray-check`, or check() before ray.init)")
+    where = address or os.environ.get("RAY_ADDRESS") or "auto"
+    started = time.perf_counter()
+    # Ray prints its raylet's error messages (a worker that died, ...) on stdout from a thread of its own: keep them
+    # off the caller's stdout (the table, --json); each row says what went wrong in its own words
+    caught = io.StringIO()
+    with contextlib.redirect_stdout(caught):
+        return _check(ray, NodeAffinitySchedulingStrategy, where, env, mode, memory, timeout, progress, started,
+                      caught)
+
+
+def _check(ray: Any, node_affinity: Any, where: str, env: dict[str, Any], mode: str, memory: str, timeout: float,
+           progress: Callable[[int, int], None] | None, started: float, caught: io.StringIO) -> Report:
+    from gpuaffinity import _ray_probe
+
+    try:
+        # a copy: Ray adds to the runtime environment it is given, and the report shows what was asked
+        ray.init(address=where, runtime_env=json.loads(json.dumps(env)), log_to_driver=False, logging_level="ERROR",
+                 namespace="gpuaffinity-ray-check")
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise GpuAffinityError(f"cannot connect to a Ray cluster at {where!r}: {str(e).splitlines()[0][:300]} "
+                               "(start one with `ray start --head`, or pass --address HOST:PORT)") from None
+    try:
+        ray.cloudpickle.register_pickle_by_value(_ray_probe)  # runs on a node without gpuaffinity, and says so
+        probe_cls = ray.remote(_ray_probe.Probe)
+        rows: list[dict[str, Any]] = []
+        pending: list[tuple[dict[str, Any], Any, Any]] = []
+        for node in sorted((n for n in ray.nodes() if n.get("Alive")), key=lambda n: (n["NodeManagerAddress"],
+                                                                                    n["NodeID"])):
+            base = {"node_id": node["NodeID"], "host": node.get("NodeManagerHostname", ""),
+                    "ip": node["NodeManagerAddress"]}
+            gpus = int(node.get("Resources", {}).get("GPU", 0))
+            if not gpus:
+                rows.append({**base, "status": "no-gpus", "problems": [],
+                             "notes": ["Ray counts no GPU on this node: nothing to check"]})
+                continue
+            strategy = node_affinity(node["NodeID"], soft=False)
+            for _ in range(gpus):
+                actor = probe_cls.options(num_gpus=1, num_cpus=0, scheduling_strategy=strategy).remote()
+                pending.append((base, actor, actor.report.remote(mode)))
+        answers = _gather(ray, [ref for _b, _a, ref in pending], started + timeout, progress)
+        for (base, actor, _ref), answer in zip(pending, answers, strict=True):
+            rows.append(judge({**base, **(answer or {})} if isinstance(answer, dict) else
+                              {**base, "error": answer}, mode, memory, timeout))
+            ray.kill(actor)
+        _duplicates(rows)
+        return Report(rows, {"address": where, "mode": mode, "memory": memory, "runtime_env": env,
+                             "timeout": timeout}, time.perf_counter() - started, caught.getvalue())
+    finally:
+        ray.shutdown()
+
+
+def _gather(ray: Any, refs: list, deadline: float, progress: Callable[[int, int], None] | None) -> list:
+    """Each probe's answer (a dict), an error text, or None where none came by the deadline."""
+    out: dict[Any, Any] = {}
+    waiting = list(refs)
+    while waiting:
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            break
+        ready, waiting = ray.wait(waiting, num_returns=1, timeout=min(left, 1.0))
+        for ref in ready:
+            try:
+                out[ref] = ray.get(ref)
+            except Exception as e:  # the worker died or could not start: its row says why
+                out[ref] = _why(e)
+        if progress and ready:
+            progress(len(out), len(refs))
+    return [out.get(ref) for ref in refs]
+
+
+def _why(e: Exception) -> str:
+    text = str(e)
+    if "setup hook" in text:
+        # the hook's own exception is the last "SomethingError: ..." line of the traceback Ray passes on
+        raised = [line.strip() for line in text.splitlines() if re.match(r"\w+(Error|Exception): ", line.strip())]
+        what = raised[-1][:300] if raised else "see the worker's log"
+        hint = "; is gpuaffinity installed on this node?" if "gpuaffinity" in what else ""
+        return f"the worker could not start: Ray's worker_process_setup_hook failed ({what}){hint}"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"the probe failed: {type(e).__name__}: {first[:300]}"
+
+
+def judge(row: dict[str, Any], mode: str, memory: str, timeout: float) -> dict[str, Any]:
+    """The row's ``status`` and ``problems``, from what its probe reported."""
+    problems: list[tuple[str, str]] = []
+    row.setdefault("notes", [])
+    if "pid" not in row and row.get("error") is None:
+        problems.append(("timeout", f"no answer in {timeout:g} s: the probe was not placed (every GPU of this node "
+                                    "held by other tasks or actors?) or hangs; free a GPU or raise --timeout"))
+    elif row.get("error") is not None:
+        problems.append(("not-installed" if row.get("status") == "not-installed" or "is gpuaffinity installed"
+                         in row["error"] else "error", row["error"]))
+    else:
+        gpu = row["gpu"]
+        if gpu.get("problem"):
+            problems.append(("disagree", gpu["problem"]))
+        _binding(row, problems, mode, memory)
+    row["status"] = min((k for k, _t in problems), key=STATUSES.index, default="ok")
+    row["problems"] = [t for _k, t in problems]
+    return row
+
+
+def _binding(row: dict[str, Any], problems: list[tuple[str, str]], mode: str, memory: str) -> None:
+    affinity = frozenset(row["affinity"])
+    worker = parse_cpulist(row["worker_cpus"])
+    near = parse_cpulist(row["gpu_cpus"])
+    bus = row["gpu"]["driver_pci_bus_id"]
+    hook = row["hook"]
+    if hook["pci_bus_id"] is not None and bus not in hook["pci_bus_id"].split(","):
+        row["notes"].append(f"the binding was planned for GPU {hook['pci_bus_id']}, but the CUDA driver says this "
+                            f"worker's GPU is {bus}")
+    if not row["numa_nodes"]:
+        row["notes"].append("the GPU has no NUMA node (numa_node = -1, no NVML affinity): nothing to bind to, the "
+                            "worker keeps all its CPUs")
+        return
+    if not near:
+        problems.append(("unbound", f"none of the worker's CPUs ({row['worker_cpus']}) is near GPU {bus}: nothing "
+                                    "to bind to (the node's cpuset excludes them)"))
+        return
+    where = f"{'socket of ' if mode == 'socket' else ''}node {format_cpulist(row['numa_nodes'])}"
+    if not affinity <= near:
+        if affinity >= worker or not hook["set_up"]:
+            why = "the setup hook did not run in this worker" if not hook["set_up"] else \
+                "; ".join(hook["failures"] + hook["said"]) or "no binding was applied"
+            problems.append(("unbound", f"runs on CPUs {format_cpulist(affinity)}, not bound to its GPU's {where} "
+                                        f"(CPUs {row['gpu_cpus']}): {why}"))
+        else:
+            problems.append(("off-node", f"bound to CPUs {format_cpulist(affinity)}, off its GPU's {where} "
+                                         f"(CPUs {row['gpu_cpus']})"))
+    mem = row["memory"]
+    if memory != "none":
+        if mem["policy"] == "default":
+            problems.append(("unbound", f"memory policy is the default, not {memory} to its GPU's node "
+                                        f"{format_cpulist(row['numa_nodes'])}"))
+        elif not set(mem["nodes"]) <= set(row["numa_nodes"]) and mode != "socket":
+            problems.append(("off-node", f"memory {mem['policy']} to node(s) {format_cpulist(mem['nodes'])}, off its "
+                                         f"GPU's node {format_cpulist(row['numa_nodes'])}"))
+
+
+def _duplicates(rows: list[dict[str, Any]]) -> None:
+    """Two probes of one node on one physical GPU: Ray's GPU ids or the node's variable are wrong."""
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        gpu = row.get("gpu")
+        if not gpu or row["status"] in ("error", "not-installed", "timeout"):
+            continue
+        key = (row["node_id"], gpu["driver_pci_bus_id"])
+        if key in seen:
+            for r in (seen[key], row):
+                text = (f"two workers of this node resolve to GPU {key[1]} (Ray ids {seen[key]['ray_gpu_ids']} "
+                        f"and {row['ray_gpu_ids']}): Ray's GPU ids and CUDA_VISIBLE_DEVICES do not match")
+                if text not in r["problems"]:
+                    r["problems"].append(text)
+                if STATUSES.index("duplicate") < STATUSES.index(r["status"]):
+                    r["status"] = "duplicate"
+        else:
+            seen[key] = row
+
+
+def table(report: Report) -> list[tuple[str, ...]]:
+    """The rows a person reads: one a GPU, problems marked (``render`` joins them)."""
+    out = [("NODE", "HOST", "RAY", "CVD", "GPU", "UUID", "NUMA", "GPU CPUS", "AFFINITY", "MEMORY", "BY", "STATUS")]
+    for r in report.rows:
+        gpu = r.get("gpu") or {}
+        mem = r.get("memory")
+        by = gpu.get("strategy", "-")
+        if gpu.get("agreed"):
+            by = "=".join(gpu["agreed"])
+        elif gpu:
+            by += " alone"
+        out.append((r["node_id"][:8], f"{r.get('host') or '-'} {r.get('ip') or ''}".strip(),
+                    ",".join(r.get("ray_gpu_ids", [])) or "-",
+                    (r.get("env") or {}).get("CUDA_VISIBLE_DEVICES", "-"),
+                    gpu.get("driver_pci_bus_id", "-"), _short(gpu.get("uuid")),
+                    ",".join(map(str, r.get("numa_nodes", []))) or "-", r.get("gpu_cpus") or "-",
+                    format_cpulist(r["affinity"]) if "affinity" in r else "-",
+                    f"{mem['policy']} {format_cpulist(mem['nodes'])}".strip() if mem else "-", by,
+                    r["status"].upper() if r["status"] in PROBLEMS else r["status"]))
+    return out
+
+
+def _short(uuid: str | None) -> str:
+    return "-" if not uuid else uuid[:12]
+
+
+def render(report: Report) -> str:
+    """The table, then one line for each problem and note, then the verdict."""
+    rows = table(report)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    for r in report.rows:
+        gpu = (r.get("gpu") or {}).get("driver_pci_bus_id", "")
+        who = f"{r['node_id'][:8]} {gpu}".strip()
+        lines += [f"{who}: {'PROBLEM' if r['status'] in PROBLEMS else 'note'}: {t}" for t in r["problems"]]
+        lines += [f"{who}: note: {t}" for t in r.get("notes", []) + r.get("warnings", [])]
+    gpus = sum(1 for r in report.rows if r["status"] != "no-gpus")
+    nodes = len({r["node_id"] for r in report.rows})
+    bad = sum(1 for r in report.rows if r["status"] in PROBLEMS)
+    lines.append(f"{nodes} node(s), {gpus} GPU worker(s) probed in {report.seconds:.1f} s: "
+                 + ("every worker bound next to its GPU" if not bad else f"{bad} with a problem"))
+    return "\n".join(lines)

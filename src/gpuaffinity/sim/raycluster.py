@@ -1,0 +1,111 @@
+"""A multi-node Ray cluster on this machine, each node on a simulated machine of its own.
+
+Each node is ``ray start --block`` run under ``gpuaffinity sim run TOPOLOGY``: its raylet and every worker it
+starts load that machine's fake NVIDIA libraries and sysfs, so Ray counts that machine's GPUs, sets
+``CUDA_VISIBLE_DEVICES`` from them, and gpuaffinity in those workers resolves and binds against that machine.
+Tests and ``benchmarks/bench_ray_check.py`` use it; so can you, to try ``gpuaffinity ray-check`` without a
+cluster::
+
+    with RayCluster() as cluster:
+        cluster.add_node("dgx-h100")
+        cluster.add_node("slurm-2of8", env={"CUDA_VISIBLE_DEVICES": "0,1"})
+        subprocess.run(["gpuaffinity", "ray-check", "--address", cluster.address])
+
+Binds in those workers are real system calls: use topologies whose CPUs are this host's (the bundled presets'
+224 CPUs are not, unless the host has them).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from gpuaffinity.core.errors import SimulatorError
+
+
+class RayCluster:
+    """Ray nodes started one by one (the first is the head); ``close()`` (or leaving ``with``) stops them all."""
+
+    def __init__(self, num_cpus: int = 1, start_timeout: float = 120.0) -> None:
+        self.num_cpus = num_cpus
+        self.start_timeout = start_timeout
+        self.port = _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.nodes: list[subprocess.Popen] = []
+        self._logs = Path(tempfile.mkdtemp(prefix="gpuaffinity-raycluster-"))
+
+    def __enter__(self) -> RayCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def add_node(self, topology: str | os.PathLike, env: dict[str, str] | None = None,
+                 sim_args: list[str] | None = None) -> None:
+        """Start one node on ``topology`` (a preset or a file), with ``env`` added to the node's environment
+        (``ray start`` and every process it starts, workers included, inherit it: ``CUDA_VISIBLE_DEVICES``,
+        ``PYTHONPATH``...; ``sim run`` itself runs without it) and ``sim_args`` given to ``sim run``
+        (``--gpus 2,5 --others denied``...).  Returns once the node has joined."""
+        head = not self.nodes
+        where = ["--head", f"--port={self.port}", "--include-dashboard=false"] if head else \
+            [f"--address={self.address}"]
+        cmd = [sys.executable, "-m", "gpuaffinity", "sim", "run", *(sim_args or []), str(topology), "--",
+               "env", *(f"{k}={v}" for k, v in (env or {}).items()),
+               sys.executable, "-m", "ray.scripts.scripts", "start", "--block", f"--num-cpus={self.num_cpus}",
+               "--disable-usage-stats", *where]
+        full = dict(os.environ, RAY_AUTH_MODE="disabled")
+        log = self._logs / f"node{len(self.nodes)}.log"
+        with open(log, "wb") as out:
+            # its own process group: close() ends the node with every process it started
+            proc = subprocess.Popen(cmd, env=full, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        self.nodes.append(proc)
+        deadline = time.monotonic() + self.start_timeout
+        while b"Ray runtime started" not in log.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_bytes()[-2000:].decode(errors="replace")
+                self.close()
+                raise SimulatorError(f"the Ray node on {topology} did not start: {tail}")
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        """Stop every node: every process of its session is killed (Ray puts its raylet, GCS and agents in
+        process groups of their own, but they stay in the session the node was started in)."""
+        sessions = {proc.pid for proc in self.nodes}
+        for pid in _members(sessions):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for proc in self.nodes:
+            proc.wait()
+        self.nodes.clear()
+
+
+def _members(sessions: set[int]) -> list[int]:
+    """The processes whose session id is one of ``sessions`` (field 6 of /proc/PID/stat)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2:].split()  # after "pid (comm) ": state ppid pgrp session ...
+        if int(fields[3]) in sessions:
+            out.append(int(entry))
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,213 @@
+"""The cluster check on a real multi-node Ray cluster on this machine, each node on its own simulated machine.
+
+Nodes (gpuaffinity.sim.raycluster; every node's NUMA nodes are this host's first two CPUs, so binds are real):
+
+- ``shuffled``: 8 GPUs on 2 NUMA nodes, the node started with CUDA_VISIBLE_DEVICES=3,6,5,4,0,7,1,2;
+- ``slurm``: the same machine, but the node may open only GPUs 2 and 5 (a device cgroup; Ray counts 2);
+- ``vm``: 4 GPUs with numa_node = -1 (no locality), one NUMA node holding both CPUs;
+- ``broken``: 2 GPUs on 2 nodes, and a plugin that names the wrong GPU for the worker of GPU 1 only;
+- ``bare``: 1 GPU, and gpuaffinity not importable in its workers.
+
+The truth for each row comes from the topology (which physical GPU Ray's id names, and that GPU's node), not
+from gpuaffinity.  The one-line binding (the probes' default runtime environment) must put every worker of the
+good nodes on its GPU's node; the check must fail on exactly the broken and bare rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import CPUS
+
+pytest.importorskip("ray")
+pytestmark = pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs")
+SHUFFLE = "3,6,5,4,0,7,1,2"
+
+
+def topology(path, gpus):
+    """A topology file: ``gpus`` is each GPU's NUMA node (-1: none); nodes 0 and 1 are this host's two CPUs."""
+    text = f'name = "{path.stem}"\n' + "".join(f'[[numa_node]]\nid = {n}\ncpus = "{c}"\n' for n, c in enumerate(CPUS))
+    if all(n == -1 for n in gpus):  # a VM: one node with every CPU
+        text = f'name = "{path.stem}"\n[[numa_node]]\nid = 0\ncpus = "{CPUS[0]},{CPUS[1]}"\n'
+    for i, node in enumerate(gpus):
+        text += (f'[[gpu]]\nuuid = "{uuid(path.stem, i)}"\npci_bus_id = "{bus(i)}"\n'
+                 f'name = "NVIDIA H100 80GB HBM3"\nnuma_node = {node}\n')
+    path.write_text(text)
+    return path
+
+
+def uuid(name, i):
+    return f"GPU-{sum(map(ord, name)) % 0xffff:04x}{i:04x}-0000-0000-0000-000000000000"
+
+
+def bus(i):
+    return f"0000:{16 * i + 16:02x}:00.0"
+
+
+LIAR = '''
+import os
+from gpuaffinity import Abstain, Answer, Strategy, hookimpl
+
+
+class Liar(Strategy):
+    """Names GPU 0 for the worker whose CUDA_VISIBLE_DEVICES is LIAR_WHEN: a misbinding on one worker only."""
+    name = "liar"
+    priority = 150
+
+    def answer(self, ctx, logical_id):
+        if os.environ.get("CUDA_VISIBLE_DEVICES") == os.environ.get("LIAR_WHEN"):
+            return Answer(ctx.inventory.gpus[0].uuid)
+        return Abstain("not this worker", quiet=True)
+
+
+@hookimpl
+def gpuaffinity_strategies():
+    return [Liar()]
+'''
+
+BLOCK = '''
+import sys
+
+
+class _NoGpuaffinity:
+    def find_spec(self, name, path=None, target=None):
+        if name == "gpuaffinity" or name.startswith("gpuaffinity."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
+sys.meta_path.insert(0, _NoGpuaffinity())
+'''
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    from gpuaffinity.sim.raycluster import RayCluster
+
+    d = tmp_path_factory.mktemp("cluster")
+    liar = d / "liar-site"
+    (liar / "liar_plugin-1.0.dist-info").mkdir(parents=True)
+    (liar / "liar_plugin.py").write_text(LIAR)
+    (liar / "liar_plugin-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: liar-plugin\n"
+                                                                  "Version: 1.0\n")
+    (liar / "liar_plugin-1.0.dist-info" / "entry_points.txt").write_text("[gpuaffinity]\nliar = liar_plugin\n")
+    block = d / "block"
+    block.mkdir()
+    (block / "sitecustomize.py").write_text(BLOCK)
+    machines = {"shuffled": [0, 0, 0, 0, 1, 1, 1, 1], "slurm": [0, 0, 0, 0, 1, 1, 1, 1], "vm": [-1] * 4,
+                "broken": [0, 1], "bare": [0]}
+    topo = {name: topology(d / f"{name}.toml", gpus) for name, gpus in machines.items()}
+    pythonpath = os.environ.get("PYTHONPATH", "")
+    with RayCluster() as c:
+        c.add_node(topo["shuffled"], env={"CUDA_VISIBLE_DEVICES": SHUFFLE})
+        c.add_node(topo["slurm"], sim_args=["--gpus", "2,5", "--others", "denied"])
+        c.add_node(topo["vm"])
+        c.add_node(topo["broken"], env={"PYTHONPATH": f"{liar}:{pythonpath}", "LIAR_WHEN": "1"})
+        c.add_node(topo["bare"], env={"PYTHONPATH": f"{block}:{pythonpath}"})  # sitecustomize: in every Python
+        c.machines = machines
+        yield c
+
+
+def run_check(cluster, *args):
+    proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "ray-check", "--address", cluster.address,
+                           "--memory", "none", *args], capture_output=True, text=True, timeout=600)
+    return proc
+
+
+def node_of(row):
+    """Which test machine a row is from: by its GPUs' UUIDs (bare rows have none: by elimination)."""
+    gpu = row.get("gpu")
+    if gpu:
+        for name in ("shuffled", "slurm", "vm", "broken", "bare"):
+            if gpu["uuid"].startswith(uuid(name, 0)[:8]):
+                return name
+    return None
+
+
+def test_the_report_is_each_machines_truth_and_fails_on_exactly_the_broken_rows(cluster):
+    proc = run_check(cluster, "--json")
+    assert proc.returncode == 4, proc.stderr  # some rows have problems
+    report = json.loads(proc.stdout)
+    assert report["ok"] is False and report["settings"]["memory"] == "none"
+    rows = report["rows"]
+    by_node: dict[str, list[dict]] = {}
+    for row in rows:
+        by_node.setdefault(row["node_id"], []).append(row)
+    assert len(by_node) == 5  # every node, each with one row a GPU Ray counts
+    named = {}
+    for node_rows in by_node.values():
+        names = {node_of(r) for r in node_rows}
+        assert len(names) == 1, names
+        named[names.pop()] = node_rows
+    assert sorted(len(r) for r in by_node.values()) == [1, 2, 2, 4, 8]
+
+    # the shuffled node: Ray's id is an entry of the node's list, i.e. the physical GPU
+    for row in named["shuffled"]:
+        (rid,) = row["ray_gpu_ids"]
+        phys = int(rid)
+        assert row["env"]["CUDA_VISIBLE_DEVICES"] == rid
+        assert (row["gpu"]["pci_bus_id"], row["gpu"]["uuid"]) == (bus(phys), uuid("shuffled", phys))
+        assert row["numa_nodes"] == [phys // 4] and row["affinity"] == [CPUS[phys // 4]], row
+        assert row["gpu"]["agreed"] == ["pci", "cvd"] and row["status"] == "ok" and row["problems"] == []
+    assert sorted(int(r["ray_gpu_ids"][0]) for r in named["shuffled"]) == list(range(8))
+
+    # the device-limited node: Ray counts the 2 GPUs it may open, numbered 0 and 1: physical GPUs 2 and 5
+    assert sorted(r["gpu"]["pci_bus_id"] for r in named["slurm"]) == [bus(2), bus(5)]
+    for row in named["slurm"]:
+        phys = 2 if row["ray_gpu_ids"] == ["0"] else 5
+        assert row["gpu"]["uuid"] == uuid("slurm", phys) and row["gpu"]["nvml_index"] == int(row["ray_gpu_ids"][0])
+        assert row["affinity"] == [CPUS[phys // 4]] and row["status"] == "ok", row
+
+    # the VM: no locality, nothing to bind to; the worker keeps both CPUs, and that is not a problem
+    for row in named["vm"]:
+        assert row["numa_nodes"] == [] and row["affinity"] == sorted(CPUS) and row["status"] == "ok"
+        assert any("no NUMA node" in n for n in row["notes"])
+
+    # the broken node: only GPU 1's worker is misbound (to GPU 0's node), and the check says why
+    good, bad = sorted(named["broken"], key=lambda r: r["ray_gpu_ids"])
+    assert good["status"] == "ok" and good["affinity"] == [CPUS[0]]
+    assert bad["ray_gpu_ids"] == ["1"] and bad["status"] == "disagree"
+    assert bad["gpu"]["driver_pci_bus_id"] == bus(1) and bad["gpu"]["strategy"] == "liar"
+    assert bad["affinity"] == [CPUS[0]]  # bound next to the GPU the plugin named
+    assert any("strategies disagree" in p for p in bad["problems"])
+    assert any(p.startswith(f"bound to CPUs {CPUS[0]}, off its GPU's node 1") for p in bad["problems"])
+
+    # the node without gpuaffinity: its row says so, with no crash
+    (bare,) = by_node[next(n for n, rs in by_node.items() if node_of(rs[0]) is None)]
+    assert bare["status"] == "not-installed" and "No module named 'gpuaffinity'" in bare["problems"][0]
+
+    bad_rows = [r for r in rows if r["status"] != "ok"]
+    assert sorted(r["status"] for r in bad_rows) == ["disagree", "not-installed"]
+
+
+def test_the_table_marks_each_problem_and_says_how_many(cluster):
+    proc = run_check(cluster)
+    assert proc.returncode == 4
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:3] == ["NODE", "HOST", "RAY"]
+    assert sum(" ok" in line for line in lines[1:18]) == 15
+    assert sum(line.rstrip().endswith("DISAGREE") for line in lines) == 1
+    assert sum(line.rstrip().endswith("NOT-INSTALLED") for line in lines) == 1
+    assert lines[-1].startswith("5 node(s), 17 GPU worker(s) probed in ") and lines[-1].endswith(": 2 with a problem")
+    assert f"{bus(1)}: PROBLEM: gpuaffinity: strategies disagree on CUDA device 0" in proc.stdout
+    assert "(raylet)" not in proc.stdout  # Ray's own messages stay off the report
+
+
+def test_without_the_binding_every_worker_with_a_node_is_unbound(cluster):
+    """The same cluster, probes without the setup hook: what a Ray worker gets by default."""
+    proc = run_check(cluster, "--json", "--runtime-env", "{}")
+    assert proc.returncode == 4
+    rows = json.loads(proc.stdout)["rows"]
+    with_node = [r for r in rows if r.get("numa_nodes")]
+    assert len(with_node) == 12 and all(r["status"] == "unbound" for r in with_node if node_of(r) != "broken"), \
+        [(r["status"], r["problems"]) for r in with_node]
+    assert all(r["affinity"] == sorted(CPUS) for r in with_node)
+    assert all(p.endswith("the setup hook did not run in this worker") for r in with_node for p in r["problems"]
+               if p.startswith("runs on"))
+    (bare,) = [r for r in rows if r["status"] == "not-installed"]  # the probe itself runs there and says so
+    assert bare["problems"] == ["gpuaffinity is not importable in this node's Ray workers (No module named "
+                                "'gpuaffinity'): install it on the node"]
