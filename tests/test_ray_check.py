@@ -6,7 +6,8 @@ Nodes (gpuaffinity.sim.raycluster; every node's NUMA nodes are this host's first
 - ``slurm``: the same machine, but the node may open only GPUs 2 and 5 (a device cgroup; Ray counts 2);
 - ``vm``: 4 GPUs with numa_node = -1 (no locality), one NUMA node holding both CPUs;
 - ``broken``: 2 GPUs on 2 nodes, and a plugin that names the wrong GPU for the worker of GPU 1 only;
-- ``bare``: 1 GPU, and gpuaffinity not importable in its workers.
+- ``bare``: 1 GPU, and gpuaffinity not importable in its workers;
+- a node where Ray counts no GPU (``ray start --num-gpus=0``).
 
 The truth for each row comes from the topology (which physical GPU Ray's id names, and that GPU's node), not
 from gpuaffinity.  The one-line binding (the probes' default runtime environment) must put every worker of the
@@ -108,6 +109,7 @@ def cluster(tmp_path_factory):
         c.add_node(topo["vm"])
         c.add_node(topo["broken"], env={"PYTHONPATH": f"{liar}:{pythonpath}", "LIAR_WHEN": "1"})
         c.add_node(topo["bare"], env={"PYTHONPATH": f"{block}:{pythonpath}"})  # sitecustomize: in every Python
+        c.add_node(topo["vm"], ray_args=["--num-gpus=0"])  # a node where Ray counts no GPU
         c.machines = machines
         yield c
 
@@ -137,13 +139,15 @@ def test_the_report_is_each_machines_truth_and_fails_on_exactly_the_broken_rows(
     by_node: dict[str, list[dict]] = {}
     for row in rows:
         by_node.setdefault(row["node_id"], []).append(row)
-    assert len(by_node) == 5  # every node, each with one row a GPU Ray counts
+    assert len(by_node) == 6  # every node, each with one row a GPU Ray counts (one for a node without)
     named = {}
     for node_rows in by_node.values():
-        names = {node_of(r) for r in node_rows}
+        names = {node_of(r) or node_rows[0]["status"] for r in node_rows}
         assert len(names) == 1, names
         named[names.pop()] = node_rows
-    assert sorted(len(r) for r in by_node.values()) == [1, 2, 2, 4, 8]
+    assert sorted(len(r) for r in by_node.values()) == [1, 1, 2, 2, 4, 8]
+    (none,) = named["no-gpus"]
+    assert none["problems"] == [] and none["notes"] == ["Ray counts no GPU on this node: nothing to check"]
 
     # the shuffled node: Ray's id is an entry of the node's list, i.e. the physical GPU
     for row in named["shuffled"]:
@@ -177,10 +181,12 @@ def test_the_report_is_each_machines_truth_and_fails_on_exactly_the_broken_rows(
     assert any(p.startswith(f"bound to CPUs {CPUS[0]}, off its GPU's node 1") for p in bad["problems"])
 
     # the node without gpuaffinity: its row says so, with no crash
-    (bare,) = by_node[next(n for n, rs in by_node.items() if node_of(rs[0]) is None)]
-    assert bare["status"] == "not-installed" and "No module named 'gpuaffinity'" in bare["problems"][0]
+    (bare,) = named["not-installed"]
+    assert bare["problems"] == ["the worker could not start: Ray's worker_process_setup_hook failed "
+                                "(ModuleNotFoundError: No module named 'gpuaffinity'); is gpuaffinity installed on "
+                                "this node?"]
 
-    bad_rows = [r for r in rows if r["status"] != "ok"]
+    bad_rows = [r for r in rows if r["status"] not in ("ok", "no-gpus")]
     assert sorted(r["status"] for r in bad_rows) == ["disagree", "not-installed"]
 
 
@@ -189,10 +195,11 @@ def test_the_table_marks_each_problem_and_says_how_many(cluster):
     assert proc.returncode == 4
     lines = proc.stdout.splitlines()
     assert lines[0].split()[:3] == ["NODE", "HOST", "RAY"]
-    assert sum(" ok" in line for line in lines[1:18]) == 15
+    assert sum(" ok" in line for line in lines[1:19]) == 15
+    assert sum(line.rstrip().endswith(" no-gpus") for line in lines) == 1
     assert sum(line.rstrip().endswith("DISAGREE") for line in lines) == 1
     assert sum(line.rstrip().endswith("NOT-INSTALLED") for line in lines) == 1
-    assert lines[-1].startswith("5 node(s), 17 GPU worker(s) probed in ") and lines[-1].endswith(": 2 with a problem")
+    assert lines[-1].startswith("6 node(s), 17 GPU worker(s) probed in ") and lines[-1].endswith(": 2 with a problem")
     assert f"{bus(1)}: PROBLEM: gpuaffinity: strategies disagree on CUDA device 0" in proc.stdout
     assert "(raylet)" not in proc.stdout  # Ray's own messages stay off the report
 
@@ -211,3 +218,71 @@ def test_without_the_binding_every_worker_with_a_node_is_unbound(cluster):
     (bare,) = [r for r in rows if r["status"] == "not-installed"]  # the probe itself runs there and says so
     assert bare["problems"] == ["gpuaffinity is not importable in this node's Ray workers (No module named "
                                 "'gpuaffinity'): install it on the node"]
+
+
+HOLD = r"""
+import sys
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+ray.init(address=sys.argv[1], log_to_driver=False, logging_level="ERROR")
+(node,) = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU") == 1]
+
+
+@ray.remote(num_gpus=1, num_cpus=0)
+class Holder:
+    def ping(self):
+        return 1
+
+
+h = Holder.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+ray.get(h.ping.remote())
+print(node, flush=True)
+sys.stdin.read()  # holds the node's only GPU until the test closes stdin
+"""
+
+
+def test_a_probe_that_cannot_be_placed_gets_a_timeout_row(cluster):
+    """Another job holds the only GPU of the 1-GPU node: that row times out, the others still answer."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, cluster.address], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=dict(os.environ, RAY_AUTH_MODE="disabled"))
+    try:
+        node = holder.stdout.readline().strip()
+        assert node, "the holder did not start"
+        proc = run_check(cluster, "--json", "--timeout", "20")
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    assert proc.returncode == 4
+    rows = json.loads(proc.stdout)["rows"]
+    (held,) = [r for r in rows if r["node_id"] == node]
+    assert held["status"] == "timeout" and held["problems"][0].startswith("no answer in 20 s: the probe was not placed")
+    assert sum(r["status"] == "ok" for r in rows) == 15  # the rest answered in time
+
+
+def test_errors_are_one_line_and_no_traceback(cluster, tmp_path):
+    cases = [(["--address", "127.0.0.1:1"], 1, "gpuaffinity: no Ray cluster answers at "),
+             (["--address", "no port"], 1, "gpuaffinity: no Ray cluster found for address 'no port': "),
+             (["--address", cluster.address, "--runtime-env", "{"], 2,
+              "gpuaffinity ray-check: --runtime-env is not JSON: "),
+             (["--address", cluster.address, "--runtime-env", "[]"], 2,
+              "gpuaffinity ray-check: --runtime-env must be a JSON object"),
+             (["--address", cluster.address, "--timeout", "nan"], 1, "gpuaffinity: timeout nan s: give a number"),
+             (["--address", cluster.address, "--mode", "nod"], 2,
+              "gpuaffinity ray-check: argument --mode: invalid choice")]
+    for args, status, start in cases:
+        proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "ray-check", *args], capture_output=True,
+                              text=True, timeout=120, env=dict(os.environ, RAY_AUTH_MODE="disabled"))
+        assert (proc.returncode, proc.stdout) == (status, ""), (args, proc.stderr)
+        assert proc.stderr.startswith(start) and proc.stderr.count("\n") == 1, (args, proc.stderr)
+
+
+def test_the_api_refuses_a_process_already_connected_to_ray(cluster):
+    code = ("import ray, sys\nfrom gpuaffinity.ray_check import check\nfrom gpuaffinity import GpuAffinityError\n"
+            "ray.init(address=sys.argv[1], log_to_driver=False, logging_level='ERROR')\n"
+            "try:\n    check(sys.argv[1])\nexcept GpuAffinityError as e:\n    print(e)\n"
+            "print(ray.is_initialized())\n")
+    proc = subprocess.run([sys.executable, "-c", code, cluster.address], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, RAY_AUTH_MODE="disabled"))
+    assert proc.stdout.splitlines() == ["this process is already connected to Ray: run the check in a process of its "
+                                        "own (`gpuaffinity ray-check`, or check() before ray.init)", "True"]

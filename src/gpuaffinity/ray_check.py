@@ -87,6 +87,7 @@ def check(address: str | None = None, *, mode: str = "node", memory: str = "bind
                                "(`gpuaffinity ray-check`, or check() before ray.init)")
     where = address or os.environ.get("RAY_ADDRESS") or "auto"
     started = time.perf_counter()
+    _reachable(ray, where)
     # Ray prints its raylet's error messages (a worker that died, ...) on stdout from a thread of its own: keep them
     # off the caller's stdout (the table, --json); each row says what went wrong in its own words
     caught = io.StringIO()
@@ -134,6 +135,29 @@ def _check(ray: Any, node_affinity: Any, where: str, env: dict[str, Any], mode: 
                              "timeout": timeout}, time.perf_counter() - started, caught.getvalue())
     finally:
         ray.shutdown()
+
+
+def _reachable(ray: Any, where: str) -> None:
+    """Refuse at once, in one line, where nothing listens: ray.init would retry for minutes, logging from C++."""
+    if where.startswith("ray://"):
+        return  # Ray Client: its own connection, its own errors
+    try:
+        from ray._private.services import canonicalize_bootstrap_address_or_die
+
+        address = canonicalize_bootstrap_address_or_die(where)
+    except ImportError:  # a Ray without this private helper: let ray.init find the cluster
+        return
+    except (ConnectionError, ValueError) as e:
+        raise GpuAffinityError(f"no Ray cluster found for address {where!r}: {str(e).splitlines()[0][:200]} "
+                               "(start one with `ray start --head`, or pass --address HOST:PORT)") from None
+    host, _, port = address.rpartition(":")
+    try:
+        import socket
+
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except (OSError, ValueError) as e:
+        raise GpuAffinityError(f"no Ray cluster answers at {address} (from {where!r}): {e} (is it running? "
+                               "`ray status` says; or pass --address HOST:PORT)") from None
 
 
 def _gather(ray: Any, refs: list, deadline: float, progress: Callable[[int, int], None] | None) -> list:

@@ -47,18 +47,19 @@ class RayCluster:
         self.close()
 
     def add_node(self, topology: str | os.PathLike, env: dict[str, str] | None = None,
-                 sim_args: list[str] | None = None) -> None:
+                 sim_args: list[str] | None = None, ray_args: list[str] | None = None) -> None:
         """Start one node on ``topology`` (a preset or a file), with ``env`` added to the node's environment
         (``ray start`` and every process it starts, workers included, inherit it: ``CUDA_VISIBLE_DEVICES``,
         ``PYTHONPATH``...; ``sim run`` itself runs without it) and ``sim_args`` given to ``sim run``
-        (``--gpus 2,5 --others denied``...).  Returns once the node has joined."""
+        (``--gpus 2,5 --others denied``...) and ``ray_args`` to ``ray start`` (``--num-gpus=0``...).  Returns once
+        the node has joined."""
         head = not self.nodes
         where = ["--head", f"--port={self.port}", "--include-dashboard=false"] if head else \
             [f"--address={self.address}"]
         cmd = [sys.executable, "-m", "gpuaffinity", "sim", "run", *(sim_args or []), str(topology), "--",
                "env", *(f"{k}={v}" for k, v in (env or {}).items()),
                sys.executable, "-m", "ray.scripts.scripts", "start", "--block", f"--num-cpus={self.num_cpus}",
-               "--disable-usage-stats", *where]
+               "--disable-usage-stats", *where, *(ray_args or [])]
         full = dict(os.environ, RAY_AUTH_MODE="disabled")
         log = self._logs / f"node{len(self.nodes)}.log"
         with open(log, "wb") as out:
