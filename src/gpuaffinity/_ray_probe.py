@@ -27,7 +27,9 @@ def probe(mode: str) -> dict:
     """Facts about this worker and its GPU; ``error`` set (and the rest partial) where it could not look."""
     import socket
     import sys
+    import time
 
+    t0 = time.perf_counter()
     affinity = sorted(os.sched_getaffinity(0))  # first: what the worker runs with
     out: dict = {"host": socket.gethostname(), "pid": os.getpid(), "python": sys.version.split()[0],
                  "env": {k: os.environ[k] for k in ENV if k in os.environ}, "affinity": affinity, "error": None}
@@ -52,6 +54,7 @@ def probe(mode: str) -> dict:
         _facts(out, mode)
     except Exception as e:  # reported on the row, never a crash of the check
         out["error"] = f"{type(e).__name__}: {str(e)[:500]}"
+    out["probe_seconds"] = round(time.perf_counter() - t0, 4)  # in the worker: resolving (strict) and looking
     return out
 
 

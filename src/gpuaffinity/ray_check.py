@@ -107,7 +107,9 @@ def _check(ray: Any, node_affinity: Any, where: str, env: dict[str, Any], mode: 
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise GpuAffinityError(f"cannot connect to a Ray cluster at {where!r}: {str(e).splitlines()[0][:300]} "
                                "(start one with `ray start --head`, or pass --address HOST:PORT)") from None
+    timings = {"connect": time.perf_counter() - started}
     try:
+        t = time.perf_counter()
         ray.cloudpickle.register_pickle_by_value(_ray_probe)  # runs on a node without gpuaffinity, and says so
         probe_cls = ray.remote(_ray_probe.Probe)
         rows: list[dict[str, Any]] = []
@@ -125,14 +127,20 @@ def _check(ray: Any, node_affinity: Any, where: str, env: dict[str, Any], mode: 
             for _ in range(gpus):
                 actor = probe_cls.options(num_gpus=1, num_cpus=0, scheduling_strategy=strategy).remote()
                 pending.append((base, actor, actor.report.remote(mode)))
-        answers = _gather(ray, [ref for _b, _a, ref in pending], started + timeout, progress)
+        timings["place"] = time.perf_counter() - t  # listing the nodes, submitting every probe (this process)
+        t = time.perf_counter()
+        answers = _gather(ray, [ref for _b, _a, ref in pending], t + timeout, progress)
+        timings["answers"] = time.perf_counter() - t  # workers starting, probing (on the nodes, in parallel)
+        t = time.perf_counter()
         for (base, actor, _ref), answer in zip(pending, answers, strict=True):
             rows.append(judge({**base, **(answer or {})} if isinstance(answer, dict) else
                               {**base, "error": answer}, mode, memory, timeout))
             ray.kill(actor)
         _duplicates(rows)
+        timings["judge"] = time.perf_counter() - t
         return Report(rows, {"address": where, "mode": mode, "memory": memory, "runtime_env": env,
-                             "timeout": timeout}, time.perf_counter() - started, caught.getvalue())
+                             "timeout": timeout, "timings": {k: round(v, 4) for k, v in timings.items()}},
+                      time.perf_counter() - started, caught.getvalue())
     finally:
         ray.shutdown()
 
