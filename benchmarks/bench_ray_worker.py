@@ -27,7 +27,7 @@ def main() -> int:
 
     env = {k: v for k, v in os.environ.items() if k.startswith(("GPUAFFINITY_", "LD_"))}
     env.setdefault("GPUAFFINITY_RAY_MEMORY", "none")
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False,
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False,
              runtime_env={"env_vars": env, "worker_process_setup_hook": "gpuaffinity.ray_worker.setup"})
     try:
         @ray.remote(num_cpus=1, num_gpus=1)

@@ -34,7 +34,7 @@ def main() -> int:
 
     import ray
 
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, configure_logging=False,
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False, configure_logging=False,
              runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("GPUAFFINITY_", "LD_"))}})
     try:
         total = int(ray.cluster_resources().get("GPU", 0))

@@ -286,3 +286,20 @@ def test_the_api_refuses_a_process_already_connected_to_ray(cluster):
                           env=dict(os.environ, RAY_AUTH_MODE="disabled"))
     assert proc.stdout.splitlines() == ["this process is already connected to Ray: run the check in a process of its "
                                         "own (`gpuaffinity ray-check`, or check() before ray.init)", "True"]
+
+
+def test_a_closed_cluster_leaves_no_process_and_no_address_behind(tmp_path):
+    """Found while testing: a head started in /tmp/ray left its address there, so a later plain ray.init()
+    tried to join the dead cluster; and Ray's raylet and GCS sit in process groups of their own."""
+    from gpuaffinity.sim.raycluster import RayCluster, _members
+
+    topo = topology(tmp_path / "one.toml", [0])
+    before = os.path.exists("/tmp/ray/ray_current_cluster") and open("/tmp/ray/ray_current_cluster").read()
+    with RayCluster() as c:
+        c.add_node(topo)
+        sessions = {p.pid for p in c.nodes}
+        assert len(_members(sessions)) > 3  # sim run, ray start, GCS, raylet, agents...
+        logs = c._logs
+    assert _members(sessions, living=True) == []
+    after = os.path.exists("/tmp/ray/ray_current_cluster") and open("/tmp/ray/ray_current_cluster").read()
+    assert after == before and not logs.exists()

@@ -37,8 +37,12 @@ def test_what_ray_sets_and_when(sim_factory, noset, cvd):
     # the setup hook runs before any GPU is assigned: no ids, and only the variable the node started with
     assert f["setup_hook"] and all(h["gpu_ids"] == [] and h["cvd"] == cvd for h in f["setup_hook"])
     gpu_tasks = [t for t in f["tasks"] if t["num_gpus"]]
-    # one worker process serves every GPU task in turn, with other GPUs each time: binding belongs to the task
-    assert len({t["pid"] for t in gpu_tasks}) == 1
+    # a worker process serves GPU tasks in turn, with other GPUs each time: binding belongs to the task.  (In
+    # every run alone one worker served all four; Ray does not promise that, so this asks for one reuse.)
+    by_pid: dict[int, set] = {}
+    for t in gpu_tasks:
+        by_pid.setdefault(t["pid"], set()).add(tuple(t["gpu_ids"]))
+    assert any(len(ids) > 1 for ids in by_pid.values()), by_pid
     assert [len(t["gpu_ids"]) for t in gpu_tasks] == [1, 2, 1, 1]  # 1, 2, 0.5 (a whole id), 1
     assert not set(f["blocker_gpu_ids"]) & {i for t in gpu_tasks for i in t["gpu_ids"]}
     for t in gpu_tasks + [f["actor_2_gpus"]["init"], f["actor_2_gpus"]["method"]]:

@@ -62,7 +62,7 @@ def main() -> int:
         os.environ["RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"] = "1"
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path.insert(0, here)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
              runtime_env={"env_vars": env, "worker_process_setup_hook": "ray_facts.setup_hook",
                           "py_modules": [os.path.join(here, "ray_facts.py")]})
     facts: dict = {"ray": ray.__version__, "noset": args.noset, "driver_cvd": os.environ.get("CUDA_VISIBLE_DEVICES"),

@@ -18,6 +18,7 @@ Binds in those workers are real system calls: use topologies whose CPUs are this
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -54,8 +55,11 @@ class RayCluster:
         (``--gpus 2,5 --others denied``...) and ``ray_args`` to ``ray start`` (``--num-gpus=0``...).  Returns once
         the node has joined."""
         head = not self.nodes
-        where = ["--head", f"--port={self.port}", "--include-dashboard=false"] if head else \
-            [f"--address={self.address}"]
+        # the head's own temp folder: Ray writes the cluster's address there, not in /tmp/ray, where a later
+        # ray.init() would find it and try to join this cluster after it is gone
+        where = [f"--address={self.address}"]
+        if head:
+            where = ["--head", f"--port={self.port}", "--include-dashboard=false", f"--temp-dir={self._logs}"]
         cmd = [sys.executable, "-m", "gpuaffinity", "sim", "run", *(sim_args or []), str(topology), "--",
                "env", *(f"{k}={v}" for k, v in (env or {}).items()),
                sys.executable, "-m", "ray.scripts.scripts", "start", "--block", f"--num-cpus={self.num_cpus}",
@@ -79,18 +83,26 @@ class RayCluster:
         """Stop every node: every process of its session is killed (Ray puts its raylet, GCS and agents in
         process groups of their own, but they stay in the session the node was started in)."""
         sessions = {proc.pid for proc in self.nodes}
-        for pid in _members(sessions):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # until every one is gone (or a zombie its reaper has yet to collect)
+            left = _members(sessions, living=True)
+            if not left:
+                break
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.05)
         for proc in self.nodes:
             proc.wait()
         self.nodes.clear()
+        shutil.rmtree(self._logs, ignore_errors=True)
 
 
-def _members(sessions: set[int]) -> list[int]:
-    """The processes whose session id is one of ``sessions`` (field 6 of /proc/PID/stat)."""
+def _members(sessions: set[int], living: bool = False) -> list[int]:
+    """The processes whose session id is one of ``sessions`` (field 6 of /proc/PID/stat); ``living``: not
+    zombies."""
     out = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -101,7 +113,7 @@ def _members(sessions: set[int]) -> list[int]:
         except OSError:
             continue
         fields = stat[stat.rindex(b")") + 2:].split()  # after "pid (comm) ": state ppid pgrp session ...
-        if int(fields[3]) in sessions:
+        if int(fields[3]) in sessions and not (living and fields[0] == b"Z"):
             out.append(int(entry))
     return out
 
