@@ -21,13 +21,15 @@ for cvd in "" "$shuffled"; do
   timeout 120 python3 -m ray.scripts.scripts start --head --num-cpus=4 --include-dashboard=false \
     --disable-usage-stats > "$OUT/ray-start-$tag.txt" 2>&1
   unset CUDA_VISIBLE_DEVICES
-  t0=$(date +%s.%N)
+  t0=$(date +%s%N)
   timeout 180 python3 -m gpuaffinity ray-check --json > "$OUT/ray-check-$tag.json" 2> "$OUT/ray-check-$tag.err"
-  echo "ray-check rc=$? in $(echo "$(date +%s.%N) - $t0" | bc) s" >> "$OUT/ray-check-$tag.err"
+  echo "ray-check rc=$? in $(( ($(date +%s%N) - t0) / 1000000 )) ms" >> "$OUT/ray-check-$tag.err"
   timeout 180 python3 -m gpuaffinity ray-check > "$OUT/ray-check-$tag.txt" 2>&1
   timeout 180 python3 -m gpuaffinity ray-check --runtime-env '{}' > "$OUT/ray-check-$tag-nohook.txt" 2>&1
   python3 tools/ray_check_vs_smi.py "$OUT/ray-check-$tag.json" "$cvd" > "$OUT/vs-smi-$tag.txt" 2>&1
   echo "vs-smi rc=$?" >> "$OUT/vs-smi-$tag.txt"
 done
 python3 -m ray.scripts.scripts stop --force > /dev/null 2>&1
+# one archive: the lent machine returns only so many files
+tar czf /tmp/ray-records.tar.gz -C "$OUT" . && mv /tmp/ray-records.tar.gz "$OUT/ray-records.tar.gz"
 ls -la "$OUT"
