@@ -201,6 +201,9 @@ def test_the_table_marks_each_problem_and_says_how_many(cluster):
     assert sum(line.rstrip().endswith("NOT-INSTALLED") for line in lines) == 1
     assert lines[-1].startswith("6 node(s), 17 GPU worker(s) probed in ") and lines[-1].endswith(": 2 with a problem")
     assert f"{bus(1)}: PROBLEM: gpuaffinity: strategies disagree on CUDA device 0" in proc.stdout
+    (bad,) = [line.split() for line in lines if line.rstrip().endswith("DISAGREE")]
+    # the GPU and UUID columns are the driver's GPU; BY names who said otherwise
+    assert bad[4:6] == [bus(1), uuid("broken", 1)[:12]] and bad[-4:-1] == ["liar", "vs", "pci,cvd"]
     assert "(raylet)" not in proc.stdout  # Ray's own messages stay off the report
 
 
@@ -303,3 +306,57 @@ def test_a_closed_cluster_leaves_no_process_and_no_address_behind(tmp_path):
     assert _members(sessions, living=True) == []
     after = os.path.exists("/tmp/ray/ray_current_cluster") and open("/tmp/ray/ray_current_cluster").read()
     assert after == before and not logs.exists()
+
+
+def probed(**changes):
+    """A probe's answer as _ray_probe reports it: GPU 0000:10:00.0 on node 0 (CPUs 0-3) of a worker on 0-7."""
+    row = {"node_id": "a" * 56, "host": "h", "ip": "10.0.0.1", "pid": 1, "error": None, "ray_gpu_ids": ["0"],
+           "env": {"CUDA_VISIBLE_DEVICES": "0"}, "affinity": [0, 1, 2, 3], "worker_cpus": "0-7",
+           "memory": {"policy": "bind", "nodes": [0]}, "numa_nodes": [0], "gpu_cpus": "0-3", "notes": [],
+           "hook": {"set_up": True, "said": [], "pci_bus_id": "0000:10:00.0", "failures": []},
+           "gpu": {"uuid": "GPU-1", "driver_uuid": "GPU-1", "pci_bus_id": "0000:10:00.0",
+                   "driver_pci_bus_id": "0000:10:00.0", "strategy": "pci", "agreed": ["pci", "cvd"], "disagreed": [],
+                   "problem": None}}
+    row.update(changes)
+    return row
+
+
+def test_judging_a_row_names_the_reason():
+    from gpuaffinity.ray_check import judge
+
+    assert judge(probed(), "node", "bind", 60)["status"] == "ok"
+    # the hook could not set the memory policy: the kernel's reason comes with the row
+    failed = "set_mempolicy(bind, node(s) 0) failed: EINVAL: the kernel has no such NUMA node"
+    row = judge(probed(memory={"policy": "default", "nodes": []},
+                       hook={"set_up": True, "said": [], "pci_bus_id": "0000:10:00.0", "failures": [failed]}),
+                "node", "bind", 60)
+    assert (row["status"], row["problems"]) == ("unbound", [f"memory policy is the default, not bind to its GPU's "
+                                                            f"node 0: {failed}"])
+    assert judge(probed(memory={"policy": "default", "nodes": []}), "node", "none", 60)["status"] == "ok"
+    # no hook in the worker: every CPU, and the row says why
+    row = judge(probed(affinity=list(range(8)), hook={"set_up": False, "said": [], "pci_bus_id": None,
+                                                      "failures": []}), "node", "none", 60)
+    assert row["problems"] == ["runs on CPUs 0-7, not bound to its GPU's node 0 (CPUs 0-3): the setup hook did not "
+                               "run in this worker"]
+    # bound, but elsewhere
+    row = judge(probed(affinity=[4, 5], memory={"policy": "bind", "nodes": [1]}), "node", "bind", 60)
+    assert row["status"] == "off-node" and len(row["problems"]) == 2
+    # socket mode: the socket's CPUs are the region, memory on another node of it is not off-node
+    row = judge(probed(affinity=[0, 1, 2, 3, 4, 5], gpu_cpus="0-5", memory={"policy": "bind", "nodes": [1]}),
+                "socket", "bind", 60)
+    assert row["status"] == "ok"
+    # no answer at all
+    row = judge({"node_id": "b" * 56, "error": None}, "node", "bind", 7.5)
+    assert row["status"] == "timeout" and row["problems"][0].startswith("no answer in 7.5 s")
+
+
+def test_two_workers_on_one_gpu_are_both_marked():
+    from gpuaffinity.ray_check import _duplicates, judge
+
+    rows = [judge(probed(), "node", "none", 60), judge(probed(ray_gpu_ids=["1"]), "node", "none", 60),
+            judge(probed(node_id="c" * 56), "node", "none", 60)]
+    _duplicates(rows)
+    assert [r["status"] for r in rows] == ["duplicate", "duplicate", "ok"]  # another node's GPU is another GPU
+    assert rows[0]["problems"] == rows[1]["problems"] == [
+        "two workers of this node resolve to GPU 0000:10:00.0 (Ray ids ['0'] and ['1']): Ray's GPU ids and "
+        "CUDA_VISIBLE_DEVICES do not match"]

@@ -249,8 +249,10 @@ def _binding(row: dict[str, Any], problems: list[tuple[str, str]], mode: str, me
     mem = row["memory"]
     if memory != "none":
         if mem["policy"] == "default":
+            why = "; ".join(f for f in hook["failures"] if "set_mempolicy" in f) or \
+                ("the setup hook did not run in this worker" if not hook["set_up"] else "")
             problems.append(("unbound", f"memory policy is the default, not {memory} to its GPU's node "
-                                        f"{format_cpulist(row['numa_nodes'])}"))
+                                        f"{format_cpulist(row['numa_nodes'])}" + (f": {why}" if why else "")))
         elif not set(mem["nodes"]) <= set(row["numa_nodes"]) and mode != "socket":
             problems.append(("off-node", f"memory {mem['policy']} to node(s) {format_cpulist(mem['nodes'])}, off its "
                                          f"GPU's node {format_cpulist(row['numa_nodes'])}"))
@@ -285,12 +287,14 @@ def table(report: Report) -> list[tuple[str, ...]]:
         by = gpu.get("strategy", "-")
         if gpu.get("agreed"):
             by = "=".join(gpu["agreed"])
+        elif gpu.get("disagreed"):
+            by += f" vs {','.join(gpu['disagreed'])}"
         elif gpu:
             by += " alone"
         out.append((r["node_id"][:8], f"{r.get('host') or '-'} {r.get('ip') or ''}".strip(),
                     ",".join(r.get("ray_gpu_ids", [])) or "-",
                     (r.get("env") or {}).get("CUDA_VISIBLE_DEVICES", "-"),
-                    gpu.get("driver_pci_bus_id", "-"), _short(gpu.get("uuid")),
+                    gpu.get("driver_pci_bus_id", "-"), _short(gpu.get("driver_uuid") or gpu.get("uuid")),
                     ",".join(map(str, r.get("numa_nodes", []))) or "-", r.get("gpu_cpus") or "-",
                     format_cpulist(r["affinity"]) if "affinity" in r else "-",
                     f"{mem['policy']} {format_cpulist(mem['nodes'])}".strip() if mem else "-", by,
