@@ -360,3 +360,46 @@ def test_two_workers_on_one_gpu_are_both_marked():
     assert rows[0]["problems"] == rows[1]["problems"] == [
         "two workers of this node resolve to GPU 0000:10:00.0 (Ray ids ['0'] and ['1']): Ray's GPU ids and "
         "CUDA_VISIBLE_DEVICES do not match"]
+
+
+FULL = os.environ.get("GPUAFFINITY_TEST_FULL") == "1"
+
+
+@pytest.mark.skipif(not FULL, reason="the full variant: GPUAFFINITY_TEST_FULL=1 (about 2 minutes on 2 cores)")
+@pytest.mark.parametrize("variant", ["noset", "socket"])
+def test_full_four_shuffled_nodes_of_eight(tmp_path, variant):
+    """The full local variant: 4 nodes of 8 GPUs, each started with its own order of CUDA_VISIBLE_DEVICES;
+    under NOSET (every worker sees the node's whole list and finds its own GPU from Ray's id), and in socket
+    mode.  Every one of the 32 rows must be the machine's truth and bound next to its GPU."""
+    from gpuaffinity.sim.raycluster import RayCluster
+
+    orders = [SHUFFLE, "7,6,5,4,3,2,1,0", "0,1,2,3,4,5,6,7", "4,5,6,7,0,1,2,3"]
+    topo = topology(tmp_path / "shuffled.toml", [0, 0, 0, 0, 1, 1, 1, 1])
+    hook = {"worker_process_setup_hook": "gpuaffinity.ray_worker.setup",
+            "env_vars": {"GPUAFFINITY_RAY_MEMORY": "none", "GPUAFFINITY_RAY_MODE": "node"}}
+    args = ["--json"]
+    if variant == "noset":
+        hook["env_vars"]["RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"] = "1"
+        args += ["--runtime-env", json.dumps(hook)]
+    else:
+        args += ["--mode", "socket"]
+    with RayCluster() as c:
+        for order in orders:
+            c.add_node(topo, env={"CUDA_VISIBLE_DEVICES": order})
+        proc = run_check(c, *args)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    rows = json.loads(proc.stdout)["rows"]
+    assert len(rows) == 32 and all(r["status"] == "ok" for r in rows)
+    by_node: dict[str, list] = {}
+    for r in rows:
+        by_node.setdefault(r["node_id"], []).append(r)
+    for node_rows in by_node.values():
+        cvd = {r["env"]["CUDA_VISIBLE_DEVICES"] for r in node_rows}
+        if variant == "noset":
+            (node_cvd,) = cvd  # left as the node started with it, in every worker
+            assert node_cvd in orders
+        assert sorted(int(r["ray_gpu_ids"][0]) for r in node_rows) == list(range(8))
+        for r in node_rows:
+            phys = int(r["ray_gpu_ids"][0])  # Ray's id is an entry of the node's list: the physical GPU
+            assert (r["gpu"]["pci_bus_id"], r["gpu"]["uuid"]) == (bus(phys), uuid("shuffled", phys))
+            assert r["numa_nodes"] == [phys // 4] and r["affinity"] == [CPUS[phys // 4]], r
