@@ -203,7 +203,7 @@ def test_the_table_marks_each_problem_and_says_how_many(cluster):
     assert f"{bus(1)}: PROBLEM: gpuaffinity: strategies disagree on CUDA device 0" in proc.stdout
     (bad,) = [line.split() for line in lines if line.rstrip().endswith("DISAGREE")]
     # the GPU and UUID columns are the driver's GPU; BY names who said otherwise
-    assert bad[4:6] == [bus(1), uuid("broken", 1)[:12]] and bad[-4:-1] == ["liar", "vs", "pci,cvd"]
+    assert bad[5:7] == [bus(1), uuid("broken", 1)[:12]] and bad[-4:-1] == ["liar", "vs", "pci,cvd"]
     assert "(raylet)" not in proc.stdout  # Ray's own messages stay off the report
 
 
@@ -270,7 +270,8 @@ def test_errors_are_one_line_and_no_traceback(cluster, tmp_path):
               "gpuaffinity ray-check: --runtime-env is not JSON: "),
              (["--address", cluster.address, "--runtime-env", "[]"], 2,
               "gpuaffinity ray-check: --runtime-env must be a JSON object"),
-             (["--address", cluster.address, "--timeout", "nan"], 1, "gpuaffinity: timeout nan s: give a number"),
+             (["--address", cluster.address, "--timeout", "nan"], 2,
+              "gpuaffinity ray-check: --timeout nan s: give a number"),
              (["--address", cluster.address, "--mode", "nod"], 2,
               "gpuaffinity ray-check: argument --mode: invalid choice")]
     for args, status, start in cases:
@@ -342,8 +343,8 @@ def test_judging_a_row_names_the_reason():
     row = judge(probed(affinity=[4, 5], memory={"policy": "bind", "nodes": [1]}), "node", "bind", 60)
     assert row["status"] == "off-node" and len(row["problems"]) == 2
     # socket mode: the socket's CPUs are the region, memory on another node of it is not off-node
-    row = judge(probed(affinity=[0, 1, 2, 3, 4, 5], gpu_cpus="0-5", memory={"policy": "bind", "nodes": [1]}),
-                "socket", "bind", 60)
+    row = judge(probed(affinity=[0, 1, 2, 3, 4, 5], gpu_cpus="0-5", memory={"policy": "bind", "nodes": [1]},
+                       memory_nodes=[0, 1]), "socket", "bind", 60)
     assert row["status"] == "ok"
     # no answer at all
     row = judge({"node_id": "b" * 56, "error": None}, "node", "bind", 7.5)

@@ -104,7 +104,10 @@ def _facts(out: dict, mode: str) -> None:
     loc = locate([true_dev.pci_bus_id])[true_dev.pci_bus_id]
     # the GPU's CPUs within the worker's own (loc.cpus is within the current mask, which the binding narrowed)
     loc = replace(loc, cpus=loc.local_cpus & pool)
-    region = loc.cpus if mode != "socket" else place(loc, "socket", pool, allowed_mems=None).cpus
+    # where the mode puts this GPU's worker (exclusive, llc: its share of the node), and its memory nodes, from
+    # the worker's own CPUs; the peers an exclusive split counts come from the machine's PCI tree
+    region = place(loc, mode, pool, allowed_mems=None)
     out["numa_nodes"] = list(loc.numa_nodes)
-    out["gpu_cpus"] = format_cpulist(region) if loc.numa_nodes else ""
+    out["gpu_cpus"] = format_cpulist(region.cpus) if loc.numa_nodes else ""
+    out["memory_nodes"] = list(region.numa_nodes)
     out["notes"] = list(loc.notes)

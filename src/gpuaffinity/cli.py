@@ -650,6 +650,9 @@ def _ray_check(args: argparse.Namespace) -> int:
         if not isinstance(env, dict):
             raise UsageError("gpuaffinity ray-check: --runtime-env must be a JSON object, such as "
                              '\'{"worker_process_setup_hook": "gpuaffinity.ray_worker.setup"}\'')
+    if not 0 < args.timeout <= 86400:  # nan too
+        raise UsageError(f"gpuaffinity ray-check: --timeout {args.timeout} s: give a number of seconds above 0, at "
+                         "most a day (86400)")
     live = sys.stderr.isatty()
 
     def progress(done: int, total: int) -> None:

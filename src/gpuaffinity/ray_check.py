@@ -11,6 +11,7 @@ docs/ray.md says what each column means and how to read a failure.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import os
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gpuaffinity.core.cpulist import format_cpulist, parse_cpulist
-from gpuaffinity.core.errors import GpuAffinityError
+from gpuaffinity.core.errors import GpuAffinityError, UsageError
 from gpuaffinity.core.settings import MEMORY_POLICIES, MODES
 
 SETUP_HOOK = "gpuaffinity.ray_worker.setup"
@@ -28,6 +29,7 @@ SETUP_HOOK = "gpuaffinity.ray_worker.setup"
 STATUSES = ("not-installed", "error", "timeout", "disagree", "duplicate", "off-node", "unbound", "ok", "no-gpus")
 PROBLEMS = frozenset(STATUSES[:-2])
 DEFAULT_TIMEOUT = 120.0
+MISSING = "; is gpuaffinity installed on this node?"
 
 
 class Report:
@@ -70,12 +72,13 @@ def check(address: str | None = None, *, mode: str = "node", memory: str = "bind
     whole check after connecting; probes without an answer by then get a ``timeout`` row.
     ``progress(done, total)`` is called as answers come in.
     """
-    if mode not in MODES:
-        raise GpuAffinityError(f"unknown mode {mode[:40]!r}: choose one of {', '.join(MODES)}")
-    if memory not in MEMORY_POLICIES:
-        raise GpuAffinityError(f"unknown memory policy {memory[:40]!r}: choose one of {', '.join(MEMORY_POLICIES)}")
-    if not (0 < timeout <= 86400):  # also refuses nan
-        raise GpuAffinityError(f"timeout {timeout!r} s: give a number of seconds above 0, at most a day")
+    if not isinstance(mode, str) or mode not in MODES:
+        raise GpuAffinityError(f"unknown mode {str(mode)[:40]!r}: choose one of {', '.join(MODES)}")
+    if not isinstance(memory, str) or memory not in MEMORY_POLICIES:
+        raise GpuAffinityError(f"unknown memory policy {str(memory)[:40]!r}: choose one of "
+                               f"{', '.join(MEMORY_POLICIES)}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (0 < timeout <= 86400):  # nan too
+        raise GpuAffinityError(f"timeout {str(timeout)[:40]!r} s: give a number of seconds above 0, at most a day")
     try:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -102,9 +105,11 @@ def _check(ray: Any, node_affinity: Any, where: str, env: dict[str, Any], mode: 
 
     try:
         # a copy: Ray adds to the runtime environment it is given, and the report shows what was asked
-        ray.init(address=where, runtime_env=json.loads(json.dumps(env)), log_to_driver=False, logging_level="ERROR",
+        ray.init(address=where, runtime_env=copy.deepcopy(env), log_to_driver=False, logging_level="ERROR",
                  namespace="gpuaffinity-ray-check")
-    except (ConnectionError, RuntimeError, ValueError) as e:
+    except (TypeError, ValueError) as e:  # reachable (checked above): what Ray refuses is the runtime environment
+        raise UsageError(f"Ray refuses the runtime environment: {str(e).splitlines()[0][:300]}") from None
+    except (ConnectionError, RuntimeError) as e:
         raise GpuAffinityError(f"cannot connect to a Ray cluster at {where!r}: {str(e).splitlines()[0][:300]} "
                                "(start one with `ray start --head`, or pass --address HOST:PORT)") from None
     timings = {"connect": time.perf_counter() - started}
@@ -138,7 +143,9 @@ def _check(ray: Any, node_affinity: Any, where: str, env: dict[str, Any], mode: 
             ray.kill(actor)
         _duplicates(rows)
         timings["judge"] = time.perf_counter() - t
-        return Report(rows, {"address": where, "mode": mode, "memory": memory, "runtime_env": env,
+        # the runtime environment as JSON can show it (a callable setup hook, which Ray accepts, by its repr)
+        shown_env = json.loads(json.dumps(env, default=repr))
+        return Report(rows, {"address": where, "mode": mode, "memory": memory, "runtime_env": shown_env,
                              "timeout": timeout, "timings": {k: round(v, 4) for k, v in timings.items()}},
                       time.perf_counter() - started, caught.getvalue())
     finally:
@@ -193,8 +200,9 @@ def _why(e: Exception) -> str:
         # the hook's own exception is the last "SomethingError: ..." line of the traceback Ray passes on
         raised = [line.strip() for line in text.splitlines() if re.match(r"\w+(Error|Exception): ", line.strip())]
         what = raised[-1][:300] if raised else "see the worker's log"
-        hint = "; is gpuaffinity installed on this node?" if "gpuaffinity" in what else ""
-        return f"the worker could not start: Ray's worker_process_setup_hook failed ({what}){hint}"
+        if re.fullmatch(r"ModuleNotFoundError: No module named '(gpuaffinity)'", what):
+            return f"the worker could not start: Ray's worker_process_setup_hook failed ({what}){MISSING}"
+        return f"the worker could not start: Ray's worker_process_setup_hook failed ({what})"
     first = text.strip().splitlines()[0] if text.strip() else ""
     return f"the probe failed: {type(e).__name__}: {first[:300]}"
 
@@ -207,8 +215,8 @@ def judge(row: dict[str, Any], mode: str, memory: str, timeout: float) -> dict[s
         problems.append(("timeout", f"no answer in {timeout:g} s: the probe was not placed (every GPU of this node "
                                     "held by other tasks or actors?) or hangs; free a GPU or raise --timeout"))
     elif row.get("error") is not None:
-        problems.append(("not-installed" if row.get("status") == "not-installed" or "is gpuaffinity installed"
-                         in row["error"] else "error", row["error"]))
+        problems.append(("not-installed" if row.get("status") == "not-installed" or row["error"].endswith(MISSING)
+                         else "error", row["error"]))
     else:
         gpu = row["gpu"]
         if gpu.get("problem"):
@@ -236,7 +244,8 @@ def _binding(row: dict[str, Any], problems: list[tuple[str, str]], mode: str, me
         problems.append(("unbound", f"none of the worker's CPUs ({row['worker_cpus']}) is near GPU {bus}: nothing "
                                     "to bind to (the node's cpuset excludes them)"))
         return
-    where = f"{'socket of ' if mode == 'socket' else ''}node {format_cpulist(row['numa_nodes'])}"
+    part = {"socket": "socket of ", "exclusive": "share of ", "llc": "cache group in "}.get(mode, "")
+    where = f"{part}node {format_cpulist(row['numa_nodes'])}"
     if not affinity <= near:
         if affinity >= worker or not hook["set_up"]:
             why = "the setup hook did not run in this worker" if not hook["set_up"] else \
@@ -248,14 +257,19 @@ def _binding(row: dict[str, Any], problems: list[tuple[str, str]], mode: str, me
                                          f"(CPUs {row['gpu_cpus']})"))
     mem = row["memory"]
     if memory != "none":
+        allowed = row.get("memory_nodes", row["numa_nodes"])  # the mode's memory nodes (socket: the socket's)
         if mem["policy"] == "default":
             why = "; ".join(f for f in hook["failures"] if "set_mempolicy" in f) or \
                 ("the setup hook did not run in this worker" if not hook["set_up"] else "")
             problems.append(("unbound", f"memory policy is the default, not {memory} to its GPU's node "
                                         f"{format_cpulist(row['numa_nodes'])}" + (f": {why}" if why else "")))
-        elif not set(mem["nodes"]) <= set(row["numa_nodes"]) and mode != "socket":
+        elif mem["policy"] != memory:
+            problems.append(("unbound", f"memory policy is {mem['policy']} (node(s) {format_cpulist(mem['nodes'])}), "
+                                        f"not {memory}"))
+        if mem["policy"] != "default" and not set(mem["nodes"]) <= set(allowed):
             problems.append(("off-node", f"memory {mem['policy']} to node(s) {format_cpulist(mem['nodes'])}, off its "
-                                         f"GPU's node {format_cpulist(row['numa_nodes'])}"))
+                                         f"GPU's {'socket, node(s) ' if mode == 'socket' else 'node '}"
+                                         f"{format_cpulist(allowed)}"))
 
 
 def _duplicates(rows: list[dict[str, Any]]) -> None:
@@ -302,20 +316,29 @@ def table(report: Report) -> list[tuple[str, ...]]:
     return out
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), *range(127, 160))}
+
+
+def clean(text: str) -> str:
+    """``text`` with control characters escaped: what a worker reports (its host name, CUDA_VISIBLE_DEVICES)
+    reaches the operator's terminal without escape sequences or extra lines."""
+    return str(text).translate(_CONTROL)
+
+
 def _short(uuid: str | None) -> str:
     return "-" if not uuid else uuid[:12]
 
 
 def render(report: Report) -> str:
     """The table, then one line for each problem and note, then the verdict."""
-    rows = table(report)
+    rows = [tuple(clean(c) for c in r) for r in table(report)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     for r in report.rows:
         gpu = (r.get("gpu") or {}).get("driver_pci_bus_id", "")
         who = f"{r['node_id'][:8]} {gpu}".strip()
-        lines += [f"{who}: {'PROBLEM' if r['status'] in PROBLEMS else 'note'}: {t}" for t in r["problems"]]
-        lines += [f"{who}: note: {t}" for t in r.get("notes", []) + r.get("warnings", [])]
+        lines += [clean(f"{who}: {'PROBLEM' if r['status'] in PROBLEMS else 'note'}: {t}") for t in r["problems"]]
+        lines += [clean(f"{who}: note: {t}") for t in r.get("notes", []) + r.get("warnings", [])]
     gpus = sum(1 for r in report.rows if r["status"] != "no-gpus")
     nodes = len({r["node_id"] for r in report.rows})
     bad = sum(1 for r in report.rows if r["status"] in PROBLEMS)

@@ -39,7 +39,10 @@ class RayCluster:
         self.port = _free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.nodes: list[subprocess.Popen] = []
-        self._logs = Path(tempfile.mkdtemp(prefix="gpuaffinity-raycluster-"))
+        # short: Ray's socket paths live under the head's temp folder and must stay under 108 bytes, which a
+        # long $TMPDIR (Slurm's, macOS's) would pass
+        short = "/tmp" if os.access("/tmp", os.W_OK) else None
+        self._logs = Path(tempfile.mkdtemp(prefix="gpa-rc-", dir=short))
 
     def __enter__(self) -> RayCluster:
         return self
@@ -53,7 +56,7 @@ class RayCluster:
         (``ray start`` and every process it starts, workers included, inherit it: ``CUDA_VISIBLE_DEVICES``,
         ``PYTHONPATH``...; ``sim run`` itself runs without it) and ``sim_args`` given to ``sim run``
         (``--gpus 2,5 --others denied``...) and ``ray_args`` to ``ray start`` (``--num-gpus=0``...).  Returns once
-        the node has joined."""
+        the node has joined; a node that does not start stops the whole cluster and raises SimulatorError."""
         head = not self.nodes
         # the head's own temp folder: Ray writes the cluster's address there, not in /tmp/ray, where a later
         # ray.init() would find it and try to join this cluster after it is gone
@@ -83,9 +86,10 @@ class RayCluster:
         """Stop every node: every process of its session is killed (Ray puts its raylet, GCS and agents in
         process groups of their own, but they stay in the session the node was started in)."""
         sessions = {proc.pid for proc in self.nodes}
+        runners = set(sessions)  # each node's `sim run`: it removes its simulated machine once its command ends
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # until every one is gone (or a zombie its reaper has yet to collect)
-            left = _members(sessions, living=True)
+            left = [pid for pid in _members(sessions, living=True) if pid not in runners]
             if not left:
                 break
             for pid in left:
@@ -95,7 +99,11 @@ class RayCluster:
                     pass
             time.sleep(0.05)
         for proc in self.nodes:
-            proc.wait()
+            try:
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:  # `sim run` did not finish: end it too (its folder may stay)
+                proc.kill()
+                proc.wait()
         self.nodes.clear()
         shutil.rmtree(self._logs, ignore_errors=True)
 
