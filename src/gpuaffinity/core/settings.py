@@ -52,7 +52,8 @@ def stray_sim_variables(env: dict[str, str] | os._Environ | None = None) -> list
     for another machine than this one (a /proc with other GPUs, a cpuset wider than this process's)."""
     env = os.environ if env is None else env
     config = env.get(SIM_CONFIG_VAR) or ""
-    home = os.path.dirname(config) if config and os.path.isfile(config) else None
+    # the config's own folder, made absolute as the roots are: a relative config ("m.json") has the folder ""
+    home = os.path.dirname(os.path.abspath(config)) if config and os.path.isfile(config) else None
     out = []
     for var in SIM_ROOTS:
         value = env.get(var)
