@@ -13,41 +13,12 @@ from typing import ClassVar
 
 import pytest
 
-from gpuaffinity import Abstain, Answer, ResolveContext, Strategy
+from fake_strategies import Fake, U, make_ctx, run
+from gpuaffinity import Abstain, Answer, Strategy
 from gpuaffinity.core import record as rec
-from gpuaffinity.core.chain import IDENTITY, resolve_one
-from gpuaffinity.core.cvd import CvdResult
+from gpuaffinity.core.chain import IDENTITY
 from gpuaffinity.core.errors import FallbackWarning, GpuAffinityError, PluginError, UnresolvedError, shown
-from gpuaffinity.core.model import GpuInfo, Inventory, Verdict
-
-GPUS = tuple(GpuInfo(i, f"GPU-{i:08x}-0000-0000-0000-000000000000", f"0000:{i + 1:02x}:00.0", f"H100-{i}")
-             for i in range(3))
-U = [g.uuid for g in GPUS]
-
-
-class Fake(Strategy):
-    """A cheap strategy whose answer and cost may be functions of (ctx, logical_id) / ctx."""
-
-    watchdog = False
-
-    def __init__(self, name, priority, result, cost="cheap", budget=5.0):
-        self.name, self.priority, self.result, self._cost, self.budget = name, priority, result, cost, budget
-
-    def cost(self, ctx):
-        return self._cost(ctx) if callable(self._cost) else self._cost
-
-    def answer(self, ctx, logical_id):
-        r = self.result
-        return r(ctx, logical_id) if callable(r) else r
-
-
-def make_ctx(cvd=None, order=None, visible=3, unsure=""):
-    return ResolveContext(Inventory(GPUS), cvd, order, visible, grammar=CvdResult((), unsure=unsure))
-
-
-def run(strategies, policy="verify", c=None, logical_id=0):
-    strategies = sorted(strategies, key=lambda s: (-s.priority, s.name))
-    return resolve_one(strategies, c or make_ctx(), logical_id, policy)
+from gpuaffinity.core.model import Verdict
 
 
 def verdict(dev, name):

@@ -13,44 +13,17 @@ import zipfile
 
 import pytest
 
-from gpuaffinity import Abstain, Answer, ResolveContext, Strategy, hookimpl
+from fake_strategies import Fake, U, make_ctx, run
+from gpuaffinity import Abstain, Answer, Strategy, hookimpl
 from gpuaffinity.core import chain
 from gpuaffinity.core import notes as nt
 from gpuaffinity.core import plugins as pl
 from gpuaffinity.core import record as rec
 from gpuaffinity.core import settings as st
-from gpuaffinity.core.chain import resolve_one
-from gpuaffinity.core.cvd import CvdResult
 from gpuaffinity.core.errors import FallbackWarning, GpuAffinityError, PluginError
-from gpuaffinity.core.model import GpuInfo, Inventory, Verdict
+from gpuaffinity.core.model import Verdict
 
-GPUS = tuple(GpuInfo(i, f"GPU-{i:08x}-0000-0000-0000-000000000000", f"0000:{i + 1:02x}:00.0", f"H100-{i}")
-             for i in range(3))
-U = [g.uuid for g in GPUS]
 ENV = r"CUDA_VISIBLE_DEVICES=None, CUDA_DEVICE_ORDER=None"
-
-
-class Fake(Strategy):
-    """A strategy with a fixed answer and cost; no watchdog unless asked for."""
-
-    def __init__(self, name, priority, result, cost="cheap", watchdog=False):
-        self.name, self.priority, self.result, self._cost, self.watchdog = name, priority, result, cost, watchdog
-
-    def cost(self, ctx):
-        return self._cost
-
-    def answer(self, ctx, logical_id):
-        r = self.result
-        return r(ctx, logical_id) if callable(r) else r
-
-
-def make_ctx(unsure=""):
-    return ResolveContext(Inventory(GPUS), None, None, 3, grammar=CvdResult((), unsure=unsure))
-
-
-def run(strategies, policy="verify", logical_id=0):
-    strategies = sorted(strategies, key=lambda s: (-s.priority, s.name))
-    return resolve_one(strategies, make_ctx(), logical_id, policy)
 
 
 def verdict(dev, name):

@@ -10,41 +10,12 @@ import types
 
 import pytest
 
-from gpuaffinity import Abstain, Answer, ResolveContext, Strategy, hookimpl
+from fake_strategies import Fake, U, make_ctx, run
+from gpuaffinity import Abstain, Answer, Strategy, hookimpl
 from gpuaffinity.core import plugins as pl
 from gpuaffinity.core import record as rec
 from gpuaffinity.core import settings as st
-from gpuaffinity.core.chain import resolve_one
-from gpuaffinity.core.cvd import CvdResult
-from gpuaffinity.core.model import GpuInfo, Inventory, Verdict
-
-GPUS = tuple(GpuInfo(i, f"GPU-{i:08x}-0000-0000-0000-000000000000", f"0000:{i + 1:02x}:00.0", f"H100-{i}")
-             for i in range(3))
-U = [g.uuid for g in GPUS]
-
-
-class Fake(Strategy):
-    """A strategy with a fixed answer and cost; no watchdog."""
-
-    watchdog = False
-
-    def __init__(self, name, priority, result, cost="cheap"):
-        self.name, self.priority, self.result, self._cost = name, priority, result, cost
-
-    def cost(self, ctx):
-        return self._cost
-
-    def answer(self, ctx, logical_id):
-        return self.result
-
-
-def make_ctx():
-    return ResolveContext(Inventory(GPUS), None, None, 3, grammar=CvdResult(()))
-
-
-def run(strategies, policy="verify", c=None, logical_id=0):
-    strategies = sorted(strategies, key=lambda s: (-s.priority, s.name))
-    return resolve_one(strategies, c or make_ctx(), logical_id, policy)
+from gpuaffinity.core.model import Verdict
 
 
 def verdict(dev, name):

@@ -16,46 +16,17 @@ import typing
 import pluggy
 import pytest
 
-from gpuaffinity import Abstain, Answer, ResolveContext, Strategy, hookimpl
+from fake_strategies import GPUS, Fake, U, make_ctx, run
+from gpuaffinity import Abstain, Answer, Strategy, hookimpl
 from gpuaffinity.core import chain
 from gpuaffinity.core import notes as nt
 from gpuaffinity.core import plugins as pl
 from gpuaffinity.core import record as rec
 from gpuaffinity.core import settings as st
-from gpuaffinity.core.chain import resolve_one
-from gpuaffinity.core.cvd import CvdResult
 from gpuaffinity.core.errors import DisagreementWarning, FallbackWarning, PluginError, shown
 from gpuaffinity.core.hookspec import HookSpec
-from gpuaffinity.core.model import GpuInfo, Inventory
 
-GPUS = tuple(GpuInfo(i, f"GPU-{i:08x}-0000-0000-0000-000000000000", f"0000:{i + 1:02x}:00.0", f"H100-{i}")
-             for i in range(3))
-U = [g.uuid for g in GPUS]
 ENV = "CUDA_VISIBLE_DEVICES=None, CUDA_DEVICE_ORDER=None"
-
-
-class Fake(Strategy):
-    """A strategy with a fixed answer (or a function of (ctx, logical_id)) and cost; no watchdog unless asked."""
-
-    def __init__(self, name, priority, result, cost="cheap", budget=5.0, watchdog=False):
-        self.name, self.priority, self.result, self._cost = name, priority, result, cost
-        self.budget, self.watchdog = budget, watchdog
-
-    def cost(self, ctx):
-        return self._cost(ctx) if callable(self._cost) else self._cost
-
-    def answer(self, ctx, logical_id):
-        r = self.result
-        return r(ctx, logical_id) if callable(r) else r
-
-
-def make_ctx(unsure="", source="nvml"):
-    return ResolveContext(Inventory(GPUS, source=source), None, None, 3, grammar=CvdResult((), unsure=unsure))
-
-
-def run(strategies, policy="verify", c=None, logical_id=0):
-    strategies = sorted(strategies, key=lambda s: (-s.priority, s.name))
-    return resolve_one(strategies, c or make_ctx(), logical_id, policy)
 
 
 def verdict(dev, name):
@@ -437,29 +408,6 @@ def test_find_entry_points_reads_the_working_folder_for_an_empty_path_entry(tmp_
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [""])
     assert pl.find_entry_points("gpuaffinity") == [pl.PluginInfo("h", "h_mod:plugin", "here", "1.0")]
-
-
-# --- record._build: a mutable record keeps its own __hash__, else is unhashable ---------------------------------
-
-def test_a_mutable_record_keeps_its_own_hash():
-    @rec.record
-    class M:
-        x: int
-
-        def __hash__(self):
-            return 11
-
-    assert (hash(M(1)), M(1) == M(1), M(1) == M(2)) == (11, True, False)
-
-
-def test_a_mutable_record_without_its_own_hash_is_unhashable():
-    @rec.record
-    class N:
-        x: int
-
-    assert N.__hash__ is None
-    with pytest.raises(TypeError, match=r"^unhashable type: 'N'$"):
-        hash(N(1))
 
 
 # --- record._build: typing.ClassVar annotations are no fields; field() defaults are class attributes -------------
