@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import json
 import os
 import platform
 import signal
-import traceback
 
 import pytest
 
+from forked import forked, value
 from gpuaffinity.core.notes import attention, kind_of
 from gpuaffinity.numa import bind
 from gpuaffinity.numa.bind import BindRecord
@@ -29,35 +28,6 @@ ONE_NODE = not os.path.exists("/sys/devices/system/node/node1")
 SIM_VAR = "GPUAFFINITY_SIM_ALLOWED_CPUS"
 EINVAL_MESSAGE = ("BindError: set_mempolicy(preferred, node(s) {}) failed: EINVAL: the kernel has no such NUMA node "
                   "(or it has no memory); check /sys/devices/system/node, or use --memory none")
-
-
-def forked(fn, *args):
-    """fn(*args) in a forked child: {"value": ...}, {"raised": "Type: message"} or {"signal": number}."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        os.close(r)
-        try:
-            out = {"value": fn(*args)}
-        except BaseException as e:  # reported to the parent
-            out = {"raised": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()}
-        os.write(w, json.dumps(out, default=lambda x: sorted(x) if isinstance(x, (set, frozenset)) else repr(x))
-                 .encode())
-        os._exit(0)
-    os.close(w)
-    data = b""
-    while chunk := os.read(r, 1 << 16):
-        data += chunk
-    os.close(r)
-    _, status = os.waitpid(pid, 0)
-    if os.WIFSIGNALED(status):
-        return {"signal": os.WTERMSIG(status)}
-    return json.loads(data)
-
-
-def value(out):
-    assert "raised" not in out and "signal" not in out, out.get("trace", out)
-    return out["value"]
 
 
 @pytest.fixture(autouse=True)

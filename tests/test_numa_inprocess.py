@@ -10,15 +10,14 @@ imported, so a mutation run that changes it in memory is seen here too.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import platform
-import traceback
 from dataclasses import replace as dataclasses_replace
 from pathlib import Path
 
 import pytest
 
+from forked import forked, value
 from gpuaffinity.core.cpulist import format_cpulist
 from gpuaffinity.numa import bind
 from gpuaffinity.numa.bind import BindError, BindRecord
@@ -29,33 +28,6 @@ from numa_oracle import cached_render
 
 CPUS = sorted(os.sched_getaffinity(0))
 ONE_NODE = not os.path.exists("/sys/devices/system/node/node1")
-
-
-def forked(fn, *args):
-    """fn(*args) in a forked child; its JSON result, or {"raised": "Type: message"}."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        os.close(r)
-        try:
-            out = {"value": fn(*args)}
-        except BaseException as e:  # reported to the parent
-            out = {"raised": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()}
-        os.write(w, json.dumps(out, default=lambda x: sorted(x) if isinstance(x, (set, frozenset)) else repr(x))
-                 .encode())
-        os._exit(0)
-    os.close(w)
-    data = b""
-    while chunk := os.read(r, 1 << 16):
-        data += chunk
-    os.close(r)
-    os.waitpid(pid, 0)
-    return json.loads(data)
-
-
-def value(out):
-    assert "raised" not in out, out.get("trace")
-    return out["value"]
 
 
 @pytest.fixture(autouse=True)
