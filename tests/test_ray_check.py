@@ -24,6 +24,7 @@ import sys
 import pytest
 
 from conftest import CPUS
+from ray_rows import probed
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs")
@@ -307,19 +308,6 @@ def test_a_closed_cluster_leaves_no_process_and_no_address_behind(tmp_path):
     assert _members(sessions, living=True) == []
     after = os.path.exists("/tmp/ray/ray_current_cluster") and open("/tmp/ray/ray_current_cluster").read()
     assert after == before and not logs.exists()
-
-
-def probed(**changes):
-    """A probe's answer as _ray_probe reports it: GPU 0000:10:00.0 on node 0 (CPUs 0-3) of a worker on 0-7."""
-    row = {"node_id": "a" * 56, "host": "h", "ip": "10.0.0.1", "pid": 1, "error": None, "ray_gpu_ids": ["0"],
-           "env": {"CUDA_VISIBLE_DEVICES": "0"}, "affinity": [0, 1, 2, 3], "worker_cpus": "0-7",
-           "memory": {"policy": "bind", "nodes": [0]}, "numa_nodes": [0], "gpu_cpus": "0-3", "notes": [],
-           "hook": {"set_up": True, "said": [], "pci_bus_id": "0000:10:00.0", "failures": []},
-           "gpu": {"uuid": "GPU-1", "driver_uuid": "GPU-1", "pci_bus_id": "0000:10:00.0",
-                   "driver_pci_bus_id": "0000:10:00.0", "strategy": "pci", "agreed": ["pci", "cvd"], "disagreed": [],
-                   "problem": None}}
-    row.update(changes)
-    return row
 
 
 def test_judging_a_row_names_the_reason():

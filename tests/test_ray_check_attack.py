@@ -3,30 +3,17 @@ code it was found on).  The first group needs no Ray cluster; the rest start one
 
 from __future__ import annotations
 
-import copy
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from conftest import CPUS
-
-ROW = {"node_id": "a" * 56, "host": "h", "ip": "10.0.0.1", "pid": 1, "error": None, "ray_gpu_ids": ["0"],
-       "env": {"CUDA_VISIBLE_DEVICES": "0"}, "affinity": [0, 1, 2, 3], "worker_cpus": "0-7",
-       "memory": {"policy": "bind", "nodes": [0]}, "numa_nodes": [0], "gpu_cpus": "0-3", "notes": [],
-       "hook": {"set_up": True, "said": [], "pci_bus_id": "0000:10:00.0", "failures": []},
-       "gpu": {"uuid": "GPU-1", "driver_uuid": "GPU-1", "pci_bus_id": "0000:10:00.0",
-               "driver_pci_bus_id": "0000:10:00.0", "strategy": "pci", "agreed": ["pci", "cvd"], "disagreed": [],
-               "problem": None}}
-
-
-def probed(**changes):
-    row = copy.deepcopy(ROW)
-    row.update(changes)
-    return row
-
+from ray_rows import probed
 
 # --- no cluster needed ---------------------------------------------------------------------------------------
 
@@ -155,35 +142,25 @@ def test_a_callable_setup_hook_is_accepted(small):
     assert proc.returncode == 0, proc.stderr[-600:]
 
 
-def test_close_removes_each_nodes_simulator_folder(tmp_path):
-    """RayCluster.close() SIGKILLs `gpuaffinity sim run`, which never removes its gpuaffinity-sim-* folder
+def test_close_removes_each_nodes_simulator_folder(tmp_path, monkeypatch):
+    """RayCluster.close() SIGKILLed `gpuaffinity sim run`, which then never removed its gpuaffinity-sim-* folder
     (docs/security.md: 'one temporary folder per sim run, removed afterwards')."""
     pytest.importorskip("ray")
     from gpuaffinity.sim.raycluster import RayCluster
 
     tmp = Path("/tmp") / f"gpa{os.getpid()}"  # short: Ray's socket paths live under the head's temp folder
     tmp.mkdir()
-    old = os.environ.get("TMPDIR")
-    os.environ["TMPDIR"] = str(tmp)
-    import tempfile
-
-    tempfile.tempdir = None
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", None)
     try:
         with RayCluster() as c:
             c.add_node(_topo(tmp_path / "one.toml"))
         assert sorted(p.name for p in tmp.iterdir()) == []
     finally:
-        if old is None:
-            os.environ.pop("TMPDIR")
-        else:
-            os.environ["TMPDIR"] = old
-        tempfile.tempdir = None
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def test_a_head_under_a_longer_tmpdir_starts(tmp_path):
+def test_a_head_under_a_longer_tmpdir_starts(tmp_path, monkeypatch):
     """TMPDIR=/tmp/attack-rc/tmp (18 characters) is enough to break the head: RayCluster puts the head's
     --temp-dir in mkdtemp() under TMPDIR and Ray's plasma socket path passes 107 bytes (OSError from
     validate_socket_filepath); RayCluster should pick a short folder for Ray's sockets."""
@@ -192,20 +169,10 @@ def test_a_head_under_a_longer_tmpdir_starts(tmp_path):
 
     long = Path("/tmp") / f"attack-{os.getpid()}" / "tmp"
     long.mkdir(parents=True)
-    import tempfile
-
-    old = os.environ.get("TMPDIR")
-    os.environ["TMPDIR"] = str(long)
-    tempfile.tempdir = None
+    monkeypatch.setenv("TMPDIR", str(long))
+    monkeypatch.setattr(tempfile, "tempdir", None)
     try:
         with RayCluster() as c:
             c.add_node(_topo(tmp_path / "one.toml"))
     finally:
-        if old is None:
-            os.environ.pop("TMPDIR")
-        else:
-            os.environ["TMPDIR"] = old
-        tempfile.tempdir = None
-        import shutil
-
         shutil.rmtree(long.parent, ignore_errors=True)
