@@ -86,7 +86,7 @@ def visible(res):
     ("2", "FASTEST_FIRST", [(1, 0)], 0,
      ''),
     ("3", None, [], 100,
-     "entry 0 ('3') is out of range (only 3 GPUs)"),
+     "entry 0 ('3') is out of range (this process's GPUs are numbered 0-2)"),
     ("0,x", "PCI_BUS_ID", [(0, None)], 0,
      "entry 1 ('x') is not a number"),
     (M11.uuid, None, [(1, 1)], 0,
@@ -112,7 +112,7 @@ def visible(res):
     ("GPU-b1,GPU-b2", None, [(1, 0)], 0,
      "entry 1 ('GPU-b2'): one MIG device a process: a second GPU in MIG mode ends the list"),
     ("GPU-b", None, [], 100,
-     "entry 0 ('GPU-b') matches no GPU UUID, or more than one"),
+     "entry 0 ('GPU-b') matches 2 GPU UUIDs (a prefix must be unique)"),
     ("GPU-a0,0", None, [(0, None)], 0,
      "entry 1 ('0') is not a GPU- or MIG- UUID"),
     ("GPU-a0,GPU-A0000000", None, [], 101,
@@ -207,7 +207,7 @@ MIG_PATH = "MIG-GPU-b1000000-0000-0000-0000-000000000000"
     ("1,0x", P2, {}, [(1, None), (0, None)], UNDOC.format(i=1, e="0x", n=2), ""),
     ("GPU-A0000000-0000-0000-0000-000000000000", P2, {}, [(0, None)],
      UNDOC.format(i=0, e="GPU-A0000000-0000-0000-0000-000000000000", n=1), ""),
-    ("GPU-ffff", P2, {}, [], "ends at entry 0 ('GPU-ffff') matches no GPU UUID, or more than one: whether that entry "
+    ("GPU-ffff", P2, {}, [], "ends at entry 0 ('GPU-ffff') matches no GPU UUID: whether that entry "
      "names a device rests on this process's GPU list alone", ""),
     ("GPU-a0", P2, {}, [(0, None)], "", ""),  # a prefix, every GPU of the host known
     ("GPU-a0", P2, {"host_complete": False}, [(0, None)], PREFIX_HOST, PREFIX_HOST),
@@ -219,7 +219,8 @@ MIG_PATH = "MIG-GPU-b1000000-0000-0000-0000-000000000000"
     ("0", P2, {"base_order": [1, 0], "device_order": "PCI_BUS_ID"}, [(0, None)], "", ""),  # PCI order wins
     # a GPU of the host this process cannot open makes the prefix ambiguous, in both readings
     ("GPU-a", P2, {"hidden": ["GPU-a1000000-0000-0000-0000-000000000000"]}, [],
-     "ends at entry 0 ('GPU-a') matches no GPU UUID, or more than one: whether that entry names a device rests on "
+     "ends at entry 0 ('GPU-a') matches 2 GPU UUIDs (a prefix must be unique): whether that entry names a "
+     "device rests on "
      "this process's GPU list alone", ""),
     ("0,1", P2, {"doubt": ""}, [(0, None), (1, None)], "", ""),
 ])

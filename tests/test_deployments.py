@@ -279,7 +279,7 @@ def test_a_selector_is_an_answer_alone_and_a_prefix_counts_hidden_gpus(sim_facto
             "print(json.dumps(out))")
     whole, shared, hidden = run_json(machine, code, host[5].uuid, "GPU-2", host[0].uuid, cvd="0,1")
     assert whole == [host[5].pci_bus_id, ["selector"], [], "nvml"]
-    assert "no GPU of this machine matches 'GPU-2' (or more than one does)" in shared  # 29ec... and hidden 25ab...
+    assert "'GPU-2' matches 2 GPU UUIDs (a prefix must be unique)" in shared  # 29ec... and hidden 25ab...
     assert f"names a GPU of the host that this process cannot open ({host[0].uuid})" in hidden
 
 

@@ -16,11 +16,13 @@ from gpuaffinity.core.errors import (
     GpuAffinityError,
     GpuAffinityWarning,
     InvalidVisibleDevicesError,
+    NoDeviceWarning,
     NoDriverError,
     PluginError,
     PluginWarning,
     SimulationWarning,
     UnresolvedError,
+    VisibleDevicesWarning,
 )
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers take this spelling)
@@ -52,6 +54,7 @@ __all__ = [
     "InvalidVisibleDevicesError",
     "Inventory",
     "MigInfo",
+    "NoDeviceWarning",
     "NoDriverError",
     "PhysicalDevice",
     "PluginError",
@@ -60,6 +63,7 @@ __all__ = [
     "SimulationWarning",
     "Strategy",
     "UnresolvedError",
+    "VisibleDevicesWarning",
     "__version__",
     "bind",
     "clear_cache",

@@ -23,9 +23,11 @@ from gpuaffinity.core.errors import (
     DisagreementWarning,
     GpuAffinityWarning,
     InvalidVisibleDevicesError,
+    NoDeviceWarning,
     PluginWarning,
     SimulationWarning,
     UnresolvedError,
+    VisibleDevicesWarning,
     shown,
 )
 from gpuaffinity.core.model import Inventory, PhysicalDevice
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
 _cache: dict[tuple, tuple[PhysicalDevice, ...]] = {}
+_why_none: dict[tuple, str] = {}  # for a key whose answer is no device: Resolution.no_device, said again on errors
 _WARNED: set[str] = set()  # plugins already warned about
 
 
@@ -62,12 +65,15 @@ class Resolution:
     warnings: list[tuple[type[Warning], str]] = field(default_factory=list)
     error: Exception | None = None
     plugins: list[PluginInfo] = field(default_factory=list)
+    #: "" when the process sees a CUDA device; else one line: why not, what it can open, what to write
+    no_device: str = ""
 
 
 def clear_cache() -> None:
     """Forget every cached result (the next call resolves afresh)."""
     with _state.lock:
         _cache.clear()
+        _why_none.clear()
 
 
 
@@ -83,7 +89,7 @@ def run_resolution(*, policy: str | None = None, disable: Iterable[str] | str | 
     """Resolve every visible device without the cache, keeping every strategy's verdict.
 
     ``settings``: the snapshot to resolve under (default: read now from the arguments and the environment)."""
-    from gpuaffinity.core.cvd import read_cvd
+    from gpuaffinity.core.cvd import no_device_text, read_cvd, reading_notes
     from gpuaffinity.inventory import read_inventory
     from gpuaffinity.resolvers import builtin_plugins
     from gpuaffinity.resolvers._common import integers_index_unknown_order
@@ -156,6 +162,13 @@ def run_resolution(*, policy: str | None = None, disable: Iterable[str] | str | 
         if strict_errors:
             raise out.error
         return out
+    by_driver = must_count and ctx.visible != len(grammar.devices)  # the driver's count replaced the reading
+    if not by_driver:
+        out.warnings.extend((VisibleDevicesWarning, f"gpuaffinity: CUDA_VISIBLE_DEVICES={shown(ctx.cvd)}: {note}")
+                            for note in reading_notes(ctx.cvd, grammar, stop=ctx.visible > 0))
+    if ctx.visible == 0:
+        out.no_device = no_device_text(ctx.cvd, grammar, inventory.gpus, inventory.host_uuids, by_driver)
+        out.warnings.append((NoDeviceWarning, f"gpuaffinity: {out.no_device}"))
     for i in range(ctx.visible):
         try:
             dev, warns = resolve_one(strategies, ctx, i, chosen)
@@ -215,7 +228,6 @@ def _resolved(policy: str | None, disable: tuple[str, ...] | None, allow_subproc
 
     ``stacklevel``: how many frames up from the caller of this function the user's call is (warnings
     point there)."""
-    """The devices for these options (``disable`` normalised) under the environment now, cached."""
     key = key or make_key(policy, disable, allow_subprocess)
     hit = _cache.get(key)
     if hit is not None:
@@ -226,11 +238,15 @@ def _resolved(policy: str | None, disable: tuple[str, ...] | None, allow_subproc
             return hit
         # the snapshot that keys the result is the one it is computed from
         res = run_resolution(settings=Settings.from_key(key))
+        if res.no_device:
+            _why_none[key] = res.no_device  # under the key asked for, and below under the key cached
         if watch(v for s in res.strategies for v in getattr(s, "env_vars", ())):
             key = make_key(policy, disable, allow_subprocess)  # a strategy's variables join the key from now on
         for category, message in res.warnings:
             warnings.warn(message, category, stacklevel=stacklevel + 1)
         devices = tuple(res.devices)
+        if res.no_device:
+            _why_none[key] = res.no_device
         _cache[key] = devices
         return devices
 
@@ -276,8 +292,19 @@ def _resolve(logical_id: int | str, policy: str | None, disable: Iterable[str] |
         return devices[logical_id]
     cvd = Settings.from_key(key).cvd
     cvd_text = "unset" if cvd is None else shown(cvd)
+    if not devices and _why_none.get(key):
+        raise DeviceNotVisibleError(f"CUDA device {logical_id} is not visible: {_why_none[key]}")
     raise DeviceNotVisibleError(
         f"CUDA device {logical_id} is not visible: this process sees {len(devices)} device(s) "
         f"(0-{len(devices) - 1}) with CUDA_VISIBLE_DEVICES {cvd_text}" if devices else
         f"CUDA device {logical_id} is not visible: this process sees no CUDA device (CUDA_VISIBLE_DEVICES "
         f"{cvd_text})")
+
+
+def no_device_reason(*, policy: str | None = None, disable: Iterable[str] | str | None = None,
+                     allow_subprocess: bool = True) -> str:
+    """"" when this process sees a CUDA device under these options; else one line saying why it sees none, which
+    GPUs it can open and how they are numbered here (from the cached resolution: nothing is asked again)."""
+    key = make_key(policy, normalize_disable(disable), allow_subprocess)
+    devices = _resolved(policy, normalize_disable(disable), allow_subprocess, stacklevel=2, key=key)
+    return "" if devices else _why_none.get(key, "this process sees no CUDA device")

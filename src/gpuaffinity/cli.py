@@ -452,11 +452,18 @@ def _resolve(args: argparse.Namespace) -> int:
         try:
             devices = [resolve(i, **_options(args)) for i in ids] if ids else resolve_all(**_options(args))
         except GpuAffinityError as e:
-            _print_warnings(caught)
+            _print_warnings(caught, but=_no_device(e))
             _say(f"gpuaffinity: {_strip(e)}")
             return exit_status(e)
         finally:
             _state.while_probing = None
+    if not devices:  # never an empty table with exit 0: say why, what this process can open, what to write
+        from gpuaffinity.api import no_device_reason
+        from gpuaffinity.core.errors import NoDeviceWarning
+
+        _print_warnings(caught, but=NoDeviceWarning)
+        _say(f"gpuaffinity: {no_device_reason(**_options(args))}")
+        return EXIT_ERROR
     _print_warnings(caught)
     late = [d.pci_bus_id for d in devices if d.pci_bus_id not in early]
     locs = {**early, **locate(late)} if late else early
@@ -499,9 +506,18 @@ def _strip(e: Exception) -> str:
     return text[len("gpuaffinity: "):] if text.startswith("gpuaffinity: ") else text
 
 
-def _print_warnings(caught: list) -> None:
+def _print_warnings(caught: list, but: type[Warning] | None = None) -> None:
+    """Each warning caught, one line each; ``but``: a category left out (an error line about to be said holds it)."""
     for w in caught:
-        _say(f"gpuaffinity: warning: {_strip(w.message)}")
+        if but is None or not issubclass(w.category, but):
+            _say(f"gpuaffinity: warning: {_strip(w.message)}")
+
+
+def _no_device(e: Exception) -> type[Warning] | None:
+    """NoDeviceWarning where ``e`` is the error for a device this process does not see: its line says it all."""
+    from gpuaffinity.core.errors import DeviceNotVisibleError, NoDeviceWarning
+
+    return NoDeviceWarning if isinstance(e, DeviceNotVisibleError) else None
 
 
 def _print_table(rows: list[tuple[str, ...]], indent: str = "") -> None:
@@ -604,7 +620,8 @@ def _doctor(args: argparse.Namespace) -> int:
         print(f"  note: the reading of CUDA_VISIBLE_DEVICES {res.context.grammar.unsure}; the default policy "
               "checks it with the driver")
     width = max([len(s.name) for s in res.strategies] + [8])
-    print(f"\nDevices: this process sees {res.context.visible}")
+    print(f"\nDevices: this process sees {res.context.visible}" + (" (why, and what to write: below)" if
+                                                                  res.no_device else ""))
     for d in res.devices:
         loc = locs[d.pci_bus_id]
         mig = f" MIG {d.mig_uuid}" if d.mig_uuid else ""
@@ -698,7 +715,7 @@ def _bind(args: argparse.Namespace, cmd: list[str]) -> int:
             else:
                 rec = bind(selector, mode=args.mode, memory=args.memory, on_failure=args.on_failure, **opts)
         except GpuAffinityError as e:
-            _print_warnings(caught)
+            _print_warnings(caught, but=_no_device(e))
             _say(f"gpuaffinity: {_strip(e)}")
             return exit_status(e)
     _print_warnings(caught)

@@ -62,6 +62,7 @@ def read_inventory(env: Mapping[str, str | None] | None = None) -> Inventory:
         why = listing.why_not_nvml_equal(env)
         if why is None:
             return Inventory(listing.gpus, source="procfs", host_gpus=len(listing.gpus), host_complete=complete,
+                             host_uuids=tuple(g.uuid for g in listing.gpus),
                              notes=(f"listed from the driver's /proc files ({len(listing.gpus)} GPUs), checked "
                                     "against the device nodes: this process opens each listed GPU's node and no "
                                     "other",))
@@ -81,7 +82,8 @@ def read_inventory(env: Mapping[str, str | None] | None = None) -> Inventory:
     if doubt:
         notes.append(doubt)
     return Inventory(inv.gpus, source="nvml", host_gpus=len(listing.gpus) if listing.gpus else None,
-                     notes=tuple(notes), hidden=hidden, host_complete=complete, doubt=doubt)
+                     notes=tuple(notes), hidden=hidden, host_complete=complete, doubt=doubt,
+                     host_uuids=tuple(g.uuid for g in listing.gpus))
 
 
 def _bound_gpus(env: Mapping[str, str | None]) -> int:

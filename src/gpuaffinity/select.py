@@ -49,31 +49,35 @@ def by_selector(selector: str, policy: str | None, disable: Iterable[str] | None
 def _by_selector_locked(selector: str, policy: str | None, disable: Iterable[str] | None,
                         allow_subprocess: bool) -> PhysicalDevice:
     from gpuaffinity.api import _resolved
-    from gpuaffinity.core.cvd import match_uuid
+    from gpuaffinity.core.cvd import no_match_reason, prefix_hits
     from gpuaffinity.inventory import read_inventory
 
     inv = read_inventory()
     gpu, mig = None, None
+    why = "matches no GPU's PCI bus id"
     if selector.startswith("MIG-"):
         if inv.source != "nvml" and not any(g.migs for g in inv.gpus):
             from gpuaffinity.inventory import read_inventory_nvml
             inv = read_inventory_nvml()
         migs = [(g, m) for g in inv.gpus for m in g.migs]
-        hit = match_uuid(selector[4:], [m.uuid[4:] for _g, m in migs])
-        if hit is not None:
-            gpu, mig = migs[hit][0], migs[hit][1].uuid
+        hits = prefix_hits([m.uuid[4:] for _g, m in migs], selector[4:])
+        if len(hits) == 1:
+            gpu, mig = migs[hits[0]][0], migs[hits[0]][1].uuid
+        why = (no_match_reason(len(hits), "MIG UUID") if migs else
+               "names no MIG instance: none of the GPUs this process can open has MIG instances")
     elif selector.startswith("GPU-"):
         # as the driver decides a prefix: unique among every GPU of the host, and one this process can open
-        hit = match_uuid(selector[4:], [g.uuid[4:] for g in inv.gpus] + [h[4:] for h in inv.hidden])
-        if hit is not None and hit >= len(inv.gpus):
+        hits = prefix_hits([g.uuid[4:] for g in inv.gpus] + [h[4:] for h in inv.hidden], selector[4:])
+        if len(hits) == 1 and hits[0] >= len(inv.gpus):
             raise DeviceNotVisibleError(f"{shown(selector, 60)} names a GPU of the host that this process cannot "
-                                        f"open ({inv.hidden[hit - len(inv.gpus)]})")
-        gpu = None if hit is None else inv.gpus[hit]
+                                        f"open ({inv.hidden[hits[0] - len(inv.gpus)]})")
+        gpu = inv.gpus[hits[0]] if len(hits) == 1 else None
+        why = no_match_reason(len(hits))
     else:
         gpu = inv.by_bus(selector)  # parse_selector gave the full sysfs form
     if gpu is None:
-        raise DeviceNotVisibleError(f"no GPU of this machine matches {selector!r} (or more than one does): "
-                                    f"{len(inv.gpus)} GPU(s), see `gpuaffinity doctor`")
+        raise DeviceNotVisibleError(f"{shown(selector, 60)} {why}; this process can open {len(inv.gpus)} GPU(s) "
+                                    "(see `gpuaffinity doctor`)")
     logical = -1
     try:
         for d in _resolved(policy, disable, allow_subprocess, stacklevel=5):

@@ -164,10 +164,21 @@ def _prefix_match(candidates: Sequence[str], text: str) -> int | None:
     Dashes are ignored on both sides and hex digits compared without regard to
     case (measured: ``GPU-`` plus the 32 digits without dashes selects the GPU).
     """
+    hits = prefix_hits(candidates, text)
+    return hits[0] if len(hits) == 1 else None
+
+
+def prefix_hits(candidates: Sequence[str], text: str) -> list[int]:
+    """Indexes of every candidate (a UUID without its tag) that ``text`` is a prefix of, as ``_prefix_match``
+    compares them: none, one (a match), or several (an ambiguous prefix, which names nothing)."""
     want = text.replace("-", "").lower()
     hexes = [c.replace("-", "").lower() for c in candidates]
-    hits = [i for i, h in enumerate(hexes) if h[: len(want)] == want[: len(h)]]
-    return hits[0] if len(hits) == 1 else None
+    return [i for i, h in enumerate(hexes) if h[: len(want)] == want[: len(h)]]
+
+
+def no_match_reason(hits: int, what: str = "GPU UUID") -> str:
+    """Why a UUID entry or selector names nothing, given how many UUIDs its prefix matched."""
+    return f"matches no {what}" if hits == 0 else f"matches {hits} {what}s (a prefix must be unique)"
 
 
 
@@ -289,9 +300,10 @@ def apply_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] |
                 v: Visible | str | None = Visible(*found)
                 mig_prefix_used = mig_prefix_used or _short(entry)
             elif entry.startswith("GPU-"):
-                g = _prefix_match(bodies, entry[4:])
-                if g is None:
-                    return done(f"{where} matches no GPU UUID, or more than one", unmatched=True)
+                hits = prefix_hits(bodies, entry[4:])
+                if len(hits) != 1:
+                    return done(f"{where} {no_match_reason(len(hits))}", unmatched=True)
+                g = hits[0]
                 if g >= len(gpus):
                     return done(f"{where} names a GPU this process cannot open", unmatched=True)
                 prefix_used = prefix_used or _short(entry)
@@ -303,7 +315,9 @@ def apply_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] |
             if n is None:
                 return done(f"{where} is not a number")
             if n >= len(base):
-                return done(f"{where} is out of range (only {len(base)} GPUs)")
+                return done(f"{where} is out of range (this process's GPUs are numbered "
+                            f"{'0-' + str(len(base) - 1) if len(base) > 1 else '0'})" if base else
+                            f"{where} is out of range (this process can open no GPU)")
             v = whole(base[n])
         if v is None:
             return done(f"{where} names a GPU in MIG mode with no MIG instance this process may use")
@@ -345,3 +359,103 @@ def _find_mig(entry: str, gpus: Sequence[_Gpu]) -> tuple[int, int] | None:
     flat = [(gi_, mi, mig.uuid[4:]) for gi_, g in enumerate(gpus) for mi, mig in enumerate(g.migs)]
     hit = _prefix_match([f[2] for f in flat], entry[4:])
     return None if hit is None else flat[hit][:2]
+
+
+def _digits_end(entry: str) -> int | None:
+    """Where ``strtoul32`` stops reading ``entry`` (past white space, a sign and the digits); None: no digits."""
+    i, n = 0, len(entry)
+    while i < n and entry[i] in " \t\n\v\f\r":
+        i += 1
+    if i < n and entry[i] in "+-":
+        i += 1
+    j = i
+    while j < n and entry[j] in DIGITS:
+        j += 1
+    return None if j == i else j
+
+
+def _as_range(entry: str) -> str | None:
+    """``0-3`` (a range as a user means it) written out as ``0,1,2,3``; None when the entry is no small range."""
+    first, dash, last = entry.strip().partition("-")
+    if not dash or not first.isdigit() or not last.strip().isdigit() or not first.isascii() or not last.isascii():
+        return None
+    a, b = int(first), int(last.strip())
+    if not a < b <= a + 63:
+        return None
+    return ",".join(str(i) for i in range(a, b + 1))
+
+
+def reading_notes(cvd: str | None, result: CvdResult, stop: bool = True) -> list[str]:
+    """Where the driver reads CUDA_VISIBLE_DEVICES otherwise than a person would: entries it reads only in part
+    (``0-3`` is GPU 0: the digits, then nothing), and the entry where it stops reading (every entry from there
+    on is ignored, and no error is given).  Each note says how the driver read it and, where it can tell, what
+    to write instead.  Empty for an unset or empty value (both documented: every GPU, none) and for a value the
+    driver refuses outright (that is an error of its own).  ``stop``: include the note on where reading stopped
+    (``no_device_text`` says it where nothing is visible)."""
+    if not cvd or result.error == CUDA_ERROR_INVALID_DEVICE:
+        return []
+    entries = cvd.split(",")
+    used = len(entries) if not result.stopped else len(result.devices)
+    notes: list[str] = []
+    if not cvd.startswith(("GPU-", "MIG-")):
+        for pos, entry in enumerate(entries[:used]):
+            end = _digits_end(entry)
+            rest = entry[end:] if end is not None else ""
+            if not rest.strip(" \t\n\v\f\r"):
+                continue
+            note = (f"entry {pos} ({shown(entry, 80)}) is read as {strtoul32(entry)}: the driver takes the digits "
+                    f"and ignores the rest ({shown(rest, 40)})")
+            spelled = _as_range(entry)
+            if spelled:
+                note += f"; CUDA_VISIBLE_DEVICES has no ranges: write {spelled}"
+            notes.append(note)
+    if result.stopped and stop:
+        ignored = len(entries) - used - 1
+        after = (f"; the {ignored} {'entry' if ignored == 1 else 'entries'} after it {'is' if ignored == 1 else 'are'}"
+                 " ignored too") if ignored > 0 else ""
+        seen = (f"this process sees only the {len(result.devices)} device(s) named before it"
+                if result.devices else "this process sees no CUDA device")
+        notes.append(f"the driver stops reading where {result.stopped}{after}; it gives no error, and {seen}")
+    return notes
+
+
+def no_device_text(cvd: str | None, result: CvdResult, gpus: Sequence[object], host_uuids: Sequence[str] = (),
+                   driver_count: bool = False) -> str:
+    """One line for a process that sees no CUDA device: why, which GPUs it can open and how CUDA numbers them
+    here, and what to write.  ``gpus``: the GPUs it can open (``GpuInfo``: uuid, pci_bus_id), in PCI order;
+    ``host_uuids``: every GPU of the host in PCI order (the host's numbering, which a job's user often writes by
+    mistake); ``driver_count``: the CUDA driver itself counted no device, whatever the grammar read."""
+    host = [u.lower() for u in host_uuids]
+    where = {g.uuid.lower(): i for i, g in enumerate(gpus)}  # type: ignore[attr-defined]
+    if not gpus:
+        if host:
+            return (f"this process sees no CUDA device: it can open none of the host's {len(host)} GPU(s) (their "
+                    "device nodes are absent or refused here: a device cgroup or a container keeps them away); "
+                    "run it where the scheduler gives it a GPU")
+        return "this process sees no CUDA device: NVML lists no GPU it can open"
+    listed = ", ".join(
+        f"{i}: {g.pci_bus_id} ({g.uuid[:12]}"  # type: ignore[attr-defined]
+        + (f", the host's GPU {host.index(g.uuid.lower())}" if len(host) > len(gpus) and g.uuid.lower() in host
+           else "") + ")"
+        for i, g in enumerate(gpus))
+    can = f"it can open {len(gpus)} GPU(s), numbered here {listed}"
+    if cvd == "":
+        return (f"this process sees no CUDA device: CUDA_VISIBLE_DEVICES is empty, which hides every GPU; {can}: "
+                "unset the variable, or name the GPUs to use (CUDA_VISIBLE_DEVICES=0)")
+    if driver_count:
+        return (f"this process sees no CUDA device: the CUDA driver counts none for CUDA_VISIBLE_DEVICES="
+                f"{shown(cvd)}; {can}")
+    if cvd is None:
+        return (f"this process sees no CUDA device: every GPU it can open is in MIG mode with no MIG instance it may "
+                f"use; {can}")
+    why = f"the driver stops reading where {result.stopped}" if result.stopped else "it names none of them"
+    fix = "write those numbers, or UUIDs as `gpuaffinity doctor` lists them, or unset the variable"
+    if not cvd.startswith(("GPU-", "MIG-")) and len(host) > len(gpus):
+        # the classic mistake in a job: the host's numbers, where CUDA numbers only the job's GPUs
+        mine = [where.get(host[n]) if (n := strtoul32(e)) is not None and n < len(host) else None
+                for e in cvd.split(",")]
+        if mine and all(m is not None for m in mine):
+            fix = (f"these look like the host's numbers; CUDA numbers only this process's GPUs: write "
+                   f"CUDA_VISIBLE_DEVICES={','.join(str(m) for m in mine)}, or unset it")
+    return f"this process sees no CUDA device: CUDA_VISIBLE_DEVICES={shown(cvd)} names none of its GPUs ({why}); " \
+           f"{can}: {fix}"

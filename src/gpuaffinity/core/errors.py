@@ -119,3 +119,14 @@ class SimulationWarning(GpuAffinityWarning):
 
 class BindWarning(GpuAffinityWarning):
     """Binding failed under the ``warn`` failure policy: the process runs on, not (fully) bound."""
+
+
+class VisibleDevicesWarning(GpuAffinityWarning):
+    """CUDA_VISIBLE_DEVICES does not say what it seems to: the driver reads an entry only in part (``0-3`` is GPU
+    0) or stops reading at an entry that names nothing, silently.  The message says how it was read and what to
+    write instead."""
+
+
+class NoDeviceWarning(VisibleDevicesWarning):
+    """This process sees no CUDA device at all.  The message says which GPUs it can open and how they are numbered
+    here; ``gpuaffinity resolve`` and ``bind`` turn it into an error (exit 1)."""

@@ -49,6 +49,9 @@ class Inventory:
     hidden: tuple[str, ...] = ()
     host_complete: bool = False
     doubt: str = ""  # sources that disagree about the list's MIG facts: the driver should confirm a reading
+    #: UUIDs of every GPU the driver's /proc lists, in the host's PCI order (empty where it was not read): how the
+    #: host numbers the GPUs this process can open, for a message when a user wrote the host's numbers
+    host_uuids: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:

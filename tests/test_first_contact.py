@@ -1,0 +1,160 @@
+"""A new user's first mistakes (issue 19): no silent empty answer, CUDA's quiet truncation explained.
+
+Each case runs the real command line against a simulated machine, as the user ran it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import child_env, run_json
+from gpuaffinity.core.cvd import GpuIdentity, apply_cvd, no_device_text, reading_notes
+
+
+def cli(machine, *args: str, cvd: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gpuaffinity", *args], env=child_env(machine, cvd),
+                          capture_output=True, text=True, timeout=120)
+
+
+def one_line(out: subprocess.CompletedProcess) -> str:
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("gpuaffinity: ") and "Traceback" not in out.stderr
+    return lines[0]
+
+
+def test_host_numbers_in_a_job_are_an_error_that_says_what_to_write(sim_factory):
+    """slurm-2of8 may open the host's GPUs 2 and 5; a user writes the host's numbers."""
+    machine = sim_factory("slurm-2of8")
+    host = machine.topology.gpus
+    out = cli(machine, "resolve", cvd="2,5")
+    assert out.returncode == 1 and out.stdout == ""
+    line = one_line(out)
+    assert "this process sees no CUDA device" in line
+    assert "write CUDA_VISIBLE_DEVICES=0,1" in line
+    assert f"0: {host[2].pci_bus_id} ({host[2].uuid[:12]}, the host's GPU 2)" in line
+    assert f"1: {host[5].pci_bus_id} ({host[5].uuid[:12]}, the host's GPU 5)" in line
+    out = cli(machine, "bind", "0", "--", "true", cvd="2,5")
+    assert out.returncode == 1
+    line = one_line(out)
+    assert line.startswith("gpuaffinity: CUDA device 0 is not visible: this process sees no CUDA device")
+    assert "write CUDA_VISIBLE_DEVICES=0,1" in line
+    # the host's numbers in another order map in that order
+    assert "write CUDA_VISIBLE_DEVICES=1,0" in one_line(cli(machine, "resolve", cvd="5,2"))
+
+
+def test_doctor_never_says_no_warnings_over_zero_devices(sim_factory):
+    out = cli(sim_factory("slurm-2of8"), "doctor", cvd="2,5")
+    assert "No warnings." not in out.stdout
+    assert "Devices: this process sees 0 (why, and what to write: below)" in out.stdout
+    assert "write CUDA_VISIBLE_DEVICES=0,1" in out.stdout.split("Warnings and errors", 1)[1]
+
+
+@pytest.mark.parametrize(("cvd", "why"), [
+    ("abc", "the driver stops reading where entry 0 ('abc') is not a number"),
+    ("GPU-2", "entry 0 ('GPU-2') matches 2 GPU UUIDs (a prefix must be unique)"),  # GPU-25ab…, GPU-29ec…
+    ("GPU-ffff", "entry 0 ('GPU-ffff') matches no GPU UUID"),
+    ("MIG-abc", "entry 0 ('MIG-abc') names no MIG instance"),
+    ("", "CUDA_VISIBLE_DEVICES is empty, which hides every GPU"),
+    ("9", "entry 0 ('9') is out of range (this process's GPUs are numbered 0-7)"),
+])
+def test_no_device_is_one_line_naming_what_this_process_can_open(sim_factory, cvd, why):
+    machine = sim_factory("dgx-h100")
+    out = cli(machine, "resolve", "--json", cvd=cvd)
+    assert out.returncode == 1 and out.stdout == ""
+    line = one_line(out)
+    assert why in line
+    assert "it can open 8 GPU(s), numbered here 0: " in line
+    assert all(f"{i}: {g.pci_bus_id} ({g.uuid[:12]})" in line for i, g in enumerate(machine.topology.gpus))
+    assert "the host's GPU" not in line  # here the process may open every GPU: no second numbering
+
+
+def test_a_range_is_read_as_its_first_number_and_the_warning_says_how_to_write_it(sim_factory):
+    machine = sim_factory("dgx-h100")
+    out = cli(machine, "resolve", "--json", cvd="0-3")
+    assert out.returncode == 0
+    assert [d["logical_id"] for d in json.loads(out.stdout)] == [0]
+    line = one_line(out)
+    assert line == ("gpuaffinity: warning: CUDA_VISIBLE_DEVICES='0-3': entry 0 ('0-3') is read as 0: the driver "
+                    "takes the digits and ignores the rest ('-3'); CUDA_VISIBLE_DEVICES has no ranges: write 0,1,2,3")
+    out = cli(machine, "bind", "0", "--dry-run", cvd="0-3")
+    assert out.returncode == 0 and "write 0,1,2,3" in out.stderr
+
+
+def test_a_list_cut_short_warns_in_python_too(sim_factory):
+    """resolve_all() gives the devices before the stop, and a VisibleDevicesWarning; none at all: NoDeviceWarning."""
+    code = ("import json, sys, warnings, gpuaffinity\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    n = len(gpuaffinity.resolve_all())\n"
+            "print(json.dumps([n, [(x.category.__name__, str(x.message)) for x in w]]))")
+    machine = sim_factory("dgx-h100")
+    n, caught = run_json(machine, code, cvd="3,1,x,2")
+    assert n == 2
+    assert caught == [["VisibleDevicesWarning",
+                       "gpuaffinity: CUDA_VISIBLE_DEVICES='3,1,x,2': the driver stops reading where entry 2 ('x') is "
+                       "not a number; the 1 entry after it is ignored too; it gives no error, and this process sees "
+                       "only the 2 device(s) named before it"]]
+    n, caught = run_json(machine, code, cvd="")
+    assert n == 0 and [c[0] for c in caught] == ["NoDeviceWarning"]
+    n, caught = run_json(machine, code, cvd="3,1")
+    assert n == 2 and caught == []  # a plain list: nothing to say
+
+
+G = [GpuIdentity(f"GPU-{i}{i}000000-0000-0000-0000-000000000000") for i in range(4)]
+
+
+@pytest.mark.parametrize(("cvd", "notes"), [
+    (None, []), ("", []), ("0,1", []), (" 1,+2", []), ("01", []),
+    ("0-2", ["entry 0 ('0-2') is read as 0: the driver takes the digits and ignores the rest ('-2'); "
+             "CUDA_VISIBLE_DEVICES has no ranges: write 0,1,2"]),
+    ("1gpu,2", ["entry 0 ('1gpu') is read as 1: the driver takes the digits and ignores the rest ('gpu')"]),
+    ("3-1", ["entry 0 ('3-1') is read as 3: the driver takes the digits and ignores the rest ('-1')"]),
+    ("0,5,1", ["the driver stops reading where entry 1 ('5') is out of range (this process's GPUs are numbered "
+               "0-3); the 1 entry after it is ignored too; it gives no error, and this process sees only the 1 "
+               "device(s) named before it"]),
+    ("0,1,2,3,4", ["the driver stops reading where entry 4 ('4') is out of range (this process's GPUs are numbered "
+                   "0-3); it gives no error, and this process sees only the 4 device(s) named before it"]),
+    ("0,0", []),  # the driver refuses it: an error of its own, not a note
+    ("GPU-00,x,y,z", ["the driver stops reading where entry 1 ('x') is not a GPU- or MIG- UUID; the 2 entries "
+                      "after it are ignored too; it gives no error, and this process sees only the 1 device(s) named "
+                      "before it"]),
+])
+def test_reading_notes(cvd, notes):
+    assert reading_notes(cvd, apply_cvd(cvd, G)) == notes
+
+
+def test_no_device_text_maps_host_numbers_only_where_every_entry_is_one_of_ours():
+    mine = G[1:3]  # the host's GPUs 1 and 2
+    host = [g.uuid for g in G]
+
+    def text(cvd: str) -> str:
+        return no_device_text(cvd, apply_cvd(cvd, mine), [_Gpu(g.uuid, f"0000:{i + 1:02x}:00.0")
+                                                          for i, g in enumerate(mine)], host)
+
+    assert "write CUDA_VISIBLE_DEVICES=1,0" in text("2,1")
+    assert "look like the host's numbers" not in text("3,1")  # host GPU 3 is not this process's
+    assert "look like the host's numbers" not in text("7")
+    assert "it can open 2 GPU(s), numbered here 0: 0000:01:00.0 (GPU-11000000, the host's GPU 1), 1: 0000:02:00.0 " \
+           "(GPU-22000000, the host's GPU 2)" in text("7")
+
+
+class _Gpu:
+    def __init__(self, uuid: str, bus: str) -> None:
+        self.uuid, self.pci_bus_id = uuid, bus
+
+
+def test_a_selector_says_whether_it_matched_nothing_or_too_much(sim_factory):
+    machine = sim_factory("dgx-h100")
+    assert one_line(cli(machine, "bind", "MIG-abc", "--dry-run")) == (
+        "gpuaffinity: 'MIG-abc' names no MIG instance: none of the GPUs this process can open has MIG instances; "
+        "this process can open 8 GPU(s) (see `gpuaffinity doctor`)")
+    assert "'GPU-2' matches 2 GPU UUIDs (a prefix must be unique)" in one_line(cli(machine, "bind", "GPU-2",
+                                                                                   "--dry-run"))
+    assert "'GPU-ffff' matches no GPU UUID;" in one_line(cli(machine, "bind", "GPU-ffff", "--dry-run"))
+    mig = sim_factory("mig-a100")
+    assert "'MIG-ffff' matches no MIG UUID;" in one_line(cli(mig, "bind", "MIG-ffff", "--dry-run"))
