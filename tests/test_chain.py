@@ -76,12 +76,29 @@ def test_verify_asks_the_expensive_one_on_disagreement_and_the_highest_priority_
     assert cat is DisagreementWarning and "using drv's answer" in msg and "a says NVML 1" in msg
 
 
-def test_a_plugin_above_the_driver_stands_over_it():
-    top, drv, cvd = Fake("top", 150, Answer(U[0])), Fake("drv", 100, Answer(U[1]), "expensive", True), \
+@pytest.mark.parametrize("policy", ["verify", "first"])
+def test_the_driver_once_asked_is_final_over_any_priority(policy):
+    """Issue 19: a plugin of priority 500 answers a wrong, well-formed UUID; the driver, asked because the cheap
+    strategy disagrees (verify), names another GPU: the driver's answer stands, and the warning names both sides.
+    Under first, nothing asks the driver, and the first answer stands as documented."""
+    top, drv, cvd = Fake("top", 500, Answer(U[0])), Fake("drv", 100, Answer(U[1]), "expensive", True), \
+        Fake("cvd", 50, Answer(U[1]))
+    dev, warns = run([top, drv, cvd], policy)
+    if policy == "first":
+        assert (dev.strategy, dev.uuid, drv.calls) == ("top", U[0], 0)
+        return
+    assert (dev.strategy, dev.uuid, dev.disagreed, dev.agreed) == ("drv", U[1], ("top",), ("drv", "cvd"))
+    [(cat, msg)] = warns
+    assert cat is DisagreementWarning
+    assert "top says NVML 0" in msg and "drv says NVML 1" in msg
+    assert msg.endswith("using drv's answer (the CUDA driver's own answer is final over every other)")
+
+
+def test_a_plugin_above_the_driver_stands_where_nothing_calls_for_the_driver():
+    top, drv, cvd = Fake("top", 500, Answer(U[1])), Fake("drv", 100, Answer(U[2]), "expensive", True), \
         Fake("cvd", 50, Answer(U[1]))
     dev, warns = run([top, drv, cvd])
-    assert (dev.strategy, dev.uuid, dev.disagreed) == ("top", U[0], ("drv", "cvd"))
-    assert warns[0][0] is DisagreementWarning
+    assert (dev.strategy, dev.agreed, drv.calls, warns) == ("top", ("top", "cvd"), 0, [])
 
 
 def test_verify_asks_the_expensive_one_when_nothing_cheap_answered_or_the_reading_is_unsure():

@@ -94,5 +94,5 @@ def test_example_plugin_readme_command_works(sim_factory, tmp_path):
                PYTHONPATH=f"{site}:{machine.env.get('PYTHONPATH', '')}")
     out = subprocess.run([sys.executable, "-m", "gpuaffinity", "doctor"], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "launcher 150" in " ".join(out.stdout.split())
+    assert "launcher 90" in " ".join(out.stdout.split())
     assert out.stdout.count("by launcher; confirmed: launcher, cvd agree") == 2

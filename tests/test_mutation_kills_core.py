@@ -321,6 +321,10 @@ class Good(Strategy):
      "has env_vars 'X', not a tuple of variable names"),
     (types.SimpleNamespace(name="ok", priority=1, answer=lambda c, i: None, budget=0),
      "has budget 0: want seconds, more than 0 and at most 3600"),
+    # issue 19: the driver's answer is final, so no plugin may claim to be the driver
+    (types.SimpleNamespace(name="ok", priority=1, answer=lambda c, i: None, asks_driver=True),
+     "claims asks_driver: only the built-in pci strategy speaks for the CUDA driver, whose answer is final; leave "
+     "asks_driver unset"),
 ])
 def test_validate_names_the_plugin_and_what_is_wrong(strategy, what):
     owner = pl.PluginInfo("ext", "ext_mod:plugin", "ext-dist", "2.0")

@@ -211,11 +211,11 @@ def test_the_guides_plugin_installs_as_written_and_resolves(sim_factory, guide_s
     record = f"{gpus[3].uuid},{gpus[1].uuid}"
     first, stale, disabled = on(machine, guide_site, STRANGER, cvd="3,1", SCHEDULER_GPU_MAP=record)
     assert first == ["scheduler", 3, ["scheduler", "cvd"], []]
-    # the record now says GPU 1 for device 0: the plugin (priority 120) stands, loudly, after the driver was asked
-    assert stale[:2] == ["scheduler", 1] and "DisagreementWarning" in stale[3]
+    # the record now says GPU 1 for device 0: cvd disagrees, the driver is asked, and its answer is final
+    assert stale[:2] == ["pci", 3] and "DisagreementWarning" in stale[3]
     assert disabled[:2] == ["cvd", 3]
     doctor = cli(machine, guide_site, "doctor", cvd="3,1", SCHEDULER_GPU_MAP=record).stdout
-    assert "scheduler  120" in doctor and "confirmed: scheduler, cvd agree" in doctor
+    assert "scheduler  90" in doctor and "confirmed: scheduler, cvd agree" in doctor
     assert "scheduler  scheduler-gpu-map 1.0.0  scheduler = scheduler_gpu_map  scheduler" in doctor
 
 
@@ -310,7 +310,7 @@ def test_strict_refusal_still_shows_every_verdict(sim_factory, guide_site):
     gpus = machine.topology.gpus
     out = cli(machine, guide_site, "doctor", "--policy", "strict", cvd="3,1", SCHEDULER_GPU_MAP=f"{gpus[1].uuid}")
     assert out.returncode == 3
-    assert "DISAGREEMENT: pci, cvd named another GPU; using scheduler" in out.stdout
+    assert "DISAGREEMENT: scheduler named another GPU; using pci" in out.stdout
     for name in ("scheduler", "pci", "torch", "cvd"):
         assert re.search(rf"^ +{name} +(nvml|abstained|skipped)", out.stdout, re.M), name
     start = time.perf_counter()

@@ -69,8 +69,8 @@ def test_a_wrong_plugin_is_caught_by_verify_and_refused_by_strict(sim_factory, p
     verify, strict = run(machine, plugin_site, [("3,1", None, {}), ("3,1", None, {"policy": "strict"})],
                          LAUNCHER_GPU_UUIDS=stale)
     d0 = verify["devices"][0]
-    # the plugin has the highest priority, so verify keeps its answer, but says loudly who disagrees
-    assert (d0["strategy"], d0["nvml_index"], d0["disagreed"]) == ("launcher", 0, ["pci", "cvd"])
+    # the cheap cvd disagrees with the plugin, so the driver is asked, and its answer is final (issue 19)
+    assert (d0["strategy"], d0["nvml_index"], d0["disagreed"]) == ("pci", 3, ["launcher"])
     assert d0["verdicts"]["pci"][1] is True  # the disagreement made the ground truth run
     [(category, message)] = verify["warnings"]
     assert category == "DisagreementWarning"
@@ -88,7 +88,7 @@ def test_strict_conflict_has_its_own_exit_status(sim_factory, plugin_site):
     assert out.stderr.startswith("gpuaffinity: strategies disagree on CUDA device 0")
     doctor = subprocess.run([sys.executable, "-m", "gpuaffinity", "doctor"], env=env, capture_output=True,
                             text=True, timeout=300)
-    assert "launcher 150" in " ".join(doctor.stdout.split())
+    assert "launcher 90" in " ".join(doctor.stdout.split())
     assert "DISAGREEMENT" in doctor.stdout
 
 

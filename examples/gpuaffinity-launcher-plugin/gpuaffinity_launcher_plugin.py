@@ -3,9 +3,10 @@
 Many launchers pick GPUs by UUID and could simply record, for each worker,
 which physical GPU its logical device N is.  This strategy reads that record
 from LAUNCHER_GPU_UUIDS ("GPU-aaa…,GPU-bbb…": entry N is logical device N)
-and, when it is there, answers before every built-in strategy.  The chain
-still checks it against the cheap built-ins (policy "verify"), so a stale
-record shows up as a DisagreementWarning rather than a silent mistake.
+and, when it is there, answers before the cheap built-in strategies.  The
+chain still checks it against them (policy "verify"): a stale record makes
+them disagree, the CUDA driver is asked, and its answer stands (the driver's
+answer is final over every plugin), with a DisagreementWarning naming both.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ VAR = "LAUNCHER_GPU_UUIDS"
 
 class LauncherStrategy(Strategy):
     name = "launcher"
-    priority = 150  # above the built-ins (pci 100, torch 60, cvd 50)
+    priority = 90  # below the CUDA driver's pci (100), above torch (60) and cvd (50)
     describe = f"the GPU UUIDs the launcher recorded in {VAR}"
     env_vars = (VAR,)  # read by answer(): part of the cache key
 

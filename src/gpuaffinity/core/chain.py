@@ -16,10 +16,17 @@ are asked after the cheap ones, and only when something calls for them.
     rests on undocumented driver behaviour, or ends at a UUID naming nothing in
     this process's GPU list): such an answer is checked against the driver.
     On disagreement a
-    DisagreementWarning names every answer; the highest-priority answer stands.
+    DisagreementWarning names every answer; the CUDA driver's answer stands
+    where it was asked (see below), else the highest-priority answer.
 ``strict``
     Every strategy runs, expensive ones too; any disagreement is a ConflictError, and where no strategy answers
     it does not guess: UnresolvedError (both exit status 3 on the command line).
+
+The CUDA driver's answer, once asked (a strategy with ``asks_driver``: the
+built-in ``pci``; plugins may not claim it), is final: no priority outranks it.
+A plugin above the driver's priority answers first, and where nothing calls
+for the driver its answer stands; where the driver is asked and names another
+GPU, the driver's answer stands and the warning names both.
 
 A result says who answered (``answered``), who gave the same GPU (``agreed``:
 empty when one strategy answered alone, since nothing confirmed it), whether
@@ -225,6 +232,11 @@ def resolve_one(strategies: Sequence[Strategy], ctx: ResolveContext, logical_id:
             winner = (s, res)
         elif isinstance(res, Abstain) and winner is None and not res.quiet:
             loud.append(s.name)
+    # The driver's answer, once asked, is final: it stands over any priority (a plugin's included).
+    driver = next((s for s in strategies if getattr(s, "asks_driver", False) and s.name in verdicts
+                   and isinstance(verdicts[s.name].result, Answer)), None)
+    if driver is not None:
+        winner = (driver, verdicts[driver.name].result)  # type: ignore[assignment]
 
     warns: list[tuple[type[Warning], str]] = []
     env = f"CUDA_VISIBLE_DEVICES={shown(ctx.cvd)}, CUDA_DEVICE_ORDER={shown(ctx.device_order)}"
@@ -271,7 +283,8 @@ def resolve_one(strategies: Sequence[Strategy], ctx: ResolveContext, logical_id:
         if policy == "strict":
             raise ConflictError(f"{head}; the strict policy refuses to choose (use --policy verify to take "
                                 f"{strategy.name}'s answer with a warning)", device=device)
-        warns.append((DisagreementWarning, f"{head}; using {strategy.name}'s answer"))
+        final = " (the CUDA driver's own answer is final over every other)" if strategy.name in by_driver else ""
+        warns.append((DisagreementWarning, f"{head}; using {strategy.name}'s answer{final}"))
     if fallback:
         warns.append((FallbackWarning, f"gpuaffinity: CUDA device {logical_id} ({env}) resolved by fallback strategy "
                                    f"{strategy.name!r} because higher-priority strategies could not answer."
@@ -286,6 +299,8 @@ def _gpu_text(ctx: ResolveContext, a: Answer | Abstain) -> str:
 
 
 def _reasons(verdicts: Sequence[Verdict]) -> str:
+    """Why the strategies that ran abstained; ``quiet`` ones ("I do not apply here") are left out, as
+    docs/plugins.md promises (doctor still shows them)."""
     parts = [f"{v.strategy}: {v.result.reason}" for v in verdicts
-             if isinstance(v.result, Abstain) and v.ran]
+             if isinstance(v.result, Abstain) and v.ran and not v.result.quiet]
     return (" Abstained: " + "; ".join(parts) + ".") if parts else ""

@@ -66,7 +66,9 @@ class Strategy:
     ``name``: unique, a short identifier (letters, digits, ``_ . -``, at most
     40): what users disable and what reports show.  ``priority``: an int;
     higher runs first, and among answers that disagree the highest priority
-    stands (built-ins: pci 100, torch 60, cvd 50; equal priorities go by name).
+    stands, except that the CUDA driver's answer (``pci``), once asked, is
+    final over every priority (built-ins: pci 100, torch 60, cvd 50; equal
+    priorities go by name).
     ``describe``: one line for ``gpuaffinity doctor``.  ``env_vars``: the
     environment variables ``answer`` reads: they join the cache key, so a
     changed value is noticed without ``clear_cache()``.  ``budget``: seconds
@@ -75,8 +77,8 @@ class Strategy:
     ``watchdog``: run each call in a worker thread, so that even a call that
     never returns ends at the budget (built-ins, which are fast or bound their
     own child, set it False).  ``asks_driver``: the answer is the CUDA
-    driver's own (the built-in ``pci``); reports say whether the driver was
-    asked.
+    driver's own (the built-in ``pci`` only: a plugin that sets it is
+    refused); reports say whether the driver was asked.
     """
 
     name: str = ""
