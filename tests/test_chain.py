@@ -216,3 +216,17 @@ def test_a_guess_with_every_strategy_disabled_ends_its_sentence_cleanly(sim_fact
             "print(json.dumps([str(x.message) for x in w]))")
     messages = run_json(sim_factory("dgx-h100"), code)
     assert len(messages) == 8 and all(m.endswith("differs from NVML's.") for m in messages), messages
+
+
+def test_the_fallback_warning_leaves_out_quiet_abstentions():
+    """Issue 19: docs/plugins.md says a quiet abstention ("I do not apply here") makes no fallback warning; nor
+    does it appear among the reasons of one that another strategy caused.  doctor still shows it."""
+    top = Fake("launcher", 90, Abstain("LAUNCHER_GPU_UUIDS is not set", quiet=True))
+    loud = Fake("torch", 60, Abstain("torch broke"))
+    dev, warns = run([top, loud, Fake("cvd", 50, Answer(U[1]))])
+    [(cat, msg)] = warns
+    assert cat is FallbackWarning and msg.endswith("Abstained: torch: torch broke.")
+    assert "LAUNCHER_GPU_UUIDS" not in msg
+    assert said(dev)["launcher"] == ("LAUNCHER_GPU_UUIDS is not set", True)
+    _, warns = run([top, Fake("cvd", 50, Answer(U[1]))])
+    assert warns == []
