@@ -158,3 +158,36 @@ def test_a_selector_says_whether_it_matched_nothing_or_too_much(sim_factory):
     assert "'GPU-ffff' matches no GPU UUID;" in one_line(cli(machine, "bind", "GPU-ffff", "--dry-run"))
     mig = sim_factory("mig-a100")
     assert "'MIG-ffff' matches no MIG UUID;" in one_line(cli(mig, "bind", "MIG-ffff", "--dry-run"))
+
+
+def test_bind_usage_names_every_option_bind_takes():
+    """Issue 19: the usage line omitted --policy, --disable and --no-subprocess; now it is held to the parser."""
+    from gpuaffinity.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices["bind"]
+    usage = sub.format_usage()
+    options = [max(a.option_strings, key=len) for a in sub._actions if a.option_strings and a.dest != "help"]
+    assert {"--policy", "--disable", "--no-subprocess", "--memory", "--on-failure"} <= set(options)
+    assert [o for o in options if o not in usage] == []
+
+
+def test_a_topology_path_that_is_no_file_says_what_it_is(tmp_path, monkeypatch):
+    """Issue 19: a directory was reported as "no such topology file"; a preset's name in a working directory that
+    holds a file or folder of that name still means the preset."""
+    def sim_check(arg: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "check", arg], capture_output=True,
+                              text=True, timeout=60, cwd=tmp_path)
+
+    (tmp_path / "machines").mkdir()
+    out = sim_check(str(tmp_path / "machines"))
+    assert out.returncode == 1
+    assert one_line(out) == (f"gpuaffinity: {str(tmp_path / 'machines')!r} is a directory, not a topology file: "
+                             "name a .toml file in it, or a preset (`gpuaffinity sim list`)")
+    assert "is not a regular file" in one_line(sim_check("/dev/null"))
+    assert one_line(sim_check(str(tmp_path / "none.toml"))).endswith("none.toml': no such topology file")
+    (tmp_path / "dgx-h100").mkdir()  # a hostile or careless working directory
+    (tmp_path / "vm-4gpu").write_text('name = "evil"\n')
+    assert sim_check("dgx-h100").stdout.split(":", 2)[1].strip() == "dgx-h100"
+    assert "vm-4gpu:" in sim_check("vm-4gpu").stdout.splitlines()[0]
+    assert "at least one [[numa_node]] is required" in one_line(sim_check("./vm-4gpu"))  # ./NAME: the file

@@ -69,8 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also print the traceback of every strategy that raised")
     bnd = sub.add_parser(
         "bind", help="run CMD bound to a GPU's NUMA node",
-        usage="gpuaffinity bind ID [--mode MODE] [--memory POLICY] [--on-failure warn|error] [--dry-run] "
-              "-- CMD [ARG ...]",
+        usage=_BIND_USAGE,
         description="Resolve CUDA device ID, pin this process's CPUs (every thread) and memory policy to the "
                     "GPU's NUMA node, then replace this process with CMD (exec: no shell, no numactl). "
                     "CMD's exit status is the command's.",
@@ -180,6 +179,9 @@ exit status: 0 every GPU worker bound next to its GPU; 4 some row has a problem;
 (no Ray, no cluster; one line on stderr); 2 usage.
 """
 
+
+_BIND_USAGE = ("gpuaffinity bind ID [--mode MODE] [--memory POLICY] [--on-failure warn|error] [--dry-run] "
+               "[--policy first|verify|strict] [--disable NAME] [--no-subprocess] -- CMD [ARG ...]")
 
 _EPILOG_BIND = """\
 examples:

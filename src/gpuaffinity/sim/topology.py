@@ -206,7 +206,16 @@ def resolve_topology_path(spec: str | Path) -> Path:
     shown = repr(str(spec)) if len(str(spec)) <= 120 else f"{str(spec)[:120]!r}..."
     try:
         p = Path(spec)
-        if p.suffix == ".toml" or p.exists() or "/" in str(spec):
+        bare = p.suffix != ".toml" and "/" not in str(spec)
+        if bare and (PRESET_DIR / f"{spec}.toml").is_file():  # a preset's name is the preset, whatever the
+            return PRESET_DIR / f"{spec}.toml"                # working directory holds (write ./NAME for a file)
+        if not bare or p.exists():
+            if p.is_dir():
+                raise TopologyError(f"{shown} is a directory, not a topology file: name a .toml file in it, or a "
+                                    "preset (`gpuaffinity sim list`)")
+            if p.exists() and not p.is_file():
+                raise TopologyError(f"{shown} is not a regular file (a device, a pipe or a socket): name a topology "
+                                    "file (.toml)")
             if not p.is_file():
                 raise TopologyError(f"{shown}: no such topology file")
             return p
