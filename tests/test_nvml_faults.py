@@ -64,3 +64,70 @@ def test_bare_metal(sim_factory, call):
     want = [(gpus[3].pci_bus_id, None), (gpus[1].pci_bus_id, None)]
     assert check_one(machine, "3,1", want, f"{call}=999", ["resolve", "--json"]) == "right"
     check_one(machine, "3,1", None, f"{call}=999", ["bind", "1", "--dry-run"])
+
+
+def _sim_run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("command", [["resolve"], ["bind", "0", "--", "true"], ["doctor"]])
+def test_no_driver_fault_reaches_gpuaffinity_as_a_clear_error(command):
+    """Issue 19: `--fault nvmlInit=9` (DRIVER_NOT_LOADED) resolved all 8 GPUs from the driver's /proc files, which a
+    host without the kernel module does not have.  The simulated host now has no driver at all."""
+    out = _sim_run("--fault", "nvmlInit=9", "dgx-h100", "--", sys.executable, "-m", "gpuaffinity", *command)
+    assert out.returncode == 1, out.stdout
+    line = out.stderr.strip().splitlines()
+    assert line == ["gpuaffinity: NVML could not start (nvmlInit_v2 returned NVML error 9 (Driver Not Loaded)); "
+                    "check that the NVIDIA driver is loaded (nvidia-smi should work)"]
+
+
+def test_no_driver_is_a_whole_machine_state_every_program_sees():
+    code = ("import os, ctypes, json\n"
+            "proc = os.environ['GPUAFFINITY_PROCFS_ROOT'] + '/driver/nvidia'\n"
+            "dev = sorted(os.listdir(os.environ['GPUAFFINITY_DEV_ROOT']))\n"
+            "rc = ctypes.CDLL('libcuda.so.1').cuInit(0)\n"
+            "print(json.dumps([os.path.exists(proc), dev, rc]))")
+    out = _sim_run("--fault", "nvmlInit=9", "dgx-h100", "--", sys.executable, "-c", code)
+    assert json.loads(out.stdout) == [False, [], 100]  # no /proc/driver/nvidia, no nodes, CUDA_ERROR_NO_DEVICE
+    out = _sim_run("--fault", "nvmlInit=9", "--fault", "cuInit=999", "dgx-h100", "--", sys.executable, "-c", code)
+    assert json.loads(out.stdout)[2] == 999  # a cuInit fault given stands
+    out = _sim_run("--fault", "nvmlInit=9:1", "dgx-h100", "--", sys.executable, "-c", code)
+    assert json.loads(out.stdout)[:2] == [True, ["nvidia-caps", "nvidia0", "nvidia1", "nvidia2", "nvidia3",
+                                                 "nvidia4", "nvidia5", "nvidia6", "nvidia7", "nvidiactl"]]
+
+
+def test_a_gpu_lost_fault_reaches_gpuaffinity_and_pynvml_alike():
+    """Issue 19: `--fault nvmlDeviceGetHandleByIndex=15` (GPU_IS_LOST) changed nothing: the list came from /proc and
+    the locality's handle came by bus id.  A lost GPU fails every handle call, and no process is placed there."""
+    lost = ("gpuaffinity: GPU 0000:1b:00.0 is lost: nvmlDeviceGetHandleByPciBusId_v2 returned NVML error 15 (GPU is "
+            "lost), so it has fallen off the bus")
+    for command in (["resolve"], ["bind", "0", "--dry-run"]):
+        out = _sim_run("--fault", "nvmlDeviceGetHandleByIndex=15", "dgx-h100", "--", sys.executable, "-m",
+                       "gpuaffinity", *command)
+        assert out.returncode == 1 and out.stderr.startswith(lost) and len(out.stderr.splitlines()) == 1
+    out = _sim_run("--fault", "nvmlDeviceGetHandleByIndex=15", "dgx-h100", "--", sys.executable, "-m",
+                   "gpuaffinity", "doctor")
+    assert out.returncode == 1 and "      LOST: GPU 0000:1b:00.0 is lost" in out.stdout
+    code = ("import pynvml\npynvml.nvmlInit()\n"
+            "try:\n    pynvml.nvmlDeviceGetHandleByPciBusId(b'0000:1b:00.0')\nexcept pynvml.NVMLError as e:\n"
+            "    print(e.value)")
+    out = _sim_run("--fault", "nvmlDeviceGetHandleByIndex=15", "dgx-h100", "--", sys.executable, "-c", code)
+    assert out.stdout.strip() == "15"
+    # a transient failure (:TIMES) is one call failing, not a machine state: gpuaffinity never makes that call here
+    out = _sim_run("--fault", "nvmlDeviceGetHandleByIndex=15:1", "dgx-h100", "--", sys.executable, "-m",
+                   "gpuaffinity", "resolve", "--json")
+    assert out.returncode == 0 and len(json.loads(out.stdout)) == 8
+
+
+def test_a_lost_gpu_does_not_stop_binding_another():
+    """Only the GPU asked for must be usable: the others are located for the exclusive split alone.  With
+    :1, the first handle asked by bus id (GPU 0000:1b:00.0, NVML's first) is the one lost."""
+    def bind(gpu: str) -> subprocess.CompletedProcess:
+        return _sim_run("--fault", "nvmlDeviceGetHandleByPciBusId=15:1", "dgx-h100", "--", sys.executable, "-m",
+                        "gpuaffinity", "bind", gpu, "--mode", "exclusive", "--dry-run")
+
+    out = bind("3")
+    assert out.returncode == 0 and out.stdout.startswith("would bind: GPU 0000:61:00.0"), out.stderr
+    out = bind("0")
+    assert out.returncode == 1 and out.stderr.startswith("gpuaffinity: GPU 0000:1b:00.0 is lost")

@@ -443,7 +443,7 @@ def _resolve(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise UsageError(f"gpuaffinity resolve: {e}") from None
     from gpuaffinity import _state
-    from gpuaffinity.placement import locate
+    from gpuaffinity.placement import locate, refuse_lost
 
     # When the CUDA driver is asked in a forked child, its cuInit takes longer than NVML's start: ask every GPU's
     # locality in that time (it depends on the bus id and this process's allowed CPUs only, not on the answer).
@@ -469,6 +469,7 @@ def _resolve(args: argparse.Namespace) -> int:
     _print_warnings(caught)
     late = [d.pci_bus_id for d in devices if d.pci_bus_id not in early]
     locs = {**early, **locate(late)} if late else early
+    refuse_lost(locs[d.pci_bus_id] for d in devices)
     rows = []
     for d in devices:
         loc = locs[d.pci_bus_id]
@@ -632,6 +633,12 @@ def _doctor(args: argparse.Namespace) -> int:
               f"cpus {format_cpulist(loc.cpus) or '-'}")
         for note in loc.notes:
             print(f"      note: {note}")
+        if loc.lost:
+            print(f"      LOST: {loc.lost}")
+            if res.error is None:
+                from gpuaffinity.core.errors import GpuLostError
+
+                res.error = GpuLostError(loc.lost)
         for v in d.verdicts:
             if isinstance(v.result, Abstain):
                 said = ("skipped: " if not v.ran else "abstained: ") + v.result.reason

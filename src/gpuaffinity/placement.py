@@ -28,6 +28,15 @@ def locate(bus_ids: Iterable[str]) -> dict[str, Locality]:
     return localities(bus_ids)
 
 
+def refuse_lost(locs: Iterable[Locality]) -> None:
+    """GpuLostError for the first GPU that NVML says is lost (fallen off the bus): nothing is placed next to it."""
+    from gpuaffinity.core.errors import GpuLostError
+
+    for loc in locs:
+        if loc.lost:
+            raise GpuLostError(loc.lost)
+
+
 def plan(logical_id: int | str, *, mode: str = "node", memory: str = "bind", policy: str | None = None,
          disable: Iterable[str] | None = None, allow_subprocess: bool = True) -> BindRecord:
     """What ``bind`` would apply for CUDA device ``logical_id``, without applying it."""
@@ -51,6 +60,7 @@ def _plan(logical_id: int | str, mode: str, memory: str, policy: str | None, dis
     dev = resolve(logical_id, policy=policy, disable=disable, allow_subprocess=allow_subprocess)
     inventory = read_inventory()
     locs = locate([g.pci_bus_id for g in inventory.gpus] + [dev.pci_bus_id])
+    refuse_lost([locs[dev.pci_bus_id]])  # another GPU lost does not stop this one's binding
     by_node: dict[int, list[str]] = {}
     for bus, loc in locs.items():
         for n in loc.numa_nodes:

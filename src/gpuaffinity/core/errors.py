@@ -45,6 +45,11 @@ class InventoryError(NoDriverError):
     """NVML failed while listing this process's GPUs: nothing can be mapped into a list that is not known."""
 
 
+class GpuLostError(GpuAffinityError):
+    """NVML says a GPU has fallen off the bus (NVML_ERROR_GPU_IS_LOST): nothing can use it until it is reset or the
+    host rebooted, so no process is placed next to it."""
+
+
 class ConflictError(GpuAffinityError):
     """Under the strict policy, strategies named different GPUs.  ``device``: what the verify policy would have
     answered, with every strategy's verdict (``gpuaffinity doctor`` shows them)."""

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from gpuaffinity.core.cpulist import format_cpulist, parse_cpulist
 from gpuaffinity.core.errors import GpuAffinityError
-from gpuaffinity.core.record import record
+from gpuaffinity.core.record import record, replace
 from gpuaffinity.core.settings import PROCFS_VAR, SIM_ALLOWED_VAR, SYSFS_VAR
 from gpuaffinity.numa.sysfs import Sysfs, read_text, sysfs_root
 
@@ -90,6 +90,8 @@ class Locality:
     notes: tuple[str, ...] = ()
     gpu_memory_nodes: tuple[int, ...] = ()
     cpu_nodes: tuple[int, ...] = ()
+    #: "" unless NVML says the GPU is lost (fallen off the bus): then why no process may be placed next to it
+    lost: str = ""
 
 
 def node_cpus(node: int) -> frozenset[int] | None:
@@ -100,14 +102,18 @@ def node_cpus(node: int) -> frozenset[int] | None:
     return fs.node_cpus(node)
 
 
+NVML_ERROR_GPU_IS_LOST = 15
+
 #: NVML's answer for one GPU: (nodes at node scope, CPUs at node scope[, the GPU's own memory node(s)]).
 NvmlAnswer = tuple[frozenset[int], ...]
 
 
-def nvml_affinity(bus_ids: Iterable[str]) -> dict[str, NvmlAnswer]:
+def nvml_affinity(bus_ids: Iterable[str], lost: dict[str, str] | None = None) -> dict[str, NvmlAnswer]:
     """NVML's (nodes, CPUs, GPU memory nodes) for each GPU bus id; empty where NVML cannot tell.
 
-    Through ``gpuaffinity.nvml_lite``: pynvml's very C calls, without importing pynvml."""
+    Through ``gpuaffinity.nvml_lite``: pynvml's very C calls, without importing pynvml.  ``lost`` learns, by bus
+    id, why a GPU that NVML says is lost (fallen off the bus) is no place for a process: any other failure only
+    costs this second source, but a lost GPU is unusable, whatever the driver's files still list."""
     from gpuaffinity.nvml_lite import NvmlLiteError, Session
 
     out: dict[str, NvmlAnswer] = {}
@@ -117,7 +123,11 @@ def nvml_affinity(bus_ids: Iterable[str]) -> dict[str, NvmlAnswer]:
                 try:
                     h = nv.handle(bus)
                     nodes, cpus = nv.memory_affinity(h), nv.cpu_affinity(h)
-                except NvmlLiteError:
+                except NvmlLiteError as e:
+                    if e.code == NVML_ERROR_GPU_IS_LOST and lost is not None:
+                        lost[bus] = (f"GPU {bus} is lost: {e}, so it has fallen off the bus and nothing can use it "
+                                     "until it is reset or the host rebooted (the kernel log says more: Xid 79); no "
+                                     "process is placed next to it")
                     continue
                 own: frozenset[int] = frozenset()
                 try:  # only where the GPU's memory is a NUMA node; NOT_SUPPORTED elsewhere (measured on x86)
@@ -248,7 +258,11 @@ def _own_memory_nodes(pci_bus_id: str, nv_own: frozenset[int], notes: list[str])
 def localities(bus_ids: Iterable[str], use_nvml: bool = True) -> dict[str, Locality]:
     """Locality of several GPUs with one NVML session and one look at sysfs."""
     ids = list(dict.fromkeys(bus_ids))
-    nv = nvml_affinity(ids) if use_nvml else {}
+    lost: dict[str, str] = {}
+    nv = nvml_affinity(ids, lost) if use_nvml else {}
     allowed = allowed_cpus()
     fs = Sysfs()
-    return {b: gpu_locality(b, allowed, nv.get(b), sysfs=fs) for b in ids}
+    out = {b: gpu_locality(b, allowed, nv.get(b), sysfs=fs) for b in ids}
+    for b, why in lost.items():
+        out[b] = replace(out[b], lost=why)
+    return out

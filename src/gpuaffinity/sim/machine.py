@@ -71,6 +71,32 @@ def check_fault(spec: str) -> str:
     return spec
 
 
+#: NVML's DRIVER_NOT_LOADED and GPU_IS_LOST, and CUDA's NO_DEVICE
+NVML_DRIVER_NOT_LOADED, NVML_GPU_IS_LOST, CUDA_NO_DEVICE = 9, 15, 100
+#: the NVML entry points that give a GPU's handle: a lost GPU fails every one of them
+HANDLE_CALLS = ("nvmlDeviceGetHandleByIndex", "nvmlDeviceGetHandleByPciBusId", "nvmlDeviceGetHandleByUUID")
+
+
+def fault_world(faults: Sequence[str]) -> tuple[list[str], bool]:
+    """The faults as the machine they stand for, and whether the NVIDIA driver is absent there.
+
+    Most faults are one entry point failing, and nothing else changes.  Two stand for a state of the machine,
+    which every program must see alike, whatever it reads (gpuaffinity reads the driver's /proc files before
+    NVML): ``nvmlInit=9`` (DRIVER_NOT_LOADED, for good: no ``:TIMES``) is a host without the kernel module,
+    so no /proc/driver/nvidia, no /dev/nvidia* nodes, and ``cuInit`` fails with CUDA_ERROR_NO_DEVICE (unless a
+    cuInit fault is given; modelled, not measured); a GPU_IS_LOST (15) fault for good on an entry point that
+    gives a GPU's handle is every GPU fallen off the bus, so every handle call fails so (the other GPU calls
+    need a handle first)."""
+    out = list(faults)
+    parsed = [(f.partition("=")[0], f.partition("=")[2]) for f in faults]
+    no_driver = any(n == "nvmlInit" and v == str(NVML_DRIVER_NOT_LOADED) for n, v in parsed)
+    if no_driver and not any(n == "cuInit" for n, _ in parsed):
+        out.append(f"cuInit={CUDA_NO_DEVICE}")
+    if any(n.startswith(HANDLE_CALLS) and v == str(NVML_GPU_IS_LOST) for n, v in parsed):
+        out += [f"{c}={NVML_GPU_IS_LOST}" for c in HANDLE_CALLS if f"{c}={NVML_GPU_IS_LOST}" not in out]
+    return out, no_driver
+
+
 def check_faults(specs: Sequence[str]) -> list[str]:
     """Validate every fault and what the simulator can hold of them; ValueError (one line) otherwise."""
     out = [check_fault(f) for f in specs]
@@ -102,6 +128,8 @@ def simulated(topology: Topology | str | os.PathLike[str], *, faults: Sequence[s
     if process is not None:
         topo = replace(topo, process=process)
     check_faults(faults)
+    faults, no_driver = fault_world(faults)
+    check_faults(faults)
     allowed = topo.cpus
     if cpuset is not None:
         try:
@@ -119,8 +147,12 @@ def simulated(topology: Topology | str | os.PathLike[str], *, faults: Sequence[s
         sysfs = folder / "sys"
         render_sysfs(topo, sysfs)
         render_driver_binding(topo, sysfs)
-        render_procfs(topo, folder / "proc")
-        render_dev(topo, folder / "dev")
+        if no_driver:  # no kernel module: no /proc/driver/nvidia, no device nodes (fault_world)
+            (folder / "proc").mkdir()
+            (folder / "dev").mkdir()
+        else:
+            render_procfs(topo, folder / "proc")
+            render_dev(topo, folder / "dev")
         env = dict(os.environ if base_env is None else base_env)
         for var, value in topo.process.env:  # what the scheduler sets, unless the caller set it
             env.setdefault(var, value)
