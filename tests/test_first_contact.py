@@ -120,6 +120,10 @@ G = [GpuIdentity(f"GPU-{i}{i}000000-0000-0000-0000-000000000000") for i in range
     ("0,1,2,3,4", ["the driver stops reading where entry 4 ('4') is out of range (this process's GPUs are numbered "
                    "0-3); it gives no error, and this process sees only the 4 device(s) named before it"]),
     ("0,0", []),  # the driver refuses it: an error of its own, not a note
+    # found by attacking the change: thousands of leading zeros crashed the range hint (int() refuses them)
+    ("0" * 5000 + "1-3", [f"entry 0 ({'0' * 5000 + '1-3'!r:.80}... (5003 characters)) is read as 1: the driver "
+                          "takes the digits and ignores the rest ('-3')"]),
+    ("1-٣", ["entry 0 ('1-٣') is read as 1: the driver takes the digits and ignores the rest ('-٣')"]),
     ("GPU-00,x,y,z", ["the driver stops reading where entry 1 ('x') is not a GPU- or MIG- UUID; the 2 entries "
                       "after it are ignored too; it gives no error, and this process sees only the 1 device(s) named "
                       "before it"]),

@@ -377,9 +377,10 @@ def _digits_end(entry: str) -> int | None:
 def _as_range(entry: str) -> str | None:
     """``0-3`` (a range as a user means it) written out as ``0,1,2,3``; None when the entry is no small range."""
     first, dash, last = entry.strip().partition("-")
-    if not dash or not first.isdigit() or not last.strip().isdigit() or not first.isascii() or not last.isascii():
-        return None
-    a, b = int(first), int(last.strip())
+    last = last.strip()
+    if not dash or not all(c in DIGITS for c in first + last) or not 0 < len(first) <= 9 or not 0 < len(last) <= 9:
+        return None  # digits only, and short: int() refuses thousands of digits, and no GPU count needs ten
+    a, b = int(first), int(last)
     if not a < b <= a + 63:
         return None
     return ",".join(str(i) for i in range(a, b + 1))
