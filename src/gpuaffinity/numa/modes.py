@@ -140,9 +140,10 @@ def _share(units: list[tuple[int, ...]], peers: list[str], rank: int, what: str,
         share = [units[rank % len(units)]]
         others = [r for r in range(len(peers)) if r % len(units) == rank % len(units) and r != rank]
         shared.extend(peers[r] for r in others)
-        notes.append(attention(f"{len(units)} {what} for {len(peers)} GPUs on {where}: no {own} of its own for "
-                               f"each GPU, they are dealt round-robin: GPU {rank + 1} gets "
-                               f"{format_cpulist(share[0])}, as does GPU {format_cpulist(r + 1 for r in others)}"))
+        # plain info: the GPUs sharing it are in Placement.shared_with, which bind() says out loud (a BindWarning)
+        notes.append(f"{len(units)} {what} for {len(peers)} GPUs on {where}: no {own} of its own for each GPU, they "
+                     f"are dealt round-robin: GPU {rank + 1} gets {format_cpulist(share[0])}, as does GPU "
+                     f"{format_cpulist(r + 1 for r in others)}")
     return frozenset(c for unit in share for c in unit)
 
 
