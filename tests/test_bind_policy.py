@@ -119,8 +119,23 @@ def test_preferred_over_several_nodes_records_the_kernel_policy_and_its_fallback
     assert notes == [["this kernel has no MPOL_PREFERRED_MANY (Linux 5.15 added it): memory prefers node 0 alone "
                       "(MPOL_PREFERRED), not node(s) 0-1; it still spills to the other nodes when that one is full",
                       "attention"]]
-    # one node, and bind: no fallback, nothing said
+    # one node: no fallback, nothing said
     assert value(forked(_apply_preferred, [0]))[:4] == ["MPOL_PREFERRED", "MPOL_PREFERRED", [0], []]
+
+
+def _refused(nodes):
+    rec = BindRecord(0, "0000:01:00.0", "node", "bind", tuple(nodes), frozenset(CPUS[:1]))
+    bind.apply(rec, "warn")
+    return [rec.memory_applied, rec.memory_policy, rec.summary(), list(bind.get_mempolicy())]
+
+
+@pytest.mark.skipif(not ONE_NODE, reason="needs a kernel with node 0 only")
+def test_a_refused_memory_policy_records_the_policy_left_in_effect():
+    """set_mempolicy(MPOL_BIND, node 1) is EINVAL here: the thread keeps its default policy, and the record says
+    so rather than the policy it asked for."""
+    applied, policy, summary, kernel = value(forked(_refused, [1]))
+    assert (applied, policy, kernel) == (False, "MPOL_DEFAULT", [bind.MPOL_DEFAULT, []])
+    assert summary == f"GPU 0000:01:00.0, mode node: CPUs {CPUS[0]}, memory bind node(s) 1 (not applied)"
 
 
 def test_policy_names_mask_the_mode_flags():

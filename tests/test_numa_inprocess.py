@@ -139,7 +139,7 @@ def test_apply_under_each_failure_policy():
 def test_bind_record_summary():
     rec = BindRecord(3, "0000:1b:00.0", "exclusive", "bind", (0, 1), frozenset({0, 1, 2, 5}))
     assert rec.summary() == ("GPU 0000:1b:00.0, mode exclusive: CPUs 0-2,5 (not applied), memory bind node(s) 0-1 "
-                             "(MPOL_BIND) (not applied)")
+                             "(not applied)")
     rec.cpus_applied = rec.memory_applied = True
     assert rec.summary() == "GPU 0000:1b:00.0, mode exclusive: CPUs 0-2,5, memory bind node(s) 0-1 (MPOL_BIND)"
     none = BindRecord(None, "0000:1b:00.0", "node", "none", (), frozenset())

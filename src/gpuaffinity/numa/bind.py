@@ -93,10 +93,8 @@ class BindRecord:
     def summary(self) -> str:
         cpu = f"CPUs {format_cpulist(self.bind_cpus) or 'none'}" + ("" if self.cpus_applied else " (not applied)")
         mem = f"memory {self.memory}" + (f" node(s) {format_cpulist(self.memory_nodes)}" if self.memory_nodes else "")
-        if self.memory != "none" and self.memory_policy != "none":
-            mem += f" ({self.memory_policy})"
-        if self.memory != "none" and not self.memory_applied:
-            mem += " (not applied)"
+        if self.memory != "none":
+            mem += f" ({self.memory_policy})" if self.memory_applied else " (not applied)"
         return f"GPU {self.pci_bus_id}, mode {self.mode}: {cpu}, {mem}"
 
 
@@ -241,6 +239,7 @@ def apply(record: BindRecord, on_failure: str) -> BindRecord:
             _record_policy(record, set_mempolicy(record.memory, record.memory_nodes))
         except BindError as e:
             record.failures.append(str(e))
+            record.memory_policy = policy_name(old_policy[0])  # a refused set_mempolicy changes nothing
     if record.failures and on_failure == "error":
         if record.cpus_applied:
             set_affinity_all_threads(old_cpus)
