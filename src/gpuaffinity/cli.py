@@ -186,7 +186,7 @@ exit status: 0 every GPU worker bound next to its GPU; 4 some row has a problem;
 _EPILOG_BIND = """\
 examples:
   gpuaffinity bind 0 -- python3 serve.py --port 8000
-  gpuaffinity bind 3 --mode exclusive --memory preferred -- ./worker
+  gpuaffinity bind 3 --mode exclusive --memory bind -- ./worker
   gpuaffinity bind 0 --dry-run
 
 exit status: CMD's; 1 when resolving or (with --on-failure error) binding fails; 2 usage; 127 CMD not found.
