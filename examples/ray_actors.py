@@ -59,7 +59,7 @@ def main() -> int:
                 return {"ray_gpu_id": str(ray_id), "cvd": os.environ.get("CUDA_VISIBLE_DEVICES"),
                         "nvml_index": device.nvml_index, "uuid": device.uuid, "pci_bus_id": device.pci_bus_id,
                         "strategy": device.strategy, "numa_nodes": list(rec.numa_nodes),
-                        "bound_cpus": sorted(os.sched_getaffinity(0)), "planned_cpus": sorted(rec.cpus),
+                        "bound_cpus": sorted(os.sched_getaffinity(0)), "planned_cpus": sorted(rec.bind_cpus),
                         "failures": rec.failures}
 
         workers = [Worker.remote() for _ in range(n)]

@@ -17,7 +17,7 @@ import sys
 import gpuaffinity
 
 rank = int(os.environ["LOCAL_RANK"])
-rec = gpuaffinity.bind(rank, memory=os.environ.get("EXAMPLE_MEMORY", "bind"))
+rec = gpuaffinity.bind(rank, memory=os.environ.get("EXAMPLE_MEMORY", "preferred"))
 device = gpuaffinity.resolve(rank)
 report = json.dumps({"local_rank": rank, "nvml_index": device.nvml_index, "pci_bus_id": device.pci_bus_id,
                      "numa_nodes": list(rec.numa_nodes), "cpus": sorted(os.sched_getaffinity(0)),

@@ -118,8 +118,9 @@ class Oracle:
             notes.append(f"the firmware gives no NUMA node for this GPU (numa_node = -1) but NVML names node(s) "
                          f"{fmt(nodes)} of {fmt(self.cpu_nodes)}: using NVML's answer")
         elif gpu.numa_node < 0:
-            notes += ["the firmware gives no NUMA node for this GPU (numa_node = -1, common in VMs): no preference",
-                      f"NVML names node(s) {fmt(self.cpu_nodes)}, ignored: nothing in the firmware backs it",
+            notes += [f"the firmware gives no NUMA node for this GPU (numa_node = -1, common in VMs) and NVML's "
+                      f"node(s) {fmt(self.cpu_nodes)} are every node with CPUs here, which tells nothing: "
+                      "no preference",
                       "no NUMA preference: every allowed CPU"]
             return usable, (), notes
         users: set[int] = set()
@@ -253,5 +254,5 @@ def plan_in_process(topo: Topology, root: Path, allowed: frozenset[int] | None =
         for mode in MODES:
             p = place(loc, mode, allowed, by_node, gpu_memory=gpu_memory, allowed_mems=mems, sysfs=fs)
             assert p.mode == mode
-            out[bus][mode] = (p.cpus, p.numa_nodes, p.notes)
+            out[bus][mode] = (p.bind_cpus, p.memory_nodes, p.notes)
     return out

@@ -190,7 +190,7 @@ def _apply_sim(sim, cpus):
     rec = BindRecord(0, "0000:01:00.0", "node", "none", (), frozenset(cpus))
     bind.apply(rec, "warn")
     return [rec.failures, [[str(n), kind_of(n)] for n in rec.notes], rec.cpus_applied,
-            sorted(os.sched_getaffinity(0)), sorted(rec.cpus)]
+            sorted(os.sched_getaffinity(0)), sorted(rec.bind_cpus)]
 
 
 def test_a_simulated_plan_is_cut_to_the_real_mask():

@@ -23,7 +23,7 @@ for i in range(len(gpuaffinity.resolve_all())):
     row = {}
     for mode in ("node", "socket", "exclusive", "llc"):
         r = gpuaffinity.plan(i, mode=mode)
-        row[mode] = [sorted(r.cpus), list(r.numa_nodes), r.pci_bus_id, r.memory, r.failures, r.notes]
+        row[mode] = [sorted(r.bind_cpus), list(r.memory_nodes), r.pci_bus_id, r.memory, r.failures, r.notes]
     out.append(row)
 print(json.dumps(out))
 """
@@ -39,7 +39,7 @@ def test_every_mode_on_the_shuffled_dgx(sim_factory):
         gpu = topo.gpus[physical[logical]]
         node = topo.node(gpu.numa_node)
         cpus, nodes, bus, memory, failures, _ = row["node"]
-        assert (bus, nodes, memory, failures) == (gpu.pci_bus_id, [gpu.numa_node], "bind", [])
+        assert (bus, nodes, memory, failures) == (gpu.pci_bus_id, [gpu.numa_node], "preferred", [])  # the default
         assert set(cpus) == node.cpus
         assert set(row["socket"][0]) == node.cpus  # one node a socket on this machine
         assert set(row["llc"][0]) == node.cpus  # no cache files in the fake sysfs: the node, with a note
@@ -63,7 +63,10 @@ def test_vm_gpu_has_no_preference_and_mig_takes_its_parent(sim_factory):
     vm = run_json(sim_factory("vm-4gpu"), PLAN, cvd="2")
     cpus, nodes, _bus, memory, failures, notes = vm[0]["node"]
     assert (nodes, memory, failures) == ([], "none", []) and format_cpulist(cpus) == "0-31"
-    assert any("numa_node = -1" in n for n in notes) and any("NVML names node(s) 0, ignored" in n for n in notes)
+    # one note on the missing node, saying what NVML named and why it is not used, and nothing contradicting it
+    said = [n for n in notes if "numa_node = -1" in n or "NVML" in n]
+    assert said == ["the firmware gives no NUMA node for this GPU (numa_node = -1, common in VMs) and NVML's node(s) "
+                    "0 are every node with CPUs here, which tells nothing: no preference"], notes
     mig = sim_factory("mig-a100")
     rows = run_json(mig, PLAN, cvd=mig.topology.gpus[2].migs[0].uuid)
     assert rows[0]["node"][1] == [1] and format_cpulist(rows[0]["node"][0]) == "16-31"

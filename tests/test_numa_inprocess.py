@@ -141,7 +141,7 @@ def test_bind_record_summary():
     assert rec.summary() == ("GPU 0000:1b:00.0, mode exclusive: CPUs 0-2,5 (not applied), memory bind node(s) 0-1 "
                              "(not applied)")
     rec.cpus_applied = rec.memory_applied = True
-    assert rec.summary() == "GPU 0000:1b:00.0, mode exclusive: CPUs 0-2,5, memory bind node(s) 0-1"
+    assert rec.summary() == "GPU 0000:1b:00.0, mode exclusive: CPUs 0-2,5, memory bind node(s) 0-1 (MPOL_BIND)"
     none = BindRecord(None, "0000:1b:00.0", "node", "none", (), frozenset())
     assert none.summary() == "GPU 0000:1b:00.0, mode node: CPUs none (not applied), memory none" and none.ok
 

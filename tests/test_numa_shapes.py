@@ -224,7 +224,10 @@ def test_a_two_node_vm_where_nvml_names_every_node_has_no_preference(rendered):
                                     "pci_bus_id": "0000:01:00.0", "name": "NVIDIA H100", "numa_node": -1}]})
     got = plan_of(rendered, topo)
     assert (cpus_of(got, "0000:01:00.0", "node"), got["0000:01:00.0"]["node"][1]) == ("0-7", ())
-    assert got["0000:01:00.0"]["node"][2][1] == "NVML names node(s) 0-1, ignored: nothing in the firmware backs it"
+    # one note says what NVML named and why it is not used (before: "no preference", then "NVML names ..., ignored")
+    assert got["0000:01:00.0"]["node"][2][:2] == (
+        "the firmware gives no NUMA node for this GPU (numa_node = -1, common in VMs) and NVML's node(s) 0-1 are "
+        "every node with CPUs here, which tells nothing: no preference", "no NUMA preference: every allowed CPU")
 
 
 def test_grace_blackwell_two_gpus_a_grace(rendered):
@@ -356,7 +359,7 @@ PLAN = r"""
 import json, os, sys, gpuaffinity
 out = {}
 for d in gpuaffinity.resolve_all():
-    out[d.pci_bus_id] = {m: [sorted((r := gpuaffinity.plan(d.logical_id, mode=m)).cpus), list(r.numa_nodes)]
+    out[d.pci_bus_id] = {m: [sorted((r := gpuaffinity.plan(d.logical_id, mode=m)).bind_cpus), list(r.memory_nodes)]
                          for m in ("node", "socket", "exclusive", "llc")}
 print(json.dumps(out))
 """

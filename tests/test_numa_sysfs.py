@@ -152,7 +152,7 @@ def test_no_node_files_at_all_falls_back_to_nvml(tmp_path):
     fs = Sysfs(tmp_path / "nothing")
     for mode in MODES:
         p = place(loc, mode, every, allowed_mems=None, sysfs=fs)
-        assert (p.numa_nodes, format_cpulist(p.cpus)) == ((1,), "20-39,100-119"), mode
+        assert (p.memory_nodes, format_cpulist(p.bind_cpus)) == ((1,), "20-39,100-119"), mode
     assert any("package" in n for n in place(loc, "socket", every, allowed_mems=None, sysfs=fs).notes)
     assert (f"no thread siblings in {tmp_path / 'nothing'}/devices/system/cpu/cpu*/topology: a CPU without them is "
             "taken as a core of its own") in place(loc, "exclusive", every, allowed_mems=None, sysfs=fs).notes
@@ -231,18 +231,18 @@ def test_place_reads_sysfs_and_mems_allowed_itself(monkeypatch, tmp_path):
     loc = gpu_locality(bus, topo.cpus, (frozenset({0}), topo.cpus, frozenset({1})))
     assert (loc.numa_nodes, loc.gpu_memory_nodes, loc.cpu_nodes) == ((0,), (1,), (0,))
     p = place(loc, "exclusive", topo.cpus)
-    assert (p.numa_nodes, format_cpulist(p.cpus)) == ((0,), "0-71")
+    assert (p.memory_nodes, format_cpulist(p.bind_cpus)) == ((0,), "0-71")
     assert cores_of(frozenset({0, 1})) == [(0,), (1,)]
     status = tmp_path / "proc" / "self" / "status"
     status.parent.mkdir(parents=True)
     status.write_text("Name:\tpython3\nMems_allowed:\t00000002\nMems_allowed_list:\t1\n")
     left = place(loc, "node", topo.cpus)
-    assert left.numa_nodes == () and left.notes[-1] == (
+    assert left.memory_nodes == () and left.notes[-1] == (
         "memory on node(s) 0 is not allowed to this process (Mems_allowed_list 1, from its cgroup cpuset): left out "
         "of the memory policy")
-    assert place(loc, "node", topo.cpus, gpu_memory=True).numa_nodes == (1,)
+    assert place(loc, "node", topo.cpus, gpu_memory=True).memory_nodes == (1,)
     status.write_text("Mems_allowed_list:\tx\n")
-    assert place(loc, "node", topo.cpus).numa_nodes == (0,)  # unreadable: no limit
+    assert place(loc, "node", topo.cpus).memory_nodes == (0,)  # unreadable: no limit
     with pytest.raises(ValueError, match=r"^unknown mode 'nodes': choose one of node, socket, exclusive, llc$"):
         place(loc, "nodes", topo.cpus)
 
@@ -280,7 +280,7 @@ def test_exclusive_counts_gpus_this_process_cannot_open(tmp_path):
     for gpu, want in ((topo.gpus[1], "14-27,126-139"), (topo.gpus[4], "56-67,168-179")):
         loc = gpu_locality(gpu.pci_bus_id, topo.cpus, None, sysfs=fs)
         p = place(loc, "exclusive", topo.cpus, {gpu.numa_node: [gpu.pci_bus_id]}, allowed_mems=None, sysfs=fs)
-        assert format_cpulist(p.cpus) == want
+        assert format_cpulist(p.bind_cpus) == want
     assert Sysfs(tmp_path / "none").gpus_by_node() == {}
 
 
@@ -317,7 +317,7 @@ def test_memory_placement_notes_what_sysfs_did_not_say(tmp_path):
     (root / "devices/system/node/node1/distance").write_text("10 12 21\n")
     fs = Sysfs(root)
     p = place(gpu_locality(bus, topo.cpus, None, sysfs=fs), "node", topo.cpus, allowed_mems=None, sysfs=fs)
-    assert p.numa_nodes == ()
+    assert p.memory_nodes == ()
     assert p.notes[-2:] == (
         f"{root}/devices/system/node/node1/distance ('10 12 21') does not list one distance per online node (0-4): "
         "ignored",
@@ -405,8 +405,8 @@ def test_a_vm_gpu_has_no_preference_and_never_an_offline_cpu(tmp_path):
     for mode in MODES:
         cpus, nodes, notes = got["0000:01:00.0"][mode]
         assert (format_cpulist(cpus), nodes) == ("0-5", ())
-        assert notes == ("the firmware gives no NUMA node for this GPU (numa_node = -1, common in VMs): no preference",
-                         "NVML names node(s) 0, ignored: nothing in the firmware backs it",
+        assert notes == ("the firmware gives no NUMA node for this GPU (numa_node = -1, common in VMs) and NVML's "
+                         "node(s) 0 are every node with CPUs here, which tells nothing: no preference",
                          "no NUMA preference: every allowed CPU")
 
 

@@ -331,7 +331,7 @@ def test_judging_a_row_names_the_reason():
     row = judge(probed(affinity=[4, 5], memory={"policy": "bind", "nodes": [1]}), "node", "bind", 60)
     assert row["status"] == "off-node" and len(row["problems"]) == 2
     # socket mode: the socket's CPUs are the region, memory on another node of it is not off-node
-    row = judge(probed(affinity=[0, 1, 2, 3, 4, 5], gpu_cpus="0-5", memory={"policy": "bind", "nodes": [1]},
+    row = judge(probed(affinity=[0, 1, 2, 3, 4, 5], bind_cpus="0-5", memory={"policy": "bind", "nodes": [1]},
                        memory_nodes=[0, 1]), "socket", "bind", 60)
     assert row["status"] == "ok"
     # no answer at all

@@ -78,8 +78,8 @@ def test_exclusive_mode_judges_against_the_gpus_share(tmp_path):
             "from gpuaffinity.ray_check import judge\n"
             "out = {'affinity': sorted(os.sched_getaffinity(0)), 'ray_gpu_ids': ['1'], 'node_id': 'n' * 56, "
             "'pid': 1, 'error': None}\n_ray_probe._facts(out, 'exclusive')\n"
-            "share = sorted(plan(0, mode='exclusive', memory='none').cpus)\n"
-            "print(json.dumps([share, out['gpu_cpus'], judge(out, 'exclusive', 'none', 60)['status']]))\n")
+            "share = sorted(plan(0, mode='exclusive', memory='none').bind_cpus)\n"
+            "print(json.dumps([share, out['bind_cpus'], judge(out, 'exclusive', 'none', 60)['status']]))\n")
     proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", str(topo), "--", "env",
                            "CUDA_VISIBLE_DEVICES=1", sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)

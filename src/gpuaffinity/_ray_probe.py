@@ -13,7 +13,11 @@ import os
 ENV = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES",
        "NVIDIA_VISIBLE_DEVICES", "GPUAFFINITY_RAY_MODE", "GPUAFFINITY_RAY_MEMORY", "GPUAFFINITY_POLICY",
        "GPUAFFINITY_DISABLE")
+#: the kernel's modes by the names of gpuaffinity's memory policies: MPOL_PREFERRED_MANY is ``preferred`` over
+#: several nodes (its kernel name is reported beside it, as ``kernel``)
 POLICY_NAMES = {0: "default", 1: "preferred", 2: "bind", 3: "interleave", 4: "local", 5: "preferred"}
+KERNEL_NAMES = {0: "MPOL_DEFAULT", 1: "MPOL_PREFERRED", 2: "MPOL_BIND", 3: "MPOL_INTERLEAVE", 4: "MPOL_LOCAL",
+                5: "MPOL_PREFERRED_MANY"}
 
 
 class Probe:
@@ -74,7 +78,9 @@ def _facts(out: dict, mode: str) -> None:
     from gpuaffinity.placement import locate
 
     policy, nodes = get_mempolicy()
-    out["memory"] = {"policy": POLICY_NAMES.get(policy, str(policy)), "nodes": sorted(nodes)}
+    policy &= ~0xFF00  # the mode flags get_mempolicy may add
+    out["memory"] = {"policy": POLICY_NAMES.get(policy, str(policy)), "nodes": sorted(nodes),
+                     "kernel": KERNEL_NAMES.get(policy, f"mode {policy}")}
     original = ray_worker._original_cpus
     rec = ray_worker.last()
     out["hook"] = {"set_up": original is not None, "said": sorted(ray_worker._said),
@@ -107,7 +113,11 @@ def _facts(out: dict, mode: str) -> None:
     # where the mode puts this GPU's worker (exclusive, llc: its share of the node), and its memory nodes, from
     # the worker's own CPUs; the peers an exclusive split counts come from the machine's PCI tree
     region = place(loc, mode, pool, allowed_mems=None)
+    # the names mean what they mean in `resolve --json` and BindRecord: numa_nodes and cpus are the GPU's,
+    # bind_cpus and memory_nodes the mode's
     out["numa_nodes"] = list(loc.numa_nodes)
-    out["gpu_cpus"] = format_cpulist(region.cpus) if loc.numa_nodes else ""
-    out["memory_nodes"] = list(region.numa_nodes)
+    out["cpus"] = format_cpulist(loc.cpus)
+    out["bind_cpus"] = format_cpulist(region.bind_cpus) if loc.numa_nodes else ""
+    out["memory_nodes"] = list(region.memory_nodes)
+    out["shared_with"] = list(region.shared_with)
     out["notes"] = list(loc.notes)

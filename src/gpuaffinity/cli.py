@@ -12,7 +12,7 @@ import signal
 import sys
 
 from gpuaffinity.core.errors import EXIT_ERROR, EXIT_FOUND, EXIT_OK, EXIT_USAGE, UsageError, exit_status
-from gpuaffinity.core.settings import FAILURE_POLICIES, MEMORY_POLICIES, MODES, POLICIES
+from gpuaffinity.core.settings import DEFAULT_MEMORY, FAILURE_POLICIES, MEMORY_POLICIES, MODES, POLICIES
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -79,8 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     bnd.add_argument("--mode", choices=MODES, default="node",
                      help="which CPUs: node (default), socket, exclusive (this GPU's even share of its node's "
                           "cores), llc (CPUs sharing the node's last-level cache)")
-    bnd.add_argument("--memory", choices=MEMORY_POLICIES, default="bind",
-                     help="memory policy: bind (default: allocate only on the GPU's node), preferred, none")
+    bnd.add_argument("--memory", choices=MEMORY_POLICIES, default=DEFAULT_MEMORY,
+                     help="memory policy: preferred (default: allocate on the GPU's node(s), spill to other nodes "
+                          "when they are full), bind (only there: the OOM killer ends CMD when they are full), "
+                          "none (see docs/numa.md)")
     bnd.add_argument("--on-failure", choices=FAILURE_POLICIES, default=None,
                      help="warn (default, or GPUAFFINITY_ON_FAILURE): run CMD anyway, unbound where binding "
                           "failed; error: exit 1 without running CMD")
@@ -98,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the cluster (default: RAY_ADDRESS, else the cluster this machine belongs to: \"auto\")")
     ray.add_argument("--mode", choices=MODES, default="node",
                      help="the binding the workers should have, as for `gpuaffinity bind` (default node)")
-    ray.add_argument("--memory", choices=MEMORY_POLICIES, default="bind",
-                     help="the memory policy they should have (default bind; none: do not check memory)")
+    ray.add_argument("--memory", choices=MEMORY_POLICIES, default=DEFAULT_MEMORY,
+                     help=f"the memory policy they should have (default {DEFAULT_MEMORY}; none: do not check memory)")
     ray.add_argument("--runtime-env", metavar="JSON",
                      help="the probes' Ray runtime environment, as your jobs pass it to ray.init (default: "
                           "the one-line binding with --mode and --memory)")
@@ -186,7 +188,7 @@ _BIND_USAGE = ("gpuaffinity bind ID [--mode MODE] [--memory POLICY] [--on-failur
 _EPILOG_BIND = """\
 examples:
   gpuaffinity bind 0 -- python3 serve.py --port 8000
-  gpuaffinity bind 3 --mode exclusive --memory preferred -- ./worker
+  gpuaffinity bind 3 --mode exclusive --memory bind -- ./worker
   gpuaffinity bind 0 --dry-run
 
 exit status: CMD's; 1 when resolving or (with --on-failure error) binding fails; 2 usage; 127 CMD not found.
@@ -594,6 +596,7 @@ def _doctor(args: argparse.Namespace) -> int:
     print(f"  {'CUDA initialised here':<28} {'yes' if cuda_initialized_here() else 'no'}")
     from gpuaffinity.numa.query import allowed_cpus
     print(f"  {'allowed CPUs':<28} {format_cpulist(allowed_cpus())}")
+    print(f"  {'this process is bound to':<28} {_in_effect()}")
 
     from gpuaffinity.api import run_resolution
     try:
@@ -660,6 +663,21 @@ def _doctor(args: argparse.Namespace) -> int:
     if res.error is not None:
         return exit_status(res.error)
     return EXIT_OK
+
+
+def _in_effect() -> str:
+    """This process's CPU affinity and memory policy, as the kernel has them now."""
+    import os
+
+    from gpuaffinity.core.cpulist import format_cpulist
+    from gpuaffinity.numa.bind import get_mempolicy, policy_name
+
+    cpus = f"CPUs {format_cpulist(os.sched_getaffinity(0))}"
+    try:
+        mode, nodes = get_mempolicy()
+    except Exception as e:  # unreadable (seccomp, an architecture gpuaffinity has no call numbers for)
+        return f"{cpus}; memory policy unreadable ({_cut(str(e), 120)})"
+    return f"{cpus}; memory policy {policy_name(mode)}" + (f" node(s) {format_cpulist(nodes)}" if nodes else "")
 
 
 def _ray_check(args: argparse.Namespace) -> int:
@@ -730,7 +748,15 @@ def _bind(args: argparse.Namespace, cmd: list[str]) -> int:
     _print_warnings(caught)
     if args.dry_run:
         print(f"would bind: {rec.summary().replace(' (not applied)', '')}")
-        print(f"  cpus {format_cpulist(rec.cpus) or '-'}; nodes {format_cpulist(rec.numa_nodes) or 'none'}")
+        # the fields by their BindRecord names, which mean what they mean in `resolve --json`
+        print(f"  numa_nodes {format_cpulist(rec.numa_nodes) or 'none'}; cpus {format_cpulist(rec.cpus) or '-'}")
+        print(f"  bind_cpus {format_cpulist(rec.bind_cpus) or '-'}; memory {rec.memory}; memory_nodes "
+              f"{format_cpulist(rec.memory_nodes) or 'none'}; memory_policy {rec.memory_policy}")
+        if rec.shared_with:
+            from gpuaffinity.placement import shared_message
+
+            print(f"  shared_with {','.join(rec.shared_with)}: {shared_message(rec)} (a BindWarning; "
+                  "--on-failure error refuses)")
         for note in rec.notes:
             print(f"  note: {note}")
         for failure in rec.failures:

@@ -11,7 +11,7 @@ import os
 import warnings
 
 from gpuaffinity import _state
-from gpuaffinity.core.settings import FAILURE_POLICIES, MEMORY_POLICIES, MODES, ON_FAILURE_VAR
+from gpuaffinity.core.settings import DEFAULT_MEMORY, FAILURE_POLICIES, MEMORY_POLICIES, MODES, ON_FAILURE_VAR
 
 TYPE_CHECKING = False  # typing and collections.abc stay unimported: the annotations are strings
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ def refuse_lost(locs: Iterable[Locality]) -> None:
             raise GpuLostError(loc.lost)
 
 
-def plan(logical_id: int | str, *, mode: str = "node", memory: str = "bind", policy: str | None = None,
+def plan(logical_id: int | str, *, mode: str = "node", memory: str = DEFAULT_MEMORY, policy: str | None = None,
          disable: Iterable[str] | None = None, allow_subprocess: bool = True) -> BindRecord:
     """What ``bind`` would apply for CUDA device ``logical_id``, without applying it."""
     with _state.lock:  # lazy imports and NVML: see gpuaffinity._state
@@ -66,29 +66,35 @@ def _plan(logical_id: int | str, mode: str, memory: str, policy: str | None, dis
         for n in loc.numa_nodes:
             by_node.setdefault(n, []).append(bus)
     allowed = allowed_cpus()
-    placement = place(locs[dev.pci_bus_id], mode, allowed, by_node)
-    rec = BindRecord(dev.logical_id, dev.pci_bus_id, mode, memory if placement.numa_nodes else "none",
-                     placement.numa_nodes, placement.cpus, notes=list(placement.notes))
-    if memory != "none" and not placement.numa_nodes:
+    loc = locs[dev.pci_bus_id]
+    placement = place(loc, mode, allowed, by_node)
+    # the GPU's own place under the names resolve --json gives it (numa_nodes, cpus); the binding's under its own
+    rec = BindRecord(dev.logical_id, dev.pci_bus_id, mode, memory if placement.memory_nodes else "none",
+                     placement.memory_nodes, placement.bind_cpus, notes=list(placement.notes),
+                     numa_nodes=loc.numa_nodes, cpus=loc.cpus, shared_with=placement.shared_with)
+    if memory != "none" and not placement.memory_nodes:
         from gpuaffinity.core.notes import attention
 
-        rec.notes.append(attention("memory policy left alone: the GPU has no NUMA node"))
-    if not placement.cpus:
+        rec.notes.append(attention("memory policy left alone: " + (
+            "the GPU has no NUMA node" if not loc.numa_nodes else "no memory node is left to it (see the notes)")))
+    if not placement.bind_cpus:
         rec.failures.append(f"no CPU to bind to: none of the CPUs near GPU {dev.pci_bus_id} is allowed to this "
                             "process (its affinity mask or cgroup cpuset excludes them)")
     return rec
 
 
-def bind(logical_id: int | str, *, mode: str = "node", memory: str = "bind", on_failure: str | None = None,
+def bind(logical_id: int | str, *, mode: str = "node", memory: str = DEFAULT_MEMORY, on_failure: str | None = None,
          policy: str | None = None, disable: Iterable[str] | None = None,
          allow_subprocess: bool = True) -> BindRecord:
     """Bind this process to the NUMA node of CUDA device ``logical_id``; return what was applied.
 
     ``mode``: ``node`` (default), ``socket``, ``exclusive`` or ``llc`` (docs/numa.md).
-    ``memory``: ``bind`` (default), ``preferred`` or ``none``.
+    ``memory``: ``preferred`` (default: allocate on the GPU's node(s), spill to others when they are
+    full), ``bind`` (only there: the kernel's OOM killer ends the process when they are full) or ``none``.
     ``on_failure``: ``warn`` (default, or GPUAFFINITY_ON_FAILURE): a BindWarning, and the
     process runs on with whatever could be applied, listed in the record; ``error``: a
-    BindError, with nothing left applied.
+    BindError, with nothing left applied.  An ``exclusive`` or ``llc`` share that other GPUs get too
+    (fewer cores or caches than GPUs: ``BindRecord.shared_with``) is such a failure.
     """
     from gpuaffinity.core.errors import BindError, BindWarning
     from gpuaffinity.numa.bind import apply
@@ -103,8 +109,22 @@ def bind(logical_id: int | str, *, mode: str = "node", memory: str = "bind", on_
             raise BindError("; ".join(rec.failures))
         warnings.warn(f"gpuaffinity: not bound: {'; '.join(rec.failures)}", BindWarning, stacklevel=2)
         return rec
+    if rec.shared_with:
+        why = shared_message(rec)
+        if policy_ == "error":
+            raise BindError(f"{why} (nothing was applied)")
+        warnings.warn(f"gpuaffinity: {why}", BindWarning, stacklevel=2)
     apply(rec, policy_)
     if rec.failures:
         warnings.warn(f"gpuaffinity: bound only in part ({rec.summary()}): {'; '.join(rec.failures)}",
                       BindWarning, stacklevel=2)
     return rec
+
+
+def shared_message(rec: BindRecord) -> str:
+    """One line: the ``exclusive``/``llc`` share of ``rec``'s GPU is not its own (``rec.shared_with``)."""
+    from gpuaffinity.core.cpulist import format_cpulist
+
+    return (f"{rec.mode} is not exclusive: GPU {rec.pci_bus_id} gets CPUs {format_cpulist(rec.bind_cpus)}, as "
+            f"GPU(s) {', '.join(rec.shared_with)} do: their node(s) {format_cpulist(rec.numa_nodes)} have fewer "
+            f"{'cores' if rec.mode == 'exclusive' else 'last-level caches'} allowed here than GPUs")

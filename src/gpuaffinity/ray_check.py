@@ -22,7 +22,7 @@ from typing import Any
 
 from gpuaffinity.core.cpulist import format_cpulist, parse_cpulist
 from gpuaffinity.core.errors import GpuAffinityError, UsageError
-from gpuaffinity.core.settings import MEMORY_POLICIES, MODES
+from gpuaffinity.core.settings import DEFAULT_MEMORY, MEMORY_POLICIES, MODES
 
 SETUP_HOOK = "gpuaffinity.ray_worker.setup"
 #: a row's status, worst first: the table and the exit status follow this order
@@ -61,7 +61,7 @@ def runtime_env_for(mode: str, memory: str) -> dict[str, Any]:
             "env_vars": {"GPUAFFINITY_RAY_MODE": mode, "GPUAFFINITY_RAY_MEMORY": memory}}
 
 
-def check(address: str | None = None, *, mode: str = "node", memory: str = "bind",
+def check(address: str | None = None, *, mode: str = "node", memory: str = DEFAULT_MEMORY,
           runtime_env: dict[str, Any] | None = None, timeout: float = DEFAULT_TIMEOUT,
           progress: Callable[[int, int], None] | None = None) -> Report:
     """Probe every GPU of the Ray cluster at ``address`` (default: ``RAY_ADDRESS``, else ``"auto"``).
@@ -230,14 +230,14 @@ def judge(row: dict[str, Any], mode: str, memory: str, timeout: float) -> dict[s
 def _binding(row: dict[str, Any], problems: list[tuple[str, str]], mode: str, memory: str) -> None:
     affinity = frozenset(row["affinity"])
     worker = parse_cpulist(row["worker_cpus"])
-    near = parse_cpulist(row["gpu_cpus"])
+    near = parse_cpulist(row["bind_cpus"])
     bus = row["gpu"]["driver_pci_bus_id"]
     hook = row["hook"]
     if hook["pci_bus_id"] is not None and bus not in hook["pci_bus_id"].split(","):
         row["notes"].append(f"the binding was planned for GPU {hook['pci_bus_id']}, but the CUDA driver says this "
                             f"worker's GPU is {bus}")
     if not row["numa_nodes"]:
-        row["notes"].append("the GPU has no NUMA node (numa_node = -1, no NVML affinity): nothing to bind to, the "
+        row["notes"].append("the GPU has no NUMA node (its locality notes say why): nothing to bind to, the "
                             "worker keeps all its CPUs")
         return
     if not near:
@@ -251,10 +251,10 @@ def _binding(row: dict[str, Any], problems: list[tuple[str, str]], mode: str, me
             why = "the setup hook did not run in this worker" if not hook["set_up"] else \
                 "; ".join(hook["failures"] + hook["said"]) or "no binding was applied"
             problems.append(("unbound", f"runs on CPUs {format_cpulist(affinity)}, not bound to its GPU's {where} "
-                                        f"(CPUs {row['gpu_cpus']}): {why}"))
+                                        f"(CPUs {row['bind_cpus']}): {why}"))
         else:
             problems.append(("off-node", f"bound to CPUs {format_cpulist(affinity)}, off its GPU's {where} "
-                                         f"(CPUs {row['gpu_cpus']})"))
+                                         f"(CPUs {row['bind_cpus']})"))
     mem = row["memory"]
     if memory != "none":
         allowed = row.get("memory_nodes", row["numa_nodes"])  # the mode's memory nodes (socket: the socket's)
@@ -266,6 +266,10 @@ def _binding(row: dict[str, Any], problems: list[tuple[str, str]], mode: str, me
         elif mem["policy"] != memory:
             problems.append(("unbound", f"memory policy is {mem['policy']} (node(s) {format_cpulist(mem['nodes'])}), "
                                         f"not {memory}"))
+        if mem["policy"] == memory == "preferred" and mem.get("kernel") == "MPOL_PREFERRED" and len(allowed) > 1:
+            row["notes"].append(f"memory prefers node(s) {format_cpulist(mem['nodes'])} alone (MPOL_PREFERRED), not "
+                                f"all of {format_cpulist(allowed)}: this kernel has no MPOL_PREFERRED_MANY (Linux "
+                                "5.15 added it); it still spills to the other nodes")
         if mem["policy"] != "default" and not set(mem["nodes"]) <= set(allowed):
             problems.append(("off-node", f"memory {mem['policy']} to node(s) {format_cpulist(mem['nodes'])}, off its "
                                          f"GPU's {'socket, node(s) ' if mode == 'socket' else 'node '}"
@@ -309,7 +313,7 @@ def table(report: Report) -> list[tuple[str, ...]]:
                     ",".join(r.get("ray_gpu_ids", [])) or "-",
                     (r.get("env") or {}).get("CUDA_VISIBLE_DEVICES", "-"),
                     gpu.get("driver_pci_bus_id", "-"), _short(gpu.get("driver_uuid") or gpu.get("uuid")),
-                    ",".join(map(str, r.get("numa_nodes", []))) or "-", r.get("gpu_cpus") or "-",
+                    ",".join(map(str, r.get("numa_nodes", []))) or "-", r.get("bind_cpus") or "-",
                     format_cpulist(r["affinity"]) if "affinity" in r else "-",
                     f"{mem['policy']} {format_cpulist(mem['nodes'])}".strip() if mem else "-", by,
                     r["status"].upper() if r["status"] in PROBLEMS else r["status"]))

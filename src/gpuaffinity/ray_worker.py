@@ -8,7 +8,7 @@ once for an actor, before its constructor) by calling ``ray._private.utils.set_v
 from its task loop, and one worker process serves tasks with other GPUs in turn.  So the hook wraps that
 function: after Ray has set the variable for a task, the process is bound to the NUMA node(s) of the task's
 GPUs (mode and memory policy from GPUAFFINITY_RAY_MODE and GPUAFFINITY_RAY_MEMORY, default ``node`` and
-``bind``); a task without GPUs gets the worker's original CPU mask and the default memory policy back.  A
+``preferred``); a task without GPUs gets the worker's original CPU mask and the default memory policy back.  A
 task whose GPUs are those of the last one, its mask unchanged, is not bound again (one sched_getaffinity).
 
 Several GPUs: the union of their nodes' CPUs, and a memory policy over their nodes (none when one of them has
@@ -108,7 +108,7 @@ def _rebind() -> tuple[BindRecord | None, bool]:
     global _last_key, _last
     import ray
 
-    from gpuaffinity.core.settings import MEMORY_POLICIES, MODES
+    from gpuaffinity.core.settings import DEFAULT_MEMORY, MEMORY_POLICIES, MODES
     from gpuaffinity.numa.bind import (
         MPOL_DEFAULT,
         BindRecord,
@@ -125,7 +125,7 @@ def _rebind() -> tuple[BindRecord | None, bool]:
     original = _original_cpus if _original_cpus is not None else frozenset(os.sched_getaffinity(0))
     if key == _last_key:
         # the same GPUs, and the mask still what was applied (a task may have changed its own): nothing to do
-        want = original if _last is None or not _last.cpus_applied else _last.cpus
+        want = original if _last is None or not _last.cpus_applied else _last.bind_cpus
         if frozenset(os.sched_getaffinity(0)) == want:
             return _last, True
     _last_key, _last = None, None  # whatever happens below, no stale record stands for this task
@@ -138,16 +138,21 @@ def _rebind() -> tuple[BindRecord | None, bool]:
             _last_key = key
             return None, False
         mode = _setting(MODE_VAR, "node", MODES)
-        memory = _setting(MEMORY_VAR, "bind", MEMORY_POLICIES)
+        memory = _setting(MEMORY_VAR, DEFAULT_MEMORY, MEMORY_POLICIES)
         records = [plan(i, mode=mode, memory=memory) for i in logical_ids(gpu_ids, cvd, noset)]
         failures = [f for r in records for f in r.failures]
         # a GPU without a node plans no memory policy: then none for the task, rather than a policy over the
         # other GPUs' nodes alone
         memory = memory if all(r.memory == memory for r in records) else "none"
-        rec = BindRecord(records[0].logical_id, ",".join(r.pci_bus_id for r in records), mode, memory,
-                         tuple(sorted({n for r in records for n in r.numa_nodes})),
-                         frozenset().union(*(r.cpus for r in records)), failures=failures,
-                         notes=[n for r in records for n in r.notes])
+        buses = [r.pci_bus_id for r in records]
+        rec = BindRecord(records[0].logical_id, ",".join(buses), mode, memory,
+                         tuple(sorted({n for r in records for n in r.memory_nodes})),
+                         frozenset().union(*(r.bind_cpus for r in records)), failures=failures,
+                         notes=[n for r in records for n in r.notes],
+                         numa_nodes=tuple(sorted({n for r in records for n in r.numa_nodes})),
+                         cpus=frozenset().union(*(r.cpus for r in records)),
+                         shared_with=tuple(dict.fromkeys(b for r in records for b in r.shared_with
+                                                         if b not in buses)))
     if not failures:
         apply(rec, "warn")
     if rec.failures:

@@ -33,7 +33,10 @@ ENV_VARS = (CVD, ORDER, POLICY_VAR, DISABLE_VAR, NO_SUBPROCESS_VAR, PROCFS_VAR, 
 POLICIES = ("first", "verify", "strict")
 #: The NUMA stage's choices (docs/numa.md), named once here so that the command line need not load that stage.
 MODES = ("node", "socket", "exclusive", "llc")
-MEMORY_POLICIES = ("bind", "preferred", "none")
+MEMORY_POLICIES = ("preferred", "bind", "none")
+#: The default memory policy everywhere one exists (plan, bind, the command line, the Ray hook, ray-check): it
+#: spills to other nodes when the GPU's are full instead of getting the process killed (docs/numa.md).
+DEFAULT_MEMORY = "preferred"
 FAILURE_POLICIES = ("warn", "error")
 ON_FAILURE_VAR = "GPUAFFINITY_ON_FAILURE"
 #: The simulator's own variables (csrc/sim_common.h, gpuaffinity.sim.machine).

@@ -31,31 +31,70 @@ _MASK_BITS = 1024
 
 
 
+#: The kernel's names of its memory policy modes (``get_mempolicy``'s mode, flags masked off).
+MPOL_NAMES = {MPOL_DEFAULT: "MPOL_DEFAULT", MPOL_PREFERRED: "MPOL_PREFERRED", MPOL_BIND: "MPOL_BIND",
+              MPOL_INTERLEAVE: "MPOL_INTERLEAVE", MPOL_LOCAL: "MPOL_LOCAL", MPOL_PREFERRED_MANY: "MPOL_PREFERRED_MANY"}
+_MPOL_FLAGS = 0xFF00  # MPOL_F_STATIC_NODES, MPOL_F_RELATIVE_NODES, MPOL_F_NUMA_BALANCING: get_mempolicy may add them
+
+
+def policy_name(mode: int) -> str:
+    """The kernel's name of a memory policy mode, as ``get_mempolicy`` reads it (``MPOL_BIND``...)."""
+    return MPOL_NAMES.get(mode & ~_MPOL_FLAGS, f"mode {mode}")
+
+
+def kernel_mode(memory: str, nodes: tuple[int, ...]) -> int | None:
+    """The ``set_mempolicy`` mode that ``memory`` asks for over ``nodes`` (None: no call at all)."""
+    if memory == "none" or not nodes:
+        return None
+    if memory == "bind":
+        return MPOL_BIND
+    return MPOL_PREFERRED if len(nodes) == 1 else MPOL_PREFERRED_MANY
+
+
 @record
 class BindRecord:
-    """What a bind applied, and what it did not."""
+    """What a bind applied, and what it did not.
+
+    The field names mean what they mean in ``gpuaffinity resolve --json``: ``numa_nodes`` are the GPU's NUMA
+    node(s), ``cpus`` its nearby CPUs that this process may use.  What the binding does has names of its own:
+    ``bind_cpus`` (the CPUs the mode gives: the node's, the socket's, an exclusive share), ``memory`` (the
+    policy asked: ``preferred``, ``bind``, ``none``), ``memory_nodes`` (the nodes of that policy) and
+    ``memory_policy`` (the kernel's policy: planned, then, after applying, the one in effect, e.g.
+    ``MPOL_PREFERRED`` where a kernel without ``MPOL_PREFERRED_MANY`` made it fall back).  ``shared_with``:
+    the GPUs (PCI bus ids) whose ``exclusive``/``llc`` share is the same CPUs as this one's, where the node
+    has fewer units than GPUs.
+    """
 
     logical_id: int | None
     pci_bus_id: str
     mode: str
     memory: str
-    numa_nodes: tuple[int, ...]
-    cpus: frozenset[int]
+    memory_nodes: tuple[int, ...]
+    bind_cpus: frozenset[int]
     cpus_applied: bool = False
     threads: int = 0
     memory_applied: bool = False
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    numa_nodes: tuple[int, ...] = ()
+    cpus: frozenset[int] = frozenset()
+    memory_policy: str = ""
+    shared_with: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.memory_policy:  # planned: the kernel mode the memory policy asks for
+            mode = kernel_mode(self.memory, self.memory_nodes)
+            self.memory_policy = "none" if mode is None else MPOL_NAMES[mode]
 
     @property
     def ok(self) -> bool:
         return not self.failures
 
     def summary(self) -> str:
-        cpu = f"CPUs {format_cpulist(self.cpus) or 'none'}" + ("" if self.cpus_applied else " (not applied)")
-        mem = f"memory {self.memory}" + (f" node(s) {format_cpulist(self.numa_nodes)}" if self.numa_nodes else "")
-        if self.memory != "none" and not self.memory_applied:
-            mem += " (not applied)"
+        cpu = f"CPUs {format_cpulist(self.bind_cpus) or 'none'}" + ("" if self.cpus_applied else " (not applied)")
+        mem = f"memory {self.memory}" + (f" node(s) {format_cpulist(self.memory_nodes)}" if self.memory_nodes else "")
+        if self.memory != "none":
+            mem += f" ({self.memory_policy})" if self.memory_applied else " (not applied)"
         return f"GPU {self.pci_bus_id}, mode {self.mode}: {cpu}, {mem}"
 
 
@@ -83,16 +122,20 @@ def _nodemask(nodes: Iterable[int]) -> ctypes.Array:
     return words
 
 
-def set_mempolicy(memory: str, nodes: tuple[int, ...]) -> None:
-    """Set the calling thread's memory policy; raise BindError naming the cause."""
+def set_mempolicy(memory: str, nodes: tuple[int, ...]) -> int | None:
+    """Set the calling thread's memory policy; return the kernel mode set (None for ``none``: nothing set).
+
+    ``preferred`` over several nodes is ``MPOL_PREFERRED_MANY``; a kernel without it (before Linux 5.15)
+    refuses it with EINVAL, and the first node alone is preferred instead (``MPOL_PREFERRED`` is returned: the
+    caller says so).  Raise BindError naming the cause."""
     if memory == "none":
-        return
+        return None
     if memory not in MEMORY_POLICIES:
         raise BindError(f"unknown memory policy {memory!r}: choose bind, preferred or none")
     if not nodes:
         raise BindError("no NUMA node to bind memory to")
     set_nr, _ = _syscall_numbers()
-    mode = MPOL_BIND if memory == "bind" else (MPOL_PREFERRED if len(nodes) == 1 else MPOL_PREFERRED_MANY)
+    mode = kernel_mode(memory, nodes)
     mask = _nodemask(nodes)
     libc = _libc()
     rc = libc.syscall(set_nr, ctypes.c_int(mode), mask, ctypes.c_ulong(_MASK_BITS + 1))
@@ -102,9 +145,10 @@ def set_mempolicy(memory: str, nodes: tuple[int, ...]) -> None:
             rc = libc.syscall(set_nr, ctypes.c_int(MPOL_PREFERRED), _nodemask(nodes[:1]),
                               ctypes.c_ulong(_MASK_BITS + 1))
             if rc == 0:
-                return
+                return MPOL_PREFERRED
             err = ctypes.get_errno()
         raise BindError(_mempolicy_error(err, memory, nodes))
+    return mode
 
 
 def _mempolicy_error(err: int, memory: str, nodes: tuple[int, ...]) -> str:
@@ -176,13 +220,13 @@ def apply(record: BindRecord, on_failure: str) -> BindRecord:
             old_policy = get_mempolicy()
     except (OSError, BindError):
         pass  # unreadable: undoing falls back to the default policy
-    cpus = record.cpus
+    cpus = record.bind_cpus
     if os.environ.get(SIM_ALLOWED_VAR) is not None:
         # a simulated cpuset (sim run --cpuset) narrows the plan, never this process's real mask: a taskset or
         # cgroup limit on the real process still holds
-        cpus = record.cpus & old_cpus
-        if cpus != record.cpus:
-            record.notes.append(attention(f"the simulated plan's CPUs {format_cpulist(record.cpus) or 'none'} are "
+        cpus = record.bind_cpus & old_cpus
+        if cpus != record.bind_cpus:
+            record.notes.append(attention(f"the simulated plan's CPUs {format_cpulist(record.bind_cpus) or 'none'} are "
                                           f"cut to {format_cpulist(cpus) or 'none'}, this process's real affinity "
                                           "mask allows them"))
     try:
@@ -192,10 +236,10 @@ def apply(record: BindRecord, on_failure: str) -> BindRecord:
         record.failures.append(str(e))
     if record.memory != "none":
         try:
-            set_mempolicy(record.memory, record.numa_nodes)
-            record.memory_applied = True
+            _record_policy(record, set_mempolicy(record.memory, record.memory_nodes))
         except BindError as e:
             record.failures.append(str(e))
+            record.memory_policy = policy_name(old_policy[0])  # a refused set_mempolicy changes nothing
     if record.failures and on_failure == "error":
         if record.cpus_applied:
             set_affinity_all_threads(old_cpus)
@@ -203,8 +247,26 @@ def apply(record: BindRecord, on_failure: str) -> BindRecord:
         if record.memory_applied:
             _restore_mempolicy(*old_policy)
             record.memory_applied = False
+            record.memory_policy = policy_name(old_policy[0])
         raise BindError("; ".join(record.failures) + " (nothing was left applied)")
     return record
+
+
+def _record_policy(record: BindRecord, mode: int | None) -> None:
+    """Write the kernel policy now in effect into ``record``; a fallback is said out loud and narrows
+    ``memory_nodes`` to the node really preferred."""
+    record.memory_applied = True
+    if mode is None:
+        record.memory_policy = "none"
+        return
+    planned = kernel_mode(record.memory, record.memory_nodes)
+    record.memory_policy = MPOL_NAMES[mode]
+    if mode != planned:
+        record.notes.append(attention(
+            f"this kernel has no MPOL_PREFERRED_MANY (Linux 5.15 added it): memory prefers node "
+            f"{record.memory_nodes[0]} alone (MPOL_PREFERRED), not node(s) {format_cpulist(record.memory_nodes)}; "
+            "it still spills to the other nodes when that one is full"))
+        record.memory_nodes = record.memory_nodes[:1]
 
 
 def _restore_mempolicy(mode: int, nodes: frozenset[int]) -> None:

@@ -45,12 +45,16 @@ _ASK = object()  # allowed_mems not given: read Mems_allowed
 
 @record(frozen=True)
 class Placement:
-    """What one mode gives a GPU: the memory nodes to bind to, the CPUs, and notes."""
+    """What one mode gives a GPU: the memory nodes of its memory policy, the CPUs to bind to, and notes.
+
+    ``shared_with``: the GPUs (PCI bus ids) given the very same CPUs, where an ``exclusive`` or ``llc``
+    split has fewer units than GPUs; empty when this GPU's share is its own."""
 
     mode: str
-    numa_nodes: tuple[int, ...]
-    cpus: frozenset[int]
+    memory_nodes: tuple[int, ...]
+    bind_cpus: frozenset[int]
     notes: tuple[str, ...] = ()
+    shared_with: tuple[str, ...] = ()
 
 
 def cores_of(cpus: frozenset[int], sysfs: Sysfs | None = None, notes: list[str] | None = None
@@ -91,6 +95,7 @@ def place(loc: Locality, mode: str, allowed: frozenset[int], gpus_by_node: dict[
         return Placement(mode, (), usable, (*notes, attention("no NUMA preference: every allowed CPU")))
     pool = loc.cpus & usable
     nodes: tuple[int, ...] = loc.numa_nodes
+    shared: list[str] = []  # the GPUs given the same CPUs as this one (exclusive, llc)
     if mode == "node":
         cpus = pool
     elif mode == "socket":
@@ -103,12 +108,12 @@ def place(loc: Locality, mode: str, allowed: frozenset[int], gpus_by_node: dict[
             notes.append(f"this GPU's CPUs come from node(s) {format_cpulist(loc.cpu_nodes)}, whose own GPUs do not "
                          "count it in their split: its share overlaps theirs")
         if mode == "exclusive":
-            cpus = _exclusive(pool, peers, rank, where, fs, notes)
+            cpus = _exclusive(pool, peers, rank, where, fs, notes, shared)
         else:
-            cpus = _llc(pool, peers, rank, where, fs, notes)
+            cpus = _llc(pool, peers, rank, where, fs, notes, shared)
     mems = allowed_memory_nodes() if allowed_mems is _ASK else allowed_mems
     memory = _memory_nodes(nodes, loc, gpu_memory, mems, fs, notes)  # type: ignore[arg-type]
-    return Placement(mode, memory, cpus, tuple(notes))
+    return Placement(mode, memory, cpus, tuple(notes), tuple(shared))
 
 
 def _peers(loc: Locality, gpus_by_node: dict[int, list[str]] | None, fs: Sysfs) -> list[str]:
@@ -122,8 +127,9 @@ def _peers(loc: Locality, gpus_by_node: dict[int, list[str]] | None, fs: Sysfs) 
 
 
 def _share(units: list[tuple[int, ...]], peers: list[str], rank: int, what: str, own: str, where: str,
-           notes: list[str]) -> frozenset[int]:
-    """This GPU's contiguous share of ``units``; with fewer units than GPUs, unit ``rank`` mod count, shared."""
+           notes: list[str], shared: list[str]) -> frozenset[int]:
+    """This GPU's contiguous share of ``units``; with fewer units than GPUs, unit ``rank`` mod count, shared:
+    the GPUs it is shared with go into ``shared``."""
     if not units:
         return frozenset()
     what += "" if len(units) == 1 else "s"
@@ -132,34 +138,37 @@ def _share(units: list[tuple[int, ...]], peers: list[str], rank: int, what: str,
         notes.append(f"GPU {rank + 1} of {len(peers)} on {where}: {len(share)} of the {len(units)} {what}")
     else:
         share = [units[rank % len(units)]]
-        others = [r + 1 for r in range(len(peers)) if r % len(units) == rank % len(units) and r != rank]
-        notes.append(attention(f"{len(units)} {what} for {len(peers)} GPUs on {where}: no {own} of its own for "
-                               f"each GPU, they are dealt round-robin: GPU {rank + 1} gets "
-                               f"{format_cpulist(share[0])}, as does GPU {format_cpulist(others)}"))
+        others = [r for r in range(len(peers)) if r % len(units) == rank % len(units) and r != rank]
+        shared.extend(peers[r] for r in others)
+        # plain info: the GPUs sharing it are in Placement.shared_with, which bind() says out loud (a BindWarning)
+        notes.append(f"{len(units)} {what} for {len(peers)} GPUs on {where}: no {own} of its own for each GPU, they "
+                     f"are dealt round-robin: GPU {rank + 1} gets {format_cpulist(share[0])}, as does GPU "
+                     f"{format_cpulist(r + 1 for r in others)}")
     return frozenset(c for unit in share for c in unit)
 
 
 def _exclusive(pool: frozenset[int], peers: list[str], rank: int, where: str, fs: Sysfs,
-               notes: list[str]) -> frozenset[int]:
+               notes: list[str], shared: list[str]) -> frozenset[int]:
     cores = cores_of(pool, fs, notes)
     if len(cores) >= len(peers) or len(pool) <= len(cores):
-        return _share(cores, peers, rank, "allowed core", "core", where, notes)
+        return _share(cores, peers, rank, "allowed core", "core", where, notes, shared)
     threads = [(c,) for core in cores for c in core]  # core by core, so a share keeps siblings where it can
     notes.append(attention(f"{len(cores)} allowed cores for {len(peers)} GPUs on {where}: split by hardware "
                            "thread, so siblings are split"))
-    return _share(threads, peers, rank, "allowed CPU", "core", where, notes)
+    return _share(threads, peers, rank, "allowed CPU", "core", where, notes, shared)
 
 
 def _llc(pool: frozenset[int], peers: list[str], rank: int, where: str, fs: Sysfs,
-         notes: list[str]) -> frozenset[int]:
+         notes: list[str], shared: list[str]) -> frozenset[int]:
     domains: set[tuple[int, ...]] = set()
     for cpu in pool:
-        shared = fs.last_level_cache(cpu, notes)
-        if shared is None:
+        shared_cache = fs.last_level_cache(cpu, notes)
+        if shared_cache is None:
             notes.append("no last-level cache information in sysfs: using the node")
             return pool
-        domains.add(tuple(sorted(shared & pool)))
-    return _share(sorted(domains), peers, rank, "last-level cache domain", "last-level cache", where, notes)
+        domains.add(tuple(sorted(shared_cache & pool)))
+    return _share(sorted(domains), peers, rank, "last-level cache domain", "last-level cache", where, notes,
+                  shared)
 
 
 def _socket(loc: Locality, usable: frozenset[int], fs: Sysfs, notes: list[str]

@@ -191,12 +191,16 @@ def gpu_locality(pci_bus_id: str, allowed: frozenset[int] | None = None,
             nodes = set(named)
             notes.append(f"the firmware gives no NUMA node for this GPU (numa_node = -1) but NVML names node(s) "
                          f"{format_cpulist(named)} of {format_cpulist(cpu_nodes)}: using NVML's answer")
-        else:
-            notes.append("the firmware gives no NUMA node for this GPU (numa_node = -1, common in VMs): "
-                         "no preference")
-            if nv_nodes:
-                notes.append(f"NVML names node(s) {format_cpulist(nv_nodes)}, ignored: nothing in the firmware "
-                             "backs it")
+        else:  # one note, saying what NVML said and why it is not used
+            if not named:
+                nvml_said = "NVML names none either" if not nv_nodes else \
+                    f"NVML names only the GPU's own memory node(s) {format_cpulist(nv_nodes)}"
+            elif named >= cpu_nodes:
+                nvml_said = f"NVML's node(s) {format_cpulist(named)} are every node with CPUs here, which tells nothing"
+            else:
+                nvml_said = f"NVML's node(s) {format_cpulist(named)} are not nodes with CPUs here, ignored"
+            notes.append(f"the firmware gives no NUMA node for this GPU (numa_node = -1, common in VMs) and "
+                         f"{nvml_said}: no preference")
     else:
         nodes = {node}
         if nv_nodes and node not in nv_nodes:

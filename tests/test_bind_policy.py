@@ -1,0 +1,306 @@
+"""Issue 19, items 3, 5 and 6: the default memory policy spills instead of killing, the policy in effect is
+recorded (a kernel without MPOL_PREFERRED_MANY included), ``exclusive`` says loudly (or refuses) when GPUs share
+CPUs, and every field name means one thing across ``resolve --json``, ``plan()``, ``bind --dry-run`` and the
+Ray probe.
+
+Binding is real here (this machine's CPUs, node 0's memory), in child processes; the simulator gives the
+topologies.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import child_env
+from forked import forked, value
+from gpuaffinity.core.cpulist import format_cpulist
+from gpuaffinity.numa import bind
+from gpuaffinity.numa.bind import BindRecord
+from test_numa_inprocess import _seccomp_or_skip, _under
+
+CPUS = sorted(os.sched_getaffinity(0))
+ONE_NODE = not os.path.exists("/sys/devices/system/node/node1")
+READBACK = ("import json, os, gpuaffinity.numa.bind as b; mode, nodes = b.get_mempolicy();"
+            "print(json.dumps([sorted(os.sched_getaffinity(0)), mode, sorted(nodes)]))")
+
+
+def gpuaffinity_in(topology, *args, env=None, timeout=120):
+    """``gpuaffinity ARGS`` on the simulated machine ``topology`` (a preset name or a file)."""
+    return subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", str(topology), "--", sys.executable,
+                           "-m", "gpuaffinity", *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def machine_here(tmp_path, gpus: int):
+    """One node of this machine's first two CPUs, with ``gpus`` GPUs on it (PCI 0000:01:00.0, 0000:02:00.0...)."""
+    path = tmp_path / f"here{gpus}.toml"
+    path.write_text(f'name = "here"\n[[numa_node]]\nid = 0\ncpus = "{format_cpulist(CPUS[:2])}"\n' + "".join(
+        f'[[gpu]]\nuuid = "GPU-00000000-0000-0000-0000-00000000000{i}"\npci_bus_id = "0000:0{i + 1}:00.0"\n'
+        f'name = "NVIDIA H100"\nnuma_node = 0\n' for i in range(gpus)))
+    return path
+
+
+# ---- item 3: preferred by default ---------------------------------------------------------------------------
+
+
+def test_the_default_memory_policy_is_preferred_everywhere(tmp_path):
+    """Before: MPOL_BIND (2), which gets a worker OOM-killed where it would have spilled to another node."""
+    out = gpuaffinity_in(machine_here(tmp_path, 1), "bind", "0", "--", sys.executable, "-c", READBACK)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)[1:] == [bind.MPOL_PREFERRED, [0]]
+    # --memory bind is still there, asked for by name
+    out = gpuaffinity_in(machine_here(tmp_path, 1), "bind", "0", "--memory", "bind", "--", sys.executable, "-c",
+                         READBACK)
+    assert json.loads(out.stdout)[1:] == [bind.MPOL_BIND, [0]]
+    import inspect
+
+    from gpuaffinity import placement, ray_check
+    from gpuaffinity.cli import build_parser
+    assert [inspect.signature(f).parameters["memory"].default for f in (placement.plan, placement.bind,
+                                                                         ray_check.check)] == ["preferred"] * 3
+    assert build_parser().parse_args(["ray-check"]).memory == "preferred"
+    assert build_parser().parse_args(["bind", "0", "--dry-run"]).memory == "preferred"
+
+
+RAY_DEFAULT = r"""
+import json, os
+import ray
+from gpuaffinity import ray_worker
+from gpuaffinity.numa.bind import get_mempolicy
+
+os.environ.pop("GPUAFFINITY_RAY_MEMORY", None)
+ray.get_gpu_ids = lambda: ["0"]  # Ray's answer for a task holding GPU 0; the binding itself is real
+os.environ["CUDA_VISIBLE_DEVICES"] = "0"
+ray_worker.setup()
+rec = ray_worker.rebind()
+print(json.dumps([rec.memory, rec.memory_policy, get_mempolicy()[0]]))
+"""
+
+
+def test_the_ray_hook_prefers_by_default(tmp_path):
+    pytest.importorskip("ray")
+    env = {k: v for k, v in os.environ.items() if k != "GPUAFFINITY_RAY_MEMORY"}
+    proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", str(machine_here(tmp_path, 1)), "--",
+                           sys.executable, "-c", RAY_DEFAULT], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == ["preferred", "MPOL_PREFERRED", bind.MPOL_PREFERRED]
+
+
+# ---- the kernel policy in effect, and the fallback where MPOL_PREFERRED_MANY is missing --------------------------
+
+
+def _apply_preferred(nodes):
+    rec = BindRecord(0, "0000:01:00.0", "node", "preferred", tuple(nodes), frozenset(CPUS[:1]))
+    planned = rec.memory_policy
+    bind.apply(rec, "error")
+    return [planned, rec.memory_policy, list(rec.memory_nodes), [[str(n), getattr(n, "kind", "info")]
+                                                                 for n in rec.notes], list(bind.get_mempolicy())]
+
+
+@pytest.mark.skipif(not ONE_NODE, reason="needs a kernel with node 0 only")
+def test_preferred_over_several_nodes_records_the_kernel_policy_and_its_fallback():
+    """Before: set_mempolicy fell back to MPOL_PREFERRED on the first node without a word, and the record said
+    memory 'preferred' over both nodes."""
+    # this kernel has MPOL_PREFERRED_MANY (it takes node 1 of the mask and keeps node 0, the one it has)
+    assert value(forked(_apply_preferred, [0, 1])) == [
+        "MPOL_PREFERRED_MANY", "MPOL_PREFERRED_MANY", [0, 1], [], [bind.MPOL_PREFERRED_MANY, [0]]]
+    # a kernel without it (before 5.15) refuses mode 5 with EINVAL: made so here with a seccomp filter
+    out = _seccomp_or_skip(forked(_under, "set_mempolicy", errno.EINVAL, bind.MPOL_PREFERRED_MANY,
+                                  _apply_preferred, [0, 1]))
+    planned, in_effect, nodes, notes, kernel = value(out)
+    assert (planned, in_effect, nodes, kernel) == ("MPOL_PREFERRED_MANY", "MPOL_PREFERRED", [0],
+                                                   [bind.MPOL_PREFERRED, [0]])
+    assert notes == [["this kernel has no MPOL_PREFERRED_MANY (Linux 5.15 added it): memory prefers node 0 alone "
+                      "(MPOL_PREFERRED), not node(s) 0-1; it still spills to the other nodes when that one is full",
+                      "attention"]]
+    # one node: no fallback, nothing said
+    assert value(forked(_apply_preferred, [0]))[:4] == ["MPOL_PREFERRED", "MPOL_PREFERRED", [0], []]
+
+
+def _refused(nodes):
+    rec = BindRecord(0, "0000:01:00.0", "node", "bind", tuple(nodes), frozenset(CPUS[:1]))
+    bind.apply(rec, "warn")
+    return [rec.memory_applied, rec.memory_policy, rec.summary(), list(bind.get_mempolicy())]
+
+
+@pytest.mark.skipif(not ONE_NODE, reason="needs a kernel with node 0 only")
+def test_a_refused_memory_policy_records_the_policy_left_in_effect():
+    """set_mempolicy(MPOL_BIND, node 1) is EINVAL here: the thread keeps its default policy, and the record says
+    so rather than the policy it asked for."""
+    applied, policy, summary, kernel = value(forked(_refused, [1]))
+    assert (applied, policy, kernel) == (False, "MPOL_DEFAULT", [bind.MPOL_DEFAULT, []])
+    assert summary == f"GPU 0000:01:00.0, mode node: CPUs {CPUS[0]}, memory bind node(s) 1 (not applied)"
+
+
+def test_policy_names_mask_the_mode_flags():
+    assert bind.policy_name(bind.MPOL_PREFERRED_MANY | 1 << 15) == "MPOL_PREFERRED_MANY"
+    assert bind.policy_name(bind.MPOL_BIND) == "MPOL_BIND" and bind.policy_name(9) == "mode 9"
+    assert BindRecord(0, "x", "node", "none", (0,), frozenset()).memory_policy == "none"
+    assert BindRecord(0, "x", "node", "bind", (0, 1), frozenset()).memory_policy == "MPOL_BIND"
+
+
+def test_doctor_shows_the_affinity_and_memory_policy_in_effect(tmp_path):
+    """Before: doctor listed the allowed CPUs only, never the memory policy this process runs with."""
+    topo = machine_here(tmp_path, 1)
+    out = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", str(topo), "--", sys.executable, "-m",
+                          "gpuaffinity", "bind", "0", "--", sys.executable, "-m", "gpuaffinity", "doctor"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    line = next(x for x in out.stdout.splitlines() if "this process is bound to" in x)
+    assert line.split("this process is bound to", 1)[1].strip() == (
+        f"CPUs {format_cpulist(CPUS[:2])}; memory policy MPOL_PREFERRED node(s) 0")
+
+
+# ---- item 5: exclusive is exclusive, or says so ---------------------------------------------------------------
+
+
+@pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs")
+def test_exclusive_with_fewer_cores_than_gpus_warns_names_the_gpus_and_refuses_under_error(tmp_path):
+    """Three GPUs, two CPUs: GPU 1 and GPU 3 get the same CPU.  Before: an attention note only, exit 0 under
+    --on-failure error, and nothing in the record said which GPUs share."""
+    topo = machine_here(tmp_path, 3)
+    shared = "0000:03:00.0"
+    ran = gpuaffinity_in(topo, "bind", "0", "--mode", "exclusive", "--", sys.executable, "-c", READBACK)
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)[0] == CPUS[:1]
+    warning = [x for x in ran.stderr.splitlines() if x.startswith("gpuaffinity: warning:")]
+    assert warning == [f"gpuaffinity: warning: exclusive is not exclusive: GPU 0000:01:00.0 gets CPUs {CPUS[0]}, as "
+                       f"GPU(s) {shared} do: their node(s) 0 have fewer cores allowed here than GPUs"]
+    for how in (["--on-failure", "error"], []):
+        env = dict(os.environ, GPUAFFINITY_ON_FAILURE="error") if not how else None
+        refused = gpuaffinity_in(topo, "bind", "0", "--mode", "exclusive", *how, "--", sys.executable, "-c",
+                                 "print('ran')", env=env)
+        assert refused.returncode == 1 and "ran" not in refused.stdout, (how, refused.stdout, refused.stderr)
+        assert refused.stderr.strip().splitlines()[-1] == (
+            f"gpuaffinity: exclusive is not exclusive: GPU 0000:01:00.0 gets CPUs {CPUS[0]}, as GPU(s) {shared} do: "
+            "their node(s) 0 have fewer cores allowed here than GPUs (nothing was applied)")
+    dry = gpuaffinity_in(topo, "bind", "0", "--mode", "exclusive", "--dry-run")
+    assert f"  shared_with {shared}: exclusive is not exclusive" in dry.stdout, dry.stdout
+    # the GPU in the middle has a CPU of its own: no warning, and it binds under error
+    alone = gpuaffinity_in(topo, "bind", "1", "--mode", "exclusive", "--on-failure", "error", "--", sys.executable,
+                           "-c", READBACK)
+    assert alone.returncode == 0 and json.loads(alone.stdout)[0] == CPUS[1:2], alone.stderr
+    assert "warning" not in alone.stderr
+
+
+PLAN_SHARED = r"""
+import json, warnings, gpuaffinity
+from gpuaffinity.core.errors import BindError, BindWarning
+rec = gpuaffinity.plan(0, mode="exclusive")
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    try:
+        gpuaffinity.bind(2, mode="exclusive", on_failure="error")
+        refused = None
+    except BindError as e:
+        refused = str(e)
+print(json.dumps([list(rec.shared_with), refused, [w.category.__name__ for w in caught]]))
+"""
+
+
+@pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs")
+def test_plan_lists_the_gpus_sharing_the_share(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", str(machine_here(tmp_path, 3)), "--",
+                           sys.executable, "-c", PLAN_SHARED], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    shared, refused, caught = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert shared == ["0000:03:00.0"]
+    assert refused == (f"exclusive is not exclusive: GPU 0000:03:00.0 gets CPUs {CPUS[0]}, as GPU(s) 0000:01:00.0 "
+                       "do: their node(s) 0 have fewer cores allowed here than GPUs (nothing was applied)")
+    assert caught == []  # refused, not warned
+
+
+# ---- item 6: one meaning per field name -----------------------------------------------------------------------
+
+FIELDS = r"""
+import json, subprocess, sys, gpuaffinity
+resolved = json.loads(subprocess.run([sys.executable, "-m", "gpuaffinity", "resolve", "--json", "2"],
+                                     capture_output=True, text=True, check=True).stdout)[0]
+rec = gpuaffinity.plan(2, mode="socket")
+dry = subprocess.run([sys.executable, "-m", "gpuaffinity", "bind", "2", "--mode", "socket", "--dry-run"],
+                     capture_output=True, text=True, check=True).stdout
+print(json.dumps([resolved, {"numa_nodes": list(rec.numa_nodes), "cpus": sorted(rec.cpus),
+                             "bind_cpus": sorted(rec.bind_cpus), "memory_nodes": list(rec.memory_nodes),
+                             "memory_policy": rec.memory_policy}, dry]))
+"""
+
+
+def test_one_name_one_value_across_resolve_plan_and_dry_run(sim_factory):
+    """Socket mode on a sub-NUMA-clustered Xeon: the GPU sits on node 1, its socket holds nodes 0 and 1.
+    Before: plan()'s numa_nodes were (0, 1) and its cpus the socket's, where resolve --json said [1] and node
+    1's CPUs."""
+    machine = sim_factory("xeon-snc2")
+    proc = subprocess.run([sys.executable, "-c", FIELDS], env=child_env(machine), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    resolved, planned, dry = json.loads(proc.stdout.strip().splitlines()[-1])
+    shown = dict(re.findall(r"(\w+) ([^;\n]+)", "\n".join(x for x in dry.splitlines() if x.startswith("  ")
+                                                         and not x.startswith("  note"))))
+    assert resolved["numa_nodes"] == planned["numa_nodes"] == [1]
+    assert resolved["cpus"] == format_cpulist(planned["cpus"]) == shown["cpus"] == "20-39,100-119"
+    assert shown["numa_nodes"] == "1"
+    # the binding's own fields: the socket's CPUs and nodes, under their own names
+    assert format_cpulist(planned["bind_cpus"]) == shown["bind_cpus"] == "0-39,80-119"
+    assert planned["memory_nodes"] == [0, 1] and shown["memory_nodes"] == "0-1"
+    assert planned["memory_policy"] == shown["memory_policy"] == "MPOL_PREFERRED_MANY"
+
+
+PROBE = r"""
+import json, os
+from gpuaffinity import _ray_probe
+out = {"affinity": sorted(os.sched_getaffinity(0)), "ray_gpu_ids": ["0"], "node_id": "n" * 56, "pid": 1,
+       "error": None}
+_ray_probe._facts(out, "exclusive")
+print(json.dumps({k: out[k] for k in ("numa_nodes", "cpus", "bind_cpus", "memory_nodes", "shared_with", "memory")}))
+"""
+
+
+@pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs")
+def test_the_ray_probe_reports_the_same_names(tmp_path):
+    """The probe's row: numa_nodes and cpus the GPU's (as resolve --json), bind_cpus the mode's share (before:
+    gpu_cpus), the GPUs sharing it, and the kernel's name of the memory policy in effect."""
+    topo = machine_here(tmp_path, 3)
+    proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", str(topo), "--", sys.executable, "-m",
+                           "gpuaffinity", "bind", "0", "--mode", "exclusive", "--", "env", "CUDA_VISIBLE_DEVICES=0",
+                           sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got == {"numa_nodes": [0], "cpus": format_cpulist(CPUS[:2]), "bind_cpus": str(CPUS[0]),
+                   "memory_nodes": [0], "shared_with": ["0000:03:00.0"],
+                   "memory": {"policy": "preferred", "nodes": [0], "kernel": "MPOL_PREFERRED"}}
+
+
+def test_ray_check_judges_preferred_over_several_nodes_and_its_fallback():
+    from gpuaffinity.ray_check import judge
+    from ray_rows import probed
+
+    two = {"numa_nodes": [0, 1], "memory_nodes": [0, 1], "cpus": "0-7", "bind_cpus": "0-7",
+           "affinity": list(range(8))}
+    many = judge(probed(**two, memory={"policy": "preferred", "nodes": [0, 1], "kernel": "MPOL_PREFERRED_MANY"}),
+                 "node", "preferred", 60)
+    assert (many["status"], many["notes"]) == ("ok", [])
+    fallback = judge(probed(**two, memory={"policy": "preferred", "nodes": [0], "kernel": "MPOL_PREFERRED"}),
+                     "node", "preferred", 60)
+    assert fallback["status"] == "ok" and fallback["notes"] == [
+        "memory prefers node(s) 0 alone (MPOL_PREFERRED), not all of 0-1: this kernel has no MPOL_PREFERRED_MANY "
+        "(Linux 5.15 added it); it still spills to the other nodes"]
+    asked_bind = judge(probed(**two, memory={"policy": "preferred", "nodes": [0, 1], "kernel": "MPOL_PREFERRED_MANY"}),
+                       "node", "bind", 60)
+    assert asked_bind["status"] == "unbound"
+
+
+def test_ray_check_says_no_node_without_contradicting_the_locality_notes():
+    """Before: 'numa_node = -1, no NVML affinity', beside a locality note saying NVML named node 0."""
+    from gpuaffinity.ray_check import judge
+    from ray_rows import probed
+
+    row = judge(probed(numa_nodes=[], memory_nodes=[], bind_cpus="", affinity=list(range(8)),
+                       memory={"policy": "default", "nodes": [], "kernel": "MPOL_DEFAULT"}), "node", "preferred", 60)
+    assert row["status"] == "ok" and row["notes"] == [
+        "the GPU has no NUMA node (its locality notes say why): nothing to bind to, the worker keeps all its CPUs"]
