@@ -36,8 +36,8 @@ def test_host_numbers_in_a_job_are_an_error_that_says_what_to_write(sim_factory)
     line = one_line(out)
     assert "this process sees no CUDA device" in line
     assert "write CUDA_VISIBLE_DEVICES=0,1" in line
-    assert f"0: {host[2].pci_bus_id} ({host[2].uuid[:12]}, the host's GPU 2)" in line
-    assert f"1: {host[5].pci_bus_id} ({host[5].uuid[:12]}, the host's GPU 5)" in line
+    assert f"0: {host[2].pci_bus_id} ({host[2].uuid[:12]}, nvidia-smi's GPU 2)" in line
+    assert f"1: {host[5].pci_bus_id} ({host[5].uuid[:12]}, nvidia-smi's GPU 5)" in line
     out = cli(machine, "bind", "0", "--", "true", cvd="2,5")
     assert out.returncode == 1
     line = one_line(out)
@@ -65,12 +65,12 @@ def test_doctor_never_says_no_warnings_over_zero_devices(sim_factory):
 def test_no_device_is_one_line_naming_what_this_process_can_open(sim_factory, cvd, why):
     machine = sim_factory("dgx-h100")
     out = cli(machine, "resolve", "--json", cvd=cvd)
-    assert out.returncode == 1 and out.stdout == ""
+    assert out.returncode == 1 and json.loads(out.stdout) == []
     line = one_line(out)
     assert why in line
     assert "it can open 8 GPU(s), numbered here 0: " in line
     assert all(f"{i}: {g.pci_bus_id} ({g.uuid[:12]})" in line for i, g in enumerate(machine.topology.gpus))
-    assert "the host's GPU" not in line  # here the process may open every GPU: no second numbering
+    assert "nvidia-smi's GPU" not in line  # here the process may open every GPU: no second numbering
 
 
 def test_a_range_is_read_as_its_first_number_and_the_warning_says_how_to_write_it(sim_factory):
@@ -141,15 +141,20 @@ def test_no_device_text_maps_host_numbers_only_where_every_entry_is_one_of_ours(
                                                           for i, g in enumerate(mine)], host)
 
     assert "write CUDA_VISIBLE_DEVICES=1,0" in text("2,1")
-    assert "look like the host's numbers" not in text("3,1")  # host GPU 3 is not this process's
-    assert "look like the host's numbers" not in text("7")
-    assert "it can open 2 GPU(s), numbered here 0: 0000:01:00.0 (GPU-11000000, the host's GPU 1), 1: 0000:02:00.0 " \
-           "(GPU-22000000, the host's GPU 2)" in text("7")
+    # found by attacking the change: a suggestion the driver would refuse (a GPU twice), or one as long as the
+    # value (a 200 KB list of the same number), is no suggestion
+    assert "look like nvidia-smi's numbers" not in text("2,2")
+    assert "look like nvidia-smi's numbers" not in text("2,1,2")
+    assert "look like nvidia-smi's numbers" not in text("2-3")  # not a plain number: no mapping guessed
+    assert "look like nvidia-smi's numbers" not in text("3,1")  # host GPU 3 is not this process's
+    assert "look like nvidia-smi's numbers" not in text("7")
+    assert "it can open 2 GPU(s), numbered here 0: 0000:01:00.0 (GPU-11000000, nvidia-smi's GPU 1), 1: 0000:02:00.0 " \
+           "(GPU-22000000, nvidia-smi's GPU 2)" in text("7")
 
 
 class _Gpu:
     def __init__(self, uuid: str, bus: str) -> None:
-        self.uuid, self.pci_bus_id = uuid, bus
+        self.uuid, self.pci_bus_id, self.migs = uuid, bus, ()
 
 
 def test_a_selector_says_whether_it_matched_nothing_or_too_much(sim_factory):
@@ -195,3 +200,92 @@ def test_a_topology_path_that_is_no_file_says_what_it_is(tmp_path, monkeypatch):
     assert sim_check("dgx-h100").stdout.split(":", 2)[1].strip() == "dgx-h100"
     assert "vm-4gpu:" in sim_check("vm-4gpu").stdout.splitlines()[0]
     assert "at least one [[numa_node]] is required" in one_line(sim_check("./vm-4gpu"))  # ./NAME: the file
+
+
+def test_mixed_models_get_uuids_not_numbers(tmp_path):
+    env_run = [sys.executable, "-m", "gpuaffinity", "sim", "run", "mixed-4gpu", "--gpus", "0,3", "--others",
+               "absent", "--"]
+
+    def run(cvd: str, *cmd: str) -> subprocess.CompletedProcess:
+        import os
+
+        env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")}
+        env["CUDA_VISIBLE_DEVICES"] = cvd
+        return subprocess.run([*env_run, *cmd], env=env, capture_output=True, text=True, timeout=120)
+
+    line = one_line(run("3", sys.executable, "-m", "gpuaffinity", "resolve"))
+    assert "numbered here" not in line and "CUDA numbers them fastest first" in line
+    suggestion = line.split("write CUDA_VISIBLE_DEVICES=", 1)[1].split(",", 1)[0]
+    assert suggestion.startswith("GPU-")
+    out = run(suggestion, sys.executable, "-m", "gpuaffinity", "resolve", "--json")
+    assert out.returncode == 0, out.stderr
+    assert [d["pci_bus_id"] for d in json.loads(out.stdout)] == ["0000:c1:00.0"]  # nvidia-smi's GPU 3, as said
+    assert "nvidia-smi's GPU 3" in line and "0000:c1:00.0" in line
+
+
+def test_the_host_number_suggestion_names_the_gpus_it_says(sim_factory):
+    machine = sim_factory("slurm-2of8")
+    host = machine.topology.gpus
+    line = one_line(cli(machine, "resolve", cvd="5,2"))
+    suggestion = line.split("write CUDA_VISIBLE_DEVICES=", 1)[1].split(",", 2)
+    cvd = ",".join(suggestion[:2]).split(" ")[0].rstrip(",")
+    assert cvd == "1,0"
+    out = cli(machine, "resolve", "--json", cvd=cvd)
+    assert [d["pci_bus_id"] for d in json.loads(out.stdout)] == [host[5].pci_bus_id, host[2].pci_bus_id]
+
+
+def test_a_mig_gpu_without_an_instance_is_not_offered_as_a_number(sim_factory):
+    machine = sim_factory("mig-a100")
+    out = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", "mig-a100", "--mig",
+                          "MIG-234fbb23-dcf9-1c31-18a0-e3334436a18f", "--", sys.executable, "-m", "gpuaffinity",
+                          "resolve"], env=child_env(machine, "0"), capture_output=True, text=True, timeout=120)
+    line = one_line(out)
+    gpus = machine.topology.gpus
+    assert f"0: {gpus[1].pci_bus_id}" in line and f"0: {gpus[0].pci_bus_id}" not in line
+    assert f"{gpus[0].pci_bus_id} ({gpus[0].uuid[:12]}) in MIG mode show(s) no CUDA device unless named by a " \
+           "MIG UUID" in line
+
+
+def test_resolve_json_with_no_device_prints_an_empty_array_and_fails(sim_factory):
+    out = cli(sim_factory("dgx-h100"), "resolve", "--json", cvd="")
+    assert out.returncode == 1 and json.loads(out.stdout) == [] and len(out.stderr.splitlines()) == 1
+
+
+def test_a_range_is_spelled_out_only_as_far_as_this_process_numbers_gpus(sim_factory):
+    out = cli(sim_factory("slurm-2of8"), "resolve", cvd="0-3")
+    assert out.returncode == 0
+    assert one_line(out).endswith("CUDA_VISIBLE_DEVICES has no ranges: write 0,1 (this process's GPUs are "
+                                  "numbered 0-1)")
+
+
+def test_a_number_cut_to_32_bits_is_said(sim_factory):
+    out = cli(sim_factory("dgx-h100"), "resolve", "--json", cvd="4294967297")
+    assert [d["nvml_index"] for d in json.loads(out.stdout)] == [1]
+    assert one_line(out) == ("gpuaffinity: warning: CUDA_VISIBLE_DEVICES='4294967297': entry 0 ('4294967297') is "
+                             "read as 1: the driver cuts the number to 32 bits")
+
+
+def test_a_mig_selector_in_the_path_form_is_taken(sim_factory):
+    machine = sim_factory("mig-a100")
+    gpu = next(g for g in machine.topology.gpus if g.migs)
+    mig = gpu.migs[0]
+    path = f"MIG-{gpu.uuid}/{mig.gpu_instance}/{mig.compute_instance}"
+    out = cli(machine, "resolve", path, "--json")
+    assert out.returncode == 0, out.stderr
+    assert [(d["pci_bus_id"], d["mig_uuid"]) for d in json.loads(out.stdout)] == [(gpu.pci_bus_id, mig.uuid)]
+    bad = f"MIG-{gpu.uuid}/99/0"
+    assert "names no MIG instance (MIG-GPU-<uuid>/<gpu instance>/<compute instance>)" in one_line(
+        cli(machine, "resolve", bad))
+
+
+def test_an_ambiguous_prefix_says_a_match_is_a_gpu_this_process_cannot_open(sim_factory):
+    line = one_line(cli(sim_factory("slurm-2of8"), "bind", "GPU-2", "--dry-run", cvd="0,1"))
+    assert "'GPU-2' matches 2 GPU UUIDs (a prefix must be unique); 1 of them is a GPU of the host this process " \
+           "cannot open" in line
+
+
+def test_an_empty_topology_name_is_no_topology():
+    out = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", "", "--", "true"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 1 and one_line(out) == ("gpuaffinity: '': no topology given: name a preset "
+                                                     "(`gpuaffinity sim list`) or a topology file")

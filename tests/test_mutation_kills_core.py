@@ -334,6 +334,8 @@ def test_validate_names_the_plugin_and_what_is_wrong(strategy, what):
                             f"a strategy {pl._short(strategy)} that {what}; fix it, or disable the plugin with "
                             "GPUAFFINITY_DISABLE=ext")
     pl.validate(Good(), owner)  # a usable one passes
+    for falsy in (0, None, False):  # found by attacking the change: a falsy asks_driver claims nothing
+        pl.validate(types.SimpleNamespace(name="ok", priority=1, answer=lambda c, i: None, asks_driver=falsy), owner)
 
 
 def _plugin_module(monkeypatch, name, strategies):

@@ -131,3 +131,22 @@ def test_a_lost_gpu_does_not_stop_binding_another():
     assert out.returncode == 0 and out.stdout.startswith("would bind: GPU 0000:61:00.0"), out.stderr
     out = bind("0")
     assert out.returncode == 1 and out.stderr.startswith("gpuaffinity: GPU 0000:1b:00.0 is lost")
+
+
+@pytest.mark.parametrize("fault", ["nvmlInitWithFlags=9", "nvmlInit=0x9", "nvmlInit_v2=9"])
+def test_no_driver_is_read_as_the_libraries_read_a_fault(fault):
+    """Found by attacking the change: only the literal text nvmlInit=9 made the driver-less host, while the
+    libraries also take the variants' names and any base strtol reads."""
+    out = _sim_run("--fault", fault, "dgx-h100", "--", sys.executable, "-m", "gpuaffinity", "resolve")
+    assert out.returncode == 1 and "Driver Not Loaded" in out.stderr
+    code = ("import pynvml\ntry:\n    pynvml.nvmlInit()\nexcept pynvml.NVMLError as e:\n    print(e.value)")
+    assert _sim_run("--fault", fault, "dgx-h100", "--", sys.executable, "-c", code).stdout.strip() == "9"
+
+
+def test_a_lost_gpu_in_an_nvml_listed_view_is_a_gpu_lost_error_too():
+    """Found by attacking the change: where the list comes from NVML (a job that may open 2 of 8 GPUs), a lost
+    GPU was an InventoryError, not the GpuLostError the docs promise."""
+    code = ("import gpuaffinity\ntry:\n    gpuaffinity.resolve_all()\nexcept gpuaffinity.GpuLostError as e:\n"
+            "    print('lost:', e)")
+    out = _sim_run("--fault", "nvmlDeviceGetHandleByIndex=0xf", "slurm-2of8", "--", sys.executable, "-c", code)
+    assert out.stdout.startswith("lost: a GPU is lost: NVML failed while reading GPU 0"), out.stderr

@@ -165,9 +165,11 @@ def run_resolution(*, policy: str | None = None, disable: Iterable[str] | str | 
     by_driver = must_count and ctx.visible != len(grammar.devices)  # the driver's count replaced the reading
     if not by_driver:
         out.warnings.extend((VisibleDevicesWarning, f"gpuaffinity: CUDA_VISIBLE_DEVICES={shown(ctx.cvd)}: {note}")
-                            for note in reading_notes(ctx.cvd, grammar, stop=ctx.visible > 0))
+                            for note in reading_notes(ctx.cvd, grammar, stop=ctx.visible > 0,
+                                                      count=len(inventory.gpus)))
     if ctx.visible == 0:
-        out.no_device = no_device_text(ctx.cvd, grammar, inventory.gpus, inventory.host_uuids, by_driver)
+        pci_order = st.device_order == "PCI_BUS_ID" or inventory.uniform  # else FASTEST_FIRST: only CUDA knows it
+        out.no_device = no_device_text(ctx.cvd, grammar, inventory.gpus, inventory.host_uuids, by_driver, pci_order)
         out.warnings.append((NoDeviceWarning, f"gpuaffinity: {out.no_device}"))
     for i in range(ctx.visible):
         try:

@@ -467,6 +467,8 @@ def _resolve(args: argparse.Namespace) -> int:
 
         _print_warnings(caught, but=NoDeviceWarning)
         _say(f"gpuaffinity: {no_device_reason(**_options(args))}")
+        if args.json:
+            print("[]")  # what a script parses stays JSON; the exit status says it is no answer
         return EXIT_ERROR
     _print_warnings(caught)
     late = [d.pci_bus_id for d in devices if d.pci_bus_id not in early]

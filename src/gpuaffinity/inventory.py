@@ -33,7 +33,7 @@ import errno
 import os
 import stat
 
-from gpuaffinity.core.errors import GpuAffinityError, InventoryError, NoDriverError
+from gpuaffinity.core.errors import GpuAffinityError, GpuLostError, InventoryError, NoDriverError
 from gpuaffinity.core.model import GpuInfo, Inventory, MigInfo, normalize_bus_id
 from gpuaffinity.core.record import record
 from gpuaffinity.core.settings import DEV_VAR, PROCFS_VAR, SOURCE_VAR, SYSFS_VAR
@@ -233,7 +233,7 @@ def read_inventory_nvml() -> Inventory:
 
     Through ``gpuaffinity.nvml_lite``: the C calls pynvml makes, without pynvml's import (about 0.1 s of a
     fresh process on the lent H200 host, where a process that can open only some GPUs needs this list)."""
-    from gpuaffinity.nvml_lite import NvmlLiteError, Session
+    from gpuaffinity.nvml_lite import GPU_IS_LOST, NvmlLiteError, Session
 
     try:
         nv = Session()
@@ -258,6 +258,10 @@ def read_inventory_nvml() -> Inventory:
             gpus.append(GpuInfo(i, nv.uuid(h), bus, nv.name(h), migs, enabled))
         return Inventory(tuple(gpus), source="nvml")
     except NvmlLiteError as e:
+        if e.code == GPU_IS_LOST:  # as the locality says it (numa/query.py): a GpuLostError, named
+            raise GpuLostError(f"a GPU is lost: NVML failed while {step}: {e}, so it has fallen off the bus; the GPU "
+                               "list cannot be read until it is reset or the host rebooted (the kernel log says "
+                               "more: Xid 79)") from None
         raise InventoryError(_too_old(e) or f"NVML failed while {step}: {e}; the GPU list cannot be trusted, so "
                              "nothing is resolved (nvidia-smi shows whether the driver is healthy)") from None
     finally:

@@ -43,6 +43,10 @@ NVML_DEVICE_MIG_ENABLE = 1
 _TEXT = 96  # NVML_DEVICE_UUID_V2_BUFFER_SIZE and NVML_DEVICE_NAME_V2_BUFFER_SIZE
 
 
+#: NVML_ERROR_GPU_IS_LOST: the GPU has fallen off the bus
+GPU_IS_LOST = 15
+
+
 class NvmlLiteError(Exception):
     """An NVML call failed: ``code`` is NVML's return code (-1: the library could not be loaded)."""
 

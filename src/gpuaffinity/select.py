@@ -49,7 +49,7 @@ def by_selector(selector: str, policy: str | None, disable: Iterable[str] | None
 def _by_selector_locked(selector: str, policy: str | None, disable: Iterable[str] | None,
                         allow_subprocess: bool) -> PhysicalDevice:
     from gpuaffinity.api import _resolved
-    from gpuaffinity.core.cvd import no_match_reason, prefix_hits
+    from gpuaffinity.core.cvd import find_mig, no_match_reason, prefix_hits
     from gpuaffinity.inventory import read_inventory
 
     inv = read_inventory()
@@ -60,11 +60,18 @@ def _by_selector_locked(selector: str, policy: str | None, disable: Iterable[str
             from gpuaffinity.inventory import read_inventory_nvml
             inv = read_inventory_nvml()
         migs = [(g, m) for g in inv.gpus for m in g.migs]
-        hits = prefix_hits([m.uuid[4:] for _g, m in migs], selector[4:])
+        if selector.startswith("MIG-GPU-"):  # MIG-GPU-<uuid>/<gi>/<ci>, the form CUDA_VISIBLE_DEVICES takes too
+            found = find_mig(selector, inv.gpus)
+            hits = [] if found is None else [next(i for i, (g, m) in enumerate(migs) if g is inv.gpus[found[0]]
+                                                  and m is inv.gpus[found[0]].migs[found[1]])]
+            why = "names no MIG instance (MIG-GPU-<uuid>/<gpu instance>/<compute instance>)"
+        else:
+            hits = prefix_hits([m.uuid[4:] for _g, m in migs], selector[4:])
+            why = no_match_reason(len(hits), "MIG UUID")
         if len(hits) == 1:
             gpu, mig = migs[hits[0]][0], migs[hits[0]][1].uuid
-        why = (no_match_reason(len(hits), "MIG UUID") if migs else
-               "names no MIG instance: none of the GPUs this process can open has MIG instances")
+        if not migs:
+            why = "names no MIG instance: none of the GPUs this process can open has MIG instances"
     elif selector.startswith("GPU-"):
         # as the driver decides a prefix: unique among every GPU of the host, and one this process can open
         hits = prefix_hits([g.uuid[4:] for g in inv.gpus] + [h[4:] for h in inv.hidden], selector[4:])
@@ -73,6 +80,9 @@ def _by_selector_locked(selector: str, policy: str | None, disable: Iterable[str
                                         f"open ({inv.hidden[hits[0] - len(inv.gpus)]})")
         gpu = inv.gpus[hits[0]] if len(hits) == 1 else None
         why = no_match_reason(len(hits))
+        away = sum(1 for h in hits if h >= len(inv.gpus))
+        if len(hits) > 1 and away:
+            why += f"; {away} of them {'is a GPU' if away == 1 else 'are GPUs'} of the host this process cannot open"
     else:
         gpu = inv.by_bus(selector)  # parse_selector gave the full sysfs form
     if gpu is None:

@@ -292,7 +292,7 @@ def apply_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] |
             return done(f"{where} is not in a documented plain form")
         if uuid_list:
             if entry.startswith("MIG-"):
-                found = _find_mig(entry, gpus)
+                found = find_mig(entry, gpus)
                 if found is None:
                     return done(f"{where} names no MIG instance", unmatched=True)
                 if any(d.mig is not None for d in out):
@@ -345,7 +345,8 @@ def _plain_entry(entry: str, uuid_list: bool) -> bool:
     return entry.startswith(("GPU-", "MIG-")) and _plain_prefix(entry[4:])
 
 
-def _find_mig(entry: str, gpus: Sequence[_Gpu]) -> tuple[int, int] | None:
+def find_mig(entry: str, gpus: Sequence[_Gpu]) -> tuple[int, int] | None:
+    """(GPU position, MIG position) of the MIG instance a ``MIG-…`` entry names, either form, as the driver reads it."""
     m = _mig_path(entry)
     if m:
         for gi_, g in enumerate(gpus):
@@ -374,8 +375,9 @@ def _digits_end(entry: str) -> int | None:
     return None if j == i else j
 
 
-def _as_range(entry: str) -> str | None:
-    """``0-3`` (a range as a user means it) written out as ``0,1,2,3``; None when the entry is no small range."""
+def _as_range(entry: str, count: int | None) -> str | None:
+    """``0-3`` (a range as a user means it) written out as ``0,1,2,3``, cut to the ``count`` GPUs numbered here
+    (None: not cut); None when the entry is no small range, or names none of them."""
     first, dash, last = entry.strip().partition("-")
     last = last.strip()
     if not dash or not all(c in DIGITS for c in first + last) or not 0 < len(first) <= 9 or not 0 < len(last) <= 9:
@@ -383,16 +385,21 @@ def _as_range(entry: str) -> str | None:
     a, b = int(first), int(last)
     if not a < b <= a + 63:
         return None
-    return ",".join(str(i) for i in range(a, b + 1))
+    top = b if count is None else min(b, count - 1)
+    if top < a:
+        return None
+    spelled = ",".join(str(i) for i in range(a, top + 1))
+    return spelled if top == b else f"{spelled} (this process's GPUs are numbered 0-{count - 1})"  # type: ignore
 
 
-def reading_notes(cvd: str | None, result: CvdResult, stop: bool = True) -> list[str]:
+def reading_notes(cvd: str | None, result: CvdResult, stop: bool = True, count: int | None = None) -> list[str]:
     """Where the driver reads CUDA_VISIBLE_DEVICES otherwise than a person would: entries it reads only in part
-    (``0-3`` is GPU 0: the digits, then nothing), and the entry where it stops reading (every entry from there
-    on is ignored, and no error is given).  Each note says how the driver read it and, where it can tell, what
-    to write instead.  Empty for an unset or empty value (both documented: every GPU, none) and for a value the
-    driver refuses outright (that is an error of its own).  ``stop``: include the note on where reading stopped
-    (``no_device_text`` says it where nothing is visible)."""
+    (``0-3`` is GPU 0: the digits, then nothing) or cut to 32 bits (4294967297 is 1), and the entry where it
+    stops reading (every entry from there on is ignored, and no error is given).  Each note says how the driver
+    read it and, where it can tell, what to write instead.  Empty for an unset or empty value (both documented:
+    every GPU, none) and for a value the driver refuses outright (that is an error of its own).  ``stop``:
+    include the note on where reading stopped (``no_device_text`` says it where nothing is visible).
+    ``count``: how many GPUs integers index here (a range is spelled out no further)."""
     if not cvd or result.error == CUDA_ERROR_INVALID_DEVICE:
         return []
     entries = cvd.split(",")
@@ -402,11 +409,16 @@ def reading_notes(cvd: str | None, result: CvdResult, stop: bool = True) -> list
         for pos, entry in enumerate(entries[:used]):
             end = _digits_end(entry)
             rest = entry[end:] if end is not None else ""
+            value = strtoul32(entry)
             if not rest.strip(" \t\n\v\f\r"):
+                digits = entry.strip(" \t\n\v\f\r+").lstrip("0") or "0"
+                if len(digits) > 10 or int(digits) != value:
+                    notes.append(f"entry {pos} ({shown(entry, 80)}) is read as {value}: the driver cuts the number "
+                                 "to 32 bits")
                 continue
-            note = (f"entry {pos} ({shown(entry, 80)}) is read as {strtoul32(entry)}: the driver takes the digits "
+            note = (f"entry {pos} ({shown(entry, 80)}) is read as {value}: the driver takes the digits "
                     f"and ignores the rest ({shown(rest, 40)})")
-            spelled = _as_range(entry)
+            spelled = _as_range(entry, count)
             if spelled:
                 note += f"; CUDA_VISIBLE_DEVICES has no ranges: write {spelled}"
             notes.append(note)
@@ -420,43 +432,72 @@ def reading_notes(cvd: str | None, result: CvdResult, stop: bool = True) -> list
     return notes
 
 
+def short_uuid(uuid: str, every: Sequence[str]) -> str:
+    """The shortest of ``GPU-`` plus 8 hex digits, or the whole UUID, that names ``uuid`` alone among ``every``
+    (UUIDs, its own included) as the driver matches a prefix."""
+    short = uuid[:12]
+    return short if len(prefix_hits([u[4:] for u in every], short[4:])) == 1 else uuid
+
+
 def no_device_text(cvd: str | None, result: CvdResult, gpus: Sequence[object], host_uuids: Sequence[str] = (),
-                   driver_count: bool = False) -> str:
+                   driver_count: bool = False, pci_order: bool = True) -> str:
     """One line for a process that sees no CUDA device: why, which GPUs it can open and how CUDA numbers them
-    here, and what to write.  ``gpus``: the GPUs it can open (``GpuInfo``: uuid, pci_bus_id), in PCI order;
-    ``host_uuids``: every GPU of the host in PCI order (the host's numbering, which a job's user often writes by
-    mistake); ``driver_count``: the CUDA driver itself counted no device, whatever the grammar read."""
+    here, and what to write.  ``gpus``: the GPUs it can open (``GpuInfo``: uuid, pci_bus_id, migs), in PCI
+    order; ``host_uuids``: every GPU of the host in PCI order (nvidia-smi's numbering on the host, which a job's
+    user often writes by mistake); ``driver_count``: the CUDA driver itself counted no device, whatever the
+    grammar read; ``pci_order``: CUDA's numbering is PCI order here (CUDA_DEVICE_ORDER=PCI_BUS_ID, or one GPU
+    model); else it is FASTEST_FIRST over mixed models, which only CUDA knows, and no number is offered."""
     host = [u.lower() for u in host_uuids]
-    where = {g.uuid.lower(): i for i, g in enumerate(gpus)}  # type: ignore[attr-defined]
     if not gpus:
         if host:
             return (f"this process sees no CUDA device: it can open none of the host's {len(host)} GPU(s) (their "
                     "device nodes are absent or refused here: a device cgroup or a container keeps them away); "
                     "run it where the scheduler gives it a GPU")
         return "this process sees no CUDA device: NVML lists no GPU it can open"
-    listed = ", ".join(
-        f"{i}: {g.pci_bus_id} ({g.uuid[:12]}"  # type: ignore[attr-defined]
-        + (f", the host's GPU {host.index(g.uuid.lower())}" if len(host) > len(gpus) and g.uuid.lower() in host
-           else "") + ")"
-        for i, g in enumerate(gpus))
-    can = f"it can open {len(gpus)} GPU(s), numbered here {listed}"
+    uuids = [g.uuid for g in gpus]  # type: ignore[attr-defined]
+    every = list(dict.fromkeys([*uuids, *host_uuids]))
+    # what CUDA shows with the variable unset: every GPU, but a GPU in MIG mode only as a MIG instance it may use
+    shows = [d.gpu for d in apply_cvd(None, gpus).devices]  # type: ignore[arg-type]
+
+    def tag(g: int) -> str:
+        u = uuids[g].lower()
+        smi = f", nvidia-smi's GPU {host.index(u)}" if len(host) > len(gpus) and u in host else ""
+        return f"{gpus[g].pci_bus_id} ({short_uuid(uuids[g], every)}{smi})"  # type: ignore[attr-defined]
+
+    if pci_order:
+        can = f"it can open {len(gpus)} GPU(s), numbered here " + ", ".join(f"{i}: {tag(g)}"
+                                                                            for i, g in enumerate(shows))
+    else:
+        can = (f"it can open {len(gpus)} GPU(s): " + ", ".join(tag(g) for g in shows) + " (CUDA numbers them "
+               "fastest first, which on this mix of models only CUDA knows: name them by UUID, or set "
+               "CUDA_DEVICE_ORDER=PCI_BUS_ID to number them in this order)")
+    silent = [g for g in range(len(gpus)) if g not in shows]
+    if silent:
+        can += ("; " + ", ".join(tag(g) for g in silent) + " in MIG mode show(s) no CUDA device unless named by a "
+                "MIG UUID this process may use (one MIG device a process)")
     if cvd == "":
         return (f"this process sees no CUDA device: CUDA_VISIBLE_DEVICES is empty, which hides every GPU; {can}: "
-                "unset the variable, or name the GPUs to use (CUDA_VISIBLE_DEVICES=0)")
+                "unset the variable, or name the GPUs to use")
     if driver_count:
         return (f"this process sees no CUDA device: the CUDA driver counts none for CUDA_VISIBLE_DEVICES="
                 f"{shown(cvd)}; {can}")
     if cvd is None:
-        return (f"this process sees no CUDA device: every GPU it can open is in MIG mode with no MIG instance it may "
-                f"use; {can}")
+        return f"this process sees no CUDA device: no GPU it can open shows as one; {can}"
     why = f"the driver stops reading where {result.stopped}" if result.stopped else "it names none of them"
-    fix = "write those numbers, or UUIDs as `gpuaffinity doctor` lists them, or unset the variable"
-    if not cvd.startswith(("GPU-", "MIG-")) and len(host) > len(gpus):
-        # the classic mistake in a job: the host's numbers, where CUDA numbers only the job's GPUs
-        mine = [where.get(host[n]) if (n := strtoul32(e)) is not None and n < len(host) else None
-                for e in cvd.split(",")]
-        if mine and all(m is not None for m in mine):
-            fix = (f"these look like the host's numbers; CUDA numbers only this process's GPUs: write "
-                   f"CUDA_VISIBLE_DEVICES={','.join(str(m) for m in mine)}, or unset it")
+    fix = "name them as listed, or unset the variable"
+    entries = cvd.split(",")
+    if not cvd.startswith(("GPU-", "MIG-")) and len(host) > len(gpus) and len(entries) <= len(gpus) \
+            and all(_plain_int(e.strip(" \t\n\v\f\r")) for e in entries):
+        # the classic mistake in a job: nvidia-smi's numbers on the host, where CUDA numbers only the job's GPUs
+        mine = [uuids.index(host_uuids[int(e)]) if int(e) < len(host) and host_uuids[int(e)] in uuids else None
+                for e in entries]
+        if mine and None not in mine and len(set(mine)) == len(mine) and all(m in shows for m in mine):
+            if pci_order:
+                fix = ("these look like nvidia-smi's numbers on the host; CUDA numbers only this process's GPUs: "
+                       f"write CUDA_VISIBLE_DEVICES={','.join(str(shows.index(m)) for m in mine)}, or unset it")
+            else:
+                fix = ("these look like nvidia-smi's numbers on the host; CUDA numbers only this process's GPUs: "
+                       f"write CUDA_VISIBLE_DEVICES={','.join(short_uuid(uuids[m], every) for m in mine)}, or "
+                       "unset it")
     return f"this process sees no CUDA device: CUDA_VISIBLE_DEVICES={shown(cvd)} names none of its GPUs ({why}); " \
            f"{can}: {fix}"

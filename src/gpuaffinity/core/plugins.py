@@ -226,7 +226,7 @@ def validate(s: object, owner: object) -> None:
     budget = getattr(s, "budget", OPTIONAL["budget"])
     if isinstance(budget, bool) or not isinstance(budget, int | float) or not 0 < budget <= 3600:
         raise bad(f"has budget {budget!r}: want seconds, more than 0 and at most 3600")
-    if getattr(s, "asks_driver", OPTIONAL["asks_driver"]) is not False:
+    if getattr(s, "asks_driver", OPTIONAL["asks_driver"]):
         # the CUDA driver's answer is final over every other (core/chain.py): only the built-in pci strategy, which
         # asks the driver itself, may say it is the driver
         raise bad("claims asks_driver: only the built-in pci strategy speaks for the CUDA driver, whose answer is "

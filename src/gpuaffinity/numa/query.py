@@ -102,8 +102,6 @@ def node_cpus(node: int) -> frozenset[int] | None:
     return fs.node_cpus(node)
 
 
-NVML_ERROR_GPU_IS_LOST = 15
-
 #: NVML's answer for one GPU: (nodes at node scope, CPUs at node scope[, the GPU's own memory node(s)]).
 NvmlAnswer = tuple[frozenset[int], ...]
 
@@ -114,7 +112,7 @@ def nvml_affinity(bus_ids: Iterable[str], lost: dict[str, str] | None = None) ->
     Through ``gpuaffinity.nvml_lite``: pynvml's very C calls, without importing pynvml.  ``lost`` learns, by bus
     id, why a GPU that NVML says is lost (fallen off the bus) is no place for a process: any other failure only
     costs this second source, but a lost GPU is unusable, whatever the driver's files still list."""
-    from gpuaffinity.nvml_lite import NvmlLiteError, Session
+    from gpuaffinity.nvml_lite import GPU_IS_LOST, NvmlLiteError, Session
 
     out: dict[str, NvmlAnswer] = {}
     try:
@@ -124,7 +122,7 @@ def nvml_affinity(bus_ids: Iterable[str], lost: dict[str, str] | None = None) ->
                     h = nv.handle(bus)
                     nodes, cpus = nv.memory_affinity(h), nv.cpu_affinity(h)
                 except NvmlLiteError as e:
-                    if e.code == NVML_ERROR_GPU_IS_LOST and lost is not None:
+                    if e.code == GPU_IS_LOST and lost is not None:
                         lost[bus] = (f"GPU {bus} is lost: {e}, so it has fallen off the bus and nothing can use it "
                                      "until it is reset or the host rebooted (the kernel log says more: Xid 79); no "
                                      "process is placed next to it")

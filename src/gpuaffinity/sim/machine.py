@@ -88,13 +88,24 @@ def fault_world(faults: Sequence[str]) -> tuple[list[str], bool]:
     gives a GPU's handle is every GPU fallen off the bus, so every handle call fails so (the other GPU calls
     need a handle first)."""
     out = list(faults)
-    parsed = [(f.partition("=")[0], f.partition("=")[2]) for f in faults]
-    no_driver = any(n == "nvmlInit" and v == str(NVML_DRIVER_NOT_LOADED) for n, v in parsed)
-    if no_driver and not any(n == "cuInit" for n, _ in parsed):
-        out.append(f"cuInit={CUDA_NO_DEVICE}")
-    if any(n.startswith(HANDLE_CALLS) and v == str(NVML_GPU_IS_LOST) for n, v in parsed):
-        out += [f"{c}={NVML_GPU_IS_LOST}" for c in HANDLE_CALLS if f"{c}={NVML_GPU_IS_LOST}" not in out]
-    return out, no_driver
+    # as the libraries read a fault (csrc/sim_common.c): the code in any base strtol takes, a name with or
+    # without its _vN / WithFlags variant; with :TIMES it is a passing failure, not a state
+    parsed = [(n, int(code, 0), bool(times)) for n, _, rest in (f.partition("=") for f in faults)
+              for code, _, times in [rest.partition(":")]]
+    lasting = [(n, c) for n, c, passing in parsed if not passing]
+
+    def covers(name: str, base: str) -> bool:
+        rest = name[len(base):]
+        return name.startswith(base) and (rest in ("", "WithFlags") or rest[:2] == "_v" and rest[2:].isdigit())
+
+    no_driver = any(covers(n, "nvmlInit") and c == NVML_DRIVER_NOT_LOADED for n, c in lasting)
+    if no_driver:
+        out.append(f"nvmlInit={NVML_DRIVER_NOT_LOADED}")  # every variant: pynvml and gpuaffinity call different ones
+        if not any(covers(n, "cuInit") for n, _c, _t in parsed):
+            out.append(f"cuInit={CUDA_NO_DEVICE}")
+    if any(covers(n, c) for c in HANDLE_CALLS for n, code in lasting if code == NVML_GPU_IS_LOST):
+        out += [f"{c}={NVML_GPU_IS_LOST}" for c in HANDLE_CALLS]
+    return list(dict.fromkeys(out)), no_driver
 
 
 def check_faults(specs: Sequence[str]) -> list[str]:

@@ -204,6 +204,8 @@ def list_presets() -> list[str]:
 def resolve_topology_path(spec: str | Path) -> Path:
     """A preset name or a path to a topology file."""
     shown = repr(str(spec)) if len(str(spec)) <= 120 else f"{str(spec)[:120]!r}..."
+    if not str(spec).strip():
+        raise TopologyError(f"{shown}: no topology given: name a preset (`gpuaffinity sim list`) or a topology file")
     try:
         p = Path(spec)
         bare = p.suffix != ".toml" and "/" not in str(spec)
