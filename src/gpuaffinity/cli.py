@@ -662,7 +662,8 @@ def _doctor(args: argparse.Namespace) -> int:
             print(f"  error: {_strip(res.error)}")
     else:
         print("\nNo warnings.")
-    if res.error is not None:
+    if res.error is not None:  # the report is on stdout; the status's one line on stderr, as for every command
+        _say(f"gpuaffinity: {_strip(res.error)}")
         return exit_status(res.error)
     return EXIT_OK
 
