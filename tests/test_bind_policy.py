@@ -304,3 +304,53 @@ def test_ray_check_says_no_node_without_contradicting_the_locality_notes():
                        memory={"policy": "default", "nodes": [], "kernel": "MPOL_DEFAULT"}), "node", "preferred", 60)
     assert row["status"] == "ok" and row["notes"] == [
         "the GPU has no NUMA node (its locality notes say why): nothing to bind to, the worker keeps all its CPUs"]
+
+
+# ---- the review of issue 19: the launch helpers ---------------------------------------------------------------
+
+LAUNCH = r"""
+import json, subprocess, sys
+import gpuaffinity.launch as launch
+p = launch.popen(0, [sys.executable, "-c", sys.argv[1]], mode=sys.argv[2], stdout=subprocess.PIPE,
+                 stderr=subprocess.PIPE, text=True)
+out, err = p.communicate()
+print(json.dumps([p.returncode, out, err]))
+"""
+
+
+def _launch(topology, mode, env=None):
+    proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", str(topology), "--", sys.executable,
+                           "-c", LAUNCH, READBACK, mode], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_the_launch_helpers_prefer_by_default(tmp_path):
+    """Before: gpuaffinity.launch passed --memory bind (MPOL_BIND), the OOM-killing policy the rest left."""
+    import inspect
+
+    from gpuaffinity import launch
+    rc, out, err = _launch(machine_here(tmp_path, 1), "node")
+    assert rc == 0, err
+    assert json.loads(out)[1:] == [bind.MPOL_PREFERRED, [0]]
+    assert [inspect.signature(f).parameters["memory"].default for f in (
+        launch.bound_command, launch.popen, launch.spawn_process, launch.initializer)] == ["preferred"] * 4
+
+
+@pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs")
+def test_the_launch_helpers_leave_the_failure_policy_to_the_environment(tmp_path):
+    """Before: --on-failure warn was always passed, so GPUAFFINITY_ON_FAILURE=error ran the child bound anyway
+    on a CPU shared with another GPU."""
+    from gpuaffinity import launch
+    topo = machine_here(tmp_path, 3)
+    rc, out, err = _launch(topo, "exclusive", env=dict(os.environ, GPUAFFINITY_ON_FAILURE="error"))
+    assert rc == 1 and out == "", (rc, out, err)
+    assert "exclusive is not exclusive" in err and "(nothing was applied)" in err
+    rc, out, err = _launch(topo, "exclusive", env={k: v for k, v in os.environ.items()
+                                                    if k != "GPUAFFINITY_ON_FAILURE"})
+    assert rc == 0 and json.loads(out)[0] == CPUS[:1] and "warning: exclusive is not exclusive" in err
+    assert "--on-failure" not in launch.bound_command(0, ["true"])
+    assert launch.bound_command(0, ["true"], on_failure="error")[-4:] == ["--on-failure", "error", "--", "true"]
+    import inspect
+    assert {inspect.signature(f).parameters["on_failure"].default for f in (
+        launch.bound_command, launch.popen, launch.spawn_process, launch.initializer)} == {None}
