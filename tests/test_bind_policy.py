@@ -354,3 +354,29 @@ def test_the_launch_helpers_leave_the_failure_policy_to_the_environment(tmp_path
     import inspect
     assert {inspect.signature(f).parameters["on_failure"].default for f in (
         launch.bound_command, launch.popen, launch.spawn_process, launch.initializer)} == {None}
+
+
+def test_only_none_means_the_default_failure_policy():
+    """Before: on_failure=5 crashed with TypeError (a slice of an int), and "" or 0 silently meant the default."""
+    from gpuaffinity.core.errors import BindError
+    from gpuaffinity.placement import failure_policy
+    for bad in (5, "", 0, "ERROR", False, ["error"]):
+        with pytest.raises(BindError, match=r"unknown failure policy .* \(from on_failure\): choose warn or error"):
+            failure_policy(bad)
+    assert failure_policy("error") == "error" and failure_policy("warn") == "warn"
+    env = {k: v for k, v in os.environ.items() if k != "GPUAFFINITY_ON_FAILURE"}
+    code = ("import json, gpuaffinity\nout = []\nfor v in (5, '', 0):\n    try:\n"
+            "        gpuaffinity.bind(0, on_failure=v); out.append('bound')\n"
+            "    except Exception as e:\n        out.append(type(e).__name__ + ': ' + str(e))\n"
+            "print(json.dumps(out))\n")
+    proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", "dgx-h100", "--", sys.executable, "-c",
+                           code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [
+        "BindError: unknown failure policy 5 (int) (from on_failure): choose warn or error",
+        "BindError: unknown failure policy '' (from on_failure): choose warn or error",
+        "BindError: unknown failure policy 0 (int) (from on_failure): choose warn or error"]
+    env["GPUAFFINITY_ON_FAILURE"] = ""  # an empty variable is an unset one
+    assert subprocess.run(
+        [sys.executable, "-c", "import gpuaffinity.placement as p; assert p.failure_policy(None) == 'warn'"],
+        env=env).returncode == 0

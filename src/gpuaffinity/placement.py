@@ -99,10 +99,7 @@ def bind(logical_id: int | str, *, mode: str = "node", memory: str = DEFAULT_MEM
     from gpuaffinity.core.errors import BindError, BindWarning
     from gpuaffinity.numa.bind import apply
 
-    policy_ = on_failure or os.environ.get(ON_FAILURE_VAR) or "warn"
-    if policy_ not in FAILURE_POLICIES:
-        raise BindError(f"unknown failure policy {policy_[:40]!r} (from "
-                        f"{'on_failure' if on_failure else ON_FAILURE_VAR}): choose {' or '.join(FAILURE_POLICIES)}")
+    policy_ = failure_policy(on_failure)
     rec = plan(logical_id, mode=mode, memory=memory, policy=policy, disable=disable, allow_subprocess=allow_subprocess)
     if rec.failures:  # nothing can be applied at all
         if policy_ == "error":
@@ -119,6 +116,22 @@ def bind(logical_id: int | str, *, mode: str = "node", memory: str = DEFAULT_MEM
         warnings.warn(f"gpuaffinity: bound only in part ({rec.summary()}): {'; '.join(rec.failures)}",
                       BindWarning, stacklevel=2)
     return rec
+
+
+def failure_policy(on_failure: object) -> str:
+    """The failure policy in force: ``on_failure``, or (None only) GPUAFFINITY_ON_FAILURE, else ``warn``;
+    BindError naming the choices for anything else (``""``, ``0``, ``"ERROR"``, a number)."""
+    from gpuaffinity.core.errors import BindError
+
+    if on_failure is None:
+        chosen: object = os.environ.get(ON_FAILURE_VAR) or "warn"  # an empty variable is an unset one
+        source = ON_FAILURE_VAR
+    else:
+        chosen, source = on_failure, "on_failure"
+    if not isinstance(chosen, str) or chosen not in FAILURE_POLICIES:
+        shown = repr(chosen[:40]) if isinstance(chosen, str) else f"{chosen!r:.40} ({type(chosen).__name__})"
+        raise BindError(f"unknown failure policy {shown} (from {source}): choose {' or '.join(FAILURE_POLICIES)}")
+    return chosen
 
 
 def shared_message(rec: BindRecord) -> str:
