@@ -380,3 +380,58 @@ def test_only_none_means_the_default_failure_policy():
     assert subprocess.run(
         [sys.executable, "-c", "import gpuaffinity.placement as p; assert p.failure_policy(None) == 'warn'"],
         env=env).returncode == 0
+
+
+# ---- the review: memory none has no nodes; the planned policy is derived, an unknown one refused ----------------
+
+
+def test_memory_none_has_no_memory_nodes(sim_factory):
+    """Before: `bind 0 --memory none --dry-run` said `memory none node(s) 0` and `memory_nodes 0`."""
+    machine = sim_factory("dgx-h100")
+    code = ("import json, gpuaffinity\nr = gpuaffinity.plan(0, memory='none')\n"
+            "print(json.dumps([list(r.memory_nodes), r.memory_policy, r.summary()]))\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=child_env(machine), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    nodes, policy, summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (nodes, policy) == ([], "none")
+    assert summary == "GPU 0000:1b:00.0, mode node: CPUs 0-55,112-167 (not applied), memory none"
+    dry = subprocess.run([sys.executable, "-m", "gpuaffinity", "bind", "0", "--memory", "none", "--dry-run"],
+                         env=child_env(machine), capture_output=True, text=True, timeout=120).stdout
+    assert dry.splitlines()[0] == "would bind: GPU 0000:1b:00.0, mode node: CPUs 0-55,112-167, memory none"
+    assert "; memory none; memory_nodes none; memory_policy none" in dry
+    # a record built with nodes under `none` (the Ray hook's union, old callers) holds none either
+    rec = BindRecord(0, "x", "node", "none", (0,), frozenset({0}))
+    assert rec.memory_nodes == () and "node(s)" not in rec.summary()
+
+
+def test_an_unknown_memory_policy_is_refused_and_the_planned_policy_is_never_stale():
+    """Before: BindRecord(..., "interleave", ...) planned MPOL_PREFERRED, and memory_policy kept the value of
+    construction time after memory or memory_nodes changed."""
+    from gpuaffinity.core.errors import BindError
+    for bad in ("interleave", "Preferred", None, ["bind"]):
+        with pytest.raises(BindError, match="unknown memory policy .*: choose one of preferred, bind, none"):
+            BindRecord(0, "x", "node", bad, (0,), frozenset({0}))
+    rec = BindRecord(0, "x", "node", "preferred", (0,), frozenset({0}))
+    assert rec.memory_policy == rec.planned_policy == "MPOL_PREFERRED" and rec.policy_in_effect == ""
+    rec.memory_nodes = (0, 1)
+    assert rec.memory_policy == "MPOL_PREFERRED_MANY"
+    rec.memory = "bind"
+    assert rec.memory_policy == "MPOL_BIND"
+    rec.memory = "interleave"
+    with pytest.raises(BindError, match="unknown memory policy 'interleave'"):
+        rec.memory_policy  # noqa: B018
+    # once applied, the policy in effect (recorded apart) is what memory_policy says
+    applied = BindRecord(0, "x", "node", "bind", (0,), frozenset({0}), policy_in_effect="MPOL_DEFAULT")
+    assert (applied.memory_policy, applied.planned_policy) == ("MPOL_DEFAULT", "MPOL_BIND")
+
+
+def _applied_record():
+    rec = BindRecord(0, "0000:01:00.0", "node", "preferred", (0,), frozenset(CPUS[:1]))
+    bind.apply(rec, "error")
+    return [rec.policy_in_effect, rec.planned_policy, rec.memory_policy]
+
+
+@pytest.mark.skipif(not ONE_NODE, reason="needs a kernel with node 0 only")
+def test_bind_records_the_policy_in_effect_apart():
+    assert value(forked(_applied_record)) == ["MPOL_PREFERRED"] * 3

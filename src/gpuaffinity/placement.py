@@ -11,7 +11,7 @@ import os
 import warnings
 
 from gpuaffinity import _state
-from gpuaffinity.core.settings import DEFAULT_MEMORY, FAILURE_POLICIES, MEMORY_POLICIES, MODES, ON_FAILURE_VAR
+from gpuaffinity.core.settings import DEFAULT_MEMORY, FAILURE_POLICIES, MODES, ON_FAILURE_VAR
 
 TYPE_CHECKING = False  # typing and collections.abc stay unimported: the annotations are strings
 if TYPE_CHECKING:
@@ -49,14 +49,13 @@ def _plan(logical_id: int | str, mode: str, memory: str, policy: str | None, dis
     from gpuaffinity.api import resolve
     from gpuaffinity.core.errors import BindError
     from gpuaffinity.inventory import read_inventory
-    from gpuaffinity.numa.bind import BindRecord
+    from gpuaffinity.numa.bind import BindRecord, check_memory
     from gpuaffinity.numa.modes import place
     from gpuaffinity.numa.query import allowed_cpus
 
     if mode not in MODES:
         raise BindError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
-    if memory not in MEMORY_POLICIES:
-        raise BindError(f"unknown memory policy {memory!r}: choose one of {', '.join(MEMORY_POLICIES)}")
+    check_memory(memory)
     dev = resolve(logical_id, policy=policy, disable=disable, allow_subprocess=allow_subprocess)
     inventory = read_inventory()
     locs = locate([g.pci_bus_id for g in inventory.gpus] + [dev.pci_bus_id])
@@ -69,8 +68,9 @@ def _plan(logical_id: int | str, mode: str, memory: str, policy: str | None, dis
     loc = locs[dev.pci_bus_id]
     placement = place(loc, mode, allowed, by_node)
     # the GPU's own place under the names resolve --json gives it (numa_nodes, cpus); the binding's under its own
-    rec = BindRecord(dev.logical_id, dev.pci_bus_id, mode, memory if placement.memory_nodes else "none",
-                     placement.memory_nodes, placement.bind_cpus, notes=list(placement.notes),
+    memory_ = memory if placement.memory_nodes else "none"  # no node left: no policy, and no nodes of it
+    rec = BindRecord(dev.logical_id, dev.pci_bus_id, mode, memory_, placement.memory_nodes if memory_ != "none"
+                     else (), placement.bind_cpus, notes=list(placement.notes),
                      numa_nodes=loc.numa_nodes, cpus=loc.cpus, shared_with=placement.shared_with)
     if memory != "none" and not placement.memory_nodes:
         from gpuaffinity.core.notes import attention
