@@ -257,7 +257,8 @@ from gpuaffinity import _ray_probe
 out = {"affinity": sorted(os.sched_getaffinity(0)), "ray_gpu_ids": ["0"], "node_id": "n" * 56, "pid": 1,
        "error": None}
 _ray_probe._facts(out, "exclusive")
-print(json.dumps({k: out[k] for k in ("numa_nodes", "cpus", "bind_cpus", "memory_nodes", "shared_with", "memory")}))
+print(json.dumps({k: out[k] for k in ("numa_nodes", "cpus", "bind_cpus", "gpu_cpus", "memory_nodes", "shared_with",
+                                      "memory")}))
 """
 
 
@@ -271,8 +272,9 @@ def test_the_ray_probe_reports_the_same_names(tmp_path):
                            sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout.strip().splitlines()[-1])
+    # gpu_cpus, the name before issue 19, stays as a deprecated alias of bind_cpus (docs/ray.md)
     assert got == {"numa_nodes": [0], "cpus": format_cpulist(CPUS[:2]), "bind_cpus": str(CPUS[0]),
-                   "memory_nodes": [0], "shared_with": ["0000:03:00.0"],
+                   "gpu_cpus": str(CPUS[0]), "memory_nodes": [0], "shared_with": ["0000:03:00.0"],
                    "memory": {"policy": "preferred", "nodes": [0], "kernel": "MPOL_PREFERRED"}}
 
 
@@ -435,3 +437,84 @@ def _applied_record():
 @pytest.mark.skipif(not ONE_NODE, reason="needs a kernel with node 0 only")
 def test_bind_records_the_policy_in_effect_apart():
     assert value(forked(_applied_record)) == ["MPOL_PREFERRED"] * 3
+
+
+# ---- the review: llc with one cache group for the node; a GPU taking another node's CPUs ----------------------
+
+
+@pytest.mark.parametrize("preset", ["xeon-snc2", "gb200-tray", "dgx-h100"])
+def test_llc_with_one_cache_group_for_the_node_is_the_mode_not_a_failure(preset):
+    """One L3 for the node (xeon-snc2, gb200-tray) and no cache files at all (dgx-h100) both give every GPU of
+    the node its pool, silently and bound under error.  Before: the first two warned 'llc is not exclusive' and
+    refused under --on-failure error, the third did not."""
+    out = gpuaffinity_in(preset, "bind", "0", "--mode", "llc", "--on-failure", "error", "--", sys.executable, "-c",
+                         "print('ran')")
+    assert out.returncode == 0 and out.stdout == "ran\n", out.stderr
+    assert "warning" not in out.stderr and "not exclusive" not in out.stderr
+    dry = gpuaffinity_in(preset, "bind", "0", "--mode", "llc", "--dry-run").stdout
+    assert "shared_with" not in dry, dry
+    if preset != "dgx-h100":
+        assert "note: one last-level cache domain spans the allowed CPUs of node(s) 0: all 2 GPUs there get it " \
+               "whole" in dry, dry
+
+
+def test_llc_dealing_partial_cache_domains_round_robin_still_warns_and_refuses():
+    """irregular-2s under a cpuset of 8 cores of node 0: 2 L3 domains for its 3 GPUs; GPU 1 and GPU 3 share."""
+    what = ("llc shares CPUs between GPUs: GPU 0000:11:00.0 gets CPUs 0-3,40-43, as GPU(s) 0000:13:00.0 do: their "
+            "node(s) 0 have fewer last-level cache domains allowed here than GPUs")
+    run = [sys.executable, "-m", "gpuaffinity", "sim", "run", "--cpuset", "0-7,40-47", "irregular-2s", "--",
+           sys.executable, "-m", "gpuaffinity", "bind", "0", "--mode", "llc"]
+    refused = subprocess.run([*run, "--on-failure", "error", "--", "echo", "ran"], capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode == 1 and refused.stdout == "", refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == f"gpuaffinity: {what} (nothing was applied)"
+    warned = subprocess.run([*run, "--", "echo", "ran"], capture_output=True, text=True, timeout=120)
+    assert warned.stdout == "ran\n" and f"gpuaffinity: warning: {what}" in warned.stderr.splitlines()
+    assert "is not exclusive" not in refused.stderr + warned.stderr
+
+
+OVERLAP = r"""
+import json, gpuaffinity
+print(json.dumps({m: [list(gpuaffinity.plan(i, mode=m).shared_with) for i in (3, 4, 5, 6)]
+                  for m in ("exclusive", "llc")}))
+"""
+
+
+def test_a_gpu_taking_another_nodes_cpus_overlaps_their_shares_loudly(sim_factory):
+    """irregular-2s GPU 6 sits on node 4 (memory, no CPUs) and takes the CPUs of nodes 2 and 3, where GPUs 4 and
+    5 have their shares.  Before: no shared_with on either side, and `bind 6 --mode exclusive --on-failure error`
+    went ahead."""
+    machine = sim_factory("irregular-2s")
+    proc = subprocess.run([sys.executable, "-c", OVERLAP], env=child_env(machine), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    six, four, five = "0000:e1:00.0", "0000:a1:00.0", "0000:c1:00.0"
+    for mode, shared in json.loads(proc.stdout.strip().splitlines()[-1]).items():
+        assert shared == [[], [six], [six], [four, five]], mode  # GPU 3 (node 1) is apart
+    refused = gpuaffinity_in("irregular-2s", "bind", "6", "--mode", "exclusive", "--on-failure", "error", "--",
+                             "echo", "ran")
+    assert refused.returncode == 1 and refused.stdout == "", refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"gpuaffinity: exclusive is not exclusive: GPU {six} gets CPUs 20-35,60-69, overlapping the CPUs of GPU(s) "
+        f"{four}, {five}: its node(s) 4 have no CPUs: it takes those of node(s) 2-3, whose GPUs split them "
+        "without counting it (nothing was applied)")
+    warned = gpuaffinity_in("irregular-2s", "bind", "4", "--mode", "exclusive", "--", "echo", "ran")
+    assert warned.stdout == "ran\n" and (
+        f"gpuaffinity: warning: exclusive is not exclusive: GPU {four} gets CPUs 20-29,60-69, overlapping the CPUs "
+        f"of GPU(s) {six}: they take CPUs of node(s) 2 from a node without CPUs of its own, and no split counts "
+        "both") in warned.stderr.splitlines(), warned.stderr
+
+
+def test_shared_message_of_a_record_built_the_old_way():
+    """Before: 'their node(s)  have' and 'as GPU(s)  do' from a record without numa_nodes or shared_with."""
+    from gpuaffinity.placement import shared_message
+    old = BindRecord(0, "0000:01:00.0", "node", "bind", (0,), frozenset({0, 1}), False, 0, False, [], [])
+    assert (old.numa_nodes, old.cpus, old.bind_cpus) == ((), frozenset(), frozenset({0, 1}))
+    assert shared_message(old) == "GPU 0000:01:00.0's node CPUs 0-1 are its own: no other GPU is given them"
+    old.mode, old.shared_with = "exclusive", ("0000:02:00.0",)
+    assert shared_message(old) == "exclusive is not exclusive: GPU 0000:01:00.0 gets CPUs 0-1, as GPU(s) " \
+                                  "0000:02:00.0 do"
+    old.numa_nodes, old.bind_cpus = (0,), frozenset()
+    assert shared_message(old) == ("exclusive is not exclusive: GPU 0000:01:00.0 gets CPUs none, as GPU(s) "
+                                   "0000:02:00.0 do: their node(s) 0 have fewer cores allowed here than GPUs")
+

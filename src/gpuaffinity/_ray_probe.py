@@ -118,6 +118,7 @@ def _facts(out: dict, mode: str) -> None:
     out["numa_nodes"] = list(loc.numa_nodes)
     out["cpus"] = format_cpulist(loc.cpus)
     out["bind_cpus"] = format_cpulist(region.bind_cpus) if loc.numa_nodes else ""
+    out["gpu_cpus"] = out["bind_cpus"]  # deprecated: its name before issue 19 (docs/ray.md)
     out["memory_nodes"] = list(region.memory_nodes)
     out["shared_with"] = list(region.shared_with)
     out["notes"] = list(loc.notes)
