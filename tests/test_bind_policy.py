@@ -138,8 +138,13 @@ def test_a_refused_memory_policy_records_the_policy_left_in_effect():
     assert summary == f"GPU 0000:01:00.0, mode node: CPUs {CPUS[0]}, memory bind node(s) 1 (not applied)"
 
 
-def test_policy_names_mask_the_mode_flags():
-    assert bind.policy_name(bind.MPOL_PREFERRED_MANY | 1 << 15) == "MPOL_PREFERRED_MANY"
+def test_policy_names_show_the_mode_flags():
+    """Before: the flags were dropped (MPOL_PREFERRED_MANY for mode 5 | MPOL_F_STATIC_NODES) and mode 6, Linux
+    6.9's MPOL_WEIGHTED_INTERLEAVE, was 'mode 6'."""
+    assert bind.policy_name(bind.MPOL_PREFERRED_MANY | 1 << 15) == "MPOL_PREFERRED_MANY|MPOL_F_STATIC_NODES"
+    assert bind.policy_name(bind.MPOL_INTERLEAVE | 0x4000) == "MPOL_INTERLEAVE|MPOL_F_RELATIVE_NODES"
+    assert bind.policy_name(bind.MPOL_BIND | 0x2000) == "MPOL_BIND|MPOL_F_NUMA_BALANCING"
+    assert bind.policy_name(6) == "MPOL_WEIGHTED_INTERLEAVE" and bind.policy_name(1 | 0x100) == "MPOL_PREFERRED|0x100"
     assert bind.policy_name(bind.MPOL_BIND) == "MPOL_BIND" and bind.policy_name(9) == "mode 9"
     assert BindRecord(0, "x", "node", "none", (0,), frozenset()).memory_policy == "none"
     assert BindRecord(0, "x", "node", "bind", (0, 1), frozenset()).memory_policy == "MPOL_BIND"
@@ -518,3 +523,45 @@ def test_shared_message_of_a_record_built_the_old_way():
     assert shared_message(old) == ("exclusive is not exclusive: GPU 0000:01:00.0 gets CPUs none, as GPU(s) "
                                    "0000:02:00.0 do: their node(s) 0 have fewer cores allowed here than GPUs")
 
+
+
+FLAGGED = r"""
+import ctypes, json, os
+import gpuaffinity.numa.bind as b
+set_nr, _ = b._syscall_numbers()
+assert ctypes.CDLL(None, use_errno=True).syscall(set_nr, ctypes.c_int(b.MPOL_INTERLEAVE | 0x8000), b._nodemask([0]),
+                                                  ctypes.c_ulong(1025)) == 0
+from gpuaffinity import _ray_probe
+out = {"affinity": sorted(os.sched_getaffinity(0)), "ray_gpu_ids": ["0"], "node_id": "n" * 56, "pid": 1,
+       "error": None}
+_ray_probe._facts(out, "node")
+print(json.dumps(out["memory"]))
+"""
+
+
+def test_the_ray_probe_names_policies_from_the_one_table(tmp_path):
+    """Before: _ray_probe kept a copy of the names (KERNEL_NAMES), without the flags or mode 6."""
+    from gpuaffinity import _ray_probe
+    assert not hasattr(_ray_probe, "KERNEL_NAMES") and not hasattr(_ray_probe, "POLICY_NAMES")
+    proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", str(machine_here(tmp_path, 1)), "--",
+                           "env", "CUDA_VISIBLE_DEVICES=0", sys.executable, "-c", FLAGGED], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {
+        "policy": "interleave", "nodes": [0], "kernel": "MPOL_INTERLEAVE|MPOL_F_STATIC_NODES"}
+    # the table's owner stays out of `import gpuaffinity`
+    light = subprocess.run([sys.executable, "-c", "import sys, gpuaffinity; print('gpuaffinity.numa.bind' in "
+                            "sys.modules, 'ctypes' in sys.modules)"], capture_output=True, text=True, timeout=60)
+    assert light.stdout.split() == ["False", "False"], light.stderr
+
+
+def test_doctor_says_a_process_under_the_default_policy_is_not_bound(tmp_path):
+    """Before: 'this process is bound to  CPUs …; memory policy MPOL_DEFAULT' for a process nothing bound."""
+    out = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", str(machine_here(tmp_path, 1)), "--",
+                          sys.executable, "-m", "gpuaffinity", "doctor"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "this process is bound to" not in out.stdout
+    line = next(x for x in out.stdout.splitlines() if "this process runs on" in x)
+    assert line.split("this process runs on", 1)[1].strip() == (
+        f"CPUs {format_cpulist(os.sched_getaffinity(0))}; memory not bound (MPOL_DEFAULT: pages go to the node it "
+        "runs on)")

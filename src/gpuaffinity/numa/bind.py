@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
 MPOL_DEFAULT, MPOL_PREFERRED, MPOL_BIND, MPOL_INTERLEAVE, MPOL_LOCAL, MPOL_PREFERRED_MANY = 0, 1, 2, 3, 4, 5
+MPOL_WEIGHTED_INTERLEAVE = 6  # Linux 6.9
 
 _SYSCALLS = {"x86_64": (238, 239), "aarch64": (237, 236), "ppc64le": (261, 260)}  # set_, get_mempolicy
 _MASK_BITS = 1024
@@ -31,15 +32,38 @@ _MASK_BITS = 1024
 
 
 
-#: The kernel's names of its memory policy modes (``get_mempolicy``'s mode, flags masked off).
+#: The kernel's names of its memory policy modes (``get_mempolicy``'s mode, flags masked off), and gpuaffinity's
+#: name of each (``MPOL_PREFERRED_MANY`` is ``preferred`` over several nodes): the one table of them, which the
+#: Ray probe reads too.
 MPOL_NAMES = {MPOL_DEFAULT: "MPOL_DEFAULT", MPOL_PREFERRED: "MPOL_PREFERRED", MPOL_BIND: "MPOL_BIND",
-              MPOL_INTERLEAVE: "MPOL_INTERLEAVE", MPOL_LOCAL: "MPOL_LOCAL", MPOL_PREFERRED_MANY: "MPOL_PREFERRED_MANY"}
-_MPOL_FLAGS = 0xFF00  # MPOL_F_STATIC_NODES, MPOL_F_RELATIVE_NODES, MPOL_F_NUMA_BALANCING: get_mempolicy may add them
+              MPOL_INTERLEAVE: "MPOL_INTERLEAVE", MPOL_LOCAL: "MPOL_LOCAL", MPOL_PREFERRED_MANY: "MPOL_PREFERRED_MANY",
+              MPOL_WEIGHTED_INTERLEAVE: "MPOL_WEIGHTED_INTERLEAVE"}
+SHORT_NAMES = {MPOL_DEFAULT: "default", MPOL_PREFERRED: "preferred", MPOL_BIND: "bind",
+               MPOL_INTERLEAVE: "interleave", MPOL_LOCAL: "local", MPOL_PREFERRED_MANY: "preferred",
+               MPOL_WEIGHTED_INTERLEAVE: "weighted-interleave"}
+#: The mode flags ``get_mempolicy`` adds to the mode (linux/mempolicy.h), highest first.
+MPOL_FLAGS = ((0x8000, "MPOL_F_STATIC_NODES"), (0x4000, "MPOL_F_RELATIVE_NODES"), (0x2000, "MPOL_F_NUMA_BALANCING"))
+_MPOL_FLAGS = 0xFF00  # the bits above the mode (the kernel's MPOL_MODE_FLAGS and room for more)
+
+
+def policy_mode(mode: int) -> int:
+    """The mode of a ``get_mempolicy`` answer, its flags masked off."""
+    return mode & ~_MPOL_FLAGS
 
 
 def policy_name(mode: int) -> str:
-    """The kernel's name of a memory policy mode, as ``get_mempolicy`` reads it (``MPOL_BIND``...)."""
-    return MPOL_NAMES.get(mode & ~_MPOL_FLAGS, f"mode {mode}")
+    """The kernel's name of a memory policy as ``get_mempolicy`` reads it, flags included:
+    ``MPOL_BIND``, ``MPOL_INTERLEAVE|MPOL_F_STATIC_NODES``, ``mode 9``."""
+    base = policy_mode(mode)
+    parts = [MPOL_NAMES.get(base, f"mode {base}")]
+    rest = mode & _MPOL_FLAGS
+    for bit, name in MPOL_FLAGS:
+        if rest & bit:
+            parts.append(name)
+            rest &= ~bit
+    if rest:
+        parts.append(f"0x{rest:x}")
+    return "|".join(parts)
 
 
 def check_memory(memory: object) -> str:
