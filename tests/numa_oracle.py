@@ -165,7 +165,14 @@ class Oracle:
                         notes.append("no last-level cache information in sysfs: using the node")
                 else:
                     units = sorted({tuple(sorted(g & pool)) for g in groups if g & pool}, key=lambda d: d[0])
-                    cpus = self.share(units, len(peers), rank)
+                    if len(units) == 1 and len(peers) > 1:  # one cache group for the node: every GPU gets it
+                        cpus = pool
+                        notes.append(f"one last-level cache domain spans the allowed CPUs of {where}: all "
+                                     f"{len(peers)} GPUs there get it whole ({fmt(pool)}): llc groups by cache, "
+                                     "and there is one group")
+                        units = []
+                    else:
+                        cpus = self.share(units, len(peers), rank)
                     self.share_note(units, peers, rank, "last-level cache domain", "last-level cache", where, cpus,
                                     notes)
         if gpu_memory and gpu.gpu_memory_node is not None:

@@ -138,8 +138,13 @@ def test_a_refused_memory_policy_records_the_policy_left_in_effect():
     assert summary == f"GPU 0000:01:00.0, mode node: CPUs {CPUS[0]}, memory bind node(s) 1 (not applied)"
 
 
-def test_policy_names_mask_the_mode_flags():
-    assert bind.policy_name(bind.MPOL_PREFERRED_MANY | 1 << 15) == "MPOL_PREFERRED_MANY"
+def test_policy_names_show_the_mode_flags():
+    """Before: the flags were dropped (MPOL_PREFERRED_MANY for mode 5 | MPOL_F_STATIC_NODES) and mode 6, Linux
+    6.9's MPOL_WEIGHTED_INTERLEAVE, was 'mode 6'."""
+    assert bind.policy_name(bind.MPOL_PREFERRED_MANY | 1 << 15) == "MPOL_PREFERRED_MANY|MPOL_F_STATIC_NODES"
+    assert bind.policy_name(bind.MPOL_INTERLEAVE | 0x4000) == "MPOL_INTERLEAVE|MPOL_F_RELATIVE_NODES"
+    assert bind.policy_name(bind.MPOL_BIND | 0x2000) == "MPOL_BIND|MPOL_F_NUMA_BALANCING"
+    assert bind.policy_name(6) == "MPOL_WEIGHTED_INTERLEAVE" and bind.policy_name(1 | 0x100) == "MPOL_PREFERRED|0x100"
     assert bind.policy_name(bind.MPOL_BIND) == "MPOL_BIND" and bind.policy_name(9) == "mode 9"
     assert BindRecord(0, "x", "node", "none", (0,), frozenset()).memory_policy == "none"
     assert BindRecord(0, "x", "node", "bind", (0, 1), frozenset()).memory_policy == "MPOL_BIND"
@@ -257,7 +262,8 @@ from gpuaffinity import _ray_probe
 out = {"affinity": sorted(os.sched_getaffinity(0)), "ray_gpu_ids": ["0"], "node_id": "n" * 56, "pid": 1,
        "error": None}
 _ray_probe._facts(out, "exclusive")
-print(json.dumps({k: out[k] for k in ("numa_nodes", "cpus", "bind_cpus", "memory_nodes", "shared_with", "memory")}))
+print(json.dumps({k: out[k] for k in ("numa_nodes", "cpus", "bind_cpus", "gpu_cpus", "memory_nodes", "shared_with",
+                                      "memory")}))
 """
 
 
@@ -271,8 +277,9 @@ def test_the_ray_probe_reports_the_same_names(tmp_path):
                            sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout.strip().splitlines()[-1])
+    # gpu_cpus, the name before issue 19, stays as a deprecated alias of bind_cpus (docs/ray.md)
     assert got == {"numa_nodes": [0], "cpus": format_cpulist(CPUS[:2]), "bind_cpus": str(CPUS[0]),
-                   "memory_nodes": [0], "shared_with": ["0000:03:00.0"],
+                   "gpu_cpus": str(CPUS[0]), "memory_nodes": [0], "shared_with": ["0000:03:00.0"],
                    "memory": {"policy": "preferred", "nodes": [0], "kernel": "MPOL_PREFERRED"}}
 
 
@@ -304,3 +311,257 @@ def test_ray_check_says_no_node_without_contradicting_the_locality_notes():
                        memory={"policy": "default", "nodes": [], "kernel": "MPOL_DEFAULT"}), "node", "preferred", 60)
     assert row["status"] == "ok" and row["notes"] == [
         "the GPU has no NUMA node (its locality notes say why): nothing to bind to, the worker keeps all its CPUs"]
+
+
+# ---- the review of issue 19: the launch helpers ---------------------------------------------------------------
+
+LAUNCH = r"""
+import json, subprocess, sys
+import gpuaffinity.launch as launch
+p = launch.popen(0, [sys.executable, "-c", sys.argv[1]], mode=sys.argv[2], stdout=subprocess.PIPE,
+                 stderr=subprocess.PIPE, text=True)
+out, err = p.communicate()
+print(json.dumps([p.returncode, out, err]))
+"""
+
+
+def _launch(topology, mode, env=None):
+    proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", str(topology), "--", sys.executable,
+                           "-c", LAUNCH, READBACK, mode], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_the_launch_helpers_prefer_by_default(tmp_path):
+    """Before: gpuaffinity.launch passed --memory bind (MPOL_BIND), the OOM-killing policy the rest left."""
+    import inspect
+
+    from gpuaffinity import launch
+    rc, out, err = _launch(machine_here(tmp_path, 1), "node")
+    assert rc == 0, err
+    assert json.loads(out)[1:] == [bind.MPOL_PREFERRED, [0]]
+    assert [inspect.signature(f).parameters["memory"].default for f in (
+        launch.bound_command, launch.popen, launch.spawn_process, launch.initializer)] == ["preferred"] * 4
+
+
+@pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs")
+def test_the_launch_helpers_leave_the_failure_policy_to_the_environment(tmp_path):
+    """Before: --on-failure warn was always passed, so GPUAFFINITY_ON_FAILURE=error ran the child bound anyway
+    on a CPU shared with another GPU."""
+    from gpuaffinity import launch
+    topo = machine_here(tmp_path, 3)
+    rc, out, err = _launch(topo, "exclusive", env=dict(os.environ, GPUAFFINITY_ON_FAILURE="error"))
+    assert rc == 1 and out == "", (rc, out, err)
+    assert "exclusive is not exclusive" in err and "(nothing was applied)" in err
+    rc, out, err = _launch(topo, "exclusive", env={k: v for k, v in os.environ.items()
+                                                    if k != "GPUAFFINITY_ON_FAILURE"})
+    assert rc == 0 and json.loads(out)[0] == CPUS[:1] and "warning: exclusive is not exclusive" in err
+    assert "--on-failure" not in launch.bound_command(0, ["true"])
+    assert launch.bound_command(0, ["true"], on_failure="error")[-4:] == ["--on-failure", "error", "--", "true"]
+    import inspect
+    assert {inspect.signature(f).parameters["on_failure"].default for f in (
+        launch.bound_command, launch.popen, launch.spawn_process, launch.initializer)} == {None}
+
+
+def test_only_none_means_the_default_failure_policy():
+    """Before: on_failure=5 crashed with TypeError (a slice of an int), and "" or 0 silently meant the default."""
+    from gpuaffinity.core.errors import BindError
+    from gpuaffinity.placement import failure_policy
+    for bad in (5, "", 0, "ERROR", False, ["error"]):
+        with pytest.raises(BindError, match=r"unknown failure policy .* \(from on_failure\): choose warn or error"):
+            failure_policy(bad)
+    assert failure_policy("error") == "error" and failure_policy("warn") == "warn"
+    env = {k: v for k, v in os.environ.items() if k != "GPUAFFINITY_ON_FAILURE"}
+    code = ("import json, gpuaffinity\nout = []\nfor v in (5, '', 0):\n    try:\n"
+            "        gpuaffinity.bind(0, on_failure=v); out.append('bound')\n"
+            "    except Exception as e:\n        out.append(type(e).__name__ + ': ' + str(e))\n"
+            "print(json.dumps(out))\n")
+    proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", "dgx-h100", "--", sys.executable, "-c",
+                           code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [
+        "BindError: unknown failure policy 5 (int) (from on_failure): choose warn or error",
+        "BindError: unknown failure policy '' (from on_failure): choose warn or error",
+        "BindError: unknown failure policy 0 (int) (from on_failure): choose warn or error"]
+    env["GPUAFFINITY_ON_FAILURE"] = ""  # an empty variable is an unset one
+    assert subprocess.run(
+        [sys.executable, "-c", "import gpuaffinity.placement as p; assert p.failure_policy(None) == 'warn'"],
+        env=env).returncode == 0
+
+
+# ---- the review: memory none has no nodes; the planned policy is derived, an unknown one refused ----------------
+
+
+def test_memory_none_has_no_memory_nodes(sim_factory):
+    """Before: `bind 0 --memory none --dry-run` said `memory none node(s) 0` and `memory_nodes 0`."""
+    machine = sim_factory("dgx-h100")
+    code = ("import json, gpuaffinity\nr = gpuaffinity.plan(0, memory='none')\n"
+            "print(json.dumps([list(r.memory_nodes), r.memory_policy, r.summary()]))\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=child_env(machine), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    nodes, policy, summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (nodes, policy) == ([], "none")
+    assert summary == "GPU 0000:1b:00.0, mode node: CPUs 0-55,112-167 (not applied), memory none"
+    dry = subprocess.run([sys.executable, "-m", "gpuaffinity", "bind", "0", "--memory", "none", "--dry-run"],
+                         env=child_env(machine), capture_output=True, text=True, timeout=120).stdout
+    assert dry.splitlines()[0] == "would bind: GPU 0000:1b:00.0, mode node: CPUs 0-55,112-167, memory none"
+    assert "; memory none; memory_nodes none; memory_policy none" in dry
+    # a record built with nodes under `none` (the Ray hook's union, old callers) holds none either
+    rec = BindRecord(0, "x", "node", "none", (0,), frozenset({0}))
+    assert rec.memory_nodes == () and "node(s)" not in rec.summary()
+
+
+def test_an_unknown_memory_policy_is_refused_and_the_planned_policy_is_never_stale():
+    """Before: BindRecord(..., "interleave", ...) planned MPOL_PREFERRED, and memory_policy kept the value of
+    construction time after memory or memory_nodes changed."""
+    from gpuaffinity.core.errors import BindError
+    for bad in ("interleave", "Preferred", None, ["bind"]):
+        with pytest.raises(BindError, match="unknown memory policy .*: choose one of preferred, bind, none"):
+            BindRecord(0, "x", "node", bad, (0,), frozenset({0}))
+    rec = BindRecord(0, "x", "node", "preferred", (0,), frozenset({0}))
+    assert rec.memory_policy == rec.planned_policy == "MPOL_PREFERRED" and rec.policy_in_effect == ""
+    rec.memory_nodes = (0, 1)
+    assert rec.memory_policy == "MPOL_PREFERRED_MANY"
+    rec.memory = "bind"
+    assert rec.memory_policy == "MPOL_BIND"
+    rec.memory = "interleave"
+    with pytest.raises(BindError, match="unknown memory policy 'interleave'"):
+        rec.memory_policy  # noqa: B018
+    # once applied, the policy in effect (recorded apart) is what memory_policy says
+    applied = BindRecord(0, "x", "node", "bind", (0,), frozenset({0}), policy_in_effect="MPOL_DEFAULT")
+    assert (applied.memory_policy, applied.planned_policy) == ("MPOL_DEFAULT", "MPOL_BIND")
+
+
+def _applied_record():
+    rec = BindRecord(0, "0000:01:00.0", "node", "preferred", (0,), frozenset(CPUS[:1]))
+    bind.apply(rec, "error")
+    return [rec.policy_in_effect, rec.planned_policy, rec.memory_policy]
+
+
+@pytest.mark.skipif(not ONE_NODE, reason="needs a kernel with node 0 only")
+def test_bind_records_the_policy_in_effect_apart():
+    assert value(forked(_applied_record)) == ["MPOL_PREFERRED"] * 3
+
+
+# ---- the review: llc with one cache group for the node; a GPU taking another node's CPUs ----------------------
+
+
+@pytest.mark.parametrize("preset", ["xeon-snc2", "gb200-tray", "dgx-h100"])
+def test_llc_with_one_cache_group_for_the_node_is_the_mode_not_a_failure(preset):
+    """One L3 for the node (xeon-snc2, gb200-tray) and no cache files at all (dgx-h100) both give every GPU of
+    the node its pool, silently and bound under error.  Before: the first two warned 'llc is not exclusive' and
+    refused under --on-failure error, the third did not."""
+    out = gpuaffinity_in(preset, "bind", "0", "--mode", "llc", "--on-failure", "error", "--", sys.executable, "-c",
+                         "print('ran')")
+    assert out.returncode == 0 and out.stdout == "ran\n", out.stderr
+    assert "warning" not in out.stderr and "not exclusive" not in out.stderr
+    dry = gpuaffinity_in(preset, "bind", "0", "--mode", "llc", "--dry-run").stdout
+    assert "shared_with" not in dry, dry
+    if preset != "dgx-h100":
+        assert "note: one last-level cache domain spans the allowed CPUs of node(s) 0: all 2 GPUs there get it " \
+               "whole" in dry, dry
+
+
+def test_llc_dealing_partial_cache_domains_round_robin_still_warns_and_refuses():
+    """irregular-2s under a cpuset of 8 cores of node 0: 2 L3 domains for its 3 GPUs; GPU 1 and GPU 3 share."""
+    what = ("llc shares CPUs between GPUs: GPU 0000:11:00.0 gets CPUs 0-3,40-43, as GPU(s) 0000:13:00.0 do: their "
+            "node(s) 0 have fewer last-level cache domains allowed here than GPUs")
+    run = [sys.executable, "-m", "gpuaffinity", "sim", "run", "--cpuset", "0-7,40-47", "irregular-2s", "--",
+           sys.executable, "-m", "gpuaffinity", "bind", "0", "--mode", "llc"]
+    refused = subprocess.run([*run, "--on-failure", "error", "--", "echo", "ran"], capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode == 1 and refused.stdout == "", refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == f"gpuaffinity: {what} (nothing was applied)"
+    warned = subprocess.run([*run, "--", "echo", "ran"], capture_output=True, text=True, timeout=120)
+    assert warned.stdout == "ran\n" and f"gpuaffinity: warning: {what}" in warned.stderr.splitlines()
+    assert "is not exclusive" not in refused.stderr + warned.stderr
+
+
+OVERLAP = r"""
+import json, gpuaffinity
+print(json.dumps({m: [list(gpuaffinity.plan(i, mode=m).shared_with) for i in (3, 4, 5, 6)]
+                  for m in ("exclusive", "llc")}))
+"""
+
+
+def test_a_gpu_taking_another_nodes_cpus_overlaps_their_shares_loudly(sim_factory):
+    """irregular-2s GPU 6 sits on node 4 (memory, no CPUs) and takes the CPUs of nodes 2 and 3, where GPUs 4 and
+    5 have their shares.  Before: no shared_with on either side, and `bind 6 --mode exclusive --on-failure error`
+    went ahead."""
+    machine = sim_factory("irregular-2s")
+    proc = subprocess.run([sys.executable, "-c", OVERLAP], env=child_env(machine), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    six, four, five = "0000:e1:00.0", "0000:a1:00.0", "0000:c1:00.0"
+    for mode, shared in json.loads(proc.stdout.strip().splitlines()[-1]).items():
+        assert shared == [[], [six], [six], [four, five]], mode  # GPU 3 (node 1) is apart
+    refused = gpuaffinity_in("irregular-2s", "bind", "6", "--mode", "exclusive", "--on-failure", "error", "--",
+                             "echo", "ran")
+    assert refused.returncode == 1 and refused.stdout == "", refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"gpuaffinity: exclusive is not exclusive: GPU {six} gets CPUs 20-35,60-69, overlapping the CPUs of GPU(s) "
+        f"{four}, {five}: its node(s) 4 have no CPUs: it takes those of node(s) 2-3, whose GPUs split them "
+        "without counting it (nothing was applied)")
+    warned = gpuaffinity_in("irregular-2s", "bind", "4", "--mode", "exclusive", "--", "echo", "ran")
+    assert warned.stdout == "ran\n" and (
+        f"gpuaffinity: warning: exclusive is not exclusive: GPU {four} gets CPUs 20-29,60-69, overlapping the CPUs "
+        f"of GPU(s) {six}: they take CPUs of node(s) 2 from a node without CPUs of its own, and no split counts "
+        "both") in warned.stderr.splitlines(), warned.stderr
+
+
+def test_shared_message_of_a_record_built_the_old_way():
+    """Before: 'their node(s)  have' and 'as GPU(s)  do' from a record without numa_nodes or shared_with."""
+    from gpuaffinity.placement import shared_message
+    old = BindRecord(0, "0000:01:00.0", "node", "bind", (0,), frozenset({0, 1}), False, 0, False, [], [])
+    assert (old.numa_nodes, old.cpus, old.bind_cpus) == ((), frozenset(), frozenset({0, 1}))
+    assert shared_message(old) == "GPU 0000:01:00.0's node CPUs 0-1 are its own: no other GPU is given them"
+    old.mode, old.shared_with = "exclusive", ("0000:02:00.0",)
+    assert shared_message(old) == "exclusive is not exclusive: GPU 0000:01:00.0 gets CPUs 0-1, as GPU(s) " \
+                                  "0000:02:00.0 do"
+    old.numa_nodes, old.bind_cpus = (0,), frozenset()
+    assert shared_message(old) == ("exclusive is not exclusive: GPU 0000:01:00.0 gets CPUs none, as GPU(s) "
+                                   "0000:02:00.0 do: their node(s) 0 have fewer cores allowed here than GPUs")
+
+
+
+FLAGGED = r"""
+import ctypes, json, os
+import gpuaffinity.numa.bind as b
+set_nr, _ = b._syscall_numbers()
+assert ctypes.CDLL(None, use_errno=True).syscall(set_nr, ctypes.c_int(b.MPOL_INTERLEAVE | 0x8000), b._nodemask([0]),
+                                                  ctypes.c_ulong(1025)) == 0
+from gpuaffinity import _ray_probe
+out = {"affinity": sorted(os.sched_getaffinity(0)), "ray_gpu_ids": ["0"], "node_id": "n" * 56, "pid": 1,
+       "error": None}
+_ray_probe._facts(out, "node")
+print(json.dumps(out["memory"]))
+"""
+
+
+def test_the_ray_probe_names_policies_from_the_one_table(tmp_path):
+    """Before: _ray_probe kept a copy of the names (KERNEL_NAMES), without the flags or mode 6."""
+    from gpuaffinity import _ray_probe
+    assert not hasattr(_ray_probe, "KERNEL_NAMES") and not hasattr(_ray_probe, "POLICY_NAMES")
+    proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", str(machine_here(tmp_path, 1)), "--",
+                           "env", "CUDA_VISIBLE_DEVICES=0", sys.executable, "-c", FLAGGED], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {
+        "policy": "interleave", "nodes": [0], "kernel": "MPOL_INTERLEAVE|MPOL_F_STATIC_NODES"}
+    # the table's owner stays out of `import gpuaffinity`
+    light = subprocess.run([sys.executable, "-c", "import sys, gpuaffinity; print('gpuaffinity.numa.bind' in "
+                            "sys.modules, 'ctypes' in sys.modules)"], capture_output=True, text=True, timeout=60)
+    assert light.stdout.split() == ["False", "False"], light.stderr
+
+
+def test_doctor_says_a_process_under_the_default_policy_is_not_bound(tmp_path):
+    """Before: 'this process is bound to  CPUs …; memory policy MPOL_DEFAULT' for a process nothing bound."""
+    out = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", str(machine_here(tmp_path, 1)), "--",
+                          sys.executable, "-m", "gpuaffinity", "doctor"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "this process is bound to" not in out.stdout
+    line = next(x for x in out.stdout.splitlines() if "this process runs on" in x)
+    assert line.split("this process runs on", 1)[1].strip() == (
+        f"CPUs {format_cpulist(os.sched_getaffinity(0))}; memory not bound (MPOL_DEFAULT: pages go to the node it "
+        "runs on)")

@@ -74,7 +74,7 @@ def test_memory_policy_set_and_read_back():
     assert value(forked(_policy, "none", [0])) == [bind.MPOL_DEFAULT, []]
     assert forked(_policy, "bind", [])["raised"] == "BindError: no NUMA node to bind memory to"
     assert forked(_policy, "interleave", [0])["raised"] == ("BindError: unknown memory policy 'interleave': choose "
-                                                            "bind, preferred or none")
+                                                            "one of preferred, bind, none")
 
 
 @pytest.mark.skipif(not ONE_NODE, reason="needs a kernel with node 0 only")

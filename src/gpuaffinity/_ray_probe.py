@@ -13,11 +13,6 @@ import os
 ENV = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES",
        "NVIDIA_VISIBLE_DEVICES", "GPUAFFINITY_RAY_MODE", "GPUAFFINITY_RAY_MEMORY", "GPUAFFINITY_POLICY",
        "GPUAFFINITY_DISABLE")
-#: the kernel's modes by the names of gpuaffinity's memory policies: MPOL_PREFERRED_MANY is ``preferred`` over
-#: several nodes (its kernel name is reported beside it, as ``kernel``)
-POLICY_NAMES = {0: "default", 1: "preferred", 2: "bind", 3: "interleave", 4: "local", 5: "preferred"}
-KERNEL_NAMES = {0: "MPOL_DEFAULT", 1: "MPOL_PREFERRED", 2: "MPOL_BIND", 3: "MPOL_INTERLEAVE", 4: "MPOL_LOCAL",
-                5: "MPOL_PREFERRED_MANY"}
 
 
 class Probe:
@@ -72,15 +67,16 @@ def _facts(out: dict, mode: str) -> None:
     from gpuaffinity.core.model import Answer
     from gpuaffinity.core.record import replace
     from gpuaffinity.core.settings import SIM_ALLOWED_VAR
-    from gpuaffinity.numa.bind import get_mempolicy
+    from gpuaffinity.numa.bind import SHORT_NAMES, get_mempolicy, policy_mode, policy_name
     from gpuaffinity.numa.modes import place
     from gpuaffinity.numa.query import allowed_cpus
     from gpuaffinity.placement import locate
 
-    policy, nodes = get_mempolicy()
-    policy &= ~0xFF00  # the mode flags get_mempolicy may add
-    out["memory"] = {"policy": POLICY_NAMES.get(policy, str(policy)), "nodes": sorted(nodes),
-                     "kernel": KERNEL_NAMES.get(policy, f"mode {policy}")}
+    raw, nodes = get_mempolicy()
+    # gpuaffinity's name of the mode (MPOL_PREFERRED_MANY is `preferred` over several nodes), and the kernel's,
+    # with the mode flags (MPOL_F_STATIC_NODES...), from the one table in gpuaffinity.numa.bind
+    out["memory"] = {"policy": SHORT_NAMES.get(policy_mode(raw), str(policy_mode(raw))), "nodes": sorted(nodes),
+                     "kernel": policy_name(raw)}
     original = ray_worker._original_cpus
     rec = ray_worker.last()
     out["hook"] = {"set_up": original is not None, "said": sorted(ray_worker._said),
@@ -118,6 +114,7 @@ def _facts(out: dict, mode: str) -> None:
     out["numa_nodes"] = list(loc.numa_nodes)
     out["cpus"] = format_cpulist(loc.cpus)
     out["bind_cpus"] = format_cpulist(region.bind_cpus) if loc.numa_nodes else ""
+    out["gpu_cpus"] = out["bind_cpus"]  # deprecated: its name before issue 19 (docs/ray.md)
     out["memory_nodes"] = list(region.memory_nodes)
     out["shared_with"] = list(region.shared_with)
     out["notes"] = list(loc.notes)

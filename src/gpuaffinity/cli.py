@@ -598,7 +598,8 @@ def _doctor(args: argparse.Namespace) -> int:
     print(f"  {'CUDA initialised here':<28} {'yes' if cuda_initialized_here() else 'no'}")
     from gpuaffinity.numa.query import allowed_cpus
     print(f"  {'allowed CPUs':<28} {format_cpulist(allowed_cpus())}")
-    print(f"  {'this process is bound to':<28} {_in_effect()}")
+    label, value = _in_effect()
+    print(f"  {label:<28} {value}")
 
     from gpuaffinity.api import run_resolution
     try:
@@ -668,19 +669,23 @@ def _doctor(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _in_effect() -> str:
-    """This process's CPU affinity and memory policy, as the kernel has them now."""
+def _in_effect() -> tuple[str, str]:
+    """doctor's line on this process's CPU affinity and memory policy, as the kernel has them now: its label
+    ("this process is bound to", or "this process runs on" where its memory policy is the default) and value."""
     import os
 
     from gpuaffinity.core.cpulist import format_cpulist
-    from gpuaffinity.numa.bind import get_mempolicy, policy_name
+    from gpuaffinity.numa.bind import MPOL_DEFAULT, get_mempolicy, policy_mode, policy_name
 
     cpus = f"CPUs {format_cpulist(os.sched_getaffinity(0))}"
     try:
         mode, nodes = get_mempolicy()
     except Exception as e:  # unreadable (seccomp, an architecture gpuaffinity has no call numbers for)
-        return f"{cpus}; memory policy unreadable ({_cut(str(e), 120)})"
-    return f"{cpus}; memory policy {policy_name(mode)}" + (f" node(s) {format_cpulist(nodes)}" if nodes else "")
+        return "this process runs on", f"{cpus}; memory policy unreadable ({_cut(str(e), 120)})"
+    if policy_mode(mode) == MPOL_DEFAULT:
+        return "this process runs on", f"{cpus}; memory not bound (MPOL_DEFAULT: pages go to the node it runs on)"
+    return "this process is bound to", f"{cpus}; memory policy {policy_name(mode)}" + (
+        f" node(s) {format_cpulist(nodes)}" if nodes else "")
 
 
 def _ray_check(args: argparse.Namespace) -> int:

@@ -19,19 +19,24 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from gpuaffinity.core.settings import DEFAULT_MEMORY
 
-def bound_command(logical_id: int, cmd: Sequence[str], *, mode: str = "node", memory: str = "bind",
-                  on_failure: str = "warn") -> list[str]:
+
+def bound_command(logical_id: int, cmd: Sequence[str], *, mode: str = "node", memory: str = DEFAULT_MEMORY,
+                  on_failure: str | None = None) -> list[str]:
     """The argv that runs ``cmd`` bound to CUDA device ``logical_id``'s node (``gpuaffinity bind`` in an
-    isolated interpreter, gpuaffinity._child; ``cmd`` itself runs with the caller's environment)."""
+    isolated interpreter, gpuaffinity._child; ``cmd`` itself runs with the caller's environment).
+
+    ``memory``: ``preferred`` by default, as everywhere (docs/numa.md).  ``on_failure``: None (default) passes
+    no ``--on-failure``, so the child's GPUAFFINITY_ON_FAILURE applies (else ``warn``)."""
     from gpuaffinity._child import cli_argv
 
-    return cli_argv("bind", str(int(logical_id)), "--mode", mode, "--memory", memory, "--on-failure", on_failure,
-                    "--", *cmd)
+    failure = () if on_failure is None else ("--on-failure", on_failure)
+    return cli_argv("bind", str(int(logical_id)), "--mode", mode, "--memory", memory, *failure, "--", *cmd)
 
 
-def popen(logical_id: int, cmd: Sequence[str], *, mode: str = "node", memory: str = "bind",
-          on_failure: str = "warn", env: Mapping[str, str] | None = None, **kwargs: Any) -> subprocess.Popen:
+def popen(logical_id: int, cmd: Sequence[str], *, mode: str = "node", memory: str = DEFAULT_MEMORY,
+          on_failure: str | None = None, env: Mapping[str, str] | None = None, **kwargs: Any) -> subprocess.Popen:
     """subprocess.Popen of ``cmd``, bound before it starts (``env`` as for Popen)."""
     return subprocess.Popen(bound_command(logical_id, cmd, mode=mode, memory=memory, on_failure=on_failure),
                             env=None if env is None else dict(env), **kwargs)
@@ -49,11 +54,12 @@ def _bound_target(logical_id: int, bind_kwargs: dict[str, Any], env: dict[str, s
 
 def spawn_process(logical_id: int, target: Callable[..., Any], args: Sequence[Any] = (),
                   kwargs: Mapping[str, Any] | None = None, *, env: Mapping[str, str] | None = None,
-                  mode: str = "node", memory: str = "bind", on_failure: str = "warn",
+                  mode: str = "node", memory: str = DEFAULT_MEMORY, on_failure: str | None = None,
                   **process_kwargs: Any) -> multiprocessing.process.BaseProcess:
     """A multiprocessing "spawn" Process that binds to the device, then runs ``target``.
 
-    ``env`` is applied in the child before it resolves (e.g. its own CUDA_VISIBLE_DEVICES).
+    ``env`` is applied in the child before it resolves (e.g. its own CUDA_VISIBLE_DEVICES); so is
+    GPUAFFINITY_ON_FAILURE, which applies unless ``on_failure`` is given.
     The process is returned unstarted; call ``.start()``.
     """
     ctx = multiprocessing.get_context("spawn")
@@ -62,9 +68,11 @@ def spawn_process(logical_id: int, target: Callable[..., Any], args: Sequence[An
                                                    tuple(args), dict(kwargs or {})), **process_kwargs)
 
 
-def initializer(logical_id: int, mode: str = "node", memory: str = "bind", on_failure: str = "warn") -> None:
+def initializer(logical_id: int, mode: str = "node", memory: str = DEFAULT_MEMORY,
+                on_failure: str | None = None) -> None:
     """For ``multiprocessing.get_context("spawn").Pool(initializer=gpuaffinity.launch.initializer,
-    initargs=(device,))``: bind each pool worker before it takes work."""
+    initargs=(device,))``: bind each pool worker before it takes work (``on_failure`` None: the worker's
+    GPUAFFINITY_ON_FAILURE, else ``warn``)."""
     from gpuaffinity.placement import bind
 
     bind(logical_id, mode=mode, memory=memory, on_failure=on_failure)

@@ -11,7 +11,7 @@ import os
 import warnings
 
 from gpuaffinity import _state
-from gpuaffinity.core.settings import DEFAULT_MEMORY, FAILURE_POLICIES, MEMORY_POLICIES, MODES, ON_FAILURE_VAR
+from gpuaffinity.core.settings import DEFAULT_MEMORY, FAILURE_POLICIES, MODES, ON_FAILURE_VAR
 
 TYPE_CHECKING = False  # typing and collections.abc stay unimported: the annotations are strings
 if TYPE_CHECKING:
@@ -49,14 +49,13 @@ def _plan(logical_id: int | str, mode: str, memory: str, policy: str | None, dis
     from gpuaffinity.api import resolve
     from gpuaffinity.core.errors import BindError
     from gpuaffinity.inventory import read_inventory
-    from gpuaffinity.numa.bind import BindRecord
+    from gpuaffinity.numa.bind import BindRecord, check_memory
     from gpuaffinity.numa.modes import place
     from gpuaffinity.numa.query import allowed_cpus
 
     if mode not in MODES:
         raise BindError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
-    if memory not in MEMORY_POLICIES:
-        raise BindError(f"unknown memory policy {memory!r}: choose one of {', '.join(MEMORY_POLICIES)}")
+    check_memory(memory)
     dev = resolve(logical_id, policy=policy, disable=disable, allow_subprocess=allow_subprocess)
     inventory = read_inventory()
     locs = locate([g.pci_bus_id for g in inventory.gpus] + [dev.pci_bus_id])
@@ -69,9 +68,15 @@ def _plan(logical_id: int | str, mode: str, memory: str, policy: str | None, dis
     loc = locs[dev.pci_bus_id]
     placement = place(loc, mode, allowed, by_node)
     # the GPU's own place under the names resolve --json gives it (numa_nodes, cpus); the binding's under its own
-    rec = BindRecord(dev.logical_id, dev.pci_bus_id, mode, memory if placement.memory_nodes else "none",
-                     placement.memory_nodes, placement.bind_cpus, notes=list(placement.notes),
-                     numa_nodes=loc.numa_nodes, cpus=loc.cpus, shared_with=placement.shared_with)
+    shared, why = list(placement.shared_with), placement.shared_why
+    if mode in ("exclusive", "llc"):
+        more, more_why = _overlapping(loc, placement.bind_cpus, locs, mode, allowed, by_node, shared)
+        shared += more
+        why = "; and ".join(w for w in (why, more_why) if w)
+    memory_ = memory if placement.memory_nodes else "none"  # no node left: no policy, and no nodes of it
+    rec = BindRecord(dev.logical_id, dev.pci_bus_id, mode, memory_, placement.memory_nodes if memory_ != "none"
+                     else (), placement.bind_cpus, notes=list(placement.notes),
+                     numa_nodes=loc.numa_nodes, cpus=loc.cpus, shared_with=tuple(shared), shared_why=why)
     if memory != "none" and not placement.memory_nodes:
         from gpuaffinity.core.notes import attention
 
@@ -81,6 +86,41 @@ def _plan(logical_id: int | str, mode: str, memory: str, policy: str | None, dis
         rec.failures.append(f"no CPU to bind to: none of the CPUs near GPU {dev.pci_bus_id} is allowed to this "
                             "process (its affinity mask or cgroup cpuset excludes them)")
     return rec
+
+
+def _overlapping(loc: Locality, share: frozenset[int], locs: dict[str, Locality], mode: str,
+                 allowed: frozenset[int], by_node: dict[int, list[str]], known: list[str]) -> tuple[list[str], str]:
+    """The GPUs outside this GPU's split whose ``exclusive``/``llc`` share overlaps ``share``, and how.
+
+    GPUs of the same node(s) split one pool among themselves (their shares are disjoint, or dealt round-robin and
+    already listed in ``known``).  A GPU whose node has no CPUs takes another node's, which that node's GPUs split
+    without counting it (irregular-2s GPU 6 on node 4, with nodes 2 and 3's CPUs), so the shares overlap across
+    splits: each such GPU is listed, in both directions.  A GPU without a node (no preference) gets every CPU in
+    every mode and is not counted."""
+    from gpuaffinity.core.cpulist import format_cpulist
+    from gpuaffinity.numa.modes import place
+
+    if not loc.numa_nodes or not share:
+        return [], ""
+    found: list[str] = []
+    for bus in sorted(locs):
+        other = locs[bus]
+        if bus == loc.pci_bus_id or bus in known or not other.numa_nodes or other.lost:
+            continue
+        if set(other.numa_nodes) == set(loc.numa_nodes) or not other.cpus & share:
+            continue  # the same split, or CPUs apart
+        if place(other, mode, allowed, by_node, allowed_mems=None).bind_cpus & share:
+            found.append(bus)
+    if not found:
+        return [], ""
+    borrowed = set(loc.cpu_nodes) - set(loc.numa_nodes)
+    if borrowed:
+        how = (f"its node(s) {format_cpulist(loc.numa_nodes)} have no CPUs: it takes those of node(s) "
+               f"{format_cpulist(loc.cpu_nodes)}, whose GPUs split them without counting it")
+    else:
+        how = (f"they take CPUs of node(s) {format_cpulist(loc.numa_nodes)} from a node without CPUs of its own, "
+               "and no split counts both")
+    return found, f"overlapping the CPUs of GPU(s) {', '.join(found)}: {how}"
 
 
 def bind(logical_id: int | str, *, mode: str = "node", memory: str = DEFAULT_MEMORY, on_failure: str | None = None,
@@ -99,10 +139,7 @@ def bind(logical_id: int | str, *, mode: str = "node", memory: str = DEFAULT_MEM
     from gpuaffinity.core.errors import BindError, BindWarning
     from gpuaffinity.numa.bind import apply
 
-    policy_ = on_failure or os.environ.get(ON_FAILURE_VAR) or "warn"
-    if policy_ not in FAILURE_POLICIES:
-        raise BindError(f"unknown failure policy {policy_[:40]!r} (from "
-                        f"{'on_failure' if on_failure else ON_FAILURE_VAR}): choose {' or '.join(FAILURE_POLICIES)}")
+    policy_ = failure_policy(on_failure)
     rec = plan(logical_id, mode=mode, memory=memory, policy=policy, disable=disable, allow_subprocess=allow_subprocess)
     if rec.failures:  # nothing can be applied at all
         if policy_ == "error":
@@ -121,10 +158,35 @@ def bind(logical_id: int | str, *, mode: str = "node", memory: str = DEFAULT_MEM
     return rec
 
 
+def failure_policy(on_failure: object) -> str:
+    """The failure policy in force: ``on_failure``, or (None only) GPUAFFINITY_ON_FAILURE, else ``warn``;
+    BindError naming the choices for anything else (``""``, ``0``, ``"ERROR"``, a number)."""
+    from gpuaffinity.core.errors import BindError
+
+    if on_failure is None:
+        chosen: object = os.environ.get(ON_FAILURE_VAR) or "warn"  # an empty variable is an unset one
+        source = ON_FAILURE_VAR
+    else:
+        chosen, source = on_failure, "on_failure"
+    if not isinstance(chosen, str) or chosen not in FAILURE_POLICIES:
+        shown = repr(chosen[:40]) if isinstance(chosen, str) else f"{chosen!r:.40} ({type(chosen).__name__})"
+        raise BindError(f"unknown failure policy {shown} (from {source}): choose {' or '.join(FAILURE_POLICIES)}")
+    return chosen
+
+
 def shared_message(rec: BindRecord) -> str:
-    """One line: the ``exclusive``/``llc`` share of ``rec``'s GPU is not its own (``rec.shared_with``)."""
+    """One line: the ``exclusive``/``llc`` share of ``rec``'s GPU is not its own (``rec.shared_with``), and why
+    (``rec.shared_why``); a record without those (built by hand) gets what its fields say."""
     from gpuaffinity.core.cpulist import format_cpulist
 
-    return (f"{rec.mode} is not exclusive: GPU {rec.pci_bus_id} gets CPUs {format_cpulist(rec.bind_cpus)}, as "
-            f"GPU(s) {', '.join(rec.shared_with)} do: their node(s) {format_cpulist(rec.numa_nodes)} have fewer "
-            f"{'cores' if rec.mode == 'exclusive' else 'last-level caches'} allowed here than GPUs")
+    head = "exclusive is not exclusive" if rec.mode == "exclusive" else f"{rec.mode} shares CPUs between GPUs"
+    cpus = format_cpulist(rec.bind_cpus) or "none"
+    if not rec.shared_with:
+        return f"GPU {rec.pci_bus_id}'s {rec.mode} CPUs {cpus} are its own: no other GPU is given them"
+    why = rec.shared_why
+    if not why:
+        units = "cores" if rec.mode == "exclusive" else "last-level cache domains"
+        why = f"as GPU(s) {', '.join(rec.shared_with)} do" + (
+            f": their node(s) {format_cpulist(rec.numa_nodes)} have fewer {units} allowed here than GPUs"
+            if rec.numa_nodes else "")
+    return f"{head}: GPU {rec.pci_bus_id} gets CPUs {cpus}, {why}"

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
 MPOL_DEFAULT, MPOL_PREFERRED, MPOL_BIND, MPOL_INTERLEAVE, MPOL_LOCAL, MPOL_PREFERRED_MANY = 0, 1, 2, 3, 4, 5
+MPOL_WEIGHTED_INTERLEAVE = 6  # Linux 6.9
 
 _SYSCALLS = {"x86_64": (238, 239), "aarch64": (237, 236), "ppc64le": (261, 260)}  # set_, get_mempolicy
 _MASK_BITS = 1024
@@ -31,20 +32,51 @@ _MASK_BITS = 1024
 
 
 
-#: The kernel's names of its memory policy modes (``get_mempolicy``'s mode, flags masked off).
+#: The kernel's names of its memory policy modes (``get_mempolicy``'s mode, flags masked off), and gpuaffinity's
+#: name of each (``MPOL_PREFERRED_MANY`` is ``preferred`` over several nodes): the one table of them, which the
+#: Ray probe reads too.
 MPOL_NAMES = {MPOL_DEFAULT: "MPOL_DEFAULT", MPOL_PREFERRED: "MPOL_PREFERRED", MPOL_BIND: "MPOL_BIND",
-              MPOL_INTERLEAVE: "MPOL_INTERLEAVE", MPOL_LOCAL: "MPOL_LOCAL", MPOL_PREFERRED_MANY: "MPOL_PREFERRED_MANY"}
-_MPOL_FLAGS = 0xFF00  # MPOL_F_STATIC_NODES, MPOL_F_RELATIVE_NODES, MPOL_F_NUMA_BALANCING: get_mempolicy may add them
+              MPOL_INTERLEAVE: "MPOL_INTERLEAVE", MPOL_LOCAL: "MPOL_LOCAL", MPOL_PREFERRED_MANY: "MPOL_PREFERRED_MANY",
+              MPOL_WEIGHTED_INTERLEAVE: "MPOL_WEIGHTED_INTERLEAVE"}
+SHORT_NAMES = {MPOL_DEFAULT: "default", MPOL_PREFERRED: "preferred", MPOL_BIND: "bind",
+               MPOL_INTERLEAVE: "interleave", MPOL_LOCAL: "local", MPOL_PREFERRED_MANY: "preferred",
+               MPOL_WEIGHTED_INTERLEAVE: "weighted-interleave"}
+#: The mode flags ``get_mempolicy`` adds to the mode (linux/mempolicy.h), highest first.
+MPOL_FLAGS = ((0x8000, "MPOL_F_STATIC_NODES"), (0x4000, "MPOL_F_RELATIVE_NODES"), (0x2000, "MPOL_F_NUMA_BALANCING"))
+_MPOL_FLAGS = 0xFF00  # the bits above the mode (the kernel's MPOL_MODE_FLAGS and room for more)
+
+
+def policy_mode(mode: int) -> int:
+    """The mode of a ``get_mempolicy`` answer, its flags masked off."""
+    return mode & ~_MPOL_FLAGS
 
 
 def policy_name(mode: int) -> str:
-    """The kernel's name of a memory policy mode, as ``get_mempolicy`` reads it (``MPOL_BIND``...)."""
-    return MPOL_NAMES.get(mode & ~_MPOL_FLAGS, f"mode {mode}")
+    """The kernel's name of a memory policy as ``get_mempolicy`` reads it, flags included:
+    ``MPOL_BIND``, ``MPOL_INTERLEAVE|MPOL_F_STATIC_NODES``, ``mode 9``."""
+    base = policy_mode(mode)
+    parts = [MPOL_NAMES.get(base, f"mode {base}")]
+    rest = mode & _MPOL_FLAGS
+    for bit, name in MPOL_FLAGS:
+        if rest & bit:
+            parts.append(name)
+            rest &= ~bit
+    if rest:
+        parts.append(f"0x{rest:x}")
+    return "|".join(parts)
+
+
+def check_memory(memory: object) -> str:
+    """``memory`` if it is one of MEMORY_POLICIES; BindError naming the choices otherwise."""
+    if not isinstance(memory, str) or memory not in MEMORY_POLICIES:
+        raise BindError(f"unknown memory policy {memory!r:.60}: choose one of {', '.join(MEMORY_POLICIES)}")
+    return memory
 
 
 def kernel_mode(memory: str, nodes: tuple[int, ...]) -> int | None:
-    """The ``set_mempolicy`` mode that ``memory`` asks for over ``nodes`` (None: no call at all)."""
-    if memory == "none" or not nodes:
+    """The ``set_mempolicy`` mode that ``memory`` asks for over ``nodes`` (None: no call at all); BindError for
+    a memory policy that is not one of MEMORY_POLICIES."""
+    if check_memory(memory) == "none" or not nodes:
         return None
     if memory == "bind":
         return MPOL_BIND
@@ -58,11 +90,12 @@ class BindRecord:
     The field names mean what they mean in ``gpuaffinity resolve --json``: ``numa_nodes`` are the GPU's NUMA
     node(s), ``cpus`` its nearby CPUs that this process may use.  What the binding does has names of its own:
     ``bind_cpus`` (the CPUs the mode gives: the node's, the socket's, an exclusive share), ``memory`` (the
-    policy asked: ``preferred``, ``bind``, ``none``), ``memory_nodes`` (the nodes of that policy) and
-    ``memory_policy`` (the kernel's policy: planned, then, after applying, the one in effect, e.g.
-    ``MPOL_PREFERRED`` where a kernel without ``MPOL_PREFERRED_MANY`` made it fall back).  ``shared_with``:
-    the GPUs (PCI bus ids) whose ``exclusive``/``llc`` share is the same CPUs as this one's, where the node
-    has fewer units than GPUs.
+    policy asked: ``preferred``, ``bind``, ``none``; anything else is a BindError), ``memory_nodes`` (the
+    nodes of that policy; empty under ``none``) and ``memory_policy`` (the kernel's policy: ``planned_policy``,
+    derived from ``memory`` and ``memory_nodes`` whenever it is read, until ``bind`` applies the record; then
+    ``policy_in_effect``, e.g. ``MPOL_PREFERRED`` where a kernel without ``MPOL_PREFERRED_MANY`` made it fall
+    back).  ``shared_with``: the GPUs (PCI bus ids) whose ``exclusive``/``llc`` share overlaps this one's
+    (fewer units than GPUs, or a GPU taking another node's CPUs); ``shared_why`` says which of the two.
     """
 
     logical_id: int | None
@@ -78,13 +111,27 @@ class BindRecord:
     notes: list[str] = field(default_factory=list)
     numa_nodes: tuple[int, ...] = ()
     cpus: frozenset[int] = frozenset()
-    memory_policy: str = ""
+    #: the kernel's policy once ``bind`` applied the record (read back, or the old one where it was refused);
+    #: "" before
+    policy_in_effect: str = ""
     shared_with: tuple[str, ...] = ()
+    shared_why: str = ""
 
     def __post_init__(self) -> None:
-        if not self.memory_policy:  # planned: the kernel mode the memory policy asks for
-            mode = kernel_mode(self.memory, self.memory_nodes)
-            self.memory_policy = "none" if mode is None else MPOL_NAMES[mode]
+        check_memory(self.memory)
+        if self.memory == "none":  # no policy, no nodes of it
+            self.memory_nodes = ()
+
+    @property
+    def planned_policy(self) -> str:
+        """The kernel policy ``memory`` asks for over ``memory_nodes`` now (``none``: no call)."""
+        mode = kernel_mode(self.memory, self.memory_nodes)
+        return "none" if mode is None else MPOL_NAMES[mode]
+
+    @property
+    def memory_policy(self) -> str:
+        """The kernel's policy: the one in effect once applied, else the planned one (docs/numa.md)."""
+        return self.policy_in_effect or self.planned_policy
 
     @property
     def ok(self) -> bool:
@@ -92,7 +139,8 @@ class BindRecord:
 
     def summary(self) -> str:
         cpu = f"CPUs {format_cpulist(self.bind_cpus) or 'none'}" + ("" if self.cpus_applied else " (not applied)")
-        mem = f"memory {self.memory}" + (f" node(s) {format_cpulist(self.memory_nodes)}" if self.memory_nodes else "")
+        nodes = self.memory_nodes if self.memory != "none" else ()
+        mem = f"memory {self.memory}" + (f" node(s) {format_cpulist(nodes)}" if nodes else "")
         if self.memory != "none":
             mem += f" ({self.memory_policy})" if self.memory_applied else " (not applied)"
         return f"GPU {self.pci_bus_id}, mode {self.mode}: {cpu}, {mem}"
@@ -128,10 +176,8 @@ def set_mempolicy(memory: str, nodes: tuple[int, ...]) -> int | None:
     ``preferred`` over several nodes is ``MPOL_PREFERRED_MANY``; a kernel without it (before Linux 5.15)
     refuses it with EINVAL, and the first node alone is preferred instead (``MPOL_PREFERRED`` is returned: the
     caller says so).  Raise BindError naming the cause."""
-    if memory == "none":
+    if check_memory(memory) == "none":
         return None
-    if memory not in MEMORY_POLICIES:
-        raise BindError(f"unknown memory policy {memory!r}: choose bind, preferred or none")
     if not nodes:
         raise BindError("no NUMA node to bind memory to")
     set_nr, _ = _syscall_numbers()
@@ -239,7 +285,7 @@ def apply(record: BindRecord, on_failure: str) -> BindRecord:
             _record_policy(record, set_mempolicy(record.memory, record.memory_nodes))
         except BindError as e:
             record.failures.append(str(e))
-            record.memory_policy = policy_name(old_policy[0])  # a refused set_mempolicy changes nothing
+            record.policy_in_effect = policy_name(old_policy[0])  # a refused set_mempolicy changes nothing
     if record.failures and on_failure == "error":
         if record.cpus_applied:
             set_affinity_all_threads(old_cpus)
@@ -247,7 +293,7 @@ def apply(record: BindRecord, on_failure: str) -> BindRecord:
         if record.memory_applied:
             _restore_mempolicy(*old_policy)
             record.memory_applied = False
-            record.memory_policy = policy_name(old_policy[0])
+            record.policy_in_effect = policy_name(old_policy[0])
         raise BindError("; ".join(record.failures) + " (nothing was left applied)")
     return record
 
@@ -257,10 +303,10 @@ def _record_policy(record: BindRecord, mode: int | None) -> None:
     ``memory_nodes`` to the node really preferred."""
     record.memory_applied = True
     if mode is None:
-        record.memory_policy = "none"
+        record.policy_in_effect = "none"
         return
     planned = kernel_mode(record.memory, record.memory_nodes)
-    record.memory_policy = MPOL_NAMES[mode]
+    record.policy_in_effect = MPOL_NAMES[mode]
     if mode != planned:
         record.notes.append(attention(
             f"this kernel has no MPOL_PREFERRED_MANY (Linux 5.15 added it): memory prefers node "

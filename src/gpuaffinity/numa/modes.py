@@ -48,13 +48,15 @@ class Placement:
     """What one mode gives a GPU: the memory nodes of its memory policy, the CPUs to bind to, and notes.
 
     ``shared_with``: the GPUs (PCI bus ids) given the very same CPUs, where an ``exclusive`` or ``llc``
-    split has fewer units than GPUs; empty when this GPU's share is its own."""
+    split has fewer units than GPUs; empty when this GPU's share is its own.  ``shared_why``: how they share
+    it (``as GPU(s) … do: …``), the tail of the BindWarning (gpuaffinity.placement.shared_message)."""
 
     mode: str
     memory_nodes: tuple[int, ...]
     bind_cpus: frozenset[int]
     notes: tuple[str, ...] = ()
     shared_with: tuple[str, ...] = ()
+    shared_why: str = ""
 
 
 def cores_of(cpus: frozenset[int], sysfs: Sysfs | None = None, notes: list[str] | None = None
@@ -113,7 +115,12 @@ def place(loc: Locality, mode: str, allowed: frozenset[int], gpus_by_node: dict[
             cpus = _llc(pool, peers, rank, where, fs, notes, shared)
     mems = allowed_memory_nodes() if allowed_mems is _ASK else allowed_mems
     memory = _memory_nodes(nodes, loc, gpu_memory, mems, fs, notes)  # type: ignore[arg-type]
-    return Placement(mode, memory, cpus, tuple(notes), tuple(shared))
+    why = ""
+    if shared:
+        units = "cores" if mode == "exclusive" else "last-level cache domains"
+        why = (f"as GPU(s) {', '.join(shared)} do: their node(s) {format_cpulist(loc.numa_nodes)} have fewer "
+               f"{units} allowed here than GPUs")
+    return Placement(mode, memory, cpus, tuple(notes), tuple(shared), why)
 
 
 def _peers(loc: Locality, gpus_by_node: dict[int, list[str]] | None, fs: Sysfs) -> list[str]:
@@ -167,6 +174,12 @@ def _llc(pool: frozenset[int], peers: list[str], rank: int, where: str, fs: Sysf
             notes.append("no last-level cache information in sysfs: using the node")
             return pool
         domains.add(tuple(sorted(shared_cache & pool)))
+    if len(domains) == 1 and len(peers) > 1:
+        # one cache domain spans the whole pool (an Intel L3 per package): every GPU of the node gets it, which is
+        # what llc means there (one cache group), as on a machine without cache files; not a failed share
+        notes.append(f"one last-level cache domain spans the allowed CPUs of {where}: all {len(peers)} GPUs there "
+                     f"get it whole ({format_cpulist(pool)}): llc groups by cache, and there is one group")
+        return pool
     return _share(sorted(domains), peers, rank, "last-level cache domain", "last-level cache", where, notes,
                   shared)
 
