@@ -11,11 +11,15 @@ Each was found as written in issue 19, item 9, and each test failed on the code 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -199,8 +203,6 @@ def test_auto_takes_your_own_recorded_cluster_and_says_which(token_cluster, tmp_
     env = clean_env(tmp_path, RAY_TMPDIR=str(recorded.parent.parent), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=TOKEN)
     proc, _took = ray_check(env, "--json")
     assert proc.returncode == 0, proc.stderr
-    import json
-
     settings = json.loads(proc.stdout)["settings"]
     assert (settings["address"], settings["cluster"], settings["found"]) == ("auto", token_cluster.address,
                                                                             f"{recorded} (yours)")
@@ -215,3 +217,50 @@ def test_auto_with_no_recorded_cluster_is_one_line(tmp_path, recorded):
     assert proc.stderr == (f"gpuaffinity: no Ray cluster of yours recorded on this machine ({recorded} does not "
                            "exist): pass --address HOST:PORT (set RAY_ADDRESS), as `ray status` on the cluster's "
                            "head prints it\n")
+
+
+def doc_blocks(title):
+    """The fenced blocks of docs/ray.md's section ``title``, as (language, text)."""
+
+    text = (Path(__file__).parent.parent / "docs" / "ray.md").read_text()
+    section = text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^```(\w*)\n(.*?)^```$", section, re.S | re.M)
+
+
+def shown(text):
+    """Output lines without what changes from run to run: the node's id and host, the seconds."""
+    out = []
+    for line in text.splitlines():
+        words = line.split()
+        if words and re.fullmatch(r"[0-9a-f]{8}", words[0]):
+            words = words[3:]  # NODE, and HOST as name and IP
+        out.append(re.sub(r"probed in [0-9.]+ s", "probed in S s", " ".join(words)))
+    return out
+
+
+@pytest.mark.skipif(not {0, 1} <= os.sched_getaffinity(0), reason="the recipe's machine is CPUs 0 and 1")
+def test_the_simulator_recipe_runs_as_written(tmp_path):
+    """docs/ray.md's "Ray on the simulator": its commands, run by bash as written (on a free port and a temp
+    folder of this test's own), print what the page shows, and leave no process behind."""
+    from gpuaffinity.sim.raycluster import _free_port
+
+    (lang, script), (_lang, output) = doc_blocks("Ray on the simulator")[:2]
+    assert lang == "sh" and "gpuaffinity ray-check --address 127.0.0.1:6390" in script
+    port, temp = str(_free_port()), str(tmp_path / "ray-sim")
+    script = script.replace("6390", port).replace("/tmp/ray-sim", temp)
+    bin_dir = tmp_path / "bin"  # `gpuaffinity` is this checkout's, as the workers' (PYTHONPATH) is
+    bin_dir.mkdir()
+    (bin_dir / "gpuaffinity").write_text(f'#!/bin/sh\nexec {sys.executable} -m gpuaffinity "$@"\n')
+    (bin_dir / "gpuaffinity").chmod(0o755)
+    env = clean_env(tmp_path, PATH=f"{bin_dir}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        proc = subprocess.run(["bash", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=env, cwd=root, timeout=300)
+    finally:
+        left = subprocess.run(["pgrep", "-f", temp], capture_output=True, text=True).stdout.split()
+        for pid in left:  # only what this test started: the temp folder is in each of their command lines
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+    assert left == [], "the recipe left Ray processes behind"
+    assert shown(proc.stdout) == shown(output), proc.stdout
