@@ -15,9 +15,11 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -246,7 +248,9 @@ def test_the_simulator_recipe_runs_as_written(tmp_path):
 
     (lang, script), (_lang, output) = doc_blocks("Ray on the simulator")[:2]
     assert lang == "sh" and "gpuaffinity ray-check --address 127.0.0.1:6390" in script
-    port, temp = str(_free_port()), str(tmp_path / "ray-sim")
+    # short, as /tmp/ray-sim: Ray's socket paths under it must stay within 107 bytes, which pytest's tmp_path passes
+    temp = tempfile.mkdtemp(prefix="gpa-rs-", dir="/tmp") + "/ray-sim"
+    port = str(_free_port())
     script = script.replace("6390", port).replace("/tmp/ray-sim", temp)
     bin_dir = tmp_path / "bin"  # `gpuaffinity` is this checkout's, as the workers' (PYTHONPATH) is
     bin_dir.mkdir()
@@ -256,11 +260,12 @@ def test_the_simulator_recipe_runs_as_written(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         proc = subprocess.run(["bash", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=env, cwd=root, timeout=300)
+                              env=env, cwd=root, timeout=240)
     finally:
         left = subprocess.run(["pgrep", "-f", temp], capture_output=True, text=True).stdout.split()
         for pid in left:  # only what this test started: the temp folder is in each of their command lines
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGKILL)
+        shutil.rmtree(os.path.dirname(temp), ignore_errors=True)
     assert left == [], "the recipe left Ray processes behind"
     assert shown(proc.stdout) == shown(output), proc.stdout
