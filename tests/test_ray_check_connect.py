@@ -269,3 +269,11 @@ def test_the_simulator_recipe_runs_as_written(tmp_path):
         shutil.rmtree(os.path.dirname(temp), ignore_errors=True)
     assert left == [], "the recipe left Ray processes behind"
     assert shown(proc.stdout) == shown(output), proc.stdout
+
+
+def test_local_is_refused_not_any_cluster_in_ps(tmp_path):
+    """--address local: Ray's address lookup for it goes on to any GCS process in `ps`, whoever runs it."""
+    proc, took = ray_check(clean_env(tmp_path), "--address", "local")
+    assert (proc.returncode, proc.stdout) == (1, "") and took < 10
+    assert proc.stderr == ("gpuaffinity: --address local would start a Ray cluster of the check's own, with no GPU "
+                           "worker to check: pass your cluster's HOST:PORT\n")

@@ -187,6 +187,9 @@ def _resolve(ray: Any, where: str) -> tuple[str, str | None]:
     (``/tmp/ray/ray_current_cluster``), whoever ran it, and without one any GCS process it sees in ``ps``: on a
     shared machine that is another user's cluster.  Here ``"auto"`` takes only that file, and only where this
     user owns it; any other cluster is checked only when its address is given."""
+    if where == "local":  # Ray: start a cluster of this process's own; and its address lookup takes any GCS in ps
+        raise GpuAffinityError("--address local would start a Ray cluster of the check's own, with no GPU worker "
+                               "to check: pass your cluster's HOST:PORT")
     if where != "auto":
         return where, None
     try:
