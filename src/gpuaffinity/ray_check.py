@@ -94,7 +94,7 @@ def check(address: str | None = None, *, mode: str = "node", memory: str = "bind
                                "(`gpuaffinity ray-check`, or check() before ray.init)")
     where = address or os.environ.get("RAY_ADDRESS") or "auto"
     started = time.perf_counter()
-    cluster, found = _resolve(ray, where)
+    cluster, found = _resolve(where)
     gcs = _reachable(ray, where, cluster)
     if gcs is not None:
         _authenticate(gcs, cluster, found is not None)
@@ -180,7 +180,7 @@ def _check(ray: Any, node_affinity: Any, where: str, env: dict[str, Any], mode: 
         ray.shutdown()
 
 
-def _resolve(ray: Any, where: str) -> tuple[str, str | None]:
+def _resolve(where: str) -> tuple[str, str | None]:
     """The address to connect to, and for ``"auto"`` where it was found.
 
     Ray's ``"auto"`` takes the address the last ``ray start`` on this machine wrote in its temp folder
