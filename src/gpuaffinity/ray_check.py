@@ -96,13 +96,15 @@ def check(address: str | None = None, *, mode: str = "node", memory: str = "bind
     started = time.perf_counter()
     cluster, found = _resolve(where)
     gcs = _reachable(ray, where, cluster)
-    if gcs is not None:
-        _authenticate(gcs, cluster, found is not None)
+    # from here on, a cluster that goes away is one line within seconds, wherever Ray waits (its GCS client waits
+    # 40 s for a GCS that is gone, its core worker 60 s)
+    watchdog = _Watchdog(gcs, cluster) if gcs is not None else None
     # Ray prints its raylet's error messages (a worker that died, ...) on stdout from a thread of its own: keep them
     # off the caller's stdout (the table, --json); each row says what went wrong in its own words
     caught = io.StringIO()
-    watchdog = _Watchdog(gcs, cluster) if gcs is not None else None
     try:
+        if gcs is not None:
+            _authenticate(gcs, cluster, found is not None)
         with contextlib.redirect_stdout(caught):
             report = _check(ray, NodeAffinitySchedulingStrategy, cluster, env, mode, memory, timeout, progress,
                             started, caught, watchdog)
