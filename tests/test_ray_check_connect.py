@@ -6,7 +6,9 @@ Each was found as written in issue 19, item 9, and each test failed on the code 
 - a token the cluster refuses gave Ray's 20 log lines in 21 s, then "cannot connect ... start one with
   `ray start --head`" while the cluster was up;
 - a GCS killed while the check connected took 60 s, and the last line was Ray's;
-- ``"auto"`` took whatever cluster the last ``ray start`` on the machine recorded, another user's included.
+- ``"auto"`` took whatever cluster the last ``ray start`` on the machine recorded, another user's included, and
+  without a record any GCS process in ``ps`` (so did ``--address local``);
+- docs/ray.md had no recipe for Ray on the simulator: its test runs the page's commands as written.
 """
 
 from __future__ import annotations
