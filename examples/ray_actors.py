@@ -13,6 +13,9 @@ and binds by the GPU's UUID, a physical selector that does not depend on what
 the process sees.
 
     gpuaffinity sim run dgx-h100 -- python3 examples/ray_actors.py [--noset] [--gpus N]
+
+It starts a Ray of its own (address="local"): it never joins a cluster it finds on the machine, as a bare
+ray.init() would, another user's included.
 """
 
 from __future__ import annotations

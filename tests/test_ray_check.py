@@ -354,7 +354,7 @@ def test_two_workers_on_one_gpu_are_both_marked():
 FULL = os.environ.get("GPUAFFINITY_TEST_FULL") == "1"
 
 
-@pytest.mark.skipif(not FULL, reason="the full variant: GPUAFFINITY_TEST_FULL=1 (about 2 minutes on 2 cores)")
+@pytest.mark.skipif(not FULL, reason="the full variant: GPUAFFINITY_TEST_FULL=1 (about 140 s on 2 cores)")
 @pytest.mark.parametrize("variant", ["noset", "socket"])
 def test_full_four_shuffled_nodes_of_eight(tmp_path, variant):
     """The full local variant: 4 nodes of 8 GPUs, each started with its own order of CUDA_VISIBLE_DEVICES;

@@ -718,6 +718,9 @@ def _ray_check(args: argparse.Namespace) -> int:
     finally:
         if live:
             sys.stderr.write("\r\x1b[K")
+    if report.settings.get("found"):  # "auto": which cluster that was, and why it was taken
+        sys.stderr.write(f'gpuaffinity ray-check: "auto" is the Ray cluster at {report.settings["cluster"]}, '
+                         f'recorded in {report.settings["found"]}\n')
     print(report.to_json() if args.json else render(report))
     return EXIT_OK if report.ok else EXIT_FOUND
 

@@ -16,8 +16,12 @@ import io
 import json
 import os
 import re
+import socket
+import sys
+import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from gpuaffinity.core.cpulist import format_cpulist, parse_cpulist
@@ -90,28 +94,54 @@ def check(address: str | None = None, *, mode: str = "node", memory: str = DEFAU
                                "(`gpuaffinity ray-check`, or check() before ray.init)")
     where = address or os.environ.get("RAY_ADDRESS") or "auto"
     started = time.perf_counter()
-    _reachable(ray, where)
+    cluster, found = _resolve(where)
+    gcs = _reachable(ray, where, cluster)
+    # from here on, a cluster that goes away is one line within seconds, wherever Ray waits (its GCS client waits
+    # 40 s for a GCS that is gone, its core worker 60 s)
+    watchdog = _Watchdog(gcs, cluster) if gcs is not None else None
     # Ray prints its raylet's error messages (a worker that died, ...) on stdout from a thread of its own: keep them
     # off the caller's stdout (the table, --json); each row says what went wrong in its own words
     caught = io.StringIO()
-    with contextlib.redirect_stdout(caught):
-        return _check(ray, NodeAffinitySchedulingStrategy, where, env, mode, memory, timeout, progress, started,
-                      caught)
+    try:
+        if gcs is not None:
+            _authenticate(gcs, cluster, found is not None)
+        with contextlib.redirect_stdout(caught):
+            report = _check(ray, NodeAffinitySchedulingStrategy, cluster, env, mode, memory, timeout, progress,
+                            started, caught, watchdog)
+    finally:
+        if watchdog is not None:
+            watchdog.stop()
+    report.settings["address"] = where
+    if cluster != where:
+        report.settings["cluster"] = cluster
+    if found is not None:
+        report.settings["found"] = found
+    return report
 
 
 def _check(ray: Any, node_affinity: Any, where: str, env: dict[str, Any], mode: str, memory: str, timeout: float,
-           progress: Callable[[int, int], None] | None, started: float, caught: io.StringIO) -> Report:
+           progress: Callable[[int, int], None] | None, started: float, caught: io.StringIO,
+           watchdog: _Watchdog | None) -> Report:
     from gpuaffinity import _ray_probe
 
     try:
-        # a copy: Ray adds to the runtime environment it is given, and the report shows what was asked
-        ray.init(address=where, runtime_env=copy.deepcopy(env), log_to_driver=False, logging_level="ERROR",
-                 namespace="gpuaffinity-ray-check")
+        # Ray's C++ client logs each failed try on stderr while it connects (20 lines in 20 s where a cluster
+        # refuses this process's token): kept off the terminal; what went wrong is said below, in one line
+        with _quiet_stderr():
+            # a copy: Ray adds to the runtime environment it is given, and the report shows what was asked
+            ray.init(address=where, runtime_env=copy.deepcopy(env), log_to_driver=False, logging_level="ERROR",
+                     namespace="gpuaffinity-ray-check")
     except (TypeError, ValueError) as e:  # reachable (checked above): what Ray refuses is the runtime environment
         raise UsageError(f"Ray refuses the runtime environment: {str(e).splitlines()[0][:300]}") from None
-    except (ConnectionError, RuntimeError) as e:
-        raise GpuAffinityError(f"cannot connect to a Ray cluster at {where!r}: {str(e).splitlines()[0][:300]} "
-                               "(start one with `ray start --head`, or pass --address HOST:PORT)") from None
+    except Exception as e:
+        if _refused_token(e):
+            raise GpuAffinityError(_auth_message(where)) from None
+        if not isinstance(e, (ConnectionError, RuntimeError)):
+            raise
+        raise GpuAffinityError(f"cannot connect to the Ray cluster at {where!r}: {str(e).splitlines()[0][:300]} "
+                               "(`ray status` on its head says whether it is up)") from None
+    if watchdog is not None:
+        watchdog.phase = "waiting for its probes"
     timings = {"connect": time.perf_counter() - started}
     try:
         t = time.perf_counter()
@@ -152,27 +182,178 @@ def _check(ray: Any, node_affinity: Any, where: str, env: dict[str, Any], mode: 
         ray.shutdown()
 
 
-def _reachable(ray: Any, where: str) -> None:
-    """Refuse at once, in one line, where nothing listens: ray.init would retry for minutes, logging from C++."""
-    if where.startswith("ray://"):
-        return  # Ray Client: its own connection, its own errors
+def _resolve(where: str) -> tuple[str, str | None]:
+    """The address to connect to, and for ``"auto"`` where it was found.
+
+    Ray's ``"auto"`` takes the address the last ``ray start`` on this machine wrote in its temp folder
+    (``/tmp/ray/ray_current_cluster``), whoever ran it, and without one any GCS process it sees in ``ps``: on a
+    shared machine that is another user's cluster.  Here ``"auto"`` takes only that file, and only where this
+    user owns it; any other cluster is checked only when its address is given."""
+    if where == "local":  # Ray: start a cluster of this process's own; and its address lookup takes any GCS in ps
+        raise GpuAffinityError("--address local would start a Ray cluster of the check's own, with no GPU worker "
+                               "to check: pass your cluster's HOST:PORT")
+    if where != "auto":
+        return where, None
+    try:
+        from ray._common.utils import get_ray_address_file
+
+        record = get_ray_address_file(None)
+    except ImportError:  # a Ray without this private helper: its default place
+        temp = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+        record = os.path.join(temp, "ray", "ray_current_cluster")
+    try:
+        st = os.stat(record)
+        with open(record) as f:
+            found = f.read().strip()
+    except OSError:
+        raise GpuAffinityError(f"no Ray cluster of yours recorded on this machine ({record} does not exist): pass "
+                               "--address HOST:PORT (set RAY_ADDRESS), as `ray status` on the cluster's head "
+                               "prints it") from None
+    if st.st_uid != os.getuid():
+        raise GpuAffinityError(f"\"auto\" found the Ray cluster at {clean(found[:100])} in {record}, started by "
+                               f"{_user(st.st_uid)}, not by you: pass --address {clean(found[:100])} to check it "
+                               "anyway, or the address of your own cluster") from None
+    if not found:
+        raise GpuAffinityError(f"{record} names no Ray cluster: pass --address HOST:PORT") from None
+    return found, f"{record} (yours)"
+
+
+def _user(uid: int) -> str:
+    try:
+        import pwd
+
+        return f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def _reachable(ray: Any, where: str, cluster: str) -> str | None:
+    """The GCS's ``host:port``, refusing at once, in one line, where nothing listens: ray.init would retry for
+    minutes, logging from C++.  None for Ray Client (``ray://``), which makes its own connection and errors."""
+    if cluster.startswith("ray://"):
+        return None
     try:
         from ray._private.services import canonicalize_bootstrap_address_or_die
 
-        address = canonicalize_bootstrap_address_or_die(where)
+        address = canonicalize_bootstrap_address_or_die(cluster)
     except ImportError:  # a Ray without this private helper: let ray.init find the cluster
-        return
+        return None
     except (ConnectionError, ValueError) as e:
         raise GpuAffinityError(f"no Ray cluster found for address {where!r}: {str(e).splitlines()[0][:200]} "
                                "(start one with `ray start --head`, or pass --address HOST:PORT)") from None
     host, _, port = address.rpartition(":")
     try:
-        import socket
-
         socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
     except (OSError, ValueError) as e:
         raise GpuAffinityError(f"no Ray cluster answers at {address} (from {where!r}): {e} (is it running? "
                                "`ray status` says; or pass --address HOST:PORT)") from None
+    return address
+
+
+def _authenticate(gcs: str, shown: str, auto: bool) -> None:
+    """Refuse at once, in one line naming the fix, a cluster that wants a token this process lacks or has wrong.
+
+    Ray's own ray.init tries 20 times, a second apart, logging each try, then says it cannot connect.  One GCS
+    client says at once: Ray raises ``AuthenticationError`` on its first refused call."""
+    try:
+        from ray._raylet import AuthenticationMode, AuthenticationTokenLoader, GcsClient, get_authentication_mode
+    except ImportError:  # a Ray without token authentication
+        return
+    if auto:  # as ray.init does for "auto": a token on this machine turns token authentication on
+        with contextlib.suppress(ImportError):
+            from ray._private.authentication.authentication_token_setup import (
+                maybe_enable_token_auth_if_token_available,
+            )
+
+            maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    if get_authentication_mode() == AuthenticationMode.TOKEN and \
+            not AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
+        # Ray's GCS client aborts the process, with a C++ stack, when it has no token to send
+        raise GpuAffinityError(f"RAY_AUTH_MODE=token, but this process has no token for the Ray cluster at {shown}: "
+                               f"{_TOKEN_FIX}")
+    try:
+        with _quiet_stderr():
+            GcsClient(address=gcs, cluster_id=None)
+    except Exception as e:
+        if _refused_token(e):
+            raise GpuAffinityError(_auth_message(shown)) from None
+        # anything else: ray.init tries again, and says what it finds
+
+
+_TOKEN_FIX = ("set RAY_AUTH_TOKEN to the cluster's token, or put it in the file RAY_AUTH_TOKEN_PATH names "
+              "(default ~/.ray/auth_token); `ray get-auth-token` on the head prints it")
+
+
+def _refused_token(e: BaseException) -> bool:
+    return type(e).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(e)
+
+
+def _auth_message(where: str) -> str:
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        return (f"the Ray cluster at {where} requires token authentication: run with RAY_AUTH_MODE=token, and "
+                f"{_TOKEN_FIX}")
+    source = "RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else \
+        (os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token")
+    return f"the Ray cluster at {where} refuses this process's token (from {source}): {_TOKEN_FIX}"
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 sent to a scratch file: what Ray's C++ logs there while it connects stays off the
+    terminal (Python's sys.stderr is the same descriptor, flushed first)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
+class _Watchdog(threading.Thread):
+    """Says, in one line, that the cluster went away while the check connects or waits, and ends the process.
+
+    Ray's own client waits 60 s for a GCS that is gone, then ends the process itself with a line of its own
+    (``Failed to connect to GCS within 60 seconds``).  This thread connects to the GCS's port every half second;
+    when nothing has answered there for ``LOST_AFTER`` seconds it writes its line on the real stderr (even where
+    Ray's is sent elsewhere) and ends the process with status 1, what the CLI gives a check that cannot run."""
+
+    LOST_AFTER = 4.0
+
+    def __init__(self, gcs: str, where: str) -> None:
+        super().__init__(name="gpuaffinity-ray-watchdog", daemon=True)
+        host, _, port = gcs.rpartition(":")
+        self.target = (host.strip("[]"), int(port))
+        self.gcs = gcs
+        self.where = where
+        self.phase = "connecting to it"
+        self._done = threading.Event()
+        self._stderr = os.dup(2)  # the terminal's, taken before Ray's connection is kept off it
+        self.start()
+
+    def run(self) -> None:
+        answered = time.monotonic()
+        while not self._done.wait(0.5):
+            try:
+                socket.create_connection(self.target, timeout=1.0).close()
+                answered = time.monotonic()
+            except OSError as e:
+                if time.monotonic() - answered >= self.LOST_AFTER and not self._done.is_set():
+                    line = (f"gpuaffinity: the Ray cluster at {self.where} went away while ray-check was {self.phase}: "
+                            f"nothing has answered at its GCS port for {self.LOST_AFTER:g} s ({e}); `ray status` on "
+                            "its head says whether it is up\n")
+                    os.write(self._stderr, clean(line[:-1]).encode() + b"\n")
+                    os._exit(1)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+        os.close(self._stderr)
 
 
 def _gather(ray: Any, refs: list, deadline: float, progress: Callable[[int, int], None] | None) -> list:

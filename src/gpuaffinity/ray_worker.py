@@ -1,6 +1,6 @@
 """Every Ray GPU task and actor bound next to its GPUs, with one line in ``ray.init``.
 
-    ray.init(runtime_env={"worker_process_setup_hook": "gpuaffinity.ray_worker.setup"})
+    ray.init(address="HOST:PORT", runtime_env={"worker_process_setup_hook": "gpuaffinity.ray_worker.setup"})
 
 What Ray does, measured (docs/ray.md, tools/ray_facts.py): the setup hook runs once in each worker process,
 before any GPU is assigned, so it cannot bind there; Ray then sets ``CUDA_VISIBLE_DEVICES`` for each task (and
