@@ -39,9 +39,14 @@ def test_every_preset_is_documented():
 def test_every_example_is_run_by_a_test_and_documented():
     tests = (ROOT / "tests" / "test_examples.py").read_text()
     docs = (ROOT / "docs" / "launchers.md").read_text()
-    for example in sorted((ROOT / "examples").glob("*.py")):
-        assert f'"{example.name}"' in tests, example.name
-        assert f"examples/{example.name}" in docs, example.name
+    examples = sorted((ROOT / "src" / "gpuaffinity" / "examples").glob("[!_]*.py"))
+    assert examples
+    for example in examples:
+        module = f"gpuaffinity.examples.{example.stem}"
+        assert f'"{module}"' in tests, module
+        assert f"-m {module}" in docs, module
+        assert f"-m {module}" in example.read_text(), module  # its own docstring says how to run it
+    assert not list((ROOT / "examples").glob("*.py"))  # every runnable example ships in the wheel
 
 
 def test_readme_links_every_doc():
