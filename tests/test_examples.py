@@ -39,6 +39,7 @@ def node_cpu(nvml_index):
 
 
 @pytest.mark.parametrize("noset", [False, True])
+@pytest.mark.slow
 def test_ray_actors_resolve_and_bind_the_gpu_ray_assigned(host8, noset):
     pytest.importorskip("ray")
     args = [sys.executable, "-m", "gpuaffinity.examples.ray_actors"] + (["--noset"] if noset else [])
