@@ -12,7 +12,7 @@ That id is an entry of the node's CUDA_VISIBLE_DEVICES, not a position in it
 and binds by the GPU's UUID, a physical selector that does not depend on what
 the process sees.
 
-    gpuaffinity sim run dgx-h100 -- python3 -m gpuaffinity.examples.ray_actors [--noset] [--gpus N]
+    gpuaffinity sim run dgx-h100 -- python3 examples/ray_actors.py [--noset] [--gpus N]
 """
 
 from __future__ import annotations

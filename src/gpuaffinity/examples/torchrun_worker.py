@@ -16,20 +16,13 @@ import sys
 
 import gpuaffinity
 
-
-def main() -> int:
-    rank = int(os.environ["LOCAL_RANK"])
-    rec = gpuaffinity.bind(rank, memory=os.environ.get("EXAMPLE_MEMORY", "bind"))
-    device = gpuaffinity.resolve(rank)
-    report = json.dumps({"local_rank": rank, "nvml_index": device.nvml_index, "pci_bus_id": device.pci_bus_id,
-                         "numa_nodes": list(rec.numa_nodes), "cpus": sorted(os.sched_getaffinity(0)),
-                         "failures": rec.failures})
-    # one write for the whole line: the workers share torchrun's stdout, and print() writes the text and the
-    # newline separately, so two workers' lines could interleave
-    sys.stdout.write(report + "\n")
-    sys.stdout.flush()
-    return 0
-
-
-if __name__ == "__main__":  # importing the module (pydoc, a test collector) must not bind the importer
-    raise SystemExit(main())
+rank = int(os.environ["LOCAL_RANK"])
+rec = gpuaffinity.bind(rank, memory=os.environ.get("EXAMPLE_MEMORY", "bind"))
+device = gpuaffinity.resolve(rank)
+report = json.dumps({"local_rank": rank, "nvml_index": device.nvml_index, "pci_bus_id": device.pci_bus_id,
+                     "numa_nodes": list(rec.numa_nodes), "cpus": sorted(os.sched_getaffinity(0)),
+                     "failures": rec.failures})
+# one write for the whole line: the workers share torchrun's stdout, and print() writes the text and the
+# newline separately, so two workers' lines could interleave
+sys.stdout.write(report + "\n")
+sys.stdout.flush()
