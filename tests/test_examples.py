@@ -67,11 +67,10 @@ def test_spawn_workers(host8):
 
 def test_torchrun_workers_use_local_rank(host8):
     pytest.importorskip("torch")
-    torchrun = shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun is not installed")
-    out = run_example(host8, torchrun, "--standalone", "--nproc-per-node", "2", "-m",
-                      "gpuaffinity.examples.torchrun_worker", CUDA_VISIBLE_DEVICES="5,2", EXAMPLE_MEMORY="none")
+    # torchrun as this interpreter runs it (the torchrun script is `python -m torch.distributed.run`): the workers
+    # then import the gpuaffinity under test, whichever torchrun comes first on PATH
+    out = run_example(host8, sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                      "-m", "gpuaffinity.examples.torchrun_worker", CUDA_VISIBLE_DEVICES="5,2", EXAMPLE_MEMORY="none")
     rows = sorted(json_lines(out.stdout), key=lambda r: r["local_rank"])
     assert [(r["local_rank"], r["nvml_index"], r["cpus"], r["failures"]) for r in rows] == [
         (0, 5, node_cpu(5), []), (1, 2, node_cpu(2), [])]
