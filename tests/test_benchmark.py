@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_resolve.py"
 ROWS = ["1 serving worker (torch + CUDA up): ours, first call incl. import", "ours, first call with locality (plan)",
         "the seed's way: helper + pynvml handle + memory affinity", "ours, warm call",
@@ -21,6 +23,7 @@ ROWS = ["1 serving worker (torch + CUDA up): ours, first call incl. import", "ou
         "one bare cuInit child", "old row, not the headline"]
 
 
+@pytest.mark.slow
 def test_the_benchmark_has_every_row_on_the_simulator(tmp_path):
     raw = tmp_path / "bench.json"
     out = subprocess.run([sys.executable, str(BENCH), "--repeat", "1", "--json", str(raw)], capture_output=True,

@@ -35,6 +35,7 @@ print(json.dumps(cached))
 """
 
 
+@pytest.mark.slow
 def test_changing_the_variable_while_threads_resolve_leaves_no_wrong_answer(sim_factory):
     machine = sim_factory("dgx-h100")
     values = ["0", "1,0", "3,6,5", "7", "2,4,6"]

@@ -106,6 +106,7 @@ def resolve_all_cases(machine, combos):
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.slow
 def test_every_shape_gives_the_drivers_answer(shape):
     topo = shape_topology(shape)
     label = SHAPES[shape][2]

@@ -1,4 +1,5 @@
-"""The examples/ programs, run for real: Ray actors, spawn workers, torchrun workers, subprocesses.
+"""The gpuaffinity.examples programs, run for real as modules: Ray actors, spawn workers, torchrun workers,
+subprocesses; and the example plugin project (examples/gpuaffinity-launcher-plugin).
 
 They run on a simulated 8-GPU, 2-node machine whose two nodes are this host's
 first two CPUs, so every bind is a real system call that the kernel reads back.
@@ -17,7 +18,7 @@ import pytest
 from conftest import CPUS, ROOT
 
 pytestmark = pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs")
-EXAMPLES = ROOT / "examples"
+PLUGIN = ROOT / "examples" / "gpuaffinity-launcher-plugin"
 SHUFFLE = "3,6,5,4,0,7,1,2"
 
 
@@ -38,9 +39,10 @@ def node_cpu(nvml_index):
 
 
 @pytest.mark.parametrize("noset", [False, True])
+@pytest.mark.slow
 def test_ray_actors_resolve_and_bind_the_gpu_ray_assigned(host8, noset):
     pytest.importorskip("ray")
-    args = [sys.executable, str(EXAMPLES / "ray_actors.py")] + (["--noset"] if noset else [])
+    args = [sys.executable, "-m", "gpuaffinity.examples.ray_actors"] + (["--noset"] if noset else [])
     (rows,) = json_lines(run_example(host8, *args, CUDA_VISIBLE_DEVICES=SHUFFLE, RAY_AUTH_MODE="disabled").stdout)
     assert len(rows) == 8
     assert sorted(int(r["ray_gpu_id"]) for r in rows) == list(range(8))
@@ -56,7 +58,7 @@ def test_ray_actors_resolve_and_bind_the_gpu_ray_assigned(host8, noset):
 
 
 def test_spawn_workers(host8):
-    (rows,) = json_lines(run_example(host8, sys.executable, str(EXAMPLES / "multiprocessing_workers.py"),
+    (rows,) = json_lines(run_example(host8, sys.executable, "-m", "gpuaffinity.examples.multiprocessing_workers",
                                      CUDA_VISIBLE_DEVICES=SHUFFLE).stdout)
     shuffled = [int(x) for x in SHUFFLE.split(",")]
     assert [r["nvml_index"] for r in rows] == shuffled
@@ -65,18 +67,17 @@ def test_spawn_workers(host8):
 
 def test_torchrun_workers_use_local_rank(host8):
     pytest.importorskip("torch")
-    torchrun = shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun is not installed")
-    out = run_example(host8, torchrun, "--standalone", "--nproc-per-node", "2", str(EXAMPLES / "torchrun_worker.py"),
-                      CUDA_VISIBLE_DEVICES="5,2", EXAMPLE_MEMORY="none")
+    # torchrun as this interpreter runs it (the torchrun script is `python -m torch.distributed.run`): the workers
+    # then import the gpuaffinity under test, whichever torchrun comes first on PATH
+    out = run_example(host8, sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                      "-m", "gpuaffinity.examples.torchrun_worker", CUDA_VISIBLE_DEVICES="5,2", EXAMPLE_MEMORY="none")
     rows = sorted(json_lines(out.stdout), key=lambda r: r["local_rank"])
     assert [(r["local_rank"], r["nvml_index"], r["cpus"], r["failures"]) for r in rows] == [
         (0, 5, node_cpu(5), []), (1, 2, node_cpu(2), [])]
 
 
 def test_subprocess_launcher(host8):
-    (rows,) = json_lines(run_example(host8, sys.executable, str(EXAMPLES / "subprocess_launcher.py"),
+    (rows,) = json_lines(run_example(host8, sys.executable, "-m", "gpuaffinity.examples.subprocess_launcher",
                                      CUDA_VISIBLE_DEVICES="6,1").stdout)
     assert [(r["nvml_index"], r["cpus"]) for r in rows] == [(6, node_cpu(6)), (1, node_cpu(1))]
     assert all(r["cvd"].startswith("GPU-") for r in rows)
@@ -85,7 +86,7 @@ def test_subprocess_launcher(host8):
 def test_example_plugin_readme_command_works(sim_factory, tmp_path):
     """examples/gpuaffinity-launcher-plugin: the doctor shows the installed plugin answering."""
     site, src = tmp_path / "site", tmp_path / "plugin"
-    shutil.copytree(EXAMPLES / "gpuaffinity-launcher-plugin", src, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    shutil.copytree(PLUGIN, src, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
                     "--target", str(site), str(src)], check=True)
     machine = sim_factory("dgx-h100")

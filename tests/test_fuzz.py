@@ -28,6 +28,7 @@ HARNESS = Path(__file__).with_name("fuzz_cli.py")
 
 
 @pytest.mark.parametrize("machine", ["dgx-h100", "slurm-2of8", "mig-container"])
+@pytest.mark.slow
 def test_command_line_and_api(machine, tmp_path):
     """Exit status documented, one line per problem, no traceback, nothing left behind (tests/fuzz_cli.py)."""
     examples = EXAMPLES or 120
@@ -75,6 +76,7 @@ def topologies(draw):
 
 @settings(max_examples=EXAMPLES * 2 or 300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=topologies())
+@pytest.mark.slow
 def test_topology_files(data):
     """Either a machine the simulator can hold exactly, or one TopologyError line naming the field."""
     try:
@@ -90,6 +92,7 @@ def test_topology_files(data):
 
 @settings(max_examples=EXAMPLES or 150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(text=st.one_of(st.text(max_size=200), st.binary(max_size=200).map(lambda b: b.decode("latin-1"))))
+@pytest.mark.slow
 def test_topology_text(tmp_path_factory, text):
     f = tmp_path_factory.mktemp("t") / "t.toml"
     f.write_text(text, errors="surrogateescape")

@@ -366,6 +366,7 @@ print(json.dumps(out))
 
 
 @pytest.mark.parametrize("shape", [s for s in SHAPES if s not in ("dgx-h100", "vm-4gpu")])
+@pytest.mark.slow
 def test_plan_end_to_end_on_each_shape(shape):
     topo = load_topology(shape)
     oracle = Oracle(topo)

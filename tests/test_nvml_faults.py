@@ -44,6 +44,7 @@ def check_one(machine, cvd, want, fault, command):
 
 @pytest.mark.parametrize("code", CODES)
 @pytest.mark.parametrize("call", CALLS)
+@pytest.mark.slow
 def test_mig_machine(sim_factory, call, code):
     """mig-a100: the GPU list comes from NVML, so every call matters."""
     machine = sim_factory("mig-a100")

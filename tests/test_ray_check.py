@@ -131,6 +131,7 @@ def node_of(row):
     return None
 
 
+@pytest.mark.slow
 def test_the_report_is_each_machines_truth_and_fails_on_exactly_the_broken_rows(cluster):
     proc = run_check(cluster, "--json")
     assert proc.returncode == 4, proc.stderr  # some rows have problems
@@ -191,6 +192,7 @@ def test_the_report_is_each_machines_truth_and_fails_on_exactly_the_broken_rows(
     assert sorted(r["status"] for r in bad_rows) == ["disagree", "not-installed"]
 
 
+@pytest.mark.slow
 def test_the_table_marks_each_problem_and_says_how_many(cluster):
     proc = run_check(cluster)
     assert proc.returncode == 4
@@ -208,6 +210,7 @@ def test_the_table_marks_each_problem_and_says_how_many(cluster):
     assert "(raylet)" not in proc.stdout  # Ray's own messages stay off the report
 
 
+@pytest.mark.slow
 def test_without_the_binding_every_worker_with_a_node_is_unbound(cluster):
     """The same cluster, probes without the setup hook: what a Ray worker gets by default."""
     proc = run_check(cluster, "--json", "--runtime-env", "{}")
@@ -246,6 +249,7 @@ sys.stdin.read()  # holds the node's only GPU until the test closes stdin
 """
 
 
+@pytest.mark.slow
 def test_a_probe_that_cannot_be_placed_gets_a_timeout_row(cluster):
     """Another job holds the only GPU of the 1-GPU node: that row times out, the others still answer."""
     holder = subprocess.Popen([sys.executable, "-c", HOLD, cluster.address], stdin=subprocess.PIPE,
@@ -264,6 +268,7 @@ def test_a_probe_that_cannot_be_placed_gets_a_timeout_row(cluster):
     assert sum(r["status"] == "ok" for r in rows) == 15  # the rest answered in time
 
 
+@pytest.mark.slow
 def test_errors_are_one_line_and_no_traceback(cluster, tmp_path):
     cases = [(["--address", "127.0.0.1:1"], 1, "gpuaffinity: no Ray cluster answers at "),
              (["--address", "no port"], 1, "gpuaffinity: no Ray cluster found for address 'no port': "),
@@ -282,6 +287,7 @@ def test_errors_are_one_line_and_no_traceback(cluster, tmp_path):
         assert proc.stderr.startswith(start) and proc.stderr.count("\n") == 1, (args, proc.stderr)
 
 
+@pytest.mark.slow
 def test_the_api_refuses_a_process_already_connected_to_ray(cluster):
     code = ("import ray, sys\nfrom gpuaffinity.ray_check import check\nfrom gpuaffinity import GpuAffinityError\n"
             "ray.init(address=sys.argv[1], log_to_driver=False, logging_level='ERROR')\n"
@@ -293,6 +299,7 @@ def test_the_api_refuses_a_process_already_connected_to_ray(cluster):
                                         "own (`gpuaffinity ray-check`, or check() before ray.init)", "True"]
 
 
+@pytest.mark.slow
 def test_a_closed_cluster_leaves_no_process_and_no_address_behind(tmp_path):
     """Found while testing: a head started in /tmp/ray left its address there, so a later plain ray.init()
     tried to join the dead cluster; and Ray's raylet and GCS sit in process groups of their own."""
@@ -356,6 +363,7 @@ FULL = os.environ.get("GPUAFFINITY_TEST_FULL") == "1"
 
 @pytest.mark.skipif(not FULL, reason="the full variant: GPUAFFINITY_TEST_FULL=1 (about 140 s on 2 cores)")
 @pytest.mark.parametrize("variant", ["noset", "socket"])
+@pytest.mark.slow
 def test_full_four_shuffled_nodes_of_eight(tmp_path, variant):
     """The full local variant: 4 nodes of 8 GPUs, each started with its own order of CUDA_VISIBLE_DEVICES;
     under NOSET (every worker sees the node's whole list and finds its own GPU from Ray's id), and in socket

@@ -122,6 +122,7 @@ def small(tmp_path_factory):
         yield c
 
 
+@pytest.mark.slow
 def test_a_runtime_env_ray_refuses_is_one_line_not_a_bug(small):
     """--runtime-env '{"env_vars": {"X": 1}}': 'gpuaffinity: unexpected TypeError: ... (a bug in gpuaffinity ...)',
     exit 1 (ray_check._check catches only ConnectionError, RuntimeError, ValueError around ray.init)."""
@@ -131,6 +132,7 @@ def test_a_runtime_env_ray_refuses_is_one_line_not_a_bug(small):
     assert "unexpected" not in proc.stderr and proc.returncode == 2, (proc.returncode, proc.stderr)
 
 
+@pytest.mark.slow
 def test_a_callable_setup_hook_is_accepted(small):
     """Ray accepts a callable worker_process_setup_hook; check() dies in json.dumps with a TypeError."""
     code = ("import sys\nfrom gpuaffinity.ray_check import check\n"
@@ -142,6 +144,7 @@ def test_a_callable_setup_hook_is_accepted(small):
     assert proc.returncode == 0, proc.stderr[-600:]
 
 
+@pytest.mark.slow
 def test_close_removes_each_nodes_simulator_folder(tmp_path, monkeypatch):
     """RayCluster.close() SIGKILLed `gpuaffinity sim run`, which then never removed its gpuaffinity-sim-* folder
     (docs/security.md: 'one temporary folder per sim run, removed afterwards')."""
@@ -160,6 +163,7 @@ def test_close_removes_each_nodes_simulator_folder(tmp_path, monkeypatch):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_a_head_under_a_longer_tmpdir_starts(tmp_path, monkeypatch):
     """TMPDIR=/tmp/attack-rc/tmp (18 characters) is enough to break the head: RayCluster puts the head's
     --temp-dir in mkdtemp() under TMPDIR and Ray's plasma socket path passes 107 bytes (OSError from

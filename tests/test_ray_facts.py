@@ -30,6 +30,7 @@ def facts(machine, noset: bool, cvd: str | None) -> dict:
 
 
 @pytest.mark.parametrize(("noset", "cvd"), [(False, None), (False, SHUFFLED), (True, SHUFFLED)])
+@pytest.mark.slow
 def test_what_ray_sets_and_when(sim_factory, noset, cvd):
     f = facts(sim_factory("dgx-h100"), noset, cvd)
     assert f["gpus"] == 8 and len(f["blocker_gpu_ids"]) == 3

@@ -77,6 +77,7 @@ print(json.dumps(out))
 
 
 @pytest.mark.parametrize("noset", [False, True])
+@pytest.mark.slow
 def test_every_task_and_actor_is_bound_to_its_gpus(host8, noset):
     # this host has one real NUMA node: the simulated node 1's memory policy would be EINVAL, so CPUs only
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=SHUFFLE, RAY_AUTH_MODE="disabled", GPUAFFINITY_RAY_MEMORY="none")
@@ -130,6 +131,7 @@ def test_a_ray_without_the_hook_point_says_so_and_binds_nothing(capsys, monkeypa
         err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_the_benchmark_runs_and_prints_its_table(host8, tmp_path):
     """benchmarks/bench_ray_worker.py, run (not timed): its table and its JSON."""
     bench = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_ray_worker.py")
@@ -176,6 +178,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_no_stale_binding_when_a_task_changes_its_mask_or_the_next_gpu_has_no_node(host8, tmp_path):
     """Found by attacking the hook: (1) a task that narrowed its own mask made the next task on the same GPU
     skip its binding and run off its node; (2) after GPU 0 (node 0), a task holding GPU 0 and GPU 1, which has

@@ -145,6 +145,7 @@ ORDERS = st.sampled_from([None, "FASTEST_FIRST", "PCI_BUS_ID"])
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
+@pytest.mark.slow
 def test_chain_is_right_or_loud(data):
     topo = data.draw(machines())
     combos = data.draw(st.lists(st.tuples(cvd_values(topo), ORDERS), min_size=1, max_size=8))
@@ -153,6 +154,7 @@ def test_chain_is_right_or_loud(data):
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
+@pytest.mark.slow
 def test_chain_is_right_or_loud_with_torch_imported(data):
     pytest.importorskip("torch")
     topo = data.draw(machines())

@@ -80,6 +80,7 @@ def _open(folder, stack):
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.slow
 def test_simulator_equals_real_driver(captured, name):
     """Each distinct case on the simulated copy of every machine it was recorded on: the same devices, order
     and error codes as the real driver gave there (one run a machine; the orders agree, see the pure test)."""
@@ -252,6 +253,7 @@ print(json.dumps({"rc": rc, "devices": out}))
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
+@pytest.mark.slow
 def test_simulator_follows_the_pure_grammar(data, tmp_path_factory):
     topo = data.draw(topologies())
     entries = data.draw(st.lists(_entries(topo), min_size=0, max_size=6))

@@ -51,6 +51,7 @@ def test_the_recordings_are_what_they_claim():
 
 
 @pytest.mark.parametrize("folder", FOLDERS, ids=lambda f: f.name)
+@pytest.mark.slow
 def test_simulator_and_grammar_equal_the_restricted_driver(folder):
     _, topo = shape_of(folder)
     data, cases = cases_of(folder)

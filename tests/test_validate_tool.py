@@ -12,6 +12,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REAL_DATA, ROOT, child_env
 
 
@@ -60,6 +62,7 @@ def test_judging_is_strict():
     assert judge(dict(quiet, warnings=["gpuaffinity: ..."]), case(["0000:00:07.0"]), SMI, "nvml")[0]
 
 
+@pytest.mark.slow
 def test_a_dry_run_on_the_simulator_and_its_counts_derived_again(sim_factory, tmp_path):
     """The captured machine, a few recorded cases: every run right, and --summarize re-derives the same counts."""
     data = json.loads((REAL_DATA / "cvd_cases.json").read_text())

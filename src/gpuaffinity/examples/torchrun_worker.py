@@ -5,7 +5,7 @@ convention rank N uses CUDA device N.  Binding first thing, before any
 thread or CUDA context exists, puts the whole worker (and its memory) next to
 that GPU.
 
-    gpuaffinity sim run dgx-h100 -- torchrun --standalone --nproc-per-node 2 examples/torchrun_worker.py
+    gpuaffinity sim run dgx-h100 -- torchrun --standalone --nproc-per-node 2 -m gpuaffinity.examples.torchrun_worker
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ That id is an entry of the node's CUDA_VISIBLE_DEVICES, not a position in it
 and binds by the GPU's UUID, a physical selector that does not depend on what
 the process sees.
 
-    gpuaffinity sim run dgx-h100 -- python3 examples/ray_actors.py [--noset] [--gpus N]
+    gpuaffinity sim run dgx-h100 -- python3 -m gpuaffinity.examples.ray_actors [--noset] [--gpus N]
 
 It starts a Ray of its own (address="local"): it never joins a cluster it finds on the machine, as a bare
 ray.init() would, another user's included.

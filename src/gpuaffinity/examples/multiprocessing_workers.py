@@ -4,7 +4,7 @@ gpuaffinity.launch.spawn_process starts a fresh interpreter (never fork: a
 parent that has initialised CUDA cannot hand it to a forked child), binds it,
 then calls the target.
 
-    gpuaffinity sim run dgx-h100 -- python3 examples/multiprocessing_workers.py
+    gpuaffinity sim run dgx-h100 -- python3 -m gpuaffinity.examples.multiprocessing_workers
 """
 
 from __future__ import annotations

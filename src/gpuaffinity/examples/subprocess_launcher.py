@@ -5,7 +5,7 @@ the child binds itself, then execs the command, which inherits CPU affinity
 and memory policy.  Each child gets CUDA_VISIBLE_DEVICES narrowed to its GPU,
 as a launcher would, and so resolves its own device 0.
 
-    gpuaffinity sim run dgx-h100 -- python3 examples/subprocess_launcher.py
+    gpuaffinity sim run dgx-h100 -- python3 -m gpuaffinity.examples.subprocess_launcher
 """
 
 from __future__ import annotations
