@@ -173,14 +173,17 @@ def test_the_report_is_each_machines_truth_and_fails_on_exactly_the_broken_rows(
         assert row["numa_nodes"] == [] and row["affinity"] == sorted(CPUS) and row["status"] == "ok"
         assert any("no NUMA node" in n for n in row["notes"])
 
-    # the broken node: only GPU 1's worker is misbound (to GPU 0's node), and the check says why
+    # the broken node: a plugin of priority 150 names GPU 0 for GPU 1's worker.  cvd disagrees, so the driver is
+    # asked, and its answer is final (issue 19): the worker is bound next to its own GPU, and the check still says
+    # that a strategy disagreed, naming both sides
     good, bad = sorted(named["broken"], key=lambda r: r["ray_gpu_ids"])
     assert good["status"] == "ok" and good["affinity"] == [CPUS[0]]
-    assert bad["ray_gpu_ids"] == ["1"] and bad["status"] == "disagree"
-    assert bad["gpu"]["driver_pci_bus_id"] == bus(1) and bad["gpu"]["strategy"] == "liar"
-    assert bad["affinity"] == [CPUS[0]]  # bound next to the GPU the plugin named
-    assert any("strategies disagree" in p for p in bad["problems"])
-    assert any(p.startswith(f"bound to CPUs {CPUS[0]}, off its GPU's node 1") for p in bad["problems"])
+    assert bad["ray_gpu_ids"] == ["1"] and bad["status"] == "disagree", bad
+    assert bad["gpu"]["driver_pci_bus_id"] == bus(1) and bad["gpu"]["strategy"] == "pci", bad
+    assert bad["gpu"]["disagreed"] == ["liar"], bad
+    assert bad["affinity"] == [CPUS[1]], bad  # next to the GPU the driver named, not the plugin's
+    assert any("strategies disagree" in p for p in bad["problems"]), bad
+    assert not any("off its GPU's node" in p for p in bad["problems"]), bad
 
     # the node without gpuaffinity: its row says so, with no crash
     (bare,) = named["not-installed"]
@@ -206,7 +209,7 @@ def test_the_table_marks_each_problem_and_says_how_many(cluster):
     assert f"{bus(1)}: PROBLEM: gpuaffinity: strategies disagree on CUDA device 0" in proc.stdout
     (bad,) = [line.split() for line in lines if line.rstrip().endswith("DISAGREE")]
     # the GPU and UUID columns are the driver's GPU; BY names who said otherwise
-    assert bad[5:7] == [bus(1), uuid("broken", 1)[:12]] and bad[-4:-1] == ["liar", "vs", "pci,cvd"]
+    assert bad[5:7] == [bus(1), uuid("broken", 1)[:12]] and bad[-4:-1] == ["pci=cvd", "vs", "liar"]
     assert "(raylet)" not in proc.stdout  # Ray's own messages stay off the report
 
 

@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "NUMA node and CPUs, and the CPU affinity and memory policy in effect. One row per GPU.",
         epilog=_EPILOG_RAY, formatter_class=argparse.RawDescriptionHelpFormatter)
     ray.add_argument("--address", metavar="HOST:PORT",
-                     help="the cluster (default: RAY_ADDRESS, else the cluster this machine belongs to: \"auto\")")
+                     help="the cluster (default: RAY_ADDRESS, else \"auto\": the cluster Ray recorded for this user "
+                          "on this machine, never another user's; --address local is refused)")
     ray.add_argument("--mode", choices=MODES, default="node",
                      help="the binding the workers should have, as for `gpuaffinity bind` (default node)")
     ray.add_argument("--memory", choices=MEMORY_POLICIES, default=DEFAULT_MEMORY,
@@ -168,7 +169,7 @@ disagree, or none could answer).
 
 _EPILOG_RAY = """\
 examples:
-  gpuaffinity ray-check                          the cluster this machine belongs to, as a table
+  gpuaffinity ray-check                          the cluster Ray recorded for you on this machine, as a table
   gpuaffinity ray-check --address 10.0.0.1:6379 --json
   gpuaffinity ray-check --runtime-env "$(cat my_job_runtime_env.json)"   what your jobs' workers get
 

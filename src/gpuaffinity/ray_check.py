@@ -486,10 +486,10 @@ def table(report: Report) -> list[tuple[str, ...]]:
         by = gpu.get("strategy", "-")
         if gpu.get("agreed"):
             by = "=".join(gpu["agreed"])
-        elif gpu.get("disagreed"):
-            by += f" vs {','.join(gpu['disagreed'])}"
-        elif gpu:
+        elif gpu and not gpu.get("disagreed"):
             by += " alone"
+        if gpu.get("disagreed"):  # both sides, where the driver's answer stood over a plugin's
+            by += f" vs {','.join(gpu['disagreed'])}"
         out.append((r["node_id"][:8], f"{r.get('host') or '-'} {r.get('ip') or ''}".strip(),
                     ",".join(r.get("ray_gpu_ids", [])) or "-",
                     (r.get("env") or {}).get("CUDA_VISIBLE_DEVICES", "-"),
