@@ -172,6 +172,8 @@ def prefix_hits(candidates: Sequence[str], text: str) -> list[int]:
     """Indexes of every candidate (a UUID without its tag) that ``text`` is a prefix of, as ``_prefix_match``
     compares them: none, one (a match), or several (an ambiguous prefix, which names nothing)."""
     want = text.replace("-", "").lower()
+    if not want:  # an empty prefix names nothing, whatever the GPU count (measured: `GPU-` on a one-GPU host)
+        return []
     hexes = [c.replace("-", "").lower() for c in candidates]
     return [i for i, h in enumerate(hexes) if h[: len(want)] == want[: len(h)]]
 
@@ -291,6 +293,9 @@ def apply_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] |
         if documented and not _plain_entry(entry, uuid_list):
             return done(f"{where} is not in a documented plain form")
         if uuid_list:
+            if entry.startswith("MIG-") and not entry[4:].replace("-", ""):
+                # as `GPU-` (measured): modelled, since no MIG host measured it, so the reading is unsure
+                return done(f"{where} is an empty MIG UUID prefix: it names no MIG instance", unmatched=True)
             if entry.startswith("MIG-"):
                 found = find_mig(entry, gpus)
                 if found is None:
@@ -299,6 +304,10 @@ def apply_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] |
                     return done(f"{where}: one MIG device a process")
                 v: Visible | str | None = Visible(*found)
                 mig_prefix_used = mig_prefix_used or _short(entry)
+            elif entry.startswith("GPU-") and not entry[4:].replace("-", ""):
+                # measured on a one-GPU host (driver 580.159.04): `GPU-` names no GPU there either, so an empty
+                # prefix names nothing, not "the one GPU"; the forms with dashes alone follow it, measured or not
+                return done(f"{where} is an empty UUID prefix: it names no GPU", unmatched=entry != "GPU-")
             elif entry.startswith("GPU-"):
                 hits = prefix_hits(bodies, entry[4:])
                 if len(hits) != 1:

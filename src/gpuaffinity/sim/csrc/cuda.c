@@ -106,6 +106,7 @@ static int cu_add_gpu(cu_dev *out, int *n, sim_gpu *g, int *stop) {
 static sim_gpu *cu_match_gpu_uuid(const char *tok) {
     if (strncmp(tok, "GPU-", 4)) return NULL; /* measured: "gpu-" is refused */
     const char *hex = tok + 4;
+    if (!hex[strspn(hex, "-")]) return NULL; /* measured on one GPU: an empty prefix names nothing */
     sim_gpu *found = NULL;
     for (int i = 0; i < sim_cfg.ngpus; i++) {
         if (sim_uuid_prefix(sim_cfg.gpus[i].uuid + 4, hex)) {
@@ -143,6 +144,7 @@ static sim_mig *cu_match_mig(const char *tok) {
         }
         return NULL;
     }
+    if (!rest[strspn(rest, "-")]) return NULL; /* modelled as "GPU-": an empty prefix names nothing */
     sim_mig *found = NULL;
     for (int i = 0; i < sim_cfg.ngpus; i++) {
         if (sim_cfg.gpus[i].index < 0) continue;
