@@ -33,4 +33,5 @@ timeout 250 python3 tools/validate_real.py /tmp/gpuaffinity-val --no-bench --tru
   > "$OUT/validation.txt" 2>&1
 echo "validation rc=$? in $(( $(date +%s) - t0 )) s" >> "$OUT/validation.txt"
 tar czf "$OUT/records.tar.gz" -C /tmp gpuaffinity-val 2>/dev/null
+tar czf "$OUT/datasets.tar.gz" -C "$OUT" real restricted-absent restricted-denied   # every file, in one
 ls -la "$OUT"

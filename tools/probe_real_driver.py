@@ -276,6 +276,12 @@ def case_values(uuids: list[str], hidden: list[str] = ()) -> list[tuple[str, str
         ("uuid_prefix_two_lengths", f"{p0},{u[0][:len(p0) + 1]}"),
         ("uuid_prefix_long_then_short", f"{u[0][:len(p0) + 1]},{p0}"),
         ("uuid_full_no_dashes_then_prefix", "GPU-" + u[0][4:].replace("-", "") + "," + p0),
+        # fifth round (2026-12-06, after the fourth showed `MIG--` naming the GPU of a host without MIG): is a MIG-
+        # prefix that names no MIG instance read as a GPU's UUID prefix?
+        ("mig_tag_gpu_prefix", "MIG-" + p0[4:]), ("mig_tag_gpu_uuid", "MIG-" + u[0][4:]),
+        ("mig_tag_gpu_prefix_then_gpu", f"MIG-{p0[4:]},{u[0]}"), ("mig_dashes_then_gpu", f"MIG--,{u[0]}"),
+        ("gpu_dashes_then_prefix", f"GPU--,{p0}"), ("mig_tag_gpu_no_path", f"MIG-{u[0]}"),
+        ("mig_tag_gpu_prefix_then_int", f"MIG-{p0[4:]},0"), ("mig_tag_unknown_short", "MIG-f"),
     ]
     for k, h in enumerate(hidden[:2]):  # third round (2026-11-27): GPUs this process cannot open
         vals += [(f"hidden{k}_uuid", h), (f"hidden{k}_then_visible", f"{h},{u[0]}"),

@@ -107,6 +107,8 @@ class CvdResult:
     unsure: str = ""
     #: "" when this process can know the reading; else why only the driver can (any policy asks it)
     unknown: str = ""
+    #: a MIG- entry that names no MIG instance was read as a GPU's UUID prefix (modelled from one case)
+    gpu_as_mig: bool = False
 
     @property
     def gpus(self) -> list[int]:
@@ -171,9 +173,9 @@ def _prefix_match(candidates: Sequence[str], text: str) -> int | None:
 def prefix_hits(candidates: Sequence[str], text: str) -> list[int]:
     """Indexes of every candidate (a UUID without its tag) that ``text`` is a prefix of, as ``_prefix_match``
     compares them: none, one (a match), or several (an ambiguous prefix, which names nothing)."""
-    want = text.replace("-", "").lower()
-    if not want:  # an empty prefix names nothing, whatever the GPU count (measured: `GPU-` on a one-GPU host)
+    if not text:  # nothing after the tag names nothing, whatever the GPU count (measured: `GPU-` on one GPU)
         return []
+    want = text.replace("-", "").lower()  # dashes alone are skipped as any dashes: `GPU--` names the only GPU
     hexes = [c.replace("-", "").lower() for c in candidates]
     return [i for i, h in enumerate(hexes) if h[: len(want)] == want[: len(h)]]
 
@@ -197,6 +199,10 @@ def read_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] | 
         why = ("takes a UUID prefix as unique, but the driver compares it with every GPU of the host, and "
                "this process cannot list them all (the driver's /proc lists fewer GPUs than the nvidia driver "
                "has bound)")
+        return replace(measured, unsure=why, unknown=why)
+    if measured.gpu_as_mig:
+        why = ("reads a MIG- entry that names no MIG instance as the GPU whose UUID it begins (seen once, `MIG--` on "
+               "a one-GPU host; the rule is not known): only the driver can say")
         return replace(measured, unsure=why, unknown=why)
     documented = apply_cvd(cvd, gpus, base_order, device_order, documented=True, hidden=hidden)
     if (documented.devices, documented.error) != (measured.devices, measured.error):
@@ -256,11 +262,11 @@ def apply_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] |
     else:
         base = list(base_order)
     out: list[Visible] = []
-    prefix_used = mig_prefix_used = False
+    prefix_used = mig_prefix_used = gpu_as_mig = False
 
     def done(stopped: str, unmatched: bool = False) -> CvdResult:
         return CvdResult(tuple(out), 0 if out else CUDA_ERROR_NO_DEVICE, stopped, unmatched=unmatched,
-                         prefix_used=prefix_used, mig_prefix_used=mig_prefix_used)
+                         prefix_used=prefix_used, mig_prefix_used=mig_prefix_used, gpu_as_mig=gpu_as_mig)
 
     def whole(g: int) -> Visible | str | None:
         """The device a whole GPU shows; None: none (MIG mode, no instance this process may use)."""
@@ -293,21 +299,34 @@ def apply_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] |
         if documented and not _plain_entry(entry, uuid_list):
             return done(f"{where} is not in a documented plain form")
         if uuid_list:
-            if entry.startswith("MIG-") and not entry[4:].replace("-", ""):
-                # as `GPU-` (measured): modelled, since no MIG host measured it, so the reading is unsure
-                return done(f"{where} is an empty MIG UUID prefix: it names no MIG instance", unmatched=True)
+            if entry == "MIG-":  # measured on a one-GPU host without MIG; a MIG host may differ: unsure
+                return done(f"{where} has nothing after MIG-: it names no MIG instance", unmatched=True)
             if entry.startswith("MIG-"):
                 found = find_mig(entry, gpus)
+                if found is None and not entry.startswith("MIG-GPU-"):
+                    # measured on a one-GPU host without MIG: `MIG--` showed the GPU.  Modelled from that one case:
+                    # a MIG- prefix that names no MIG instance is matched against the GPUs' UUIDs, and a GPU it
+                    # names alone shows whole.  Only the driver can confirm it: the reading says so (read_cvd).
+                    hits = prefix_hits(bodies, entry[4:])
+                    if len(hits) == 1 and hits[0] < len(gpus):
+                        gpu_as_mig = True
+                        v = whole(hits[0])
+                        if v is None:
+                            return done(f"{where} names a GPU in MIG mode with no MIG instance this process may use")
+                        if isinstance(v, str):
+                            return done(f"{where}: {v}")
+                        failed = add(v)
+                        if failed:
+                            return failed
+                        continue
                 if found is None:
                     return done(f"{where} names no MIG instance", unmatched=True)
                 if any(d.mig is not None for d in out):
                     return done(f"{where}: one MIG device a process")
                 v: Visible | str | None = Visible(*found)
                 mig_prefix_used = mig_prefix_used or _short(entry)
-            elif entry.startswith("GPU-") and not entry[4:].replace("-", ""):
-                # measured on a one-GPU host (driver 580.159.04): `GPU-` names no GPU there either, so an empty
-                # prefix names nothing, not "the one GPU"; the forms with dashes alone follow it, measured or not
-                return done(f"{where} is an empty UUID prefix: it names no GPU", unmatched=entry != "GPU-")
+            elif entry == "GPU-":  # measured on a one-GPU host (580.159.04): no GPU, not "the only one"
+                return done(f"{where} has nothing after GPU-: it names no GPU")
             elif entry.startswith("GPU-"):
                 hits = prefix_hits(bodies, entry[4:])
                 if len(hits) != 1:

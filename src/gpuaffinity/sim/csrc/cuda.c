@@ -106,7 +106,7 @@ static int cu_add_gpu(cu_dev *out, int *n, sim_gpu *g, int *stop) {
 static sim_gpu *cu_match_gpu_uuid(const char *tok) {
     if (strncmp(tok, "GPU-", 4)) return NULL; /* measured: "gpu-" is refused */
     const char *hex = tok + 4;
-    if (!hex[strspn(hex, "-")]) return NULL; /* measured on one GPU: an empty prefix names nothing */
+    if (!*hex) return NULL; /* measured on one GPU: "GPU-" names nothing ("GPU--" names the only GPU) */
     sim_gpu *found = NULL;
     for (int i = 0; i < sim_cfg.ngpus; i++) {
         if (sim_uuid_prefix(sim_cfg.gpus[i].uuid + 4, hex)) {
@@ -144,7 +144,7 @@ static sim_mig *cu_match_mig(const char *tok) {
         }
         return NULL;
     }
-    if (!rest[strspn(rest, "-")]) return NULL; /* modelled as "GPU-": an empty prefix names nothing */
+    if (!*rest) return NULL; /* measured on one GPU without MIG: "MIG-" names nothing */
     sim_mig *found = NULL;
     for (int i = 0; i < sim_cfg.ngpus; i++) {
         if (sim_cfg.gpus[i].index < 0) continue;
@@ -189,8 +189,19 @@ static int cu_enumerate(void) {
         if (uuid_list) {
             if (!strncmp(p, "MIG-", 4)) {
                 sim_mig *m = cu_match_mig(p);
-                if (!m || cu_has_mig(cu.devs, cu.count)) break;
-                rc = cu_add(cu.devs, &cu.count, m->parent, m);
+                if (!m && strncmp(p, "MIG-GPU-", 8) && p[4]) {
+                    /* measured once, on a one-GPU host without MIG: "MIG--" showed the GPU.  Modelled: a MIG-
+                     * prefix naming no MIG instance is read as a GPU UUID prefix (gpuaffinity asks the driver). */
+                    char as_gpu[4096];
+                    snprintf(as_gpu, sizeof as_gpu, "GPU-%s", p + 4);
+                    sim_gpu *g = cu_match_gpu_uuid(as_gpu);
+                    if (!g) break;
+                    rc = cu_add_gpu(cu.devs, &cu.count, g, &stop);
+                    if (rc < 0) break;
+                } else {
+                    if (!m || cu_has_mig(cu.devs, cu.count)) break;
+                    rc = cu_add(cu.devs, &cu.count, m->parent, m);
+                }
             } else {
                 sim_gpu *g = cu_match_gpu_uuid(p);
                 if (!g) break;
