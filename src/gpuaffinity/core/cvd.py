@@ -201,8 +201,8 @@ def read_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] | 
                "has bound)")
         return replace(measured, unsure=why, unknown=why)
     if measured.gpu_as_mig:
-        why = ("reads a MIG- entry that names no MIG instance as the GPU whose UUID it begins (seen once, `MIG--` on "
-               "a one-GPU host; the rule is not known): only the driver can say")
+        why = ("reads a MIG- entry that names no MIG instance as the GPU whose UUID it begins (measured on a one-GPU "
+               "host without MIG only): the driver decides it")
         return replace(measured, unsure=why, unknown=why)
     documented = apply_cvd(cvd, gpus, base_order, device_order, documented=True, hidden=hidden)
     if (documented.devices, documented.error) != (measured.devices, measured.error):
@@ -254,8 +254,8 @@ def apply_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] |
     forms (see the module's text).  ``hidden``: UUIDs of the host's GPUs this
     process cannot open (they make a prefix ambiguous, and name nothing).
     """
-    if device_order is not None and device_order not in ORDERS:
-        return CvdResult((), CUDA_ERROR_INVALID_DEVICE,
+    if device_order is not None and device_order not in ORDERS and gpus:  # no GPU to open: no device (100),
+        return CvdResult((), CUDA_ERROR_INVALID_DEVICE,                    # measured on a one-GPU host, hidden
                          f"CUDA_DEVICE_ORDER={shown(device_order, 80)} is not FASTEST_FIRST or PCI_BUS_ID")
     if device_order == "PCI_BUS_ID" or base_order is None:
         base = list(range(len(gpus)))
@@ -304,9 +304,11 @@ def apply_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] |
             if entry.startswith("MIG-"):
                 found = find_mig(entry, gpus)
                 if found is None and not entry.startswith("MIG-GPU-"):
-                    # measured on a one-GPU host without MIG: `MIG--` showed the GPU.  Modelled from that one case:
-                    # a MIG- prefix that names no MIG instance is matched against the GPUs' UUIDs, and a GPU it
-                    # names alone shows whole.  Only the driver can confirm it: the reading says so (read_cvd).
+                    # measured on a one-GPU host without MIG (run 11): `MIG--`, `MIG-e` and `MIG-<the GPU's UUID
+                    # without GPU->` show the GPU, and with the GPU's own UUID after it the GPU is named twice.  So a
+                    # MIG- prefix that names no MIG instance is matched against the GPUs' UUIDs, and a GPU it names
+                    # alone shows whole.  Not measured on several GPUs or on a MIG host: the driver is asked
+                    # (read_cvd marks the reading unknown).
                     hits = prefix_hits(bodies, entry[4:])
                     if len(hits) == 1 and hits[0] < len(gpus):
                         gpu_as_mig = True

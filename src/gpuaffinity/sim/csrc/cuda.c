@@ -54,7 +54,8 @@ __attribute__((constructor)) static void cu_setup(void) {
 static int cu_base_order(const char *order, sim_gpu **base) {
     int n = sim_scan_access(base);
     if (order && !strcmp(order, "PCI_BUS_ID")) return n;
-    if (order && strcmp(order, "FASTEST_FIRST")) return -1; /* measured: cuInit -> 101 */
+    /* measured: cuInit -> 101; but where the process can open no GPU, 100 (the one-GPU host, its GPU hidden) */
+    if (order && strcmp(order, "FASTEST_FIRST")) return n ? -1 : 0;
     for (int i = 1; i < n; i++) { /* stable insertion sort */
         sim_gpu *g = base[i];
         int j = i - 1;
@@ -190,8 +191,8 @@ static int cu_enumerate(void) {
             if (!strncmp(p, "MIG-", 4)) {
                 sim_mig *m = cu_match_mig(p);
                 if (!m && strncmp(p, "MIG-GPU-", 8) && p[4]) {
-                    /* measured once, on a one-GPU host without MIG: "MIG--" showed the GPU.  Modelled: a MIG-
-                     * prefix naming no MIG instance is read as a GPU UUID prefix (gpuaffinity asks the driver). */
+                    /* measured on a one-GPU host without MIG: "MIG--", "MIG-e" (a prefix of the GPU's UUID)
+                     * show the GPU.  A MIG- prefix naming no MIG instance is read as a GPU UUID prefix. */
                     char as_gpu[4096];
                     snprintf(as_gpu, sizeof as_gpu, "GPU-%s", p + 4);
                     sim_gpu *g = cu_match_gpu_uuid(as_gpu);
