@@ -17,9 +17,10 @@ inside tools/hide_gpus.py, in a private mount namespace whose read-only /dev
 lacks the first half of the GPUs' nodes (at least one: on a one-GPU host, the
 only one), or holds them with mode 000 for a process running as nobody: what a
 device-cgroup job or a container sees.  With the only GPU hidden, the process
-sees none, and every case must give an empty list without an error.  The driver's truth is probed inside, so every answer is
-checked against the driver's view *in that process*; the probe adds cases
-naming the GPUs the process cannot open.
+sees none, and every case must give an empty list without an error.  The
+driver's truth is probed inside, so every answer is checked against the
+driver's view *in that process*; the probe adds cases naming the GPUs the
+process cannot open.
 
 Judging is strict: a device list must equal the driver's; where the driver
 shows no device, gpuaffinity must return an empty list without an error;
