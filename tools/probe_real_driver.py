@@ -229,8 +229,10 @@ def shortest_unique_prefix(u: str, others: list[str]) -> str:
 def case_values(uuids: list[str], hidden: list[str] = ()) -> list[tuple[str, str | None]]:
     """The recorded values, on any number of GPUs (``u[i]`` wraps around), plus values naming ``hidden``
     GPUs: ones the driver's /proc lists but this process cannot open."""
-    u = [uuids[i % len(uuids)] for i in range(4)]
-    p0 = shortest_unique_prefix(u[0], [x for x in uuids if x != u[0]])
+    # where this process can open no GPU (the only one hidden), the UUID cases name the host's GPUs it cannot open
+    known = list(uuids) or list(hidden) or ["GPU-00000000-0000-0000-0000-000000000000"]
+    u = [known[i % len(known)] for i in range(4)]
+    p0 = shortest_unique_prefix(u[0], [x for x in [*uuids, *hidden] if x != u[0]])
     vals: list[tuple[str, str | None]] = [
         ("unset", None), ("empty", ""), ("all", "0,1,2,3"), ("reverse", "3,2,1,0"),
         ("ray_reorder", "3,1,0,2"), ("single", "2"), ("subset", "1,3"),
@@ -265,6 +267,21 @@ def case_values(uuids: list[str], hidden: list[str] = ()) -> list[tuple[str, str
         ("huge", "18446744073709551617"), ("mixed_case_tag", "Gpu-" + u[0][4:]), ("uuid_trailing_comma", u[0] + ","),
         ("uuid_dup_other_case", f"{u[0]},GPU-{u[0][4:].upper()}"), ("comma_then_uuid", "," + u[0]),
         ("mig_path_nonmig_gi1", f"MIG-{u[0]}/1/0"), ("uuid_prefix_dash_end", u[0][:9]),
+        # fourth round (2026-12-06, a one-GPU host, where every prefix is unique): the empty prefix, in every
+        # form, and one GPU named twice through prefixes of two lengths
+        ("uuid_prefix_then_empty", f"{p0},GPU-"), ("empty_prefix_then_uuid", f"GPU-,{u[0]}"),
+        ("int_then_empty_prefix", "0,GPU-"), ("uuid_then_empty_mid", f"{u[0]},GPU-,{u[1]}"),
+        ("empty_prefix_dash", "GPU--"), ("empty_prefix_dashes", "GPU-----"), ("tag_only", "GPU"),
+        ("tag_letter", "G"), ("mig_empty", "MIG-"), ("mig_empty_dash", "MIG--"), ("mig_gpu_empty", "MIG-GPU-"),
+        ("uuid_prefix_two_lengths", f"{p0},{u[0][:len(p0) + 1]}"),
+        ("uuid_prefix_long_then_short", f"{u[0][:len(p0) + 1]},{p0}"),
+        ("uuid_full_no_dashes_then_prefix", "GPU-" + u[0][4:].replace("-", "") + "," + p0),
+        # fifth round (2026-12-06, after the fourth showed `MIG--` naming the GPU of a host without MIG): is a MIG-
+        # prefix that names no MIG instance read as a GPU's UUID prefix?
+        ("mig_tag_gpu_prefix", "MIG-" + p0[4:]), ("mig_tag_gpu_uuid", "MIG-" + u[0][4:]),
+        ("mig_tag_gpu_prefix_then_gpu", f"MIG-{p0[4:]},{u[0]}"), ("mig_dashes_then_gpu", f"MIG--,{u[0]}"),
+        ("gpu_dashes_then_prefix", f"GPU--,{p0}"), ("mig_tag_gpu_no_path", f"MIG-{u[0]}"),
+        ("mig_tag_gpu_prefix_then_int", f"MIG-{p0[4:]},0"), ("mig_tag_unknown_short", "MIG-f"),
     ]
     for k, h in enumerate(hidden[:2]):  # third round (2026-11-27): GPUs this process cannot open
         vals += [(f"hidden{k}_uuid", h), (f"hidden{k}_then_visible", f"{h},{u[0]}"),

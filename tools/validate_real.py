@@ -12,13 +12,15 @@ Stage ``full`` (the process may open every GPU):
 4. a Ray-like reorder (3,1,0,2) across the GPUs at once;
 5. timings: benchmarks/bench_resolve.py --real, side by side.
 
-Stages ``hidden-absent`` and ``hidden-denied`` (root, 2 GPUs or more): the
-same steps 1-4 inside tools/hide_gpus.py, in a private mount namespace whose
-read-only /dev lacks the first half of the GPUs' nodes, or holds them with
-mode 000 for a process running as nobody: what a device-cgroup job or a
-container sees.  The driver's truth is probed inside, so every answer is
-checked against the driver's view *in that process*; the probe adds cases
-naming the GPUs the process cannot open.
+Stages ``hidden-absent`` and ``hidden-denied`` (root): the same steps 1-4
+inside tools/hide_gpus.py, in a private mount namespace whose read-only /dev
+lacks the first half of the GPUs' nodes (at least one: on a one-GPU host, the
+only one), or holds them with mode 000 for a process running as nobody: what a
+device-cgroup job or a container sees.  With the only GPU hidden, the process
+sees none, and every case must give an empty list without an error.  The
+driver's truth is probed inside, so every answer is checked against the
+driver's view *in that process*; the probe adds cases naming the GPUs the
+process cannot open.
 
 Judging is strict: a device list must equal the driver's; where the driver
 shows no device, gpuaffinity must return an empty list without an error;
@@ -162,8 +164,9 @@ def tally(recs: list[dict], cases: dict, smi: list[str], expect_inventory: str) 
 
 def nvidia_smi() -> list[str]:
     query = ["nvidia-smi", "--query-gpu=index,uuid,pci.bus_id,name,driver_version", "--format=csv,noheader"]
-    try:
-        return subprocess.run(query, capture_output=True, text=True).stdout.strip().splitlines()
+    try:  # one line a GPU; nvidia-smi's "No devices were found" (a process that can open none) is no GPU
+        out = subprocess.run(query, capture_output=True, text=True).stdout.strip().splitlines()
+        return [line for line in out if ", GPU-" in line]
     except FileNotFoundError:  # a dry run on the simulator: NVML's own list stands in for nvidia-smi
         import pynvml
         pynvml.nvmlInit()
@@ -314,8 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     ngpus = len(nvidia_smi())
     hidden: list[tuple[str, subprocess.Popen]] = []
-    if args.no_hidden or os.geteuid() != 0 or ngpus < 2:
-        print(f"hidden stages skipped ({'asked' if args.no_hidden else 'needs root and 2 GPUs or more'})")
+    if args.no_hidden or os.geteuid() != 0 or ngpus < 1:
+        print(f"hidden stages skipped ({'asked' if args.no_hidden else 'needs root and a GPU'})")
     else:  # both hidden stages run beside the full one, each in its own namespace; the benchmark runs alone, last
         from glob import glob
 

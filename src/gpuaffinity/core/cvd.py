@@ -107,6 +107,8 @@ class CvdResult:
     unsure: str = ""
     #: "" when this process can know the reading; else why only the driver can (any policy asks it)
     unknown: str = ""
+    #: a MIG- entry that names no MIG instance was read as a GPU's UUID prefix (modelled from one case)
+    gpu_as_mig: bool = False
 
     @property
     def gpus(self) -> list[int]:
@@ -171,7 +173,9 @@ def _prefix_match(candidates: Sequence[str], text: str) -> int | None:
 def prefix_hits(candidates: Sequence[str], text: str) -> list[int]:
     """Indexes of every candidate (a UUID without its tag) that ``text`` is a prefix of, as ``_prefix_match``
     compares them: none, one (a match), or several (an ambiguous prefix, which names nothing)."""
-    want = text.replace("-", "").lower()
+    if not text:  # nothing after the tag names nothing, whatever the GPU count (measured: `GPU-` on one GPU)
+        return []
+    want = text.replace("-", "").lower()  # dashes alone are skipped as any dashes: `GPU--` names the only GPU
     hexes = [c.replace("-", "").lower() for c in candidates]
     return [i for i, h in enumerate(hexes) if h[: len(want)] == want[: len(h)]]
 
@@ -195,6 +199,10 @@ def read_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] | 
         why = ("takes a UUID prefix as unique, but the driver compares it with every GPU of the host, and "
                "this process cannot list them all (the driver's /proc lists fewer GPUs than the nvidia driver "
                "has bound)")
+        return replace(measured, unsure=why, unknown=why)
+    if measured.gpu_as_mig:
+        why = ("reads a MIG- entry that names no MIG instance as the GPU whose UUID it begins (measured on a one-GPU "
+               "host without MIG only): the driver decides it")
         return replace(measured, unsure=why, unknown=why)
     documented = apply_cvd(cvd, gpus, base_order, device_order, documented=True, hidden=hidden)
     if (documented.devices, documented.error) != (measured.devices, measured.error):
@@ -246,19 +254,19 @@ def apply_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] |
     forms (see the module's text).  ``hidden``: UUIDs of the host's GPUs this
     process cannot open (they make a prefix ambiguous, and name nothing).
     """
-    if device_order is not None and device_order not in ORDERS:
-        return CvdResult((), CUDA_ERROR_INVALID_DEVICE,
+    if device_order is not None and device_order not in ORDERS and gpus:  # no GPU to open: no device (100),
+        return CvdResult((), CUDA_ERROR_INVALID_DEVICE,                    # measured on a one-GPU host, hidden
                          f"CUDA_DEVICE_ORDER={shown(device_order, 80)} is not FASTEST_FIRST or PCI_BUS_ID")
     if device_order == "PCI_BUS_ID" or base_order is None:
         base = list(range(len(gpus)))
     else:
         base = list(base_order)
     out: list[Visible] = []
-    prefix_used = mig_prefix_used = False
+    prefix_used = mig_prefix_used = gpu_as_mig = False
 
     def done(stopped: str, unmatched: bool = False) -> CvdResult:
         return CvdResult(tuple(out), 0 if out else CUDA_ERROR_NO_DEVICE, stopped, unmatched=unmatched,
-                         prefix_used=prefix_used, mig_prefix_used=mig_prefix_used)
+                         prefix_used=prefix_used, mig_prefix_used=mig_prefix_used, gpu_as_mig=gpu_as_mig)
 
     def whole(g: int) -> Visible | str | None:
         """The device a whole GPU shows; None: none (MIG mode, no instance this process may use)."""
@@ -291,14 +299,36 @@ def apply_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] |
         if documented and not _plain_entry(entry, uuid_list):
             return done(f"{where} is not in a documented plain form")
         if uuid_list:
+            if entry == "MIG-":  # measured on a one-GPU host without MIG; a MIG host may differ: unsure
+                return done(f"{where} has nothing after MIG-: it names no MIG instance", unmatched=True)
             if entry.startswith("MIG-"):
                 found = find_mig(entry, gpus)
+                if found is None and not entry.startswith("MIG-GPU-"):
+                    # measured on a one-GPU host without MIG (run 11): `MIG--`, `MIG-e` and `MIG-<the GPU's UUID
+                    # without GPU->` show the GPU, and with the GPU's own UUID after it the GPU is named twice.  So a
+                    # MIG- prefix that names no MIG instance is matched against the GPUs' UUIDs, and a GPU it names
+                    # alone shows whole.  Not measured on several GPUs or on a MIG host: the driver is asked
+                    # (read_cvd marks the reading unknown).
+                    hits = prefix_hits(bodies, entry[4:])
+                    if len(hits) == 1 and hits[0] < len(gpus):
+                        gpu_as_mig = True
+                        v = whole(hits[0])
+                        if v is None:
+                            return done(f"{where} names a GPU in MIG mode with no MIG instance this process may use")
+                        if isinstance(v, str):
+                            return done(f"{where}: {v}")
+                        failed = add(v)
+                        if failed:
+                            return failed
+                        continue
                 if found is None:
                     return done(f"{where} names no MIG instance", unmatched=True)
                 if any(d.mig is not None for d in out):
                     return done(f"{where}: one MIG device a process")
                 v: Visible | str | None = Visible(*found)
                 mig_prefix_used = mig_prefix_used or _short(entry)
+            elif entry == "GPU-":  # measured on a one-GPU host (580.159.04): no GPU, not "the only one"
+                return done(f"{where} has nothing after GPU-: it names no GPU")
             elif entry.startswith("GPU-"):
                 hits = prefix_hits(bodies, entry[4:])
                 if len(hits) != 1:

@@ -54,7 +54,8 @@ __attribute__((constructor)) static void cu_setup(void) {
 static int cu_base_order(const char *order, sim_gpu **base) {
     int n = sim_scan_access(base);
     if (order && !strcmp(order, "PCI_BUS_ID")) return n;
-    if (order && strcmp(order, "FASTEST_FIRST")) return -1; /* measured: cuInit -> 101 */
+    /* measured: cuInit -> 101; but where the process can open no GPU, 100 (the one-GPU host, its GPU hidden) */
+    if (order && strcmp(order, "FASTEST_FIRST")) return n ? -1 : 0;
     for (int i = 1; i < n; i++) { /* stable insertion sort */
         sim_gpu *g = base[i];
         int j = i - 1;
@@ -106,6 +107,7 @@ static int cu_add_gpu(cu_dev *out, int *n, sim_gpu *g, int *stop) {
 static sim_gpu *cu_match_gpu_uuid(const char *tok) {
     if (strncmp(tok, "GPU-", 4)) return NULL; /* measured: "gpu-" is refused */
     const char *hex = tok + 4;
+    if (!*hex) return NULL; /* measured on one GPU: "GPU-" names nothing ("GPU--" names the only GPU) */
     sim_gpu *found = NULL;
     for (int i = 0; i < sim_cfg.ngpus; i++) {
         if (sim_uuid_prefix(sim_cfg.gpus[i].uuid + 4, hex)) {
@@ -143,6 +145,7 @@ static sim_mig *cu_match_mig(const char *tok) {
         }
         return NULL;
     }
+    if (!*rest) return NULL; /* measured on one GPU without MIG: "MIG-" names nothing */
     sim_mig *found = NULL;
     for (int i = 0; i < sim_cfg.ngpus; i++) {
         if (sim_cfg.gpus[i].index < 0) continue;
@@ -187,8 +190,19 @@ static int cu_enumerate(void) {
         if (uuid_list) {
             if (!strncmp(p, "MIG-", 4)) {
                 sim_mig *m = cu_match_mig(p);
-                if (!m || cu_has_mig(cu.devs, cu.count)) break;
-                rc = cu_add(cu.devs, &cu.count, m->parent, m);
+                if (!m && strncmp(p, "MIG-GPU-", 8) && p[4]) {
+                    /* measured on a one-GPU host without MIG: "MIG--", "MIG-e" (a prefix of the GPU's UUID)
+                     * show the GPU.  A MIG- prefix naming no MIG instance is read as a GPU UUID prefix. */
+                    char as_gpu[4096];
+                    snprintf(as_gpu, sizeof as_gpu, "GPU-%s", p + 4);
+                    sim_gpu *g = cu_match_gpu_uuid(as_gpu);
+                    if (!g) break;
+                    rc = cu_add_gpu(cu.devs, &cu.count, g, &stop);
+                    if (rc < 0) break;
+                } else {
+                    if (!m || cu_has_mig(cu.devs, cu.count)) break;
+                    rc = cu_add(cu.devs, &cu.count, m->parent, m);
+                }
             } else {
                 sim_gpu *g = cu_match_gpu_uuid(p);
                 if (!g) break;
