@@ -97,3 +97,12 @@ def test_example_plugin_readme_command_works(sim_factory, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "launcher 90" in " ".join(out.stdout.split())
     assert out.stdout.count("by launcher; confirmed: launcher, cvd agree") == 2
+
+
+def test_the_ray_example_without_ray_says_so_in_one_line():
+    """Found by attacking the change: the wheel does not depend on Ray, and the example ended in a traceback."""
+    code = ("import runpy, sys\nsys.modules['ray'] = None  # as an environment without Ray\n"
+            "sys.argv = ['ray_actors']\nrunpy.run_module('gpuaffinity.examples.ray_actors', run_name='__main__')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stderr) == (1, "ray_actors: this example needs Ray in this environment: pip install "
+                                               "ray\n")

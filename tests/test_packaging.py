@@ -25,6 +25,8 @@ import pytest
 
 from conftest import CPUS, ROOT
 
+pytestmark = pytest.mark.slow  # builds both distributions and runs an example from the wheel: a whole tool end to end
+
 EXAMPLES = ("multiprocessing_workers", "ray_actors", "subprocess_launcher", "torchrun_worker")
 CLASSIFIERS = ("Development Status :: 3 - Alpha", "Environment :: GPU :: NVIDIA CUDA",
                "Operating System :: POSIX :: Linux", "Topic :: System :: Hardware",

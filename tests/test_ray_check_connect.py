@@ -30,7 +30,8 @@ import pytest
 from conftest import CPUS
 
 pytest.importorskip("ray")
-pytestmark = pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs")
+# every test here starts real Ray processes, or waits on one: slow, left out of the README's quick subset
+pytestmark = [pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs"), pytest.mark.slow]
 TOKEN = "gpuaffinity-test-token-5f0c2a9e7b1d4c3a8e6f"
 
 
@@ -279,3 +280,72 @@ def test_local_is_refused_not_any_cluster_in_ps(tmp_path):
     assert (proc.returncode, proc.stdout) == (1, "") and took < 10
     assert proc.stderr == ("gpuaffinity: --address local would start a Ray cluster of the check's own, with no GPU "
                            "worker to check: pass your cluster's HOST:PORT\n")
+
+
+# --- found by attacking the change: each of these failed on the code before (a hang of minutes, a record read
+# through a link or from another file than the one judged, a record that says `local`)
+
+@pytest.mark.parametrize("shape", ["link", "fifo", "local", "junk"])
+def test_auto_reads_only_a_regular_file_of_yours_holding_host_port(tmp_path, recorded, shape):
+    """Ray's folder is writable by everyone: a link (to /proc/self/environ, to another user's record), a FIFO (a
+    silent hang), or a record holding `local` (Ray would look for any GCS in `ps`) is refused in one line."""
+    if shape == "link":
+        os.symlink("/proc/self/environ", recorded)
+        why = "cannot be read as Ray's record of a cluster (Too many levels of symbolic links; a link is not followed)"
+    elif shape == "fifo":
+        os.mkfifo(recorded)
+        why = "is not a regular file, so it is no record of Ray's"
+    else:
+        recorded.write_text("local\n" if shape == "local" else "not an address\n")
+        why = f"names no Ray cluster (it holds {'local' if shape == 'local' else 'not an address'!r}, not HOST:PORT)"
+    proc, took = ray_check(clean_env(tmp_path, RAY_TMPDIR=str(recorded.parent.parent)), timeout=30)
+    assert (proc.returncode, proc.stdout) == (1, "") and took < 10
+    assert proc.stderr == f"gpuaffinity: {recorded} {why}: pass --address HOST:PORT\n"
+
+
+def test_a_port_that_is_not_ray_is_one_line_within_the_answer_time(tmp_path):
+    """Something that accepts connections and never answers as Ray (a web server, a stopped head): one line after
+    10 s, where the check hung for minutes without a word."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("0.0.0.0", 0))
+    server.listen(16)
+    held = []
+    stop = threading.Event()
+
+    def accept():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])  # accepted, never answered
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    port = server.getsockname()[1]
+    try:
+        proc, took = ray_check(clean_env(tmp_path), "--address", f"127.0.0.1:{port}", timeout=60)
+    finally:
+        stop.set()
+        thread.join()
+        for c in held:
+            c.close()
+        server.close()
+    assert (proc.returncode, proc.stdout) == (1, "") and took < 20, proc.stderr
+    assert proc.stderr == (f"gpuaffinity: 127.0.0.1:{port} accepts connections but does not answer as a Ray "
+                           "cluster's GCS within 10 s (not a Ray port, or its head is stopped or overloaded): pass the "
+                           "address `ray status` prints on the head\n")
+
+
+def test_a_token_file_that_cannot_be_read_is_one_line_not_a_bug(token_cluster, tmp_path):
+    """Found by attacking the change: Ray's token loader raised outside the check's handling, and the command
+    called it a bug in gpuaffinity."""
+    env = clean_env(tmp_path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(tmp_path / "no-such-token"))
+    proc, took = ray_check(env, "--address", token_cluster.address)
+    assert (proc.returncode, proc.stdout) == (1, "") and took < 15, proc.stderr
+    assert proc.stderr.startswith(f"gpuaffinity: the token file {tmp_path / 'no-such-token'} cannot be read or is "
+                                  "empty: set RAY_AUTH_TOKEN"), proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and "a bug in gpuaffinity" not in proc.stderr

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import io
 import json
 import os
 import re
 import socket
+import stat
 import sys
 import tempfile
 import threading
@@ -201,21 +203,37 @@ def _resolve(where: str) -> tuple[str, str | None]:
     except ImportError:  # a Ray without this private helper: its default place
         temp = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
         record = os.path.join(temp, "ray", "ray_current_cluster")
+    # Ray's folder is writable by everyone (no sticky bit): what is judged must be what is read.  One descriptor,
+    # no link followed, no blocking open (a FIFO), a regular file owned by this user, a bounded read.
     try:
-        st = os.stat(record)
-        with open(record) as f:
-            found = f.read().strip()
-    except OSError:
-        raise GpuAffinityError(f"no Ray cluster of yours recorded on this machine ({record} does not exist): pass "
-                               "--address HOST:PORT (set RAY_ADDRESS), as `ray status` on the cluster's head "
-                               "prints it") from None
+        fd = os.open(record, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            raise GpuAffinityError(f"no Ray cluster of yours recorded on this machine ({clean(record)} does not "
+                                   "exist): pass --address HOST:PORT (set RAY_ADDRESS), as `ray status` on the "
+                                   "cluster's head prints it") from None
+        raise GpuAffinityError(f"{clean(record)} cannot be read as Ray's record of a cluster ({e.strerror or e}; "
+                               "a link is not followed): pass --address HOST:PORT") from None
+    try:
+        st = os.fstat(fd)
+        found = os.read(fd, 4096).decode("utf-8", "replace").strip() if stat.S_ISREG(st.st_mode) else ""
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise GpuAffinityError(f"{clean(record)} is not a regular file, so it is no record of Ray's: pass --address "
+                               "HOST:PORT") from None
     if st.st_uid != os.getuid():
-        raise GpuAffinityError(f"\"auto\" found the Ray cluster at {clean(found[:100])} in {record}, started by "
-                               f"{_user(st.st_uid)}, not by you: pass --address {clean(found[:100])} to check it "
-                               "anyway, or the address of your own cluster") from None
-    if not found:
-        raise GpuAffinityError(f"{record} names no Ray cluster: pass --address HOST:PORT") from None
-    return found, f"{record} (yours)"
+        raise GpuAffinityError(f"\"auto\" found the Ray cluster at {clean(found[:100])} in {clean(record)}, "
+                               f"started by {_user(st.st_uid)}, not by you: pass --address {clean(found[:100])} to "
+                               "check it anyway, or the address of your own cluster") from None
+    if not _HOST_PORT.fullmatch(found):
+        raise GpuAffinityError(f"{clean(record)} names no Ray cluster (it holds {clean(found[:60])!r}, not "
+                               "HOST:PORT): pass --address HOST:PORT") from None
+    return found, f"{clean(record)} (yours)"
+
+
+#: what Ray's record holds: a host name, IPv4 or bracketed IPv6 address, and a port
+_HOST_PORT = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\]):[0-9]{1,5}")
 
 
 def _user(uid: int) -> str:
@@ -259,25 +277,56 @@ def _authenticate(gcs: str, shown: str, auto: bool) -> None:
         from ray._raylet import AuthenticationMode, AuthenticationTokenLoader, GcsClient, get_authentication_mode
     except ImportError:  # a Ray without token authentication
         return
-    if auto:  # as ray.init does for "auto": a token on this machine turns token authentication on
-        with contextlib.suppress(ImportError):
-            from ray._private.authentication.authentication_token_setup import (
-                maybe_enable_token_auth_if_token_available,
-            )
+    box: list[BaseException | None] = []
 
-            maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-    if get_authentication_mode() == AuthenticationMode.TOKEN and \
-            not AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
-        # Ray's GCS client aborts the process, with a C++ stack, when it has no token to send
-        raise GpuAffinityError(f"RAY_AUTH_MODE=token, but this process has no token for the Ray cluster at {shown}: "
-                               f"{_TOKEN_FIX}")
-    try:
-        with _quiet_stderr():
+    def ask() -> None:  # in a thread of its own: a port that accepts but never answers as Ray would hang here
+        try:
+            if auto:  # as ray.init does for "auto": a token on this machine turns token authentication on
+                with contextlib.suppress(ImportError):
+                    from ray._private.authentication.authentication_token_setup import (
+                        maybe_enable_token_auth_if_token_available,
+                    )
+
+                    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+            if get_authentication_mode() == AuthenticationMode.TOKEN and \
+                    not AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
+                # Ray's GCS client aborts the process, with a C++ stack, when it has no token to send
+                box.append(GpuAffinityError(f"RAY_AUTH_MODE=token, but this process has no token for the Ray "
+                                            f"cluster at {shown}: {_TOKEN_FIX}"))
+                return
             GcsClient(address=gcs, cluster_id=None)
-    except Exception as e:
-        if _refused_token(e):
-            raise GpuAffinityError(_auth_message(shown)) from None
-        # anything else: ray.init tries again, and says what it finds
+            box.append(None)
+        except BaseException as e:  # handed to the caller below
+            box.append(e)
+
+    worker = threading.Thread(target=ask, name="gpuaffinity-ray-connect", daemon=True)
+    with _quiet_stderr():  # fd 2 comes back here, whether or not the thread ever returns
+        worker.start()
+        worker.join(ANSWER_WITHIN)
+    if not box:
+        # the thread is still inside Ray and logs from C++ when it gives up: fd 2 to /dev/null from now on, while
+        # Python's own stderr (this error's line) keeps the terminal
+        sys.stderr.flush()
+        sys.stderr = os.fdopen(os.dup(2), "w", buffering=1)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+        raise GpuAffinityError(f"{shown} accepts connections but does not answer as a Ray cluster's GCS within "
+                               f"{ANSWER_WITHIN:g} s (not a Ray port, or its head is stopped or overloaded): pass "
+                               "the address `ray status` prints on the head")
+    e = box[0]
+    if isinstance(e, GpuAffinityError):
+        raise e
+    if e is not None and _refused_token(e):
+        if "RAY_AUTH_TOKEN_PATH" in str(e) or "cannot be opened" in str(e):  # Ray's loader: the file, not the token
+            raise GpuAffinityError(f"the token file {clean(os.environ.get('RAY_AUTH_TOKEN_PATH', '~/.ray/auth_token'))}"
+                                   f" cannot be read or is empty: {_TOKEN_FIX}") from None
+        raise GpuAffinityError(_auth_message(shown)) from None
+    # anything else: ray.init tries again, and says what it finds
+
+
+#: seconds the cluster's GCS has to answer one client before the check says, in one line, that it does not
+ANSWER_WITHIN = 10.0
 
 
 _TOKEN_FIX = ("set RAY_AUTH_TOKEN to the cluster's token, or put it in the file RAY_AUTH_TOKEN_PATH names "

@@ -35,7 +35,11 @@ def main() -> int:
     if args.noset:
         os.environ["RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"] = "1"
 
-    import ray
+    try:
+        import ray
+    except ImportError:  # the package does not depend on Ray: say so in one line, not a traceback
+        print("ray_actors: this example needs Ray in this environment: pip install ray", file=sys.stderr)
+        return 1
 
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False, configure_logging=False,
              runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("GPUAFFINITY_", "LD_"))}})
