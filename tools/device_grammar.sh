@@ -5,15 +5,7 @@
 # Results go to $OUT (or ./device-out).  Run from the repository root:
 #     bash tools/device_grammar.sh
 set -u
-OUT=${OUT:-device-out}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD/src
-python3 -m compileall -q src/gpuaffinity   # as an installed package has it
-{
-  date -u; nvidia-smi --query-gpu=index,name,driver_version,pci.bus_id --format=csv,noheader
-  python3 -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__)'
-  nproc; uname -r
-} > "$OUT/env.txt" 2>&1
+. tools/device_setup.sh   # $OUT, PYTHONPATH, compiled, $OUT/env.txt
 minors=$(grep -h "Device Minor" /proc/driver/nvidia/gpus/*/information | awk '{print $3}' | sort -n)
 n=$(echo "$minors" | wc -l)
 half=$(echo "$minors" | head -n $(( n / 2 > 0 ? n / 2 : 1 )) | paste -sd, -)

@@ -4,15 +4,7 @@
 # Results go to $OUT (or ./device-out).  Run from the repository root:
 #     bash tools/device_run.sh
 set -u
-OUT=${OUT:-device-out}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD/src
-python3 -m compileall -q src/gpuaffinity   # as an installed package has it
-{
-  date -u; nvidia-smi --query-gpu=index,name,driver_version,pci.bus_id --format=csv,noheader
-  python3 -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__)'
-  nproc; command -v numactl || echo "numactl: not installed"
-} > "$OUT/env.txt" 2>&1
+. tools/device_setup.sh   # $OUT, PYTHONPATH, compiled, $OUT/env.txt
 t0=$(date +%s)
 timeout 250 python3 tools/validate_real.py /tmp/val --no-bench > "$OUT/validation.txt" 2>&1
 echo "validation rc=$? in $(( $(date +%s) - t0 )) s" >> "$OUT/validation.txt"

@@ -301,32 +301,25 @@ def apply_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] |
         if uuid_list:
             if entry == "MIG-":  # measured on a one-GPU host without MIG; a MIG host may differ: unsure
                 return done(f"{where} has nothing after MIG-: it names no MIG instance", unmatched=True)
+            v: Visible | str | None
             if entry.startswith("MIG-"):
                 found = find_mig(entry, gpus)
-                if found is None and not entry.startswith("MIG-GPU-"):
+                hits = [] if found is not None or entry.startswith("MIG-GPU-") else prefix_hits(bodies, entry[4:])
+                if found is None and len(hits) == 1 and hits[0] < len(gpus):
                     # measured on a one-GPU host without MIG (run 11): `MIG--`, `MIG-e` and `MIG-<the GPU's UUID
                     # without GPU->` show the GPU, and with the GPU's own UUID after it the GPU is named twice.  So a
                     # MIG- prefix that names no MIG instance is matched against the GPUs' UUIDs, and a GPU it names
                     # alone shows whole.  Not measured on several GPUs or on a MIG host: the driver is asked
                     # (read_cvd marks the reading unknown).
-                    hits = prefix_hits(bodies, entry[4:])
-                    if len(hits) == 1 and hits[0] < len(gpus):
-                        gpu_as_mig = True
-                        v = whole(hits[0])
-                        if v is None:
-                            return done(f"{where} names a GPU in MIG mode with no MIG instance this process may use")
-                        if isinstance(v, str):
-                            return done(f"{where}: {v}")
-                        failed = add(v)
-                        if failed:
-                            return failed
-                        continue
-                if found is None:
+                    gpu_as_mig = True
+                    v = whole(hits[0])
+                elif found is None:
                     return done(f"{where} names no MIG instance", unmatched=True)
-                if any(d.mig is not None for d in out):
+                elif any(d.mig is not None for d in out):
                     return done(f"{where}: one MIG device a process")
-                v: Visible | str | None = Visible(*found)
-                mig_prefix_used = mig_prefix_used or _short(entry)
+                else:
+                    v = Visible(*found)
+                    mig_prefix_used = mig_prefix_used or _short(entry)
             elif entry == "GPU-":  # measured on a one-GPU host (580.159.04): no GPU, not "the only one"
                 return done(f"{where} has nothing after GPU-: it names no GPU")
             elif entry.startswith("GPU-"):
