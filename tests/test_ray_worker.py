@@ -40,7 +40,7 @@ def seen():
     logical = [entries.index(i) for i in ids] if noset else list(range(len(ids)))
     return {"pid": os.getpid(), "ids": ids, "affinity": sorted(os.sched_getaffinity(0)),
             "nvml": [gpuaffinity.resolve(i).nvml_index for i in logical],
-            "bound_nodes": list(rec.memory_nodes) if rec else None, "failures": rec.failures if rec else None,
+            "bound_nodes": list(rec.numa_nodes) if rec else None, "failures": rec.failures if rec else None,
             "hook": [what for what, _s in ray_worker.timings]}
 
 

@@ -318,7 +318,7 @@ def _authenticate(gcs: str, shown: str, auto: bool) -> None:
     if isinstance(e, GpuAffinityError):
         raise e
     if e is not None and _refused_token(e):
-        if "RAY_AUTH_TOKEN_PATH" in str(e) or "cannot be opened" in str(e):  # Ray's loader: the file, not the token
+        if "cannot be opened" in str(e):  # Ray's loader: the token file, not the token
             raise GpuAffinityError(f"the token file {clean(os.environ.get('RAY_AUTH_TOKEN_PATH', '~/.ray/auth_token'))}"
                                    f" cannot be read or is empty: {_TOKEN_FIX}") from None
         raise GpuAffinityError(_auth_message(shown)) from None
