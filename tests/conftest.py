@@ -37,10 +37,10 @@ def child_env(machine: SimMachine, cvd: str | None = None, order: str | None = N
 
 
 def run_json(machine: SimMachine, code: str, *args: str, cvd: str | None = None, order: str | None = None,
-             **extra: str) -> dict:
+             timeout: float = 120, **extra: str) -> dict:
     """Run Python code in a child on the simulated machine; return the JSON of its last stdout line."""
     proc = subprocess.run([sys.executable, "-c", code, *args], env=child_env(machine, cvd, order, **extra),
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
