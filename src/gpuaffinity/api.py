@@ -240,15 +240,14 @@ def _resolved(policy: str | None, disable: tuple[str, ...] | None, allow_subproc
             return hit
         # the snapshot that keys the result is the one it is computed from
         res = run_resolution(settings=Settings.from_key(key))
-        if res.no_device:
-            _why_none[key] = res.no_device  # under the key asked for, and below under the key cached
+        asked = key
         if watch(v for s in res.strategies for v in getattr(s, "env_vars", ())):
             key = make_key(policy, disable, allow_subprocess)  # a strategy's variables join the key from now on
         for category, message in res.warnings:
             warnings.warn(message, category, stacklevel=stacklevel + 1)
         devices = tuple(res.devices)
-        if res.no_device:
-            _why_none[key] = res.no_device
+        if res.no_device:  # under the key asked for and the key cached (a strategy's variables may join it)
+            _why_none[asked] = _why_none[key] = res.no_device
         _cache[key] = devices
         return devices
 
