@@ -34,8 +34,9 @@ if TYPE_CHECKING:
     from gpuaffinity.core.hookspec import hookimpl
     from gpuaffinity.core.model import Abstain, Answer, GpuInfo, Inventory, MigInfo, PhysicalDevice
     from gpuaffinity.core.strategy import ResolveContext, Strategy
+    from gpuaffinity.live import check
     from gpuaffinity.numa.bind import BindError, BindRecord
-    from gpuaffinity.placement import bind, plan
+    from gpuaffinity.placement import bind, plan, rebind
 
 __version__ = "0.1.0"
 
@@ -68,15 +69,18 @@ __all__ = [
     "VisibleDevicesWarning",
     "__version__",
     "bind",
+    "check",
     "clear_cache",
     "hookimpl",
     "plan",
+    "rebind",
     "resolve",
     "resolve_all",
 ]
 
 _LAZY = {"resolve": "gpuaffinity.api", "resolve_all": "gpuaffinity.api", "clear_cache": "gpuaffinity.api",
-         "bind": "gpuaffinity.placement", "plan": "gpuaffinity.placement",
+         "bind": "gpuaffinity.placement", "plan": "gpuaffinity.placement", "rebind": "gpuaffinity.placement",
+         "check": "gpuaffinity.live",
          "BindError": "gpuaffinity.numa.bind", "BindRecord": "gpuaffinity.numa.bind",
          # the plugin contract (docs/plugins.md): everything a strategy author needs, stable
          "hookimpl": "gpuaffinity.core.hookspec", "Strategy": "gpuaffinity.core.strategy",

@@ -18,11 +18,11 @@ ENV = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "RAY_EXPERIMENTAL_NOSET_CUDA
 class Probe:
     """One per GPU, placed as a GPU actor is (``num_gpus=1`` on one node)."""
 
-    def report(self, mode: str) -> dict:
-        return probe(mode)
+    def report(self, mode: str, pages: bool = False) -> dict:
+        return probe(mode, pages)
 
 
-def probe(mode: str) -> dict:
+def probe(mode: str, pages: bool = False) -> dict:
     """Facts about this worker and its GPU; ``error`` set (and the rest partial) where it could not look."""
     import socket
     import sys
@@ -50,14 +50,14 @@ def probe(mode: str) -> dict:
         return out
     out["version"] = gpuaffinity.__version__
     try:
-        _facts(out, mode)
+        _facts(out, mode, pages)
     except Exception as e:  # reported on the row, never a crash of the check
         out["error"] = f"{type(e).__name__}: {str(e)[:500]}"
     out["probe_seconds"] = round(time.perf_counter() - t0, 4)  # in the worker: resolving (strict) and looking
     return out
 
 
-def _facts(out: dict, mode: str) -> None:
+def _facts(out: dict, mode: str, pages: bool) -> None:
     import warnings
 
     from gpuaffinity import ray_worker
@@ -118,3 +118,10 @@ def _facts(out: dict, mode: str) -> None:
     out["memory_nodes"] = list(region.memory_nodes)
     out["shared_with"] = list(region.shared_with)
     out["notes"] = list(loc.notes)
+    # every thread's CPUs and (asked for) the pages, read as `gpuaffinity check` reads any process: one code
+    from gpuaffinity.proc import look
+    from gpuaffinity.verdict import pages_dict
+
+    view = look(os.getpid(), pages=pages, root="/proc")
+    out["thread_list"] = [(t.tid, t.name, format_cpulist(t.cpus)) for t in view.threads]
+    out["pages"] = pages_dict(view.pages)

@@ -109,7 +109,42 @@ def build_parser() -> argparse.ArgumentParser:
     ray.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
                      help="give up on probes without an answer after this long (default 120); they get a "
                           "TIMEOUT row")
+    ray.add_argument("--pages", action="store_true",
+                     help="also read where each probe's resident memory is (numa_maps); a row with less than "
+                          "--min-local of it on its GPU's node(s) is REMOTE-MEMORY")
+    ray.add_argument("--min-local", type=float, default=0.8, metavar="SHARE",
+                     help="with --pages: the share of memory that must be on the GPU's node(s) (default 0.8)")
     ray.add_argument("--json", action="store_true", help="print the report as JSON (rows, settings, ok)")
+    chk = sub.add_parser(
+        "check", help="where GPU workers are right now: their GPU, every thread's CPUs, memory policy and pages",
+        usage="gpuaffinity check [PID ...] [--all] [--json] [--pages] [--min-local SHARE] [--mode MODE] "
+              "[--memory POLICY] [--no-nvml]",
+        description="Check running processes from outside: the GPU each holds or was bound for (read in *its* "
+                    "view: its recorded binding, NVML's process list, its open device nodes and its own "
+                    "CUDA_VISIBLE_DEVICES; never this shell's), that GPU's NUMA node(s) and CPUs, the CPU mask "
+                    "of every thread, the memory policy, and with --pages where its resident memory is. One row "
+                    "per process.",
+        epilog=_EPILOG_CHECK, formatter_class=argparse.RawDescriptionHelpFormatter)
+    chk.add_argument("pids", nargs="*", metavar="PID", help="process ids to check (default: every GPU process, "
+                                                           "as --all)")
+    chk.add_argument("--all", action="store_true", dest="all_processes",
+                     help="every process that holds an NVIDIA GPU or records a gpuaffinity binding (without root: "
+                          "your own, and those NVML names, which get a NO-ACCESS row)")
+    chk.add_argument("--pages", action="store_true",
+                     help="also read where each process's resident memory is (/proc/PID/numa_maps: the kernel "
+                          "walks every page, about 4 ms per GiB; off by default)")
+    chk.add_argument("--min-local", type=float, default=0.8, metavar="SHARE",
+                     help="with --pages: the share of memory that must be on the GPU's node(s), else "
+                          "REMOTE-MEMORY (default 0.8; at least 64 MiB must be elsewhere to fail)")
+    chk.add_argument("--mode", choices=MODES, default="node",
+                     help="the binding a process without a recorded one should have, as for `gpuaffinity bind` "
+                          "(default node); a recorded binding is judged by its own mode")
+    chk.add_argument("--memory", choices=MEMORY_POLICIES, default=DEFAULT_MEMORY,
+                     help=f"the memory policy it should have (default {DEFAULT_MEMORY}; none: do not check the "
+                          "policy)")
+    chk.add_argument("--no-nvml", action="store_true",
+                     help="do not ask NVML which processes compute on which GPU (device nodes and bindings only)")
+    chk.add_argument("--json", action="store_true", help='print {"ok", "seconds", "settings", "notes", "rows"}')
     sim = sub.add_parser("sim", help="run programs against a simulated GPU machine",
                          description="A simulated machine: fake NVIDIA libraries and sysfs from a topology file.",
                          epilog=_EPILOG_SIM, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -183,6 +218,23 @@ exit status: 0 every GPU worker bound next to its GPU; 4 some row has a problem;
 """
 
 
+_EPILOG_CHECK = """\
+examples:
+  gpuaffinity check                       every GPU process you may read (as root: every one)
+  gpuaffinity check 4242 4243 --json      these processes, as JSON
+  gpuaffinity check --all --pages         with where their memory is (slower: about 4 ms per GiB resident)
+
+each row is one process: the GPU(s), how they were found (BY: binding, nvml, device-nodes), the GPU's NUMA
+node(s), the CPUs its binding gives it (BIND CPUS), the main thread's CPUs (AFFINITY), the threads within
+BIND CPUS of all threads, the memory policy, the share of its memory on the GPU's node(s) (LOCAL, --pages),
+and a status: ok, UNBOUND, OFF-NODE, THREADS-DRIFTED, REMOTE-MEMORY, NO-ACCESS, GONE (no-gpu: a process
+without a GPU). Each problem is explained under the table. docs/check.md says how to fix each.
+
+exit status: 0 every process bound next to its GPU; 4 some row has a problem; 1 the check could not run
+(one line on stderr); 2 usage.
+"""
+
+
 _BIND_USAGE = ("gpuaffinity bind ID [--mode MODE] [--memory POLICY] [--on-failure warn|error] [--dry-run] "
                "[--policy first|verify|strict] [--disable NAME] [--no-subprocess] -- CMD [ARG ...]")
 
@@ -220,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _bind(args, cmd)
         if args.command == "ray-check":
             return _ray_check(args)
+        if args.command == "check":
+            return _check(args)
         raise UsageError(f"gpuaffinity: unknown command {args.command!r}")
     except UsageError as e:
         _say(str(e))
@@ -703,6 +757,8 @@ def _ray_check(args: argparse.Namespace) -> int:
         if not isinstance(env, dict):
             raise UsageError("gpuaffinity ray-check: --runtime-env must be a JSON object, such as "
                              '\'{"worker_process_setup_hook": "gpuaffinity.ray_worker.setup"}\'')
+    if not 0 <= args.min_local <= 1:  # nan too
+        raise UsageError(f"gpuaffinity ray-check: --min-local {args.min_local}: give a share from 0 to 1")
     if not 0 < args.timeout <= 86400:  # nan too
         raise UsageError(f"gpuaffinity ray-check: --timeout {args.timeout} s: give a number of seconds above 0, at "
                          "most a day (86400)")
@@ -715,13 +771,40 @@ def _ray_check(args: argparse.Namespace) -> int:
 
     try:
         report = check(args.address, mode=args.mode, memory=args.memory, runtime_env=env, timeout=args.timeout,
-                       progress=progress)
+                       progress=progress, pages=args.pages, min_local=args.min_local)
     finally:
         if live:
             sys.stderr.write("\r\x1b[K")
     if report.settings.get("found"):  # "auto": which cluster that was, and why it was taken
         sys.stderr.write(f'gpuaffinity ray-check: "auto" is the Ray cluster at {report.settings["cluster"]}, '
                          f'recorded in {report.settings["found"]}\n')
+    print(report.to_json() if args.json else render(report))
+    return EXIT_OK if report.ok else EXIT_FOUND
+
+
+def _check(args: argparse.Namespace) -> int:
+    from gpuaffinity.live import check, render
+
+    pids = []
+    for text in args.pids:
+        if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 1 << 22:
+            raise UsageError(f"gpuaffinity check: {text[:40]!r} is not a process id (a number from 1 to 4194303)")
+        pids.append(int(text))
+    if not 0 <= args.min_local <= 1:  # nan too
+        raise UsageError(f"gpuaffinity check: --min-local {args.min_local}: give a share from 0 to 1")
+    live = sys.stderr.isatty()
+
+    def progress(done: int, total: int) -> None:
+        if live and total > 20:
+            sys.stderr.write(f"\rgpuaffinity check: {done}/{total} processes read")
+            sys.stderr.flush()
+
+    try:
+        report = check(pids, all_processes=args.all_processes, mode=args.mode, memory=args.memory,
+                       pages=args.pages, min_local=args.min_local, use_nvml=not args.no_nvml, progress=progress)
+    finally:
+        if live:
+            sys.stderr.write("\r\x1b[K")
     print(report.to_json() if args.json else render(report))
     return EXIT_OK if report.ok else EXIT_FOUND
 
@@ -781,6 +864,10 @@ def _bind(args: argparse.Namespace, cmd: list[str]) -> int:
             _say(f"gpuaffinity: note: {note}")
     sys.stdout.flush()
     sys.stderr.flush()
+    from gpuaffinity.core.settings import BOUND_VAR
+    from gpuaffinity.intent import exec_env
+
+    os.environ[BOUND_VAR] = exec_env(rec)  # CMD's /proc/PID/environ: `gpuaffinity check` reads the binding there
     try:
         os.execvp(cmd[0], cmd)
     except OSError as e:

@@ -158,6 +158,31 @@ def bind(logical_id: int | str, *, mode: str = "node", memory: str = DEFAULT_MEM
     return rec
 
 
+def rebind(*, on_failure: str | None = None) -> BindRecord:
+    """Apply this process's recorded binding again: the CPUs to every thread it has now, the memory policy to
+    the calling thread.  Call it after something moved them (``init_process_group``, a library that resets
+    affinity: docs/check.md).  The record is the last ``bind`` in this process, else the one
+    ``gpuaffinity bind ID -- CMD`` started it with; nothing is resolved again.  BindError where there is none.
+    ``on_failure`` as for ``bind``."""
+    from gpuaffinity import intent
+    from gpuaffinity.core.errors import BindError, BindWarning
+    from gpuaffinity.numa.bind import BindRecord, apply
+
+    policy_ = failure_policy(on_failure)
+    was = intent.current()
+    if was is None:
+        raise BindError("nothing to rebind: this process records no binding (bind it first: gpuaffinity.bind(ID), "
+                        "or start it with gpuaffinity bind ID -- CMD)")
+    rec = BindRecord(was.logical_id if isinstance(was.logical_id, int) else None, was.pci_bus_id, was.mode,
+                     was.memory, was.memory_nodes, was.bind_cpus, numa_nodes=was.numa_nodes)
+    with _state.lock:
+        apply(rec, policy_)
+    if rec.failures:
+        warnings.warn(f"gpuaffinity: rebound only in part ({rec.summary()}): {'; '.join(rec.failures)}",
+                      BindWarning, stacklevel=2)
+    return rec
+
+
 def failure_policy(on_failure: object) -> str:
     """The failure policy in force: ``on_failure``, or (None only) GPUAFFINITY_ON_FAILURE, else ``warn``;
     BindError naming the choices for anything else (``""``, ``0``, ``"ERROR"``, a number)."""

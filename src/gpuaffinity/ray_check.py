@@ -26,14 +26,15 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from gpuaffinity import verdict
 from gpuaffinity.core.cpulist import format_cpulist, parse_cpulist
 from gpuaffinity.core.errors import GpuAffinityError, UsageError
 from gpuaffinity.core.settings import DEFAULT_MEMORY, MEMORY_POLICIES, MODES
 
+# a row's status, worst first, and which fail the check: shared with `gpuaffinity check`
+from gpuaffinity.verdict import PROBLEMS, STATUSES
+
 SETUP_HOOK = "gpuaffinity.ray_worker.setup"
-#: a row's status, worst first: the table and the exit status follow this order
-STATUSES = ("not-installed", "error", "timeout", "disagree", "duplicate", "off-node", "unbound", "ok", "no-gpus")
-PROBLEMS = frozenset(STATUSES[:-2])
 DEFAULT_TIMEOUT = 120.0
 MISSING = "; is gpuaffinity installed on this node?"
 
@@ -69,15 +70,19 @@ def runtime_env_for(mode: str, memory: str) -> dict[str, Any]:
 
 def check(address: str | None = None, *, mode: str = "node", memory: str = DEFAULT_MEMORY,
           runtime_env: dict[str, Any] | None = None, timeout: float = DEFAULT_TIMEOUT,
-          progress: Callable[[int, int], None] | None = None) -> Report:
+          progress: Callable[[int, int], None] | None = None, pages: bool = False,
+          min_local: float = verdict.MIN_LOCAL) -> Report:
     """Probe every GPU of the Ray cluster at ``address`` (default: ``RAY_ADDRESS``, else ``"auto"``).
 
     ``mode`` and ``memory``: the binding the workers should have (as ``gpuaffinity bind``).
     ``runtime_env``: the probes' runtime environment; by default the one-line binding with that mode and
     memory policy.  Pass your jobs' own to check what their workers get.  ``timeout``: seconds for the
     whole check after connecting; probes without an answer by then get a ``timeout`` row.
-    ``progress(done, total)`` is called as answers come in.
+    ``progress(done, total)`` is called as answers come in.  ``pages``: also read where each probe's resident
+    memory is (``numa_maps``); below ``min_local`` on its GPU's node(s) a row is ``remote-memory``
+    (docs/check.md).
     """
+    verdict.check_min_local(min_local)
     if not isinstance(mode, str) or mode not in MODES:
         raise GpuAffinityError(f"unknown mode {str(mode)[:40]!r}: choose one of {', '.join(MODES)}")
     if not isinstance(memory, str) or memory not in MEMORY_POLICIES:
@@ -109,7 +114,7 @@ def check(address: str | None = None, *, mode: str = "node", memory: str = DEFAU
             _authenticate(gcs, cluster, found is not None)
         with contextlib.redirect_stdout(caught):
             report = _check(ray, NodeAffinitySchedulingStrategy, cluster, env, mode, memory, timeout, progress,
-                            started, caught, watchdog)
+                            started, caught, watchdog, pages, min_local)
     finally:
         if watchdog is not None:
             watchdog.stop()
@@ -123,7 +128,7 @@ def check(address: str | None = None, *, mode: str = "node", memory: str = DEFAU
 
 def _check(ray: Any, node_affinity: Any, where: str, env: dict[str, Any], mode: str, memory: str, timeout: float,
            progress: Callable[[int, int], None] | None, started: float, caught: io.StringIO,
-           watchdog: _Watchdog | None) -> Report:
+           watchdog: _Watchdog | None, pages: bool = False, min_local: float = verdict.MIN_LOCAL) -> Report:
     from gpuaffinity import _ray_probe
 
     try:
@@ -163,7 +168,7 @@ def _check(ray: Any, node_affinity: Any, where: str, env: dict[str, Any], mode: 
             strategy = node_affinity(node["NodeID"], soft=False)
             for _ in range(gpus):
                 actor = probe_cls.options(num_gpus=1, num_cpus=0, scheduling_strategy=strategy).remote()
-                pending.append((base, actor, actor.report.remote(mode)))
+                pending.append((base, actor, actor.report.remote(mode, pages)))
         timings["place"] = time.perf_counter() - t  # listing the nodes, submitting every probe (this process)
         t = time.perf_counter()
         answers = _gather(ray, [ref for _b, _a, ref in pending], t + timeout, progress)
@@ -171,13 +176,14 @@ def _check(ray: Any, node_affinity: Any, where: str, env: dict[str, Any], mode: 
         t = time.perf_counter()
         for (base, actor, _ref), answer in zip(pending, answers, strict=True):
             rows.append(judge({**base, **(answer or {})} if isinstance(answer, dict) else
-                              {**base, "error": answer}, mode, memory, timeout))
+                              {**base, "error": answer}, mode, memory, timeout, min_local))
             ray.kill(actor)
         _duplicates(rows)
         timings["judge"] = time.perf_counter() - t
         # the runtime environment as JSON can show it (a callable setup hook, which Ray accepts, by its repr)
         shown_env = json.loads(json.dumps(env, default=repr))
-        return Report(rows, {"address": where, "mode": mode, "memory": memory, "runtime_env": shown_env,
+        return Report(rows, {"address": where, "mode": mode, "memory": memory, "pages": pages,
+                             "min_local": min_local, "runtime_env": shown_env,
                              "timeout": timeout, "timings": {k: round(v, 4) for k, v in timings.items()}},
                       time.perf_counter() - started, caught.getvalue())
     finally:
@@ -437,8 +443,10 @@ def _why(e: Exception) -> str:
     return f"the probe failed: {type(e).__name__}: {first[:300]}"
 
 
-def judge(row: dict[str, Any], mode: str, memory: str, timeout: float) -> dict[str, Any]:
-    """The row's ``status`` and ``problems``, from what its probe reported."""
+def judge(row: dict[str, Any], mode: str, memory: str, timeout: float,
+          min_local: float = verdict.MIN_LOCAL) -> dict[str, Any]:
+    """The row's ``status`` and ``problems``, from what its probe reported (gpuaffinity.verdict: the code
+    `gpuaffinity check` judges a process with)."""
     problems: list[tuple[str, str]] = []
     row.setdefault("notes", [])
     if "pid" not in row and row.get("error") is None:
@@ -451,59 +459,28 @@ def judge(row: dict[str, Any], mode: str, memory: str, timeout: float) -> dict[s
         gpu = row["gpu"]
         if gpu.get("problem"):
             problems.append(("disagree", gpu["problem"]))
+        row["pci_bus_id"] = gpu["driver_pci_bus_id"]
+        row["uuid"] = gpu.get("driver_uuid") or gpu.get("uuid")
         _binding(row, problems, mode, memory)
-    row["status"] = min((k for k, _t in problems), key=STATUSES.index, default="ok")
+        listed = row.pop("thread_list", None)
+        if listed is not None:
+            verdict.threads(row, problems, [(t, n, parse_cpulist(c)) for t, n, c in listed], row["pid"])
+        verdict.pages(row, problems, min_local)
+    row["status"] = verdict.status_of(problems)
     row["problems"] = [t for _k, t in problems]
     return row
 
 
 def _binding(row: dict[str, Any], problems: list[tuple[str, str]], mode: str, memory: str) -> None:
-    affinity = frozenset(row["affinity"])
-    worker = parse_cpulist(row["worker_cpus"])
-    near = parse_cpulist(row["bind_cpus"])
-    bus = row["gpu"]["driver_pci_bus_id"]
     hook = row["hook"]
+    bus = row["gpu"]["driver_pci_bus_id"]
     if hook["pci_bus_id"] is not None and bus not in hook["pci_bus_id"].split(","):
         row["notes"].append(f"the binding was planned for GPU {hook['pci_bus_id']}, but the CUDA driver says this "
                             f"worker's GPU is {bus}")
-    if not row["numa_nodes"]:
-        row["notes"].append("the GPU has no NUMA node (its locality notes say why): nothing to bind to, the "
-                            "worker keeps all its CPUs")
-        return
-    if not near:
-        problems.append(("unbound", f"none of the worker's CPUs ({row['worker_cpus']}) is near GPU {bus}: nothing "
-                                    "to bind to (the node's cpuset excludes them)"))
-        return
-    part = {"socket": "socket of ", "exclusive": "share of ", "llc": "cache group in "}.get(mode, "")
-    where = f"{part}node {format_cpulist(row['numa_nodes'])}"
-    if not affinity <= near:
-        if affinity >= worker or not hook["set_up"]:
-            why = "the setup hook did not run in this worker" if not hook["set_up"] else \
-                "; ".join(hook["failures"] + hook["said"]) or "no binding was applied"
-            problems.append(("unbound", f"runs on CPUs {format_cpulist(affinity)}, not bound to its GPU's {where} "
-                                        f"(CPUs {row['bind_cpus']}): {why}"))
-        else:
-            problems.append(("off-node", f"bound to CPUs {format_cpulist(affinity)}, off its GPU's {where} "
-                                         f"(CPUs {row['bind_cpus']})"))
-    mem = row["memory"]
-    if memory != "none":
-        allowed = row.get("memory_nodes", row["numa_nodes"])  # the mode's memory nodes (socket: the socket's)
-        if mem["policy"] == "default":
-            why = "; ".join(f for f in hook["failures"] if "set_mempolicy" in f) or \
-                ("the setup hook did not run in this worker" if not hook["set_up"] else "")
-            problems.append(("unbound", f"memory policy is the default, not {memory} to its GPU's node "
-                                        f"{format_cpulist(row['numa_nodes'])}" + (f": {why}" if why else "")))
-        elif mem["policy"] != memory:
-            problems.append(("unbound", f"memory policy is {mem['policy']} (node(s) {format_cpulist(mem['nodes'])}), "
-                                        f"not {memory}"))
-        if mem["policy"] == memory == "preferred" and mem.get("kernel") == "MPOL_PREFERRED" and len(allowed) > 1:
-            row["notes"].append(f"memory prefers node(s) {format_cpulist(mem['nodes'])} alone (MPOL_PREFERRED), not "
-                                f"all of {format_cpulist(allowed)}: this kernel has no MPOL_PREFERRED_MANY (Linux "
-                                "5.15 added it); it still spills to the other nodes")
-        if mem["policy"] != "default" and not set(mem["nodes"]) <= set(allowed):
-            problems.append(("off-node", f"memory {mem['policy']} to node(s) {format_cpulist(mem['nodes'])}, off its "
-                                         f"GPU's {'socket, node(s) ' if mode == 'socket' else 'node '}"
-                                         f"{format_cpulist(allowed)}"))
+    verdict.binding(row, problems, mode, memory, set_up=hook["set_up"],
+                    why="; ".join(hook["failures"] + hook["said"]),
+                    memory_why="; ".join(f for f in hook["failures"] if "set_mempolicy" in f),
+                    missing="the setup hook did not run in this worker")
 
 
 def _duplicates(rows: list[dict[str, Any]]) -> None:
@@ -546,7 +523,7 @@ def table(report: Report) -> list[tuple[str, ...]]:
                     ",".join(map(str, r.get("numa_nodes", []))) or "-", r.get("bind_cpus") or "-",
                     format_cpulist(r["affinity"]) if "affinity" in r else "-",
                     f"{mem['policy']} {format_cpulist(mem['nodes'])}".strip() if mem else "-", by,
-                    r["status"].upper() if r["status"] in PROBLEMS else r["status"]))
+                    verdict.shown(r["status"])))
     return out
 
 

@@ -134,6 +134,9 @@ def _rebind() -> tuple[BindRecord | None, bool]:
         if frozenset(os.sched_getaffinity(0)) != original:
             set_affinity_all_threads(original)
         _restore_mempolicy(MPOL_DEFAULT, frozenset())
+        from gpuaffinity import intent
+
+        intent.withdraw()  # unbound again: until a binding is applied below, `gpuaffinity check` finds none
         if not gpu_ids:
             _last_key = key
             return None, False

@@ -39,6 +39,9 @@ MEMORY_POLICIES = ("preferred", "bind", "none")
 DEFAULT_MEMORY = "preferred"
 FAILURE_POLICIES = ("warn", "error")
 ON_FAILURE_VAR = "GPUAFFINITY_ON_FAILURE"
+#: The binding a program was started with (``gpuaffinity bind ID -- CMD``): read by ``gpuaffinity check`` from
+#: /proc/PID/environ (gpuaffinity.intent).
+BOUND_VAR = "GPUAFFINITY_BOUND"
 #: The simulator's own variables (csrc/sim_common.h, gpuaffinity.sim.machine).
 SIM_FAULTS_VAR = "GPUAFFINITY_SIM_FAULTS"
 SIM_COUNTERS_VAR = "GPUAFFINITY_SIM_COUNTERS"

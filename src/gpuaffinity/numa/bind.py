@@ -295,6 +295,9 @@ def apply(record: BindRecord, on_failure: str) -> BindRecord:
             record.memory_applied = False
             record.policy_in_effect = policy_name(old_policy[0])
         raise BindError("; ".join(record.failures) + " (nothing was left applied)")
+    from gpuaffinity import intent
+
+    intent.publish(record)  # where `gpuaffinity check` reads it from outside (gpuaffinity.intent)
     return record
 
 

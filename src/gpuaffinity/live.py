@@ -1,0 +1,380 @@
+"""Where GPU workers are right now: ``gpuaffinity check`` for any process (docs/check.md).
+
+For each process: the GPU(s) it holds or was bound for, read in *its* view, never the checker's; that GPU's
+NUMA node(s) and the CPUs the binding's mode gives it; the CPU mask of every thread; its memory policy; where
+its resident pages are (``pages=True``).  One row per process, judged by the code that judges ``ray-check``'s
+rows (gpuaffinity.verdict), so the two commands use the same words and never disagree.
+
+Which GPU, in this order:
+
+1. the binding it records (gpuaffinity.intent): the GPU it was bound for, before it opens any;
+2. NVML's list of processes with a CUDA context on each GPU, where this process may ask NVML, kept only where
+   the process also holds that GPU's device node open (a pid in NVML's list is the host's, which a process in
+   another pid namespace does not share);
+3. the NVIDIA device nodes it holds open (``/proc/PID/fd``), narrowed to the GPUs its own
+   ``CUDA_VISIBLE_DEVICES`` (from ``/proc/PID/environ``) makes visible where that reading is exact.
+
+Where the binding names a GPU the process does not compute on (2 or 3 say so), the row is judged against the
+GPU it computes on, and a note says what the binding was planned for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from gpuaffinity import proc, verdict
+from gpuaffinity.core.cpulist import format_cpulist
+from gpuaffinity.core.errors import GpuAffinityError
+from gpuaffinity.core.settings import BOUND_VAR, CVD, DEFAULT_MEMORY, MEMORY_POLICIES, MODES, ORDER
+
+#: what the rows' ``source`` says the GPU came from
+SOURCES = ("binding", "nvml", "device-nodes")
+
+
+class Report:
+    """Rows, one per process, and what the check ran with (``ok``: no row has a problem)."""
+
+    def __init__(self, rows: list[dict[str, Any]], settings: dict[str, Any], seconds: float,
+                 notes: list[str]) -> None:
+        self.rows = rows
+        self.settings = settings
+        self.seconds = seconds
+        self.notes = notes
+
+    @property
+    def ok(self) -> bool:
+        return not any(r["status"] in verdict.PROBLEMS for r in self.rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "seconds": round(self.seconds, 3), "settings": self.settings, "notes": self.notes,
+                "rows": self.rows}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+class _Host:
+    """The host's GPUs (the driver's /proc listing, else NVML), by minor and bus id, and NVML's process list."""
+
+    def __init__(self, use_nvml: bool, notes: list[str]) -> None:
+        from gpuaffinity.inventory import ProcListing
+
+        listing = ProcListing.read(os.environ)
+        self.gpus = list(listing.gpus)
+        self.by_minor = dict(zip(listing.minors, self.gpus, strict=True))
+        self.by_bus = {g.pci_bus_id: g for g in self.gpus}
+        self.contexts: dict[int, dict[str, int | None]] = {}  # pid -> {bus: bytes}
+        self.nvml_error = ""
+        if listing.problem:
+            notes.append(f"the driver's GPU list cannot be read ({listing.problem}): device nodes cannot be named")
+            self._from_nvml(notes)
+        if use_nvml and self.gpus:
+            self._processes()
+        elif not use_nvml:
+            self.nvml_error = "not asked (--no-nvml)"
+        if self.nvml_error:
+            notes.append(f"NVML's process list: {self.nvml_error}")
+
+    def _from_nvml(self, notes: list[str]) -> None:
+        from gpuaffinity.inventory import read_inventory
+
+        try:
+            inv = read_inventory()
+        except GpuAffinityError as e:
+            notes.append(f"no GPU inventory: {e}")
+            return
+        self.gpus = list(inv.gpus)
+        self.by_bus = {g.pci_bus_id: g for g in self.gpus}
+
+    def _processes(self) -> None:
+        from gpuaffinity.nvml_lite import NvmlLiteError, Session
+
+        try:
+            with Session() as nv:
+                for g in self.gpus:
+                    for pid, used in nv.compute_processes(nv.handle(g.pci_bus_id)):
+                        self.contexts.setdefault(pid, {})[g.pci_bus_id] = used
+        except (NvmlLiteError, AttributeError) as e:
+            self.nvml_error = f"unavailable ({e})"
+            self.contexts = {}
+
+
+def _candidates(host: _Host, notes: list[str]) -> list[int]:
+    """Every process that holds an NVIDIA device node, records a binding, or NVML lists."""
+    found = set(host.contexts)
+    hidden = 0
+    me = os.getpid()
+    for pid in proc.pids():
+        if pid == me:
+            continue
+        here = os.path.join(proc.roots(pid), str(pid))
+        try:
+            names = os.listdir(os.path.join(here, "fd"))
+        except PermissionError:
+            hidden += 1
+            continue
+        except OSError:
+            continue
+        hit = False
+        for n in names:
+            try:
+                base = os.path.basename(os.readlink(os.path.join(here, "fd", n)))
+            except OSError:
+                continue
+            if base.startswith(("nvidia", "memfd:" + proc.MEMFD_NAME)):
+                hit = True
+                break
+        if not hit:
+            try:
+                with open(os.path.join(here, "environ"), "rb") as f:
+                    hit = (BOUND_VAR + "=").encode() in f.read(1 << 20)
+            except OSError:
+                pass
+        if hit:
+            found.add(pid)
+    if hidden:
+        notes.append(f"{hidden} process(es) of other users were not looked at (their open files cannot be listed "
+                     "without root): run the check as root to see every GPU process"
+                     + ("; NVML's list named those it could" if host.contexts else ""))
+    return sorted(found)
+
+
+def check(pids: Iterable[int] | None = None, *, all_processes: bool = False, mode: str = "node",
+          memory: str = DEFAULT_MEMORY, pages: bool = False, min_local: float = verdict.MIN_LOCAL,
+          use_nvml: bool = True, progress: Callable[[int, int], None] | None = None) -> Report:
+    """Check the processes ``pids`` (or, with ``all_processes`` or no pids, every process that holds an NVIDIA
+    GPU or records a gpuaffinity binding); a ``Report`` with one row per process.
+
+    ``mode`` and ``memory``: the binding a process without a recorded one should have (as ``gpuaffinity bind``);
+    a recorded binding is judged by its own.  ``pages``: also read where each process's resident memory is
+    (``/proc/PID/numa_maps``: the kernel walks every page, about 4 ms per GiB), and fail a row with less than
+    ``min_local`` of it on its GPU's memory nodes.  ``use_nvml``: ask NVML which processes compute on which GPU.
+    """
+    if mode not in MODES:
+        raise GpuAffinityError(f"unknown mode {str(mode)[:40]!r}: choose one of {', '.join(MODES)}")
+    if memory not in MEMORY_POLICIES:
+        raise GpuAffinityError(f"unknown memory policy {str(memory)[:40]!r}: choose one of "
+                               f"{', '.join(MEMORY_POLICIES)}")
+    verdict.check_min_local(min_local)
+    wanted: list[int] = []
+    for p in pids or ():
+        if isinstance(p, bool) or not isinstance(p, int) or not 0 < p < 1 << 22:
+            raise GpuAffinityError(f"not a process id: {str(p)[:40]!r} (a number from 1 to 4194303)")
+        if p not in wanted:
+            wanted.append(p)
+    started = time.perf_counter()
+    notes: list[str] = []
+    from gpuaffinity import _state
+
+    with _state.lock:
+        host = _Host(use_nvml, notes)
+        targets = wanted if wanted and not all_processes else \
+            sorted(set(wanted) | set(_candidates(host, notes)))
+        rows = []
+        for i, pid in enumerate(targets):
+            rows.append(_row(pid, host, mode, memory, pages, min_local))
+            if progress is not None:
+                progress(i + 1, len(targets))
+    settings = {"mode": mode, "memory": memory, "pages": pages, "min_local": min_local,
+                "all": bool(all_processes or not wanted), "nvml": not host.nvml_error}
+    return Report(rows, settings, time.perf_counter() - started, notes)
+
+
+def _row(pid: int, host: _Host, mode: str, memory: str, pages: bool, min_local: float) -> dict[str, Any]:
+    row: dict[str, Any] = {"pid": pid, "name": "", "status": "", "pci_bus_id": None, "uuid": None, "problems": [],
+                           "notes": []}
+    problems: verdict.Problems = []
+    try:
+        view = proc.look(pid, pages=pages)
+    except proc.Gone as e:
+        problems.append(("gone", f"{e}: nothing to check"))
+        return _done(row, problems)
+    row.update(name=view.name, cmdline=" ".join(view.cmdline)[:200], uid=view.uid, source_root=view.source)
+    if view.zombie:
+        problems.append(("gone", "a zombie: it has exited, and its parent has not collected its exit status yet"))
+        return _done(row, problems)
+    if view.kernel_thread:
+        row["notes"].append("a kernel thread: it holds no GPU")
+        return _done(row, problems, "no-gpu")
+    env = view.environ or {}
+    row["env"] = {k: env[k] for k in (CVD, ORDER) if k in env}
+    intent, intent_note = _intent(view)
+    if intent_note:
+        row["notes"].append(intent_note)
+    held = [host.by_minor[m].pci_bus_id for m in view.gpu_minors if m in host.by_minor]
+    unknown = [m for m in view.gpu_minors if m not in host.by_minor]
+    if unknown:
+        row["notes"].append(f"it holds /dev/nvidia{unknown[0]}, which the driver's GPU list here does not name")
+    contexts = host.contexts.get(pid, {})
+    computes = [b for b in contexts if b in held] if view.environ is not None else list(contexts)
+    strays = [b for b in contexts if b not in computes]
+    if strays:  # a pid of another pid namespace, or a process that let go of the node: not taken
+        row["notes"].append(f"NVML lists pid {pid} on GPU(s) {', '.join(strays)}, whose device node this process "
+                            "does not hold: not taken (another pid namespace's process?)")
+    visible = _visible(env, host, row) if held and not computes else None
+    narrowed = [b for b in held if visible is None or b in visible] or held
+    if intent is not None:
+        buses, source = intent.buses, "binding"
+        truth = computes or (narrowed if held else [])
+        if truth and not set(buses) & set(truth):
+            row["notes"].append(f"the binding was planned for GPU {intent.pci_bus_id}, but the process computes on "
+                                f"{', '.join(truth)}: judged against that")
+            buses, source = truth, "nvml" if computes else "device-nodes"
+    elif computes:
+        buses, source = computes, "nvml"
+    elif narrowed:
+        buses, source = narrowed, "device-nodes"
+        if len(narrowed) > 1:
+            row["notes"].append(f"it holds the device nodes of {len(narrowed)} GPUs and nothing says which it computes "
+                                "on: judged against all of them" + ("" if not host.nvml_error else
+                                                                    f" (NVML's process list: {host.nvml_error})"))
+    else:
+        buses, source = [], ""
+    row["gpu_memory"] = {b: contexts.get(b) for b in buses if b in contexts}
+    row["binding"] = None if intent is None else {
+        "how": intent.how, "pid": intent.pid, "pci_bus_id": intent.pci_bus_id, "mode": intent.mode,
+        "memory": intent.memory, "bind_cpus": format_cpulist(intent.bind_cpus),
+        "memory_nodes": list(intent.memory_nodes), "applied": intent.applied, "failures": list(intent.failures)}
+    denied = [d for d in view.denied if d.split(":")[0] in ("environ", "fd", "numa_maps")]
+    if not buses:
+        if denied:
+            problems.append(("no-access", f"cannot see which GPU it holds: {'; '.join(denied)} (run the check as "
+                                          "its user or as root)"))
+            return _done(row, problems)
+        row["notes"].append("it holds no NVIDIA GPU and records no gpuaffinity binding")
+        return _done(row, problems, "no-gpu")
+    row["source"] = source
+    _judge(row, problems, view, buses, host, intent if source == "binding" else None, mode, memory, min_local)
+    if denied:
+        problems.append(("no-access", f"part of it cannot be read: {'; '.join(denied)} (run the check as its user "
+                                      "or as root)"))
+    return _done(row, problems)
+
+
+def _intent(view: proc.View) -> tuple[Any, str]:
+    from gpuaffinity import intent
+
+    texts = [("in-process", view.binding_text), ("exec", (view.environ or {}).get(BOUND_VAR))]
+    for how, text in texts:
+        if text:
+            try:
+                return intent.decode(text), ""
+            except ValueError as e:
+                return None, f"its {how} binding record cannot be read: {e}"
+    return None, ""
+
+
+def _visible(env: dict[str, str], host: _Host, row: dict[str, Any]) -> set[str] | None:
+    """The GPUs the process's own CUDA_VISIBLE_DEVICES shows, where that reading is exact; None otherwise."""
+    from gpuaffinity.core.cvd import read_cvd
+
+    cvd, order = env.get(CVD), env.get(ORDER)
+    if cvd is None:
+        return None
+    uniform = len({g.name for g in host.gpus}) <= 1
+    if not cvd.startswith(("GPU-", "MIG-")) and order != "PCI_BUS_ID" and not uniform:
+        row["notes"].append(f"its CUDA_VISIBLE_DEVICES={cvd[:60]!r} counts in CUDA's fastest-first order on a "
+                            "machine of mixed GPU models: which GPUs it shows cannot be known from outside")
+        return None
+    res = read_cvd(cvd, host.gpus, device_order=order)
+    if res.unsure or res.unknown:
+        return None
+    return {host.gpus[d.gpu].pci_bus_id for d in res.devices}
+
+
+def _judge(row: dict[str, Any], problems: verdict.Problems, view: proc.View, buses: list[str], host: _Host,
+           intent: Any, mode: str, memory: str, min_local: float) -> None:
+    from gpuaffinity.core.record import replace
+    from gpuaffinity.numa.modes import place
+    from gpuaffinity.numa.sysfs import Sysfs
+    from gpuaffinity.placement import locate
+
+    row["pci_bus_id"] = ",".join(buses)
+    row["uuid"] = ",".join(host.by_bus[b].uuid if b in host.by_bus else "?" for b in buses)
+    locs = locate(buses)
+    online = Sysfs().online_cpus() or frozenset().union(*(loc.local_cpus for loc in locs.values()))
+    numa, cpus, bind_cpus, mems = set(), set(), set(), set()
+    if intent is not None:
+        mode, memory = intent.mode, intent.memory
+    for bus in buses:
+        loc = replace(locs[bus], cpus=locs[bus].local_cpus & online)  # the GPU's CPUs, not the checker's
+        numa.update(loc.numa_nodes)
+        cpus.update(loc.cpus)
+        row["notes"].extend(n for n in loc.notes if n not in row["notes"])
+        if intent is None:
+            region = place(loc, mode, online, allowed_mems=None)
+            bind_cpus.update(region.bind_cpus if loc.numa_nodes else ())
+            mems.update(region.memory_nodes)
+    if intent is not None:
+        bind_cpus, mems = set(intent.bind_cpus), set(intent.memory_nodes)
+    row.update(mode=mode, memory_asked=memory, numa_nodes=sorted(numa), cpus=format_cpulist(cpus),
+               bind_cpus=format_cpulist(bind_cpus), memory_nodes=sorted(mems), worker_cpus=format_cpulist(online),
+               affinity=sorted(view.cpus))
+    pol = view.policy
+    row["memory"] = None if pol is None else {"policy": pol.policy, "nodes": sorted(pol.nodes), "kernel": pol.kernel}
+    if pol is None and view.kernel_thread is False and not any(d.startswith("numa_maps") for d in view.denied):
+        row["notes"].append("its memory policy cannot be read (no numa_maps: a kernel without NUMA?)")
+    row["pages"] = verdict.pages_dict(view.pages)
+    why = "" if intent is None else "; ".join(intent.failures) or (
+        f"gpuaffinity bound it to CPUs {format_cpulist(intent.bind_cpus)} ({intent.how}), and something moved it "
+        "since (taskset, a cgroup, a library: docs/check.md)")
+    verdict.binding(row, problems, mode, memory, set_up=intent is not None and intent.applied, why=why,
+                    memory_why="; ".join(f for f in (intent.failures if intent else ()) if "set_mempolicy" in f),
+                    missing="no gpuaffinity binding is recorded for it" if intent is None else
+                    f"its binding was not applied ({why or 'no reason recorded'})")
+    verdict.threads(row, problems, [(t.tid, t.name, t.cpus) for t in view.threads], view.pid)
+    verdict.pages(row, problems, min_local)
+
+
+def _done(row: dict[str, Any], problems: verdict.Problems, status: str | None = None) -> dict[str, Any]:
+    row["status"] = status or verdict.status_of(problems)
+    row["problems"] = [t for _k, t in problems]
+    return row
+
+
+# the table -------------------------------------------------------------------------------------------------------
+
+def table(report: Report) -> list[tuple[str, ...]]:
+    out = [("PID", "NAME", "GPU", "UUID", "BY", "NUMA", "BIND CPUS", "AFFINITY", "THREADS", "MEMORY", "LOCAL",
+            "STATUS")]
+    for r in report.rows:
+        mem = r.get("memory")
+        th = r.get("threads")
+        pg = r.get("pages")
+        out.append((str(r["pid"]), r.get("name") or "-", r.get("pci_bus_id") or "-",
+                    ",".join(u[:12] for u in (r.get("uuid") or "").split(",") if u) or "-", r.get("source") or "-",
+                    ",".join(map(str, r.get("numa_nodes", []))) or "-", r.get("bind_cpus") or "-",
+                    format_cpulist(r["affinity"]) if "affinity" in r else "-",
+                    f"{th['count'] - len(th['off'])}/{th['count']}" if th else "-",
+                    f"{mem['policy']} {format_cpulist(mem['nodes'])}".strip() if mem else "-",
+                    f"{100 * pg['local']:.0f}%" if pg and pg.get("local") is not None else "-",
+                    verdict.shown(r["status"])))
+    return out
+
+
+def render(report: Report) -> str:
+    from gpuaffinity.ray_check import clean
+
+    rows = [tuple(clean(c) for c in r) for r in table(report)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows] if report.rows \
+        else []
+    for r in report.rows:
+        who = f"{r['pid']} ({r.get('name') or '?'})" + (f" {r['pci_bus_id']}" if r.get("pci_bus_id") else "")
+        kind = "PROBLEM" if r["status"] in verdict.PROBLEMS else "note"
+        lines += [clean(f"{who}: {kind}: {t}") for t in r["problems"]]
+        lines += [clean(f"{who}: note: {t}") for t in r.get("notes", [])]
+    lines += [clean(f"note: {n}") for n in report.notes]
+    bad = sum(1 for r in report.rows if r["status"] in verdict.PROBLEMS)
+    gpus = sum(1 for r in report.rows if r.get("pci_bus_id"))
+    if not report.rows:
+        lines.append(f"no process holds an NVIDIA GPU or records a gpuaffinity binding here "
+                     f"({report.seconds:.2f} s)")
+    else:
+        lines.append(f"{len(report.rows)} process(es), {gpus} with a GPU, checked in {report.seconds:.2f} s: "
+                     + ("every one bound next to its GPU" if not bad else f"{bad} with a problem"))
+    return "\n".join(lines)
