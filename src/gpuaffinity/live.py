@@ -205,6 +205,9 @@ def _row(pid: int, host: _Host, mode: str, memory: str, pages: bool, min_local: 
     intent, intent_note = _intent(view)
     if intent_note:
         row["notes"].append(intent_note)
+    if intent is not None and intent.pid != pid:
+        row["notes"].append(f"its binding was made in pid {intent.pid} ({intent.how}), an ancestor it inherited it "
+                            "from (or the pid namespace it was made in)")
     held = [host.by_minor[m].pci_bus_id for m in view.gpu_minors if m in host.by_minor]
     unknown = [m for m in view.gpu_minors if m not in host.by_minor]
     if unknown:
