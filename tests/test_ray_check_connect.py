@@ -239,7 +239,8 @@ def shown(text):
         words = line.split()
         if words and re.fullmatch(r"[0-9a-f]{8}", words[0]):
             words = words[3:]  # NODE, and HOST as name and IP
-        out.append(re.sub(r"probed in [0-9.]+ s", "probed in S s", " ".join(words)))
+        line = re.sub(r"probed in [0-9.]+ s", "probed in S s", " ".join(words))
+        out.append(re.sub(r"(?<= )\d+/\d+(?= )", "T/T", line))  # THREADS: Ray's worker threads vary
     return out
 
 

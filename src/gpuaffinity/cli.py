@@ -210,8 +210,9 @@ examples:
 
 each row is one GPU of one node: Ray's GPU id, CUDA_VISIBLE_DEVICES in the worker, the physical GPU (PCI bus
 id, UUID) the CUDA driver names, its NUMA node and CPUs, the worker's CPU affinity and memory policy, which
-strategies agreed, and a status: ok, UNBOUND, OFF-NODE, DISAGREE, DUPLICATE, TIMEOUT, ERROR, NOT-INSTALLED
-(no-gpus: a node where Ray counts no GPU). Each problem is explained under the table. docs/ray.md has more.
+strategies agreed, and a status: ok, UNBOUND, OFF-NODE, THREADS-DRIFTED, REMOTE-MEMORY (--pages), DISAGREE,
+DUPLICATE, TIMEOUT, ERROR, NOT-INSTALLED (no-gpus: a node where Ray counts no GPU), judged by the code that
+judges `gpuaffinity check`. Each problem is explained under the table. docs/ray.md has more.
 
 exit status: 0 every GPU worker bound next to its GPU; 4 some row has a problem; 1 the check could not run
 (no Ray, no cluster; one line on stderr); 2 usage.

@@ -346,15 +346,12 @@ def table(report: Report) -> list[tuple[str, ...]]:
             "STATUS")]
     for r in report.rows:
         mem = r.get("memory")
-        th = r.get("threads")
-        pg = r.get("pages")
         out.append((str(r["pid"]), r.get("name") or "-", r.get("pci_bus_id") or "-",
                     ",".join(u[:12] for u in (r.get("uuid") or "").split(",") if u) or "-", r.get("source") or "-",
                     ",".join(map(str, r.get("numa_nodes", []))) or "-", r.get("bind_cpus") or "-",
                     format_cpulist(r["affinity"]) if "affinity" in r else "-",
-                    f"{th['count'] - len(th['off'])}/{th['count']}" if th else "-",
-                    f"{mem['policy']} {format_cpulist(mem['nodes'])}".strip() if mem else "-",
-                    f"{100 * pg['local']:.0f}%" if pg and pg.get("local") is not None else "-",
+                    verdict.threads_cell(r), f"{mem['policy']} {format_cpulist(mem['nodes'])}".strip() if mem else "-",
+                    verdict.local_cell(r),
                     verdict.shown(r["status"])))
     return out
 

@@ -505,7 +505,8 @@ def _duplicates(rows: list[dict[str, Any]]) -> None:
 
 def table(report: Report) -> list[tuple[str, ...]]:
     """The rows a person reads: one a GPU, problems marked (``render`` joins them)."""
-    out = [("NODE", "HOST", "RAY", "CVD", "GPU", "UUID", "NUMA", "GPU CPUS", "AFFINITY", "MEMORY", "BY", "STATUS")]
+    out = [("NODE", "HOST", "RAY", "CVD", "GPU", "UUID", "NUMA", "GPU CPUS", "AFFINITY", "THREADS", "MEMORY",
+            "LOCAL", "BY", "STATUS")]
     for r in report.rows:
         gpu = r.get("gpu") or {}
         mem = r.get("memory")
@@ -521,8 +522,9 @@ def table(report: Report) -> list[tuple[str, ...]]:
                     (r.get("env") or {}).get("CUDA_VISIBLE_DEVICES", "-"),
                     gpu.get("driver_pci_bus_id", "-"), _short(gpu.get("driver_uuid") or gpu.get("uuid")),
                     ",".join(map(str, r.get("numa_nodes", []))) or "-", r.get("bind_cpus") or "-",
-                    format_cpulist(r["affinity"]) if "affinity" in r else "-",
-                    f"{mem['policy']} {format_cpulist(mem['nodes'])}".strip() if mem else "-", by,
+                    format_cpulist(r["affinity"]) if "affinity" in r else "-", verdict.threads_cell(r),
+                    f"{mem['policy']} {format_cpulist(mem['nodes'])}".strip() if mem else "-",
+                    verdict.local_cell(r), by,
                     verdict.shown(r["status"])))
     return out
 

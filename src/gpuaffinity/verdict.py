@@ -148,6 +148,18 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+def threads_cell(row: dict[str, Any]) -> str:
+    """The THREADS column: threads within ``bind_cpus``, of all threads."""
+    th = row.get("threads")
+    return f"{th['count'] - len(th['off'])}/{th['count']}" if th else "-"
+
+
+def local_cell(row: dict[str, Any]) -> str:
+    """The LOCAL column: the share of the counted memory on the GPU's memory node(s) (``--pages``)."""
+    p = row.get("pages")
+    return f"{100 * p['local']:.0f}%" if p and p.get("local") is not None else "-"
+
+
 def pages_dict(p: Any) -> dict[str, Any] | None:
     """``gpuaffinity.proc.Pages`` as a row holds it (node numbers as strings, as JSON keys are)."""
     if p is None:
