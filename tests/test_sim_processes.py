@@ -9,15 +9,24 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import ROOT, run_json
 from gpuaffinity.core.cpulist import parse_cpulist, parse_cpumask
 from gpuaffinity.sim import TopologyError, load_topology, simulated
-from gpuaffinity.sim.render import kernel_bitmap, render_config
+from gpuaffinity.sim.render import kernel_bitmap, render_config, render_running
+from gpuaffinity.sim.topology import parse_topology
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
 
 MIB = 1 << 20
 
@@ -533,6 +542,102 @@ def test_the_busy_dgx_preset_shows_its_four_cases():
         # 4. not readable
         with pytest.raises(PermissionError):
             (root / "4401" / "environ").read_bytes()
+
+
+_values = st.recursive(st.one_of(st.integers(-5, 1 << 33), st.text(max_size=12), st.booleans(), st.floats()),
+                       lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                               st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+                       max_leaves=6)
+_POLICIES = ["default", "local", "prefer:1", "prefer:0-1", "bind:0-1", "bind=static|balancing:1", "interleave:0,1",
+             "weighted interleave:0-1", "prefer (many)=balancing:0", "bind", "local:0", "interleave=balancing:0"]
+_FIELDS = {
+    "name": st.one_of(st.just("w"), st.text(max_size=18)),
+    "cmdline": st.one_of(st.lists(st.text(max_size=8), max_size=3), _values),
+    "uid": st.integers(-1, 1 << 32),
+    "ppid": st.integers(-1, 5_000_000),
+    "state": st.sampled_from(["R", "S", "D", "T", "Z", "I", "X"]),
+    "kernel_thread": st.one_of(st.booleans(), _values),
+    "readable": st.booleans(),
+    "environ": st.one_of(st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3), _values),
+    "cpus": st.one_of(st.sampled_from(["0-3", "4-7", "0,7", "8", ""]), st.text(max_size=6)),
+    "mems": st.sampled_from(["0", "1", "0-1", "2", ""]),
+    "policy": st.one_of(st.sampled_from(_POLICIES), st.text(max_size=10)),
+    "exe": st.sampled_from(["/opt/a b", "rel"]),
+    "opens": st.one_of(st.just(["0000:1b:00.0"]), st.lists(st.one_of(st.integers(-1, 3), st.text(max_size=12)),
+                                                           max_size=2), _values),
+    "contexts": st.one_of(st.just({"0000:9d:00.0": 5}), _values,
+                          st.dictionaries(st.sampled_from(["0000:1b:00.0", "0000:9d:00.0", "1", "x"]),
+                                          st.one_of(st.integers(-1, 10), st.just("n/a"), st.text(max_size=3)),
+                                          max_size=2)),
+    "binding": st.one_of(st.just({"a": [1, "\u00e9"]}), _values),
+}
+_MAPPING = st.fixed_dictionaries({}, optional={
+    "policy": st.sampled_from(_POLICIES), "file": st.sampled_from(["/dev/nvidia0", "/a b=c", "x"]),
+    "kind": st.sampled_from(["heap", "stack", "text"]), "kernelpagesize_kB": st.sampled_from([4, 2048, 8]),
+    "pages": st.one_of(st.dictionaries(st.sampled_from(["0", "1", "2", "x"]), st.integers(-1, 1 << 20),
+                                       max_size=2), _values)})
+
+
+@st.composite
+def running_tables(draw):
+    """[[running]] tables, mostly well formed, with a field or two broken."""
+    procs = []
+    for i in range(draw(st.integers(1, 3))):
+        proc = {"pid": draw(st.one_of(st.just(100 + i), st.integers(-1, 5_000_000)))}
+        for key in draw(st.lists(st.sampled_from(sorted(_FIELDS)), unique=True, max_size=6)):
+            proc[key] = draw(_FIELDS[key])
+        proc["thread"] = [{"tid": draw(st.one_of(st.just(200 + 10 * i + j), st.integers(99, 102))),
+                           **({"cpus": draw(_FIELDS["cpus"])} if draw(st.booleans()) else {})}
+                          for j in range(draw(st.integers(0, 2)))]
+        proc["mapping"] = draw(st.lists(_MAPPING, max_size=4))
+        procs.append(proc)
+    return procs
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(procs=running_tables())
+def test_any_running_table_is_one_error_line_or_a_consistent_proc(procs):
+    """Either one TopologyError line naming the field, or a /proc whose files agree with each other."""
+    data = tomllib.loads(MACHINE)
+    data["running"] = procs
+    try:
+        topo = parse_topology(data, "fuzz.toml")
+    except TopologyError as e:
+        assert "\n" not in str(e) and str(e).startswith("fuzz.toml: running"), str(e)
+        return
+    config = render_config(topo).splitlines()
+    assert sum(line.startswith("proc ") for line in config) == sum(len(p.contexts) for p in topo.running)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "proc"
+        render_running(topo, root, Path(tmp) / "dev")
+        for p in topo.running:
+            d = root / str(p.pid)
+            st_ = dict(status_of(d / "status"))
+            assert parse_cpumask(st_["Cpus_allowed"]) == parse_cpulist(st_["Cpus_allowed_list"]) == p.cpus
+            assert st_["Threads"] == str(1 + len(p.threads)) == str(len(os.listdir(d / "task")))
+            if not p.has_mm:
+                assert "VmRSS" not in st_ and (d / "numa_maps").read_bytes() == b""
+                continue
+            if not p.readable:
+                with pytest.raises(PermissionError):
+                    (d / "numa_maps").read_bytes()
+                continue
+            rss = 0
+            for line in (d / "numa_maps").read_text().splitlines():
+                _, policy, fields = parse_numa_maps_line(line)
+                size = int(fields[-1].split("=")[1]) if fields and fields[-1].startswith("kernelpage") else 4
+                rss += 0 if "huge" in fields else sum(pages_of(fields).values()) * size
+            assert int(st_["VmRSS"].split()[0]) == rss
+
+
+def test_sim_check_prints_the_processes():
+    out = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "check", "busy-dgx"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    running = [line for line in out.stdout.splitlines() if line.startswith("  running: ")]
+    assert running[0] == ("  running: pid 4101 python3  uid 1000  state S  threads 3  cpus 0-55,112-167  "
+                          "GPUs 0000:52:00.0")
+    assert running[3].endswith("GPUs 0000:9d:00.0  (not readable)") and len(running) == 4
 
 
 # ---- NVML's running-process list --------------------------------------------------------------------------

@@ -294,18 +294,19 @@ def _escape_path(path: str) -> str:
     return "".join(f"\\{ord(ch):03o}" if ch in "\n\t= " else ch for ch in path)
 
 
-def _text_node(topo: Topology, p: RunningProcess) -> int:
+def _text_node(topo: Topology, p: RunningProcess) -> int | None:
     """Where the executable's resident text sits: the node of the main thread's first CPU if it has memory,
-    else the first node it may allocate on."""
+    else the first node it may allocate on (None: a machine without memory anywhere)."""
     first = min(p.cpus)
     node = next(n for n in topo.nodes if first in n.cpus)
-    return node.id if node.memory_mib > 0 and node.id in p.mems else min(p.mems)
+    return node.id if node.memory_mib > 0 and node.id in p.mems else min(p.mems, default=None)
 
 
 def _layout(topo: Topology, p: RunningProcess) -> list[tuple[int, int, Mapping]]:
     """(address, size in bytes, mapping) of each VMA in ascending address order: the executable's text first,
     then the heap after it, the other mappings packed below 0x7f0000000000, the stack at the top."""
-    text = Mapping(None, ((_text_node(topo, p), _TEXT_PAGES),), p.exe)
+    node = _text_node(topo, p)
+    text = Mapping(None, () if node is None else ((node, _TEXT_PAGES),), p.exe)
     out = [(_TEXT_BASE, _TEXT_KB * 1024, text)]
 
     def size(m: Mapping) -> int:

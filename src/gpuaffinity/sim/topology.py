@@ -696,9 +696,9 @@ def _one_process(c: _Checker, topo: Topology, raw: dict[str, Any], where: str, p
         if not isinstance(raw["binding"], dict):
             c.fail(f"{where}.binding", "must be a table")
         try:
-            binding = json.dumps(raw["binding"], ensure_ascii=False)
+            binding = json.dumps(raw["binding"], ensure_ascii=False, allow_nan=False)  # JSON has no NaN
         except (TypeError, ValueError) as e:
-            c.fail(f"{where}.binding", f"cannot be written as JSON (a date or time?): {e}")
+            c.fail(f"{where}.binding", f"cannot be written as JSON (a date, a time, nan or inf?): {e}")
     threads = []
     for j, rt in enumerate(c.table_list(raw, "thread", where)):
         tw = f"{where}.thread[{j}]"
