@@ -377,10 +377,10 @@ def _fds(p: RunningProcess, pid_dir: Path, dev_root: Path, driver: bool) -> list
         return []
     links = [(0, "/dev/null"), (1, "/dev/null"), (2, "/dev/null")]
     if p.binding is not None:
-        links.append((3, str(pid_dir.resolve() / ".memfd" / f"memfd:{BINDING_MEMFD} (deleted)")))
+        links.append((3, str(pid_dir.absolute() / ".memfd" / f"memfd:{BINDING_MEMFD} (deleted)")))
     if driver and p.opens:
         names = ["nvidiactl", "nvidia-uvm"] + [f"nvidia{minor}" for minor in p.opens]
-        links += [(len(links) + k, str(dev_root.resolve() / name)) for k, name in enumerate(names)]
+        links += [(len(links) + k, str(dev_root.absolute() / name)) for k, name in enumerate(names)]
     return links
 
 

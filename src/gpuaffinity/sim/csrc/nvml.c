@@ -7,7 +7,9 @@
  * driver.  NVML ignores CUDA_VISIBLE_DEVICES, and so does this library.
  * Like the real one, it numbers only the GPUs this process can open (see
  * sim_common.h: GPUAFFINITY_DEV_ROOT), in PCI order: a GPU it cannot open has
- * no index, and a lookup by its bus id or UUID is NOT_FOUND (measured). */
+ * no index, and a lookup by its bus id or UUID is NOT_FOUND (measured).
+ * The processes with a CUDA context on each GPU (nvmlDeviceGetComputeRunningProcesses) are the
+ * config's proc lines: the topology's [[running]] processes, whoever asks. */
 #include "sim_common.h"
 
 #include <stddef.h>
