@@ -12,7 +12,7 @@ TOOL = Path(__file__).resolve().parent.parent / "tools" / "nvml_lite_check.py"
 SIDE_BY_SIDE = TOOL.read_text()  # the same script validate_real runs on real GPUs
 
 
-@pytest.mark.parametrize("preset", ["dgx-h100", "mixed-4gpu", "h200x4-vm", "mig-a100", "slurm-2of8"])
+@pytest.mark.parametrize("preset", ["dgx-h100", "mixed-4gpu", "h200x4-vm", "mig-a100", "slurm-2of8", "busy-dgx"])
 def test_the_lite_calls_answer_as_pynvml_does(sim_factory, preset):
     out = run_json(sim_factory(preset), SIDE_BY_SIDE)
     assert out["buses"] and out["lite"] == out["pynvml"] and out["equal"] is True
@@ -20,6 +20,13 @@ def test_the_lite_calls_answer_as_pynvml_does(sim_factory, preset):
     if preset == "mig-a100":  # the MIG instances, read both ways
         assert [len(row[4]) for row in out["list_lite"]] == [3, 0, 2, 0] and out["list_lite"][0][5] is True
     assert any(row[0] for row in out["lite"]) or preset == "h200x4-vm"  # node masks are read, not empty
+    procs = [row[3] for row in out["lite"]]  # the processes with a CUDA context, read both ways
+    if preset == "busy-dgx":
+        mib = 1 << 20
+        assert procs == [[], [], [[4101, 30720 * mib]], [], [[4401, 8192 * mib]], [[4201, 65536 * mib]],
+                         [[4301, 20480 * mib]], []]
+    else:
+        assert procs == [[]] * len(out["buses"])
     assert out["missing"] == ["nvmlDeviceGetHandleByPciBusId_v2", 6]  # NVML_ERROR_NOT_FOUND, as pynvml gets
     assert out["after"] == len(out["buses"])  # our shutdown left pynvml's own session working
 

@@ -94,8 +94,8 @@ def test_no_driver_is_a_whole_machine_state_every_program_sees():
     out = _sim_run("--fault", "nvmlInit=9", "--fault", "cuInit=999", "dgx-h100", "--", sys.executable, "-c", code)
     assert json.loads(out.stdout)[2] == 999  # a cuInit fault given stands
     out = _sim_run("--fault", "nvmlInit=9:1", "dgx-h100", "--", sys.executable, "-c", code)
-    assert json.loads(out.stdout)[:2] == [True, ["nvidia-caps", "nvidia0", "nvidia1", "nvidia2", "nvidia3",
-                                                 "nvidia4", "nvidia5", "nvidia6", "nvidia7", "nvidiactl"]]
+    assert json.loads(out.stdout)[:2] == [True, ["nvidia-caps", "nvidia-uvm", "nvidia0", "nvidia1", "nvidia2",
+                                                 "nvidia3", "nvidia4", "nvidia5", "nvidia6", "nvidia7", "nvidiactl"]]
 
 
 def test_a_gpu_lost_fault_reaches_gpuaffinity_and_pynvml_alike():

@@ -3,7 +3,8 @@
 
 Prints one JSON object: the GPU list both ways (index, UUID, bus id, name, MIG mode and the MIG instances with
 their ids: ``gpuaffinity.inventory.read_inventory_nvml`` against the same calls through pynvml), each GPU's
-locality answers both ways (memory and CPU affinity at node scope, the GPU memory's NUMA node or the error),
+locality answers both ways (memory and CPU affinity at node scope, the GPU memory's NUMA node or the error,
+the processes with a CUDA context there: [pid, bytes or None] or the error),
 what a lookup of a bus with no GPU gives, whether pynvml still works after nvml_lite's shutdown, and ``equal``.
 tests/test_numa_nvml_lite.py runs it on simulated machines; tools/validate_real.py on real GPUs, in every view
 it sets up.
@@ -37,6 +38,10 @@ def theirs(bus: str) -> list:
         out.append(pynvml.nvmlDeviceGetNumaNodeId(h))
     except pynvml.NVMLError as e:
         out.append(f"error {e.value}")
+    try:
+        out.append([[p.pid, p.usedGpuMemory] for p in pynvml.nvmlDeviceGetComputeRunningProcesses_v3(h)])
+    except pynvml.NVMLError as e:
+        out.append(f"error {e.value}")
     return out
 
 
@@ -45,6 +50,10 @@ def ours(nv: Session, bus: str) -> list:
     out: list = [sorted(nv.memory_affinity(h)), sorted(nv.cpu_affinity(h))]
     try:
         out.append(nv.numa_node_id(h))
+    except NvmlLiteError as e:
+        out.append(f"error {e.code}")
+    try:
+        out.append([[pid, used] for pid, used in nv.compute_processes(h)])
     except NvmlLiteError as e:
         out.append(f"error {e.code}")
     return out

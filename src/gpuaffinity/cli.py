@@ -374,6 +374,10 @@ def _sim_check(t: object) -> int:
               + (f"; MIG instances {', '.join(p.migs)}" if p.migs is not None else ""))
         for var, value in p.env:
             print(f"  process env: {var}={value}")
+    for r in t.running:  # the other processes ([[running]])
+        gpus = ",".join(t.gpus[i].pci_bus_id for i in r.opens) or "none"
+        print(f"  running: pid {r.pid} {r.name}  uid {r.uid}  state {r.state}  threads {1 + len(r.threads)}  "
+              f"cpus {format_cpulist(r.cpus)}  GPUs {gpus}" + ("" if r.readable else "  (not readable)"))
     return EXIT_OK
 
 

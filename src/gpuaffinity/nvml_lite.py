@@ -12,6 +12,8 @@ the same library (``libnvidia-ml.so.1``), with the same arguments and buffer siz
 * locality (``gpuaffinity.numa.query``): ``nvmlDeviceGetHandleByPciBusId_v2``,
   ``nvmlDeviceGetMemoryAffinity`` and ``nvmlDeviceGetCpuAffinityWithinScope`` (node scope, 16 words of
   ``unsigned long``), ``nvmlDeviceGetNumaNodeId``;
+* the processes with a CUDA context on a GPU (``gpuaffinity check``): ``nvmlDeviceGetComputeRunningProcesses_v3``
+  (``nvmlProcessInfo_t``), the call pynvml's ``nvmlDeviceGetComputeRunningProcesses`` makes;
 * ``nvmlInit_v2`` and ``nvmlShutdown`` around them.
 
 tools/nvml_lite_check.py asks every one of them both ways, this module's and pynvml's, and compares: the tests
@@ -35,10 +37,15 @@ WORDS = 16  # 16 x 64 bits: 1024 CPUs or nodes, as the callers of pynvml asked b
 
 #: NVML's words for its commonest return codes (nvml.h), so that a message says more than a number
 ERROR_NAMES = {1: "Uninitialized", 2: "Invalid Argument", 3: "Not Supported", 4: "Insufficient Permissions",
-               6: "Not Found", 9: "Driver Not Loaded", 12: "NVML Shared Library Not Found",
+               6: "Not Found", 7: "Insufficient Size", 9: "Driver Not Loaded", 12: "NVML Shared Library Not Found",
                13: "Function Not Found", 15: "GPU is lost", 999: "Unknown Error"}
 NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_NO_PERMISSION, NVML_ERROR_NOT_FOUND = 3, 4, 6
 NVML_ERROR_FUNCTION_NOT_FOUND = 13
+NVML_ERROR_INSUFFICIENT_SIZE = 7
+#: NVML_VALUE_NOT_AVAILABLE as an unsigned long long: GPU memory NVML cannot tell
+NVML_VALUE_NOT_AVAILABLE = (1 << 64) - 1
+#: How often compute_processes asks again when the list outgrew the buffer it had sized by the count
+PROCESS_LIST_TRIES = 8
 NVML_DEVICE_MIG_ENABLE = 1
 _TEXT = 96  # NVML_DEVICE_UUID_V2_BUFFER_SIZE and NVML_DEVICE_NAME_V2_BUFFER_SIZE
 
@@ -63,6 +70,15 @@ def _pci_info_type(c: Any) -> type:
                     ("pciDeviceId", c.c_uint), ("pciSubSystemId", c.c_uint), ("busId", c.c_char * 32)]
 
     return PciInfo
+
+
+def _process_info_type(c: Any) -> type:
+    """``nvmlProcessInfo_t`` as nvml.h declares it (the element of the ``_v2`` and ``_v3`` process lists)."""
+    class ProcessInfo(c.Structure):
+        _fields_ = [("pid", c.c_uint), ("usedGpuMemory", c.c_ulonglong), ("gpuInstanceId", c.c_uint),
+                    ("computeInstanceId", c.c_uint)]
+
+    return ProcessInfo
 
 
 def _bits(words: Iterable[int]) -> frozenset[int]:
@@ -199,3 +215,34 @@ class Session:
         node = c.c_uint(0)
         self._check("nvmlDeviceGetNumaNodeId", fn(handle, c.byref(node)))
         return node.value
+
+    # ---- processes --------------------------------------------------------------------------------
+
+    def compute_processes(self, handle: object) -> list[tuple[int, int | None]]:
+        """The processes with a CUDA context on the GPU (or MIG instance) of ``handle``, in NVML's order: (pid,
+        GPU memory used in bytes, None where NVML cannot tell: NVML_VALUE_NOT_AVAILABLE).
+
+        ``nvmlDeviceGetComputeRunningProcesses_v3`` asked as NVML documents it: the count first (``*infoCount``
+        0, no array; SUCCESS means none), then the list into an array a little larger than the count; the list
+        may grow in between, and a fetch answered INSUFFICIENT_SIZE is asked again with the new count, at most
+        PROCESS_LIST_TRIES times, then NvmlLiteError (code NVML_ERROR_INSUFFICIENT_SIZE).  A driver without the
+        call is NvmlLiteError FUNCTION_NOT_FOUND, as pynvml reports it."""
+        c = self._c
+        call = "nvmlDeviceGetComputeRunningProcesses_v3"
+        fn = self._fn(call)
+        count = c.c_uint(0)
+        rc = fn(handle, c.byref(count), None)
+        if rc == NVML_SUCCESS:
+            return []
+        info = _process_info_type(c)
+        for _ in range(PROCESS_LIST_TRIES):
+            if rc != NVML_ERROR_INSUFFICIENT_SIZE:
+                break
+            size = count.value + count.value // 4 + 4  # room for a few more started meanwhile
+            infos = (info * size)()
+            count = c.c_uint(size)
+            rc = fn(handle, c.byref(count), infos)
+            if rc == NVML_SUCCESS:
+                return [(p.pid, None if p.usedGpuMemory == NVML_VALUE_NOT_AVAILABLE else p.usedGpuMemory)
+                        for p in infos[:count.value]]
+        raise NvmlLiteError(call, rc)

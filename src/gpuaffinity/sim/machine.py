@@ -24,7 +24,14 @@ from gpuaffinity.core.settings import SIM_COUNTERS_VAR as COUNTERS_VAR
 from gpuaffinity.core.settings import SIM_FAULTS_VAR as FAULTS_VAR
 from gpuaffinity.core.settings import SIM_TOPOLOGY_VAR as TOPOLOGY_VAR
 from gpuaffinity.sim.build import SimulatorError, library_dir
-from gpuaffinity.sim.render import render_config, render_dev, render_driver_binding, render_procfs, render_sysfs
+from gpuaffinity.sim.render import (
+    render_config,
+    render_dev,
+    render_driver_binding,
+    render_procfs,
+    render_running,
+    render_sysfs,
+)
 from gpuaffinity.sim.topology import ProcessView, Topology, load_topology
 
 
@@ -164,6 +171,7 @@ def simulated(topology: Topology | str | os.PathLike[str], *, faults: Sequence[s
         else:
             render_procfs(topo, folder / "proc")
             render_dev(topo, folder / "dev")
+        render_running(topo, folder / "proc", folder / "dev", driver=not no_driver)  # the other processes
         env = dict(os.environ if base_env is None else base_env)
         for var, value in topo.process.env:  # what the scheduler sets, unless the caller set it
             env.setdefault(var, value)

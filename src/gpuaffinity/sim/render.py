@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 
 from gpuaffinity.core.cpulist import format_cpulist, format_cpumask, parse_cpulist, to_mask_words
-from gpuaffinity.sim.topology import Gpu, Topology
+from gpuaffinity.sim.topology import MAX_NODE, STATES, Gpu, Mapping, RunningProcess, Topology
 
 _MASK_WORDS = 16  # 1024 CPUs or nodes, the C side's limit
 
@@ -74,6 +74,13 @@ def render_config(topo: Topology) -> str:
         for j, m in enumerate(g.migs):
             lines.append(f"mig {m.uuid} {m.gpu_instance} {m.compute_instance} {m.memory_mib} "
                          f"{m.multiprocessors} {mig_cap_minor(i, j)} {m.name}")
+        for p in topo.running:  # the CUDA contexts on this GPU, in the order of the topology's [[running]]
+            for ctx in p.contexts:
+                if ctx.gpu == i:
+                    used = "n/a" if ctx.mib is None else str(ctx.mib * 1024 * 1024)
+                    where = "" if ctx.mig is None else \
+                        f" {g.migs[ctx.mig].gpu_instance} {g.migs[ctx.mig].compute_instance}"
+                    lines.append(f"proc {p.pid} {used}{where}")
     return "\n".join(lines) + "\n"
 
 
@@ -246,6 +253,7 @@ def render_dev(topo: Topology, root: Path) -> None:
     caps = root / "nvidia-caps"
     caps.mkdir(parents=True)
     (root / "nvidiactl").write_text("")
+    (root / "nvidia-uvm").write_text("")
 
     def node(path: Path, usable: bool) -> None:
         if usable:
@@ -257,3 +265,186 @@ def render_dev(topo: Topology, root: Path) -> None:
         node(root / f"nvidia{minor}", view.opens(minor))
         for j, m in enumerate(g.migs):
             node(caps / f"nvidia-cap{mig_cap_minor(minor, j)}", view.opens(minor) and view.uses_mig(m.uuid))
+
+
+# ---- other processes: /proc/<pid> ([[running]]) ------------------------------------------------------------
+
+#: Where a reader that may not read (another user's process, without root) is sent: a write-only sysctl, which
+#: open() for reading refuses with EACCES even for root (root bypasses file modes, not this file's missing read).
+UNREADABLE = "/proc/sys/vm/drop_caches"
+#: The name of the memfd that holds a process's binding record, as ``os.memfd_create`` makes it.
+BINDING_MEMFD = "gpuaffinity-binding"
+_TEXT_BASE, _MMAP_TOP, _STACK_BASE = 0x555555554000, 0x7F0000000000, 0x7FFC00000000
+_TEXT_KB, _TEXT_PAGES, _STACK_MIN_KB = 1024, 64, 132  # the executable's text: 1 MiB mapped, 64 pages resident
+
+
+def kernel_bitmap(numbers: frozenset[int] | set[int], nbits: int) -> str:
+    """A bitmap as /proc/PID/status prints ``Cpus_allowed`` and ``Mems_allowed`` (``%*pb``, lib/vsprintf.c):
+    32-bit groups, most significant first, every group 8 hex digits but the first, which has as many as its
+    bits need (``nbits`` = 2: ``3``)."""
+    value = sum(1 << n for n in numbers)
+    chunks = max(1, (nbits + 31) // 32)
+    first = (nbits - 32 * (chunks - 1) + 3) // 4
+    return ",".join(f"{value >> 32 * i & 0xFFFFFFFF:0{first if i == chunks - 1 else 8}x}"
+                    for i in range(chunks - 1, -1, -1))
+
+
+def _escape_path(path: str) -> str:
+    """A path as numa_maps prints it: newline, tab, space and '=' as octal escapes (seq_file_path's "\\n\\t= ")."""
+    return "".join(f"\\{ord(ch):03o}" if ch in "\n\t= " else ch for ch in path)
+
+
+def _text_node(topo: Topology, p: RunningProcess) -> int | None:
+    """Where the executable's resident text sits: the node of the main thread's first CPU if it has memory,
+    else the first node it may allocate on (None: a machine without memory anywhere)."""
+    first = min(p.cpus)
+    node = next(n for n in topo.nodes if first in n.cpus)
+    return node.id if node.memory_mib > 0 and node.id in p.mems else min(p.mems, default=None)
+
+
+def _layout(topo: Topology, p: RunningProcess) -> list[tuple[int, int, Mapping]]:
+    """(address, size in bytes, mapping) of each VMA in ascending address order: the executable's text first,
+    then the heap after it, the other mappings packed below 0x7f0000000000, the stack at the top."""
+    node = _text_node(topo, p)
+    text = Mapping(None, () if node is None else ((node, _TEXT_PAGES),), p.exe)
+    out = [(_TEXT_BASE, _TEXT_KB * 1024, text)]
+
+    def size(m: Mapping) -> int:
+        least = _STACK_MIN_KB // 4 if m.kind == "stack" else 1
+        return max(m.total, least) * m.kernelpagesize_kb * 1024
+
+    heap = [m for m in p.mappings if m.kind == "heap"]
+    if heap:
+        out.append((_TEXT_BASE + _TEXT_KB * 1024 + (2 << 20), size(heap[0]), heap[0]))
+    middle = [m for m in p.mappings if m.kind is None]
+    room = sum(size(m) + m.kernelpagesize_kb * 1024 + 4096 for m in middle)
+    addr = (_MMAP_TOP - room) & ~((1 << 30) - 1)
+    for m in middle:
+        align = m.kernelpagesize_kb * 1024
+        addr = (addr + align - 1) & ~(align - 1)
+        out.append((addr, size(m), m))
+        addr += size(m) + 4096  # a guard gap: the kernel merges adjacent anonymous VMAs of one policy
+    out += [(_STACK_BASE, size(m), m) for m in p.mappings if m.kind == "stack"]
+    return out
+
+
+def numa_maps(topo: Topology, p: RunningProcess) -> str:
+    """``/proc/<pid>/numa_maps`` as mm/mempolicy.c's show_numa_map writes it; empty without an address space."""
+    if not p.has_mm:
+        return ""
+    lines = []
+    for addr, _size, m in _layout(topo, p):
+        parts = [f"{addr:08x}", m.policy or p.policy]
+        huge = m.kernelpagesize_kb > 4
+        if m.file is not None:
+            parts.append(f"file={_escape_path(m.file)}")
+        elif huge:  # anonymous hugetlb memory is a file of the hugetlbfs the kernel mounts for it
+            parts.append(f"file={_escape_path('/anon_hugepage (deleted)')}")
+        elif m.kind is not None:
+            parts.append(m.kind)
+        if huge:
+            parts.append("huge")
+        if m.total:
+            parts += [f"mapped={m.total}"] if m.file is not None else [f"anon={m.total}", f"dirty={m.total}"]
+            parts += [f"N{node}={n}" for node, n in m.pages]
+            parts.append(f"kernelpagesize_kB={m.kernelpagesize_kb}")
+        lines.append(" ".join(parts))
+    return "".join(line + "\n" for line in lines)
+
+
+def _memory_lines(topo: Topology, p: RunningProcess) -> list[str]:
+    """The Vm*/Rss* lines of status (fs/proc/task_mmu.c task_mem), consistent with numa_maps: VmRSS is the
+    resident base pages (hugetlb pages count in HugetlbPages instead, as in the kernel)."""
+    layout = _layout(topo, p)
+    anon = sum(m.total * 4 for _, _, m in layout if m.file is None and m.kernelpagesize_kb == 4)
+    file = sum(m.total * 4 for _, _, m in layout if m.file is not None and m.kernelpagesize_kb == 4)
+    huge = sum(m.total * m.kernelpagesize_kb for _, _, m in layout if m.kernelpagesize_kb > 4)
+    vm = sum(size for _, size, _ in layout) // 1024
+    data = sum(size for _, size, m in layout if m.file is None and m.kind != "stack") // 1024
+    stack = sum(size for _, size, m in layout if m.kind == "stack") // 1024
+    rss = anon + file
+    rows = [("VmPeak", vm), ("VmSize", vm), ("VmLck", 0), ("VmPin", 0), ("VmHWM", rss), ("VmRSS", rss),
+            ("RssAnon", anon), ("RssFile", file), ("RssShmem", 0), ("VmData", data), ("VmStk", stack),
+            ("VmExe", _TEXT_KB), ("VmLib", 0), ("VmPTE", 4 * max(1, -(-rss // 2048))), ("VmSwap", 0),
+            ("HugetlbPages", huge)]
+    return [f"{key}:\t{value:8d} kB" for key, value in rows]
+
+
+def _fds(p: RunningProcess, pid_dir: Path, dev_root: Path, driver: bool) -> list[tuple[int, str]]:
+    """(fd, link target) of a process: stdin, stdout and stderr on /dev/null; the binding record's memfd; the
+    driver's control and UVM nodes and each opened GPU's node (none without the driver)."""
+    if not p.has_mm:
+        return []
+    links = [(0, "/dev/null"), (1, "/dev/null"), (2, "/dev/null")]
+    if p.binding is not None:
+        links.append((3, str(pid_dir.absolute() / ".memfd" / f"memfd:{BINDING_MEMFD} (deleted)")))
+    if driver and p.opens:
+        names = ["nvidiactl", "nvidia-uvm"] + [f"nvidia{minor}" for minor in p.opens]
+        links += [(len(links) + k, str(dev_root.absolute() / name)) for k, name in enumerate(names)]
+    return links
+
+
+def _status(topo: Topology, p: RunningProcess, tid: int, name: str, state: str, cpus: frozenset[int],
+            nfds: int) -> str:
+    """``/proc/<pid>/status`` and ``task/<tid>/status`` (fs/proc/array.c), the lines in the kernel's order: a
+    subset of Linux 6.18's (no signal, capability or seccomp lines)."""
+    zombie = p.state == "Z"
+    lines = [f"Name:\t{name.replace(chr(92), chr(92) * 2)}"]
+    if not zombie:  # an exited task has no fs_struct: no Umask line
+        lines.append("Umask:\t0022")
+    group = 0 if p.kernel_thread else p.pid
+    fdsize = 0 if zombie else max(64, 1 << max(nfds - 1, 0).bit_length())
+    lines += [f"State:\t{state} ({STATES[state]})", f"Tgid:\t{p.pid}", "Ngid:\t0", f"Pid:\t{tid}", f"PPid:\t{p.ppid}",
+              "TracerPid:\t0", f"Uid:\t{p.uid}\t{p.uid}\t{p.uid}\t{p.uid}",
+              f"Gid:\t{p.gid}\t{p.gid}\t{p.gid}\t{p.gid}", f"FDSize:\t{fdsize}", "Groups:\t ",
+              f"NStgid:\t{p.pid}", f"NSpid:\t{tid}", f"NSpgid:\t{group}", f"NSsid:\t{group}",
+              f"Kthread:\t{int(p.kernel_thread)}"]
+    if p.has_mm:
+        lines += _memory_lines(topo, p)
+    lines += [f"Threads:\t{1 + len(p.threads)}",
+              f"Cpus_allowed:\t{kernel_bitmap(cpus, max(topo.all_cpus) + 1)}",
+              f"Cpus_allowed_list:\t{format_cpulist(cpus)}",
+              f"Mems_allowed:\t{kernel_bitmap(p.mems, MAX_NODE)}",
+              f"Mems_allowed_list:\t{format_cpulist(p.mems)}",
+              "voluntary_ctxt_switches:\t0", "nonvoluntary_ctxt_switches:\t0"]
+    return "".join(line + "\n" for line in lines)
+
+
+def render_running(topo: Topology, proc_root: Path, dev_root: Path, *, driver: bool = True) -> None:
+    """``<pid>/...`` under ``proc_root`` (which stands for /proc) for every ``[[running]]`` process: status,
+    comm, cmdline, environ, numa_maps, fd/, task/<tid>/status and comm, and the binding record's memfd.
+
+    ``readable = false`` is another user's process seen without root: environ, numa_maps and fd/ are links
+    to a file nobody may read (UNREADABLE), so opening the first two fails with EACCES and listing fd/ with
+    ENOTDIR; for a kernel thread or a zombie only fd/ is refused, environ and numa_maps read empty (they have
+    no address space to guard).  ``driver``: False on a machine without the NVIDIA kernel module, where no
+    process holds a GPU's device node."""
+    for p in topo.running:
+        d = proc_root / str(p.pid)
+        (d / "task").mkdir(parents=True)
+        fds = _fds(p, d, dev_root, driver)
+        threads = [(p.pid, p.name, p.state, p.cpus)] + [(t.tid, t.name, t.state, t.cpus) for t in p.threads]
+        for tid, name, state, cpus in threads:
+            t = d / "task" / str(tid)
+            t.mkdir()
+            (t / "status").write_bytes(_status(topo, p, tid, name, state, cpus, len(fds)).encode())
+            (t / "comm").write_bytes(f"{name}\n".encode())
+        (d / "status").write_bytes((d / "task" / str(p.pid) / "status").read_bytes())
+        (d / "comm").write_bytes(f"{p.name}\n".encode())
+        (d / "cmdline").write_bytes(b"".join(a.encode() + b"\0" for a in p.cmdline))
+        if p.binding is not None:
+            (d / ".memfd").mkdir()
+            (d / ".memfd" / f"memfd:{BINDING_MEMFD} (deleted)").write_bytes(p.binding.encode())
+        private = {"environ": b"".join(f"{k}={v}".encode() + b"\0" for k, v in p.environ),
+                   "numa_maps": numa_maps(topo, p).encode()}
+        for name, content in private.items():
+            if p.readable or not p.has_mm:
+                (d / name).write_bytes(content)
+            else:
+                (d / name).symlink_to(UNREADABLE)
+        if p.readable:
+            (d / "fd").mkdir()
+            for fd, target in fds:
+                (d / "fd" / str(fd)).symlink_to(target)
+        else:
+            (d / "fd").symlink_to(UNREADABLE)

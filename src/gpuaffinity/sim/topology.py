@@ -7,13 +7,14 @@ The simulator's input and a user-facing format (schema in docs/simulator.md).
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from gpuaffinity.core.cpulist import parse_cpulist
+from gpuaffinity.core.cpulist import format_cpulist, parse_cpulist
 from gpuaffinity.core.errors import TopologyError
 
 if sys.version_info >= (3, 11):
@@ -113,6 +114,84 @@ class ProcessView:
         return self.migs is None or uuid.lower() in (m.lower() for m in self.migs)
 
 
+#: pids and tids stay below PID_MAX_LIMIT (4194304), the largest pid_max Linux allows.
+PID_LIMIT = 4194304
+#: The states a simulated process or thread may be in, and the words /proc/PID/status prints for each.
+STATES = {"R": "running", "S": "sleeping", "D": "disk sleep", "T": "stopped", "Z": "zombie", "I": "idle"}
+#: Memory policy modes as the kernel prints them in numa_maps (mm/mempolicy.c).
+POLICY_MODES = ("default", "local", "prefer", "bind", "interleave", "weighted interleave", "prefer (many)")
+#: Page sizes a mapping may have: base pages, and 2 MiB or 1 GiB hugetlb pages.
+PAGE_SIZES_KB = (4, 2048, 1048576)
+#: The C side's limit (csrc/sim_common.h, SIM_MAX_PROCS): processes with a CUDA context on one GPU.
+MAX_CONTEXTS = 128
+#: What a topology writes for GPU memory NVML cannot tell (NVML_VALUE_NOT_AVAILABLE).
+NOT_AVAILABLE = "n/a"
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """One memory mapping (VMA) of a simulated process: one line of its numa_maps."""
+
+    policy: str | None  # the VMA's own policy as the kernel prints it; None: the task's policy shows
+    pages: tuple[tuple[int, int], ...]  # (node, pages) in node order, pages > 0 only
+    file: str | None = None  # the mapped file; None: anonymous memory
+    kind: str | None = None  # "heap" or "stack" (anonymous only)
+    kernelpagesize_kb: int = 4
+
+    @property
+    def total(self) -> int:
+        return sum(n for _, n in self.pages)
+
+
+@dataclass(frozen=True)
+class Thread:
+    """A thread of a simulated process other than its main thread."""
+
+    tid: int
+    name: str
+    cpus: frozenset[int]
+    state: str = "S"
+
+
+@dataclass(frozen=True)
+class Context:
+    """A CUDA context of a simulated process: what NVML's running-process list reports on ``gpu``."""
+
+    gpu: int  # PCI-order position
+    mib: int | None  # GPU memory used; None: NVML_VALUE_NOT_AVAILABLE
+    mig: int | None = None  # index of the MIG instance of that GPU, or None
+
+
+@dataclass(frozen=True)
+class RunningProcess:
+    """A process running on the simulated machine (``[[running]]``), rendered as a fake /proc/<pid>."""
+
+    pid: int
+    name: str
+    cmdline: tuple[str, ...]
+    uid: int
+    gid: int
+    ppid: int
+    state: str
+    kernel_thread: bool
+    readable: bool
+    environ: tuple[tuple[str, str], ...]
+    cpus: frozenset[int]
+    mems: frozenset[int]
+    policy: str
+    exe: str
+    opens: tuple[int, ...]  # PCI-order positions of the GPUs whose device node it holds open
+    contexts: tuple[Context, ...]
+    binding: str | None  # the binding record, as JSON text
+    threads: tuple[Thread, ...] = ()
+    mappings: tuple[Mapping, ...] = ()
+
+    @property
+    def has_mm(self) -> bool:
+        """Whether it has an address space: kernel threads and zombies have none."""
+        return not self.kernel_thread and self.state != "Z"
+
+
 @dataclass(frozen=True)
 class Topology:
     name: str
@@ -128,6 +207,7 @@ class Topology:
     offline_cpus: frozenset[int] = frozenset()
     l3: int | str | None = None  # cores per last-level cache in a node, "node", "package", or None: no cache files
     sysfs_quirks: tuple[str, ...] = ()
+    running: tuple[RunningProcess, ...] = ()  # other processes on the machine ([[running]])
 
     @property
     def all_cpus(self) -> frozenset[int]:
@@ -168,7 +248,7 @@ class Topology:
 
 
 _TOP_KEYS = {"name", "description", "threads_per_core", "driver_version", "cuda_driver_version",
-             "numa_node", "gpu", "base", "process", "offline_cpus", "l3", "sysfs_quirks"}
+             "numa_node", "gpu", "base", "process", "offline_cpus", "l3", "sysfs_quirks", "running"}
 _PROCESS_KEYS = {"gpus", "others", "proc", "mig", "env"}
 _NODE_KEYS = {"id", "cpus", "socket", "memory_mib"}
 _GPU_KEYS = {"uuid", "pci_bus_id", "name", "numa_node", "cuda_order", "memory_mib",
@@ -177,6 +257,10 @@ _GPU_KEYS = {"uuid", "pci_bus_id", "name", "numa_node", "cuda_order", "memory_mi
 #: Ways real sysfs trees differ from the textbook one; the simulator renders each on request (docs/simulator.md).
 SYSFS_QUIRKS = ("nul-terminated", "no-node-cpulist", "no-numa-node", "no-local-cpulist", "hex-siblings",
                 "package-unknown", "local-cpulist-contradicts", "cache-reordered", "no-l1i")
+_RUNNING_KEYS = {"pid", "name", "cmdline", "uid", "gid", "ppid", "state", "kernel_thread", "readable", "environ",
+                 "cpus", "mems", "policy", "exe", "opens", "contexts", "binding", "thread", "mapping"}
+_THREAD_KEYS = {"tid", "name", "cpus", "state"}
+_MAPPING_KEYS = {"policy", "pages", "file", "kind", "kernelpagesize_kB"}
 _MIG_KEYS = {"uuid", "gpu_instance", "compute_instance", "name", "memory_mib", "multiprocessors"}
 
 # Defaults by model name: (memory MiB, compute capability, SMs, PCI device id)
@@ -382,14 +466,17 @@ def parse_topology(data: dict[str, Any], source: str = "<memory>", _depth: int =
     )
     if "process" in data:
         topo = replace(topo, process=_process(c, topo, data["process"]))
+    if "running" in data:
+        topo = replace(topo, running=_running(c, topo, data))
     return topo
 
 
 def _derived(c: _Checker, data: dict[str, Any], depth: int) -> Topology:
     """``base = "PRESET or FILE"``: that machine, with this file's name, description and [process]."""
     for key in data:
-        if key not in ("base", "name", "description", "process"):
-            c.fail(key, "a file with `base` takes only name, description and [process]: the machine is the base's")
+        if key not in ("base", "name", "description", "process", "running"):
+            c.fail(key, "a file with `base` takes only name, description, [process] and [[running]]: the machine is "
+                        "the base's")
     spec = c.typed(data, "base", str, "", required=True)
     target: str | Path = spec
     if ("/" in spec or spec.endswith(".toml")) and not Path(spec).is_absolute() and c.source != "<memory>":
@@ -402,6 +489,8 @@ def _derived(c: _Checker, data: dict[str, Any], depth: int) -> Topology:
                    description=c.typed(data, "description", str, "", default=base.description), source=c.source)
     if "process" in data:
         topo = replace(topo, process=_process(c, topo, data["process"]))
+    if "running" in data:  # this file's processes replace the base's
+        topo = replace(topo, running=_running(c, topo, data))
     return topo
 
 
@@ -470,6 +559,278 @@ def _process(c: _Checker, topo: Topology, raw: Any) -> ProcessView:
                         proc=c.typed(raw, "proc", str, "process", default=None), migs=migs, env=env)
 
 
+def policy_text(text: Any, memory_nodes: frozenset[int]) -> str:
+    """A memory policy as the kernel prints it in numa_maps (``prefer:1``, ``bind=static:0-1``, ``weighted
+    interleave:0-3``...), checked and with its nodes in the kernel's shortest form; ValueError says what is wrong.
+
+    The grammar is mm/mempolicy.c's ``mpol_to_str``: MODE[=FLAGS][:NODES], FLAGS ``static`` or ``relative``,
+    optionally ``|balancing`` (or ``balancing`` alone); a mode with nodes (all but default and local) needs them,
+    ``prefer`` exactly one.  Balancing goes with bind and prefer (many) only, as set_mempolicy(2) accepts
+    (measured on Linux 6.18: interleave with it is EINVAL)."""
+    if not isinstance(text, str):
+        raise ValueError(f"must be a string such as \"default\" or \"bind:0\", not {text!r}")
+    head, colon, nodes_text = text.partition(":")
+    mode, eq, flags = head.partition("=")
+    if mode not in POLICY_MODES:
+        raise ValueError(f"unknown mode in {text!r} (modes: {', '.join(POLICY_MODES)})")
+    if eq and flags not in ("static", "relative", "balancing", "static|balancing", "relative|balancing"):
+        raise ValueError(f"bad flags in {text!r}: want =static, =relative or =balancing, or static|balancing")
+    if eq and mode in ("default", "local"):
+        raise ValueError(f"{mode} takes no flags: {text!r}")
+    if "balancing" in flags and mode not in ("bind", "prefer (many)"):
+        raise ValueError(f"balancing goes with bind and prefer (many) only, not {mode}: {text!r}")
+    if mode in ("default", "local"):
+        if colon:
+            raise ValueError(f"{mode} takes no nodes: {text!r}")
+        return mode
+    try:
+        nodes = parse_cpulist(nodes_text, limit=MAX_NODE)
+    except ValueError as e:
+        raise ValueError(f"bad node list in {text!r}: {e}") from None
+    if not nodes:
+        raise ValueError(f"{mode} needs nodes, e.g. {mode}:0: {text!r}")
+    if mode == "prefer" and len(nodes) != 1:
+        raise ValueError(f"prefer takes one node (prefer (many) takes several): {text!r}")
+    if not nodes <= memory_nodes:
+        raise ValueError(f"{text!r} names nodes without memory on this machine: "
+                         f"{format_cpulist(nodes - memory_nodes)} (nodes with memory: {format_cpulist(memory_nodes)})")
+    return f"{head}:{format_cpulist(nodes)}"
+
+
+def _running(c: _Checker, topo: Topology, data: dict[str, Any]) -> tuple[RunningProcess, ...]:
+    """``[[running]]``: the other processes on the machine (docs/simulator.md, "Processes")."""
+    raws = c.table_list(data, "running", "")
+    pids: dict[int, str] = {}
+    for i, raw in enumerate(raws):
+        where = f"running[{i}]"
+        c.keys(raw, _RUNNING_KEYS, where)
+        pid = c.typed(raw, "pid", int, where, required=True)
+        if not 1 <= pid < PID_LIMIT:
+            c.fail(f"{where}.pid", f"must be 1 to {PID_LIMIT - 1}, not {pid}")
+        c.unique(pids, pid, f"{where}.pid", f"duplicate pid {pid}")
+    tids: dict[int, str] = {}
+    out = [_one_process(c, topo, raw, f"running[{i}]", pids, tids) for i, raw in enumerate(raws)]
+    per_gpu: dict[int, int] = {}
+    for p in out:
+        for ctx in p.contexts:
+            per_gpu[ctx.gpu] = per_gpu.get(ctx.gpu, 0) + 1
+            if per_gpu[ctx.gpu] > MAX_CONTEXTS:
+                c.fail("running", f"more than {MAX_CONTEXTS} processes with a context on GPU "
+                                  f"{topo.gpus[ctx.gpu].pci_bus_id}: the simulator holds at most {MAX_CONTEXTS}")
+    return tuple(out)
+
+
+def _one_process(c: _Checker, topo: Topology, raw: dict[str, Any], where: str, pids: dict[int, str],
+                 tids: dict[int, str]) -> RunningProcess:
+    pid = raw["pid"]
+    memory_nodes = frozenset(n.id for n in topo.nodes if n.memory_mib > 0)
+    kthread = c.typed(raw, "kernel_thread", bool, where, default=False)
+    state = c.typed(raw, "state", str, where, default="I" if kthread else "S")
+    if state not in STATES:
+        c.fail(f"{where}.state", f"want one of {', '.join(STATES)}, not {state!r}")
+    if state == "I" and not kthread:
+        c.fail(f"{where}.state", "I (idle) is a kernel thread's state: set kernel_thread = true")
+    if state == "Z" and kthread:
+        c.fail(f"{where}.state", "a kernel thread is not left a zombie: give it another state")
+    has_mm = not kthread and state != "Z"
+    what = "a kernel thread" if kthread else "a zombie"
+    if not has_mm:  # no address space, no files, no arguments: what the kernel shows for these
+        for key in ("cmdline", "environ", "opens", "contexts", "binding", "thread", "mapping", "exe"):
+            if key in raw:
+                c.fail(f"{where}.{key}", f"{what} has none (its /proc shows none): leave it out")
+    name = c.typed(raw, "name", str, where, default="python3")
+    _comm(c, name, f"{where}.name")
+    uid = c.typed(raw, "uid", int, where, default=0)
+    gid = c.typed(raw, "gid", int, where, default=uid)
+    for key, val in (("uid", uid), ("gid", gid)):
+        if not 0 <= val < 0xFFFFFFFF:
+            c.fail(f"{where}.{key}", f"must be 0 to {0xFFFFFFFF - 1}, not {val}")
+    if kthread and uid != 0:
+        c.fail(f"{where}.uid", "a kernel thread runs as root (uid 0)")
+    ppid = c.typed(raw, "ppid", int, where, default=2 if kthread else 1)
+    if not 0 <= ppid < PID_LIMIT:
+        c.fail(f"{where}.ppid", f"must be 0 to {PID_LIMIT - 1}, not {ppid}")
+    cmdline = _strings(c, raw.get("cmdline", [name] if has_mm else []), f"{where}.cmdline")
+    env_raw = raw.get("environ", {})
+    if not isinstance(env_raw, dict):
+        c.fail(f"{where}.environ", "must be a table of strings, e.g. environ = { CUDA_VISIBLE_DEVICES = \"3\" }")
+    environ = []
+    for k, v in env_raw.items():
+        if not k or "=" in k or "\0" in k:
+            c.fail(f"{where}.environ", f"{k[:60]!r} cannot be a variable's name (empty, or holds = or NUL)")
+        if not isinstance(v, str) or "\0" in v:
+            c.fail(f"{where}.environ.{k[:60]}", f"must be a string without NUL, not {v!r}"[:200])
+        environ.append((k, v))
+    cpus = _cpus(c, topo, raw, "cpus", where, topo.cpus)
+    mems_text = c.typed(raw, "mems", str, where, default=None)
+    mems = memory_nodes
+    if mems_text is not None:
+        try:
+            mems = parse_cpulist(mems_text, limit=MAX_NODE)
+        except ValueError as e:
+            c.fail(f"{where}.mems", f"bad node list: {e}")
+        if not mems or not mems <= memory_nodes:
+            c.fail(f"{where}.mems", f"must name nodes with memory of this machine ({format_cpulist(memory_nodes)}), "
+                                    f"not {mems_text!r}")
+    try:
+        policy = policy_text(raw.get("policy", "default"), memory_nodes)
+    except ValueError as e:
+        c.fail(f"{where}.policy", str(e))
+    exe = c.typed(raw, "exe", str, where, default=f"/usr/bin/{name}")
+    if not exe.startswith("/"):
+        c.fail(f"{where}.exe", f"must be an absolute path, not {exe!r}")
+    contexts = _contexts(c, topo, raw.get("contexts", {}), f"{where}.contexts")
+    needed = sorted({ctx.gpu for ctx in contexts})
+    if "opens" in raw:
+        if not isinstance(raw["opens"], list):
+            c.fail(f"{where}.opens", "must be a list of GPU bus ids (or PCI-order positions or UUIDs)")
+        opens = gpu_positions(topo, raw["opens"], f"{where}.opens")
+        for gpu in needed:
+            if gpu not in opens:
+                c.fail(f"{where}.opens", f"a CUDA context holds its GPU's device node open: add "
+                                         f"{topo.gpus[gpu].pci_bus_id} (it has a context there)")
+    else:
+        opens = tuple(needed)
+    binding = None
+    if "binding" in raw:
+        if not isinstance(raw["binding"], dict):
+            c.fail(f"{where}.binding", "must be a table")
+        try:
+            binding = json.dumps(raw["binding"], ensure_ascii=False, allow_nan=False)  # JSON has no NaN
+        except (TypeError, ValueError) as e:
+            c.fail(f"{where}.binding", f"cannot be written as JSON (a date, a time, nan or inf?): {e}")
+    threads = []
+    for j, rt in enumerate(c.table_list(raw, "thread", where)):
+        tw = f"{where}.thread[{j}]"
+        c.keys(rt, _THREAD_KEYS, tw)
+        tid = c.typed(rt, "tid", int, tw, required=True)
+        if not 1 <= tid < PID_LIMIT:
+            c.fail(f"{tw}.tid", f"must be 1 to {PID_LIMIT - 1}, not {tid}")
+        if tid == pid:
+            c.fail(f"{tw}.tid", f"{tid} is the process's own pid: the main thread (tid = pid) is always there; "
+                                "list the other threads")
+        if tid in pids:
+            c.fail(f"{tw}.tid", f"{tid} is the pid of another process ({pids[tid]})")
+        c.unique(tids, tid, f"{tw}.tid", f"duplicate tid {tid}")
+        tname = c.typed(rt, "name", str, tw, default=name)
+        _comm(c, tname, f"{tw}.name")
+        tstate = c.typed(rt, "state", str, tw, default="S")
+        if tstate not in ("R", "S", "D", "T"):
+            c.fail(f"{tw}.state", f"want R, S, D or T, not {tstate!r}")
+        threads.append(Thread(tid, tname, _cpus(c, topo, rt, "cpus", tw, cpus), tstate))
+    mappings = [_mapping(c, topo, rm, f"{where}.mapping[{j}]", memory_nodes)
+                for j, rm in enumerate(c.table_list(raw, "mapping", where))]
+    for kind in ("heap", "stack"):
+        if sum(m.kind == kind for m in mappings) > 1:
+            c.fail(f"{where}.mapping", f"a process has one {kind}, not {sum(m.kind == kind for m in mappings)}")
+    if sum(m.total * m.kernelpagesize_kb for m in mappings) > 1 << 36:  # 64 TiB: the layout's room
+        c.fail(f"{where}.mapping", "the mappings hold more than 64 TiB")
+    return RunningProcess(
+        pid=pid, name=name, cmdline=cmdline, uid=uid, gid=gid, ppid=ppid, state=state, kernel_thread=kthread,
+        readable=c.typed(raw, "readable", bool, where, default=True), environ=tuple(environ), cpus=cpus, mems=mems,
+        policy=policy, exe=exe, opens=opens, contexts=contexts, binding=binding, threads=tuple(threads),
+        mappings=tuple(mappings))
+
+
+def _comm(c: _Checker, name: str, where: str) -> None:
+    """A task's name (comm): 1 to 15 bytes, as the kernel keeps it (TASK_COMM_LEN 16 with its NUL)."""
+    if not name or len(name.encode()) > 15:
+        c.fail(where, f"must be 1 to 15 bytes (the kernel's comm), not {len(name.encode())}: {name!r}")
+
+
+def _strings(c: _Checker, val: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(val, list) or not all(isinstance(v, str) and "\0" not in v for v in val):
+        c.fail(where, "must be a list of strings without NUL bytes")
+    if sum(len(v) + 1 for v in val) > 1 << 17:
+        c.fail(where, "longer than 128 KiB")
+    return tuple(val)
+
+
+def _cpus(c: _Checker, topo: Topology, raw: dict[str, Any], key: str, where: str,
+          default: frozenset[int]) -> frozenset[int]:
+    text = c.typed(raw, key, str, where, default=None)
+    if text is None:
+        return default
+    try:
+        cpus = parse_cpulist(text, limit=MAX_CPU)
+    except ValueError as e:
+        c.fail(f"{where}.{key}", f"bad cpulist: {e}")
+    if not cpus:
+        c.fail(f"{where}.{key}", "a task runs on at least one CPU: the list is empty")
+    if not cpus <= topo.cpus:
+        c.fail(f"{where}.{key}", f"CPUs {format_cpulist(cpus - topo.cpus)} are not online CPUs of this machine "
+                                 f"({format_cpulist(topo.cpus)})")
+    return cpus
+
+
+def _contexts(c: _Checker, topo: Topology, raw: Any, where: str) -> tuple[Context, ...]:
+    """``contexts = { BUS_ID_OR_MIG_UUID = MIB }``: the CUDA contexts NVML lists for the process."""
+    if not isinstance(raw, dict):
+        c.fail(where, "must be a table of GPU bus id = MiB, e.g. contexts = { \"0000:1b:00.0\" = 2048 }")
+    out: list[Context] = []
+    for key, mib in raw.items():
+        label = f"{where}.{key[:60]!r}" if not key.isidentifier() else f"{where}.{key}"
+        mig = next(((i, j) for i, g in enumerate(topo.gpus) for j, m in enumerate(g.migs)
+                    if m.uuid.lower() == key.strip().lower()), None)
+        if mig is not None:
+            gpu, index = mig
+        else:
+            (gpu,) = gpu_positions(topo, [key], where)
+            index = None
+            if topo.gpus[gpu].migs:
+                c.fail(label, f"GPU {topo.gpus[gpu].pci_bus_id} is in MIG mode: a context is on one of its MIG "
+                              "instances; name that instance's MIG UUID")
+        if any(x.gpu == gpu for x in out):
+            c.fail(label, f"a second context on GPU {topo.gpus[gpu].pci_bus_id}")
+        if index is not None and any(x.mig is not None for x in out):
+            c.fail(label, "a process uses one MIG instance at most (CUDA's rule)")
+        if mib == NOT_AVAILABLE:
+            out.append(Context(gpu, None, index))
+            continue
+        if isinstance(mib, bool) or not isinstance(mib, int) or not 0 <= mib < 1 << 40:
+            c.fail(label, f"want the GPU memory used in MiB (0 or more), or \"{NOT_AVAILABLE}\", not {mib!r}")
+        out.append(Context(gpu, mib, index))
+    return tuple(out)
+
+
+def _mapping(c: _Checker, topo: Topology, raw: dict[str, Any], where: str, memory_nodes: frozenset[int]) -> Mapping:
+    c.keys(raw, _MAPPING_KEYS, where)
+    policy = None
+    if "policy" in raw:
+        try:
+            policy = policy_text(raw["policy"], memory_nodes)
+        except ValueError as e:
+            c.fail(f"{where}.policy", str(e))
+    pages_raw = raw.get("pages", {})
+    if not isinstance(pages_raw, dict):
+        c.fail(f"{where}.pages", "must be a table of node = pages, e.g. pages = { \"0\" = 1000, \"1\" = 24 }")
+    pages: dict[int, int] = {}
+    for key, n in pages_raw.items():
+        if not (key.isascii() and key.isdigit() and len(key) < 6) or int(key) not in {x.id for x in topo.nodes}:
+            c.fail(f"{where}.pages", f"{key[:40]!r} is not a NUMA node of this machine "
+                                     f"({format_cpulist(x.id for x in topo.nodes)})")
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < 1 << 36:
+            c.fail(f"{where}.pages.{key}", f"want a number of pages (0 or more), not {n!r}")
+        if n and int(key) not in memory_nodes:
+            c.fail(f"{where}.pages.{key}", f"node {key} has no memory (memory_mib = 0): no page can sit there")
+        if n:
+            pages[int(key)] = pages.get(int(key), 0) + n
+    file = c.typed(raw, "file", str, where, default=None)
+    if file is not None and not file.startswith("/"):
+        c.fail(f"{where}.file", f"must be an absolute path, not {file!r}")
+    kind = c.typed(raw, "kind", str, where, default=None)
+    if kind is not None and kind not in ("heap", "stack"):
+        c.fail(f"{where}.kind", f"want \"heap\" or \"stack\", not {kind!r}")
+    if kind is not None and file is not None:
+        c.fail(f"{where}.kind", f"the {kind} is anonymous memory: a mapping with a file is neither")
+    size = c.typed(raw, "kernelpagesize_kB", int, where, default=4)
+    if size not in PAGE_SIZES_KB:
+        c.fail(f"{where}.kernelpagesize_kB", f"want 4, 2048 or 1048576 (hugetlb), not {size}")
+    if kind is not None and size != 4:
+        c.fail(f"{where}.kernelpagesize_kB", f"the {kind} has base pages (4 kB), not hugetlb pages")
+    return Mapping(policy, tuple(sorted(pages.items())), file, kind, size)
+
+
 def _sysfs_keys(c: _Checker, data: dict[str, Any], cpus: frozenset[int]
                 ) -> tuple[frozenset[int], int | str | None, tuple[str, ...]]:
     """The keys that shape only the rendered sysfs: offline CPUs, caches, quirks."""
@@ -513,6 +874,8 @@ class _Checker:
                 self.fail(label, "missing")
             return default
         val = table[key]
+        if kind is bool and not isinstance(val, bool):
+            self.fail(label, f"must be true or false, not {val!r}")
         if kind is int and (isinstance(val, bool) or not isinstance(val, int)):
             self.fail(label, f"must be an integer, not {val!r}")
         if kind is str and not isinstance(val, str):

@@ -7,7 +7,9 @@
  * driver.  NVML ignores CUDA_VISIBLE_DEVICES, and so does this library.
  * Like the real one, it numbers only the GPUs this process can open (see
  * sim_common.h: GPUAFFINITY_DEV_ROOT), in PCI order: a GPU it cannot open has
- * no index, and a lookup by its bus id or UUID is NOT_FOUND (measured). */
+ * no index, and a lookup by its bus id or UUID is NOT_FOUND (measured).
+ * The processes with a CUDA context on each GPU (nvmlDeviceGetComputeRunningProcesses) are the
+ * config's proc lines: the topology's [[running]] processes, whoever asks. */
 #include "sim_common.h"
 
 #include <stddef.h>
@@ -696,4 +698,96 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetComputeInstanceId(nvmlDevice_t device, unsi
     if (!id) return NVML_ERROR_INVALID_ARGUMENT;
     *id = g_mig->ci;
     return NVML_SUCCESS;
+}
+
+/* ---- running processes ------------------------------------------------------ */
+
+/* nvmlProcessInfo_v1_t: what the unversioned call fills (nvml.h under NVML_NO_UNVERSIONED_FUNC_DEFS) */
+typedef struct {
+    unsigned int pid;
+    unsigned long long usedGpuMemory;
+} nvmlProcessInfo_v1_t;
+
+/* nvmlProcessInfo_t: the _v2 and _v3 calls' element (pynvml's c_nvmlProcessInfo_v2_t and _v3_t, one layout) */
+typedef struct {
+    unsigned int pid;
+    unsigned long long usedGpuMemory; /* bytes, or NVML_VALUE_NOT_AVAILABLE (all ones) */
+    unsigned int gpuInstanceId, computeInstanceId; /* 0xFFFFFFFF off MIG */
+} nvmlProcessInfo_t;
+
+/* Is this process listed for the handle?  A GPU lists every process on it (in MIG mode, every instance's: the
+ * aggregate NVML gives a caller with the privileges, modelled); a MIG handle lists its own instance's. */
+static int nv_proc_listed(const sim_mig *mig, const sim_proc *p) {
+    return !mig || (p->gi == mig->gi && p->ci == mig->ci);
+}
+
+/* The documented protocol (modelled from NVML's reference, not measured): *infoCount in, the array's size;
+ * out, how many were written, or, with NVML_ERROR_INSUFFICIENT_SIZE, how many there are.  infos may be NULL
+ * when *infoCount is 0: the count query, which returns SUCCESS when no process runs.  v1: the legacy element. */
+static nvmlReturn_t nv_compute_procs(nvmlDevice_t device, unsigned int *infoCount, void *infos, int v1) {
+    NV_ANY(g, device);
+    if (!infoCount || (!infos && *infoCount)) return NVML_ERROR_INVALID_ARGUMENT;
+    unsigned int n = 0;
+    for (int i = 0; i < g->nprocs; i++) n += (unsigned)nv_proc_listed(g_mig, &g->procs[i]);
+    if (*infoCount < n) {
+        *infoCount = n;
+        return NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    unsigned int k = 0;
+    for (int i = 0; i < g->nprocs; i++) {
+        const sim_proc *p = &g->procs[i];
+        if (!nv_proc_listed(g_mig, p)) continue;
+        if (v1) {
+            nvmlProcessInfo_v1_t *out = (nvmlProcessInfo_v1_t *)infos + k++;
+            out->pid = p->pid;
+            out->usedGpuMemory = p->used;
+        } else {
+            nvmlProcessInfo_t *out = (nvmlProcessInfo_t *)infos + k++;
+            out->pid = p->pid;
+            out->usedGpuMemory = p->used;
+            out->gpuInstanceId = p->gi;
+            out->computeInstanceId = p->ci;
+        }
+    }
+    *infoCount = n;
+    return NVML_SUCCESS;
+}
+
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t device, unsigned int *infoCount,
+                                                                nvmlProcessInfo_t *infos) {
+    NV_ENTER("nvmlDeviceGetComputeRunningProcesses_v3");
+    return nv_compute_procs(device, infoCount, infos, 0);
+}
+
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v2(nvmlDevice_t device, unsigned int *infoCount,
+                                                                nvmlProcessInfo_t *infos) {
+    NV_ENTER("nvmlDeviceGetComputeRunningProcesses_v2");
+    return nv_compute_procs(device, infoCount, infos, 0);
+}
+
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses(nvmlDevice_t device, unsigned int *infoCount,
+                                                             nvmlProcessInfo_v1_t *infos) {
+    NV_ENTER("nvmlDeviceGetComputeRunningProcesses");
+    return nv_compute_procs(device, infoCount, infos, 1);
+}
+
+/* No simulated process draws: the graphics list is always empty. */
+static nvmlReturn_t nv_graphics_procs(nvmlDevice_t device, unsigned int *infoCount, void *infos) {
+    NV_ANY(g, device);
+    (void)g;
+    if (!infoCount || (!infos && *infoCount)) return NVML_ERROR_INVALID_ARGUMENT;
+    *infoCount = 0;
+    return NVML_SUCCESS;
+}
+
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetGraphicsRunningProcesses_v3(nvmlDevice_t device, unsigned int *infoCount,
+                                                                 nvmlProcessInfo_t *infos) {
+    NV_ENTER("nvmlDeviceGetGraphicsRunningProcesses_v3");
+    return nv_graphics_procs(device, infoCount, infos);
+}
+
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetGraphicsRunningProcesses_v2(nvmlDevice_t device, unsigned int *infoCount,
+                                                                 nvmlProcessInfo_t *infos) {
+    NV_ENTER("nvmlDeviceGetGraphicsRunningProcesses_v2");
+    return nv_graphics_procs(device, infoCount, infos);
 }

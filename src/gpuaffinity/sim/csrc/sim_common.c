@@ -119,6 +119,18 @@ static void sim_load_once(void) {
             m->cap_minor = atoi(fl[5]);
             m->usable = 1;
             sim_copy(m->name, sizeof m->name, rest);
+        } else if (!strncmp(line, "proc ", 5)) {
+            if (!g || g->nprocs >= SIM_MAX_PROCS || sim_fields(line + 5, fl, 2, &rest)) goto bad;
+            sim_proc *pr = &g->procs[g->nprocs++];
+            char *end;
+            pr->pid = (unsigned)strtoul(fl[0], &end, 10);
+            if (*end) goto bad;
+            pr->used = !strcmp(fl[1], "n/a") ? ~0ULL : strtoull(fl[1], &end, 10);
+            if (strcmp(fl[1], "n/a") && *end) goto bad;
+            pr->gi = pr->ci = SIM_NO_INSTANCE;
+            if (*rest) {
+                if (sscanf(rest, "%u %u", &pr->gi, &pr->ci) != 2) goto bad;
+            }
         } else if (line[0] && line[0] != '#') {
             goto bad;
         }

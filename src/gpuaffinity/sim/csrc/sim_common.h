@@ -14,6 +14,12 @@
  *                            Hopper style; absent or 0: none); words are
  *                            64-bit hex, word 0 holds bits 0-63)
  *   mig UUID GI CI MEMMIB SMS CAPMINOR NAME...   (an instance of the last gpu)
+ *   proc PID USEDBYTES [GI CI]   (a process with a CUDA context on the last gpu,
+ *                            as nvmlDeviceGetComputeRunningProcesses lists it:
+ *                            USEDBYTES its GPU memory in bytes, or n/a for
+ *                            NVML_VALUE_NOT_AVAILABLE; GI CI the MIG instance
+ *                            it runs in, absent on a GPU without MIG.  In the
+ *                            order NVML lists them; at most SIM_MAX_PROCS a gpu)
  *
  * gpu records come in PCI order, every GPU of the host.  MINOR is the GPU's
  * device minor (/dev/nvidia<MINOR>), CAPMINOR the MIG instance's access
@@ -57,6 +63,8 @@
 #define SIM_MASK_WORDS 16
 #define SIM_MAX_COUNTERS 256
 #define SIM_MAX_FAULTS 32
+#define SIM_MAX_PROCS 128
+#define SIM_NO_INSTANCE 0xFFFFFFFFu /* gpuInstanceId/computeInstanceId off MIG */
 
 struct sim_gpu;
 
@@ -72,6 +80,12 @@ typedef struct sim_mig {
     int usable;    /* this process can use it (set at nvmlInit / cuInit) */
     struct sim_gpu *parent;
 } sim_mig;
+
+typedef struct sim_proc {
+    unsigned int pid;
+    unsigned long long used; /* bytes; ~0ULL: NVML_VALUE_NOT_AVAILABLE */
+    unsigned int gi, ci;     /* SIM_NO_INSTANCE off MIG */
+} sim_proc;
 
 typedef struct sim_gpu {
     unsigned int magic;
@@ -91,6 +105,8 @@ typedef struct sim_gpu {
     sim_mig migs[SIM_MAX_MIGS];
     int minor; /* /dev/nvidia<minor> */
     int index; /* NVML index in this process, -1 where the process cannot open the GPU */
+    int nprocs;
+    sim_proc procs[SIM_MAX_PROCS]; /* processes with a CUDA context here (proc lines) */
 } sim_gpu;
 
 #define SIM_GPU_MAGIC 0x47505531u
