@@ -139,9 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--mode", choices=MODES, default="node",
                      help="the binding a process without a recorded one should have, as for `gpuaffinity bind` "
                           "(default node); a recorded binding is judged by its own mode")
-    chk.add_argument("--memory", choices=MEMORY_POLICIES, default=DEFAULT_MEMORY,
-                     help=f"the memory policy it should have (default {DEFAULT_MEMORY}; none: do not check the "
-                          "policy)")
+    chk.add_argument("--memory", choices=(*MEMORY_POLICIES, "any"), default="any",
+                     help="the memory policy a process without a recorded binding should have: any (default: any "
+                          "policy onto its GPU's node(s), not the default policy), preferred, bind, or none (do not "
+                          "check the policy); a recorded binding is judged by its own")
     chk.add_argument("--no-nvml", action="store_true",
                      help="do not ask NVML which processes compute on which GPU (device nodes and bindings only)")
     chk.add_argument("--json", action="store_true", help='print {"ok", "seconds", "settings", "notes", "rows"}')

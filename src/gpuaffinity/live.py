@@ -20,16 +20,17 @@ GPU it computes on, and a note says what the binding was planned for.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from gpuaffinity import proc, verdict
 from gpuaffinity.core.cpulist import format_cpulist
 from gpuaffinity.core.errors import GpuAffinityError
-from gpuaffinity.core.settings import BOUND_VAR, CVD, DEFAULT_MEMORY, MEMORY_POLICIES, MODES, ORDER
+from gpuaffinity.core.settings import BOUND_VAR, CVD, MEMORY_POLICIES, MODES, ORDER
 
 #: what the rows' ``source`` says the GPU came from
 SOURCES = ("binding", "nvml", "device-nodes")
@@ -58,9 +59,10 @@ class Report:
 
 
 class _Host:
-    """The host's GPUs (the driver's /proc listing, else NVML), by minor and bus id, and NVML's process list."""
+    """The host's GPUs (the driver's /proc listing, else NVML), by minor and bus id, and NVML's process list:
+    read once per check, through the check's one NVML session (``nv``; None: not asked, or unavailable)."""
 
-    def __init__(self, use_nvml: bool, notes: list[str]) -> None:
+    def __init__(self, nv: Any, nvml_error: str, notes: list[str]) -> None:
         from gpuaffinity.inventory import ProcListing
 
         listing = ProcListing.read(os.environ)
@@ -68,14 +70,12 @@ class _Host:
         self.by_minor = dict(zip(listing.minors, self.gpus, strict=True))
         self.by_bus = {g.pci_bus_id: g for g in self.gpus}
         self.contexts: dict[int, dict[str, int | None]] = {}  # pid -> {bus: bytes}
-        self.nvml_error = ""
+        self.nvml_error = nvml_error
         if listing.problem:
             notes.append(f"the driver's GPU list cannot be read ({listing.problem}): device nodes cannot be named")
             self._from_nvml(notes)
-        if use_nvml and self.gpus:
-            self._processes()
-        elif not use_nvml:
-            self.nvml_error = "not asked (--no-nvml)"
+        if nv is not None and self.gpus:
+            self._processes(nv)
         if self.nvml_error:
             notes.append(f"NVML's process list: {self.nvml_error}")
 
@@ -90,17 +90,36 @@ class _Host:
         self.gpus = list(inv.gpus)
         self.by_bus = {g.pci_bus_id: g for g in self.gpus}
 
-    def _processes(self) -> None:
-        from gpuaffinity.nvml_lite import NvmlLiteError, Session
+    def _processes(self, nv: Any) -> None:
+        from gpuaffinity.nvml_lite import NvmlLiteError
 
         try:
-            with Session() as nv:
-                for g in self.gpus:
-                    for pid, used in nv.compute_processes(nv.handle(g.pci_bus_id)):
-                        self.contexts.setdefault(pid, {})[g.pci_bus_id] = used
-        except (NvmlLiteError, AttributeError) as e:
+            for g in self.gpus:
+                for pid, used in nv.compute_processes(nv.handle(g.pci_bus_id)):
+                    self.contexts.setdefault(pid, {})[g.pci_bus_id] = used
+        except NvmlLiteError as e:
             self.nvml_error = f"unavailable ({e})"
             self.contexts = {}
+
+
+@contextlib.contextmanager
+def _nvml(use: bool) -> Iterator[tuple[Any, str]]:
+    """The check's one NVML session (None, and why, where it is not asked or cannot start)."""
+    if not use:
+        yield None, "not asked (--no-nvml)"
+        return
+    from gpuaffinity.nvml_lite import NvmlLiteError, Session
+
+    try:
+        session = Session()
+        nv = session.__enter__()
+    except NvmlLiteError as e:
+        yield None, f"unavailable ({e})"
+        return
+    try:
+        yield nv, ""
+    finally:
+        session.__exit__(None, None, None)
 
 
 def _candidates(host: _Host, notes: list[str]) -> list[int]:
@@ -144,21 +163,22 @@ def _candidates(host: _Host, notes: list[str]) -> list[int]:
 
 
 def check(pids: Iterable[int] | None = None, *, all_processes: bool = False, mode: str = "node",
-          memory: str = DEFAULT_MEMORY, pages: bool = False, min_local: float = verdict.MIN_LOCAL,
+          memory: str = verdict.ANY, pages: bool = False, min_local: float = verdict.MIN_LOCAL,
           use_nvml: bool = True, progress: Callable[[int, int], None] | None = None) -> Report:
     """Check the processes ``pids`` (or, with ``all_processes`` or no pids, every process that holds an NVIDIA
     GPU or records a gpuaffinity binding); a ``Report`` with one row per process.
 
-    ``mode`` and ``memory``: the binding a process without a recorded one should have (as ``gpuaffinity bind``);
-    a recorded binding is judged by its own.  ``pages``: also read where each process's resident memory is
+    ``mode`` and ``memory``: the binding a process without a recorded one should have (as ``gpuaffinity bind``;
+    ``memory="any"``, the default: any policy onto its GPU's node(s), not the default policy); a recorded
+    binding is judged by its own.  ``pages``: also read where each process's resident memory is
     (``/proc/PID/numa_maps``: the kernel walks every page, about 4 ms per GiB), and fail a row with less than
     ``min_local`` of it on its GPU's memory nodes.  ``use_nvml``: ask NVML which processes compute on which GPU.
     """
     if mode not in MODES:
         raise GpuAffinityError(f"unknown mode {str(mode)[:40]!r}: choose one of {', '.join(MODES)}")
-    if memory not in MEMORY_POLICIES:
+    if memory not in (*MEMORY_POLICIES, verdict.ANY):
         raise GpuAffinityError(f"unknown memory policy {str(memory)[:40]!r}: choose one of "
-                               f"{', '.join(MEMORY_POLICIES)}")
+                               f"{', '.join((*MEMORY_POLICIES, verdict.ANY))}")
     verdict.check_min_local(min_local)
     wanted: list[int] = []
     for p in pids or ():
@@ -170,21 +190,37 @@ def check(pids: Iterable[int] | None = None, *, all_processes: bool = False, mod
     notes: list[str] = []
     from gpuaffinity import _state
 
-    with _state.lock:
-        host = _Host(use_nvml, notes)
+    with _state.lock, _nvml(use_nvml) as (nv, nvml_error):
+        host = _Host(nv, nvml_error, notes)
         targets = wanted if wanted and not all_processes else \
             sorted(set(wanted) | set(_candidates(host, notes)))
-        rows = []
+        rows, foreign, pending = [], 0, []
         for i, pid in enumerate(targets):
-            rows.append(_row(pid, host, mode, memory, pages, min_local))
+            row = _row(pid, host, pages, pending)
+            if row.get("foreign") and pid not in wanted:
+                foreign += 1  # found by --all, for GPUs this machine does not show: not this machine's worker
+            else:
+                rows.append(row)
             if progress is not None:
                 progress(i + 1, len(targets))
+        if pending:
+            from gpuaffinity.placement import locate
+
+            # every GPU's locality at once, in the check's NVML session: the one owner of "device to locality"
+            locs = locate(sorted({b for p in pending for b in p[3]}), session=nv)
+            for row, problems, view, buses, intent in pending:
+                _judge(row, problems, view, buses, host, intent, mode, memory, min_local, locs)
+                _done(row, problems)
+        if foreign:
+            notes.append(f"{foreign} process(es) bound for GPUs this machine does not show here were left out (a "
+                         "binding made in a container that shows other GPUs, or under another simulated machine)")
     settings = {"mode": mode, "memory": memory, "pages": pages, "min_local": min_local,
                 "all": bool(all_processes or not wanted), "nvml": not host.nvml_error}
     return Report(rows, settings, time.perf_counter() - started, notes)
 
 
-def _row(pid: int, host: _Host, mode: str, memory: str, pages: bool, min_local: float) -> dict[str, Any]:
+def _row(pid: int, host: _Host, pages: bool, pending: list[tuple[Any, ...]]) -> dict[str, Any]:
+    """The row of ``pid`` as far as /proc tells it; one with a GPU to judge is added to ``pending``."""
     row: dict[str, Any] = {"pid": pid, "name": "", "status": "", "pci_bus_id": None, "uuid": None, "problems": [],
                            "notes": []}
     problems: verdict.Problems = []
@@ -251,11 +287,18 @@ def _row(pid: int, host: _Host, mode: str, memory: str, pages: bool, min_local: 
         row["notes"].append("it holds no NVIDIA GPU and records no gpuaffinity binding")
         return _done(row, problems, "no-gpu")
     row["source"] = source
-    _judge(row, problems, view, buses, host, intent if source == "binding" else None, mode, memory, min_local)
+    missing = [b for b in buses if b not in host.by_bus]
+    if missing and host.by_bus:
+        row["foreign"] = True
+        problems.append(("no-access", f"its GPU {', '.join(missing)} ({source}) is not among the GPUs this check sees "
+                                      "(a container that shows other GPUs?): check it from where it runs"))
+        row["pci_bus_id"] = ",".join(buses)
+        return _done(row, problems)
     if denied:
         problems.append(("no-access", f"part of it cannot be read: {'; '.join(denied)} (run the check as its user "
                                       "or as root)"))
-    return _done(row, problems)
+    pending.append((row, problems, view, buses, intent if source == "binding" else None))
+    return row
 
 
 def _intent(view: proc.View) -> tuple[Any, str]:
@@ -290,15 +333,13 @@ def _visible(env: dict[str, str], host: _Host, row: dict[str, Any]) -> set[str] 
 
 
 def _judge(row: dict[str, Any], problems: verdict.Problems, view: proc.View, buses: list[str], host: _Host,
-           intent: Any, mode: str, memory: str, min_local: float) -> None:
+           intent: Any, mode: str, memory: str, min_local: float, locs: dict[str, Any]) -> None:
     from gpuaffinity.core.record import replace
     from gpuaffinity.numa.modes import place
     from gpuaffinity.numa.sysfs import Sysfs
-    from gpuaffinity.placement import locate
 
     row["pci_bus_id"] = ",".join(buses)
     row["uuid"] = ",".join(host.by_bus[b].uuid if b in host.by_bus else "?" for b in buses)
-    locs = locate(buses)
     online = Sysfs().online_cpus() or frozenset().union(*(loc.local_cpus for loc in locs.values()))
     numa, cpus, bind_cpus, mems = set(), set(), set(), set()
     if intent is not None:

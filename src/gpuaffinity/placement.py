@@ -19,13 +19,15 @@ if TYPE_CHECKING:
 
     from gpuaffinity.numa.bind import BindRecord
     from gpuaffinity.numa.query import Locality
+    from gpuaffinity.nvml_lite import Session
 
 
-def locate(bus_ids: Iterable[str]) -> dict[str, Locality]:
-    """Each GPU's NUMA nodes and CPUs (within this process's allowed CPUs), by PCI bus id."""
+def locate(bus_ids: Iterable[str], session: Session | None = None) -> dict[str, Locality]:
+    """Each GPU's NUMA nodes and CPUs (within this process's allowed CPUs), by PCI bus id; ``session``: an NVML
+    session the caller has open (else one of its own)."""
     from gpuaffinity.numa.query import localities
 
-    return localities(bus_ids)
+    return localities(bus_ids, session=session)
 
 
 def refuse_lost(locs: Iterable[Locality]) -> None:

@@ -22,6 +22,9 @@ PROBLEMS = frozenset(STATUSES[:STATUSES.index("ok")])
 MIN_LOCAL = 0.8
 #: ... when at least this much of it (bytes) is elsewhere: a small process's few pages do not fail a check
 REMOTE_FLOOR = 64 << 20
+#: ``memory`` for a process without a recorded binding: any policy that keeps its memory on its GPU's node(s)
+#: (preferred, bind, interleave over them, local) is right; the default policy is not
+ANY = "any"
 #: threads named in a problem's text (all are in the row's ``threads.off``)
 SHOWN_THREADS = 5
 
@@ -89,9 +92,11 @@ def binding(row: dict[str, Any], problems: Problems, mode: str, memory: str, *, 
     allowed = row.get("memory_nodes") or row["numa_nodes"]  # the mode's memory nodes (socket: the socket's)
     if mem["policy"] == "default":
         reason = memory_why or (missing if not set_up else "")
-        problems.append(("unbound", f"memory policy is the default, not {memory} to its GPU's node "
-                                    f"{format_cpulist(row['numa_nodes'])}" + (f": {reason}" if reason else "")))
-    elif mem["policy"] != memory:
+        head = (f"memory policy is the default: nothing keeps its memory on its GPU's node "
+                f"{format_cpulist(row['numa_nodes'])}" if memory == ANY else
+                f"memory policy is the default, not {memory} to its GPU's node {format_cpulist(row['numa_nodes'])}")
+        problems.append(("unbound", head + (f": {reason}" if reason else "")))
+    elif memory != ANY and mem["policy"] != memory:
         problems.append(("unbound", f"memory policy is {mem['policy']} (node(s) {format_cpulist(mem['nodes'])}), "
                                     f"not {memory}"))
     if mem["policy"] == memory == "preferred" and mem.get("kernel") == "MPOL_PREFERRED" and len(allowed) > 1:

@@ -31,6 +31,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from gpuaffinity.nvml_lite import Session
+
 __all__ = ["SIM_ALLOWED_VAR", "SYSFS_VAR", "Locality", "allowed_cpus", "allowed_memory_nodes", "gpu_locality",
            "localities", "node_cpus", "nvml_affinity", "sysfs_root"]
 
@@ -106,17 +108,20 @@ def node_cpus(node: int) -> frozenset[int] | None:
 NvmlAnswer = tuple[frozenset[int], ...]
 
 
-def nvml_affinity(bus_ids: Iterable[str], lost: dict[str, str] | None = None) -> dict[str, NvmlAnswer]:
+def nvml_affinity(bus_ids: Iterable[str], lost: dict[str, str] | None = None,
+                  session: Session | None = None) -> dict[str, NvmlAnswer]:
     """NVML's (nodes, CPUs, GPU memory nodes) for each GPU bus id; empty where NVML cannot tell.
 
     Through ``gpuaffinity.nvml_lite``: pynvml's very C calls, without importing pynvml.  ``lost`` learns, by bus
     id, why a GPU that NVML says is lost (fallen off the bus) is no place for a process: any other failure only
     costs this second source, but a lost GPU is unusable, whatever the driver's files still list."""
+    import contextlib
+
     from gpuaffinity.nvml_lite import GPU_IS_LOST, NvmlLiteError, Session
 
     out: dict[str, NvmlAnswer] = {}
     try:
-        with Session() as nv:
+        with contextlib.nullcontext(session) if session is not None else Session() as nv:
             for bus in bus_ids:
                 try:
                     h = nv.handle(bus)
@@ -257,11 +262,12 @@ def _own_memory_nodes(pci_bus_id: str, nv_own: frozenset[int], notes: list[str])
     return own
 
 
-def localities(bus_ids: Iterable[str], use_nvml: bool = True) -> dict[str, Locality]:
-    """Locality of several GPUs with one NVML session and one look at sysfs."""
+def localities(bus_ids: Iterable[str], use_nvml: bool = True, session: Session | None = None) -> dict[str, Locality]:
+    """Locality of several GPUs with one NVML session (``session``, the caller's, where it has one open) and one
+    look at sysfs."""
     ids = list(dict.fromkeys(bus_ids))
     lost: dict[str, str] = {}
-    nv = nvml_affinity(ids, lost) if use_nvml else {}
+    nv = nvml_affinity(ids, lost, session) if use_nvml else {}
     allowed = allowed_cpus()
     fs = Sysfs()
     out = {b: gpu_locality(b, allowed, nv.get(b), sysfs=fs) for b in ids}
