@@ -48,6 +48,9 @@ POLICIES = {"default": ("default", "MPOL_DEFAULT"), "prefer": ("preferred", "MPO
 _POLICY = re.compile(r"(default|local|prefer \(many\)|prefer|bind|interleave|weighted interleave)"
                      r"(?:=([a-z|]+))?(?::([0-9,-]+))?(?= |$)")
 _NODE_PAGES = re.compile(rb" N(\d+)=(\d+)")
+#: mapped "files" that are memory, not files on a disk: device memory and shared memory (/dev/...), anonymous
+#: huge pages, System V shared memory, memfds (the kernel names them so in numa_maps, a space printed as \040)
+_MEMORY_FILES = (b"/dev/", b"/anon_hugepage", b"/SYSV", b"/memfd:")
 
 
 class Gone(Exception):
@@ -80,7 +83,8 @@ class Policy:
 @record
 class Pages:
     """Resident memory per NUMA node, in bytes.  ``nodes`` counts the process's own memory: anonymous mappings
-    (heap, stacks, allocations) and mappings of device files (``/dev/…``: pinned and shared memory).  Mappings of
+    (heap, stacks, allocations, anonymous huge pages), mappings of device files (``/dev/…``: pinned and shared
+    memory), System V shared memory and memfds.  Mappings of
     ordinary files (programs, libraries, the page cache of files it maps) are shared with every process that maps
     them and are counted apart, in ``file_nodes``."""
 
@@ -203,7 +207,7 @@ def parse_numa_maps_line(line: bytes) -> tuple[Policy | None, bool, int, dict[in
         if digits.isdigit():
             size = int(digits) * 1024
     f = rest.find(b" file=")
-    ordinary = f >= 0 and not rest.startswith(b"/dev/", f + 6)
+    ordinary = f >= 0 and not rest.startswith(_MEMORY_FILES, f + 6)
     return policy, ordinary, size, {int(n): int(c) for n, c in _NODE_PAGES.findall(rest)}
 
 
