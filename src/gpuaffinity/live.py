@@ -93,13 +93,16 @@ class _Host:
     def _processes(self, nv: Any) -> None:
         from gpuaffinity.nvml_lite import NvmlLiteError
 
-        try:
-            for g in self.gpus:
+        missed = []
+        for g in self.gpus:
+            try:  # one GPU this checker cannot open (a restricted view) costs only its own list
                 for pid, used in nv.compute_processes(nv.handle(g.pci_bus_id)):
                     self.contexts.setdefault(pid, {})[g.pci_bus_id] = used
-        except NvmlLiteError as e:
-            self.nvml_error = f"unavailable ({e})"
-            self.contexts = {}
+            except NvmlLiteError as e:
+                missed.append(f"{g.pci_bus_id} ({e})")
+        if missed:
+            self.nvml_error = (f"unavailable for GPU(s) {', '.join(missed)}: this checker cannot open them; their "
+                               "processes are found by their device nodes and bindings")
 
 
 @contextlib.contextmanager

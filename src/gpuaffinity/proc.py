@@ -39,6 +39,7 @@ NVIDIA_MAJOR = 195  # the NVIDIA driver's character devices: /dev/nvidia<minor>,
 CTL_MINOR = 255
 _GONE = (errno.ENOENT, errno.ESRCH)
 _READ = 1 << 16
+_POLICY_READ = 256  # one line of numa_maps, or part of one: the kernel prints only the mappings it must
 #: the policy names numa_maps prints (mm/mempolicy.c, mpol_to_str), and gpuaffinity's names and the kernel's for
 #: each (as gpuaffinity.numa.bind names what get_mempolicy returns)
 POLICIES = {"default": ("default", "MPOL_DEFAULT"), "prefer": ("preferred", "MPOL_PREFERRED"),
@@ -367,9 +368,13 @@ def _numa_maps(here: str, view: View, pages: bool) -> None:
     try:
         tail = b""
         counted = Pages() if pages else None
+        # the kernel fills a read of numa_maps up to the size asked, walking the pages of every mapping it prints:
+        # for the policy alone, ask for little (measured on an H100 host: a 64 KiB read of a process with 16 GiB
+        # resident took 58 ms, the whole file)
+        size = _READ if pages else _POLICY_READ
         while True:
             try:
-                chunk = os.read(fd, _READ)
+                chunk = os.read(fd, size)
             except OSError as e:
                 _gone_or(view, "numa_maps", e)
                 return
