@@ -359,3 +359,22 @@ def test_the_policy_alone_asks_the_kernel_for_one_small_read(monkeypatch):
     asked.clear()
     view = proc.look(os.getpid(), pages=True, root="/proc")
     assert view.pages.total > 0 and max(n for path, n in asked if path.endswith("numa_maps")) == 1 << 16
+
+
+def test_a_fifo_named_like_a_record_does_not_stall_the_check(machine, procs, tmp_path):
+    """A hostile process holds open a FIFO (or a file) named memfd:gpuaffinity-binding: the check must neither
+    block on it nor take it as a binding."""
+    fifo = tmp_path / "memfd:gpuaffinity-binding (deleted)"
+    os.mkfifo(fifo)
+    plain = tmp_path / "x" / "memfd:gpuaffinity-binding"
+    plain.parent.mkdir()
+    plain.write_text('{"v":1,"how":"in-process","pid":1,"pci_bus_id":"0000:10:00.0","mode":"node","memory":"none",'
+                     '"bind_cpus":"0","memory_nodes":[],"numa_nodes":[0],"applied":true,"failures":[]}')
+    code = (f"import os, time; a = os.open({str(fifo)!r}, os.O_RDWR); b = os.open({str(plain)!r}, os.O_RDONLY); "
+            "print('ready', flush=True); time.sleep(120)")
+    p, _ = start(procs, machine, [sys.executable, "-c", code])
+    t = time.monotonic()
+    rc, report = check(machine, p.pid)
+    assert time.monotonic() - t < 60
+    row = row_of(report, p.pid)
+    assert rc == 0 and row["status"] == "no-gpu" and row["binding"] is None, row

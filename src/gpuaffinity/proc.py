@@ -322,11 +322,12 @@ def _fds(here: str, view: View) -> None:
             continue  # closed meanwhile
         base = os.path.basename(target)
         if base.startswith("memfd:" + MEMFD_NAME):
-            try:
-                view.binding_text = _read(path, 1 << 16).decode("utf-8", "replace")
-            except OSError as e:
-                if e.errno not in _GONE:
-                    _denied(view, f"fd {n}", e)
+            if _is_record(target, view.source):
+                try:
+                    view.binding_text = _read_record(path)
+                except OSError as e:
+                    if e.errno not in _GONE:
+                        _denied(view, f"fd {n}", e)
             continue
         if not base.startswith("nvidia"):
             continue
@@ -337,6 +338,26 @@ def _fds(here: str, view: View) -> None:
         if minor != CTL_MINOR:
             minors.add(minor)
     view.gpu_minors = sorted(minors)
+
+
+def _is_record(target: str, source: str) -> bool:
+    """A memfd's link reads ``/memfd:NAME (deleted)``; the simulator's stands in a file under its /proc folder.
+    Anything else of that name (a file or FIFO on a disk, made to look like one) is not a record."""
+    if target.startswith("/memfd:" + MEMFD_NAME):
+        return True
+    return source != "/proc" and target.startswith(source.rstrip("/") + "/")
+
+
+def _read_record(path: str) -> str:
+    """The record behind an fd, opened without blocking and read only where it is a regular file (a memfd is one):
+    a FIFO or device given that name by a hostile process must not stall the check."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        return os.pread(fd, 1 << 16, 0).decode("utf-8", "replace")
+    finally:
+        os.close(fd)
 
 
 def _nvidia_minor(path: str, target: str, dev_root: str) -> int | None:
