@@ -56,10 +56,10 @@ def test_readme_links_every_doc():
 
 
 #: Test files of which every test is marked slow, so the quick subset runs none of them: the benchmark run, the
-#: fuzzing, Ray's measured facts (a Ray cluster per case), ray-check against check on one Ray cluster, and the
-#: property-based search over resolution.  Every other test file keeps a test in the quick subset.
+#: fuzzing, Ray's measured facts (a Ray cluster per case) and the property-based search over resolution.  Every
+#: other test file keeps a test in the quick subset.
 WHOLLY_SLOW = {"tests/test_benchmark.py", "tests/test_fuzz.py", "tests/test_packaging.py", "tests/test_ray_facts.py",
-               "tests/test_ray_check_connect.py", "tests/test_check_ray.py", "tests/test_resolve_properties.py"}
+               "tests/test_ray_check_connect.py", "tests/test_resolve_properties.py"}
 
 
 def collected(*args: str) -> set[str]:

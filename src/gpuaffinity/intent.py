@@ -117,8 +117,9 @@ def _bus_like(text: str) -> bool:
 
 
 def publish(rec: BindRecord) -> None:
-    """Record ``rec`` (just applied in this process) in this process's memfd, replacing any earlier record.
-    Never fails the binding: a kernel without memfd_create leaves the process without a record."""
+    """Record ``rec`` (just applied in this process, or planned and not applied: ``cpus_applied`` false, its
+    ``failures`` say why) in this process's memfd, replacing any earlier record.  Never fails the binding: a
+    kernel without memfd_create leaves the process without a record."""
     global _fd, _text
     text = encode(rec, "in-process")
     try:

@@ -147,6 +147,9 @@ def bind(logical_id: int | str, *, mode: str = "node", memory: str = DEFAULT_MEM
         if policy_ == "error":
             raise BindError("; ".join(rec.failures))
         warnings.warn(f"gpuaffinity: not bound: {'; '.join(rec.failures)}", BindWarning, stacklevel=2)
+        from gpuaffinity import intent
+
+        intent.publish(rec)  # the process runs on for this GPU, unbound: `gpuaffinity check` says so, and why
         return rec
     if rec.shared_with:
         why = shared_message(rec)

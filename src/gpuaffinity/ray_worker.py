@@ -136,7 +136,7 @@ def _rebind() -> tuple[BindRecord | None, bool]:
         _restore_mempolicy(MPOL_DEFAULT, frozenset())
         from gpuaffinity import intent
 
-        intent.withdraw()  # unbound again: until a binding is applied below, `gpuaffinity check` finds none
+        intent.withdraw()  # unbound again: until a binding is planned below, `gpuaffinity check` finds none
         if not gpu_ids:
             _last_key = key
             return None, False
@@ -158,6 +158,10 @@ def _rebind() -> tuple[BindRecord | None, bool]:
                                                          if b not in buses)))
     if not failures:
         apply(rec, "warn")
+    else:  # planned, not applied: recorded all the same, so `gpuaffinity check` names its GPU and says why
+        from gpuaffinity import intent
+
+        intent.publish(rec)
     if rec.failures:
         _say_once(f"gpuaffinity: this Ray task is bound only in part ({rec.summary()}): "
                   f"{'; '.join(rec.failures)}".replace("use --memory none", f"set {MEMORY_VAR}=none in the "
