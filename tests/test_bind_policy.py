@@ -565,3 +565,28 @@ def test_doctor_says_a_process_under_the_default_policy_is_not_bound(tmp_path):
     assert line.split("this process runs on", 1)[1].strip() == (
         f"CPUs {format_cpulist(os.sched_getaffinity(0))}; memory not bound (MPOL_DEFAULT: pages go to the node it "
         "runs on)")
+
+
+EXPLICIT = r"""
+import json, warnings, gpuaffinity
+from gpuaffinity.core.errors import BindError
+warnings.simplefilter("ignore")
+try:
+    rec = gpuaffinity.bind(4, on_failure="error")   # node 1: this host's kernel has no memory there
+    print(json.dumps({"raised": False, "failures": rec.failures}))
+except BindError as e:
+    print(json.dumps({"raised": True, "error": str(e)}))
+"""
+
+
+@pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs")
+def test_an_explicit_on_failure_wins_over_the_environment(host8, sim_factory):
+    """GPUAFFINITY_ON_FAILURE only stands in for an on_failure that was not given: bind(on_failure="error") raises
+    under GPUAFFINITY_ON_FAILURE=warn, and bind(on_failure="warn") runs on under GPUAFFINITY_ON_FAILURE=error."""
+    from conftest import run_json
+
+    machine = sim_factory(str(host8))
+    out = run_json(machine, EXPLICIT, GPUAFFINITY_ON_FAILURE="warn")
+    assert out["raised"] is True and "set_mempolicy" in out["error"], out
+    out = run_json(machine, EXPLICIT.replace('on_failure="error"', 'on_failure="warn"'), GPUAFFINITY_ON_FAILURE="error")
+    assert out["raised"] is False and any("set_mempolicy" in f for f in out["failures"]), out

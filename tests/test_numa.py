@@ -303,3 +303,31 @@ def test_memory_outside_mems_allowed_is_left_out_not_einval(tmp_path):
         assert "memory on node(s) 1 is not allowed to this process (Mems_allowed_list 0" in out.stderr
         dry = subprocess.run([*run, "--dry-run"], env=env, capture_output=True, text=True, timeout=120)
         assert "memory none" in dry.stdout and "would fail" not in dry.stdout
+
+
+@pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs")
+def test_spawn_process_applies_the_childs_env_before_it_binds(host8, tmp_path):
+    """spawn_process(0, f, env={"CUDA_VISIBLE_DEVICES": "4"}): device 0 of the CHILD's list is GPU 4, on node 1
+    (CPUS[1]); the parent's device 0 is GPU 0, on node 0.  The worker must be bound for its own device 0."""
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent("""
+        import json, os, sys
+        import gpuaffinity.launch as launch
+
+        def worker(q):
+            import gpuaffinity
+            q.put([sorted(os.sched_getaffinity(0)), gpuaffinity.resolve(0).pci_bus_id])
+
+        if __name__ == "__main__":
+            import multiprocessing
+            q = multiprocessing.get_context("spawn").Queue()
+            p = launch.spawn_process(0, worker, (q,), env={"CUDA_VISIBLE_DEVICES": "4"}, memory="none")
+            p.start(); got = q.get(timeout=120); p.join()
+            print(json.dumps({"child": got, "exit": p.exitcode, "parent_cvd": os.environ.get("CUDA_VISIBLE_DEVICES")}))
+    """))
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    out = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", str(host8), "--", sys.executable,
+                          str(script)], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["child"] == [[CPUS[1]], "0000:50:00.0"] and res["exit"] == 0 and res["parent_cvd"] is None, res

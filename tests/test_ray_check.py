@@ -403,3 +403,24 @@ def test_full_four_shuffled_nodes_of_eight(tmp_path, variant):
             phys = int(r["ray_gpu_ids"][0])  # Ray's id is an entry of the node's list: the physical GPU
             assert (r["gpu"]["pci_bus_id"], r["gpu"]["uuid"]) == (bus(phys), uuid("shuffled", phys))
             assert r["numa_nodes"] == [phys // 4] and r["affinity"] == [CPUS[phys // 4]], r
+
+
+@pytest.mark.parametrize("status", ["unbound", "off-node", "threads-drifted", "remote-memory"])
+def test_a_cluster_whose_only_problem_is_one_status_fails_the_check(status):
+    """Every problem status fails the report (exit 4) and is counted in its last line, not only the worst ones."""
+    from gpuaffinity.ray_check import Report, judge, render
+
+    hooked = {"set_up": True, "said": [], "pci_bus_id": "0000:10:00.0", "failures": []}
+    rows = {
+        "unbound": probed(affinity=list(range(8)), hook={**hooked, "set_up": False}),
+        "off-node": probed(affinity=[4, 5]),
+        "threads-drifted": probed(thread_list=[(100, "main", "0-3"), (101, "pt_nccl_watchdg", "4-7")], pid=100),
+        "remote-memory": probed(pages={"nodes": {"0": 1 << 20, "1": 1 << 30}, "file_nodes": {}}),
+    }
+    row = judge(rows[status], "node", "none", 60)
+    assert row["status"] == status, row
+    report = Report([row], {}, 1.0)
+    assert report.ok is False
+    assert render(report).splitlines()[-1].endswith(": 1 with a problem")
+    fine = Report([judge(probed(), "node", "none", 60)], {}, 1.0)
+    assert fine.ok is True and render(fine).splitlines()[-1].endswith("every worker bound next to its GPU")

@@ -181,6 +181,10 @@ print(json.dumps([[d.strategy for d in a], [d.strategy for d in b], [d.strategy 
 
 BAD_INPUTS = [
     (["bind", "0", "--", ""], 2, "the command after `--` is empty"),
+    # only bind runs a command: anything after `--` elsewhere is refused, never silently dropped
+    (["resolve", "--", "3"], 2, "gpuaffinity resolve: unexpected arguments after `--`: 3"),
+    (["doctor", "--", "-v"], 2, "gpuaffinity doctor: unexpected arguments after `--`: -v"),
+    (["check", "--", "1"], 2, "gpuaffinity check: unexpected arguments after `--`: 1"),
     (["resolve", "\u0663"], 2, "is not a device"),
     (["resolve", "\u00b2"], 2, "is not a device"),
     (["resolve", "9" * 5000], 2, "(5000 characters) is not a device"),

@@ -57,7 +57,7 @@ def probe(mode: str, pages: bool = False) -> dict:
     return out
 
 
-def _facts(out: dict, mode: str, pages: bool) -> None:
+def _facts(out: dict, mode: str, pages: bool = False) -> None:
     import warnings
 
     from gpuaffinity import ray_worker
