@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = simsub.add_parser(
         "run", help="run CMD against a simulated machine",
         usage="gpuaffinity sim run [--fault NAME=CODE[:TIMES]] [--cpuset CPULIST] [--counters DIR] [--gpus LIST] "
-              "[--others denied|absent] [--proc host|masked] [--mig LIST] TOPOLOGY -- CMD [ARG ...]",
+              "[--others denied|absent|readonly] [--proc host|masked] [--mig LIST] TOPOLOGY -- CMD [ARG ...]",
         description="Run CMD with the simulated NVIDIA libraries of TOPOLOGY.",
         epilog=_EPILOG_SIM, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("topology", metavar="TOPOLOGY", help="preset name or topology file")
@@ -172,9 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     shape.add_argument("--gpus", metavar="LIST",
                        help="the GPUs whose device node opens, comma-separated: PCI-order positions, bus ids or "
                             "UUIDs (e.g. --gpus 2,5); NVML and CUDA number only these")
-    shape.add_argument("--others", choices=("denied", "absent"),
+    shape.add_argument("--others", choices=("denied", "absent", "readonly"),
                        help="how the other GPUs are kept away: denied (node present, open refused: a device "
-                            "cgroup) or absent (no node: a container given some nodes)")
+                            "cgroup), absent (no node: a container given some nodes) or readonly (the node opens "
+                            "for reading only: a device cgroup granting r, docker --device ...:r)")
     shape.add_argument("--proc", choices=("host", "masked"),
                        help="what the driver's /proc lists: host (every GPU, the default) or masked (only the "
                             "process's GPUs, as the NVIDIA container toolkit arranges)")

@@ -64,6 +64,8 @@ def render_config(topo: Topology) -> str:
         f"cuda_driver_version {topo.cuda_driver_version}",
     ]
     for i, g in enumerate(topo.gpus):
+        if g.excluded:  # the driver does not bring it up: NVML and CUDA never see it (its minor stays reserved)
+            continue
         dom, bus, dev, fn = g.pci_fields
         lines.append(
             f"gpu {g.uuid} {g.pci_bus_id} {dom} {bus} {dev} {fn} {g.pci_device_id:#x} {g.pci_subsystem_id:#x} "
@@ -232,7 +234,7 @@ def render_procfs(topo: Topology, root: Path) -> None:
             f"Model: \t\t {g.name}\nIRQ:   \t\t {100 + minor}\nGPU UUID: \t {g.uuid}\n"
             f"Video BIOS: \t 96.00.99.00.01\nBus Type: \t PCIe\nDMA Size: \t 52 bits\n"
             f"DMA Mask: \t 0xfffffffffffff\nBus Location: \t {g.pci_bus_id}\nDevice Minor: \t {minor}\n"
-            f"GPU Firmware: \t {topo.driver_version}\nGPU Excluded:\t No\n")
+            f"GPU Firmware: \t {topo.driver_version}\nGPU Excluded:\t {'Yes' if g.excluded else 'No'}\n")
         caps = base / "capabilities" / f"gpu{minor}" / "mig"
         caps.mkdir(parents=True, exist_ok=True)
         (caps / "config").write_text("DeviceFileMinor: 1\nDeviceFileMode: 256\nDeviceFileModify: 1\n")
@@ -260,6 +262,11 @@ def render_dev(topo: Topology, root: Path) -> None:
             path.write_text("")
         elif view.others == "denied":
             os.mknod(path, stat.S_IFSOCK | 0o666)  # no privilege needed for a socket node
+        elif view.others == "readonly":
+            # a node that opens for reading only (a device cgroup granting `r`, `--device …:r`); NVML opens its
+            # nodes read-write.  A read-only sysfs attribute opens O_RDONLY and refuses O_RDWR with EACCES, even
+            # for root (sysfs checks its own modes), and reads as a plain file, as the simulator's nodes are
+            os.symlink(READ_ONLY, path)
 
     for minor, g in enumerate(topo.gpus):
         node(root / f"nvidia{minor}", view.opens(minor))
@@ -269,6 +276,8 @@ def render_dev(topo: Topology, root: Path) -> None:
 
 # ---- other processes: /proc/<pid> ([[running]]) ------------------------------------------------------------
 
+#: What a read-only device node of the simulated /dev links to (``others = "readonly"``, in render_dev).
+READ_ONLY = "/sys/devices/system/cpu/online"
 #: Where a reader that may not read (another user's process, without root) is sent: a write-only sysctl, which
 #: open() for reading refuses with EACCES even for root (root bypasses file modes, not this file's missing read).
 UNREADABLE = "/proc/sys/vm/drop_caches"

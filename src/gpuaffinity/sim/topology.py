@@ -61,6 +61,8 @@ class Gpu:
     migs: tuple[MigInstance, ...] = ()
     gpu_memory_node: int | None = None  # the node holding the GPU's own memory (Grace Hopper), if any
     nvml_numa_node: int | None = None  # with numa_node = -1: the node NVML names anyway (a GPU behind a switch)
+    #: the driver excludes it (NVreg_ExcludedGpus): /proc lists it with "GPU Excluded: Yes", NVML and CUDA do not
+    excluded: bool = False
 
     @property
     def pci_fields(self) -> tuple[int, int, int, int]:
@@ -78,7 +80,7 @@ class NumaNode:
 
 
 #: How the GPUs a process may not use are kept from it.
-OTHERS = ("denied", "absent")
+OTHERS = ("denied", "absent", "readonly")
 #: What the driver's /proc shows the process: every GPU of the host, or only its own.
 PROC_VIEWS = ("host", "masked")
 
@@ -253,7 +255,7 @@ _PROCESS_KEYS = {"gpus", "others", "proc", "mig", "env"}
 _NODE_KEYS = {"id", "cpus", "socket", "memory_mib"}
 _GPU_KEYS = {"uuid", "pci_bus_id", "name", "numa_node", "cuda_order", "memory_mib",
              "compute_capability", "multiprocessors", "pci_device_id", "pci_subsystem_id", "mig",
-             "gpu_memory_node", "nvml_numa_node"}
+             "gpu_memory_node", "nvml_numa_node", "excluded"}
 #: Ways real sysfs trees differ from the textbook one; the simulator renders each on request (docs/simulator.md).
 SYSFS_QUIRKS = ("nul-terminated", "no-node-cpulist", "no-numa-node", "no-local-cpulist", "hex-siblings",
                 "package-unknown", "local-cpulist-contradicts", "cache-reordered", "no-l1i")
@@ -436,8 +438,12 @@ def parse_topology(data: dict[str, Any], source: str = "<memory>", _depth: int =
                 c.typed(rm, "multiprocessors", int, mw, default=max(sms // 7, 1))))
         if len(migs) > 8:
             c.fail(f"{where}.mig", "at most 8 MIG instances a GPU")
+        excluded = c.typed(raw, "excluded", bool, where, default=False)
+        if excluded and migs:
+            c.fail(f"{where}.excluded", "an excluded GPU has no MIG instances (the driver does not bring it up)")
         gpus.append(Gpu(uuid, bus, model, node, rank, mem, (int(ccm[1]), int(ccm[2])), sms, devid, subsys,
-                        tuple(sorted(migs, key=lambda x: (x.gpu_instance, x.compute_instance))), own, nv_node))
+                        tuple(sorted(migs, key=lambda x: (x.gpu_instance, x.compute_instance))), own, nv_node,
+                        excluded))
     if len(gpus) > 64:
         c.fail("gpu", "at most 64 GPUs")
     gpus.sort(key=lambda g: g.pci_fields)  # NVML numbers GPUs in PCI bus order

@@ -1,0 +1,67 @@
+"""GPUs a process cannot use although something lists them: a device node that opens for reading only, and a GPU
+the driver excludes.  NVML opens its nodes read-write and never brings an excluded GPU up, so neither is a device
+here, and no index after them may shift."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+GPUS = {0: "0000:10:00.0", 1: "0000:20:00.0", 2: "0000:30:00.0", 3: "0000:40:00.0"}
+
+
+def machine(tmp_path, excluded=()):
+    text = 'name = "four"\n[[numa_node]]\nid = 0\ncpus = "0-7"\n'
+    for i, bus in GPUS.items():
+        text += (f'[[gpu]]\nuuid = "GPU-0000000{i}-1111-2222-3333-444444444444"\npci_bus_id = "{bus}"\n'
+                 f'name = "NVIDIA H100 80GB HBM3"\nnuma_node = 0\n' + ("excluded = true\n" if i in excluded else ""))
+    path = tmp_path / "four.toml"
+    path.write_text(text)
+    return path
+
+
+def resolve(topology, *sim_args, cvd=None):
+    env = {k: v for k, v in __import__("os").environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    if cvd is not None:
+        env["CUDA_VISIBLE_DEVICES"] = cvd
+    out = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", *sim_args, str(topology), "--",
+                          sys.executable, "-m", "gpuaffinity", "resolve", "--json"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode in (0, 1), out.stderr
+    return [(d["logical_id"], d["pci_bus_id"], d["nvml_index"], d["inventory"]) for d in json.loads(out.stdout)]
+
+
+@pytest.mark.parametrize("others", ["readonly", "denied", "absent"])
+def test_a_node_that_does_not_open_read_write_hides_its_gpu(tmp_path, others):
+    topo = machine(tmp_path)
+    got = resolve(topo, "--gpus", "1,3", "--others", others)
+    assert got == [(0, GPUS[1], 0, "nvml"), (1, GPUS[3], 1, "nvml")], got
+    assert resolve(topo, "--gpus", "1,3", "--others", others, cvd="1") == [(0, GPUS[3], 1, "nvml")]
+
+
+def test_an_excluded_gpu_is_no_device_and_shifts_no_index(tmp_path):
+    topo = machine(tmp_path, excluded={1})
+    got = resolve(topo)
+    assert got == [(0, GPUS[0], 0, "nvml"), (1, GPUS[2], 1, "nvml"), (2, GPUS[3], 2, "nvml")], got
+    assert resolve(topo, cvd="1") == [(0, GPUS[2], 1, "nvml")]
+    # the driver's /proc still lists it, saying so
+    out = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", str(topo), "--", "sh", "-c",
+                          'cat "$GPUAFFINITY_PROCFS_ROOT/driver/nvidia/gpus/0000:20:00.0/information"'],
+                         capture_output=True, text=True, timeout=60)
+    assert "GPU Excluded:\t Yes" in out.stdout
+
+
+def test_an_excluded_gpu_in_a_topology_with_mig_is_refused(tmp_path):
+    from gpuaffinity.core.errors import TopologyError
+    from gpuaffinity.sim.topology import load_topology
+
+    path = tmp_path / "bad.toml"
+    path.write_text('name = "bad"\n[[numa_node]]\nid = 0\ncpus = "0"\n[[gpu]]\n'
+                    'uuid = "GPU-00000000-1111-2222-3333-444444444444"\npci_bus_id = "0000:10:00.0"\n'
+                    'name = "NVIDIA A100-SXM4-80GB"\nnuma_node = 0\nexcluded = true\n[[gpu.mig]]\n'
+                    'uuid = "MIG-00000000-1111-2222-3333-444444444444"\ngpu_instance = 1\ncompute_instance = 0\n')
+    with pytest.raises(TopologyError, match=r"gpu\[0\]\.excluded: an excluded GPU has no MIG instances"):
+        load_topology(str(path))
