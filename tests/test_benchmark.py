@@ -41,17 +41,3 @@ def test_the_benchmark_has_every_row_on_the_simulator(tmp_path):
     count, heavy = record["import_modules"]
     assert heavy == "-" and int(count) < 20
 
-
-def test_the_check_benchmark_measures_every_case(tmp_path):
-    """benchmarks/bench_check.py in a tiny configuration: every case of its table, each with a time."""
-    out = tmp_path / "check.json"
-    proc = subprocess.run([sys.executable, str(BENCH.with_name("bench_check.py")), "--workers", "2", "--threads", "5",
-                           "--gib", "0,0.05", "--repeat", "1", "--json", str(out)], capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    rows = json.loads(out.read_text())["rows"]
-    assert [r["case"] for r in rows][:4] == ["check(pids), in-process", "check(pids, pages=True), in-process",
-                                             "gpuaffinity check PID... --json (whole command)",
-                                             "gpuaffinity check --all --json (whole command)"]
-    assert [r["load"] for r in rows[4:]] == ["0 GiB resident"] * 2 + ["0.05 GiB resident"] * 2
-    assert all(r["median_ms"] > 0 for r in rows) and rows[0]["load"].endswith("(10 threads)")

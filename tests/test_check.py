@@ -333,34 +333,6 @@ def test_a_child_of_a_bound_command_inherits_the_record_and_says_whose(machine, 
     os.kill(int(child), signal.SIGKILL)
 
 
-def test_the_policy_alone_asks_the_kernel_for_one_small_read(monkeypatch):
-    """The kernel fills a numa_maps read up to the size asked, walking the pages of every mapping it prints (a 64 KiB
-    read cost 58 ms for a 16 GiB process on an H100 host): without --pages, no read asks for more than 256 bytes."""
-    from gpuaffinity import proc
-
-    asked: list[tuple[str, int]] = []
-    real_open, real_read = os.open, os.read
-    fds: dict[int, str] = {}
-
-    def opening(path, *a, **k):
-        fd = real_open(path, *a, **k)
-        fds[fd] = str(path)
-        return fd
-
-    def reading(fd, n):
-        asked.append((fds.get(fd, "?"), n))
-        return real_read(fd, n)
-
-    monkeypatch.setattr(os, "open", opening)
-    monkeypatch.setattr(os, "read", reading)
-    view = proc.look(os.getpid(), pages=False, root="/proc")
-    maps = [n for path, n in asked if path.endswith("numa_maps")]
-    assert view.policy is not None and maps and max(maps) <= 256
-    asked.clear()
-    view = proc.look(os.getpid(), pages=True, root="/proc")
-    assert view.pages.total > 0 and max(n for path, n in asked if path.endswith("numa_maps")) == 1 << 16
-
-
 def test_a_fifo_named_like_a_record_does_not_stall_the_check(machine, procs, tmp_path):
     """A hostile process holds open a FIFO (or a file) named memfd:gpuaffinity-binding: the check must neither
     block on it nor take it as a binding."""
