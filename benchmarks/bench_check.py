@@ -100,11 +100,13 @@ class Children:
 
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen] = []
+        self.started: list[int] = []  # every pid, for the record (--json)
 
     def start(self, argv: list[str], env: dict[str, str], what: str, timeout: float = 120) -> subprocess.Popen:
         p = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
         self.procs.append(p)
+        self.started.append(p.pid)
         ready, _, _ = select.select([p.stdout], [], [], timeout)
         line = p.stdout.readline() if ready else ""
         if not line.strip():
@@ -375,7 +377,8 @@ def measure(args: argparse.Namespace, sizes: list[float], facts: dict[str, objec
             "machine": facts, "gpus": where, "workers": args.workers, "threads": args.threads, "memory": memory,
             "repeat": args.repeat, "host_processes": host_processes, "first_call_seconds": first,
             "first_call_rows": len(first_rows), "import_seconds": imported, "cases": results, "numa_maps": numa,
-            "fit": {"seconds": fit[0], "seconds_per_gib": fit[1]} if fit else None}, indent=2))
+            "fit": {"seconds": fit[0], "seconds_per_gib": fit[1]} if fit else None,
+            "started_pids": children.started}, indent=2))
     return 0
 
 
