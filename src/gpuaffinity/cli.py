@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "your own, and those NVML names, which get a NO-ACCESS row)")
     chk.add_argument("--pages", action="store_true",
                      help="also read where each process's resident memory is (/proc/PID/numa_maps: the kernel "
-                          "walks every page, about 4 ms per GiB; off by default)")
+                          "walks every page, about 4 to 15 ms per GiB resident; off by default)")
     chk.add_argument("--min-local", type=float, default=0.8, metavar="SHARE",
                      help="with --pages: the share of memory that must be on the GPU's node(s), else "
                           "REMOTE-MEMORY (default 0.8; at least 64 MiB must be elsewhere to fail)")
@@ -225,7 +225,7 @@ _EPILOG_CHECK = """\
 examples:
   gpuaffinity check                       every GPU process you may read (as root: every one)
   gpuaffinity check 4242 4243 --json      these processes, as JSON
-  gpuaffinity check --all --pages         with where their memory is (slower: about 4 ms per GiB resident)
+  gpuaffinity check --all --pages         with where their memory is (slower: 4 to 15 ms per GiB resident)
 
 each row is one process: the GPU(s), how they were found (BY: binding, nvml, device-nodes), the GPU's NUMA
 node(s), the CPUs its binding gives it (BIND CPUS), the main thread's CPUs (AFFINITY), the threads within

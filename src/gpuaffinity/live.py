@@ -174,7 +174,7 @@ def check(pids: Iterable[int] | None = None, *, all_processes: bool = False, mod
     ``mode`` and ``memory``: the binding a process without a recorded one should have (as ``gpuaffinity bind``;
     ``memory="any"``, the default: any policy onto its GPU's node(s), not the default policy); a recorded
     binding is judged by its own.  ``pages``: also read where each process's resident memory is
-    (``/proc/PID/numa_maps``: the kernel walks every page, about 4 ms per GiB), and fail a row with less than
+    (``/proc/PID/numa_maps``: the kernel walks every page, 4 to 15 ms per GiB), and fail a row with less than
     ``min_local`` of it on its GPU's memory nodes.  ``use_nvml``: ask NVML which processes compute on which GPU.
     """
     if mode not in MODES:

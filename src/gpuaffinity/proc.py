@@ -12,9 +12,13 @@
 * ``numa_maps``: for each mapping, its memory policy and its resident pages per node.  The kernel prints, for a
   mapping without a policy of its own, the *task's* policy (fs/proc/task_mmu.c, ``show_numa_map``).  The first
   mapping is the program's own text, which nothing binds, so the first line names the main thread's policy.
-  The kernel writes numa_maps a page of text at a time, walking only the mappings it prints, so the policy
-  costs one small read; the pages cost a walk of every resident page (about 4 ms per GiB, measured on an H100
-  host: shared/facts/live-process-h100.md) and are read only when asked.
+  The kernel prints numa_maps mapping by mapping, walking the resident pages of each mapping it prints, and a
+  read makes it print until it has as many bytes as the read asks for (up to a page of text: a few dozen
+  mappings, which in a large process hold most of its memory).  So the policy is read 64 bytes at a time, up
+  to the end of the first line: the kernel walks the first mapping or two, whatever the process's size
+  (measured: 0.05 ms where a 64 KiB read took 45-52 ms for a process of 4 GiB; benchmarks/bench_check.py).
+  The pages cost a walk of every resident page (about 4 ms per GiB on an H100 host,
+  shared/facts/live-process-h100.md; docs/performance.md has this machine's) and are read only when asked.
 
 ``environ``, ``fd/`` and ``numa_maps`` need the right to trace the process (the same user, or root): where it
 is refused, ``denied`` says what, and the rest is still read.  A process that exits while it is read raises
@@ -39,7 +43,6 @@ NVIDIA_MAJOR = 195  # the NVIDIA driver's character devices: /dev/nvidia<minor>,
 CTL_MINOR = 255
 _GONE = (errno.ENOENT, errno.ESRCH)
 _READ = 1 << 16
-_POLICY_READ = 256  # one line of numa_maps, or part of one: the kernel prints only the mappings it must
 #: the policy names numa_maps prints (mm/mempolicy.c, mpol_to_str), and gpuaffinity's names and the kernel's for
 #: each (as gpuaffinity.numa.bind names what get_mempolicy returns)
 POLICIES = {"default": ("default", "MPOL_DEFAULT"), "prefer": ("preferred", "MPOL_PREFERRED"),
@@ -387,15 +390,14 @@ def _numa_maps(here: str, view: View, pages: bool) -> None:
         _gone_or(view, "numa_maps", e)
         return
     try:
+        if not pages:
+            _policy_only(fd, view)
+            return
         tail = b""
-        counted = Pages() if pages else None
-        # the kernel fills a read of numa_maps up to the size asked, walking the pages of every mapping it prints:
-        # for the policy alone, ask for little (measured on an H100 host: a 64 KiB read of a process with 16 GiB
-        # resident took 58 ms, the whole file)
-        size = _READ if pages else _POLICY_READ
+        counted = Pages()
         while True:
             try:
-                chunk = os.read(fd, size)
+                chunk = os.read(fd, _READ)
             except OSError as e:
                 _gone_or(view, "numa_maps", e)
                 return
@@ -406,18 +408,39 @@ def _numa_maps(here: str, view: View, pages: bool) -> None:
             for line in lines:
                 if view.policy is None:
                     view.policy = parse_numa_maps_line(line)[0]
-                    if counted is None:
-                        return  # the policy alone: one small read, no walk of the pages
-                if counted is not None and line:
+                if line:
                     _count(counted, line)
         if tail:
             if view.policy is None:
                 view.policy = parse_numa_maps_line(tail)[0]
-            if counted is not None:
-                _count(counted, tail)
+            _count(counted, tail)
         view.pages = counted
     finally:
         os.close(fd)
+
+
+#: bytes a read asks for while only the first line is wanted: the kernel's seq_file prints (and walks the pages
+#: of) mapping after mapping until it has as many bytes as the read asks for, up to a page of text, so a larger
+#: read walks the mappings printed after the first, where a process's largest ones often are
+_FIRST_LINE_READ = 64
+
+
+def _policy_only(fd: int, view: View) -> None:
+    """The first line's policy: reads of ``_FIRST_LINE_READ`` bytes until its end, so the kernel walks the first
+    mapping or two (the program's own), never the process's memory."""
+    got = b""
+    while b"\n" not in got and len(got) < _READ:
+        try:
+            chunk = os.read(fd, _FIRST_LINE_READ)
+        except OSError as e:
+            _gone_or(view, "numa_maps", e)
+            return
+        if not chunk:
+            break
+        got += chunk
+    line = got.split(b"\n", 1)[0]
+    if line:
+        view.policy = parse_numa_maps_line(line)[0]
 
 
 def _count(pages: Pages, line: bytes) -> None:
