@@ -15,17 +15,21 @@ from conftest import CPUS, ROOT
 pytestmark = pytest.mark.skipif(CPUS != [0, 1], reason="the example machine's nodes are CPUs 0 and 1")
 
 SCRIPT = r"""
-G="$PY -m gpuaffinity"
-$G bind 1 -- $PY -c 'import time; b=b"x"*(100<<20); time.sleep(60)' & A=$!
-$G bind 5 --memory none -- $PY -c 'import time; b=b"x"*(300<<20); time.sleep(60)' & B=$!
+G="$PY -m gpuaffinity"; R=$(mktemp -d)
+$G bind 1 -- $PY -c 'import sys, time; b=b"x"*(100<<20); open(sys.argv[1], "w").close(); time.sleep(60)' $R/a & A=$!
+W='import sys, time; b=b"x"*(300<<20); open(sys.argv[1], "w").close(); time.sleep(60)'
+$G bind 5 --memory none -- $PY -c "$W" $R/b & B=$!
 $G bind 2 -- $PY -c '
-import ctypes, os, threading, time
+import ctypes, os, sys, threading, time
 def run():
-    ctypes.CDLL(None).prctl(15, b"pt_nccl_watchdg", 0, 0, 0); os.sched_setaffinity(0, {1}); time.sleep(60)
-threading.Thread(target=run, daemon=True).start(); time.sleep(60)' & C=$!
+    ctypes.CDLL(None).prctl(15, b"pt_nccl_watchdg", 0, 0, 0); os.sched_setaffinity(0, {1})
+    open(sys.argv[1], "w").close(); time.sleep(60)
+threading.Thread(target=run, daemon=True).start(); time.sleep(60)' $R/c & C=$!
 $G bind 3 -- sleep 60 & D=$!
-sleep 3; taskset -p 3 $D >/dev/null
-CUDA_VISIBLE_DEVICES=0 $G check --pages $A $B $C $D; echo "exit status $?"; kill $A $B $C $D
+for i in $(seq 600); do [ -e $R/a ] && [ -e $R/b ] && [ -e $R/c ] && [ "$(cat /proc/$D/comm)" = sleep ] && break
+  sleep 0.1; done
+taskset -p 3 $D >/dev/null
+CUDA_VISIBLE_DEVICES=0 $G check --pages $A $B $C $D; echo "exit status $?"; kill $A $B $C $D; rm -rf $R
 """
 
 
