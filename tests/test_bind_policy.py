@@ -257,8 +257,13 @@ def test_one_name_one_value_across_resolve_plan_and_dry_run(sim_factory):
 
 
 PROBE = r"""
-import json, os
-from gpuaffinity import _ray_probe
+import json, os, warnings
+import gpuaffinity
+from gpuaffinity import _ray_probe, ray_worker
+from gpuaffinity.numa.query import allowed_cpus
+ray_worker._original_pool = allowed_cpus()  # what the setup hook reads, before the task binds the worker
+warnings.simplefilter("ignore")
+gpuaffinity.bind(0, mode="exclusive")
 out = {"affinity": sorted(os.sched_getaffinity(0)), "ray_gpu_ids": ["0"], "node_id": "n" * 56, "pid": 1,
        "error": None}
 _ray_probe._facts(out, "exclusive")
@@ -272,9 +277,9 @@ def test_the_ray_probe_reports_the_same_names(tmp_path):
     """The probe's row: numa_nodes and cpus the GPU's (as resolve --json), bind_cpus the mode's share (before:
     gpu_cpus), the GPUs sharing it, and the kernel's name of the memory policy in effect."""
     topo = machine_here(tmp_path, 3)
-    proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", str(topo), "--", sys.executable, "-m",
-                           "gpuaffinity", "bind", "0", "--mode", "exclusive", "--", "env", "CUDA_VISIBLE_DEVICES=0",
-                           sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", str(topo), "--", "env",
+                           "CUDA_VISIBLE_DEVICES=0", sys.executable, "-c", PROBE], capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     # gpu_cpus, the name before issue 19, stays as a deprecated alias of bind_cpus (docs/ray.md)

@@ -66,7 +66,6 @@ def _facts(out: dict, mode: str, pages: bool = False) -> None:
     from gpuaffinity.core.errors import ConflictError, UnresolvedError
     from gpuaffinity.core.model import Answer
     from gpuaffinity.core.record import replace
-    from gpuaffinity.core.settings import SIM_ALLOWED_VAR
     from gpuaffinity.numa.bind import SHORT_NAMES, get_mempolicy, policy_mode, policy_name
     from gpuaffinity.numa.modes import place
     from gpuaffinity.numa.query import allowed_cpus
@@ -81,9 +80,10 @@ def _facts(out: dict, mode: str, pages: bool = False) -> None:
     rec = ray_worker.last()
     out["hook"] = {"set_up": original is not None, "said": sorted(ray_worker._said),
                    "pci_bus_id": rec.pci_bus_id if rec else None, "failures": list(rec.failures) if rec else []}
-    worker = frozenset(original) if original is not None else frozenset(out["affinity"])
-    # the CPUs the worker may use: its own mask before any binding (on a simulated machine, the simulated cpuset)
-    pool = allowed_cpus() if os.environ.get(SIM_ALLOWED_VAR) is not None else worker
+    # the CPUs the worker may use: what it could use before any binding narrowed its mask, read by the setup hook
+    # (a worker without the hook is not bound: what it may use now).  Never the mask now: a bound worker's is its
+    # binding, and a GPU's CPUs within it say nothing about where the worker should be (issue 22)
+    pool = ray_worker._original_pool if ray_worker._original_pool is not None else allowed_cpus()
     out["worker_cpus"] = format_cpulist(pool)
     noset = os.environ.get(ray_worker.NOSET_VAR, "").lower() in ("1", "true")
     (logical,) = ray_worker.logical_ids(out["ray_gpu_ids"], os.environ.get("CUDA_VISIBLE_DEVICES"), noset)

@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     from gpuaffinity.numa.bind import BindRecord
 
 _original_cpus: frozenset[int] | None = None
+#: the CPUs the worker may use, read before any binding narrowed its mask (the probe judges against these): its mask
+#: then, or on a simulated machine the simulated cpuset
+_original_pool: frozenset[int] | None = None
 #: seconds spent, in this worker: setup, then one entry a task, the last 1000 (benchmarks/bench_ray_worker.py)
 timings: deque[tuple[str, float]] = deque(maxlen=1000)
 _last_key: object = None
@@ -46,7 +49,7 @@ _last: BindRecord | None = None
 
 def setup() -> None:
     """Ray's ``worker_process_setup_hook``: make each task of this worker bind after Ray sets its GPUs."""
-    global _original_cpus
+    global _original_cpus, _original_pool
     import time
 
     t0 = time.perf_counter()
@@ -65,6 +68,9 @@ def setup() -> None:
     if getattr(set_ids, "_gpuaffinity", False):
         return  # set up already in this process
     _original_cpus = frozenset(os.sched_getaffinity(0))
+    from gpuaffinity.numa.query import allowed_cpus
+
+    _original_pool = allowed_cpus()
 
     def set_ids_then_bind() -> object:
         original = set_ids()

@@ -49,6 +49,9 @@ SIM_TOPOLOGY_VAR = "GPUAFFINITY_SIM_TOPOLOGY"
 #: Set by ``gpuaffinity sim run``: the simulated machine's config; the roots below live beside it there.
 SIM_CONFIG_VAR = "GPUAFFINITY_SIM_CONFIG"
 SIM_ALLOWED_VAR = "GPUAFFINITY_SIM_ALLOWED_CPUS"
+#: Set by ``gpuaffinity sim run``: this host's real CPU mask when the simulation began.  A process whose own mask is
+#: narrower has been bound since, and its allowed CPUs narrow with it, as a real bound process's do (allowed_cpus).
+SIM_START_MASK_VAR = "GPUAFFINITY_SIM_START_MASK"
 #: Variables that replace what this machine says, meant for the simulator only.
 SIM_ROOTS = (PROCFS_VAR, DEV_VAR, SYSFS_VAR, SIM_ALLOWED_VAR)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from gpuaffinity.core.cpulist import format_cpulist, parse_cpulist
 from gpuaffinity.core.errors import GpuAffinityError
 from gpuaffinity.core.record import record, replace
-from gpuaffinity.core.settings import PROCFS_VAR, SIM_ALLOWED_VAR, SYSFS_VAR
+from gpuaffinity.core.settings import PROCFS_VAR, SIM_ALLOWED_VAR, SIM_START_MASK_VAR, SYSFS_VAR
 from gpuaffinity.numa.sysfs import Sysfs, read_text, sysfs_root
 
 TYPE_CHECKING = False
@@ -43,14 +43,26 @@ def _procfs_root() -> Path:
 
 def allowed_cpus() -> frozenset[int]:
     """The CPUs this process may run on: its affinity mask (cgroup cpusets, Slurm and
-    Kubernetes limits show here), or on a simulated machine the simulated cpuset."""
+    Kubernetes limits show here, and so does a binding: a bound process's mask is narrower than its cpuset), or on
+    a simulated machine the simulated cpuset, narrowed as the real mask is once the process (or a parent) was bound
+    since the simulation began (``GPUAFFINITY_SIM_START_MASK``)."""
     sim = os.environ.get(SIM_ALLOWED_VAR)
     if sim is not None:
         try:
-            return parse_cpulist(sim)
+            cpuset = parse_cpulist(sim)
         except ValueError as e:
             raise GpuAffinityError(f"{SIM_ALLOWED_VAR} (the simulator's cpuset) is not a CPU list: {e}; unset it "
                                    "outside `gpuaffinity sim run`") from None
+        start = os.environ.get(SIM_START_MASK_VAR)
+        now = frozenset(os.sched_getaffinity(0))
+        if start:
+            try:
+                began = parse_cpulist(start)
+            except ValueError:
+                began = now
+            if now < began:  # bound since: the simulated process's own mask is narrower than its cpuset
+                return cpuset & now
+        return cpuset
     return frozenset(os.sched_getaffinity(0))
 
 

@@ -22,6 +22,7 @@ from gpuaffinity.core.settings import SIM_ALLOWED_VAR as ALLOWED_VAR
 from gpuaffinity.core.settings import SIM_CONFIG_VAR as CONFIG_VAR
 from gpuaffinity.core.settings import SIM_COUNTERS_VAR as COUNTERS_VAR
 from gpuaffinity.core.settings import SIM_FAULTS_VAR as FAULTS_VAR
+from gpuaffinity.core.settings import SIM_START_MASK_VAR as START_MASK_VAR
 from gpuaffinity.core.settings import SIM_TOPOLOGY_VAR as TOPOLOGY_VAR
 from gpuaffinity.sim.build import SimulatorError, library_dir
 from gpuaffinity.sim.render import (
@@ -183,6 +184,7 @@ def simulated(topology: Topology | str | os.PathLike[str], *, faults: Sequence[s
         env[DEV_VAR] = str(folder / "dev")
         env[TOPOLOGY_VAR] = topo.source
         env[ALLOWED_VAR] = format_cpulist(allowed)
+        env[START_MASK_VAR] = format_cpulist(os.sched_getaffinity(0))  # narrower later: bound since
         if faults:
             env[FAULTS_VAR] = ",".join(faults)
         if counters is not None:
