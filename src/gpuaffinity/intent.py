@@ -78,6 +78,8 @@ def decode(text: str) -> Intent:
         d = json.loads(text)
     except ValueError as e:
         raise ValueError(f"the record is not JSON ({e})") from None
+    except RecursionError:  # "[[[[..." nested deeper than the decoder recurses: not ValueError, and it crashed check
+        raise ValueError("the record is not JSON (nested too deep)") from None
     if not isinstance(d, dict) or d.get("v") != VERSION:
         raise ValueError(f"the record is not a version-{VERSION} gpuaffinity binding")
 

@@ -1,0 +1,101 @@
+"""`gpuaffinity check` attacked as a careless user and a hostile process would: each test reproduces one defect
+found that way, on the simulated two-node machine whose nodes are this host's CPUs 0 and 1 (``host8``), with real
+processes and the real /proc (tests/test_check.py shows the setting)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import CPUS, child_env
+
+pytestmark = pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs")
+
+SLEEPER = "import time; print('ready', flush=True); time.sleep(120)"
+
+
+def bus(i: int) -> str:
+    return f"0000:{16 * i + 16:02x}:00.0"
+
+
+@pytest.fixture(scope="module")
+def machine(host8, sim_factory):
+    return sim_factory(str(host8))
+
+
+@pytest.fixture
+def procs():
+    started: list[subprocess.Popen] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+        p.wait(timeout=30)
+
+
+def start(procs, machine, argv, cvd=None, **env):
+    p = subprocess.Popen(argv, env=child_env(machine, cvd, **env), stdout=subprocess.PIPE, text=True)
+    procs.append(p)
+    line = p.stdout.readline()
+    assert line.startswith("ready"), line
+    return p, line.split()[1:]
+
+
+def bound(procs, machine, gpu, code=SLEEPER, *opts, cvd=None, **env):
+    return start(procs, machine, [sys.executable, "-m", "gpuaffinity", "bind", str(gpu), *opts, "--",
+                                  sys.executable, "-c", code], cvd, **env)
+
+
+def check(machine, *args, cvd="7"):
+    proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "check", *map(str, args), "--json"],
+                          env=child_env(machine, cvd), capture_output=True, text=True, timeout=120)
+    assert proc.returncode in (0, 4), proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def row_of(report, pid):
+    (row,) = [r for r in report["rows"] if r["pid"] == pid]
+    return row
+
+
+RECORD = {"v": 1, "how": "exec", "pid": 1, "pci_bus_id": bus(0), "mode": "node", "memory": "none", "bind_cpus": "0",
+          "memory_nodes": [], "numa_nodes": [0], "applied": True, "failures": []}
+
+
+# a forged record ------------------------------------------------------------------------------------------------
+
+def test_a_deeply_nested_record_is_a_note_not_a_crash_of_the_whole_check(machine, procs):
+    """json.loads raises RecursionError, not ValueError, for deep nesting: one process whose GPUAFFINITY_BOUND is
+    60,000 brackets made every `check` that looked at it (`--all` included) exit 1 with "unexpected RecursionError"."""
+    from gpuaffinity import intent
+
+    for text in ("[" * 60_000, '{"v":1,"x":' * 5000):
+        with pytest.raises(ValueError, match="not JSON"):
+            intent.decode(text)
+    p, _ = start(procs, machine, [sys.executable, "-c", SLEEPER], None, GPUAFFINITY_BOUND="[" * 60_000)
+    rc, report = check(machine, p.pid)
+    row = row_of(report, p.pid)
+    assert rc == 0 and row["status"] == "no-gpu", row
+    assert "its exec binding record cannot be read: the record is not JSON" in row["notes"][0]
+    rc, report = check(machine, "--all")
+    assert row_of(report, p.pid)["status"] == "no-gpu"
+
+
+def test_a_record_of_overlapping_ranges_costs_nothing():
+    """parse_cpulist bounds each number, so "0-999999999" is cheap; but 7,000 copies of "0-65535" in a 56 KiB
+    record expanded 458 million numbers: 21 s for one forged process, every check, every one of them."""
+    from gpuaffinity import intent
+    from gpuaffinity.core.cpulist import parse_cpulist
+
+    forged = json.dumps({**RECORD, "bind_cpus": ",".join(["0-65535"] * 7000)})
+    t = time.perf_counter()
+    with pytest.raises(ValueError, match="bind_cpus is not a CPU list"):
+        intent.decode(forged)
+    assert time.perf_counter() - t < 1.0
+    # what the kernel writes still parses, up to every number there can be
+    assert parse_cpulist("0-65535") == frozenset(range(65536))
+    assert parse_cpulist("0-3,8-11:2,5") == {0, 1, 2, 3, 5, 8, 10}
