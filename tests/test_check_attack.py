@@ -5,6 +5,7 @@ processes and the real /proc (tests/test_check.py shows the setting)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -99,3 +100,33 @@ def test_a_record_of_overlapping_ranges_costs_nothing():
     # what the kernel writes still parses, up to every number there can be
     assert parse_cpulist("0-65535") == frozenset(range(65536))
     assert parse_cpulist("0-3,8-11:2,5") == {0, 1, 2, 3, 5, 8, 10}
+
+
+# a careless user --------------------------------------------------------------------------------------------------
+
+DRIFTER = """
+import os, threading, time
+def run():
+    os.sched_setaffinity(0, {OTHER})
+    print("ready", threading.get_native_id(), flush=True)
+    time.sleep(120)
+threading.Thread(target=run, daemon=True).start()
+time.sleep(120)
+"""
+
+
+def test_a_thread_id_given_as_a_pid_is_checked_as_its_process(machine, procs):
+    """/proc/TID reads for a thread that is not listed in /proc: checked as if it were a process, its own mask was
+    taken for the main thread's (OFF-NODE for what is THREADS-DRIFTED), the real main thread counted as another
+    thread, the note said the binding came from an ancestor, and `check PID TID` gave one process two rows."""
+    p, (tid,) = bound(procs, machine, 0, DRIFTER.replace("OTHER", str(CPUS[1])), "--memory", "none")
+    tid = int(tid)
+    assert tid != p.pid and str(tid) not in os.listdir("/proc")
+    rc, report = check(machine, p.pid, tid)
+    assert [r["pid"] for r in report["rows"]] == [p.pid], report["rows"]
+    row = report["rows"][0]
+    assert rc == 4 and row["status"] == "threads-drifted" and row["affinity"] == [CPUS[0]], row
+    assert f"{tid} is a thread of process {p.pid}: checked as that process" in row["notes"]
+    rc, report = check(machine, tid)
+    row = row_of(report, p.pid)
+    assert row["status"] == "threads-drifted" and not any("ancestor" in n for n in row["notes"]), row

@@ -184,9 +184,16 @@ def check(pids: Iterable[int] | None = None, *, all_processes: bool = False, mod
                                f"{', '.join((*MEMORY_POLICIES, verdict.ANY))}")
     verdict.check_min_local(min_local)
     wanted: list[int] = []
+    threads_given: dict[int, list[int]] = {}  # process -> the thread ids given for it
     for p in pids or ():
         if isinstance(p, bool) or not isinstance(p, int) or not 0 < p < 1 << 22:
             raise GpuAffinityError(f"not a process id: {str(p)[:40]!r} (a number from 1 to 4194303)")
+        # a thread id reads at /proc/TID like a process, but its row would take that thread's mask for the main
+        # thread's and list the process twice: a thread is checked as its process
+        leader = proc.thread_group(p)
+        if leader is not None and leader != p:
+            threads_given.setdefault(leader, []).append(p)
+            p = leader
         if p not in wanted:
             wanted.append(p)
     started = time.perf_counter()
@@ -200,6 +207,8 @@ def check(pids: Iterable[int] | None = None, *, all_processes: bool = False, mod
         rows, foreign, pending = [], 0, []
         for i, pid in enumerate(targets):
             row = _row(pid, host, pages, pending)
+            row["notes"][:0] = [f"{t} is a thread of process {pid}: checked as that process"
+                                for t in threads_given.get(pid, ())]
             if row.get("foreign") and pid not in wanted:
                 foreign += 1  # found by --all, for GPUs this machine does not show: not this machine's worker
             else:

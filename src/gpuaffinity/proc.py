@@ -153,6 +153,17 @@ def pids() -> list[int]:
     return sorted(out)
 
 
+def thread_group(pid: int) -> int | None:
+    """The process (thread group leader) that ``pid`` is a thread of, where its status says (``Tgid``); None
+    where it cannot be read.  /proc/TID reads for every thread, though only leaders are listed in /proc."""
+    try:
+        st = parse_status(_read(os.path.join(roots(pid), str(pid), "status")).decode("utf-8", "replace"))
+    except OSError:
+        return None
+    tgid = st.get("Tgid", "")
+    return int(tgid) if tgid.isascii() and tgid.isdigit() and int(tgid) > 0 else None
+
+
 def _read(path: str, limit: int = 1 << 20) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
