@@ -130,3 +130,29 @@ def test_a_thread_id_given_as_a_pid_is_checked_as_its_process(machine, procs):
     rc, report = check(machine, tid)
     row = row_of(report, p.pid)
     assert row["status"] == "threads-drifted" and not any("ancestor" in n for n in row["notes"]), row
+
+
+def test_a_binding_at_the_end_of_a_large_environment_is_found(machine, procs):
+    """The kernel takes up to 6 MiB of environment at exec; check read 1 MiB of /proc/PID/environ, and
+    `gpuaffinity bind` appends GPUAFFINITY_BOUND last: a worker started with 1.1 MiB of environment (a few large
+    variables, as some job launchers export) was `no-gpu`, unbound to the check, and --all did not find it."""
+    fill = {f"FILL{i}": "x" * 120_000 for i in range(10)}
+    p, _ = bound(procs, machine, 5, SLEEPER, "--memory", "none", **fill)
+    with open(f"/proc/{p.pid}/environ", "rb") as f:
+        assert len(f.read()) > 1 << 20
+    rc, report = check(machine, p.pid)
+    row = row_of(report, p.pid)
+    assert rc == 0 and row["status"] == "ok" and row["pci_bus_id"] == bus(5), row
+    assert row["source"] == "binding" and row["binding"]["pid"] == p.pid
+    rc, report = check(machine, "--all")
+    assert row_of(report, p.pid)["pci_bus_id"] == bus(5)
+
+
+def test_an_environment_cut_short_drops_its_last_variable_not_misreads_it():
+    """Where the read of an environment stops at its limit, the last variable is cut: it must not be taken (a
+    CUDA_VISIBLE_DEVICES=0,1 read as "0," or a record read as half its JSON)."""
+    from gpuaffinity import proc
+
+    raw = b"A=1\0CUDA_VISIBLE_DEVICES=0,1\0"
+    assert proc._environ(raw) == {"A": "1", "CUDA_VISIBLE_DEVICES": "0,1"}
+    assert proc._environ(raw[:-3], whole=False) == {"A": "1"}

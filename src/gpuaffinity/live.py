@@ -151,9 +151,8 @@ def _candidates(host: _Host, notes: list[str]) -> list[int]:
                 hit = True
                 break
         if not hit:
-            try:
-                with open(os.path.join(here, "environ"), "rb") as f:
-                    hit = (BOUND_VAR + "=").encode() in f.read(1 << 20)
+            try:  # the whole environment, and the variable itself (not a value that merely contains its name)
+                hit = BOUND_VAR in proc.read_environ(here)
             except OSError:
                 pass
         if hit:

@@ -39,6 +39,10 @@ NVIDIA_MAJOR = 195  # the NVIDIA driver's character devices: /dev/nvidia<minor>,
 CTL_MINOR = 255
 _GONE = (errno.ENOENT, errno.ESRCH)
 _READ = 1 << 16
+#: the most /proc/PID/environ may hold: exec takes at most 6 MiB of arguments and environment (fs/exec.c: a quarter of
+#: the stack limit, at most 3/4 of 8 MiB); a read cut at 1 MiB lost the variables at its end, where
+#: `gpuaffinity bind` puts GPUAFFINITY_BOUND
+ENVIRON_MAX = 8 << 20
 _POLICY_READ = 256  # one line of numa_maps, or part of one: the kernel prints only the mappings it must
 #: the policy names numa_maps prints (mm/mempolicy.c, mpol_to_str), and gpuaffinity's names and the kernel's for
 #: each (as gpuaffinity.numa.bind names what get_mempolicy returns)
@@ -260,7 +264,7 @@ def look(pid: int, *, pages: bool = False, root: str | None = None) -> View:
         return view
     view.threads = _threads(here, pid, view)
     try:
-        view.environ = _environ(_read(os.path.join(here, "environ")))
+        view.environ = read_environ(here)
     except OSError as e:
         _gone_or(view, "environ", e)
     _fds(here, view)
@@ -307,9 +311,19 @@ def _threads(here: str, pid: int, view: View) -> list[Thread]:
     return out
 
 
-def _environ(raw: bytes) -> dict[str, str]:
+def read_environ(here: str) -> dict[str, str]:
+    """The environment the process at ``here`` (``/proc/PID``) was started with; OSError where it cannot be read."""
+    raw = _read(os.path.join(here, "environ"), ENVIRON_MAX)
+    return _environ(raw, whole=len(raw) < ENVIRON_MAX)
+
+
+def _environ(raw: bytes, whole: bool = True) -> dict[str, str]:
+    """``KEY=value`` items; where the read was cut (``whole`` false), its last item is cut too and not taken."""
+    items = raw.split(b"\0")
+    if not whole:
+        items.pop()
     out = {}
-    for item in raw.split(b"\0"):
+    for item in items:
         key, sep, value = item.partition(b"=")
         if sep and key:
             out.setdefault(key.decode("utf-8", "replace"), value.decode("utf-8", "replace"))
