@@ -156,3 +156,44 @@ def test_an_environment_cut_short_drops_its_last_variable_not_misreads_it():
     raw = b"A=1\0CUDA_VISIBLE_DEVICES=0,1\0"
     assert proc._environ(raw) == {"A": "1", "CUDA_VISIBLE_DEVICES": "0,1"}
     assert proc._environ(raw[:-3], whole=False) == {"A": "1"}
+
+
+# --all ------------------------------------------------------------------------------------------------------------
+
+def _host_view() -> bool:
+    try:
+        return os.geteuid() == 0 and os.readlink("/proc/self/ns/pid") == "pid:[4026531836]"
+    except OSError:
+        return False
+
+
+MONITOR = """
+import os, time
+dev = os.environ["GPUAFFINITY_DEV_ROOT"]
+held = [os.open(os.path.join(dev, n), os.O_RDONLY) for n in ["nvidiactl", *(f"nvidia{i}" for i in range(8))]]
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.skipif(not _host_view(), reason="needs root in the host's pid namespace (NVML's pids are the host's)")
+def test_an_nvml_monitor_holding_every_device_node_is_not_a_gpu_worker(machine, procs):
+    """nvidia-smi, DCGM, NVML exporters (and a second `gpuaffinity check`) hold /dev/nvidiactl and every GPU's
+    /dev/nvidiaN open without computing: measured on a real H100, an NVML-only process held /dev/nvidia0 as a
+    CUDA process does, and NVML's compute list did not name it (it named a CUDA process and an MPS client).  check
+    --all judged such a monitor against every GPU it held: memory policy default, UNBOUND, exit 4 on any host that
+    runs one.  Where NVML's list is exact (root, in the host's pid namespace), a process NVML lists on none of the
+    GPUs it holds, and that records no binding, is not a GPU worker."""
+    mon, _ = start(procs, machine, [sys.executable, "-c", MONITOR])
+    worker, _ = bound(procs, machine, 2, SLEEPER, "--memory", "none")
+    rc, report = check(machine, "--all", "--memory", "none")
+    row = row_of(report, mon.pid)
+    assert row["status"] == "no-gpu" and row["pci_bus_id"] is None, row
+    assert any("NVML lists no CUDA context of it there" in n for n in row["notes"]), row["notes"]
+    assert row_of(report, worker.pid)["pci_bus_id"] == bus(2)
+    rc, report = check(machine, mon.pid)
+    assert rc == 0 and row_of(report, mon.pid)["status"] == "no-gpu"
+    # without NVML's list nothing says it does not compute: judged against every GPU it holds, as before
+    rc, report = check(machine, mon.pid, "--no-nvml", "--memory", "none")
+    row = row_of(report, mon.pid)
+    assert row["source"] == "device-nodes" and row["pci_bus_id"] == ",".join(bus(i) for i in range(8)), row

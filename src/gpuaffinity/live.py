@@ -70,6 +70,7 @@ class _Host:
         self.by_minor = dict(zip(listing.minors, self.gpus, strict=True))
         self.by_bus = {g.pci_bus_id: g for g in self.gpus}
         self.contexts: dict[int, dict[str, int | None]] = {}  # pid -> {bus: bytes}
+        self.listed: set[str] = set()  # the GPUs whose process list NVML gave
         self.nvml_error = nvml_error
         if listing.problem:
             notes.append(f"the driver's GPU list cannot be read ({listing.problem}): device nodes cannot be named")
@@ -98,11 +99,25 @@ class _Host:
             try:  # one GPU this checker cannot open (a restricted view) costs only its own list
                 for pid, used in nv.compute_processes(nv.handle(g.pci_bus_id)):
                     self.contexts.setdefault(pid, {})[g.pci_bus_id] = used
+                self.listed.add(g.pci_bus_id)
             except NvmlLiteError as e:
                 missed.append(f"{g.pci_bus_id} ({e})")
         if missed:
             self.nvml_error = (f"unavailable for GPU(s) {', '.join(missed)}: this checker cannot open them; their "
                                "processes are found by their device nodes and bindings")
+
+    def lists_every_context(self, buses: list[str]) -> bool:
+        """Whether NVML's lists of ``buses`` name every process of this /proc that computes on them: NVML names
+        host pids (this /proc's only in the host's pid namespace: the kernel's fixed inode for it,
+        PROC_PID_INIT_INO), and a MIG GPU's whole list only to a privileged caller (NVML's reference).  Where they
+        do, a process that holds a GPU's device node but is not in its list does not compute there: nvidia-smi,
+        DCGM and NVML exporters hold every GPU's node (measured on an H100: docs/check.md)."""
+        if not buses or not set(buses) <= self.listed or os.geteuid() != 0:
+            return False
+        try:
+            return os.readlink("/proc/self/ns/pid") == "pid:[4026531836]"
+        except OSError:
+            return False
 
 
 @contextlib.contextmanager
@@ -249,6 +264,7 @@ def _row(pid: int, host: _Host, pages: bool, pending: list[tuple[Any, ...]]) -> 
         return _done(row, problems, "no-gpu")
     env = view.environ or {}
     row["env"] = {k: env[k] for k in (CVD, ORDER) if k in env}
+    idle = False  # it holds GPUs' device nodes, and NVML says it computes on none of them
     intent, intent_note = _intent(view)
     if intent_note:
         row["notes"].append(intent_note)
@@ -276,6 +292,13 @@ def _row(pid: int, host: _Host, pages: bool, pending: list[tuple[Any, ...]]) -> 
             buses, source = truth, "nvml" if computes else "device-nodes"
     elif computes:
         buses, source = computes, "nvml"
+    elif held and view.source == "/proc" and host.lists_every_context(held):
+        # an NVML monitor, or a process that has not created its CUDA context yet: not judged as a GPU worker
+        # (the simulator's modelled processes are not in this /proc's pid namespace: their nodes stand as before)
+        row["notes"].append(f"it holds the device node(s) of GPU(s) {', '.join(held)}, but NVML lists no CUDA "
+                            "context of it there: a monitoring tool (nvidia-smi, DCGM, an NVML exporter) or a "
+                            "process whose CUDA has not started")
+        buses, source, idle = [], "", True
     elif narrowed:
         buses, source = narrowed, "device-nodes"
         if len(narrowed) > 1:
@@ -295,7 +318,8 @@ def _row(pid: int, host: _Host, pages: bool, pending: list[tuple[Any, ...]]) -> 
             problems.append(("no-access", f"cannot see which GPU it holds: {'; '.join(denied)} (run the check as "
                                           "its user or as root)"))
             return _done(row, problems)
-        row["notes"].append("it holds no NVIDIA GPU and records no gpuaffinity binding")
+        if not idle:
+            row["notes"].append("it holds no NVIDIA GPU and records no gpuaffinity binding")
         return _done(row, problems, "no-gpu")
     row["source"] = source
     missing = [b for b in buses if b not in host.by_bus]
