@@ -197,3 +197,39 @@ def test_an_nvml_monitor_holding_every_device_node_is_not_a_gpu_worker(machine, 
     rc, report = check(machine, mon.pid, "--no-nvml", "--memory", "none")
     row = row_of(report, mon.pid)
     assert row["source"] == "device-nodes" and row["pci_bus_id"] == ",".join(bus(i) for i in range(8)), row
+
+
+# rebind -----------------------------------------------------------------------------------------------------------
+
+REBIND_AFTER_ENV_CHANGE = """
+import json, os, warnings
+import gpuaffinity
+warnings.simplefilter("ignore")
+rec = json.loads(os.environ["GPUAFFINITY_BOUND"])
+if CHANGE == "other":  # a program that hands a record on to something it starts, or rewrites its environment
+    os.environ["GPUAFFINITY_BOUND"] = json.dumps({**rec, "pci_bus_id": "BUS5", "bind_cpus": "FAR"})
+else:  # a program that cleans its environment
+    del os.environ["GPUAFFINITY_BOUND"]
+os.sched_setaffinity(0, {NEAR, FAR})  # something widened it
+try:
+    got = gpuaffinity.rebind()
+    print("ready", got.pci_bus_id, flush=True)
+except gpuaffinity.BindError as e:
+    print("ready", "BindError", str(e).replace(" ", "_"), flush=True)
+import time; time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("change", ["other", "deleted"])
+def test_rebind_reapplies_the_binding_the_process_was_started_with_not_its_changed_environment(machine, procs,
+                                                                                            change):
+    """docs/check.md: rebind reapplies "the one it was started with", which check reads in /proc/PID/environ.
+    rebind read os.environ instead: a program that rewrote the variable was "rebound" where check then called it
+    OFF-NODE, and one that deleted it got BindError "records no binding" while check showed its binding."""
+    code = (REBIND_AFTER_ENV_CHANGE.replace("CHANGE", repr(change)).replace("BUS5", bus(5))
+            .replace("NEAR", str(CPUS[0])).replace('"FAR"', f'"{CPUS[1]}"').replace("FAR", str(CPUS[1])))
+    p, said = bound(procs, machine, 1, code, "--memory", "none")
+    assert said == [bus(1)], said
+    rc, report = check(machine, p.pid)
+    row = row_of(report, p.pid)
+    assert rc == 0 and row["status"] == "ok" and row["affinity"] == [CPUS[0]], row
