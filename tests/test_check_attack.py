@@ -233,3 +233,24 @@ def test_rebind_reapplies_the_binding_the_process_was_started_with_not_its_chang
     rc, report = check(machine, p.pid)
     row = row_of(report, p.pid)
     assert rc == 0 and row["status"] == "ok" and row["affinity"] == [CPUS[0]], row
+
+
+HOLDS_TWO = """
+import os, time
+fd = os.open(os.path.join(os.environ["GPUAFFINITY_DEV_ROOT"], "nvidia2"), os.O_RDONLY)
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_record_naming_a_gpu_not_here_does_not_hide_a_process_computing_on_one_here(machine, procs):
+    """A process holding GPU 2's node whose record names GPU 2 and a GPU this machine does not show was taken as
+    another machine's worker: `--all` left it out (one note counts them), by pid it was NO-ACCESS.  What it holds
+    here is judged, as for a record naming only GPUs it does not compute on."""
+    record = json.dumps({**RECORD, "pci_bus_id": f"{bus(2)},0000:ff:00.0", "bind_cpus": str(CPUS[0])})
+    p, _ = start(procs, machine, [sys.executable, "-c", HOLDS_TWO], None, GPUAFFINITY_BOUND=record)
+    rc, report = check(machine, "--all", "--memory", "none")
+    assert p.pid in {r["pid"] for r in report["rows"]}, report["notes"]
+    row = row_of(report, p.pid)
+    assert row["pci_bus_id"] == bus(2) and row["source"] == "device-nodes", row
+    assert any("the binding was planned for GPU" in n for n in row["notes"]), row["notes"]

@@ -286,7 +286,10 @@ def _row(pid: int, host: _Host, pages: bool, pending: list[tuple[Any, ...]]) -> 
     if intent is not None:
         buses, source = intent.buses, "binding"
         truth = computes or (narrowed if held else [])
-        if truth and not set(buses) & set(truth):
+        # a record naming a GPU this machine does not show, beside one it holds here, made the whole row another
+        # machine's (left out of --all): what it computes on here is judged
+        elsewhere = host.by_bus and any(b not in host.by_bus for b in buses)
+        if truth and (not set(buses) & set(truth) or elsewhere):
             row["notes"].append(f"the binding was planned for GPU {intent.pci_bus_id}, but the process computes on "
                                 f"{', '.join(truth)}: judged against that")
             buses, source = truth, "nvml" if computes else "device-nodes"
