@@ -254,3 +254,26 @@ def test_a_record_naming_a_gpu_not_here_does_not_hide_a_process_computing_on_one
     row = row_of(report, p.pid)
     assert row["pci_bus_id"] == bus(2) and row["source"] == "device-nodes", row
     assert any("the binding was planned for GPU" in n for n in row["notes"]), row["notes"]
+
+
+# is `ok` ever wrong -----------------------------------------------------------------------------------------------
+
+def test_a_record_whose_cpus_are_off_its_gpus_node_never_makes_an_unbound_process_ok(machine, procs):
+    """A row was judged against the CPUs its record names, never checked against the GPU's node as the check sees
+    it.  `gpuaffinity bind` where the GPU shows no NUMA node (a container or VM view without it) records every CPU,
+    no node, memory none: checked where the node is known, a process running on every CPU of both nodes was `ok`
+    for GPU 0, whose node 0 is CPU 0.  A forged record did the same for any process."""
+    record = json.dumps({**RECORD, "pci_bus_id": bus(0), "bind_cpus": f"{CPUS[0]},{CPUS[1]}", "numa_nodes": [],
+                         "memory": "none"})
+    p, _ = start(procs, machine, [sys.executable, "-c", SLEEPER], None, GPUAFFINITY_BOUND=record)
+    os.sched_setaffinity(p.pid, set(CPUS))
+    rc, report = check(machine, p.pid)
+    row = row_of(report, p.pid)
+    assert rc == 4 and row["status"] == "unbound" and row["bind_cpus"] == str(CPUS[0]), row
+    assert any("not on its GPU's node 0" in n for n in row["notes"]), row["notes"]
+    # a record within the node is judged by its own CPUs, as before
+    record = json.dumps({**RECORD, "pci_bus_id": bus(0), "bind_cpus": str(CPUS[0])})
+    q, _ = start(procs, machine, [sys.executable, "-c", SLEEPER], None, GPUAFFINITY_BOUND=record)
+    os.sched_setaffinity(q.pid, {CPUS[0]})
+    rc, report = check(machine, q.pid)
+    assert rc == 0 and row_of(report, q.pid)["status"] == "ok"

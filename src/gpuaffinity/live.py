@@ -379,7 +379,7 @@ def _judge(row: dict[str, Any], problems: verdict.Problems, view: proc.View, bus
     row["pci_bus_id"] = ",".join(buses)
     row["uuid"] = ",".join(host.by_bus[b].uuid if b in host.by_bus else "?" for b in buses)
     online = Sysfs().online_cpus() or frozenset().union(*(loc.local_cpus for loc in locs.values()))
-    numa, cpus, bind_cpus, mems = set(), set(), set(), set()
+    numa, cpus, bind_cpus, mems, near = set(), set(), set(), set(), set()
     if intent is not None:
         mode, memory = intent.mode, intent.memory
     for bus in buses:
@@ -387,12 +387,23 @@ def _judge(row: dict[str, Any], problems: verdict.Problems, view: proc.View, bus
         numa.update(loc.numa_nodes)
         cpus.update(loc.cpus)
         row["notes"].extend(n for n in loc.notes if n not in row["notes"])
-        if intent is None:
-            region = place(loc, mode, online, allowed_mems=None)
-            bind_cpus.update(region.bind_cpus if loc.numa_nodes else ())
-            mems.update(region.memory_nodes)
+        region = place(loc, mode, online, allowed_mems=None)
+        bind_cpus.update(region.bind_cpus if loc.numa_nodes else ())
+        mems.update(region.memory_nodes)
+        near.update(loc.cpus | region.bind_cpus if loc.numa_nodes else ())  # its node's CPUs (socket: the socket's)
+    stray = False
     if intent is not None:
-        bind_cpus, mems = set(intent.bind_cpus), set(intent.memory_nodes)
+        # the record's CPUs are the binder's word, made in its own view: one made where the GPU showed no node
+        # (every CPU), or forged, made a process on every CPU `ok`; CPUs off the GPU's node as this check sees it
+        # are judged against the mode's CPUs there instead
+        stray = bool(numa) and not intent.bind_cpus <= near
+        if stray:
+            row["notes"].append(f"its binding's CPUs {format_cpulist(intent.bind_cpus) or 'none'} (record: node(s) "
+                                f"{format_cpulist(intent.numa_nodes) or 'none'}) are not on its GPU's node "
+                                f"{format_cpulist(numa)} as this check sees it (CPUs {format_cpulist(near)}): "
+                                "judged against those")
+        else:
+            bind_cpus, mems = set(intent.bind_cpus), set(intent.memory_nodes)
     row.update(mode=mode, memory_asked=memory, numa_nodes=sorted(numa), cpus=format_cpulist(cpus),
                bind_cpus=format_cpulist(bind_cpus), memory_nodes=sorted(mems), worker_cpus=format_cpulist(online),
                affinity=sorted(view.cpus))
@@ -402,6 +413,8 @@ def _judge(row: dict[str, Any], problems: verdict.Problems, view: proc.View, bus
         row["notes"].append("its memory policy cannot be read (no numa_maps: a kernel without NUMA?)")
     row["pages"] = verdict.pages_dict(view.pages)
     why = "" if intent is None else "; ".join(intent.failures) or (
+        f"its binding put it on CPUs {format_cpulist(intent.bind_cpus)} ({intent.how}), not all near its GPU"
+        if stray else
         f"gpuaffinity bound it to CPUs {format_cpulist(intent.bind_cpus)} ({intent.how}), and something moved it "
         "since (taskset, a cgroup, a library: docs/check.md)")
     verdict.binding(row, problems, mode, memory, set_up=intent is not None and intent.applied, why=why,
