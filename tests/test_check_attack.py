@@ -277,3 +277,33 @@ def test_a_record_whose_cpus_are_off_its_gpus_node_never_makes_an_unbound_proces
     os.sched_setaffinity(q.pid, {CPUS[0]})
     rc, report = check(machine, q.pid)
     assert rc == 0 and row_of(report, q.pid)["status"] == "ok"
+
+
+WIDENED = """base = "busy-dgx"
+name = "widened"
+[[running]]
+pid = 4601
+cpus = "0-63"
+policy = "prefer:0"
+contexts = { "0000:52:00.0" = 1024 }
+binding = { v = 1, how = "in-process", pid = 4601, pci_bus_id = "0000:52:00.0", logical_id = 0, mode = "node", \
+memory = "preferred", bind_cpus = "0-55,112-167", memory_nodes = [0], numa_nodes = [0], applied = true, failures = [] }
+"""
+
+
+def test_a_bound_process_widened_onto_part_of_another_node_is_unbound_not_off_node(tmp_path):
+    """docs/check.md: OFF-NODE is "bound, but to CPUs entirely off its GPU's node", UNBOUND "may run on CPUs off
+    its GPU's node: never bound, widened since" (fix: rebind).  A bound worker widened to its node's CPUs and 8 of
+    the other node's (`taskset -p 0-63`) was OFF-NODE, "something re-pinned it elsewhere"."""
+    from gpuaffinity.sim import simulated
+
+    path = tmp_path / "widened.toml"
+    path.write_text(WIDENED)
+    with simulated(str(path)) as m:
+        out = subprocess.run([sys.executable, "-m", "gpuaffinity", "check", "4601", "4201", "--json"],
+                             env={**m.env, "CUDA_VISIBLE_DEVICES": "0"}, capture_output=True, text=True, timeout=120)
+    rows = {r["pid"]: r for r in json.loads(out.stdout)["rows"]}
+    row = rows[4601]
+    assert row["status"] == "unbound" and row["affinity"] == list(range(64)), row
+    assert row["problems"][0].startswith("runs on CPUs 0-63, not bound to its GPU's node 0"), row["problems"]
+    assert "something moved it since" in row["problems"][0]
