@@ -307,3 +307,23 @@ def test_a_bound_process_widened_onto_part_of_another_node_is_unbound_not_off_no
     assert row["status"] == "unbound" and row["affinity"] == list(range(64)), row
     assert row["problems"][0].startswith("runs on CPUs 0-63, not bound to its GPU's node 0"), row["problems"]
     assert "something moved it since" in row["problems"][0]
+
+
+def test_with_no_gpu_inventory_a_binding_for_a_gpu_sysfs_does_not_show_is_not_ok(host8, procs, machine):
+    """Where the check sees no GPU at all (no driver list, NVML down: `--fault nvmlInit=9`), a record naming a GPU
+    that sysfs does not show either was judged as a GPU "with no NUMA node": `ok`, exit 0, "every one bound next
+    to its GPU".  A GPU named in sysfs is still judged by its sysfs locality."""
+    ghost = json.dumps({**RECORD, "pci_bus_id": "0000:ff:00.0", "bind_cpus": str(CPUS[0])})
+    real = json.dumps({**RECORD, "pci_bus_id": bus(4), "bind_cpus": str(CPUS[1]), "numa_nodes": [1]})
+    a, _ = start(procs, machine, [sys.executable, "-c", SLEEPER], None, GPUAFFINITY_BOUND=ghost)
+    b, _ = start(procs, machine, [sys.executable, "-c", SLEEPER], None, GPUAFFINITY_BOUND=real)
+    os.sched_setaffinity(b.pid, {CPUS[1]})
+    out = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", str(host8), "--fault", "nvmlInit=9", "--",
+                          sys.executable, "-m", "gpuaffinity", "check", str(a.pid), str(b.pid), "--json"],
+                         capture_output=True, text=True, timeout=120)
+    report = json.loads(out.stdout)
+    assert any("no GPU inventory" in n for n in report["notes"]), report["notes"]
+    row = row_of(report, a.pid)
+    assert out.returncode == 4 and row["status"] == "no-access", row
+    assert "0000:ff:00.0" in row["problems"][0] and "not among the GPUs this check sees" in row["problems"][0]
+    assert row_of(report, b.pid)["status"] == "ok" and row_of(report, b.pid)["numa_nodes"] == [1]

@@ -326,7 +326,14 @@ def _row(pid: int, host: _Host, pages: bool, pending: list[tuple[Any, ...]]) -> 
         return _done(row, problems, "no-gpu")
     row["source"] = source
     missing = [b for b in buses if b not in host.by_bus]
-    if missing and host.by_bus:
+    if missing and not host.by_bus:
+        # no GPU list at all (no driver list, NVML down): a GPU sysfs does not show either is not this machine's;
+        # judged, it was "a GPU with no NUMA node", `ok`
+        from gpuaffinity.numa.sysfs import Sysfs
+
+        sysfs = Sysfs()
+        missing = [b for b in missing if not sysfs.pci_dir(b).is_dir()]
+    if missing:
         row["foreign"] = True
         problems.append(("no-access", f"its GPU {', '.join(missing)} ({source}) is not among the GPUs this check sees "
                                       "(a container that shows other GPUs?): check it from where it runs"))
