@@ -327,3 +327,34 @@ def test_with_no_gpu_inventory_a_binding_for_a_gpu_sysfs_does_not_show_is_not_ok
     assert out.returncode == 4 and row["status"] == "no-access", row
     assert "0000:ff:00.0" in row["problems"][0] and "not among the GPUs this check sees" in row["problems"][0]
     assert row_of(report, b.pid)["status"] == "ok" and row_of(report, b.pid)["numa_nodes"] == [1]
+
+
+def test_nvidia_modeset_is_not_a_gpu(monkeypatch, tmp_path):
+    """/dev/nvidia-modeset is the NVIDIA driver's character device 195:254 (nvidia-modprobe), as nvidiactl is
+    195:255: a display server holding it was said to hold "/dev/nvidia254, which the driver's GPU list does not
+    name", a GPU that does not exist.  The kernel's answer is faked here: this host has no NVIDIA driver."""
+    from gpuaffinity import proc
+
+    pid_dir = tmp_path / "4242"
+    (pid_dir / "fd").mkdir(parents=True)
+    for n, name in enumerate(["nvidia-modeset", "nvidiactl", "nvidia3"]):
+        os.symlink(f"/dev/{name}", pid_dir / "fd" / str(n))
+    devices = {"nvidia-modeset": 254, "nvidiactl": 255, "nvidia3": 3}
+    real_stat = os.stat
+
+    def fake_stat(path, *a, **k):
+        target = os.readlink(path) if os.path.islink(path) else ""
+        if target.startswith("/dev/nvidia"):
+            return _chr(os.makedev(195, devices[target[5:]]))
+        return real_stat(path, *a, **k)
+
+    monkeypatch.setattr(os, "stat", fake_stat)
+    view = proc.View(4242, "/proc")
+    proc._fds(str(pid_dir), view)
+    assert view.gpu_minors == [3] and view.nvidia_fds == 3
+
+
+class _chr:
+    def __init__(self, rdev: int) -> None:
+        self.st_mode = 0o20666
+        self.st_rdev = rdev

@@ -37,6 +37,7 @@ from gpuaffinity.core.settings import DEV_VAR, PROCFS_VAR
 MEMFD_NAME = "gpuaffinity-binding"
 NVIDIA_MAJOR = 195  # the NVIDIA driver's character devices: /dev/nvidia<minor>, and nvidiactl at minor 255
 CTL_MINOR = 255
+MODESET_MINOR = 254  # /dev/nvidia-modeset, also major 195 (nvidia-modprobe): a display server's, not a GPU
 _GONE = (errno.ENOENT, errno.ESRCH)
 _READ = 1 << 16
 #: the most /proc/PID/environ may hold: exec takes at most 6 MiB of arguments and environment (fs/exec.c: a quarter of
@@ -123,7 +124,7 @@ class View:
     rss_kb: int | None = None
     threads: list[Thread] = field(default_factory=list)
     environ: dict[str, str] | None = None
-    #: minors of the NVIDIA GPU device nodes it holds open (nvidiactl excluded), ascending
+    #: minors of the NVIDIA GPU device nodes it holds open (nvidiactl and nvidia-modeset excluded), ascending
     gpu_minors: list[int] = field(default_factory=list)
     nvidia_fds: int = 0
     #: the text of its in-process binding record (a memfd), where it has one
@@ -360,7 +361,7 @@ def _fds(here: str, view: View) -> None:
         if minor is None:
             continue
         view.nvidia_fds += 1
-        if minor != CTL_MINOR:
+        if minor not in (CTL_MINOR, MODESET_MINOR):
             minors.add(minor)
     view.gpu_minors = sorted(minors)
 
