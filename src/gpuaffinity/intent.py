@@ -78,6 +78,8 @@ def decode(text: str) -> Intent:
         d = json.loads(text)
     except ValueError as e:
         raise ValueError(f"the record is not JSON ({e})") from None
+    except RecursionError:  # "[[[[..." nested deeper than the decoder recurses: not ValueError, and it crashed check
+        raise ValueError("the record is not JSON (nested too deep)") from None
     if not isinstance(d, dict) or d.get("v") != VERSION:
         raise ValueError(f"the record is not a version-{VERSION} gpuaffinity binding")
 
@@ -160,10 +162,22 @@ def exec_env(rec: BindRecord) -> str:
 
 def current() -> Intent | None:
     """This process's own binding: its in-process record, else the one it was started with; None without."""
-    for text in (_text, os.environ.get(BOUND_VAR)):
+    for text in (_text, _started_with()):
         if text:
             try:
                 return decode(text)
             except ValueError:
                 continue
     return None
+
+
+def _started_with() -> str | None:
+    """GPUAFFINITY_BOUND as this process was started with it: /proc/self/environ, where `gpuaffinity check` reads
+    it, not os.environ, which the program may have rewritten or cleaned since (rebind then applied a record check
+    never sees, or found none); os.environ only where /proc cannot be read."""
+    from gpuaffinity import proc
+
+    try:
+        return proc.read_environ("/proc/self").get(BOUND_VAR)
+    except OSError:
+        return os.environ.get(BOUND_VAR)

@@ -70,6 +70,7 @@ class _Host:
         self.by_minor = dict(zip(listing.minors, self.gpus, strict=True))
         self.by_bus = {g.pci_bus_id: g for g in self.gpus}
         self.contexts: dict[int, dict[str, int | None]] = {}  # pid -> {bus: bytes}
+        self.listed: set[str] = set()  # the GPUs whose process list NVML gave
         self.nvml_error = nvml_error
         if listing.problem:
             notes.append(f"the driver's GPU list cannot be read ({listing.problem}): device nodes cannot be named")
@@ -98,11 +99,25 @@ class _Host:
             try:  # one GPU this checker cannot open (a restricted view) costs only its own list
                 for pid, used in nv.compute_processes(nv.handle(g.pci_bus_id)):
                     self.contexts.setdefault(pid, {})[g.pci_bus_id] = used
+                self.listed.add(g.pci_bus_id)
             except NvmlLiteError as e:
                 missed.append(f"{g.pci_bus_id} ({e})")
         if missed:
             self.nvml_error = (f"unavailable for GPU(s) {', '.join(missed)}: this checker cannot open them; their "
                                "processes are found by their device nodes and bindings")
+
+    def lists_every_context(self, buses: list[str]) -> bool:
+        """Whether NVML's lists of ``buses`` name every process of this /proc that computes on them: NVML names
+        host pids (this /proc's only in the host's pid namespace: the kernel's fixed inode for it,
+        PROC_PID_INIT_INO), and a MIG GPU's whole list only to a privileged caller (NVML's reference).  Where they
+        do, a process that holds a GPU's device node but is not in its list does not compute there: nvidia-smi,
+        DCGM and NVML exporters hold every GPU's node (measured on an H100: docs/check.md)."""
+        if not buses or not set(buses) <= self.listed or os.geteuid() != 0:
+            return False
+        try:
+            return os.readlink("/proc/self/ns/pid") == "pid:[4026531836]"
+        except OSError:
+            return False
 
 
 @contextlib.contextmanager
@@ -151,9 +166,8 @@ def _candidates(host: _Host, notes: list[str]) -> list[int]:
                 hit = True
                 break
         if not hit:
-            try:
-                with open(os.path.join(here, "environ"), "rb") as f:
-                    hit = (BOUND_VAR + "=").encode() in f.read(1 << 20)
+            try:  # the whole environment, and the variable itself (not a value that merely contains its name)
+                hit = BOUND_VAR in proc.read_environ(here)
             except OSError:
                 pass
         if hit:
@@ -184,9 +198,16 @@ def check(pids: Iterable[int] | None = None, *, all_processes: bool = False, mod
                                f"{', '.join((*MEMORY_POLICIES, verdict.ANY))}")
     verdict.check_min_local(min_local)
     wanted: list[int] = []
+    threads_given: dict[int, list[int]] = {}  # process -> the thread ids given for it
     for p in pids or ():
         if isinstance(p, bool) or not isinstance(p, int) or not 0 < p < 1 << 22:
             raise GpuAffinityError(f"not a process id: {str(p)[:40]!r} (a number from 1 to 4194303)")
+        # a thread id reads at /proc/TID like a process, but its row would take that thread's mask for the main
+        # thread's and list the process twice: a thread is checked as its process
+        leader = proc.thread_group(p)
+        if leader is not None and leader != p:
+            threads_given.setdefault(leader, []).append(p)
+            p = leader
         if p not in wanted:
             wanted.append(p)
     started = time.perf_counter()
@@ -200,6 +221,8 @@ def check(pids: Iterable[int] | None = None, *, all_processes: bool = False, mod
         rows, foreign, pending = [], 0, []
         for i, pid in enumerate(targets):
             row = _row(pid, host, pages, pending)
+            row["notes"][:0] = [f"{t} is a thread of process {pid}: checked as that process"
+                                for t in threads_given.get(pid, ())]
             if row.get("foreign") and pid not in wanted:
                 foreign += 1  # found by --all, for GPUs this machine does not show: not this machine's worker
             else:
@@ -241,6 +264,7 @@ def _row(pid: int, host: _Host, pages: bool, pending: list[tuple[Any, ...]]) -> 
         return _done(row, problems, "no-gpu")
     env = view.environ or {}
     row["env"] = {k: env[k] for k in (CVD, ORDER) if k in env}
+    idle = False  # it holds GPUs' device nodes, and NVML says it computes on none of them
     intent, intent_note = _intent(view)
     if intent_note:
         row["notes"].append(intent_note)
@@ -262,12 +286,22 @@ def _row(pid: int, host: _Host, pages: bool, pending: list[tuple[Any, ...]]) -> 
     if intent is not None:
         buses, source = intent.buses, "binding"
         truth = computes or (narrowed if held else [])
-        if truth and not set(buses) & set(truth):
+        # a record naming a GPU this machine does not show, beside one it holds here, made the whole row another
+        # machine's (left out of --all): what it computes on here is judged
+        elsewhere = host.by_bus and any(b not in host.by_bus for b in buses)
+        if truth and (not set(buses) & set(truth) or elsewhere):
             row["notes"].append(f"the binding was planned for GPU {intent.pci_bus_id}, but the process computes on "
                                 f"{', '.join(truth)}: judged against that")
             buses, source = truth, "nvml" if computes else "device-nodes"
     elif computes:
         buses, source = computes, "nvml"
+    elif held and view.source == "/proc" and host.lists_every_context(held):
+        # an NVML monitor, or a process that has not created its CUDA context yet: not judged as a GPU worker
+        # (the simulator's modelled processes are not in this /proc's pid namespace: their nodes stand as before)
+        row["notes"].append(f"it holds the device node(s) of GPU(s) {', '.join(held)}, but NVML lists no CUDA "
+                            "context of it there: a monitoring tool (nvidia-smi, DCGM, an NVML exporter) or a "
+                            "process whose CUDA has not started")
+        buses, source, idle = [], "", True
     elif narrowed:
         buses, source = narrowed, "device-nodes"
         if len(narrowed) > 1:
@@ -287,11 +321,19 @@ def _row(pid: int, host: _Host, pages: bool, pending: list[tuple[Any, ...]]) -> 
             problems.append(("no-access", f"cannot see which GPU it holds: {'; '.join(denied)} (run the check as "
                                           "its user or as root)"))
             return _done(row, problems)
-        row["notes"].append("it holds no NVIDIA GPU and records no gpuaffinity binding")
+        if not idle:
+            row["notes"].append("it holds no NVIDIA GPU and records no gpuaffinity binding")
         return _done(row, problems, "no-gpu")
     row["source"] = source
     missing = [b for b in buses if b not in host.by_bus]
-    if missing and host.by_bus:
+    if missing and not host.by_bus:
+        # no GPU list at all (no driver list, NVML down): a GPU sysfs does not show either is not this machine's;
+        # judged, it was "a GPU with no NUMA node", `ok`
+        from gpuaffinity.numa.sysfs import Sysfs
+
+        sysfs = Sysfs()
+        missing = [b for b in missing if not sysfs.pci_dir(b).is_dir()]
+    if missing:
         row["foreign"] = True
         problems.append(("no-access", f"its GPU {', '.join(missing)} ({source}) is not among the GPUs this check sees "
                                       "(a container that shows other GPUs?): check it from where it runs"))
@@ -344,7 +386,7 @@ def _judge(row: dict[str, Any], problems: verdict.Problems, view: proc.View, bus
     row["pci_bus_id"] = ",".join(buses)
     row["uuid"] = ",".join(host.by_bus[b].uuid if b in host.by_bus else "?" for b in buses)
     online = Sysfs().online_cpus() or frozenset().union(*(loc.local_cpus for loc in locs.values()))
-    numa, cpus, bind_cpus, mems = set(), set(), set(), set()
+    numa, cpus, bind_cpus, mems, near = set(), set(), set(), set(), set()
     if intent is not None:
         mode, memory = intent.mode, intent.memory
     for bus in buses:
@@ -352,12 +394,23 @@ def _judge(row: dict[str, Any], problems: verdict.Problems, view: proc.View, bus
         numa.update(loc.numa_nodes)
         cpus.update(loc.cpus)
         row["notes"].extend(n for n in loc.notes if n not in row["notes"])
-        if intent is None:
-            region = place(loc, mode, online, allowed_mems=None)
-            bind_cpus.update(region.bind_cpus if loc.numa_nodes else ())
-            mems.update(region.memory_nodes)
+        region = place(loc, mode, online, allowed_mems=None)
+        bind_cpus.update(region.bind_cpus if loc.numa_nodes else ())
+        mems.update(region.memory_nodes)
+        near.update(loc.cpus | region.bind_cpus if loc.numa_nodes else ())  # its node's CPUs (socket: the socket's)
+    stray = False
     if intent is not None:
-        bind_cpus, mems = set(intent.bind_cpus), set(intent.memory_nodes)
+        # the record's CPUs are the binder's word, made in its own view: one made where the GPU showed no node
+        # (every CPU), or forged, made a process on every CPU `ok`; CPUs off the GPU's node as this check sees it
+        # are judged against the mode's CPUs there instead
+        stray = bool(numa) and not intent.bind_cpus <= near
+        if stray:
+            row["notes"].append(f"its binding's CPUs {format_cpulist(intent.bind_cpus) or 'none'} (record: node(s) "
+                                f"{format_cpulist(intent.numa_nodes) or 'none'}) are not on its GPU's node "
+                                f"{format_cpulist(numa)} as this check sees it (CPUs {format_cpulist(near)}): "
+                                "judged against those")
+        else:
+            bind_cpus, mems = set(intent.bind_cpus), set(intent.memory_nodes)
     row.update(mode=mode, memory_asked=memory, numa_nodes=sorted(numa), cpus=format_cpulist(cpus),
                bind_cpus=format_cpulist(bind_cpus), memory_nodes=sorted(mems), worker_cpus=format_cpulist(online),
                affinity=sorted(view.cpus))
@@ -367,6 +420,8 @@ def _judge(row: dict[str, Any], problems: verdict.Problems, view: proc.View, bus
         row["notes"].append("its memory policy cannot be read (no numa_maps: a kernel without NUMA?)")
     row["pages"] = verdict.pages_dict(view.pages)
     why = "" if intent is None else "; ".join(intent.failures) or (
+        f"its binding put it on CPUs {format_cpulist(intent.bind_cpus)} ({intent.how}), not all near its GPU"
+        if stray else
         f"gpuaffinity bound it to CPUs {format_cpulist(intent.bind_cpus)} ({intent.how}), and something moved it "
         "since (taskset, a cgroup, a library: docs/check.md)")
     verdict.binding(row, problems, mode, memory, set_up=intent is not None and intent.applied, why=why,

@@ -41,8 +41,13 @@ from gpuaffinity.core.settings import DEV_VAR, PROCFS_VAR
 MEMFD_NAME = "gpuaffinity-binding"
 NVIDIA_MAJOR = 195  # the NVIDIA driver's character devices: /dev/nvidia<minor>, and nvidiactl at minor 255
 CTL_MINOR = 255
+MODESET_MINOR = 254  # /dev/nvidia-modeset, also major 195 (nvidia-modprobe): a display server's, not a GPU
 _GONE = (errno.ENOENT, errno.ESRCH)
 _READ = 1 << 16
+#: the most /proc/PID/environ may hold: exec takes at most 6 MiB of arguments and environment (fs/exec.c: a quarter of
+#: the stack limit, at most 3/4 of 8 MiB); a read cut at 1 MiB lost the variables at its end, where
+#: `gpuaffinity bind` puts GPUAFFINITY_BOUND
+ENVIRON_MAX = 8 << 20
 #: the policy names numa_maps prints (mm/mempolicy.c, mpol_to_str), and gpuaffinity's names and the kernel's for
 #: each (as gpuaffinity.numa.bind names what get_mempolicy returns)
 POLICIES = {"default": ("default", "MPOL_DEFAULT"), "prefer": ("preferred", "MPOL_PREFERRED"),
@@ -122,7 +127,7 @@ class View:
     rss_kb: int | None = None
     threads: list[Thread] = field(default_factory=list)
     environ: dict[str, str] | None = None
-    #: minors of the NVIDIA GPU device nodes it holds open (nvidiactl excluded), ascending
+    #: minors of the NVIDIA GPU device nodes it holds open (nvidiactl and nvidia-modeset excluded), ascending
     gpu_minors: list[int] = field(default_factory=list)
     nvidia_fds: int = 0
     #: the text of its in-process binding record (a memfd), where it has one
@@ -154,6 +159,17 @@ def pids() -> list[int]:
         except OSError:
             continue
     return sorted(out)
+
+
+def thread_group(pid: int) -> int | None:
+    """The process (thread group leader) that ``pid`` is a thread of, where its status says (``Tgid``); None
+    where it cannot be read.  /proc/TID reads for every thread, though only leaders are listed in /proc."""
+    try:
+        st = parse_status(_read(os.path.join(roots(pid), str(pid), "status")).decode("utf-8", "replace"))
+    except OSError:
+        return None
+    tgid = st.get("Tgid", "")
+    return int(tgid) if tgid.isascii() and tgid.isdigit() and int(tgid) > 0 else None
 
 
 def _read(path: str, limit: int = 1 << 20) -> bytes:
@@ -252,7 +268,7 @@ def look(pid: int, *, pages: bool = False, root: str | None = None) -> View:
         return view
     view.threads = _threads(here, pid, view)
     try:
-        view.environ = _environ(_read(os.path.join(here, "environ")))
+        view.environ = read_environ(here)
     except OSError as e:
         _gone_or(view, "environ", e)
     _fds(here, view)
@@ -299,9 +315,19 @@ def _threads(here: str, pid: int, view: View) -> list[Thread]:
     return out
 
 
-def _environ(raw: bytes) -> dict[str, str]:
+def read_environ(here: str) -> dict[str, str]:
+    """The environment the process at ``here`` (``/proc/PID``) was started with; OSError where it cannot be read."""
+    raw = _read(os.path.join(here, "environ"), ENVIRON_MAX)
+    return _environ(raw, whole=len(raw) < ENVIRON_MAX)
+
+
+def _environ(raw: bytes, whole: bool = True) -> dict[str, str]:
+    """``KEY=value`` items; where the read was cut (``whole`` false), its last item is cut too and not taken."""
+    items = raw.split(b"\0")
+    if not whole:
+        items.pop()
     out = {}
-    for item in raw.split(b"\0"):
+    for item in items:
         key, sep, value = item.partition(b"=")
         if sep and key:
             out.setdefault(key.decode("utf-8", "replace"), value.decode("utf-8", "replace"))
@@ -338,7 +364,7 @@ def _fds(here: str, view: View) -> None:
         if minor is None:
             continue
         view.nvidia_fds += 1
-        if minor != CTL_MINOR:
+        if minor not in (CTL_MINOR, MODESET_MINOR):
             minors.add(minor)
     view.gpu_minors = sorted(minors)
 

@@ -61,8 +61,8 @@ def binding(row: dict[str, Any], problems: Problems, mode: str, memory: str, *, 
 
     ``set_up``: a binding was applied to this worker (the Ray setup hook ran; a binding is recorded); ``why``:
     what it said when it failed; ``memory_why``: what set_mempolicy said; ``missing``: why there is no binding
-    at all.  A worker that runs on every CPU it may use (``worker_cpus``), or was never bound, is ``unbound``;
-    one bound elsewhere is ``off-node``."""
+    at all.  A worker that runs on every CPU it may use (``worker_cpus``), was never bound, or was widened (it
+    still runs on some of ``bind_cpus``) is ``unbound``; one bound entirely elsewhere is ``off-node``."""
     affinity = frozenset(row["affinity"])
     worker = parse_cpulist(row["worker_cpus"])
     near = parse_cpulist(row["bind_cpus"])
@@ -77,7 +77,9 @@ def binding(row: dict[str, Any], problems: Problems, mode: str, memory: str, *, 
         return
     at = where(row, mode)
     if not affinity <= near:
-        if affinity >= worker or not set_up:
+        # widened (to every CPU, or onto part of another node: it still runs on some of its own) is unbound, as
+        # docs/check.md has it; off-node is a binding entirely elsewhere
+        if affinity >= worker or not set_up or affinity & near:
             reason = missing if not set_up else why or "no binding was applied"
             problems.append(("unbound", f"runs on CPUs {format_cpulist(affinity)}, not bound to its GPU's {at} "
                                         f"(CPUs {row['bind_cpus']}): {reason}"))
