@@ -350,3 +350,23 @@ def test_a_fifo_named_like_a_record_does_not_stall_the_check(machine, procs, tmp
     assert time.monotonic() - t < 60
     row = row_of(report, p.pid)
     assert rc == 0 and row["status"] == "no-gpu" and row["binding"] is None, row
+
+
+def test_the_documented_python_call_and_cli_defaults_are_the_codes():
+    """docs/check.md's gpuaffinity.check(...) line names every parameter with the code's default, and the CLI's
+    --memory default is the function's."""
+    import inspect
+    import re
+
+    from conftest import ROOT
+    from gpuaffinity import live
+    from gpuaffinity.cli import build_parser
+
+    doc = (ROOT / "docs" / "check.md").read_text()
+    call = re.search(r"`gpuaffinity\.check\((.*?)\)`", doc, re.S).group(1)
+    documented = dict(re.findall(r"(\w+)=([^,\s]+)", call))
+    params = {n: p.default for n, p in inspect.signature(live.check).parameters.items()
+              if p.default is not inspect.Parameter.empty and n != "progress"}
+    assert {n: repr(v).replace("'", '"') for n, v in params.items()} == documented
+    args = build_parser().parse_args(["check"])
+    assert (args.memory, args.mode, args.min_local) == (params["memory"], params["mode"], params["min_local"])
