@@ -80,7 +80,7 @@ def decode(text: str) -> Intent:
         raise ValueError(f"the record is not JSON ({e})") from None
     except RecursionError:  # "[[[[..." nested deeper than the decoder recurses: not ValueError, and it crashed check
         raise ValueError("the record is not JSON (nested too deep)") from None
-    if not isinstance(d, dict) or d.get("v") != VERSION:
+    if not isinstance(d, dict) or type(d.get("v")) is not int or d["v"] != VERSION:  # JSON true is not 1
         raise ValueError(f"the record is not a version-{VERSION} gpuaffinity binding")
 
     def get(key: str, kind: type | tuple[type, ...]) -> object:
@@ -101,8 +101,9 @@ def decode(text: str) -> Intent:
         if not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 4096 for n in v):  # type: ignore[union-attr]
             raise ValueError(f"the record's {key!r} is not node numbers")
         nodes.append(tuple(v))  # type: ignore[arg-type]
+    bind_cpus = str(get("bind_cpus", str))
     try:
-        cpus = parse_cpulist(str(get("bind_cpus", str)))
+        cpus = parse_cpulist(bind_cpus)
     except ValueError as e:
         raise ValueError(f"the record's bind_cpus is not a CPU list ({e})") from None
     failures = get("failures", list)
