@@ -49,6 +49,7 @@ def test_a_worker_on_its_gpus_cpus_with_its_policy_is_fine():
                                                          "(CPUs 0-3)")),
 ])
 def test_where_the_main_thread_runs(changes, kw, want):
+    kw = dict(kw)  # the parameter itself stays as it was, for a second run
     mode = kw.pop("mode", "node")
     assert judged(row(**changes), mode=mode, **kw) == [want]
 
