@@ -136,3 +136,24 @@ def test_the_record_a_process_was_started_with_is_read_from_its_proc_environ(mon
     assert intent._started_with() != "changed since"
     monkeypatch.setattr(proc, "read_environ", lambda where: (_ for _ in ()).throw(PermissionError(13, "no")))
     assert intent._started_with() == "changed since"  # /proc unreadable: what os.environ holds
+
+
+@pytest.mark.parametrize(("bus", "ok"), [("0:1b:0", False), ("0:1b:00", True), ("0000:1b:00.0", True),
+                                         ("00000000:1B:00.0", True), ("000000000:1b:00.0", False), ("0000:1g:00.0", False)])
+def test_what_passes_for_a_bus_id_in_a_record(bus, ok):
+    assert intent._bus_like(bus) is ok
+
+
+def test_the_lengths_a_record_keeps():
+    assert intent.decode(json.dumps({**GOOD, "failures": [str(i) for i in range(9)]})).failures == \
+        tuple(str(i) for i in range(8))
+    two_thousand = ",".join(["0000:1b:00.0"] * 153) + ",0000:1b:00."  # 2000 characters: still read
+    assert len(two_thousand) == 2000 and intent.decode(json.dumps({**GOOD, "pci_bus_id": two_thousand}))
+    with pytest.raises(ValueError, match="is not PCI bus ids"):
+        intent.decode(json.dumps({**GOOD, "pci_bus_id": two_thousand + "0"}))  # 2001
+    with pytest.raises(ValueError, match="^the record's pci_bus_id '" + "x" * 60 + "' is not"):
+        intent.decode(json.dumps({**GOOD, "pci_bus_id": "x" * 70}))
+    with pytest.raises(ValueError, match="^the record's mode '" + "m" * 20 + "' or memory"):
+        intent.decode(json.dumps({**GOOD, "mode": "m" * 30}))
+    with pytest.raises(ValueError, match="^the record's 'pid' is missing or not a int$"):
+        intent.decode(json.dumps({**GOOD, "pid": None}))

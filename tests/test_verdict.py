@@ -158,3 +158,42 @@ def test_pages_as_a_row_holds_them():
 
     assert verdict.pages_dict(None) is None
     assert verdict.pages_dict(Pages({1: 5, 0: 7}, {2: 1}, 3)) == {"nodes": {"0": 7, "1": 5}, "file_nodes": {"2": 1}}
+
+
+def test_the_edges_of_each_rule():
+    # the worst status by the table's order, not by its name: unbound is worse than threads-drifted
+    assert verdict.status_of([("threads-drifted", ""), ("unbound", "")]) == "unbound"
+    # a thread on exactly the binding's CPUs is within them
+    r, problems = row(), []
+    verdict.threads(r, problems, [(10, "main", frozenset({0})), (11, "all", frozenset({0, 1, 2, 3}))], 10)
+    assert r["threads"]["off"] == [] and problems == []
+    # exactly SHOWN_THREADS threads elsewhere: all named, no "and N more"
+    r, problems = row(affinity=[0]), []
+    verdict.threads(r, problems, [(10, "m", frozenset({0}))] + [(20 + i, "w", frozenset({5})) for i in range(5)], 10)
+    assert problems[0][1].endswith("24 (w) on CPUs 5")
+    # 64 MiB elsewhere exactly is enough to fail; one byte less is not
+    for far, fails in ((64 << 20, True), ((64 << 20) - 1, False)):
+        r, problems = row(pages={"nodes": {"0": 1, "1": far}, "file_nodes": {}}), []
+        verdict.pages(r, problems)
+        assert bool(problems) is fails, far
+    # the share is rounded to four places; nodes named in order of their number
+    r, problems = row(pages={"nodes": {"0": 1, "10": 1 << 30, "2": 1 << 30}, "file_nodes": {}}), []
+    verdict.pages(r, problems)
+    assert r["pages"]["local"] == 0.0 and problems[0][1].endswith("node 2 1.0 GiB, node 10 1.0 GiB")
+    r, problems = row(pages={"nodes": {"0": 2, "1": 1}, "file_nodes": {}}), []
+    verdict.pages(r, problems)
+    assert r["pages"]["local"] == 0.6667 and verdict.local_cell(r) == "67%"
+    # a record without memory_nodes: the GPU's own nodes
+    r, problems = row(memory_nodes=[], memory={"policy": "bind", "nodes": [1], "kernel": "MPOL_BIND"},
+                      pages={"nodes": {"1": 1 << 30}, "file_nodes": {}}), []
+    verdict.pages(r, problems)
+    assert judged(r, memory="bind") == [("off-node", "memory bind to node(s) 1, off its GPU's node 0")]
+    assert r["pages"]["local"] == 0.0
+    # default and local policies name no node to be off
+    assert judged(row(memory={"policy": "local", "nodes": [1]}), memory="any") == []
+    assert judged(row(memory={"policy": "default", "nodes": [1]}), memory="any")[0][1].startswith(
+        "memory policy is the default")
+    with pytest.raises(GpuAffinityError, match=r"min_local '" + "9" * 40 + "'"):
+        verdict.check_min_local("9" * 50)  # a string: refused, shown cut to 40 characters
+    with pytest.raises(GpuAffinityError, match=r"min_local 'None'"):
+        verdict.check_min_local(None)
