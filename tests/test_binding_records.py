@@ -139,7 +139,8 @@ def test_the_record_a_process_was_started_with_is_read_from_its_proc_environ(mon
 
 
 @pytest.mark.parametrize(("bus", "ok"), [("0:1b:0", False), ("0:1b:00", True), ("0000:1b:00.0", True),
-                                         ("00000000:1B:00.0", True), ("000000000:1b:00.0", False), ("0000:1g:00.0", False)])
+                                         ("00000000:1B:00.0", True), ("000000000:1b:00.0", False),
+                                         ("0000:1g:00.0", False), ("0000:1X:00.0", False)])
 def test_what_passes_for_a_bus_id_in_a_record(bus, ok):
     assert intent._bus_like(bus) is ok
 
@@ -157,3 +158,21 @@ def test_the_lengths_a_record_keeps():
         intent.decode(json.dumps({**GOOD, "mode": "m" * 30}))
     with pytest.raises(ValueError, match="^the record's 'pid' is missing or not a int$"):
         intent.decode(json.dumps({**GOOD, "pid": None}))
+
+
+def test_a_record_that_cannot_be_written_is_none_and_a_damaged_one_falls_back(monkeypatch):
+    monkeypatch.setattr(intent, "_fd", None)
+    monkeypatch.setattr(intent, "_text", None)
+    monkeypatch.setattr(intent, "_started_with", lambda: json.dumps(GOOD))
+
+    def refuse(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(intent.os, "write", refuse)
+    intent.publish(rec())  # never fails the binding
+    assert _memfds() == [] and intent._text is None
+    monkeypatch.undo()
+    monkeypatch.setattr(intent, "_fd", None)
+    monkeypatch.setattr(intent, "_text", "damaged")
+    monkeypatch.setattr(intent, "_started_with", lambda: json.dumps(GOOD))
+    assert intent.current().pid == 4242  # the in-process record cannot be read: the one it started with

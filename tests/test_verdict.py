@@ -183,6 +183,7 @@ def test_the_edges_of_each_rule():
     r, problems = row(pages={"nodes": {"0": 2, "1": 1}, "file_nodes": {}}), []
     verdict.pages(r, problems)
     assert r["pages"]["local"] == 0.6667 and verdict.local_cell(r) == "67%"
+    assert verdict.local_cell({"pages": {"local": 1.0}}) == "100%"
     # a record without memory_nodes: the GPU's own nodes
     r, problems = row(memory_nodes=[], memory={"policy": "bind", "nodes": [1], "kernel": "MPOL_BIND"},
                       pages={"nodes": {"1": 1 << 30}, "file_nodes": {}}), []
@@ -191,8 +192,8 @@ def test_the_edges_of_each_rule():
     assert r["pages"]["local"] == 0.0
     # default and local policies name no node to be off
     assert judged(row(memory={"policy": "local", "nodes": [1]}), memory="any") == []
-    assert judged(row(memory={"policy": "default", "nodes": [1]}), memory="any")[0][1].startswith(
-        "memory policy is the default")
+    assert judged(row(memory={"policy": "default", "nodes": [1]}), memory="any") == [
+        ("unbound", "memory policy is the default: nothing keeps its memory on its GPU's node 0")]
     with pytest.raises(GpuAffinityError, match=r"min_local '" + "9" * 40 + "'"):
         verdict.check_min_local("9" * 50)  # a string: refused, shown cut to 40 characters
     with pytest.raises(GpuAffinityError, match=r"min_local 'None'"):
