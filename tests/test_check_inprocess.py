@@ -1,0 +1,142 @@
+"""`gpuaffinity check` run in a child forked from the test process (so a change to the code in memory is seen there):
+the simulated machine's roots set in its environment, the simulator's NVML loaded by absolute path under its soname,
+and real processes of this host, or processes the simulator models, to check.  Every row is asserted whole."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import CPUS, child_env
+from forked import forked, value
+from gpuaffinity.sim.build import library_dir
+
+pytestmark = pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs")
+SLEEPER = "import time; print('ready', flush=True); time.sleep(120)"
+
+
+def _check(env, nvml, pids, kwargs):
+    import ctypes
+
+    from gpuaffinity import live
+
+    os.environ.clear()
+    os.environ.update(env)
+    if nvml:
+        ctypes.CDLL(str(library_dir() / "libnvidia-ml.so.1"))
+    report = live.check(pids, **kwargs)
+    return {"ok": report.ok, "rows": report.rows, "notes": report.notes, "settings": report.settings,
+            "table": live.render(report).splitlines()}
+
+
+def check(machine, pids, nvml=False, **kwargs):
+    kwargs.setdefault("use_nvml", nvml)
+    return value(forked(_check, {k: v for k, v in machine.env.items() if k != "CUDA_VISIBLE_DEVICES"}, nvml,
+                        pids, kwargs))
+
+
+@pytest.fixture
+def started(host8, sim_factory):
+    machine = sim_factory(str(host8))
+    procs = []
+
+    def start(gpu, *opts, cvd=None, code=SLEEPER):
+        p = subprocess.Popen([sys.executable, "-m", "gpuaffinity", "bind", str(gpu), *opts, "--", sys.executable,
+                              "-c", code], env=child_env(machine, cvd), stdout=subprocess.PIPE, text=True)
+        procs.append(p)
+        assert p.stdout.readline().startswith("ready")
+        return p.pid
+
+    yield machine, start
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def test_a_bound_process_row_whole(started):
+    machine, start = started
+    pid = start(1)
+    got = check(machine, [pid])
+    (row,) = got["rows"]
+    binding = row.pop("binding")
+    assert binding == {"how": "exec", "pid": pid, "pci_bus_id": "0000:20:00.0", "mode": "node", "memory": "preferred",
+                       "bind_cpus": str(CPUS[0]), "memory_nodes": [0], "applied": True, "failures": []}
+    assert {k: row[k] for k in ("pid", "name", "status", "pci_bus_id", "uuid", "problems", "notes", "uid", "env",
+                                "gpu_memory", "source", "mode", "memory_asked", "numa_nodes", "cpus", "bind_cpus",
+                                "memory_nodes", "worker_cpus", "affinity", "memory", "threads", "pages")} == {
+        "pid": pid, "name": "python3", "status": "ok", "pci_bus_id": "0000:20:00.0",
+        "uuid": "GPU-00000001-0000-0000-0000-000000000000", "problems": [], "notes": [], "uid": os.getuid(),
+        "env": {}, "gpu_memory": {}, "source": "binding", "mode": "node", "memory_asked": "preferred",
+        "numa_nodes": [0], "cpus": str(CPUS[0]), "bind_cpus": str(CPUS[0]), "memory_nodes": [0],
+        "worker_cpus": f"{CPUS[0]},{CPUS[1]}" if CPUS[1] != CPUS[0] + 1 else f"{CPUS[0]}-{CPUS[1]}",
+        "affinity": [CPUS[0]], "memory": {"policy": "preferred", "nodes": [0], "kernel": "MPOL_PREFERRED"},
+        "threads": {"count": 1, "off": []}, "pages": None}
+    assert got["ok"] is True and got["settings"] == {"mode": "node", "memory": "any", "pages": False,
+                                                      "min_local": 0.8, "all": False, "nvml": False}
+    assert got["notes"] == ["NVML's process list: not asked (--no-nvml)"]
+    assert got["table"][0].split() == ["PID", "NAME", "GPU", "UUID", "BY", "NUMA", "BIND", "CPUS", "AFFINITY",
+                                       "THREADS", "MEMORY", "LOCAL", "STATUS"]
+    assert got["table"][1].split() == [str(pid), "python3", "0000:20:00.0", "GPU-00000001", "binding", "0",
+                                       str(CPUS[0]), str(CPUS[0]), "1/1", "preferred", "0", "-", "ok"]
+    assert got["table"][-1].startswith("1 process(es), 1 with a GPU, checked in ") and \
+        got["table"][-1].endswith(" s: every one bound next to its GPU")
+
+
+def test_widened_drifted_and_remote_rows(started):
+    machine, start = started
+    wide = start(2)
+    os.sched_setaffinity(wide, set(CPUS))
+    far = start(5, "--memory", "none", code="import time; b = b'x' * (100 << 20); print('ready', flush=True); "
+                                            "time.sleep(120)")
+    got = check(machine, [wide, far], pages=True)
+    rows = {r["pid"]: r for r in got["rows"]}
+    assert rows[wide]["status"] == "unbound" and rows[wide]["problems"] == [
+        f"runs on CPUs {CPUS[0]}-{CPUS[1]}, not bound to its GPU's node 0 (CPUs {CPUS[0]}): gpuaffinity bound it to "
+        f"CPUs {CPUS[0]} (exec), and something moved it since (taskset, a cgroup, a library: docs/check.md)"]
+    assert rows[far]["status"] == "remote-memory" and rows[far]["pages"]["local"] == 0.0
+    assert rows[far]["problems"][0].startswith("100% of its memory (") and \
+        " is off its GPU's node(s) 1: node 0 " in rows[far]["problems"][0]
+    assert got["ok"] is False and got["table"][-1].endswith(": 2 with a problem")
+    lines = [x for x in got["table"] if x.startswith(f"{wide} (python3) 0000:30:00.0: PROBLEM: runs on CPUs")]
+    assert len(lines) == 1
+
+
+def test_gone_kernel_thread_and_a_process_without_a_gpu(started):
+    machine, start = started
+    plain = subprocess.Popen([sys.executable, "-c", SLEEPER], stdout=subprocess.PIPE, text=True)
+    try:
+        plain.stdout.readline()
+        got = check(machine, [4194303, plain.pid, 2, 4194303])
+    finally:
+        plain.kill()
+        plain.wait()
+    rows = {r["pid"]: r for r in got["rows"]}
+    assert len(got["rows"]) == 3  # a pid given twice is one row
+    assert (rows[4194303]["status"], rows[4194303]["problems"]) == (
+        "gone", ["process 4194303 does not exist in this pid namespace: nothing to check"])
+    assert (rows[plain.pid]["status"], rows[plain.pid]["notes"]) == (
+        "no-gpu", ["it holds no NVIDIA GPU and records no gpuaffinity binding"])
+    if rows[2]["name"] == "kthreadd":
+        assert (rows[2]["status"], rows[2]["notes"]) == ("no-gpu", ["a kernel thread: it holds no GPU"])
+
+
+def test_modelled_processes_with_nvml(sim_factory):
+    got = check(sim_factory("busy-dgx"), [4101, 4201, 4301, 4401], nvml=True, pages=True)
+    rows = {r["pid"]: r for r in got["rows"]}
+    assert {p: (r["status"], r["source"], r["pci_bus_id"]) for p, r in rows.items()} == {
+        4101: ("ok", "binding", "0000:52:00.0"), 4201: ("threads-drifted", "nvml", "0000:c3:00.0"),
+        4301: ("unbound", "nvml", "0000:d1:00.0"), 4401: ("no-access", "nvml", "0000:9d:00.0")}
+    assert rows[4201]["problems"] == ["1 of 3 threads may run off its GPU's CPUs 56-111,168-223: 4202 "
+                                      "(pt_nccl_watchdg) on CPUs 0-3"]
+    assert rows[4301]["problems"] == [
+        "memory policy is the default: nothing keeps its memory on its GPU's node 1: no gpuaffinity binding is "
+        "recorded for it",
+        "40% of its memory (156.4 MiB of 391.0 MiB) is off its GPU's node(s) 1: node 0 156.4 MiB"]
+    assert rows[4401]["problems"] == [
+        "part of it cannot be read: environ: Permission denied; fd: Not a directory; numa_maps: Permission denied "
+        "(run the check as its user or as root)"]
+    assert rows[4101]["gpu_memory"] == {"0000:52:00.0": 30720 << 20} and got["settings"]["nvml"] is True
+    assert got["notes"] == []
