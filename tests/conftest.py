@@ -77,3 +77,25 @@ def host8(tmp_path_factory: pytest.TempPathFactory) -> Path:
                  f'pci_bus_id = "0000:{16 * i + 16:02x}:00.0"\nname = "NVIDIA H100 80GB HBM3"\nnuma_node = {i // 4}\n')
     path.write_text(text)
     return path
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen]]:
+    """Processes a test starts (with ``start``), killed and reaped when it ends."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+        p.wait(timeout=30)
+
+
+def start(procs: list[subprocess.Popen], machine: SimMachine, argv: list[str], cvd: str | None = None,
+          **env: str) -> tuple[subprocess.Popen, list[str]]:
+    """Start ``argv`` on the simulated machine and wait for its first line, ``ready [WORD ...]``; the process and
+    those words."""
+    p = subprocess.Popen(argv, env=child_env(machine, cvd, **env), stdout=subprocess.PIPE, text=True)
+    procs.append(p)
+    line = p.stdout.readline()
+    assert line.startswith("ready"), line
+    return p, line.split()[1:]

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import CPUS, child_env
+from conftest import CPUS, child_env, start
 
 pytestmark = pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs")
 
@@ -36,24 +36,6 @@ def uuid(i: int) -> str:
 @pytest.fixture(scope="module")
 def machine(host8, sim_factory):
     return sim_factory(str(host8))
-
-
-@pytest.fixture
-def procs():
-    started: list[subprocess.Popen] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-        p.wait(timeout=30)
-
-
-def start(procs, machine, argv, cvd=None, **env):
-    p = subprocess.Popen(argv, env=child_env(machine, cvd, **env), stdout=subprocess.PIPE, text=True)
-    procs.append(p)
-    line = p.stdout.readline()
-    assert line.startswith("ready"), line
-    return p, line.split()[1:]
 
 
 def bound(procs, machine, gpu, cvd=None, code=SLEEPER, *opts):
