@@ -37,6 +37,10 @@ from gpuaffinity.core.cpulist import parse_cpulist
 from gpuaffinity.core.record import field, record
 from gpuaffinity.core.settings import DEV_VAR, PROCFS_VAR
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
 #: the name of the memfd an in-process binding is recorded in (gpuaffinity.intent)
 MEMFD_NAME = "gpuaffinity-binding"
 NVIDIA_MAJOR = 195  # the NVIDIA driver's character devices: /dev/nvidia<minor>, and nvidiactl at minor 255
@@ -421,25 +425,17 @@ def _numa_maps(here: str, view: View, pages: bool) -> None:
             return
         tail = b""
         counted = Pages()
-        while True:
-            try:
-                chunk = os.read(fd, _READ)
-            except OSError as e:
-                _gone_or(view, "numa_maps", e)
-                return
-            if not chunk:
-                break
+        refused = len(view.denied)
+        for chunk in _chunks(fd, view, _READ):
             lines = (tail + chunk).split(b"\n")
             tail = lines.pop()
             for line in lines:
-                if view.policy is None:
-                    view.policy = parse_numa_maps_line(line)[0]
                 if line:
-                    _count(counted, line)
+                    _count(counted, line, view)
+        if len(view.denied) > refused:
+            return  # a read refused part way: no pages rather than some of them
         if tail:
-            if view.policy is None:
-                view.policy = parse_numa_maps_line(tail)[0]
-            _count(counted, tail)
+            _count(counted, tail, view)
         view.pages = counted
     finally:
         os.close(fd)
@@ -455,22 +451,34 @@ def _policy_only(fd: int, view: View) -> None:
     """The first line's policy: reads of ``_FIRST_LINE_READ`` bytes until its end, so the kernel walks the first
     mapping or two (the program's own), never the process's memory."""
     got = b""
-    while b"\n" not in got and len(got) < _READ:
-        try:
-            chunk = os.read(fd, _FIRST_LINE_READ)
-        except OSError as e:
-            _gone_or(view, "numa_maps", e)
-            return
-        if not chunk:
-            break
+    for chunk in _chunks(fd, view, _FIRST_LINE_READ):
         got += chunk
+        if b"\n" in got or len(got) >= _READ:
+            break
     line = got.split(b"\n", 1)[0]
     if line:
         view.policy = parse_numa_maps_line(line)[0]
 
 
-def _count(pages: Pages, line: bytes) -> None:
-    _policy, ordinary, size, per_node = parse_numa_maps_line(line)
+def _chunks(fd: int, view: View, size: int) -> Iterator[bytes]:
+    """Reads of ``size`` bytes of numa_maps until its end; a process that exits meanwhile raises ``Gone``, a read
+    refused otherwise ends them with the reason in ``view.denied``."""
+    while True:
+        try:
+            chunk = os.read(fd, size)
+        except OSError as e:
+            _gone_or(view, "numa_maps", e)
+            return
+        if not chunk:
+            return
+        yield chunk
+
+
+def _count(pages: Pages, line: bytes, view: View | None = None) -> None:
+    """Add one numa_maps line to ``pages``; the first line's policy is ``view``'s (the main thread's)."""
+    policy, ordinary, size, per_node = parse_numa_maps_line(line)
+    if view is not None and view.policy is None:
+        view.policy = policy
     pages.mappings += 1
     into = pages.file_nodes if ordinary else pages.nodes
     for node, n in per_node.items():
