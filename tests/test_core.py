@@ -1,5 +1,7 @@
 """The pure core in process: the device model, the cpulist grammar, the CUDA_VISIBLE_DEVICES grammar where the
-recorded driver runs do not reach (MIG, FASTEST_FIRST order on mixed models)."""
+recorded driver runs do not reach (MIG, FASTEST_FIRST order on mixed models).
+
+Boundary cases of the grammars are in test_cpulist_edges.py and test_cvd_grammar_edges.py."""
 
 from __future__ import annotations
 
@@ -56,6 +58,20 @@ def test_physical_device_to_dict_has_the_public_fields_only():
                                  ("cvd", "pci"), ("torch",), True, ("cvd", "pci", "torch"), True,
                                  "procfs+device-nodes")  # verdicts do not count in equality
     assert Abstain("why").quiet is False and Answer("GPU-x").mig_uuid is None and Verdict("a", 1, Abstain("b")).ran
+
+
+def test_normalize_bus_id_keeps_what_it_does_not_strip():
+    """Only white space and NUL are stripped: a malformed ID does not become a valid one, nor match a GPU."""
+    assert normalize_bus_id("0000:3B:00.0X") == "0000:3b:00.0x"
+    inv = Inventory((GpuInfo(0, "GPU-a", "0000:3b:00.0", "A100"),))
+    assert inv.by_bus("0000:3B:00.0\0") is inv.gpus[0]
+    assert inv.by_bus("0000:3B:00.0X") is None
+
+
+def test_normalize_bus_id_refuses_an_extra_field():
+    """The domain is what precedes the bus: an ID with one field too many has no hex domain and is refused."""
+    with pytest.raises(ValueError):
+        normalize_bus_id("0000:00:3b:00.0")
 
 
 # ---- CUDA_VISIBLE_DEVICES where the recorded runs do not reach: MIG (modelled), FASTEST_FIRST, edges ---
