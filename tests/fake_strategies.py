@@ -1,9 +1,10 @@
 """Fake strategies and a context on a 3-GPU inventory, for tests that drive the chain (``resolve_one``) in the
-test process, as tests/test_chain.py does with its own MIG-aware fakes."""
+test process, as tests/test_chain.py does with its own MIG-aware fakes; and ``Good``, a plain plugin strategy,
+for the tests of plugin loading and validation."""
 
 from __future__ import annotations
 
-from gpuaffinity import ResolveContext, Strategy
+from gpuaffinity import Answer, ResolveContext, Strategy
 from gpuaffinity.core.chain import resolve_one
 from gpuaffinity.core.cvd import CvdResult
 from gpuaffinity.core.model import GpuInfo, Inventory
@@ -37,3 +38,16 @@ def run(strategies, policy="verify", c=None, logical_id=0):
     """resolve_one over ``strategies`` in priority order, on ``c`` (default: make_ctx())."""
     strategies = sorted(strategies, key=lambda s: (-s.priority, s.name))
     return resolve_one(strategies, c or make_ctx(), logical_id, policy)
+
+
+def verdict(dev, name):
+    """The verdict of the strategy ``name`` on the resolved device ``dev``."""
+    [v] = [v for v in dev.verdicts if v.strategy == name]
+    return v
+
+
+class Good(Strategy):
+    name, priority = "good", 80
+
+    def answer(self, ctx, logical_id):
+        return Answer(U[0])

@@ -1,5 +1,6 @@
 """The pure core in process: the device model, the cpulist grammar, the CUDA_VISIBLE_DEVICES grammar where the
-recorded driver runs do not reach (MIG, FASTEST_FIRST order on mixed models).
+recorded driver runs do not reach (MIG, FASTEST_FIRST order on mixed models); and the helpers that word
+messages (errors.shown).
 
 Boundary cases of the grammars are in test_cpulist_edges.py and test_cvd_grammar_edges.py."""
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from gpuaffinity.core.cvd import GpuIdentity, Visible, apply_cvd, match_uuid, strtoul32
+from gpuaffinity.core.errors import shown
 from gpuaffinity.core.model import (
     Abstain,
     Answer,
@@ -255,3 +257,11 @@ def test_read_cvd_on_a_gpu_in_mig_mode_without_instances():
     assert visible(res) == [(0, None)]
     assert res.unsure == ("counts on a GPU in MIG mode showing no device, as NVML gives it no MIG instance this "
                           "process may use (modelled, not measured)")
+
+
+# --- errors.shown -------------------------------------------------------------------------------------------
+
+def test_shown_is_the_repr_cut_to_its_limit():
+    assert shown(None) == "None"
+    assert shown("0,1") == "'0,1'"
+    assert shown("x" * 10, limit=5) == "'xxxx... (10 characters)"

@@ -1,4 +1,6 @@
-"""gpuaffinity.core.record against the standard dataclasses it stands in for (same classes, both ways)."""
+"""gpuaffinity.core.record against the standard dataclasses it stands in for (same classes, both ways), then its
+own rules one by one: which annotations are fields, defaults and inheritance, its own or a generated __eq__,
+__hash__ and __repr__, frozen records, asdict, replace and field()."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import dataclasses
 import pickle
 import subprocess
 import sys
+from typing import ClassVar
 
 import pytest
 
@@ -132,3 +135,66 @@ def test_the_resolution_path_loads_no_heavy_module():
     out = subprocess.run([sys.executable, "-I", "-S", "-c", f"import sys; sys.path[:0] = {sys.path!r}\n" + code],
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# --- record._build / record.field ------------------------------------------------------------------------------
+
+def test_a_record_keeps_its_own_repr_and_hash():
+    @rec.record(frozen=True)
+    class P:
+        x: int
+
+        def __repr__(self):
+            return "mine"
+
+        def __hash__(self):
+            return 7
+
+    assert (repr(P(1)), hash(P(1)), P(1) == P(1), P(1) == P(2)) == ("mine", 7, True, False)
+
+
+def test_a_frozen_record_that_defines_eq_gets_a_field_hash():
+    @rec.record(frozen=True)
+    class Q:
+        x: int
+
+        def __eq__(self, other):
+            return True
+
+    assert "__hash__" in Q.__dict__ and hash(Q(3)) == hash((3,)) and Q(3) == Q(4)
+
+
+def test_classvar_annotations_are_not_fields_and_do_not_end_the_fields():
+    @rec.record
+    class C:
+        a: int
+        k: ClassVar[int] = 5
+        b: str = "b"
+
+    assert rec.fields(C) == ("a", "b") and C.k == 5
+    assert (C(1).a, C(1).b, repr(C(1, "z")).rpartition("<locals>.")[2]) == (1, "b", "C(a=1, b='z')")
+
+
+def test_a_subclass_without_annotations_inherits_the_fields():
+    @rec.record
+    class Base:
+        a: int
+        b: int = 2
+
+    @rec.record
+    class Sub(Base):
+        def total(self):
+            return self.a + self.b
+
+    assert rec.fields(Sub) == ("a", "b") and Sub(1).total() == 3 and Sub(1, 5) == Sub(1, 5)
+
+
+def test_field_compares_by_default():
+    @rec.record
+    class F:
+        a: int
+        b: int = rec.field(default=0)
+        c: list = rec.field(default_factory=list)
+
+    assert F(1, 2) != F(1, 3) and F(1, c=[1]) != F(1) and F(1, 2, [1]) == F(1, 2, [1])
+    assert [f.compare for f in F.__record_fields__] == [True, True, True]

@@ -1,0 +1,80 @@
+"""How the chain (core/chain.py) asks one strategy, in process, with the fakes of tests/fake_strategies.py.
+
+What a duck-typed strategy gets by default, the context its methods are handed, answer_all batches, the watchdog
+thread, time budgets, cost(), and the abstention that an exception or a malformed result becomes (its reason
+text, cut where the text is long, and its traceback).
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+
+from fake_strategies import Fake, U, make_ctx, run, verdict
+from gpuaffinity import Abstain, Answer, Strategy
+from gpuaffinity.core.model import Verdict
+
+# --- _ask / _call / resolve_one: a strategy that does not subclass Strategy gets OPTIONAL's defaults -------------
+# (no answer_all: answer is asked; no watchdog: the default True applies; no asks_driver: the driver was not asked)
+
+class Duck:
+    name, priority = "duck", 60
+
+    def answer(self, ctx, logical_id):
+        return Answer(U[2 - logical_id])
+
+
+def test_a_duck_typed_strategy_answers_with_the_defaults_of_every_optional_part():
+    dev, warns = run([Duck()], logical_id=0)
+    assert (dev.strategy, dev.uuid, dev.answered, dev.driver_asked, dev.fallback, warns) == (
+        "duck", U[2], ("duck",), False, False, [])
+    assert verdict(dev, "duck") == Verdict("duck", 60, Answer(U[2]), True)
+
+
+# --- _ask / _cost / resolve_one: the strategy's methods are handed the real context -------------------------
+
+def test_answer_answer_all_and_cost_receive_the_context():
+    by_ctx = Fake("a", 60, lambda c, i: Answer(U[c.visible - 1 - i]), cost=lambda c: "cheap" if c.visible else "x")
+    dev, warns = run([by_ctx], logical_id=0)
+    assert (dev.strategy, dev.uuid, warns) == ("a", U[2], [])
+
+    class Batch(Strategy):
+        name, priority, watchdog = "batch", 70, False
+
+        def answer_all(self, ctx):
+            return [Answer(U[ctx.visible - 1 - i]) for i in range(ctx.visible)]
+
+    dev, warns = run([Batch()], logical_id=1)
+    assert (dev.strategy, dev.uuid, warns) == ("batch", U[1], [])
+
+
+# --- _ask: the abstention of a strategy that raised (reason and traceback) or ran past its budget (no traceback) --
+
+def test_a_raising_strategy_abstains_with_its_exception_and_keeps_the_traceback(caplog):
+    raised = []
+
+    def boom(c, i):
+        e = ValueError("bad wiring")
+        raised.append(e)
+        raise e
+
+    caplog.set_level(logging.DEBUG, logger="gpuaffinity")
+    dev, warns = run([Fake("p", 60, boom), Fake("cvd", 50, Answer(U[1]))])
+    v = verdict(dev, "p")
+    assert v.result == Abstain("raised ValueError: bad wiring")
+    assert v.trace == "".join(traceback.format_exception(raised[0]))
+    assert v.trace.startswith("Traceback (most recent call last):\n") and v.trace.endswith("ValueError: bad wiring\n")
+    assert (dev.strategy, dev.fallback) == ("cvd", True)
+    # _debug: the traceback at DEBUG on the logger "gpuaffinity"
+    [r] = [r for r in caplog.records if r.getMessage() == "strategy p raised"]
+    assert (r.name, r.levelno) == ("gpuaffinity", logging.DEBUG)
+    assert r.exc_info is not None and r.exc_info[1] is raised[0]
+
+
+def test_an_over_budget_strategy_abstains_without_a_traceback():
+    c = make_ctx()
+    c.scratch["_spent"] = {"slow": 1.0}
+    dev, _ = run([Fake("slow", 60, Answer(U[0]), budget=1.0), Fake("cvd", 50, Answer(U[1]))], c=c)
+    v = verdict(dev, "slow")
+    assert v.result == Abstain("over its time budget of 1 s for this resolution: not asked again")
+    assert v.trace == "" and dev.strategy == "cvd"

@@ -1,0 +1,54 @@
+"""What resolve_one (core/chain.py) records and says, in process, with the fakes of tests/fake_strategies.py.
+
+The verdicts of the strategies it did not ask (policy 'first', expensive ones nothing called for), when an
+answer counts as a fallback, the identity guess and strict's refusal when nothing answers, the fields of the
+answered device, and the text of the fallback and disagreement warnings.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from fake_strategies import Fake, U, make_ctx, run, verdict
+from gpuaffinity import Abstain, Answer
+from gpuaffinity.core.chain import IDENTITY
+from gpuaffinity.core.errors import FallbackWarning, UnresolvedError
+from gpuaffinity.core.model import Verdict
+
+# --- resolve_one, policy 'first': the skipped strategies' verdicts are quiet abstentions that did not run -------
+
+def test_first_records_the_skipped_ones_as_quiet_and_not_run():
+    dev, _ = run([Fake("a", 60, Answer(U[1])), Fake("b", 50, Answer(U[2]))], "first")
+    v = verdict(dev, "b")
+    assert (v.result, v.result.quiet, v.ran) == (Abstain("not asked: policy 'first'", quiet=True), True, False)
+
+
+# --- resolve_one, nothing answers: the identity guess, the fallback warning, strict's UnresolvedError ----------
+
+ENV_SET = "CUDA_VISIBLE_DEVICES='2,1,0', CUDA_DEVICE_ORDER='PCI_BUS_ID'"
+
+
+def test_the_identity_guess_is_the_whole_gpu_at_the_logical_id_with_every_verdict():
+    dev, warns = run([Fake("a", 60, Abstain("no list"))], c=make_ctx("2,1,0", "PCI_BUS_ID"), logical_id=1)
+    assert (dev.logical_id, dev.nvml_index, dev.uuid, dev.pci_bus_id, dev.mig_uuid, dev.name, dev.strategy) == (
+        1, 1, U[1], "0000:02:00.0", None, "H100-1", IDENTITY)
+    assert (dev.agreed, dev.disagreed, dev.fallback, dev.answered, dev.inventory) == ((), (), True, (), "nvml")
+    assert dev.verdicts == (Verdict("a", 60, Abstain("no list")),)
+    assert warns == [(FallbackWarning, f"gpuaffinity: no strategy could resolve CUDA device 1 ({ENV_SET}); guessing "
+                                       "NVML index 1 (0000:02:00.0), which is wrong whenever CUDA's numbering "
+                                       "differs from NVML's. Abstained: a: no list.")]
+
+
+def test_the_unset_variables_show_as_none_in_the_message():
+    _, [(_, msg)] = run([Fake("a", 60, Abstain("no list"))], logical_id=0)
+    assert msg.startswith("gpuaffinity: no strategy could resolve CUDA device 0 (CUDA_VISIBLE_DEVICES=None, "
+                          "CUDA_DEVICE_ORDER=None); guessing NVML index 0 (0000:01:00.0)")
+
+
+def test_strict_does_not_guess_and_says_why():
+    with pytest.raises(UnresolvedError, match=r"^gpuaffinity: no strategy could resolve CUDA device 2 "
+                       r"\(CUDA_VISIBLE_DEVICES='2,1,0', CUDA_DEVICE_ORDER='PCI_BUS_ID'\) and the strict policy "
+                       r"does not guess \(use --policy verify to take NVML index 2 with a warning\)\. "
+                       r"Abstained: a: no list\.$") as e:
+        run([Fake("a", 60, Abstain("no list"))], "strict", c=make_ctx("2,1,0", "PCI_BUS_ID"), logical_id=2)
+    assert (e.value.device.strategy, e.value.device.uuid, e.value.exit_status) == (IDENTITY, U[2], 3)

@@ -1,0 +1,92 @@
+"""plugins.build_manager and collect_strategies, in process: plugins found by their entry points are loaded
+and registered with pluggy, their hooks called, and each failure (a module that fails to import, no hook, a
+hook that raises, two strategies of one name) named with the plugin it came from.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+from fake_strategies import Fake, Good, U
+from gpuaffinity import Answer
+from gpuaffinity.core import plugins as pl
+from gpuaffinity.core.errors import PluginError
+
+# --- plugins.build_manager + collect_strategies: loading, registering and asking each plugin ------------------------
+
+def _plugin_module(monkeypatch, name, strategies):
+    from gpuaffinity import hookimpl
+
+    mod = types.ModuleType(name)
+
+    @hookimpl
+    def gpuaffinity_strategies():
+        return strategies
+
+    mod.gpuaffinity_strategies = gpuaffinity_strategies
+    monkeypatch.setitem(sys.modules, name, mod)
+    return mod
+
+
+def test_build_manager_loads_a_registered_plugin_and_collects_its_strategies(monkeypatch):
+    builtin = types.SimpleNamespace(gpuaffinity_strategies=lambda: [Fake("cvd", 50, Answer(U[1]))])
+    _plugin_module(monkeypatch, "gpa_test_plug", [Good()])
+    info = pl.PluginInfo("ext", "gpa_test_plug", "ext-dist", "2.0")
+    monkeypatch.setattr(pl, "find_entry_points", lambda group: [info, pl.PluginInfo("cvd", "x:y")])
+    builtins = [("cvd", builtin)]
+    pm, infos = pl.build_manager(builtins, frozenset())
+    assert pm is not None and [i.name for i in infos] == ["cvd", "ext"] and infos[1].problem == ""
+    got = pl.collect_strategies(pm, frozenset(), infos, builtins)
+    assert [s.name for s in got] == ["good", "cvd"]
+    assert (infos[0].strategies, infos[1].strategies) == (["cvd"], ["good"])
+    # disabled by strategy name: still collected into the infos, left out of the list
+    pm, infos = pl.build_manager(builtins, frozenset())
+    assert [s.name for s in pl.collect_strategies(pm, frozenset({"good"}), infos, builtins)] == ["cvd"]
+
+
+def test_build_manager_without_third_party_plugins_builds_no_manager():
+    builtins = [("pci", object()), ("cvd", object())]
+    pm, infos = pl.build_manager(builtins, frozenset({"pci"}), entry_points=False)
+    assert pm is None and [(i.name, i.target) for i in infos] == [("cvd", "")]
+
+
+def test_a_plugin_that_fails_to_load_is_named(monkeypatch):
+    info = pl.PluginInfo("ext", "gpa_no_such_module_xyz:plugin", "ext-dist", "2.0")
+    monkeypatch.setattr(pl, "find_entry_points", lambda group: [info])
+    with pytest.raises(PluginError, match=r"^plugin 'ext' \(distribution ext-dist 2\.0, entry point ext = "
+                                          r"gpa_no_such_module_xyz:plugin\) failed to load: ModuleNotFoundError: No "
+                                          r"module named 'gpa_no_such_module_xyz'; disable it with "
+                                          r"GPUAFFINITY_DISABLE=ext$"):
+        pl.build_manager([], frozenset())
+
+
+def test_a_plugin_without_a_hook_is_reported_not_refused(monkeypatch):
+    mod = types.ModuleType("gpa_test_nohook")
+    mod.gpuaffinity_strategy = lambda: []  # misspelt, unmarked
+    monkeypatch.setitem(sys.modules, "gpa_test_nohook", mod)
+    monkeypatch.setattr(pl, "find_entry_points", lambda group: [pl.PluginInfo("ext", "gpa_test_nohook")])
+    pm, infos = pl.build_manager([], frozenset())
+    assert infos[0].problem == ("implements no hook: gpuaffinity_strategy is not a hook (the hook is "
+                                "gpuaffinity_strategies)")
+    assert pl.collect_strategies(pm, frozenset(), infos) == []
+
+
+def test_a_hook_that_raises_or_a_duplicate_name_is_a_plugin_error(monkeypatch):
+    def broken():
+        raise OSError("no device")
+
+    builtins = [("cvd", types.SimpleNamespace(gpuaffinity_strategies=broken))]
+    with pytest.raises(PluginError, match=r"^built-in plugin 'cvd' failed in gpuaffinity_strategies: OSError: no "
+                                          r"device; disable it with GPUAFFINITY_DISABLE=cvd$"):
+        pl.collect_strategies(None, frozenset(), [pl.PluginInfo("cvd")], builtins)
+    builtins = [("cvd", types.SimpleNamespace(gpuaffinity_strategies=lambda: [Fake("cvd", 50, Answer(U[1]))]))]
+    _plugin_module(monkeypatch, "gpa_test_dup", [Fake("cvd", 10, Answer(U[0]))])
+    monkeypatch.setattr(pl, "find_entry_points", lambda group: [pl.PluginInfo("ext", "gpa_test_dup")])
+    pm, infos = pl.build_manager(builtins, frozenset())
+    with pytest.raises(PluginError, match=r"^two strategies are named 'cvd' \(built-in plugin 'cvd' and plugin "
+                                          r"'ext' \(distribution \?, entry point ext = gpa_test_dup\)\); disable one "
+                                          r"with GPUAFFINITY_DISABLE=ext$"):
+        pl.collect_strategies(pm, frozenset(), infos, builtins)

@@ -1,0 +1,66 @@
+"""core/settings.py in process: the environment read once into Settings and validated (the policy, the
+disabled names, the subprocess switch, the simulator's roots), watch() for variables a plugin declares, and the
+warning about simulator variables set outside `gpuaffinity sim run`.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from gpuaffinity.core import settings as st
+from gpuaffinity.core.errors import GpuAffinityError
+
+# --- settings.Settings, normalize_disable, make_key: the environment read once, validated ----------------------
+
+def snap(monkeypatch, policy=None, disable=None, allow=True, **env):
+    for var in st.ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    return st.Settings.from_key(st.make_key(policy, disable, allow))
+
+
+def test_settings_read_the_environment_into_their_fields(monkeypatch):
+    s = snap(monkeypatch, "first", ("torch",), True, CUDA_VISIBLE_DEVICES="1,0", CUDA_DEVICE_ORDER="PCI_BUS_ID",
+             GPUAFFINITY_POLICY="strict", GPUAFFINITY_DISABLE=" cvd, ,pci", GPUAFFINITY_NO_SUBPROCESS="1",
+             GPUAFFINITY_PROCFS_ROOT="/p", GPUAFFINITY_DEV_ROOT="/d", GPUAFFINITY_SYSFS_ROOT="/s",
+             GPUAFFINITY_INVENTORY="procfs")
+    assert s == st.Settings("1,0", "PCI_BUS_ID", "first", "strict", ("torch",), " cvd, ,pci", True, "1", "/p",
+                            "/d", "/s", "procfs")
+    assert (s.policy, s.disabled, s.subprocess_allowed) == ("first", frozenset({"torch", "cvd", "pci"}), False)
+    assert s.inventory_env == {"GPUAFFINITY_PROCFS_ROOT": "/p", "GPUAFFINITY_DEV_ROOT": "/d",
+                               "GPUAFFINITY_SYSFS_ROOT": "/s", "GPUAFFINITY_INVENTORY": "procfs"}
+
+
+def test_the_policy_defaults_to_verify_and_the_environment_counts_when_no_argument_is_given(monkeypatch):
+    assert snap(monkeypatch).policy == "verify"
+    assert snap(monkeypatch, GPUAFFINITY_POLICY="strict").policy == "strict"
+    s = snap(monkeypatch)
+    assert (s.disabled, s.subprocess_allowed, s.cvd) == (frozenset(), True, None)
+    assert snap(monkeypatch, GPUAFFINITY_NO_SUBPROCESS="0").subprocess_allowed is True
+    assert snap(monkeypatch, allow=False).subprocess_allowed is False
+
+
+def test_an_unknown_policy_names_its_source(monkeypatch):
+    with pytest.raises(GpuAffinityError, match=r"^unknown GPUAFFINITY_POLICY 'fast': choose one of first, verify, "
+                                               r"strict$"):
+        _ = snap(monkeypatch, GPUAFFINITY_POLICY="fast").policy
+    with pytest.raises(GpuAffinityError, match=r"^unknown policy argument 'Strict': choose one of first, verify, "
+                                               r"strict$"):
+        _ = snap(monkeypatch, "Strict", GPUAFFINITY_POLICY="first").policy
+
+
+def test_normalize_disable():
+    assert st.normalize_disable(None) is None
+    assert st.normalize_disable(" a, b,,a ") == ("a", "b")
+    assert st.normalize_disable(["x", " y ", "x"]) == ("x", "y")
+    assert st.normalize_disable(", ,") is None and st.normalize_disable([]) is None
+    with pytest.raises(TypeError, match=r"^disable must hold strategy or plugin names \(strings\), not int$"):
+        st.normalize_disable(["a", 3])
+
+
+def test_stray_simulator_variables_are_named():
+    assert st.stray_sim_variables({}) == []
+    assert st.stray_sim_variables({"GPUAFFINITY_PROCFS_ROOT": "/tmp/p"}) == [
+        "gpuaffinity: GPUAFFINITY_PROCFS_ROOT='/tmp/p' is set outside `gpuaffinity sim run`: gpuaffinity reads that "
+        "folder instead of this machine's; unset it unless you mean it"]
