@@ -8,10 +8,12 @@ text, cut where the text is long, and its traceback).
 from __future__ import annotations
 
 import logging
+import threading
 import traceback
 
 from fake_strategies import Fake, U, make_ctx, run, verdict
 from gpuaffinity import Abstain, Answer, Strategy
+from gpuaffinity.core import chain
 from gpuaffinity.core.model import Verdict
 
 # --- _ask / _call / resolve_one: a strategy that does not subclass Strategy gets OPTIONAL's defaults -------------
@@ -78,3 +80,66 @@ def test_an_over_budget_strategy_abstains_without_a_traceback():
     v = verdict(dev, "slow")
     assert v.result == Abstain("over its time budget of 1 s for this resolution: not asked again")
     assert v.trace == "" and dev.strategy == "cvd"
+
+
+# --- chain._call / _ask: answer_all under a watchdog, in a named daemon thread, abandoned past its budget ------
+
+def test_an_answer_all_past_its_budget_is_abandoned_and_named_as_answer_all():
+    release = threading.Event()
+
+    class SlowBatch(Strategy):
+        name, priority, budget = "slow", 70, 0.05
+
+        def answer_all(self, ctx):
+            release.wait(5)
+            return [Answer(U[0])] * ctx.visible
+
+        def answer(self, ctx, logical_id):
+            return Answer(U[0])
+
+    try:
+        dev, _ = run([SlowBatch(), Fake("cvd", 50, Answer(U[1]))])
+    finally:
+        release.set()
+    assert verdict(dev, "slow").result == Abstain("answer_all ran past its time budget of 0.05 s: abandoned, and not "
+                                                  "asked again in this resolution")
+    assert (dev.strategy, dev.uuid, dev.fallback) == ("cvd", U[1], True)
+
+
+def test_a_watchdog_runs_the_strategy_in_a_named_daemon_thread():
+    seen = []
+
+    def where(ctx, logical_id):
+        t = threading.current_thread()
+        seen.append((t.name, t.daemon, t is threading.main_thread()))
+        return Answer(U[2])
+
+    dev, warns = run([Fake("w", 60, where, watchdog=True)])
+    assert (dev.strategy, dev.uuid, warns) == ("w", U[2], [])
+    assert seen == [("gpuaffinity-w", True, False)]
+
+
+# --- chain._ask / _mistake: a checked result carries no traceback; a bad uuid is shown cut to 60 characters ----
+
+def test_answers_and_mistaken_results_have_no_traceback():
+    dev, _ = run([Fake("bad", 70, "GPU-0"), Fake("good", 60, Answer(U[1]))])
+    assert verdict(dev, "bad").result == Abstain("returned str, not Answer or Abstain")
+    assert verdict(dev, "bad").trace == ""
+    assert verdict(dev, "good") == Verdict("good", 60, Answer(U[1]), True)
+    assert verdict(dev, "good").trace == ""
+
+
+def test_a_non_string_uuid_is_shown_in_its_first_60_characters():
+    big = 10 ** 70  # 71 digits
+    dev, _ = run([Fake("n", 70, Answer(big)), Fake("cvd", 50, Answer(U[0]))])
+    assert verdict(dev, "n").result == Abstain(f"answered int '{'1' + '0' * 59}', not a GPU UUID string")
+
+
+# --- chain._cost: a strategy without cost() is cheap ----------------------------------------------------------
+
+def test_a_strategy_without_cost_is_cheap():
+    class Plain:
+        name, priority = "plain", 10
+
+    assert chain._cost(Plain(), make_ctx()) == "cheap"
+    assert chain._cost(Fake("e", 1, None, cost="expensive"), make_ctx()) == "expensive"

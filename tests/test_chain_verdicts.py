@@ -12,7 +12,7 @@ import pytest
 from fake_strategies import Fake, U, make_ctx, run, verdict
 from gpuaffinity import Abstain, Answer
 from gpuaffinity.core.chain import IDENTITY
-from gpuaffinity.core.errors import FallbackWarning, UnresolvedError
+from gpuaffinity.core.errors import FallbackWarning, GpuAffinityError, UnresolvedError
 from gpuaffinity.core.model import Verdict
 
 # --- resolve_one, policy 'first': the skipped strategies' verdicts are quiet abstentions that did not run -------
@@ -52,3 +52,41 @@ def test_strict_does_not_guess_and_says_why():
                        r"Abstained: a: no list\.$") as e:
         run([Fake("a", 60, Abstain("no list"))], "strict", c=make_ctx("2,1,0", "PCI_BUS_ID"), logical_id=2)
     assert (e.value.device.strategy, e.value.device.uuid, e.value.exit_status) == (IDENTITY, U[2], 3)
+
+
+ENV = r"CUDA_VISIBLE_DEVICES=None, CUDA_DEVICE_ORDER=None"
+
+
+# --- resolve_one: why a deferred (expensive) strategy was not asked, as a quiet abstention that did not run ----
+
+def test_under_first_a_deferred_strategy_is_not_asked_because_of_the_policy():
+    dev, warns = run([Fake("pci", 70, Answer(U[0]), cost="expensive"), Fake("cvd", 60, Answer(U[1]))], "first")
+    assert (dev.strategy, dev.uuid, warns) == ("cvd", U[1], [])
+    v = verdict(dev, "pci")
+    assert v == Verdict("pci", 70, Abstain("not asked: policy 'first'", quiet=True), False)
+    assert (v.result.quiet, v.ran) == (True, False)
+
+
+def test_under_verify_a_deferred_strategy_nothing_called_for_is_not_asked_and_says_why():
+    dev, warns = run([Fake("pci", 70, Answer(U[0]), cost="expensive"), Fake("cvd", 60, Answer(U[1]))])
+    assert (dev.strategy, dev.uuid, dev.fallback, warns) == ("cvd", U[1], False, [])
+    v = verdict(dev, "pci")
+    assert v.result.reason == ("not asked: it is expensive, and nothing called for it (no cheaper answer was "
+                               "contradicted, and CUDA_VISIBLE_DEVICES reads the same under the documented grammar); "
+                               "policy 'strict' asks it")
+    assert (v.result.quiet, v.ran) == (True, False)
+
+
+def test_a_deferred_strategy_that_abstains_before_any_answer_makes_the_answer_a_fallback():
+    dev, warns = run([Fake("a", 80, Abstain("driver says no"), cost="expensive"),
+                      Fake("b", 70, Answer(U[2]), cost="expensive")])
+    assert (dev.strategy, dev.uuid, dev.fallback, dev.answered) == ("b", U[2], True, ("b",))
+    assert warns == [(FallbackWarning, "gpuaffinity: CUDA device 0 (CUDA_VISIBLE_DEVICES=None, CUDA_DEVICE_ORDER=None) "
+                                       "resolved by fallback strategy 'b' because higher-priority strategies could "
+                                       "not answer. Abstained: a: driver says no.")]
+
+
+def test_a_logical_id_past_the_gpu_list_with_no_answer_is_an_error_not_a_guess():
+    with pytest.raises(GpuAffinityError, match=r"^no strategy could resolve CUDA device 3 \(" + ENV + r"\) and NVML "
+                                               r"has only 3 GPUs\. Abstained: a: no list\.$"):
+        run([Fake("a", 60, Abstain("no list"))], logical_id=3)

@@ -1,6 +1,6 @@
 """The pure core in process: the device model, the cpulist grammar, the CUDA_VISIBLE_DEVICES grammar where the
 recorded driver runs do not reach (MIG, FASTEST_FIRST order on mixed models); and the helpers that word
-messages (errors.shown).
+messages (errors.shown, notes).
 
 Boundary cases of the grammars are in test_cpulist_edges.py and test_cvd_grammar_edges.py."""
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from gpuaffinity.core import notes as nt
 from gpuaffinity.core.cvd import GpuIdentity, Visible, apply_cvd, match_uuid, strtoul32
 from gpuaffinity.core.errors import shown
 from gpuaffinity.core.model import (
@@ -265,3 +266,11 @@ def test_shown_is_the_repr_cut_to_its_limit():
     assert shown(None) == "None"
     assert shown("0,1") == "'0,1'"
     assert shown("x" * 10, limit=5) == "'xxxx... (10 characters)"
+
+
+# --- notes.kind_of ---------------------------------------------------------------------------------------------
+
+def test_kind_of_reads_a_notes_kind_and_calls_a_plain_string_info():
+    assert nt.kind_of(nt.attention("fewer cores than GPUs")) == "attention"
+    assert nt.kind_of(nt.Note("split", "info")) == "info"
+    assert nt.kind_of("from a plugin") == "info"

@@ -5,8 +5,13 @@ where sys.path holds a zip, and the object an entry point names.
 
 from __future__ import annotations
 
+import importlib.metadata
 import sys
+import types
+import zipfile
 
+from fake_strategies import Good
+from gpuaffinity import hookimpl
 from gpuaffinity.core import plugins as pl
 
 # --- plugins.valid_name, _dist_key, PluginInfo: the names a plugin and its distribution go by -----------------------
@@ -46,3 +51,76 @@ def test_find_entry_points_reads_the_dist_info_folders(tmp_path, monkeypatch):
     (tmp_path / "a_b-3.dist-info" / "entry_points.txt").write_text("[gpuaffinity]\nab = a_b.x:y [opt]\n")
     got = pl.find_entry_points("gpuaffinity")
     assert [(i.name, i.target, i.distribution, i.version) for i in got] == [("ab", "a_b.x:y", "a-b", "3")]
+
+
+# --- plugins._load: the attribute path after ":" is followed dot by dot -----------------------------------------
+
+def test_load_follows_a_dotted_attribute_path(monkeypatch):
+    mod = types.ModuleType("gpa_test_load")
+    mod.outer = types.SimpleNamespace(inner=types.SimpleNamespace(plugin="found"))
+    monkeypatch.setitem(sys.modules, "gpa_test_load", mod)
+    assert pl._load("gpa_test_load: outer.inner.plugin ") == "found"
+    assert pl._load("gpa_test_load:outer") is mod.outer
+    assert pl._load("gpa_test_load") is mod
+
+
+# --- plugins._metadata_entry_points / build_manager: importlib.metadata when sys.path holds a zip ----------------
+
+def _zip_dist(tmp_path, text):
+    path = tmp_path / "plugs.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("Zip_Plug-1.5.dist-info/METADATA", "Metadata-Version: 2.1\nName: Zip-Plug\nVersion: 1.5\n")
+        z.writestr("Zip_Plug-1.5.dist-info/entry_points.txt", text)
+    return path
+
+
+def test_metadata_entry_points_reads_the_group_with_distribution_and_version(tmp_path, monkeypatch):
+    path = _zip_dist(tmp_path, "[gpuaffinity]\nzp = gpa_test_zip:plugin\n[console_scripts]\nzz = a:b\n")
+    monkeypatch.setattr(sys, "path", [str(path)])
+    assert pl._metadata_entry_points("gpuaffinity") == [pl.PluginInfo("zp", "gpa_test_zip:plugin", "Zip-Plug", "1.5")]
+
+
+def test_metadata_entry_points_without_a_distribution_leave_it_empty(monkeypatch):
+    ep = importlib.metadata.EntryPoint("bare", "b:c", "gpuaffinity")
+    assert getattr(ep, "dist", None) is None
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda group: [ep] if group == "gpuaffinity" else [])
+    got = pl._metadata_entry_points("gpuaffinity")
+    assert got == [pl.PluginInfo("bare", "b:c", "", "")]
+    assert (got[0].distribution, got[0].version) == ("", "")
+
+
+def test_build_manager_falls_back_to_importlib_metadata_for_a_zip_on_sys_path(tmp_path, monkeypatch):
+    mod = types.ModuleType("gpa_test_zip")
+    mod.plugin = types.SimpleNamespace(gpuaffinity_strategies=hookimpl(lambda: [Good()]))
+    monkeypatch.setitem(sys.modules, "gpa_test_zip", mod)
+    path = _zip_dist(tmp_path, "[gpuaffinity]\nzp = gpa_test_zip:plugin\n")
+    monkeypatch.setattr(sys, "path", [str(path)])
+    assert pl.find_entry_points("gpuaffinity") is None
+    pm, infos = pl.build_manager([], frozenset())
+    assert pm is not None and infos == [pl.PluginInfo("zp", "gpa_test_zip:plugin", "Zip-Plug", "1.5")]
+    assert [s.name for s in pl.collect_strategies(pm, frozenset(), infos)] == ["good"]
+
+
+# --- plugins._section: the first "=" splits; the value ends at the first "[" ---------------------------------
+
+def test_section_splits_at_the_first_equals_sign_and_cuts_at_the_first_bracket():
+    text = "[gpuaffinity]\nk = pkg:f=g\nx = m:f [a] [b]\n"
+    assert pl._section(text, "gpuaffinity") == [("k", "pkg:f=g"), ("x", "m:f")]
+
+
+# --- plugins.find_entry_points: a missing sys.path entry is skipped; entry_points.txt is read as UTF-8 --------
+
+def test_find_entry_points_skips_a_missing_entry_and_reads_utf8_whatever_the_locale(tmp_path, monkeypatch):
+    folder = tmp_path / "u_plug-1.0.dist-info"
+    folder.mkdir()
+    (folder / "entry_points.txt").write_bytes("# café\n[gpuaffinity]\nu = u_plug:plugin\n".encode())
+    real_open = open
+
+    def ascii_locale_open(*args, encoding=None, **kw):  # what open() does with no encoding under LANG=C
+        return real_open(*args, encoding=encoding or "ascii", **kw)
+
+    monkeypatch.setattr(pl, "open", ascii_locale_open, raising=False)
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "missing"), str(tmp_path)])
+    got = pl.find_entry_points("gpuaffinity")
+    assert [(i.name, i.target, i.distribution, i.version) for i in got] == [("u", "u_plug:plugin", "u-plug", "1.0")]

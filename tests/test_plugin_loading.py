@@ -11,7 +11,7 @@ import types
 import pytest
 
 from fake_strategies import Fake, Good, U
-from gpuaffinity import Answer
+from gpuaffinity import Answer, hookimpl
 from gpuaffinity.core import plugins as pl
 from gpuaffinity.core.errors import PluginError
 
@@ -90,3 +90,34 @@ def test_a_hook_that_raises_or_a_duplicate_name_is_a_plugin_error(monkeypatch):
                                           r"'ext' \(distribution \?, entry point ext = gpa_test_dup\)\); disable one "
                                           r"with GPUAFFINITY_DISABLE=ext$"):
         pl.collect_strategies(pm, frozenset(), infos, builtins)
+
+
+# --- plugins._register: what a plugin without a hook is told -------------------------------------------------
+
+def _problem(monkeypatch, name, **attrs):
+    mod = types.ModuleType(name)
+    for k, v in attrs.items():
+        setattr(mod, k, v)
+    monkeypatch.setitem(sys.modules, name, mod)
+    monkeypatch.setattr(pl, "find_entry_points", lambda group: [pl.PluginInfo("ext", name)])
+    pm, infos = pl.build_manager([], frozenset())
+    return mod, pm, infos[0].problem
+
+
+def test_a_hook_name_in_the_wrong_case_is_pointed_out(monkeypatch):
+    _, _, problem = _problem(monkeypatch, "gpa_test_case", Gpuaffinity_Strategies=lambda: [])
+    assert problem == "implements no hook: Gpuaffinity_Strategies is not a hook (the hook is gpuaffinity_strategies)"
+
+
+def test_an_unmarked_hook_is_told_to_mark_it_and_an_empty_plugin_to_define_it(monkeypatch):
+    _, _, problem = _problem(monkeypatch, "gpa_test_unmarked", gpuaffinity_strategies=lambda: [])
+    assert problem == "implements no hook: mark gpuaffinity_strategies with @gpuaffinity.hookimpl"
+    _, _, problem = _problem(monkeypatch, "gpa_test_empty")
+    assert problem == "implements no hook: define gpuaffinity_strategies and mark it with @gpuaffinity.hookimpl"
+
+
+def test_a_marked_but_misspelt_hook_is_unregistered_and_reported(monkeypatch):
+    mod, pm, problem = _problem(monkeypatch, "gpa_test_misspelt", gpuaffinity_strategy=hookimpl(lambda: []))
+    assert problem.startswith("implements no hook: unknown hook 'gpuaffinity_strategy' in plugin ")
+    assert not pm.is_registered(mod)
+    assert pm.get_plugin("ext") is None

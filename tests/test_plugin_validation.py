@@ -4,11 +4,13 @@ before the chain may ask it, and the error names the plugin, the strategy and wh
 
 from __future__ import annotations
 
+import sys
 import types
 
 import pytest
 
 from fake_strategies import Good
+from gpuaffinity import hookimpl
 from gpuaffinity.core import plugins as pl
 from gpuaffinity.core.errors import PluginError
 
@@ -42,3 +44,73 @@ def test_validate_names_the_plugin_and_what_is_wrong(strategy, what):
     pl.validate(Good(), owner)  # a usable one passes
     for falsy in (0, None, False):  # found by attacking the change: a falsy asks_driver claims nothing
         pl.validate(types.SimpleNamespace(name="ok", priority=1, answer=lambda c, i: None, asks_driver=falsy), owner)
+
+
+# --- plugins._short / validate: the strategy shown by its repr, cut at 80 characters; every check named -------
+
+def test_short_is_the_repr_cut_at_80_characters():
+    assert pl._short(types.SimpleNamespace(name="ok")) == "namespace(name='ok')"
+    assert pl._short("x" * 78) == "'" + "x" * 78 + "'"
+    assert pl._short("x" * 100) == "'" + "x" * 79 + "..."
+
+
+OWNER = pl.PluginInfo("ext", "ext_mod:plugin", "ext-dist", "2.0")
+HEAD_RE = r"^plugin 'ext' \(distribution ext-dist 2\.0, entry point ext = ext_mod:plugin\) returned a strategy "
+TAIL_RE = r"; fix it, or disable the plugin with GPUAFFINITY_DISABLE=ext$"
+
+
+class _Strat:
+    """A strategy with a short fixed repr, whose parts are given."""
+
+    def __init__(self, **kw):
+        self.name, self.priority, self.answer = "ok", 1, lambda c, i: None
+        self.__dict__.update(kw)
+
+    def __repr__(self):
+        return "<strat>"
+
+
+def test_validate_shows_the_strategy_and_refuses_a_nameless_one():
+    with pytest.raises(PluginError, match=HEAD_RE + r"namespace\(priority=1\) that has no usable name \(None: want a "
+                                          r"short identifier such as 'launcher'\)" + TAIL_RE):
+        pl.validate(types.SimpleNamespace(priority=1), OWNER)
+
+
+@pytest.mark.parametrize(("kw", "what"), [
+    ({"count": 3}, "has count that is not a method taking (ctx)"),
+    ({"answer_all": lambda: []}, "has answer_all that is not a method taking (ctx)"),
+    ({"env_vars": ("X", "")}, "has env_vars ('X', ''), not a tuple of variable names"),
+    ({"env_vars": ("X", 3)}, "has env_vars ('X', 3), not a tuple of variable names"),
+])
+def test_validate_checks_count_answer_all_and_every_env_var(kw, what):
+    with pytest.raises(PluginError) as e:
+        pl.validate(_Strat(**kw), OWNER)
+    assert str(e.value) == (f"plugin 'ext' (distribution ext-dist 2.0, entry point ext = ext_mod:plugin) returned a "
+                            f"strategy <strat> that {what}; fix it, or disable the plugin with GPUAFFINITY_DISABLE=ext")
+    pl.validate(_Strat(count=lambda ctx: 1, answer_all=lambda ctx: [], env_vars=("X", "Y")), OWNER)
+
+
+def test_validate_names_an_owner_without_a_name_as_itself():
+    with pytest.raises(PluginError, match=r"^a test returned a strategy namespace\(priority=1\) that has no usable "
+                                          r"name \(None: want a short identifier such as 'launcher'\); fix it, or "
+                                          r"disable the plugin with GPUAFFINITY_DISABLE=a test$"):
+        pl.validate(types.SimpleNamespace(priority=1), "a test")
+
+
+# --- plugins.collect_strategies: third-party strategies are validated, with their plugin named ----------------
+
+def test_a_third_party_strategy_is_validated_and_a_built_in_is_trusted(monkeypatch):
+    bad = types.SimpleNamespace(name="2bad", priority=1)
+    mod = types.ModuleType("gpa_test_badstrat")
+    mod.gpuaffinity_strategies = hookimpl(lambda: [bad])
+    monkeypatch.setitem(sys.modules, "gpa_test_badstrat", mod)
+    monkeypatch.setattr(pl, "find_entry_points", lambda group: [pl.PluginInfo("ext", "gpa_test_badstrat")])
+    pm, infos = pl.build_manager([], frozenset())
+    with pytest.raises(PluginError, match=r"^plugin 'ext' \(distribution \?, entry point ext = gpa_test_badstrat\) "
+                                          r"returned a strategy namespace\(name='2bad', priority=1\) that has no "
+                                          r"usable name \('2bad': want a short identifier such as 'launcher'\); fix "
+                                          r"it, or disable the plugin with GPUAFFINITY_DISABLE=ext$"):
+        pl.collect_strategies(pm, frozenset(), infos)
+    odd = types.SimpleNamespace(name="odd", priority=3, budget=0)  # not a valid plugin strategy, but built in
+    builtins = [("odd", types.SimpleNamespace(gpuaffinity_strategies=lambda: [odd]))]
+    assert pl.collect_strategies(None, frozenset(), [pl.PluginInfo("odd")], builtins) == [odd]

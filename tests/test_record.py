@@ -198,3 +198,46 @@ def test_field_compares_by_default():
 
     assert F(1, 2) != F(1, 3) and F(1, c=[1]) != F(1) and F(1, 2, [1]) == F(1, 2, [1])
     assert [f.compare for f in F.__record_fields__] == [True, True, True]
+
+
+# --- record._build ----------------------------------------------------------------------------------------------
+
+def test_a_subclass_may_redeclare_an_inherited_field_with_a_new_default():
+    @rec.record
+    class Base:
+        a: int
+        b: int = 2
+
+    @rec.record
+    class Sub(Base):
+        b: int = 5
+
+    assert rec.fields(Sub) == ("a", "b") and (Sub(1).a, Sub(1).b) == (1, 5) and Base(1).b == 2
+
+
+def test_a_field_without_a_default_after_a_default_factory_is_refused():
+    with pytest.raises(TypeError, match=r"^Late: field 'b' without a default follows one with a default$"):
+        @rec.record
+        class Late:
+            a: list = rec.field(default_factory=list)
+            b: int
+
+
+def test_a_mutable_record_assigns_through_its_own_setattr():
+    @rec.record
+    class Doubled:
+        a: int
+
+        def __setattr__(self, name, value):
+            object.__setattr__(self, name, value * 2)
+
+    assert Doubled(3).a == 6
+
+
+def test_a_frozen_record_refuses_deletion_naming_its_class():
+    @rec.record(frozen=True)
+    class P:
+        x: int
+
+    with pytest.raises(rec.FrozenError, match=r"^cannot delete field 'x' of a frozen P$"):
+        del P(1).x

@@ -64,3 +64,64 @@ def test_stray_simulator_variables_are_named():
     assert st.stray_sim_variables({"GPUAFFINITY_PROCFS_ROOT": "/tmp/p"}) == [
         "gpuaffinity: GPUAFFINITY_PROCFS_ROOT='/tmp/p' is set outside `gpuaffinity sim run`: gpuaffinity reads that "
         "folder instead of this machine's; unset it unless you mean it"]
+
+
+# --- settings.stray_sim_variables: inside `gpuaffinity sim run` the roots beside the config are expected -------
+
+def _msg(var, value, what="that folder"):
+    return (f"gpuaffinity: {var}={value!r} is set outside `gpuaffinity sim run`: gpuaffinity reads {what} instead "
+            "of this machine's; unset it unless you mean it")
+
+
+def test_simulator_roots_beside_the_config_are_not_stray(tmp_path):
+    config = tmp_path / "machine.json"
+    config.write_text("{}")
+    inside = str(tmp_path / "proc")
+    env = {"GPUAFFINITY_SIM_CONFIG": str(config), "GPUAFFINITY_PROCFS_ROOT": inside,
+           "GPUAFFINITY_SIM_ALLOWED_CPUS": "0-3"}
+    assert st.stray_sim_variables(env) == []
+    env["GPUAFFINITY_DEV_ROOT"] = "/elsewhere/dev"
+    assert st.stray_sim_variables(env) == [_msg("GPUAFFINITY_DEV_ROOT", "/elsewhere/dev")]
+
+
+def test_every_stray_variable_is_named_not_only_the_first(tmp_path):
+    env = {"GPUAFFINITY_DEV_ROOT": "/d", "GPUAFFINITY_SIM_ALLOWED_CPUS": "0-3"}
+    assert st.stray_sim_variables(env) == [_msg("GPUAFFINITY_DEV_ROOT", "/d"),
+                                           _msg("GPUAFFINITY_SIM_ALLOWED_CPUS", "0-3", "its CPU list")]
+
+
+def test_stray_sim_variables_with_a_relative_config(tmp_path, monkeypatch):
+    """A relative GPUAFFINITY_SIM_CONFIG is found from the working folder: the roots beside it are not stray, and a
+    root anywhere else is.  (Were its folder taken as written, it would be "" for "m.json", which every absolute
+    root counts as inside, and "sims" for "sims/m.json", which no absolute root counts as inside.)"""
+    from gpuaffinity.core.settings import stray_sim_variables
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sims").mkdir()
+    (tmp_path / "sims" / "m.json").write_text("{}")
+    (tmp_path / "m.json").write_text("{}")
+    beside = {"GPUAFFINITY_SIM_CONFIG": "sims/m.json", "GPUAFFINITY_PROCFS_ROOT": str(tmp_path / "sims" / "proc")}
+    assert stray_sim_variables(beside) == []
+    elsewhere = {"GPUAFFINITY_SIM_CONFIG": "m.json", "GPUAFFINITY_PROCFS_ROOT": "/etc/anywhere"}
+    assert stray_sim_variables(elsewhere) == [
+        "gpuaffinity: GPUAFFINITY_PROCFS_ROOT='/etc/anywhere' is set outside `gpuaffinity sim run`: gpuaffinity "
+        "reads that folder instead of this machine's; unset it unless you mean it"]
+
+
+# --- settings.watch: declared variables join every later key ----------------------------------------------------
+
+def test_watch_adds_variables_to_the_key_once(monkeypatch):
+    monkeypatch.setattr(st, "_EXTRA", ())
+    monkeypatch.setattr(st, "_EXTRA_KEYS", ())
+    monkeypatch.setenv("GPA_TEST_WATCH_A", "a-value")
+    monkeypatch.delenv("GPA_TEST_WATCH_B", raising=False)
+    base = st.make_key(None, None, True)
+    assert st.watch(["GPA_TEST_WATCH_B", "GPA_TEST_WATCH_A"]) is True
+    assert st._EXTRA == ("GPA_TEST_WATCH_A", "GPA_TEST_WATCH_B")
+    key = st.make_key(None, None, True)
+    assert key[:len(base)] == base and len(key) == len(base) + 2
+    assert [st._str(v) for v in key[len(base):]] == ["a-value", None]
+    assert st.watch(["GPA_TEST_WATCH_A"]) is False and st.watch([]) is False
+    assert st.watch(["GPA_TEST_WATCH_C"]) is True
+    assert st._EXTRA == ("GPA_TEST_WATCH_A", "GPA_TEST_WATCH_B", "GPA_TEST_WATCH_C")
+    assert len(st.make_key(None, None, True)) == len(base) + 3
