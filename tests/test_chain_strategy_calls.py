@@ -143,3 +143,49 @@ def test_a_strategy_without_cost_is_cheap():
 
     assert chain._cost(Plain(), make_ctx()) == "cheap"
     assert chain._cost(Fake("e", 1, None, cost="expensive"), make_ctx()) == "expensive"
+
+
+# --- _ask: answer_all returning something without a length abstains with "?" items, not with a TypeError -------
+
+def test_answer_all_returning_a_non_sequence_abstains_with_a_question_mark():
+    class NotAList(Fake):
+        def answer_all(self, ctx):
+            return 5
+
+    dev, _ = run([NotAList("batch", 70, Answer(U[2])), Fake("cvd", 50, Answer(U[1]))])
+    assert verdict(dev, "batch").result == Abstain("answer_all returned int of ? items, not one per visible "
+                                                   "device (3)")
+    assert (dev.strategy, dev.uuid, dev.fallback) == ("cvd", U[1], True)
+
+
+# --- _call: a budget spent exactly to 0 left is over (a strategy without answer_all goes straight to answer) ------
+
+class DuckOnBudget:
+    name, priority, budget, watchdog = "duck", 60, 1.0, False
+
+    def answer(self, ctx, logical_id):
+        return Answer(U[2])
+
+
+def test_a_budget_with_exactly_nothing_left_is_over():
+    c = make_ctx()
+    c.scratch["_spent"] = {"duck": 1.0}
+    dev, _ = run([DuckOnBudget(), Fake("cvd", 50, Answer(U[1]))], c=c)
+    assert verdict(dev, "duck").result == Abstain("over its time budget of 1 s for this resolution: not asked again")
+    assert (dev.strategy, dev.uuid) == ("cvd", U[1])
+
+
+# --- _cost: an unknown cost word is shown cut to 40 characters ------------------------------------------------
+
+def test_an_unknown_cost_word_is_shown_cut_to_40_characters():
+    dev, _ = run([Fake("odd", 60, Answer(U[2]), cost="c" * 50), Fake("cvd", 50, Answer(U[1]))])
+    assert verdict(dev, "odd").result == Abstain("cost() returned '" + "c" * 40 + "', not 'cheap' or 'expensive'")
+    assert verdict(dev, "odd").ran is True
+
+
+# --- _mistake: a bad mig_uuid is shown cut to 60 characters ------------------------------------------------------
+
+def test_a_bad_mig_uuid_is_shown_cut_to_60_characters():
+    dev, _ = run([Fake("mig", 60, Answer(U[2], mig_uuid="m" * 70)), Fake("cvd", 50, Answer(U[1]))])
+    assert verdict(dev, "mig").result == Abstain("gave mig_uuid '" + "m" * 60 + "', not a MIG-... UUID")
+    assert dev.strategy == "cvd"

@@ -90,3 +90,24 @@ def test_a_logical_id_past_the_gpu_list_with_no_answer_is_an_error_not_a_guess()
     with pytest.raises(GpuAffinityError, match=r"^no strategy could resolve CUDA device 3 \(" + ENV + r"\) and NVML "
                                                r"has only 3 GPUs\. Abstained: a: no list\.$"):
         run([Fake("a", 60, Abstain("no list"))], logical_id=3)
+
+
+# --- resolve_one: an answered device says how the GPU list was established -------------------------------------
+
+def test_an_answered_device_carries_the_inventory_label():
+    dev, warns = run([Fake("cvd", 50, Answer(U[1]))])
+    assert (dev.strategy, dev.uuid, dev.inventory, warns) == ("cvd", U[1], "nvml", [])
+
+
+# --- resolve_one: a strategy whose cost() is unusable is skipped, and the ones after it are still asked ---------
+
+def test_the_strategies_after_one_with_a_bad_cost_are_still_asked():
+    dev, warns = run([Fake("odd", 60, Answer(U[2]), cost="free"), Fake("cvd", 50, Answer(U[1])),
+                      Fake("low", 40, Answer(U[1]))])
+    assert (dev.strategy, dev.uuid, dev.answered, dev.agreed, dev.fallback) == (
+        "cvd", U[1], ("cvd", "low"), ("cvd", "low"), True)
+    assert verdict(dev, "odd") == Verdict("odd", 60, Abstain("cost() returned 'free', not 'cheap' or 'expensive'"))
+    assert [w[1] for w in warns] == [
+        "gpuaffinity: CUDA device 0 (CUDA_VISIBLE_DEVICES=None, CUDA_DEVICE_ORDER=None) resolved by fallback "
+        "strategy 'cvd' because higher-priority strategies could not answer. Abstained: odd: cost() returned "
+        "'free', not 'cheap' or 'expensive'."]

@@ -124,3 +124,10 @@ def test_find_entry_points_skips_a_missing_entry_and_reads_utf8_whatever_the_loc
     monkeypatch.setattr(sys, "path", [str(tmp_path / "missing"), str(tmp_path)])
     got = pl.find_entry_points("gpuaffinity")
     assert [(i.name, i.target, i.distribution, i.version) for i in got] == [("u", "u_plug:plugin", "u-plug", "1.0")]
+
+
+# --- plugins._section: a ";" comment is skipped even when it holds "="; the value ends at "[" without a space ---
+
+def test_section_skips_semicolon_comments_and_cuts_an_extra_without_a_space():
+    text = "[gpuaffinity]\n; off = old.mod:plugin\na = pkg.mod:attr[extra]\n"
+    assert pl._section(text, "gpuaffinity") == [("a", "pkg.mod:attr")]

@@ -11,7 +11,7 @@ import types
 import pytest
 
 from fake_strategies import Fake, Good, U
-from gpuaffinity import Answer, hookimpl
+from gpuaffinity import Answer, Strategy, hookimpl
 from gpuaffinity.core import plugins as pl
 from gpuaffinity.core.errors import PluginError
 
@@ -121,3 +121,24 @@ def test_a_marked_but_misspelt_hook_is_unregistered_and_reported(monkeypatch):
     assert problem.startswith("implements no hook: unknown hook 'gpuaffinity_strategy' in plugin ")
     assert not pm.is_registered(mod)
     assert pm.get_plugin("ext") is None
+
+
+# --- plugins.build_manager: of two entry points with one name, only the first is loaded --------------------------
+
+class Other(Strategy):
+    name, priority = "other", 70
+
+    def answer(self, ctx, logical_id):
+        return Answer(U[1])
+
+
+def test_the_first_entry_point_of_a_name_wins(monkeypatch):
+    for mod_name, strategy in (("gpa_test_dup_a", Good()), ("gpa_test_dup_b", Other())):
+        mod = types.ModuleType(mod_name)
+        mod.gpuaffinity_strategies = hookimpl(lambda strategy=strategy: [strategy])
+        monkeypatch.setitem(sys.modules, mod_name, mod)
+    first, second = pl.PluginInfo("ext", "gpa_test_dup_a", "a", "1"), pl.PluginInfo("ext", "gpa_test_dup_b", "b", "2")
+    monkeypatch.setattr(pl, "find_entry_points", lambda group: [first, second])
+    pm, infos = pl.build_manager([], frozenset())
+    assert infos == [first]
+    assert [s.name for s in pl.collect_strategies(pm, frozenset(), infos)] == ["good"]

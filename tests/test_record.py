@@ -241,3 +241,36 @@ def test_a_frozen_record_refuses_deletion_naming_its_class():
 
     with pytest.raises(rec.FrozenError, match=r"^cannot delete field 'x' of a frozen P$"):
         del P(1).x
+
+
+# --- record._build: a mutable record keeps its own __hash__; field() defaults become class attributes --------------
+
+def test_a_mutable_record_keeps_its_own_hash():
+    @rec.record
+    class M:
+        x: int
+
+        def __hash__(self):
+            return 11
+
+    assert (hash(M(1)), M(1) == M(1), M(1) == M(2)) == (11, True, False)
+
+
+def test_a_mutable_record_without_its_own_hash_is_unhashable():
+    @rec.record
+    class N:
+        x: int
+
+    assert N.__hash__ is None
+    with pytest.raises(TypeError, match=r"^unhashable type: 'N'$"):
+        hash(N(1))
+
+
+def test_field_defaults_are_class_attributes_and_factories_are_not():
+    @rec.record
+    class F:
+        a: int = rec.field(default=4)
+        b: list = rec.field(default_factory=list)
+
+    assert (F.__dict__.get("a"), "b" in F.__dict__) == (4, False)
+    assert (F().a, F().b, F(1, [2]).b) == (4, [], [2])

@@ -108,6 +108,16 @@ def test_stray_sim_variables_with_a_relative_config(tmp_path, monkeypatch):
         "reads that folder instead of this machine's; unset it unless you mean it"]
 
 
+# --- settings.stray_sim_variables: a config that is not a file gives no folder for roots to be inside -----------
+
+def test_a_root_beside_a_missing_config_is_still_stray(tmp_path):
+    root = str(tmp_path / "proc")
+    env = {"GPUAFFINITY_SIM_CONFIG": str(tmp_path / "gone.json"), "GPUAFFINITY_PROCFS_ROOT": root}
+    assert st.stray_sim_variables(env) == [
+        f"gpuaffinity: GPUAFFINITY_PROCFS_ROOT={root!r} is set outside `gpuaffinity sim run`: gpuaffinity reads "
+        "that folder instead of this machine's; unset it unless you mean it"]
+
+
 # --- settings.watch: declared variables join every later key ----------------------------------------------------
 
 def test_watch_adds_variables_to_the_key_once(monkeypatch):
