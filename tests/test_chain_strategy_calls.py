@@ -11,7 +11,9 @@ import logging
 import threading
 import traceback
 
-from fake_strategies import Fake, U, make_ctx, run, verdict
+import pytest
+
+from fake_strategies import GPUS, Fake, U, make_ctx, run, verdict
 from gpuaffinity import Abstain, Answer, Strategy
 from gpuaffinity.core import chain
 from gpuaffinity.core.model import Verdict
@@ -189,3 +191,119 @@ def test_a_bad_mig_uuid_is_shown_cut_to_60_characters():
     dev, _ = run([Fake("mig", 60, Answer(U[2], mig_uuid="m" * 70)), Fake("cvd", 50, Answer(U[1]))])
     assert verdict(dev, "mig").result == Abstain("gave mig_uuid '" + "m" * 60 + "', not a MIG-... UUID")
     assert dev.strategy == "cvd"
+
+
+def _raise(e):
+    def fn(*args):
+        raise e
+    return fn
+
+
+# --- chain._ask: answer_all's batch is kept in ctx.scratch["_all"], by strategy name, for every device ----------
+
+def test_the_batch_of_answer_all_and_its_absence_are_kept_in_scratch_all():
+    class Batch(Strategy):
+        name, priority, watchdog = "batch", 70, False
+
+        def answer_all(self, ctx):
+            return [Answer(U[2]), Answer(U[1]), Answer(U[0])]
+
+    c = make_ctx()
+    dev, warns = run([Batch(), Fake("cvd", 50, Answer(U[2]))], c=c)
+    assert (dev.strategy, dev.uuid, warns) == ("batch", U[2], [])
+    assert c.scratch["_all"] == {"batch": [Answer(U[2]), Answer(U[1]), Answer(U[0])], "cvd": None}
+
+
+# --- chain._ask: a batch that is a string, or not a sequence at all, is refused whatever its length -------------
+
+@pytest.mark.parametrize(("batch", "reason"), [
+    ("abc", "answer_all returned str of 3 items, not one per visible device (3)"),
+    (b"abc", "answer_all returned bytes of 3 items, not one per visible device (3)"),
+    ({"a", "b", "c"}, "answer_all returned set of ? items, not one per visible device (3)"),
+    (5, "answer_all returned int of ? items, not one per visible device (3)"),
+])
+def test_a_batch_of_the_wrong_kind_abstains_saying_what_it_was(batch, reason):
+    class Odd(Strategy):
+        name, priority, watchdog = "odd", 70, False
+
+        def answer_all(self, ctx):
+            return batch
+
+    dev, _ = run([Odd(), Fake("cvd", 50, Answer(U[1]))])
+    assert verdict(dev, "odd").result == Abstain(reason)
+    assert (dev.strategy, dev.fallback) == ("cvd", True)
+
+
+# --- chain._ask / _cost: an exception's text is cut to 300 (answer) and 200 (cost) characters; cost's is logged --
+
+def test_a_raising_answer_is_cut_to_300_characters_and_a_raising_cost_to_200(caplog):
+    caplog.set_level(logging.DEBUG, logger="gpuaffinity")
+    dev, _ = run([Fake("a", 70, _raise(ValueError("y" * 350))),
+                  Fake("c", 60, Answer(U[0]), cost=_raise(KeyError("k" * 250))),
+                  Fake("cvd", 50, Answer(U[1]))])
+    assert verdict(dev, "a").result == Abstain("raised ValueError: " + "y" * 300)
+    assert verdict(dev, "c").result == Abstain("cost() raised KeyError: '" + "k" * 199)
+    [r] = [r for r in caplog.records if "cost()" in r.getMessage()]
+    assert (r.getMessage(), r.name, r.levelno) == ("strategy c: cost() raised", "gpuaffinity", logging.DEBUG)
+    assert isinstance(r.exc_info[1], KeyError)
+
+
+# --- chain._call: the watchdog is on unless a strategy turns it off; its thread hands back exceptions as such ----
+
+def test_a_strategy_without_a_watchdog_attribute_runs_under_the_watchdog():
+    threads = []
+
+    class Duck:
+        name, priority = "duck", 60
+
+        def answer(self, ctx, logical_id):
+            threads.append(threading.current_thread().name)
+            return Answer(U[1])
+
+    dev, warns = run([Duck()])
+    assert (dev.strategy, dev.uuid, warns, threads) == ("duck", U[1], [], ["gpuaffinity-duck"])
+
+
+def test_an_exception_in_the_watchdog_thread_is_the_strategys_abstention():
+    dev, _ = run([Fake("w", 60, _raise(ValueError("bad wiring")), watchdog=True), Fake("cvd", 50, Answer(U[1]))])
+    assert verdict(dev, "w").result == Abstain("raised ValueError: bad wiring")
+    assert "ValueError: bad wiring" in verdict(dev, "w").trace
+    assert (dev.strategy, dev.fallback) == ("cvd", True)
+
+
+def test_time_spent_adds_to_what_the_strategy_had_spent_before():
+    c = make_ctx()
+    c.scratch["_spent"] = {"a": 0.5}
+    dev, _ = run([Fake("a", 60, Answer(U[1]))], c=c)
+    assert dev.strategy == "a"
+    assert 0.5 < c.scratch["_spent"]["a"] < 1.5
+
+
+# --- chain._mistake: each misuse of the result types is named -------------------------------------------------
+
+LONG = "GPU-" + "z" * 70
+
+
+@pytest.mark.parametrize(("result", "why"), [
+    (Abstain(""), "abstained without a reason (give one: doctor shows it)"),
+    (GPUS[2], "returned a GpuInfo record instead of an Answer: return Answer(gpu.uuid)"),
+    (Answer(GPUS[2]), "answered a GpuInfo record instead of its UUID: use Answer(gpu.uuid)"),
+    (Answer("MIG-aaaa-bbbb"), "put a MIG UUID where the GPU's belongs: use Answer(gpu_uuid, mig_uuid=...)"),
+    (Answer(LONG), f"answered {LONG[:60]}, which is not a GPU this process can use"),
+])
+def test_a_mistaken_result_is_an_abstention_that_names_the_mistake(result, why):
+    dev, _ = run([Fake("a", 60, result), Fake("cvd", 50, Answer(U[1]))])
+    assert verdict(dev, "a").result == Abstain(why)
+    assert (dev.strategy, dev.uuid) == ("cvd", U[1])
+
+
+# --- strategy.Strategy.answer: a subclass without answer() abstains, naming itself -------------------------------
+
+def test_a_strategy_without_answer_raises_naming_itself_and_so_abstains():
+    class Bare(Strategy):
+        name, priority, watchdog = "bare", 60, False
+
+    with pytest.raises(NotImplementedError, match=r"^strategy 'bare' has no answer\(\)$"):
+        Bare().answer(make_ctx(), 0)
+    dev, _ = run([Bare(), Fake("cvd", 50, Answer(U[1]))])
+    assert verdict(dev, "bare").result == Abstain("raised NotImplementedError: strategy 'bare' has no answer()")

@@ -11,9 +11,13 @@ import pytest
 
 from fake_strategies import Fake, U, make_ctx, run, verdict
 from gpuaffinity import Abstain, Answer
+from gpuaffinity.core import chain
 from gpuaffinity.core.chain import IDENTITY
-from gpuaffinity.core.errors import FallbackWarning, GpuAffinityError, UnresolvedError
+from gpuaffinity.core.errors import DisagreementWarning, FallbackWarning, GpuAffinityError, UnresolvedError
 from gpuaffinity.core.model import Verdict
+
+ENV = "CUDA_VISIBLE_DEVICES=None, CUDA_DEVICE_ORDER=None"
+
 
 # --- resolve_one, policy 'first': the skipped strategies' verdicts are quiet abstentions that did not run -------
 
@@ -52,9 +56,6 @@ def test_strict_does_not_guess_and_says_why():
                        r"Abstained: a: no list\.$") as e:
         run([Fake("a", 60, Abstain("no list"))], "strict", c=make_ctx("2,1,0", "PCI_BUS_ID"), logical_id=2)
     assert (e.value.device.strategy, e.value.device.uuid, e.value.exit_status) == (IDENTITY, U[2], 3)
-
-
-ENV = r"CUDA_VISIBLE_DEVICES=None, CUDA_DEVICE_ORDER=None"
 
 
 # --- resolve_one: why a deferred (expensive) strategy was not asked, as a quiet abstention that did not run ----
@@ -111,3 +112,88 @@ def test_the_strategies_after_one_with_a_bad_cost_are_still_asked():
         "gpuaffinity: CUDA device 0 (CUDA_VISIBLE_DEVICES=None, CUDA_DEVICE_ORDER=None) resolved by fallback "
         "strategy 'cvd' because higher-priority strategies could not answer. Abstained: odd: cost() returned "
         "'free', not 'cheap' or 'expensive'."]
+
+
+# --- chain._gpu_text: a GPU of the list is shown by index, bus id and UUID; any other by its UUID ----------------
+
+def test_gpu_text_names_a_listed_gpu_fully_and_an_unlisted_one_by_uuid():
+    c = make_ctx()
+    assert chain._gpu_text(c, Answer(U[1].upper())) == f"NVML 1 (0000:02:00.0, {U[1]})"
+    assert chain._gpu_text(c, Answer("GPU-nowhere")) == "GPU-nowhere"
+
+
+# --- chain._reasons: the abstentions that ran, joined by "; "; nothing at all when none ran -------------------
+
+def test_the_fallback_warning_lists_every_abstention_joined_by_semicolons():
+    dev, warns = run([Fake("a", 70, Abstain("x")), Fake("b", 60, Abstain("y")), Fake("c", 50, Answer(U[1]))])
+    assert (dev.strategy, dev.fallback) == ("c", True)
+    assert warns == [(FallbackWarning, f"gpuaffinity: CUDA device 0 ({ENV}) resolved by fallback strategy 'c' because "
+                                       "higher-priority strategies could not answer. Abstained: a: x; b: y.")]
+
+
+def test_with_no_abstention_the_guess_warning_has_no_abstained_part():
+    dev, warns = run([])
+    assert (dev.strategy, dev.uuid) == ("identity", U[0])
+    assert warns == [(FallbackWarning, f"gpuaffinity: no strategy could resolve CUDA device 0 ({ENV}); guessing NVML "
+                                       "index 0 (0000:01:00.0), which is wrong whenever CUDA's numbering differs "
+                                       "from NVML's.")]
+    assert chain._reasons(()) == ""
+
+
+# --- resolve_one: every strategy gets a verdict, under 'first' and for deferred ones nothing called for -----------
+
+def test_under_first_every_strategy_after_the_answer_is_recorded_as_not_asked():
+    dev, warns = run([Fake("a", 60, Answer(U[1])), Fake("b", 50, Answer(U[2])), Fake("c", 40, Answer(U[0]))],
+                     "first")
+    assert (dev.strategy, dev.uuid, warns) == ("a", U[1], [])
+    assert [v.strategy for v in dev.verdicts] == ["a", "b", "c"]
+    for name in ("b", "c"):
+        assert (verdict(dev, name).result, verdict(dev, name).ran) == (Abstain("not asked: policy 'first'", True),
+                                                                        False)
+
+
+def test_every_deferred_strategy_nothing_called_for_is_recorded_as_not_asked():
+    dev, warns = run([Fake("a", 60, Answer(U[1])), Fake("e1", 50, Answer(U[1]), cost="expensive"),
+                      Fake("e2", 40, Answer(U[1]), cost="expensive")])
+    assert (dev.strategy, warns) == ("a", [])
+    assert [v.strategy for v in dev.verdicts] == ["a", "e1", "e2"]
+    for name in ("e1", "e2"):
+        v = verdict(dev, name)
+        assert (v.ran, v.result.quiet, v.result.reason.startswith("not asked: it is expensive")) == (False, True, True)
+
+
+# --- resolve_one: a deferred answer of equal priority does not displace the cheap one -------------------------
+
+def test_a_deferred_answer_of_equal_priority_leaves_the_cheap_answer_standing():
+    dev, warns = run([Fake("c", 50, Answer(U[1])), Fake("e", 50, Answer(U[2]), cost="expensive")],
+                     c=make_ctx(unsure="a UUID prefix"))
+    assert (dev.strategy, dev.uuid, dev.disagreed, dev.fallback) == ("c", U[1], ("e",), False)
+    assert warns == [(DisagreementWarning, f"gpuaffinity: strategies disagree on CUDA device 0 ({ENV}): c says NVML 1 "
+                                           f"(0000:02:00.0, {U[1]}); e says NVML 2 (0000:03:00.0, {U[2]}); using c's "
+                                           "answer")]
+
+
+# --- resolve_one: a deferred strategy abstaining after an answer exists makes nothing a fallback ----------------
+
+@pytest.mark.parametrize("abstain", [Abstain("no driver"), Abstain("not here", quiet=True)])
+def test_a_deferred_abstention_after_an_answer_is_no_fallback(abstain):
+    dev, warns = run([Fake("c", 50, Answer(U[1])), Fake("e", 90, abstain, cost="expensive")],
+                     c=make_ctx(unsure="a UUID prefix"))
+    assert verdict(dev, "e").result == abstain and verdict(dev, "e").ran
+    assert (dev.strategy, dev.uuid, dev.fallback, warns) == ("c", U[1], False, [])
+
+
+# --- resolve_one: only a strictly higher-priority abstention makes an answer a fallback -------------------------
+
+def test_an_abstention_of_equal_priority_is_no_fallback():
+    dev, warns = run([Fake("a", 50, Abstain("broken")), Fake("b", 50, Answer(U[1]))])
+    assert (dev.strategy, dev.uuid, dev.fallback, warns) == ("b", U[1], False, [])
+
+
+# --- resolve_one: the answered device's fields come from the GPU list and the context ----------------------------
+
+def test_an_answered_device_is_the_listed_gpu_at_its_logical_id_with_the_inventory_label():
+    dev, warns = run([Fake("a", 60, Answer(U[2].upper()))], c=make_ctx(source="procfs"), logical_id=1)
+    assert (dev.logical_id, dev.nvml_index, dev.uuid, dev.pci_bus_id, dev.mig_uuid, dev.name, dev.strategy) == (
+        1, 2, U[2], "0000:03:00.0", None, "H100-2", "a")
+    assert (dev.inventory, warns) == ("procfs+device-nodes", [])

@@ -260,7 +260,7 @@ def test_read_cvd_on_a_gpu_in_mig_mode_without_instances():
                           "process may use (modelled, not measured)")
 
 
-# --- errors.shown -------------------------------------------------------------------------------------------
+# ---- messages: errors.shown (a value's repr, cut to its limit) and notes (a text with its kind) -------------------
 
 def test_shown_is_the_repr_cut_to_its_limit():
     assert shown(None) == "None"
@@ -268,9 +268,16 @@ def test_shown_is_the_repr_cut_to_its_limit():
     assert shown("x" * 10, limit=5) == "'xxxx... (10 characters)"
 
 
-# --- notes.kind_of ---------------------------------------------------------------------------------------------
+def test_shown_keeps_a_repr_of_exactly_200_characters_and_cuts_one_of_201():
+    assert shown("a" * 198) == "'" + "a" * 198 + "'"
+    assert shown("a" * 199) == "'" + "a" * 199 + "... (199 characters)"
+
 
 def test_kind_of_reads_a_notes_kind_and_calls_a_plain_string_info():
     assert nt.kind_of(nt.attention("fewer cores than GPUs")) == "attention"
     assert nt.kind_of(nt.Note("split", "info")) == "info"
     assert nt.kind_of("from a plugin") == "info"
+
+
+def test_a_notes_repr_shows_its_text_and_kind():
+    assert repr(nt.Note("look here", "attention")) == "Note('look here', 'attention')"

@@ -131,3 +131,59 @@ def test_find_entry_points_skips_a_missing_entry_and_reads_utf8_whatever_the_loc
 def test_section_skips_semicolon_comments_and_cuts_an_extra_without_a_space():
     text = "[gpuaffinity]\n; off = old.mod:plugin\na = pkg.mod:attr[extra]\n"
     assert pl._section(text, "gpuaffinity") == [("a", "pkg.mod:attr")]
+
+
+# --- plugins.PluginInfo.__str__: a distribution without a version leaves no trailing space -------------------------
+
+def test_a_plugin_of_a_distribution_without_version_is_named_without_a_trailing_space():
+    assert str(pl.PluginInfo("p", "m:a", "foo-dist", "")) == "plugin 'p' (distribution foo-dist, entry point p = m:a)"
+
+
+# --- plugins._dist_key: only "-", "_" and "." separate -----------------------------------------------------------
+
+def test_dist_key_folds_only_dashes_underscores_and_dots():
+    assert pl._dist_key("Xtra.-Pkg_X") == "xtra_pkg_x"
+
+
+# --- plugins._section: nothing before the group's header; "#" and ";" lines are comments ---------------------------
+
+def test_section_ignores_lines_before_any_header_and_comment_lines():
+    text = "a = outside:x\n[gpuaffinity]\n# c = commented:x\n; d = commented:y\nb = m:f\n[other]\ne = o:p\n"
+    assert pl._section(text, "gpuaffinity") == [("b", "m:f")]
+
+
+# --- plugins._metadata_entry_points: an entry point object without a dist attribute -------------------------------
+
+def test_metadata_entry_points_of_an_entry_point_without_a_dist_attribute(monkeypatch):
+    import importlib.metadata
+
+    ep = types.SimpleNamespace(name="bare", value="b:c")
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [ep] if group == "gpuaffinity" else [])
+    assert pl._metadata_entry_points("gpuaffinity") == [pl.PluginInfo("bare", "b:c", "", "")]
+
+
+# --- plugins.find_entry_points: egg-info too, other files skipped, a distribution once, "" is the working folder ---
+
+def _dist(folder, name, text):
+    d = folder / name
+    d.mkdir()
+    (d / "entry_points.txt").write_text(text, encoding="utf-8")
+
+
+def test_find_entry_points_reads_dist_info_and_egg_info_once_per_distribution(tmp_path, monkeypatch):
+    (tmp_path / "aaa.txt").write_text("not a distribution")
+    _dist(tmp_path, "foo_bar-1.0.dist-info", "[gpuaffinity]\nfb = fb_mod:plugin\n")
+    _dist(tmp_path, "foo_bar-2.0.dist-info", "[gpuaffinity]\nfb2 = fb2_mod:plugin\n")
+    _dist(tmp_path, "zed-3.0-py3.11.egg-info", "[gpuaffinity]\nz = z_mod:plugin\n")
+    monkeypatch.setattr(sys, "path", [str(tmp_path)])
+    got = pl.find_entry_points("gpuaffinity")
+    assert [(i.name, i.target, i.distribution) for i in got] == [("fb", "fb_mod:plugin", "foo-bar"),
+                                                                 ("z", "z_mod:plugin", "zed")]
+    assert got[0] == pl.PluginInfo("fb", "fb_mod:plugin", "foo-bar", "1.0")
+
+
+def test_find_entry_points_reads_the_working_folder_for_an_empty_path_entry(tmp_path, monkeypatch):
+    _dist(tmp_path, "here-1.0.dist-info", "[gpuaffinity]\nh = h_mod:plugin\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [""])
+    assert pl.find_entry_points("gpuaffinity") == [pl.PluginInfo("h", "h_mod:plugin", "here", "1.0")]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 import types
 
+import pluggy
 import pytest
 
 from fake_strategies import Fake, Good, U
@@ -142,3 +143,39 @@ def test_the_first_entry_point_of_a_name_wins(monkeypatch):
     pm, infos = pl.build_manager([], frozenset())
     assert infos == [first]
     assert [s.name for s in pl.collect_strategies(pm, frozenset(), infos)] == ["good"]
+
+
+# --- plugins.build_manager: entry points are looked for in the group "gpuaffinity", and only when asked ------------
+
+def test_build_manager_reads_the_projects_group_and_none_when_told_not_to(monkeypatch):
+    calls = []
+
+    def find(group):
+        calls.append(group)
+        return [pl.PluginInfo("ext", "gpa_test_nowhere_at_all:plugin")]
+
+    monkeypatch.setattr(pl, "find_entry_points", find)
+    assert pl.build_manager([("b", object())], frozenset(), entry_points=False) == (None, [pl.PluginInfo("b")])
+    assert calls == []
+    monkeypatch.setattr(pl, "find_entry_points", lambda group: calls.append(group) or [])
+    assert pl.build_manager([("b", object())], frozenset()) == (None, [pl.PluginInfo("b")])
+    assert calls == ["gpuaffinity"]
+
+
+# --- plugins._register: pluggy's refusal is wrapped, naming the plugin -----------------------------------------
+
+def test_a_hookimpl_with_an_unknown_argument_is_not_a_valid_plugin(monkeypatch):
+    mod = types.ModuleType("gpa_test_badargs")
+
+    @hookimpl
+    def gpuaffinity_strategies(bogus):
+        return []
+
+    mod.gpuaffinity_strategies = gpuaffinity_strategies
+    monkeypatch.setitem(sys.modules, "gpa_test_badargs", mod)
+    monkeypatch.setattr(pl, "find_entry_points", lambda group: [pl.PluginInfo("ext", "gpa_test_badargs")])
+    with pytest.raises(PluginError) as e:
+        pl.build_manager([], frozenset())
+    assert isinstance(e.value.__cause__, pluggy.PluginValidationError)
+    assert str(e.value) == (f"plugin 'ext' (distribution ?, entry point ext = gpa_test_badargs) is not a valid "
+                            f"gpuaffinity plugin: {e.value.__cause__}; disable it with GPUAFFINITY_DISABLE=ext")

@@ -7,12 +7,14 @@ from __future__ import annotations
 import sys
 import types
 
+import pluggy
 import pytest
 
 from fake_strategies import Good
 from gpuaffinity import hookimpl
 from gpuaffinity.core import plugins as pl
 from gpuaffinity.core.errors import PluginError
+from gpuaffinity.core.hookspec import HookSpec
 
 # --- plugins.validate: every check named, with the plugin and how to disable it -------------------------------------
 
@@ -55,16 +57,21 @@ def test_short_is_the_repr_cut_at_80_characters():
 
 
 OWNER = pl.PluginInfo("ext", "ext_mod:plugin", "ext-dist", "2.0")
+# the message around what is wrong: as regular expressions, and as plain text for a _Strat
 HEAD_RE = r"^plugin 'ext' \(distribution ext-dist 2\.0, entry point ext = ext_mod:plugin\) returned a strategy "
 TAIL_RE = r"; fix it, or disable the plugin with GPUAFFINITY_DISABLE=ext$"
+HEAD = "plugin 'ext' (distribution ext-dist 2.0, entry point ext = ext_mod:plugin) returned a strategy <strat> that "
+TAIL = "; fix it, or disable the plugin with GPUAFFINITY_DISABLE=ext"
 
 
 class _Strat:
-    """A strategy with a short fixed repr, whose parts are given."""
+    """A strategy with a short fixed repr, whose parts are given (or, in ``drop``, left out)."""
 
-    def __init__(self, **kw):
+    def __init__(self, drop=(), **kw):
         self.name, self.priority, self.answer = "ok", 1, lambda c, i: None
         self.__dict__.update(kw)
+        for k in drop:
+            del self.__dict__[k]
 
     def __repr__(self):
         return "<strat>"
@@ -114,3 +121,55 @@ def test_a_third_party_strategy_is_validated_and_a_built_in_is_trusted(monkeypat
     odd = types.SimpleNamespace(name="odd", priority=3, budget=0)  # not a valid plugin strategy, but built in
     builtins = [("odd", types.SimpleNamespace(gpuaffinity_strategies=lambda: [odd]))]
     assert pl.collect_strategies(None, frozenset(), [pl.PluginInfo("odd")], builtins) == [odd]
+
+
+# --- plugins._accepts / validate: a builtin without a signature is taken on trust --------------------------------
+
+def test_a_builtin_without_a_signature_is_accepted_as_a_method():
+    with pytest.raises(ValueError):
+        __import__("inspect").signature(max)
+    assert pl._accepts(max, 2) is True
+    pl.validate(_Strat(answer=max, cost=max), OWNER)
+
+
+# --- plugins.validate: a missing priority or answer is reported, not an AttributeError; the budget's bounds ------
+
+@pytest.mark.parametrize(("drop", "what"), [
+    (("priority",), "has priority None, not an int"),
+    (("answer",), "has no answer(ctx, logical_id) method"),
+])
+def test_validate_reports_a_missing_priority_or_answer(drop, what):
+    with pytest.raises(PluginError) as e:
+        pl.validate(_Strat(drop=drop), OWNER)
+    assert str(e.value) == HEAD + what + TAIL
+
+
+@pytest.mark.parametrize("budget", [1, 0.001, 3600, 3600.0])
+def test_validate_accepts_a_budget_above_0_up_to_3600(budget):
+    pl.validate(_Strat(budget=budget), OWNER)
+
+
+@pytest.mark.parametrize("budget", [True, False, 0, -1, 3600.5, 3601, "5"])
+def test_validate_refuses_a_budget_outside_0_to_3600_or_not_a_number(budget):
+    with pytest.raises(PluginError) as e:
+        pl.validate(_Strat(budget=budget), OWNER)
+    assert str(e.value) == HEAD + f"has budget {budget!r}: want seconds, more than 0 and at most 3600" + TAIL
+
+
+# --- plugins._short: a repr of 81 characters is cut ----------------------------------------------------------------
+
+def test_short_cuts_a_repr_of_81_characters():
+    assert pl._short("x" * 78) == "'" + "x" * 78 + "'"
+    assert pl._short("x" * 79) == "'" + "x" * 79 + "..."
+
+
+# --- plugins.collect_strategies: a registered plugin without a PluginInfo is named by its plugin name ---------------
+
+def test_a_plugin_missing_from_infos_is_named_by_its_registered_name():
+    pm = pluggy.PluginManager("gpuaffinity")
+    pm.add_hookspecs(HookSpec)
+    pm.register(types.SimpleNamespace(gpuaffinity_strategies=hookimpl(lambda: [_Strat(priority="x")])), name="extra")
+    with pytest.raises(PluginError) as e:
+        pl.collect_strategies(pm, frozenset(), infos=())
+    assert str(e.value) == ("built-in plugin 'extra' returned a strategy <strat> that has priority 'x', not an int; "
+                            "fix it, or disable the plugin with GPUAFFINITY_DISABLE=extra")

@@ -8,6 +8,7 @@ import dataclasses
 import pickle
 import subprocess
 import sys
+import typing
 from typing import ClassVar
 
 import pytest
@@ -274,3 +275,85 @@ def test_field_defaults_are_class_attributes_and_factories_are_not():
 
     assert (F.__dict__.get("a"), "b" in F.__dict__) == (4, False)
     assert (F().a, F().b, F(1, [2]).b) == (4, [], [2])
+
+
+# --- record._build: typing.ClassVar annotations are no fields; field() defaults are class attributes -------------
+
+def test_a_typing_classvar_is_not_a_field():
+    @rec.record
+    class C:
+        a: int
+        k: typing.ClassVar[int] = 7
+
+    assert (rec.fields(C), C(1).k, C(1) == C(1), repr(C(2)).endswith(".C(a=2)")) == (("a",), 7, True, True)
+    with pytest.raises(TypeError):
+        C(1, 2)
+
+
+def test_a_field_default_is_the_class_attribute():
+    @rec.record
+    class F:
+        a: int = rec.field(default=4)
+
+    assert (F.__dict__.get("a"), F().a, F(5).a) == (4, 4, 5)
+
+
+def test_a_record_without_fields_is_built_and_called():
+    @rec.record
+    class Empty:
+        pass
+
+    assert (Empty() == Empty(), repr(Empty()).endswith(".Empty()"), rec.fields(Empty)) == (True, True, ())
+
+
+# --- record._copy / asdict: dict keys and values are copied through ---------------------------------------------
+
+def test_asdict_copies_the_keys_and_values_of_a_dict():
+    @rec.record(frozen=True)
+    class K:
+        x: int
+
+    @rec.record
+    class D:
+        m: dict
+
+    inner = [1, 2]
+    got = rec.asdict(D({"k": inner, ("t", 1): K(2)}))
+    assert got == {"m": {"k": [1, 2], ("t", 1): {"x": 2}}}
+    assert got["m"]["k"] is not inner
+
+
+# --- record: frozen assignment's message; record(cls, frozen=True) called directly; replace's and Field's ---------
+
+def test_a_frozen_record_refuses_assignment_naming_field_and_class():
+    @rec.record(frozen=True)
+    class P:
+        x: int
+
+    with pytest.raises(rec.FrozenError, match=r"^cannot assign to field 'x' of a frozen P$"):
+        P(1).x = 2
+
+
+def test_record_called_with_a_class_and_frozen_makes_it_frozen():
+    class Q:
+        x: int
+
+    rec.record(Q, frozen=True)
+    with pytest.raises(rec.FrozenError, match=r"^cannot assign to field 'x' of a frozen Q$"):
+        Q(1).x = 2
+    assert hash(Q(1)) == hash(Q(1))
+
+
+def test_replace_names_the_record_and_the_unknown_field():
+    @rec.record
+    class R:
+        x: int
+
+    with pytest.raises(TypeError, match=r"^R has no field 'z'$"):
+        rec.replace(R(1), z=3)
+
+
+def test_a_field_takes_one_default_and_has_no_name_until_a_record_names_it():
+    with pytest.raises(ValueError, match=r"^a field takes a default or a default_factory, not both$"):
+        rec.field(default=1, default_factory=list)
+    assert rec.field(default=1).name == ""

@@ -5,6 +5,8 @@ warning about simulator variables set outside `gpuaffinity sim run`.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from gpuaffinity.core import settings as st
@@ -116,6 +118,32 @@ def test_a_root_beside_a_missing_config_is_still_stray(tmp_path):
     assert st.stray_sim_variables(env) == [
         f"gpuaffinity: GPUAFFINITY_PROCFS_ROOT={root!r} is set outside `gpuaffinity sim run`: gpuaffinity reads "
         "that folder instead of this machine's; unset it unless you mean it"]
+
+
+# --- settings.stray_sim_variables: the environment by default; values cut to 120 characters ----------------------
+
+def test_stray_sim_variables_reads_the_process_environment_by_default(monkeypatch):
+    for var in (*st.SIM_ROOTS, st.SIM_CONFIG_VAR):
+        monkeypatch.delenv(var, raising=False)
+    assert st.stray_sim_variables() == []
+    monkeypatch.setenv("GPUAFFINITY_DEV_ROOT", "/d")
+    assert st.stray_sim_variables() == [_msg("GPUAFFINITY_DEV_ROOT", "/d")]
+
+
+def test_a_stray_value_is_shown_cut_to_120_characters():
+    value = "/" + "v" * 200
+    assert st.stray_sim_variables({"GPUAFFINITY_DEV_ROOT": value}) == [_msg("GPUAFFINITY_DEV_ROOT", value[:120])]
+
+
+def test_without_a_config_no_file_of_the_working_folder_stands_for_it(tmp_path, monkeypatch):
+    for name in ("XXXX", "machine.json", "None"):
+        (tmp_path / name).write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    root = str(tmp_path / "proc")
+    assert st.stray_sim_variables({"GPUAFFINITY_PROCFS_ROOT": root}) == [_msg("GPUAFFINITY_PROCFS_ROOT", root)]
+    assert st.stray_sim_variables({"GPUAFFINITY_SIM_CONFIG": "", "GPUAFFINITY_PROCFS_ROOT": root}) == [
+        _msg("GPUAFFINITY_PROCFS_ROOT", root)]
+    assert os.path.isfile("XXXX")
 
 
 # --- settings.watch: declared variables join every later key ----------------------------------------------------
