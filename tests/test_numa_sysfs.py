@@ -8,8 +8,9 @@ import dataclasses
 import pytest
 
 from gpuaffinity.core.cpulist import format_cpulist, format_cpumask, parse_cpulist, parse_cpumask
-from gpuaffinity.numa.modes import MODES, place
-from gpuaffinity.numa.query import gpu_locality
+from gpuaffinity.core.notes import kind_of
+from gpuaffinity.numa.modes import MODES, Placement, cores_of, place
+from gpuaffinity.numa.query import Locality, gpu_locality
 from gpuaffinity.numa.sysfs import Sysfs, read_text
 from gpuaffinity.sim import load_topology
 from gpuaffinity.sim.topology import SYSFS_QUIRKS
@@ -626,3 +627,23 @@ def test_nvmls_cpus_are_cut_to_the_online_ones(tmp_path):
     nv = (frozenset({3}), parse_cpulist("30-39"), frozenset())
     loc = gpu_locality(bus, parse_cpulist("0-79"), nv, sysfs=Sysfs(root))
     assert loc.source == "nvml" and format_cpulist(loc.cpus) == "30-35"
+
+
+def test_place_keeps_the_note_about_an_unreadable_online_file(tmp_path):
+    cpu = tmp_path / "devices/system/cpu"
+    cpu.mkdir(parents=True)
+    (cpu / "online").write_text("0-x\n")
+    loc = Locality("0000:01:00.0", (), frozenset(), frozenset(), "sysfs")
+    got = place(loc, "node", frozenset({0, 1}), sysfs=Sysfs(tmp_path), allowed_mems=None)
+    assert got == Placement("node", (), frozenset({0, 1}), (
+        f"{cpu / 'online'} is not a CPU list ('x' is not a CPU number in cpulist '0-x'): ignored",
+        "no NUMA preference: every allowed CPU"))
+    assert [kind_of(n) for n in got.notes] == ["info", "attention"]
+
+
+def test_cores_are_ordered_by_their_first_cpu(tmp_path):
+    for cpu, siblings in {0: "0,4", 1: "1,5", 4: "0,4", 5: "1,5", 2: "2"}.items():
+        top = tmp_path / f"devices/system/cpu/cpu{cpu}/topology"
+        top.mkdir(parents=True)
+        (top / "core_cpus_list").write_text(siblings + "\n")
+    assert cores_of(frozenset({0, 1, 2, 4, 5}), Sysfs(tmp_path), []) == [(0, 4), (1, 5), (2,)]

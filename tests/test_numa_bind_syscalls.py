@@ -1,4 +1,6 @@
-"""numa.bind and numa.modes: the edges the other NUMA tests leave open.
+"""The system calls of numa.bind: the node mask that reaches set_mempolicy and get_mempolicy whole (its highest
+node, the fallback before MPOL_PREFERRED_MANY, restoring a policy, a kernel with 1024 possible nodes, 64-bit mask
+words), no memory-policy call at all for --memory none, and a simulated cpuset cut to the real affinity mask.
 
 Binding is process-wide, so every check that binds runs in a child forked from the test process (which stays
 unbound), reporting its answer through a pipe; failures this kernel does not give are made with a seccomp filter
@@ -19,9 +21,6 @@ from forked import forked, value
 from gpuaffinity.core.notes import attention, kind_of
 from gpuaffinity.numa import bind
 from gpuaffinity.numa.bind import BindRecord
-from gpuaffinity.numa.modes import Placement, cores_of, place
-from gpuaffinity.numa.query import Locality
-from gpuaffinity.numa.sysfs import Sysfs
 
 CPUS = sorted(os.sched_getaffinity(0))
 ONE_NODE = not os.path.exists("/sys/devices/system/node/node1")
@@ -32,8 +31,8 @@ EINVAL_MESSAGE = ("BindError: set_mempolicy(preferred, node(s) {}) failed: EINVA
 
 @pytest.fixture(autouse=True)
 def harmless_calls_here():
-    """Each function once in this process too, harmlessly (the same CPUs, no memory policy change), so that a
-    mutation run watching this process sees which test exercises it; and nothing changed afterwards."""
+    """Each function once in this process too, harmlessly (the same CPUs, no memory policy change), so that tools
+    watching this process (a mutation run's coverage) see which test exercises it; and nothing changed afterwards."""
     mine = frozenset(os.sched_getaffinity(0))
     env = os.environ.get(SIM_VAR)
     policy = bind.get_mempolicy()
@@ -217,26 +216,3 @@ def test_without_a_simulated_machine_the_plan_goes_to_the_kernel_as_is():
     got = value(forked(_apply_sim, None, [4095]))
     assert got == [["sched_setaffinity(4095) failed: EINVAL: none of these CPUs is online and allowed by this "
                     "process's cgroup cpuset"], [], False, CPUS, [4095]]
-
-
-# ---- modes -------------------------------------------------------------------------------------------------
-
-
-def test_place_keeps_the_note_about_an_unreadable_online_file(tmp_path):
-    cpu = tmp_path / "devices/system/cpu"
-    cpu.mkdir(parents=True)
-    (cpu / "online").write_text("0-x\n")
-    loc = Locality("0000:01:00.0", (), frozenset(), frozenset(), "sysfs")
-    got = place(loc, "node", frozenset({0, 1}), sysfs=Sysfs(tmp_path), allowed_mems=None)
-    assert got == Placement("node", (), frozenset({0, 1}), (
-        f"{cpu / 'online'} is not a CPU list ('x' is not a CPU number in cpulist '0-x'): ignored",
-        "no NUMA preference: every allowed CPU"))
-    assert [kind_of(n) for n in got.notes] == ["info", "attention"]
-
-
-def test_cores_are_ordered_by_their_first_cpu(tmp_path):
-    for cpu, siblings in {0: "0,4", 1: "1,5", 4: "0,4", 5: "1,5", 2: "2"}.items():
-        top = tmp_path / f"devices/system/cpu/cpu{cpu}/topology"
-        top.mkdir(parents=True)
-        (top / "core_cpus_list").write_text(siblings + "\n")
-    assert cores_of(frozenset({0, 1, 2, 4, 5}), Sysfs(tmp_path), []) == [(0, 4), (1, 5), (2,)]
