@@ -1,0 +1,94 @@
+"""tools/mutation_sample.py: the sample it draws is stable, and each mutant runs the tests that called its function.
+
+The tool's numbers in docs/testing.md are only worth what its sample and its test choice are worth: a sample that
+changed between runs could not be resumed or repeated, and a mutant run against tests that never call its function
+would be counted a survivor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+
+from conftest import ROOT
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location("mutation_sample", ROOT / "tools" / "mutation_sample.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+TOOL = load_tool()
+
+
+def fake_tree(tmp_path, counts):
+    """A scratch tree as mutmut leaves it: one .meta record per mutated file."""
+    for rel, n in counts.items():
+        meta = tmp_path / "mutants/src/gpuaffinity" / f"{rel}.py.meta"
+        meta.parent.mkdir(parents=True, exist_ok=True)
+        module = "gpuaffinity." + rel.replace("/", ".")
+        names = {f"{module}.x_f__mutmut_{i}": None for i in range(1, n + 1)}
+        meta.write_text(json.dumps({"exit_code_by_key": names}))
+    return tmp_path
+
+
+def args(seed, *modules, sample=5, exclude=False):
+    return argparse.Namespace(seed=seed, modules=list(modules), sample=sample, exclude_sampled=exclude)
+
+
+def test_mutants_are_listed_by_module_without_core_and_numa(tmp_path):
+    tree = fake_tree(tmp_path, {"launch": 3, "sim/render": 2, "core/chain": 4, "numa/bind": 1, "examples/__init__": 0})
+    got = TOOL._mutants(tree)
+    assert sorted(got) == ["launch", "sim.render"]
+    assert got["sim.render"] == ["gpuaffinity.sim.render.x_f__mutmut_1", "gpuaffinity.sim.render.x_f__mutmut_2"]
+
+
+def test_the_same_seed_draws_the_same_sample_and_another_seed_another(tmp_path):
+    tree = fake_tree(tmp_path, {"launch": 60, "select": 3})
+    first = TOOL._sample(tree, args(7), {})
+    assert first == TOOL._sample(tree, args(7), {})
+    assert len(first["launch"]) == 5 and len(first["select"]) == 3  # all where fewer than asked
+    assert first["launch"] != TOOL._sample(tree, args(8), {})["launch"]
+    # one module asked for: its sample is the one it has in the whole draw
+    assert TOOL._sample(tree, args(7, "launch"), {}) == {"launch": first["launch"]}
+
+
+def test_a_later_seed_can_draw_only_from_what_no_earlier_seed_took(tmp_path):
+    tree = fake_tree(tmp_path, {"launch": 12})
+    first = TOOL._sample(tree, args(7, sample=6), {})["launch"]
+    results = {n: {"module": "launch", "result": "killed", "seed": 7} for n in first}
+    second = TOOL._sample(tree, args(8, sample=6, exclude=True), results)["launch"]
+    assert sorted(second) == sorted(set(TOOL._mutants(tree)["launch"]) - set(first))
+    # without the flag, the earlier seed's mutants may be drawn again
+    again = TOOL._sample(tree, args(7, sample=6, exclude=True), results)["launch"]
+    assert again == first  # the seed's own results do not exclude themselves
+
+
+def test_each_mutant_runs_the_tests_that_called_its_function_in_their_order(tmp_path):
+    hits = tmp_path / "hits"
+    hits.mkdir()
+    (hits / "launch.tsv").write_text(
+        "gpuaffinity.launch.x_popen\ttests/test_b.py::test_one\n"
+        "gpuaffinity.launch.x_popen_more\ttests/test_b.py::test_other\n"
+        "gpuaffinity.launch.x_popen\ttests/test_a.py::test_two[x]\n"
+        "gpuaffinity.launch.x_popen\ttests/test_b.py::test_one\n")
+    assert TOOL._tests_of(tmp_path, "launch", "gpuaffinity.launch.x_popen__mutmut_12") == [
+        "tests/test_b.py::test_one", "tests/test_a.py::test_two[x]"]
+    assert TOOL._tests_of(tmp_path, "launch", "gpuaffinity.launch.x_spawn__mutmut_1") == []
+    # a module run as a child's whole program keeps no record: its whole selection runs
+    assert TOOL._tests_of(tmp_path, "resolvers._cuquery", "gpuaffinity.resolvers._cuquery.x_failed__mutmut_1") is None
+
+
+def test_every_module_outside_core_and_numa_has_a_test_selection():
+    src = ROOT / "src/gpuaffinity"
+    modules = {p.relative_to(src).with_suffix("").as_posix().replace("/", ".") for p in src.rglob("*.py")}
+    outside = {m for m in modules if not m.startswith(("core.", "numa."))}
+    without_code = {"__main__", "sim.__init__", "examples.__init__", "examples.torchrun_worker"}  # no mutant in them
+    missing = outside - set(TOOL.TESTS) - TOOL.DONE - without_code
+    assert not missing, f"modules with no test selection in tools/mutation_sample.py: {sorted(missing)}"
+    for files in TOOL.TESTS.values():
+        assert all((ROOT / "tests" / f).is_file() for f in files), files
