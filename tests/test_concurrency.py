@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+
 import pytest
 
 from conftest import run_json
@@ -83,3 +86,56 @@ def test_a_child_forked_while_another_thread_resolves_does_not_hang(sim_factory,
     extra = {"GPUAFFINITY_INVENTORY": "nvml"} if source == "nvml" else {}
     results = run_json(sim_factory("dgx-h100"), FORK, **extra)
     assert results == [0] * 8
+
+
+def in_forked_child(check) -> int:
+    """Exit status of a fork of this test process that runs ``check()``: 0 true, 3 false, 1 raised."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = 0 if check() else 3
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_a_child_forked_while_its_thread_holds_the_lock_starts_with_one_any_thread_can_take():
+    from gpuaffinity import _state
+
+    def another_thread_takes_it():
+        got = []
+        t = threading.Thread(target=lambda: got.append(_state.lock.acquire(timeout=2)))
+        t.start()
+        t.join()
+        return got == [True]
+
+    with _state.lock:  # as in a strategy that forks while it resolves
+        assert in_forked_child(another_thread_takes_it) == 0
+    assert _state.lock.acquire(blocking=False)  # the parent's lock is free again once released
+    _state.lock.release()
+
+
+def test_a_child_forked_while_a_parent_thread_holds_pynvml_s_library_lock_gets_a_free_one():
+    import pynvml
+
+    import gpuaffinity._state  # noqa: F401  the fork hooks
+
+    original = pynvml.libLoadLock
+    taken, done = threading.Event(), threading.Event()
+
+    def hold():
+        with original:
+            taken.set()
+            done.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert taken.wait(5)
+    try:
+        code = in_forked_child(lambda: pynvml.libLoadLock.acquire(timeout=2))
+    finally:
+        done.set()
+        t.join()
+    assert code == 0
+    assert pynvml.libLoadLock is original  # the parent keeps its own lock

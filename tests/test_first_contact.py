@@ -289,3 +289,12 @@ def test_an_empty_topology_name_is_no_topology():
                          text=True, timeout=60)
     assert out.returncode == 1 and one_line(out) == ("gpuaffinity: '': no topology given: name a preset "
                                                      "(`gpuaffinity sim list`) or a topology file")
+
+
+def test_a_misspelt_name_raises_the_attribute_error_that_names_it():
+    import gpuaffinity
+
+    with pytest.raises(AttributeError, match=r"^module 'gpuaffinity' has no attribute 'resolv'$"):
+        gpuaffinity.resolv  # noqa: B018
+    assert not hasattr(gpuaffinity, "resolv")
+    assert callable(gpuaffinity.resolve)  # a lazy name still loads
