@@ -290,9 +290,17 @@ def run(args: argparse.Namespace) -> None:
     results = _results(tree, part)
     chosen = _sample(tree, args, everything)
     for module, names in chosen.items():
-        todo = [n for n in names if n not in everything or args.again]
+        todo = [n for n in names if n not in everything or args.again
+                or (args.survivors and everything[n]["result"] not in ("killed", "timeout"))]
         if not todo:
             continue
+        if args.survivors:  # new tests: the tree takes this checkout's tests, and the clean run records again
+            import shutil
+
+            shutil.copytree(Path(__file__).resolve().parent.parent / "tests", tree / "mutants/tests",
+                            dirs_exist_ok=True)
+            everything.pop("clean:" + module, None)
+            results.pop("clean:" + module, None)
         clean = results.setdefault("clean:" + module, everything.get("clean:" + module, {}))
         if "secs" not in clean:
             status, base, tail = _pytest(tree, module, "", timeout=1800)
@@ -363,6 +371,9 @@ def main() -> None:
             p.add_argument("--seed", type=int, required=True)
             p.add_argument("--jobs", type=int, default=2)
             p.add_argument("--again", action="store_true", help="re-run mutants that already have a result")
+            p.add_argument("--survivors", action="store_true",
+                           help="re-run the sample's survivors against this checkout's tests (copied into the tree; "
+                                "the clean run records which tests call what again)")
             p.add_argument("--part", default="", help="write to mutation-sample-PART.json, so that two runs over "
                                                       "different modules can go on side by side")
             p.add_argument("--exclude-sampled", action="store_true",
