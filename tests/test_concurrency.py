@@ -105,15 +105,20 @@ def test_a_child_forked_while_its_thread_holds_the_lock_starts_with_one_any_thre
 
     def another_thread_takes_it():
         got = []
-        t = threading.Thread(target=lambda: got.append(_state.lock.acquire(timeout=2)))
+
+        def take():
+            got.append(_state.lock.acquire(timeout=2))
+            if got[0]:
+                _state.lock.release()
+
+        t = threading.Thread(target=take)
         t.start()
         t.join()
         return got == [True]
 
     with _state.lock:  # as in a strategy that forks while it resolves
         assert in_forked_child(another_thread_takes_it) == 0
-    assert _state.lock.acquire(blocking=False)  # the parent's lock is free again once released
-    _state.lock.release()
+    assert another_thread_takes_it()  # and the parent's fork held the lock only while it forked
 
 
 def test_a_child_forked_while_a_parent_thread_holds_pynvml_s_library_lock_gets_a_free_one():
