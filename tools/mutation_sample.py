@@ -92,6 +92,9 @@ PLAIN = {"resolvers._cuquery"}
 # of the test that started the cluster, not of the test running now, so calls cannot be told apart by test.
 SLOW = {"_ray_probe", "ray_worker", "sim.raycluster", "examples.multiprocessing_workers", "examples.ray_actors",
         "examples.subprocess_launcher"}
+# Modules tested mostly by slow tests but run in the test process or its children (ray-check's driver side): the
+# slow tests join their selection, and the record of calls still picks each mutant's tests.
+SLOW_HITS = {"ray_check"}
 # The import-cost tests forbid what mutmut's trampoline itself imports.
 DESELECT = ["tests/test_record.py::test_the_resolution_path_loads_no_heavy_module"]
 
@@ -217,7 +220,7 @@ def _pytest(tree: Path, module: str, mutant: str, timeout: float,
     env = dict(os.environ, MUTANT_UNDER_TEST=mutant or "stats",
                PYTHONPATH=f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}".rstrip(os.pathsep))
     cmd = [sys.executable, "-m", "pytest", "-x" if mutant else "-q", "-q", "-p", "no:cacheprovider"]
-    cmd += [] if module in SLOW else ["-m", "not slow"]
+    cmd += [] if module in SLOW or module in SLOW_HITS else ["-m", "not slow"]
     for d in [*DESELECT, *deselect]:
         cmd += ["--deselect", d]
     tests = _tests_of(tree, module, mutant) if mutant else None
