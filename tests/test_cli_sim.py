@@ -106,6 +106,29 @@ def test_failed_build_is_reported_and_cleaned_up(tmp_path):
     assert list((tmp_path / "cache").iterdir()) == []
 
 
+def test_a_failed_build_shows_the_compiler_s_error_line_not_its_notes(tmp_path):
+    cc = tmp_path / "cc"
+    cc.write_text("#!/bin/sh\necho 'nvml.c: In function f:' >&2\necho 'nvml.c:3:1: error: boom' >&2\n"
+                  "echo 'nvml.c:3:1: note: a later note' >&2\nexit 1\n")
+    cc.chmod(0o755)
+    env = dict(os.environ, CC=str(cc), GPUAFFINITY_SIM_CACHE=str(tmp_path / "cache"))
+    out = gpuaffinity("sim", "run", "dgx-h100", "--", "true", env=env)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        f"gpuaffinity: building the simulated sim_common.c with {cc} failed: nvml.c:3:1: error: boom"]
+
+
+def test_the_simulator_cache_defaults_to_the_user_s_cache_folder(tmp_path, monkeypatch):
+    from gpuaffinity.sim.build import cache_root
+
+    monkeypatch.delenv("GPUAFFINITY_SIM_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cache_root() == tmp_path / ".cache" / "gpuaffinity"
+    monkeypatch.setenv("XDG_CACHE_HOME", "rel/cache")  # relative: made absolute, never left to the working folder
+    assert cache_root() == Path(os.path.abspath("rel/cache")) / "gpuaffinity"
+
+
 def test_sources_compile_without_warnings(tmp_path):
     """The shared code is compiled once and linked into both libraries, which export no shared symbol."""
     common = tmp_path / "sim_common.o"
