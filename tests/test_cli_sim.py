@@ -95,7 +95,24 @@ def test_no_compiler_is_one_clear_line(tmp_path):
     out = gpuaffinity("sim", "run", "dgx-h100", "--", "true", env=env)
     assert out.returncode == 1
     assert out.stderr.startswith("gpuaffinity: no C compiler found")
+    assert out.stderr.strip().endswith("install one (e.g. `apt-get install gcc`) or set CC")
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_a_first_use_builds_both_libraries_into_a_private_folder(tmp_path):
+    import stat
+
+    env = dict(os.environ, GPUAFFINITY_SIM_CACHE=str(tmp_path / "cache"))
+    out = gpuaffinity("sim", "run", "dgx-h100", "--", sys.executable, "-c",
+                      "import ctypes; ctypes.CDLL('libnvidia-ml.so.1'); ctypes.CDLL('libcuda.so.1'); print('ok')",
+                      env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+    (built,) = (tmp_path / "cache").iterdir()  # the build folder renamed into place, nothing else left
+    assert built.name.startswith("sim-")
+    assert sorted(p.name for p in built.iterdir()) == sorted(LIBRARIES)
+    assert stat.S_IMODE(built.stat().st_mode) == 0o700
+    assert all(stat.S_IMODE((built / lib).stat().st_mode) == 0o755 for lib in LIBRARIES)
 
 
 def test_failed_build_is_reported_and_cleaned_up(tmp_path):
