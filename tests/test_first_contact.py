@@ -246,6 +246,25 @@ def test_a_mig_gpu_without_an_instance_is_not_offered_as_a_number(sim_factory):
            "MIG UUID" in line
 
 
+def test_why_no_device_is_said_for_the_policy_asked(sim_factory):
+    """NVML wrongly reports MIG mode off on mig-a100's GPU 0: its MIG instance names nothing in the process's GPU
+    list, so under --policy first (the driver is not asked) no device shows, and the one line says why under that
+    policy; under the default policy the CUDA driver shows the instance and there is nothing to explain."""
+    machine = sim_factory("mig-a100")
+    mig = machine.topology.gpus[0].migs[0].uuid
+    env = child_env(machine, mig, GPUAFFINITY_SIM_FAULTS="nvmlDeviceGetMigMode=3")
+    out = subprocess.run([sys.executable, "-m", "gpuaffinity", "resolve", "--policy", "first"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and out.stdout == ""
+    assert one_line(out).startswith(f"gpuaffinity: this process sees no CUDA device: CUDA_VISIBLE_DEVICES='{mig}' "
+                                    f"names none of its GPUs (the driver stops reading where entry 0 ('{mig}') "
+                                    "names no MIG instance); it can open 4 GPU(s)")
+    out = subprocess.run([sys.executable, "-m", "gpuaffinity", "resolve", "--json"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert [d["pci_bus_id"] for d in json.loads(out.stdout)] == [machine.topology.gpus[0].pci_bus_id]
+
+
 def test_resolve_json_with_no_device_prints_an_empty_array_and_fails(sim_factory):
     out = cli(sim_factory("dgx-h100"), "resolve", "--json", cvd="")
     assert out.returncode == 1 and json.loads(out.stdout) == [] and len(out.stderr.splitlines()) == 1

@@ -141,6 +141,16 @@ def test_errors_a_user_can_act_on(sim_factory):
     assert is_index_error
 
 
+@pytest.mark.parametrize(("bad", "kind"), [(1.0, "float"), (True, "bool"), (None, "NoneType"),
+                                           (b"GPU-8932f937", "bytes")])
+def test_a_logical_id_of_another_type_is_refused_by_name(bad, kind):
+    """Refused before anything is resolved: True is no device 1, nor bytes a selector."""
+    import gpuaffinity
+
+    with pytest.raises(TypeError, match=rf"^logical_id must be an int or a selector string, not {kind}$"):
+        gpuaffinity.resolve(bad)
+
+
 def gpuaffinity_cli(machine, *args, **extra):
     return subprocess.run([sys.executable, "-m", "gpuaffinity", *args], env=child_env(machine, **extra),
                           capture_output=True, text=True, timeout=300)

@@ -3,6 +3,8 @@ served under another, and an answer the driver could not confirm is still given,
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from conftest import run_json
@@ -52,3 +54,76 @@ def test_an_unsure_reading_when_the_driver_fails_is_still_the_answer_with_a_warn
         out = run_json(machine, UNSURE, "yes", cvd="2a")
     assert out["buses"] == [BUS2] and out["by"] == ["cvd"], out
     assert any("is read as 2" in w for w in out["warnings"]), out
+
+
+DISABLE_WARNINGS = r"""
+import json, os, sys, warnings
+import gpuaffinity
+out = []
+for arg, env in json.loads(sys.argv[1]):
+    if env is None:
+        os.environ.pop("GPUAFFINITY_DISABLE", None)
+    else:
+        os.environ["GPUAFFINITY_DISABLE"] = env
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gpuaffinity.resolve_all(disable=arg, policy="first")
+    out.append([str(w.message) for w in caught if "to disable" in str(w.message)])
+print(json.dumps(out))
+"""
+
+
+def test_disabling_a_builtin_strategy_by_name_is_not_reported_as_unknown(sim_factory):
+    """pci, cvd and torch are names to disable, from the argument or GPUAFFINITY_DISABLE: no 'nothing is named'."""
+    cases = [["cvd,torch", None], [None, "pci,cvd"], ["torch", "pci"]]
+    assert run_json(sim_factory("dgx-h100"), DISABLE_WARNINGS, json.dumps(cases), cvd="1,0") == [[], [], []]
+
+
+def test_a_name_that_disables_nothing_is_reported_with_where_it_was_given(sim_factory):
+    cases = [[None, "cvdd"], ["torchh", None], ["torchh", "cvdd"]]
+    env_only, arg_only, both = run_json(sim_factory("dgx-h100"), DISABLE_WARNINGS, json.dumps(cases), cvd="1,0")
+    assert env_only == ["gpuaffinity: nothing is named 'cvdd' to disable (from GPUAFFINITY_DISABLE); "
+                        "strategies here: pci, torch, cvd"]
+    assert arg_only == ["gpuaffinity: nothing is named 'torchh' to disable (from the disable argument); "
+                        "strategies here: pci, torch, cvd"]
+    assert both == ["gpuaffinity: nothing is named 'cvdd', 'torchh' to disable (from the disable argument and "
+                    "GPUAFFINITY_DISABLE); strategies here: pci, torch, cvd"]
+
+
+DRIVER_COUNT = r"""
+import json, warnings
+import gpuaffinity
+out = {}
+for policy in ("verify", "strict", "first"):
+    gpuaffinity.clear_cache()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            got = [[d.pci_bus_id, d.strategy] for d in gpuaffinity.resolve_all(policy=policy)]
+        except gpuaffinity.GpuAffinityError as e:
+            got = f"{type(e).__name__}: {e}"
+    out[policy] = [got, [f"{w.category.__name__}: {w.message}" for w in caught]]
+print(json.dumps(out))
+"""
+
+
+def test_the_drivers_count_replaces_an_unsure_reading_it_disagrees_with(sim_factory):
+    """NVML wrongly reports MIG mode off on mig-a100's GPUs 0 and 2, which the driver's /proc shows with instances:
+    the GPU list is in doubt, so the reading (4 whole GPUs) is unsure, and the CUDA driver shows 2 devices (GPU 0's
+    first instance, GPU 1; GPU 2 in MIG mode ends the list, one MIG device a process). verify takes the driver's
+    count and says so, strict refuses to choose, first does not ask the driver."""
+    machine = sim_factory("mig-a100")
+    buses = [g.pci_bus_id for g in machine.topology.gpus]
+    out = run_json(machine, DRIVER_COUNT, GPUAFFINITY_SIM_FAULTS="nvmlDeviceGetMigMode=3")
+    devices, warned = out["verify"]
+    assert devices == [[buses[0], "pci"], [buses[1], "pci"]], out
+    assert len(warned) == 1, out
+    assert warned[0].startswith("DisagreementWarning: gpuaffinity: the CUDA driver (pci) shows 2 device(s) for "
+                                "CUDA_VISIBLE_DEVICES=None, where the grammar on this process's GPU list reads 4 "
+                                "(its reading rests on a GPU list in doubt: "), out
+    assert warned[0].endswith("; using the driver's count"), out
+    error, warned = out["strict"]
+    assert error.startswith("ConflictError: gpuaffinity: the CUDA driver (pci) shows 2 device(s)") and error.endswith(
+        "; the strict policy refuses to choose") and warned == [], out
+    devices, warned = out["first"]
+    assert devices == [[b, "cvd"] for b in buses] and warned == [], out
