@@ -86,7 +86,9 @@ DONE = {"verdict", "intent"}
 # Modules whose text is also run as a child's whole program (``python -I -c``): mutmut's form of the file
 # (every mutant in one text, importing mutmut) cannot be that program, so the tests import the original there,
 # and each mutant is written out as plain source in a private copy of the package instead.
-PLAIN = {"resolvers._cuquery"}
+# So are modules run as ``python -m``: there the functions' module is ``__main__``, which no trampoline matches.
+PLAIN = {"resolvers._cuquery", "sim.demo", "examples.multiprocessing_workers", "examples.ray_actors",
+         "examples.subprocess_launcher"}
 # Modules whose code runs mostly in Ray workers or in the examples' own processes, under tests marked slow: their
 # selection includes the slow tests, and runs whole for each mutant, since a Ray worker inherits the environment
 # of the test that started the cluster, not of the test running now, so calls cannot be told apart by test.
@@ -167,11 +169,14 @@ def _runsrc(tree: Path, module: str) -> Path:
         shutil.rmtree(src, ignore_errors=True)
         shutil.copytree(tree / "src", src)
         if module not in PLAIN:
-            (src / rel).write_text((tree / "mutants/src" / rel).read_text() + _HOOK)
+            text = (tree / "mutants/src" / rel).read_text()
+            future = "from __future__ import annotations\n"
+            head, sep, rest = text.partition(future)  # the hook must be in place before a __main__ block runs
+            (src / rel).write_text(head + sep + _HOOK + rest if sep else _HOOK + text)
     return src
 
 
-# Appended to the module's mutmut form: in the clean run (MUTANT_UNDER_TEST=stats), every call through a
+# Put at the head of the module's mutmut form: in the clean run (MUTANT_UNDER_TEST=stats), every call through a
 # trampoline is written down with the test that made it, in the test process and in every child that inherits the
 # environment (pytest puts the running test's id in PYTEST_CURRENT_TEST). mutmut's own record stays in-process.
 _HOOK = """
@@ -267,6 +272,13 @@ def generate(args: argparse.Namespace) -> None:
             "os.makedirs('mutants', exist_ok=True)\n"
             "copy_src_dir(); copy_also_copy_files(); setup_source_paths(); create_mutants(2)\n")
     subprocess.run([sys.executable, "-c", code], cwd=tree, check=True, stdout=subprocess.DEVNULL)
+    import shutil
+
+    for name in ("README.md", "LICENSE", "tox.ini", "setup.py", "MANIFEST.in", ".ci"):  # the docs tests read them
+        if (tree / name).is_dir():
+            shutil.copytree(tree / name, tree / "mutants" / name, dirs_exist_ok=True)
+        elif (tree / name).exists():
+            shutil.copy2(tree / name, tree / "mutants" / name)
     counts = {m: len(n) for m, n in _mutants(tree).items()}
     print(f"{sum(counts.values())} mutants in {len(counts)} modules")
 
