@@ -184,6 +184,50 @@ def test_demo_finds_the_wrong_nodes():
     assert out.stdout.count("wrong NUMA node") == 6
 
 
+def demo(cvd: str | None, order: str | None = None) -> list[str]:
+    env = dict(os.environ)
+    for var, value in (("CUDA_VISIBLE_DEVICES", cvd), ("CUDA_DEVICE_ORDER", order)):
+        env.pop(var, None)
+        if value is not None:
+            env[var] = value
+    out = gpuaffinity("sim", "run", "dgx-h100", "--", sys.executable, "-W", "ignore", "-m", "gpuaffinity.sim.demo",
+                      env=env)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()
+
+
+@pytest.mark.parametrize(("cvd", "order"), [("3,6,5,4,0,7,1,2", None), ("0,1", "PCI_BUS_ID"), ("4", None)])
+def test_the_demo_marks_each_device_the_naive_mapping_gets_wrong(cvd, order):
+    from gpuaffinity.sim.topology import load_topology
+
+    gpus = sorted(load_topology("dgx-h100").gpus, key=lambda g: g.pci_bus_id)  # NVML's order here: by bus id
+    lines = demo(cvd, order)
+    assert lines[0] == f"CUDA_VISIBLE_DEVICES={cvd}  CUDA_DEVICE_ORDER={order or '<unset>'}"
+    rows = lines[2:-2]
+    indices = [int(i) for i in cvd.split(",")]
+    assert len(rows) == len(indices)
+    wrong = 0
+    for i, (row, j) in enumerate(zip(rows, indices, strict=True)):
+        mine, naive = gpus[j], gpus[i]
+        cells = row.split()
+        assert cells[:9] == [str(i), "nvml", str(j), mine.pci_bus_id, str(mine.numa_node), "|", "nvml", str(i),
+                             naive.pci_bus_id], row
+        assert cells[9] == str(naive.numa_node)
+        mark = "" if i == j else "  <- wrong GPU" + (", wrong NUMA node" if mine.numa_node != naive.numa_node else "")
+        assert row.endswith(f"{naive.numa_node}{mark}"), row
+        wrong += i != j
+    assert lines[-2] == f"{wrong} of {len(indices)} devices would be pinned to the wrong GPU by the naive mapping."
+    assert lines[-1] == "(gpuaffinity's answer: strategies pci, cvd agree; `gpuaffinity doctor` explains each one)"
+
+
+def test_the_demo_with_no_device_says_so_and_names_no_strategy():
+    lines = demo("")
+    assert lines[0] == "CUDA_VISIBLE_DEVICES=  CUDA_DEVICE_ORDER=<unset>"
+    assert lines[2:] == ["0 of 0 devices would be pinned to the wrong GPU by the naive mapping.",
+                         "(gpuaffinity's answer: strategies - agree; `gpuaffinity doctor` explains each one)"]
+    assert demo(None)[0] == "CUDA_VISIBLE_DEVICES=<unset>  CUDA_DEVICE_ORDER=<unset>"
+
+
 def test_import_is_light():
     code = ("import sys, gpuaffinity; bad = [m for m in ('torch', 'pynvml', 'cuda', 'ctypes', 'pluggy')"
             " if m in sys.modules]; print(bad)")
