@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -176,3 +178,32 @@ def test_a_record_that_cannot_be_written_is_none_and_a_damaged_one_falls_back(mo
     monkeypatch.setattr(intent, "_text", "damaged")
     monkeypatch.setattr(intent, "_started_with", lambda: json.dumps(GOOD))
     assert intent.current().pid == 4242  # the in-process record cannot be read: the one it started with
+
+
+HOLDS_A_MEMFD = ("import os, sys, time; fd = os.memfd_create('gpuaffinity-binding'); data = sys.stdin.buffer.read()\n"
+                 "while data:\n    data = data[os.write(fd, data):]\nprint('ready', flush=True); time.sleep(60)")
+
+
+def test_a_memfd_record_past_64_kib_is_refused_as_the_same_text_in_the_environment_is():
+    """A record is at most 64 KiB in either form: `gpuaffinity check` refuses a longer one as longer.  The memfd
+    was read 64 KiB deep, so a longer one whose first 64 KiB were a record was taken as that record, where the
+    same text in GPUAFFINITY_BOUND was refused."""
+    from gpuaffinity import live, proc
+
+    record = json.dumps(GOOD).ljust(65536)  # 64 KiB itself is a record
+    for text, decoded in ((record, True), (record + "x", False)):
+        p = subprocess.Popen([sys.executable, "-c", HOLDS_A_MEMFD], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            p.stdin.write(text.encode())
+            p.stdin.close()
+            assert p.stdout.readline() == b"ready\n"
+            view = proc.look(p.pid, root="/proc")
+        finally:
+            p.kill()
+            p.wait()
+        got, note = live._intent(view)
+        exec_form = live._intent(proc.View(p.pid, "/proc", environ={"GPUAFFINITY_BOUND": text}))
+        assert (got is not None, exec_form[0] is not None) == (decoded, decoded), (note, exec_form[1])
+        if not decoded:
+            assert note == "its in-process binding record cannot be read: the record is larger than 64 KiB"
+            assert exec_form[1] == "its exec binding record cannot be read: the record is larger than 64 KiB"

@@ -4,10 +4,14 @@ lines as mm/mempolicy.c and fs/proc/task_mmu.c print them, environments, and thi
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import threading
 
 import pytest
 
 from gpuaffinity import proc
+from gpuaffinity.core.settings import PROCFS_VAR
 
 
 def test_status_lines_are_keys_and_stripped_values():
@@ -74,6 +78,60 @@ def test_an_environment_is_its_items_and_a_cut_read_drops_its_last():
     assert proc._environ(raw) == {"A": "1", "B": "x=y", "C": "\ufffd"}
     assert proc._environ(b"A=1\0B=cut", whole=False) == {"A": "1"}
     assert proc.read_environ("/proc/self") == proc._environ(open("/proc/self/environ", "rb").read())
+
+
+def test_an_environment_of_many_reads_past_one_mib_is_read_whole_to_its_last_variable():
+    """exec takes up to 6 MiB of environment, read 64 KiB at a time; `gpuaffinity bind` puts GPUAFFINITY_BOUND
+    last.  1.2 MB here: every variable comes back as the process was started with it, the last one included."""
+    env = {f"FILL{i}": chr(ord("a") + i) * 120_000 for i in range(10)}
+    env["LAST"] = "found"
+    # it says when it runs: Popen returns as the exec starts, before the kernel has the new environment's place
+    p = subprocess.Popen([sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(60)"],
+                         env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline() == "ready\n"
+        assert proc.look(p.pid, root="/proc").environ == env
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_a_thread_id_names_its_process_init_included(tmp_path, monkeypatch):
+    """``thread_group``: the process a thread id is a thread of (`gpuaffinity check TID` checks that process).  In
+    a container the program is often pid 1: its threads' Tgid is 1, a process like any other."""
+    tids, started, stop = [], threading.Event(), threading.Event()
+    t = threading.Thread(target=lambda: (tids.append(threading.get_native_id()), started.set(), stop.wait(10)))
+    t.start()
+    try:
+        assert started.wait(10)
+        assert tids[0] != os.getpid() and proc.thread_group(tids[0]) == os.getpid()
+    finally:
+        stop.set()
+        t.join()
+    monkeypatch.setenv(PROCFS_VAR, str(tmp_path))  # a container's processes, modelled
+    for pid, tgid in ((1, "1"), (57, "1"), (58, "0"), (59, "x"), (60, "")):
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "status").write_text(f"Name:\ttrain\nTgid:\t{tgid}\nPid:\t{pid}\n")
+    assert [proc.thread_group(p) for p in (1, 57, 58, 59, 60)] == [1, 1, None, None, None]
+
+
+def test_under_the_real_proc_only_a_memfd_is_a_record(tmp_path, monkeypatch):
+    """A record is a memfd, its link ``/memfd:gpuaffinity-binding (deleted)``; under the simulator, a file in its
+    /proc folder.  A link is the path in the process's own mount namespace, where a folder of /proc may be any
+    file system: a file of that name whose link reads as under /proc is no record of the real /proc's."""
+    record = '{"v":1,"how":"in-process","pid":4242}'
+    (tmp_path / "memfd:gpuaffinity-binding").write_text(record)
+    monkeypatch.chdir(tmp_path)
+    pid_dir = tmp_path / "4242"
+    (pid_dir / "fd").mkdir(parents=True)
+    os.symlink("/proc/self/cwd/memfd:gpuaffinity-binding", pid_dir / "fd" / "3")  # opens: the file above
+    view = proc.View(4242, "/proc")
+    proc._fds(str(pid_dir), view)
+    assert view.binding_text is None and view.denied == []
+    os.symlink(tmp_path / "memfd:gpuaffinity-binding", pid_dir / "fd" / "4")
+    view = proc.View(4242, str(tmp_path))  # the simulator's folder: its file is the record
+    proc._fds(str(pid_dir), view)
+    assert view.binding_text == record
 
 
 def test_this_process_as_the_check_sees_it():

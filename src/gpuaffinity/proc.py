@@ -52,6 +52,10 @@ _READ = 1 << 16
 #: the stack limit, at most 3/4 of 8 MiB); a read cut at 1 MiB lost the variables at its end, where
 #: `gpuaffinity bind` puts GPUAFFINITY_BOUND
 ENVIRON_MAX = 8 << 20
+#: a binding record is at most 64 KiB (gpuaffinity.intent refuses a longer one): its memfd is read one byte deeper, so
+#: a longer one is refused as longer, as the same text in the environment is, not read cut at 64 KiB (and taken where
+#: its first 64 KiB were a record)
+_RECORD_READ = (1 << 16) + 1
 #: the policy names numa_maps prints (mm/mempolicy.c, mpol_to_str), and gpuaffinity's names and the kernel's for
 #: each (as gpuaffinity.numa.bind names what get_mempolicy returns)
 POLICIES = {"default": ("default", "MPOL_DEFAULT"), "prefer": ("preferred", "MPOL_PREFERRED"),
@@ -388,7 +392,7 @@ def _read_record(path: str) -> str:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return ""
-        return os.pread(fd, 1 << 16, 0).decode("utf-8", "replace")
+        return os.pread(fd, _RECORD_READ, 0).decode("utf-8", "replace")
     finally:
         os.close(fd)
 
