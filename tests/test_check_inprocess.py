@@ -115,8 +115,12 @@ def test_gone_kernel_thread_and_a_process_without_a_gpu(started):
         plain.wait()
     rows = {r["pid"]: r for r in got["rows"]}
     assert len(got["rows"]) == 3  # a pid given twice is one row
-    assert (rows[4194303]["status"], rows[4194303]["problems"]) == (
-        "gone", ["process 4194303 does not exist in this pid namespace: nothing to check"])
+    # docs/check.md: every row has pid, status, pci_bus_id, uuid, problems and notes, a gone one too
+    assert rows[4194303] == {"pid": 4194303, "name": "", "status": "gone", "pci_bus_id": None, "uuid": None,
+                             "problems": ["process 4194303 does not exist in this pid namespace: nothing to check"],
+                             "notes": []}
+    (line,) = [x for x in got["table"][1:4] if x.startswith("4194303 ")]  # the header, then a line a row
+    assert line.split() == ["4194303", *["-"] * 10, "GONE"]  # no name, no GPU: every cell a dash
     assert (rows[plain.pid]["status"], rows[plain.pid]["notes"]) == (
         "no-gpu", ["it holds no NVIDIA GPU and records no gpuaffinity binding"])
     if rows[2]["name"] == "kthreadd":
