@@ -5,6 +5,7 @@ and real processes of this host, or processes the simulator models, to check.  E
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -144,3 +145,57 @@ def test_modelled_processes_with_nvml(sim_factory):
         "(run the check as its user or as root)"]
     assert rows[4101]["gpu_memory"] == {"0000:52:00.0": 30720 << 20} and got["settings"]["nvml"] is True
     assert got["notes"] == []
+
+
+ELSEWHERE = """base = "dgx-h100"
+name = "elsewhere"
+[[running]]
+pid = 5301
+cpus = "0-55,112-167"
+policy = "prefer:0"
+environ = { CUDA_VISIBLE_DEVICES = "0" }
+contexts = { "0000:9d:00.0" = 1024 }
+binding = { v = 1, how = "exec", pid = 5301, pci_bus_id = "0000:1b:00.0", mode = "node", memory = "preferred", \
+bind_cpus = "0-55,112-167", memory_nodes = [0], numa_nodes = [0], applied = true, failures = [] }
+[[running]]
+pid = 5401
+cpus = "0-55,112-167"
+policy = "prefer:0"
+binding = { v = 1, how = "exec", pid = 5401, pci_bus_id = "0000:ee:00.0", mode = "node", memory = "preferred", \
+bind_cpus = "0-55,112-167", memory_nodes = [0], numa_nodes = [0], applied = true, failures = [] }
+"""
+
+
+@pytest.fixture(scope="module")
+def elsewhere(tmp_path_factory, sim_factory):
+    """dgx-h100 with a worker bound for GPU 0000:1b:00.0 (node 0) that computes on 0000:9d:00.0 (node 1), and one
+    bound for 0000:ee:00.0, a GPU this machine does not have."""
+    path = tmp_path_factory.mktemp("elsewhere") / "elsewhere.toml"
+    path.write_text(ELSEWHERE)
+    return sim_factory(str(path))
+
+
+def test_a_worker_computing_on_another_gpu_than_its_binding_is_judged_by_nvmls_list(elsewhere):
+    got = check(elsewhere, [5301], nvml=True)
+    (row,) = got["rows"]
+    assert (row["status"], row["source"], row["pci_bus_id"], row["numa_nodes"]) == (
+        "off-node", "nvml", "0000:9d:00.0", [1])
+    assert row["notes"] == ["the binding was planned for GPU 0000:1b:00.0, but the process computes on "
+                            "0000:9d:00.0: judged against that"]
+    assert got["table"][1].split()[2:5] == ["0000:9d:00.0", "GPU-76e9c809", "nvml"]  # GPU, UUID, BY
+
+
+def test_all_leaves_out_a_process_bound_for_a_gpu_this_machine_does_not_show(elsewhere):
+    got = check(elsewhere, [], nvml=True, all_processes=True)
+    pids = {r["pid"] for r in got["rows"]}
+    assert 5301 in pids and 5401 not in pids, got["rows"]
+    # this host's real processes are looked at too: another machine's bound ones may be counted with it
+    assert any(re.fullmatch(r"\d+ process\(es\) bound for GPUs this machine does not show here were left out \(a "
+                            r"binding made in a container that shows other GPUs, or under another simulated "
+                            r"machine\)", n) for n in got["notes"]), got["notes"]
+    # asked for by pid, it is a row: one this check cannot judge
+    (row,) = check(elsewhere, [5401], nvml=True)["rows"]
+    assert (row["status"], row["pci_bus_id"], row["source"]) == ("no-access", "0000:ee:00.0", "binding")
+    assert row["problems"] == ["its GPU 0000:ee:00.0 (binding) is not among the GPUs this check sees (a container "
+                               "that shows other GPUs?): check it from where it runs"]
+
