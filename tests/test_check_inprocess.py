@@ -199,3 +199,76 @@ def test_all_leaves_out_a_process_bound_for_a_gpu_this_machine_does_not_show(els
     assert row["problems"] == ["its GPU 0000:ee:00.0 (binding) is not among the GPUs this check sees (a container "
                                "that shows other GPUs?): check it from where it runs"]
 
+
+MIXED_MIG = """name = "mixed-mig"
+[[numa_node]]
+id = 0
+cpus = "0-15"
+[[numa_node]]
+id = 1
+cpus = "16-31"
+[[gpu]]
+uuid = "GPU-e973d4d0-d37e-6749-4087-c813f045f6e0"
+pci_bus_id = "0000:07:00.0"
+name = "NVIDIA A100-SXM4-80GB"
+numa_node = 0
+[[gpu.mig]]
+uuid = "MIG-68b49734-b70d-a03b-466b-3aa827a0018a"
+gpu_instance = 1
+compute_instance = 0
+name = "NVIDIA A100-SXM4-80GB MIG 3g.40gb"
+memory_mib = 40192
+multiprocessors = 42
+[[gpu]]
+uuid = "GPU-4630de19-bf77-d38d-8b9b-7cefad989a70"
+pci_bus_id = "0000:81:00.0"
+name = "NVIDIA A10"
+numa_node = 1
+[[running]]
+pid = 5101
+cpus = "0-15"
+policy = "prefer:0"
+environ = { CUDA_VISIBLE_DEVICES = "MIG-68b49734-b70d-a03b-466b-3aa827a0018a" }
+opens = ["0000:07:00.0", "0000:81:00.0"]
+[[running]]
+pid = 5201
+cpus = "0-15"
+policy = "prefer:0"
+environ = { CUDA_VISIBLE_DEVICES = "0" }
+opens = ["0000:07:00.0", "0000:81:00.0"]
+"""
+
+
+@pytest.fixture(scope="module")
+def mixed_mig(tmp_path_factory, sim_factory):
+    """An A100 in MIG mode (node 0) beside an A10 (node 1): a machine of mixed models, whose CUDA order
+    (fastest first) is not the PCI order.  5101 and 5201 hold both GPUs' device nodes, 5101 with a MIG UUID in
+    its CUDA_VISIBLE_DEVICES, 5201 with an index."""
+    path = tmp_path_factory.mktemp("mixed-mig") / "mixed-mig.toml"
+    path.write_text(MIXED_MIG)
+    return sim_factory(str(path))
+
+
+BOTH = ("it holds the device nodes of 2 GPUs and nothing says which it computes on: judged against all of them "
+        "(NVML's process list: not asked (--no-nvml))")
+
+
+def test_a_mig_uuid_in_cuda_visible_devices_does_not_count_in_cudas_order(mixed_mig):
+    """An index counts in CUDA's fastest-first order, unknown from outside on a machine of mixed models; a UUID
+    (GPU- or MIG-) names its device in any order: no note says it cannot be known."""
+    rows = {r["pid"]: r for r in check(mixed_mig, [5101, 5201])["rows"]}
+    assert rows[5101]["notes"] == [BOTH]
+    assert rows[5201]["notes"] == [
+        "its CUDA_VISIBLE_DEVICES='0' counts in CUDA's fastest-first order on a machine of mixed GPU models: which "
+        "GPUs it shows cannot be known from outside", BOTH]
+
+
+def test_a_process_of_two_gpus_names_both_in_the_table(mixed_mig):
+    got = check(mixed_mig, [5101])
+    (row,) = got["rows"]
+    assert (row["pci_bus_id"], row["uuid"], row["source"], row["numa_nodes"]) == (
+        "0000:07:00.0,0000:81:00.0",
+        "GPU-e973d4d0-d37e-6749-4087-c813f045f6e0,GPU-4630de19-bf77-d38d-8b9b-7cefad989a70", "device-nodes", [0, 1])
+    # GPU and UUID: comma-joined, each UUID cut to its first 12 characters (docs/check.md)
+    assert got["table"][1].split()[:6] == ["5101", "python3", "0000:07:00.0,0000:81:00.0", "GPU-e973d4d0,GPU-4630de19",
+                                           "device-nodes", "0,1"]
