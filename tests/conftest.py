@@ -45,6 +45,10 @@ def run_json(machine: SimMachine, code: str, *args: str, cvd: str | None = None,
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+#: every machine sim_factory opened, whose environment outlives the test that opened it
+_SHARED: list[SimMachine] = []
+
+
 @pytest.fixture(scope="session")
 def sim_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     """Open simulated machines by preset or path, shared by the whole session."""
@@ -55,12 +59,28 @@ def sim_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
         if topology not in opened:
             cm = simulated(topology, base_env=dict(os.environ))
             opened[topology] = cm.__enter__()
+            _SHARED.append(opened[topology])
             stack.append(cm)
         return opened[topology]
 
     yield get
+    _SHARED.clear()
     for cm in reversed(stack):
         cm.__exit__(None, None, None)
+
+
+@pytest.fixture(autouse=True)
+def _shared_machines_name_this_test() -> None:
+    """A shared machine's environment is the test process's as it was when the machine opened: its
+    PYTEST_CURRENT_TEST named the test that opened it, and every child run from it (or a forked child that takes
+    it) named that test too, so tools/mutation_sample.py credited that test with what the child called and ran
+    the wrong tests against its mutants.  Each test's children name that test."""
+    now = os.environ.get("PYTEST_CURRENT_TEST")
+    for machine in _SHARED:
+        if now is None:
+            machine.env.pop("PYTEST_CURRENT_TEST", None)
+        else:
+            machine.env["PYTEST_CURRENT_TEST"] = now
 
 
 #: This host's first two CPUs: the two NUMA nodes of ``host8``, so that a bind there is a real system call.

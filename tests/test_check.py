@@ -297,6 +297,15 @@ def test_the_python_api_returns_the_same_rows(machine, procs):
         gpuaffinity.check([True])
 
 
+def test_a_bad_pid_given_to_the_python_api_is_named_cut_to_40_characters():
+    """As the CLI's one-line errors: whatever the caller passed, the message quotes at most 40 characters of it."""
+    from gpuaffinity import GpuAffinityError, check
+
+    with pytest.raises(GpuAffinityError) as e:
+        check(["4" * 30 + "x" * 70])
+    assert str(e.value) == f"not a process id: {'4' * 30 + 'x' * 10!r} (a number from 1 to 4194303)"
+
+
 def test_rebind_without_a_binding_is_one_clear_error(machine):
     code = "import gpuaffinity\ntry:\n    gpuaffinity.rebind()\nexcept gpuaffinity.BindError as e:\n    print(e)"
     out = subprocess.run([sys.executable, "-c", code], env=child_env(machine), capture_output=True, text=True,

@@ -171,7 +171,9 @@ def test_an_nvml_monitor_holding_every_device_node_is_not_a_gpu_worker(machine, 
     rc, report = check(machine, "--all", "--memory", "none")
     row = row_of(report, mon.pid)
     assert row["status"] == "no-gpu" and row["pci_bus_id"] is None, row
-    assert any("NVML lists no CUDA context of it there" in n for n in row["notes"]), row["notes"]
+    assert row["notes"] == [f"it holds the device node(s) of GPU(s) {', '.join(bus(i) for i in range(8))}, but NVML "
+                            "lists no CUDA context of it there: a monitoring tool (nvidia-smi, DCGM, an NVML exporter) "
+                            "or a process whose CUDA has not started"]
     assert row_of(report, worker.pid)["pci_bus_id"] == bus(2)
     rc, report = check(machine, mon.pid)
     assert rc == 0 and row_of(report, mon.pid)["status"] == "no-gpu"

@@ -5,6 +5,7 @@ and real processes of this host, or processes the simulator models, to check.  E
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -115,8 +116,12 @@ def test_gone_kernel_thread_and_a_process_without_a_gpu(started):
         plain.wait()
     rows = {r["pid"]: r for r in got["rows"]}
     assert len(got["rows"]) == 3  # a pid given twice is one row
-    assert (rows[4194303]["status"], rows[4194303]["problems"]) == (
-        "gone", ["process 4194303 does not exist in this pid namespace: nothing to check"])
+    # docs/check.md: every row has pid, status, pci_bus_id, uuid, problems and notes, a gone one too
+    assert rows[4194303] == {"pid": 4194303, "name": "", "status": "gone", "pci_bus_id": None, "uuid": None,
+                             "problems": ["process 4194303 does not exist in this pid namespace: nothing to check"],
+                             "notes": []}
+    (line,) = [x for x in got["table"][1:4] if x.startswith("4194303 ")]  # the header, then a line a row
+    assert line.split() == ["4194303", *["-"] * 10, "GONE"]  # no name, no GPU: every cell a dash
     assert (rows[plain.pid]["status"], rows[plain.pid]["notes"]) == (
         "no-gpu", ["it holds no NVIDIA GPU and records no gpuaffinity binding"])
     if rows[2]["name"] == "kthreadd":
@@ -140,3 +145,130 @@ def test_modelled_processes_with_nvml(sim_factory):
         "(run the check as its user or as root)"]
     assert rows[4101]["gpu_memory"] == {"0000:52:00.0": 30720 << 20} and got["settings"]["nvml"] is True
     assert got["notes"] == []
+
+
+ELSEWHERE = """base = "dgx-h100"
+name = "elsewhere"
+[[running]]
+pid = 5301
+cpus = "0-55,112-167"
+policy = "prefer:0"
+environ = { CUDA_VISIBLE_DEVICES = "0" }
+contexts = { "0000:9d:00.0" = 1024 }
+binding = { v = 1, how = "exec", pid = 5301, pci_bus_id = "0000:1b:00.0", mode = "node", memory = "preferred", \
+bind_cpus = "0-55,112-167", memory_nodes = [0], numa_nodes = [0], applied = true, failures = [] }
+[[running]]
+pid = 5401
+cpus = "0-55,112-167"
+policy = "prefer:0"
+binding = { v = 1, how = "exec", pid = 5401, pci_bus_id = "0000:ee:00.0", mode = "node", memory = "preferred", \
+bind_cpus = "0-55,112-167", memory_nodes = [0], numa_nodes = [0], applied = true, failures = [] }
+"""
+
+
+@pytest.fixture(scope="module")
+def elsewhere(tmp_path_factory, sim_factory):
+    """dgx-h100 with a worker bound for GPU 0000:1b:00.0 (node 0) that computes on 0000:9d:00.0 (node 1), and one
+    bound for 0000:ee:00.0, a GPU this machine does not have."""
+    path = tmp_path_factory.mktemp("elsewhere") / "elsewhere.toml"
+    path.write_text(ELSEWHERE)
+    return sim_factory(str(path))
+
+
+def test_a_worker_computing_on_another_gpu_than_its_binding_is_judged_by_nvmls_list(elsewhere):
+    got = check(elsewhere, [5301], nvml=True)
+    (row,) = got["rows"]
+    assert (row["status"], row["source"], row["pci_bus_id"], row["numa_nodes"]) == (
+        "off-node", "nvml", "0000:9d:00.0", [1])
+    assert row["notes"] == ["the binding was planned for GPU 0000:1b:00.0, but the process computes on "
+                            "0000:9d:00.0: judged against that"]
+    assert got["table"][1].split()[2:5] == ["0000:9d:00.0", "GPU-76e9c809", "nvml"]  # GPU, UUID, BY
+
+
+def test_all_leaves_out_a_process_bound_for_a_gpu_this_machine_does_not_show(elsewhere):
+    got = check(elsewhere, [], nvml=True, all_processes=True)
+    pids = {r["pid"] for r in got["rows"]}
+    assert 5301 in pids and 5401 not in pids, got["rows"]
+    # this host's real processes are looked at too: another machine's bound ones may be counted with it
+    assert any(re.fullmatch(r"\d+ process\(es\) bound for GPUs this machine does not show here were left out \(a "
+                            r"binding made in a container that shows other GPUs, or under another simulated "
+                            r"machine\)", n) for n in got["notes"]), got["notes"]
+    # asked for by pid, it is a row: one this check cannot judge
+    (row,) = check(elsewhere, [5401], nvml=True)["rows"]
+    assert (row["status"], row["pci_bus_id"], row["source"]) == ("no-access", "0000:ee:00.0", "binding")
+    assert row["problems"] == ["its GPU 0000:ee:00.0 (binding) is not among the GPUs this check sees (a container "
+                               "that shows other GPUs?): check it from where it runs"]
+
+
+MIXED_MIG = """name = "mixed-mig"
+[[numa_node]]
+id = 0
+cpus = "0-15"
+[[numa_node]]
+id = 1
+cpus = "16-31"
+[[gpu]]
+uuid = "GPU-e973d4d0-d37e-6749-4087-c813f045f6e0"
+pci_bus_id = "0000:07:00.0"
+name = "NVIDIA A100-SXM4-80GB"
+numa_node = 0
+[[gpu.mig]]
+uuid = "MIG-68b49734-b70d-a03b-466b-3aa827a0018a"
+gpu_instance = 1
+compute_instance = 0
+name = "NVIDIA A100-SXM4-80GB MIG 3g.40gb"
+memory_mib = 40192
+multiprocessors = 42
+[[gpu]]
+uuid = "GPU-4630de19-bf77-d38d-8b9b-7cefad989a70"
+pci_bus_id = "0000:81:00.0"
+name = "NVIDIA A10"
+numa_node = 1
+[[running]]
+pid = 5101
+cpus = "0-15"
+policy = "prefer:0"
+environ = { CUDA_VISIBLE_DEVICES = "MIG-68b49734-b70d-a03b-466b-3aa827a0018a" }
+opens = ["0000:07:00.0", "0000:81:00.0"]
+[[running]]
+pid = 5201
+cpus = "0-15"
+policy = "prefer:0"
+environ = { CUDA_VISIBLE_DEVICES = "0" }
+opens = ["0000:07:00.0", "0000:81:00.0"]
+"""
+
+
+@pytest.fixture(scope="module")
+def mixed_mig(tmp_path_factory, sim_factory):
+    """An A100 in MIG mode (node 0) beside an A10 (node 1): a machine of mixed models, whose CUDA order
+    (fastest first) is not the PCI order.  5101 and 5201 hold both GPUs' device nodes, 5101 with a MIG UUID in
+    its CUDA_VISIBLE_DEVICES, 5201 with an index."""
+    path = tmp_path_factory.mktemp("mixed-mig") / "mixed-mig.toml"
+    path.write_text(MIXED_MIG)
+    return sim_factory(str(path))
+
+
+BOTH = ("it holds the device nodes of 2 GPUs and nothing says which it computes on: judged against all of them "
+        "(NVML's process list: not asked (--no-nvml))")
+
+
+def test_a_mig_uuid_in_cuda_visible_devices_does_not_count_in_cudas_order(mixed_mig):
+    """An index counts in CUDA's fastest-first order, unknown from outside on a machine of mixed models; a UUID
+    (GPU- or MIG-) names its device in any order: no note says it cannot be known."""
+    rows = {r["pid"]: r for r in check(mixed_mig, [5101, 5201])["rows"]}
+    assert rows[5101]["notes"] == [BOTH]
+    assert rows[5201]["notes"] == [
+        "its CUDA_VISIBLE_DEVICES='0' counts in CUDA's fastest-first order on a machine of mixed GPU models: which "
+        "GPUs it shows cannot be known from outside", BOTH]
+
+
+def test_a_process_of_two_gpus_names_both_in_the_table(mixed_mig):
+    got = check(mixed_mig, [5101])
+    (row,) = got["rows"]
+    assert (row["pci_bus_id"], row["uuid"], row["source"], row["numa_nodes"]) == (
+        "0000:07:00.0,0000:81:00.0",
+        "GPU-e973d4d0-d37e-6749-4087-c813f045f6e0,GPU-4630de19-bf77-d38d-8b9b-7cefad989a70", "device-nodes", [0, 1])
+    # GPU and UUID: comma-joined, each UUID cut to its first 12 characters (docs/check.md)
+    assert got["table"][1].split()[:6] == ["5101", "python3", "0000:07:00.0,0000:81:00.0", "GPU-e973d4d0,GPU-4630de19",
+                                           "device-nodes", "0,1"]

@@ -15,9 +15,9 @@ from gpuaffinity.sim.topology import load_topology
 PAGE = 4096
 
 
-def run_check(machine, *args):
+def run_check(machine, *args, **env):
     proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "check", *map(str, args), "--json"],
-                          env={**machine.env, "CUDA_VISIBLE_DEVICES": "0"}, capture_output=True, text=True,
+                          env={**machine.env, "CUDA_VISIBLE_DEVICES": "0", **env}, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode in (0, 4), proc.stderr
     return proc.returncode, json.loads(proc.stdout)
@@ -136,3 +136,56 @@ def test_modelled_zombie_kernel_thread_and_absent_pids(tmp_path):
         rc, report = run_check(machine, "--all")
         assert {r["pid"] for r in report["rows"]} >= {702}
         assert 700 not in {r["pid"] for r in report["rows"]}  # --all: only processes with a GPU or a binding
+
+
+def _found_without_nvmls_list(report):
+    """busy-dgx's 4101 and 4301 as a check finds them without NVML's process list: by the binding 4101 records,
+    by the device node 4301 holds; no GPU memory (NVML's list gives it)."""
+    rows = rows_by_pid(report)
+    assert {p: (r["status"], r["source"], r["pci_bus_id"], r["gpu_memory"]) for p, r in rows.items()} == {
+        4101: ("ok", "binding", "0000:52:00.0", {}), 4301: ("unbound", "device-nodes", "0000:d1:00.0", {})}
+    assert report["settings"]["nvml"] is False
+
+
+def test_without_libnvidia_ml_the_check_finds_gpus_by_bindings_and_device_nodes(sim_factory):
+    """A container given the driver's /proc files and device nodes but not the NVIDIA library: the check runs,
+    and its note says why NVML's process list is missing."""
+    import ctypes.util
+
+    if ctypes.util.find_library("nvidia-ml"):
+        pytest.skip("a real NVML is installed here")
+    rc, report = run_check(sim_factory("busy-dgx"), 4101, 4301, LD_LIBRARY_PATH="/nonexistent")
+    assert rc == 4
+    _found_without_nvmls_list(report)
+    assert report["notes"] == ["NVML's process list: unavailable (loading libnvidia-ml.so.1 returned NVML error -1)"]
+
+
+OLD_NVML_C = r"""
+/* An NVML without nvmlDeviceGetComputeRunningProcesses_v3 (older than R510), nor the locality calls. */
+static int gpu;
+#define API __attribute__((visibility("default")))
+API int nvmlInit_v2(void) { return 0; }
+API int nvmlShutdown(void) { return 0; }
+API int nvmlDeviceGetHandleByPciBusId_v2(const char *b, void **h) { (void)b; *h = &gpu; return 0; }
+"""
+
+
+def test_a_driver_without_the_v3_process_list_is_a_note_not_a_crash(sim_factory, tmp_path):
+    """NVML's FUNCTION_NOT_FOUND for the process list, GPU by GPU: the check finds the GPUs by bindings and device
+    nodes, locality by sysfs, and never fails on the missing function (AttributeError, exit 1)."""
+    import shutil
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    (tmp_path / "old.c").write_text(OLD_NVML_C)
+    subprocess.run([cc, "-shared", "-fPIC", "-fvisibility=hidden", "-o", str(tmp_path / "libnvidia-ml.so.1"),
+                    str(tmp_path / "old.c")], check=True)
+    machine = sim_factory("busy-dgx")
+    rc, report = run_check(machine, 4101, 4301, LD_LIBRARY_PATH=str(tmp_path))
+    assert rc == 4
+    _found_without_nvmls_list(report)
+    (note,) = report["notes"]
+    missing = ", ".join(f"{g.pci_bus_id} (nvmlDeviceGetComputeRunningProcesses_v3 returned NVML error 13 (Function "
+                        "Not Found))" for g in machine.topology.gpus)
+    assert note.startswith(f"NVML's process list: unavailable for GPU(s) {missing}: "), note

@@ -11,6 +11,8 @@ import argparse
 import importlib.util
 import json
 
+import pytest
+
 from conftest import ROOT
 
 
@@ -92,3 +94,21 @@ def test_every_module_outside_core_and_numa_has_a_test_selection():
     assert not missing, f"modules with no test selection in tools/mutation_sample.py: {sorted(missing)}"
     for files in TOOL.TESTS.values():
         assert all((ROOT / "tests" / f).is_file() for f in files), files
+
+
+# The tool credits a call in a child to the test named by the child's PYTEST_CURRENT_TEST: a child run from a
+# machine that sim_factory shares between tests must name the test running now, not the one that opened it.
+
+@pytest.fixture(scope="module")
+def shared(sim_factory):
+    return sim_factory("h200x4-vm")
+
+
+CHILD_TEST = "import json, os; print(json.dumps(os.environ.get('PYTEST_CURRENT_TEST')))"
+
+
+@pytest.mark.parametrize("turn", ["first", "second"])
+def test_a_child_of_a_shared_machine_names_the_test_that_runs_it(shared, request, turn):
+    from conftest import run_json
+
+    assert run_json(shared, CHILD_TEST).rsplit(" (", 1)[0] == request.node.nodeid
