@@ -561,6 +561,16 @@ def test_the_longest_timeout_still_gets_the_drivers_answer(sim_factory):
     assert run_json(sim_factory("mixed-4gpu"), code, cvd="0,1") == [1, 3]
 
 
+def test_the_timeout_given_is_the_cuda_probe_s_limit(sim_factory):
+    """A microsecond is shorter than any probe: pci gives up and says after how long, where the default two
+    minutes would have let it answer (mixed models: only the driver can tell CUDA's order)."""
+    code = ("import json, warnings\nfrom gpuaffinity.api import run_resolution\nwarnings.simplefilter('ignore')\n"
+            "res = run_resolution(policy='verify', timeout=1e-6, strict_errors=False)\n"
+            "print(json.dumps([str(w[1]) for w in res.warnings]))")
+    warned = run_json(sim_factory("mixed-4gpu"), code, cvd="0,1")
+    assert any("the CUDA probe took over 1e-06 s (cuInit did not return in time" in w for w in warned), warned
+
+
 UNRESOLVED = r"""
 import json, warnings, gpuaffinity
 out = {}
