@@ -79,7 +79,7 @@ def test_each_mutant_runs_the_tests_that_called_its_function_in_their_order(tmp_
         "gpuaffinity.launch.x_popen\ttests/test_a.py::test_two[x]\n"
         "gpuaffinity.launch.x_popen\ttests/test_b.py::test_one\n")
     assert TOOL._tests_of(tmp_path, "launch", "gpuaffinity.launch.x_popen__mutmut_12") == [
-        "tests/test_b.py::test_one", "tests/test_a.py::test_two[x]"]
+        "tests/test_b.py::test_one", "tests/test_a.py::test_two"]  # a parametrized test whole
     assert TOOL._tests_of(tmp_path, "launch", "gpuaffinity.launch.x_spawn__mutmut_1") == []
     # a module run as a child's whole program keeps no record: its whole selection runs
     assert TOOL._tests_of(tmp_path, "resolvers._cuquery", "gpuaffinity.resolvers._cuquery.x_failed__mutmut_1") is None
