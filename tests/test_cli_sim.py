@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import child_env, run_json
+from gpuaffinity.core.cpulist import format_cpulist
 from gpuaffinity.sim.build import CFLAGS, COMMON, CSRC, LIBRARIES, find_compiler
 
 
@@ -317,3 +320,55 @@ def test_doctor_with_every_strategy_disabled(sim_factory):
     assert out.returncode == 0, out.stderr
     assert "unexpected" not in out.stderr
     assert "  none: every strategy is disabled, so nothing can resolve" in out.stdout
+
+
+def doctor_gpu_table(stdout: str) -> list[list[str]]:
+    """The rows of doctor's "GPUs this process can use" table, header first, each cut into its cells."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("  NVML "))
+    end = lines.index("", start)
+    return [re.split(r" {2,}", line.strip()) for line in lines[start:end]]
+
+
+#: doctor run in a child that imported torch first, as a training script calling gpuaffinity.cli.main would
+DOCTOR_AFTER_TORCH = ("import sys, torch; from gpuaffinity.cli import main; status = main(['doctor']); "
+                      "print(torch.__version__); sys.exit(status)")
+
+
+@pytest.mark.parametrize("torch_imported", [False, True], ids=["plain", "torch-imported"])
+def test_doctor_lists_every_gpu_in_pci_order_with_its_node_and_cpus(sim_factory, torch_imported):
+    """The GPU table, cell by cell against the topology: NVML's order is the PCI order whatever
+    CUDA_VISIBLE_DEVICES says, and each GPU's node's CPUs are its local CPUs.  With torch imported the report
+    says which torch, and still runs to the end."""
+    if torch_imported and importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed here")
+    machine = sim_factory("dgx-h100")
+    topo = machine.topology
+    argv = ["-c", DOCTOR_AFTER_TORCH] if torch_imported else ["-m", "gpuaffinity", "doctor"]
+    out = subprocess.run([sys.executable, *argv], env=child_env(machine, "3,6,5,4,0,7,1,2"), capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    gpus = sorted(topo.gpus, key=lambda g: g.pci_bus_id)
+    assert doctor_gpu_table(out.stdout) == [
+        ["NVML", "PCI", "UUID", "MODEL", "NODES", "LOCAL CPUS"],
+        *([str(i), g.pci_bus_id, g.uuid, g.name, str(g.numa_node), format_cpulist(topo.node(g.numa_node).cpus)]
+          for i, g in enumerate(gpus))]
+    said = "yes, " + out.stdout.splitlines()[-1] if torch_imported else "no (gpuaffinity never imports it)"
+    assert f"  {'torch imported':<28} {said}" in out.stdout.splitlines()
+
+
+def test_doctor_names_every_node_of_a_gpu_that_spans_several(tmp_path_factory, sim_factory):
+    """A GPU without a numa_node file whose local CPUs are every CPU takes NVML's nodes, here both: its NODES
+    cell lists them comma-separated, next to a GPU on one node."""
+    path = tmp_path_factory.mktemp("span") / "span.toml"
+    path.write_text('name = "span"\nsysfs_quirks = ["no-numa-node"]\n'
+                    '[[numa_node]]\nid = 0\ncpus = "0-3"\n[[numa_node]]\nid = 1\ncpus = "4-7"\n'
+                    '[[gpu]]\nuuid = "GPU-00000000-0000-0000-0000-000000000001"\npci_bus_id = "0000:01:00.0"\n'
+                    'name = "NVIDIA H100"\nnuma_node = 1\n'
+                    '[[gpu]]\nuuid = "GPU-00000000-0000-0000-0000-000000000002"\npci_bus_id = "0000:02:00.0"\n'
+                    'name = "NVIDIA H100"\nnuma_node = -1\n')
+    out = subprocess.run([sys.executable, "-m", "gpuaffinity", "doctor"], env=child_env(sim_factory(str(path))),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert [(row[1], row[4], row[5]) for row in doctor_gpu_table(out.stdout)[1:]] == [
+        ("0000:01:00.0", "1", "4-7"), ("0000:02:00.0", "0,1", "0-7")]
