@@ -595,3 +595,20 @@ def test_an_explicit_on_failure_wins_over_the_environment(host8, sim_factory):
     assert out["raised"] is True and "set_mempolicy" in out["error"], out
     out = run_json(machine, EXPLICIT.replace('on_failure="error"', 'on_failure="warn"'), GPUAFFINITY_ON_FAILURE="error")
     assert out["raised"] is False and any("set_mempolicy" in f for f in out["failures"]), out
+
+
+def _doctor_line(env, label):
+    out = subprocess.run([sys.executable, "-m", "gpuaffinity", "doctor"], env=env, capture_output=True, text=True,
+                         timeout=120)
+    line = next((x for x in out.stdout.splitlines() if x.startswith(f"  {label}")), out.stdout + out.stderr)
+    return [out.returncode, line]
+
+
+def test_doctor_says_a_memory_policy_it_cannot_read_is_unreadable(sim_factory):
+    """A seccomp profile that refuses get_mempolicy (as some containers do): doctor still reports, on the line
+    of a process nothing bound, that the policy could not be read and why."""
+    env = child_env(sim_factory("dgx-h100"))
+    out = _seccomp_or_skip(forked(_under, "get_mempolicy", errno.EPERM, None, _doctor_line, env,
+                                  "this process runs on"))
+    assert value(out) == [0, f"  {'this process runs on':<28} CPUs {format_cpulist(CPUS)}; memory policy unreadable "
+                             "([Errno 1] get_mempolicy: Operation not permitted)"]
