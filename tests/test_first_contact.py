@@ -181,6 +181,25 @@ def test_bind_usage_names_every_option_bind_takes():
     assert [o for o in options if o not in usage] == []
 
 
+@pytest.mark.parametrize(("command", "default", "says"), [
+    ("bind", "preferred", ["preferred (default: allocate on the GPU's node(s), spill to other nodes", "none (see "
+                           "docs/numa.md)"]),
+    ("check", "any", ["any (default: any policy onto its GPU's node(s), not the default policy)",
+                      "none (do not check the policy)"]),
+    ("ray-check", "preferred", ["the memory policy they should have (default preferred; none: do not check memory)"]),
+])
+def test_each_memory_option_says_its_default_and_what_none_means(command, default, says):
+    """--help for --memory names the default the parser really uses, and what none does."""
+    from gpuaffinity.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    memory = next(a for a in sub._actions if "--memory" in a.option_strings)
+    assert memory.default == default
+    text = " ".join(sub.format_help().split())
+    assert [s for s in says if s not in text] == []
+
+
 def test_a_topology_path_that_is_no_file_says_what_it_is(tmp_path, monkeypatch):
     """Issue 19: a directory was reported as "no such topology file"; a preset's name in a working directory that
     holds a file or folder of that name still means the preset."""
