@@ -361,3 +361,16 @@ def test_the_documented_python_call_and_cli_defaults_are_the_codes():
     assert {n: repr(v).replace("'", '"') for n, v in params.items()} == documented
     args = build_parser().parse_args(["check"])
     assert (args.memory, args.mode, args.min_local) == (params["memory"], params["mode"], params["min_local"])
+
+
+def test_check_help_says_it_reads_each_process_s_own_view_never_this_shell_s():
+    """The user's first question: does check judge a worker by the CUDA_VISIBLE_DEVICES of the shell it runs in?
+    Its --help says no, and what it checks."""
+    from gpuaffinity.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["check"]
+    text = " ".join(sub.format_help().split())
+    assert ("the GPU each holds or was bound for (read in *its* view: its recorded binding, NVML's process list, its "
+            "open device nodes and its own CUDA_VISIBLE_DEVICES; never this shell's), that GPU's NUMA node(s) and "
+            "CPUs, the CPU mask of every thread, the memory policy, and with --pages where its resident memory "
+            "is.") in text
