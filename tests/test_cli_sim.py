@@ -173,10 +173,13 @@ def test_check_prints_the_machine():
 
 
 def test_help_teaches():
-    out = gpuaffinity("sim", "run", "--help")
+    out = gpuaffinity("sim", "run", "--help", env=dict(os.environ, COLUMNS="1000"))
     assert out.returncode == 0
-    for needle in ("TOPOLOGY", "--fault", "--counters", "examples:", "sim run dgx-h100 --"):
-        assert needle in out.stdout
+    text = " ".join(out.stdout.split())
+    for needle in ("TOPOLOGY", "--fault", "--counters", "examples:", "sim run dgx-h100 --",
+                   "--gpus LIST the GPUs whose device node opens, comma-separated: PCI-order positions, bus ids or "
+                   "UUIDs (e.g. --gpus 2,5); NVML and CUDA number only these"):
+        assert needle in text
 
 
 def test_demo_finds_the_wrong_nodes():
