@@ -47,7 +47,7 @@ TESTS: dict[str, list[str]] = {
     "api": ["test_resolve.py", "test_resolve_options.py", "test_record.py", "test_first_contact.py",
             "test_concurrency.py", "test_device_access.py", "test_deployments.py", "test_plugin_contract.py"],
     "cli": ["test_cli_sim.py", "test_first_contact.py", "test_resolve.py", "test_resolve_options.py",
-            "test_bind_policy.py", "test_check.py", "test_check_attack.py", "test_numa.py"],
+            "test_bind_policy.py", "test_check.py", "test_check_attack.py", "test_numa.py", "test_plugin_contract.py"],
     "inventory": ["test_resolve.py", "test_device_access.py", "test_sim_restricted.py", "test_nvml_faults.py",
                   "test_deployments.py", "test_record.py"],
     "launch": ["test_resolve.py", "test_resolve_options.py", "test_bind_policy.py", "test_security.py",
