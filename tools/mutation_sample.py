@@ -43,7 +43,7 @@ TESTS: dict[str, list[str]] = {
     "__init__": ["test_record.py", "test_resolve.py", "test_first_contact.py"],
     "_child": ["test_bind_policy.py", "test_resolve.py", "test_security.py"],
     "_ray_probe": ["test_ray_check.py", "test_ray_check_attack.py", "test_narrowed_mask.py", "test_check_ray.py"],
-    "_state": ["test_ray_worker.py", "test_nvml_faults.py", "test_resolve.py"],
+    "_state": ["test_concurrency.py", "test_ray_worker.py", "test_nvml_faults.py", "test_resolve.py"],
     "api": ["test_resolve.py", "test_resolve_options.py", "test_record.py", "test_first_contact.py",
             "test_concurrency.py", "test_device_access.py", "test_deployments.py", "test_plugin_contract.py"],
     "cli": ["test_cli_sim.py", "test_first_contact.py", "test_resolve.py", "test_resolve_options.py",
