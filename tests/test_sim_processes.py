@@ -420,6 +420,13 @@ def test_vmrss_is_the_resident_base_pages_of_numa_maps(worker):
     assert int(st["VmSize"].split()[0]) >= rss + huge
 
 
+def test_vmpte_is_a_page_table_page_per_2_mib_resident_rounded_up(worker):
+    st = dict(status_of(proc(worker) / "10" / "status"))
+    rss = int(st["VmRSS"].split()[0])
+    assert rss == 6540  # 3.19 times 2 MiB: 4 page-table pages of 4 kB
+    assert st["VmPTE"] == f"{4 * 4:8d} kB"
+
+
 def test_fd_links_name_the_device_nodes_and_the_binding_record(worker):
     fd = proc(worker) / "10" / "fd"
     dev = worker.env["GPUAFFINITY_DEV_ROOT"]
