@@ -118,6 +118,23 @@ def test_sysfs_tree_of_the_dgx(tmp_path):
     assert read("devices/system/cpu/online") == "0-223"
 
 
+def test_sysfs_caches_of_a_sub_numa_xeon_share_l3_across_the_package(tmp_path):
+    """xeon-snc2 (l3 = "package"): L1 and L2 are the core's, the L3 spans both nodes of the socket."""
+    render_sysfs(load_topology("xeon-snc2"), tmp_path)
+    cache = tmp_path / "devices/system/cpu/cpu20/cache"  # node 1, socket 0
+
+    def index(i: int) -> tuple[str, ...]:
+        return tuple((cache / f"index{i}" / f).read_text().strip()
+                     for f in ("level", "type", "shared_cpu_list", "shared_cpu_map"))
+
+    core = format_cpumask({20, 100})
+    assert [index(i) for i in range(4)] == [
+        ("1", "Data", "20,100", core), ("1", "Instruction", "20,100", core), ("2", "Unified", "20,100", core),
+        ("3", "Unified", "0-39,80-119", format_cpumask(parse_cpulist("0-39,80-119")))]
+    other = tmp_path / "devices/system/cpu/cpu60/cache/index3/shared_cpu_list"  # node 3, socket 1
+    assert other.read_text().strip() == "40-79,120-159"
+
+
 def test_sysfs_of_a_vm_gives_no_node(tmp_path):
     topo = load_topology("vm-4gpu")
     render_sysfs(topo, tmp_path)
