@@ -135,6 +135,21 @@ def test_sysfs_caches_of_a_sub_numa_xeon_share_l3_across_the_package(tmp_path):
     assert other.read_text().strip() == "40-79,120-159"
 
 
+def test_sysfs_node_files_of_a_gh200_tell_cpu_nodes_from_memory_nodes(tmp_path):
+    """gh200: node 0 has the Grace CPUs and LPDDR5X, node 1 the GPU's HBM and no CPU, nodes 2-8 neither."""
+    render_sysfs(load_topology("gh200"), tmp_path)
+    node = tmp_path / "devices/system/node"
+    assert [(node / f).read_text().strip() for f in ("online", "has_cpu", "has_memory", "has_normal_memory")] == [
+        "0-8", "0", "0-1", "0-1"]
+
+
+def test_sysfs_distances_of_a_sub_numa_xeon_are_10_local_12_same_socket_21_across(tmp_path):
+    render_sysfs(load_topology("xeon-snc2"), tmp_path)
+    node = tmp_path / "devices/system/node"
+    assert [(node / f"node{n}/distance").read_text().strip() for n in range(4)] == [
+        "10 12 21 21", "12 10 21 21", "21 21 10 12", "21 21 12 10"]
+
+
 def test_sysfs_of_a_vm_gives_no_node(tmp_path):
     topo = load_topology("vm-4gpu")
     render_sysfs(topo, tmp_path)
