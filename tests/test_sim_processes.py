@@ -179,6 +179,8 @@ def is_subsequence(keys: list[str], of: list[str]) -> bool:
     ("[[running]]\npid = 10\nbinding = 3\n", "running[0].binding: must be a table"),
     ("[[running]]\npid = 10\nenviron = { \"A=B\" = \"1\" }\n", "running[0].environ: 'A=B' cannot be a variable's name"),
     ("[[running]]\npid = 10\ncmdline = [\"a\\u0000b\"]\n", "running[0].cmdline: must be a list of strings without NUL"),
+    ("[[running]]\npid = 10\nenviron = { " + "V" * 70 + " = 5 }\n",  # a long name: its first 60 characters
+     "running[0].environ." + "V" * 60 + ": must be a string without NUL, not 5"),
     ("[[running]]\npid = 10\nmems = \"0-3\"\n", "running[0].mems: must name nodes with memory of this machine (0-1)"),
 ])
 def test_a_bad_running_table_is_one_line_naming_file_field_and_problem(tmp_path, extra, message):
