@@ -64,6 +64,7 @@ def test_gpus_come_in_pci_order(tmp_path):
     ('name = "NVIDIA H200"\nnuma_node = 0', 'name = "NVIDIA H200"\nnuma = 0', "gpu[1].numa: unknown field"),
     ('uuid = "GPU-00eccfb1-9bb7-c430-154d-cfd6d08463e0"', 'uuid = "GPU-xyz"', "gpu[1].uuid: malformed GPU UUID"),
     ('name = "t"', 'name = 3', "name: must be a string"),
+    ('pci_bus_id = "0000:06:00.0"\n', '', "gpu[1].pci_bus_id: missing"),
     ('id = 1', 'id = 0', "numa_node[1].id: duplicate NUMA node id 0"),
 ])
 def test_bad_files_name_file_field_and_problem(tmp_path, old, new, message):
@@ -75,6 +76,30 @@ def test_bad_files_name_file_field_and_problem(tmp_path, old, new, message):
     assert text.startswith(f"{path}: ")
     assert message in text
     assert "\n" not in text
+
+
+MIG = """[[gpu.mig]]
+uuid = "MIG-68b49734-b70d-a03b-466b-3aa827a0018a"
+gpu_instance = 1
+compute_instance = 0
+name = "NVIDIA H200 MIG 3g.71gb"
+memory_mib = 71936
+multiprocessors = 60
+"""
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ('uuid = "MIG-68b49734-b70d-a03b-466b-3aa827a0018a"\n', '', "gpu[1].mig[0].uuid: missing"),
+    ('"MIG-68b49734', '"GPU-68b49734', "gpu[1].mig[0].uuid: malformed MIG UUID 'GPU-68b49734-b70d-a03b-466b-"
+                                        "3aa827a0018a' (want MIG-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"),
+])
+def test_a_bad_mig_instance_names_its_field(tmp_path, old, new, message):
+    assert [m.uuid for g in load_topology(write(tmp_path, GOOD + MIG)).gpus for m in g.migs] == [
+        "MIG-68b49734-b70d-a03b-466b-3aa827a0018a"]
+    path = write(tmp_path, GOOD + MIG.replace(old, new, 1))
+    with pytest.raises(TopologyError) as e:
+        load_topology(path)
+    assert str(e.value) == f"{path}: {message}"
 
 
 def test_not_toml_and_unknown_preset(tmp_path):
