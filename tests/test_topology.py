@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -107,6 +109,16 @@ def test_not_toml_and_unknown_preset(tmp_path):
         load_topology(write(tmp_path, "name = "))
     with pytest.raises(TopologyError, match="neither a topology file nor a preset .*dgx-h100"):
         load_topology("no-such-machine")
+
+
+def test_a_device_or_a_pipe_is_refused_as_no_topology_file(tmp_path):
+    fifo = tmp_path / "machine.toml"
+    os.mkfifo(fifo)
+    for path in ("/dev/null", str(fifo)):
+        with pytest.raises(TopologyError) as e:
+            load_topology(path)
+        assert str(e.value) == (f"{path!r} is not a regular file (a device, a pipe or a socket): name a topology "
+                                "file (.toml)")
 
 
 @given(st.sets(st.integers(0, 300)))
