@@ -261,19 +261,6 @@ def test_nvml_wrong_about_mig_is_caught_by_the_driver_under_verify(sim_factory, 
     assert "gpuaffinity: warning:" in out.stderr
 
 
-def test_a_mig_container_s_dev_holds_its_gpu_and_its_instance_s_capability_alone(tmp_path):
-    """mig-container is given GPU 0000:87:00.0's instance MIG-7cbdd8d7-...: of the host's GPU and capability nodes,
-    those two alone are there (others = "absent")."""
-    from gpuaffinity.sim.render import mig_cap_minor, render_dev
-
-    topo = load_topology("mig-container")
-    i = next(n for n, g in enumerate(topo.gpus) if g.pci_bus_id == "0000:87:00.0")
-    j = next(n for n, m in enumerate(topo.gpus[i].migs) if m.uuid == "MIG-7cbdd8d7-1463-b16d-adaa-b2c3504c2658")
-    render_dev(topo, tmp_path)
-    assert sorted(os.listdir(tmp_path)) == ["nvidia-caps", "nvidia-uvm", f"nvidia{i}", "nvidiactl"]
-    assert os.listdir(tmp_path / "nvidia-caps") == [f"nvidia-cap{mig_cap_minor(i, j)}"]
-
-
 def test_one_model_in_another_order_than_pci_is_refused_as_a_topology(tmp_path):
     from gpuaffinity.sim import TopologyError
     from gpuaffinity.sim.topology import parse_topology

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from gpuaffinity.core.cpulist import format_cpulist, format_cpumask, parse_cpulist
 from gpuaffinity.sim import TopologyError, list_presets, load_topology
-from gpuaffinity.sim.render import render_sysfs
+from gpuaffinity.sim.render import mig_cap_minor, render_dev, render_sysfs
 
 GOOD = """
 name = "t"
@@ -185,6 +185,17 @@ def test_sysfs_distances_of_a_sub_numa_xeon_are_10_local_12_same_socket_21_acros
     node = tmp_path / "devices/system/node"
     assert [(node / f"node{n}/distance").read_text().strip() for n in range(4)] == [
         "10 12 21 21", "12 10 21 21", "21 21 10 12", "21 21 12 10"]
+
+
+def test_a_mig_container_s_dev_holds_its_gpu_and_its_instance_s_capability_alone(tmp_path):
+    """mig-container is given GPU 0000:87:00.0's instance MIG-7cbdd8d7-...: of the host's GPU and capability nodes,
+    those two alone are there (others = "absent")."""
+    topo = load_topology("mig-container")
+    i = next(n for n, g in enumerate(topo.gpus) if g.pci_bus_id == "0000:87:00.0")
+    j = next(n for n, m in enumerate(topo.gpus[i].migs) if m.uuid == "MIG-7cbdd8d7-1463-b16d-adaa-b2c3504c2658")
+    render_dev(topo, tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["nvidia-caps", "nvidia-uvm", f"nvidia{i}", "nvidiactl"]
+    assert os.listdir(tmp_path / "nvidia-caps") == [f"nvidia-cap{mig_cap_minor(i, j)}"]
 
 
 def test_sysfs_of_a_vm_gives_no_node(tmp_path):
