@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import child_env, run_json
+from gpuaffinity import cli
 from gpuaffinity.core.cpulist import format_cpulist
 from gpuaffinity.sim.build import CFLAGS, COMMON, CSRC, LIBRARIES, find_compiler
 
@@ -76,6 +77,35 @@ def test_errors_are_one_line_with_their_status(args, status, text):
     assert out.returncode == status
     assert text in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+FAULT_GRAMMAR = ("want NAME=CODE or NAME=CODE:TIMES, e.g. cuInit=999 or nvmlDeviceGetHandleByIndex=15:1")
+
+
+@pytest.mark.parametrize("spec", [
+    "cuInit=abc",  # the code is no number strtol reads
+    "cuInit=",
+    "cuInit=2147483648",  # past a C int
+    "cuInit=9:x",  # TIMES is no count
+    "cuInit=9:-1",
+    "cu-Init=9",  # the name is no C identifier
+    "=9",
+])
+def test_sim_run_refuses_a_malformed_fault_in_one_line(spec, capsys):
+    assert cli.main(["sim", "run", "--fault", spec, "dgx-h100", "--", "true"]) == 2
+    assert capsys.readouterr().err == f"gpuaffinity sim run: bad fault {spec!r}: {FAULT_GRAMMAR}\n"
+
+
+@pytest.mark.parametrize("name", [
+    "gpuaffinitySimCallCount",  # the simulator's own counter export is no entry point a program's call fails
+    "nvmlInitX",
+    "cuDeviceTotal",  # a prefix covers only its _vN and WithFlags variants
+])
+def test_sim_run_refuses_a_fault_on_no_entry_point(name, capsys):
+    assert cli.main(["sim", "run", "--fault", f"{name}=999", "dgx-h100", "--", "true"]) == 2
+    assert capsys.readouterr().err == (
+        f"gpuaffinity sim run: unknown fault name {name!r}: the simulator has no such entry point (see "
+        "docs/simulator.md; e.g. nvmlInit, nvmlDeviceGetHandleByIndex, cuInit)\n")
 
 
 def test_bad_topology_file_leaves_nothing_behind(tmp_path):

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from conftest import child_env
+from gpuaffinity.sim import simulated
 
 #: every NVML entry point that the inventory or the locality reads
 CALLS = ["nvmlInit", "nvmlDeviceGetCount", "nvmlDeviceGetHandleByIndex", "nvmlDeviceGetPciInfo",
@@ -132,6 +133,18 @@ def test_a_lost_gpu_does_not_stop_binding_another():
     assert out.returncode == 0 and out.stdout.startswith("would bind: GPU 0000:61:00.0"), out.stderr
     out = bind("0")
     assert out.returncode == 1 and out.stderr.startswith("gpuaffinity: GPU 0000:1b:00.0 is lost")
+
+
+@pytest.mark.parametrize("fault", ["cuInit=9", "nvmlDeviceGetName=15", "cuDeviceGet=15"])
+def test_the_driver_or_gpu_lost_code_on_another_call_fails_that_call_alone(fault):
+    """DRIVER_NOT_LOADED (9) makes a host without the driver only on nvmlInit and its variants, GPU_IS_LOST (15)
+    loses every GPU only on a handle call: on any other call the code is that call failing, and the driver's
+    /proc files and device nodes stay, and the libraries get that one fault alone."""
+    with simulated("vm-4gpu", faults=[fault], base_env={}) as machine:
+        assert machine.env["GPUAFFINITY_SIM_FAULTS"] == fault
+        proc = machine.folder / "proc" / "driver" / "nvidia" / "gpus"
+        assert sorted(p.name for p in proc.iterdir()) == sorted(g.pci_bus_id for g in machine.topology.gpus)
+        assert len(list((machine.folder / "dev").glob("nvidia[0-9]*"))) == 4
 
 
 @pytest.mark.parametrize("fault", ["nvmlInitWithFlags=9", "nvmlInit=0x9", "nvmlInit_v2=9"])

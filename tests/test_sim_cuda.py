@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from conftest import REAL_DATA, child_env, load_probe, run_json
 from gpuaffinity.core.cvd import GpuIdentity, apply_cvd
+from gpuaffinity.sim import simulated
 from gpuaffinity.sim.build import library_dir
 from gpuaffinity.sim.render import render_config
 from gpuaffinity.sim.topology import parse_topology
@@ -176,6 +177,14 @@ def test_fault_injection_and_counters(sim_factory, tmp_path):
     from gpuaffinity.sim import read_counters
     counts = read_counters(tmp_path)
     assert [c["cuInit"] for (pid, lib), c in counts.items() if lib == "cuda"] == [3]
+
+
+def test_a_fault_named_without_its_version_suffix_hits_the_versioned_call(tmp_path):
+    """libcuda exports cuDeviceTotalMem_v2 alone: `--fault cuDeviceTotalMem=999` is taken, and that call fails."""
+    code = ("import ctypes, json; cu = ctypes.CDLL('libcuda.so.1'); b = ctypes.c_size_t(0);"
+            "print(json.dumps([cu.cuInit(0), cu.cuDeviceTotalMem_v2(ctypes.byref(b), 0)]))")
+    with simulated("dgx-h100", faults=["cuDeviceTotalMem=999"], base_env=dict(os.environ)) as machine:
+        assert run_json(machine, code) == [0, 999]
 
 
 # ---- property: the C simulator and the pure grammar agree everywhere ------------------------------

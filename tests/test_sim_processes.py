@@ -179,6 +179,8 @@ def is_subsequence(keys: list[str], of: list[str]) -> bool:
     ("[[running]]\npid = 10\nbinding = 3\n", "running[0].binding: must be a table"),
     ("[[running]]\npid = 10\nenviron = { \"A=B\" = \"1\" }\n", "running[0].environ: 'A=B' cannot be a variable's name"),
     ("[[running]]\npid = 10\ncmdline = [\"a\\u0000b\"]\n", "running[0].cmdline: must be a list of strings without NUL"),
+    ("[[running]]\npid = 10\nenviron = { " + "V" * 70 + " = 5 }\n",  # a long name: its first 60 characters
+     "running[0].environ." + "V" * 60 + ": must be a string without NUL, not 5"),
     ("[[running]]\npid = 10\nmems = \"0-3\"\n", "running[0].mems: must name nodes with memory of this machine (0-1)"),
 ])
 def test_a_bad_running_table_is_one_line_naming_file_field_and_problem(tmp_path, extra, message):
@@ -418,6 +420,13 @@ def test_vmrss_is_the_resident_base_pages_of_numa_maps(worker):
     assert int(st["RssAnon"].split()[0]) + int(st["RssFile"].split()[0]) == rss
     assert int(st["HugetlbPages"].split()[0]) == huge == 3 * 2048  # hugetlb pages count there, not in VmRSS
     assert int(st["VmSize"].split()[0]) >= rss + huge
+
+
+def test_vmpte_is_a_page_table_page_per_2_mib_resident_rounded_up(worker):
+    st = dict(status_of(proc(worker) / "10" / "status"))
+    rss = int(st["VmRSS"].split()[0])
+    assert rss == 6540  # 3.19 times 2 MiB: 4 page-table pages of 4 kB
+    assert st["VmPTE"] == f"{4 * 4:8d} kB"
 
 
 def test_fd_links_name_the_device_nodes_and_the_binding_record(worker):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from gpuaffinity.core.cpulist import format_cpulist, format_cpumask, parse_cpulist
 from gpuaffinity.sim import TopologyError, list_presets, load_topology
-from gpuaffinity.sim.render import render_sysfs
+from gpuaffinity.sim.render import mig_cap_minor, render_dev, render_sysfs
 
 GOOD = """
 name = "t"
@@ -64,6 +66,7 @@ def test_gpus_come_in_pci_order(tmp_path):
     ('name = "NVIDIA H200"\nnuma_node = 0', 'name = "NVIDIA H200"\nnuma = 0', "gpu[1].numa: unknown field"),
     ('uuid = "GPU-00eccfb1-9bb7-c430-154d-cfd6d08463e0"', 'uuid = "GPU-xyz"', "gpu[1].uuid: malformed GPU UUID"),
     ('name = "t"', 'name = 3', "name: must be a string"),
+    ('pci_bus_id = "0000:06:00.0"\n', '', "gpu[1].pci_bus_id: missing"),
     ('id = 1', 'id = 0', "numa_node[1].id: duplicate NUMA node id 0"),
 ])
 def test_bad_files_name_file_field_and_problem(tmp_path, old, new, message):
@@ -77,11 +80,45 @@ def test_bad_files_name_file_field_and_problem(tmp_path, old, new, message):
     assert "\n" not in text
 
 
+MIG = """[[gpu.mig]]
+uuid = "MIG-68b49734-b70d-a03b-466b-3aa827a0018a"
+gpu_instance = 1
+compute_instance = 0
+name = "NVIDIA H200 MIG 3g.71gb"
+memory_mib = 71936
+multiprocessors = 60
+"""
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ('uuid = "MIG-68b49734-b70d-a03b-466b-3aa827a0018a"\n', '', "gpu[1].mig[0].uuid: missing"),
+    ('"MIG-68b49734', '"GPU-68b49734', "gpu[1].mig[0].uuid: malformed MIG UUID 'GPU-68b49734-b70d-a03b-466b-"
+                                        "3aa827a0018a' (want MIG-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"),
+])
+def test_a_bad_mig_instance_names_its_field(tmp_path, old, new, message):
+    assert [m.uuid for g in load_topology(write(tmp_path, GOOD + MIG)).gpus for m in g.migs] == [
+        "MIG-68b49734-b70d-a03b-466b-3aa827a0018a"]
+    path = write(tmp_path, GOOD + MIG.replace(old, new, 1))
+    with pytest.raises(TopologyError) as e:
+        load_topology(path)
+    assert str(e.value) == f"{path}: {message}"
+
+
 def test_not_toml_and_unknown_preset(tmp_path):
     with pytest.raises(TopologyError, match="not valid TOML"):
         load_topology(write(tmp_path, "name = "))
     with pytest.raises(TopologyError, match="neither a topology file nor a preset .*dgx-h100"):
         load_topology("no-such-machine")
+
+
+def test_a_device_or_a_pipe_is_refused_as_no_topology_file(tmp_path):
+    fifo = tmp_path / "machine.toml"
+    os.mkfifo(fifo)
+    for path in ("/dev/null", str(fifo)):
+        with pytest.raises(TopologyError) as e:
+            load_topology(path)
+        assert str(e.value) == (f"{path!r} is not a regular file (a device, a pipe or a socket): name a topology "
+                                "file (.toml)")
 
 
 @given(st.sets(st.integers(0, 300)))
@@ -116,6 +153,49 @@ def test_sysfs_tree_of_the_dgx(tmp_path):
     assert read("devices/system/cpu/cpu115/topology/core_id") == read("devices/system/cpu/cpu3/topology/core_id")
     assert read("devices/system/cpu/cpu170/topology/physical_package_id") == "1"
     assert read("devices/system/cpu/online") == "0-223"
+
+
+def test_sysfs_caches_of_a_sub_numa_xeon_share_l3_across_the_package(tmp_path):
+    """xeon-snc2 (l3 = "package"): L1 and L2 are the core's, the L3 spans both nodes of the socket."""
+    render_sysfs(load_topology("xeon-snc2"), tmp_path)
+    cache = tmp_path / "devices/system/cpu/cpu20/cache"  # node 1, socket 0
+
+    def index(i: int) -> tuple[str, ...]:
+        return tuple((cache / f"index{i}" / f).read_text().strip()
+                     for f in ("level", "type", "shared_cpu_list", "shared_cpu_map"))
+
+    core = format_cpumask({20, 100})
+    assert [index(i) for i in range(4)] == [
+        ("1", "Data", "20,100", core), ("1", "Instruction", "20,100", core), ("2", "Unified", "20,100", core),
+        ("3", "Unified", "0-39,80-119", format_cpumask(parse_cpulist("0-39,80-119")))]
+    other = tmp_path / "devices/system/cpu/cpu60/cache/index3/shared_cpu_list"  # node 3, socket 1
+    assert other.read_text().strip() == "40-79,120-159"
+
+
+def test_sysfs_node_files_of_a_gh200_tell_cpu_nodes_from_memory_nodes(tmp_path):
+    """gh200: node 0 has the Grace CPUs and LPDDR5X, node 1 the GPU's HBM and no CPU, nodes 2-8 neither."""
+    render_sysfs(load_topology("gh200"), tmp_path)
+    node = tmp_path / "devices/system/node"
+    assert [(node / f).read_text().strip() for f in ("online", "has_cpu", "has_memory", "has_normal_memory")] == [
+        "0-8", "0", "0-1", "0-1"]
+
+
+def test_sysfs_distances_of_a_sub_numa_xeon_are_10_local_12_same_socket_21_across(tmp_path):
+    render_sysfs(load_topology("xeon-snc2"), tmp_path)
+    node = tmp_path / "devices/system/node"
+    assert [(node / f"node{n}/distance").read_text().strip() for n in range(4)] == [
+        "10 12 21 21", "12 10 21 21", "21 21 10 12", "21 21 12 10"]
+
+
+def test_a_mig_container_s_dev_holds_its_gpu_and_its_instance_s_capability_alone(tmp_path):
+    """mig-container is given GPU 0000:87:00.0's instance MIG-7cbdd8d7-...: of the host's GPU and capability nodes,
+    those two alone are there (others = "absent")."""
+    topo = load_topology("mig-container")
+    i = next(n for n, g in enumerate(topo.gpus) if g.pci_bus_id == "0000:87:00.0")
+    j = next(n for n, m in enumerate(topo.gpus[i].migs) if m.uuid == "MIG-7cbdd8d7-1463-b16d-adaa-b2c3504c2658")
+    render_dev(topo, tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["nvidia-caps", "nvidia-uvm", f"nvidia{i}", "nvidiactl"]
+    assert os.listdir(tmp_path / "nvidia-caps") == [f"nvidia-cap{mig_cap_minor(i, j)}"]
 
 
 def test_sysfs_of_a_vm_gives_no_node(tmp_path):
