@@ -81,6 +81,9 @@ def test_each_mutant_runs_the_tests_that_called_its_function_in_their_order(tmp_
     assert TOOL._tests_of(tmp_path, "launch", "gpuaffinity.launch.x_popen__mutmut_12") == [
         "tests/test_b.py::test_one", "tests/test_a.py::test_two"]  # a parametrized test whole
     assert TOOL._tests_of(tmp_path, "launch", "gpuaffinity.launch.x_spawn__mutmut_1") == []
+    # a survivor is confirmed against the whole files (a fixture's calls are credited to its first test only)
+    assert TOOL._tests_of(tmp_path, "launch", "gpuaffinity.launch.x_popen__mutmut_12", whole_files=True) == [
+        "tests/test_b.py", "tests/test_a.py"]
     # a module run as a child's whole program keeps no record: its whole selection runs
     assert TOOL._tests_of(tmp_path, "resolvers._cuquery", "gpuaffinity.resolvers._cuquery.x_failed__mutmut_1") is None
 

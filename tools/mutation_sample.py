@@ -77,7 +77,7 @@ TESTS: dict[str, list[str]] = {
     "sim.render": ["test_topology.py", "test_sim_cuda.py", "test_sim_nvml.py", "test_sim_processes.py",
                    "test_numa_inprocess.py", "test_device_access.py"],
     "sim.topology": ["test_topology.py", "test_sim_cuda.py", "test_sim_restricted.py", "test_device_access.py",
-                     "test_check_sim.py", "test_numa_shapes.py"],
+                     "test_check_sim.py", "test_numa_shapes.py", "test_sim_processes.py"],
     "examples.multiprocessing_workers": ["test_examples.py"],
     "examples.ray_actors": ["test_examples.py"],
     "examples.subprocess_launcher": ["test_examples.py"],
@@ -204,9 +204,13 @@ _mutation_sample_hook()
 """
 
 
-def _tests_of(tree: Path, module: str, mutant: str) -> list[str] | None:
+def _tests_of(tree: Path, module: str, mutant: str, whole_files: bool = False) -> list[str] | None:
     """The tests that called the mutated function in the clean run, in the order they ran; None where no record
-    of calls is kept or none is trusted (PLAIN and SLOW modules: their whole selection runs)."""
+    of calls is kept or none is trusted (PLAIN and SLOW modules: their whole selection runs).
+
+    ``whole_files``: the files holding those tests, whole. A call made while a module- or session-scoped fixture
+    is built is credited to the first test that asked for it, not to the later tests that use its result, so a
+    survivor is confirmed against the whole files (``run --survivors``)."""
     if module in PLAIN or module in SLOW:
         return None
     func = mutant.rpartition("__mutmut_")[0]
@@ -217,12 +221,12 @@ def _tests_of(tree: Path, module: str, mutant: str) -> list[str] | None:
         if name == func:
             # a parametrized test runs whole: its ids can hold what a command line cannot name again (spaces, "]",
             # escapes), which pytest answers with a usage error
-            tests[test.split("[", 1)[0]] = None
+            tests[test.split("::", 1)[0] if whole_files else test.split("[", 1)[0]] = None
     return list(tests)
 
 
 def _pytest(tree: Path, module: str, mutant: str, timeout: float,
-            deselect: list[str] = ()) -> tuple[str, float, str]:
+            deselect: list[str] = (), whole_files: bool = False) -> tuple[str, float, str]:
     root = tree / "mutants"
     src = _plain_copy(tree, module, mutant) if module in PLAIN and mutant else _runsrc(tree, module)
     env = dict(os.environ, MUTANT_UNDER_TEST=mutant or "stats",
@@ -231,7 +235,7 @@ def _pytest(tree: Path, module: str, mutant: str, timeout: float,
     cmd += [] if module in SLOW or module in SLOW_HITS else ["-m", "not slow"]
     for d in [*DESELECT, *deselect]:
         cmd += ["--deselect", d]
-    tests = _tests_of(tree, module, mutant) if mutant else None
+    tests = _tests_of(tree, module, mutant, whole_files) if mutant else None
     if tests == []:
         return "no-tests", 0.0, ""
     if not mutant:
@@ -334,7 +338,7 @@ def run(args: argparse.Namespace) -> None:
 
         def one(name: str, module: str = module, timeout: float = timeout,
                 deselect: list[str] = deselect) -> tuple[str, tuple[str, float, str]]:
-            return name, _pytest(tree, module, name, timeout, deselect)
+            return name, _pytest(tree, module, name, timeout, deselect, args.survivors)
 
         with ThreadPoolExecutor(args.jobs) as pool:
             for name, (status, took, tail) in pool.map(one, todo):
