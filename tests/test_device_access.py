@@ -65,3 +65,29 @@ def test_an_excluded_gpu_in_a_topology_with_mig_is_refused(tmp_path):
                     'uuid = "MIG-00000000-1111-2222-3333-444444444444"\ngpu_instance = 1\ncompute_instance = 0\n')
     with pytest.raises(TopologyError, match=r"gpu\[0\]\.excluded: an excluded GPU has no MIG instances"):
         load_topology(str(path))
+
+
+def test_real_character_nodes_of_the_control_device_s_major_are_the_listed_gpus(tmp_path):
+    """On a real host the nodes are character devices: a GPU's node counts only with nvidiactl's major and the
+    GPU's own minor. (Here major 1, whose minors 3 and 5 are /dev/null and /dev/zero, stands for the driver's:
+    they open read-write anywhere.)"""
+    import os
+    import stat
+
+    from gpuaffinity.inventory import _device_nodes_mismatch
+
+    def node(name, major, minor):
+        try:
+            os.mknod(tmp_path / name, 0o600 | stat.S_IFCHR, os.makedev(major, minor))
+        except OSError as e:
+            pytest.skip(f"cannot make a device node here ({e.strerror})")
+
+    node("nvidiactl", 1, 3)
+    node("nvidia3", 1, 3)
+    node("nvidia5", 1, 5)
+    assert _device_nodes_mismatch(str(tmp_path), (3, 5), simulated=False) is None
+    assert _device_nodes_mismatch(str(tmp_path), (3, 5), simulated=True) is None
+    os.unlink(tmp_path / "nvidia5")
+    node("nvidia5", 1, 7)  # /dev/full: of the driver's major, but not minor 5
+    assert _device_nodes_mismatch(str(tmp_path), (3, 5), simulated=False) == (
+        f"{tmp_path}/nvidia5 is not the device node of GPU minor 5")
