@@ -291,6 +291,12 @@ def test_an_unknown_inventory_source_is_an_error(sim_factory):
     assert out.returncode == 1 and "unknown GPUAFFINITY_INVENTORY 'nvlm': choose nvml" in out.stderr
 
 
+@pytest.mark.parametrize(("value", "source"), [("auto", "procfs"), ("", "procfs"), ("nvml", "nvml")])
+def test_each_documented_inventory_source_is_taken(sim_factory, value, source):
+    code = "import json; from gpuaffinity.inventory import read_inventory; print(json.dumps(read_inventory().source))"
+    assert run_json(sim_factory("dgx-h100"), code, GPUAFFINITY_INVENTORY=value) == source
+
+
 DEV_EDIT = r"""
 import json, os, gpuaffinity
 os.environ["CUDA_VISIBLE_DEVICES"] = os.environ["T_UUID"]
