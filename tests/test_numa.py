@@ -229,20 +229,25 @@ def test_launcher_api_binds_spawned_workers_and_subprocesses(tmp_path):
         import json, os, subprocess, sys
         import gpuaffinity.launch as launch
 
-        def worker(q):
+        def where():
             import gpuaffinity.numa.bind as b
-            q.put([sorted(os.sched_getaffinity(0)), b.get_mempolicy()[0]])
+            return [sorted(os.sched_getaffinity(0)), b.get_mempolicy()[0]]
+
+        def worker(q, tag="positional only"):
+            q.put([*where(), tag])
 
         if __name__ == "__main__":
             import multiprocessing
             ctx = multiprocessing.get_context("spawn")
             q = ctx.Queue()
             last = {len(CPUS[:2]) - 1}
-            p = launch.spawn_process(last, worker, (q,))
+            p = launch.spawn_process(last, worker, (q,), {{"tag": "by keyword"}})
             p.start(); spawned = q.get(timeout=120); p.join()
             child = launch.popen(0, [sys.executable, "-c", {READBACK!r}], stdout=subprocess.PIPE, text=True)
             sub = json.loads(child.communicate()[0])
-            print(json.dumps({{"spawned": spawned, "sub": sub, "exit": p.exitcode,
+            with ctx.Pool(1, initializer=launch.initializer, initargs=(last,)) as pool:  # the defaults
+                pooled = pool.apply_async(where).get(timeout=60)
+            print(json.dumps({{"spawned": spawned, "sub": sub, "exit": p.exitcode, "pooled": pooled,
                                "parent": sorted(os.sched_getaffinity(0))}}))
     """))
     out = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", str(topo), "--", sys.executable,
@@ -251,6 +256,8 @@ def test_launcher_api_binds_spawned_workers_and_subprocesses(tmp_path):
     res = json.loads(out.stdout)
     last_cpu = CPUS[:2][-1]
     assert res["spawned"][0] == ([last_cpu] if len(CPUS) >= 2 else CPUS[:1])
+    assert res["spawned"][2] == "by keyword"  # the keyword arguments reach the target
+    assert res["pooled"] == res["spawned"][:2]  # a pool worker bound by the defaults, as spawn_process's worker
     assert res["sub"][0] == CPUS[:1]
     assert res["parent"] == CPUS  # the parent itself stays unbound
     assert res["exit"] == 0

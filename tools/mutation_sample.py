@@ -51,7 +51,7 @@ TESTS: dict[str, list[str]] = {
     "inventory": ["test_resolve.py", "test_device_access.py", "test_sim_restricted.py", "test_nvml_faults.py",
                   "test_deployments.py", "test_record.py"],
     "launch": ["test_resolve.py", "test_resolve_options.py", "test_bind_policy.py", "test_security.py",
-               "test_examples.py"],
+               "test_examples.py", "test_numa.py"],
     "live": ["test_check.py", "test_check_inprocess.py", "test_check_attack.py", "test_check_sim.py",
              "test_check_docs.py"],
     "nvml_lite": ["test_numa_nvml_lite.py", "test_sim_processes.py", "test_nvml_faults.py", "test_check_inprocess.py",
