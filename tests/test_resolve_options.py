@@ -90,6 +90,29 @@ def test_a_name_that_disables_nothing_is_reported_with_where_it_was_given(sim_fa
                     "GPUAFFINITY_DISABLE); strategies here: pci, torch, cvd"]
 
 
+PLANNED = r"""
+import json, warnings
+import gpuaffinity
+out = []
+for call in (gpuaffinity.plan, gpuaffinity.bind):
+    gpuaffinity.clear_cache()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rec = call(0, memory="none", disable="torch,cvd,nope")
+    out.append([rec.pci_bus_id, [str(w.message) for w in caught]])
+print(json.dumps(out))
+"""
+
+
+def test_plan_and_bind_resolve_under_the_disable_they_are_given(sim_factory):
+    machine = sim_factory("dgx-h100")
+    planned, bound = run_json(machine, PLANNED, cvd="1,0")
+    assert planned == bound
+    assert planned[0] == machine.topology.gpus[1].pci_bus_id
+    assert planned[1] == ["gpuaffinity: nothing is named 'nope' to disable (from the disable argument); "
+                          "strategies here: pci"]
+
+
 DRIVER_COUNT = r"""
 import json, warnings
 import gpuaffinity
