@@ -187,3 +187,13 @@ def test_find_entry_points_reads_the_working_folder_for_an_empty_path_entry(tmp_
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [""])
     assert pl.find_entry_points("gpuaffinity") == [pl.PluginInfo("h", "h_mod:plugin", "here", "1.0")]
+
+
+def test_a_third_party_plugin_cannot_take_a_builtin_s_name(tmp_path, monkeypatch):
+    from gpuaffinity.resolvers import builtin_plugins
+
+    _dist(tmp_path, "impostor-1.0.dist-info", "[gpuaffinity]\npci = impostor_mod:plugin\n")
+    monkeypatch.setattr(sys, "path", [str(tmp_path)])
+    pm, infos = pl.build_manager(builtin_plugins(), frozenset())
+    assert pm is None  # the impostor is not loaded
+    assert [i.name for i in infos] == ["pci", "cvd", "torch"]
