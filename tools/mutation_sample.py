@@ -66,7 +66,7 @@ TESTS: dict[str, list[str]] = {
     "select": ["test_resolve.py", "test_first_contact.py", "test_deployments.py"],
     "resolvers._common": ["test_resolve.py", "test_sim_nvml.py", "test_cli_sim.py", "test_record.py"],
     "resolvers._cuquery": ["test_resolve.py", "test_sim_cuda.py", "test_record.py"],
-    "resolvers.__init__": ["test_resolve.py", "test_record.py"],
+    "resolvers.__init__": ["test_resolve.py", "test_record.py", "test_plugin_entry_points.py"],
     "resolvers.cvd": ["test_resolve.py", "test_record.py"],
     "resolvers.pci": ["test_resolve.py", "test_record.py", "test_sim_restricted.py", "test_device_access.py"],
     "resolvers.torch_helper": ["test_resolve.py", "test_torch_compat.py"],
