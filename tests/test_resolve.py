@@ -71,7 +71,10 @@ def test_mixed_models_need_the_driver(sim_factory):
     ])
     assert nvml_indices(default) == [1, 3]  # the A100s come first
     assert default["devices"][0]["strategy"] == "pci" and default["warnings"] == []
-    assert "mixes GPU models" in default["devices"][0]["verdicts"]["cvd"][2]
+    assert default["devices"][0]["verdicts"]["cvd"][2] == (
+        "this machine mixes GPU models (NVIDIA A10, NVIDIA A100 80GB PCIe) and CUDA_DEVICE_ORDER is not "
+        "PCI_BUS_ID, so CUDA's FASTEST_FIRST numbering cannot be known without asking CUDA; "
+        "set CUDA_DEVICE_ORDER=PCI_BUS_ID or list GPUs by UUID")
     assert nvml_indices(pci_order) == [0, 1] and pci_order["devices"][0]["strategy"] == "cvd"
     assert nvml_indices(uuids) == [2, 1] and uuids["devices"][0]["strategy"] == "cvd"
     # nothing can answer: the identity guess, loudly, naming both variables
@@ -80,6 +83,29 @@ def test_mixed_models_need_the_driver(sim_factory):
     categories = {c for c, _ in no_child["warnings"]}
     assert categories == {"FallbackWarning"}
     assert all("CUDA_VISIBLE_DEVICES='0,1'" in m and "CUDA_DEVICE_ORDER=None" in m for _, m in no_child["warnings"])
+
+
+def test_cvd_says_which_nvml_gpu_each_entry_names(sim_factory):
+    (rec,) = resolve_in(sim_factory("dgx-h100"), [(RAY, None, {"policy": "first"})])
+    assert [d["verdicts"]["cvd"][2] for d in rec["devices"][:3]] == [
+        "entry 0 is NVML 3", "entry 1 is NVML 6", "entry 2 is NVML 5"]
+
+
+def test_the_drivers_answer_names_the_mig_instance_itself(sim_factory):
+    """The pci strategy alone (cvd, torch disabled) still names the MIG instance: the driver's per-instance UUID."""
+    machine = sim_factory("mig-a100")
+    gpus = machine.topology.gpus
+    mig = gpus[2].migs[1]
+    (rec,) = resolve_in(machine, [(mig.uuid, None, {"disable": "cvd,torch"})])
+    assert [(d["uuid"], d["mig_uuid"], d["strategy"]) for d in rec["devices"]] == [(gpus[2].uuid, mig.uuid, "pci")]
+
+
+@pytest.mark.parametrize("call", ["cuDeviceGetPCIBusId", "cuDeviceGetUuid"])
+def test_a_failed_driver_call_is_named_in_the_pci_abstention(sim_factory, call):
+    (rec,) = resolve_in(sim_factory("dgx-h100"), [("0", None, {"policy": "strict", "disable": "cvd,torch"})],
+                        GPUAFFINITY_SIM_FAULTS=f"{call}=999")
+    assert rec["error"] == "UnresolvedError", rec
+    assert f"pci: the CUDA driver's {call}(0) returned CUDA error 999" in rec["message"], rec
 
 
 def needs_torch_helper():
