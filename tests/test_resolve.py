@@ -227,6 +227,21 @@ def test_no_driver_at_all_is_one_line():
     assert len(out.stderr.strip().splitlines()) == 1
 
 
+def test_the_probe_by_hand_without_libcuda_says_it_cannot_be_loaded():
+    """`python -m gpuaffinity.resolvers.pci` where no libcuda is: rc -1, why, and no devices."""
+    import ctypes.util
+    if ctypes.util.find_library("cuda"):
+        pytest.skip("a real libcuda is installed here")
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH" and not k.startswith("GPUAFFINITY_SIM")}
+    out = subprocess.run([sys.executable, "-m", "gpuaffinity.resolvers.pci"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert set(answer) == {"rc", "error", "devices"}, answer
+    assert (answer["rc"], answer["devices"]) == (-1, []), answer
+    assert answer["error"].startswith("libcuda.so.1 not loadable: "), answer
+
+
 def test_doctor_explains(sim_factory):
     machine = sim_factory("mixed-4gpu")
     out = gpuaffinity_cli(machine, "doctor", cvd="1,0")
