@@ -167,6 +167,17 @@ def test_a_selector_says_whether_it_matched_nothing_or_too_much(sim_factory):
     assert "'GPU-ffff' matches no GPU UUID;" in one_line(cli(machine, "bind", "GPU-ffff", "--dry-run"))
     mig = sim_factory("mig-a100")
     assert "'MIG-ffff' matches no MIG UUID;" in one_line(cli(mig, "bind", "MIG-ffff", "--dry-run"))
+    assert one_line(cli(machine, "bind", "99:00", "--dry-run")).startswith(
+        "gpuaffinity: '0000:99:00.0' matches no GPU's PCI bus id; this process can open 8 GPU(s)")
+
+
+@pytest.mark.parametrize("bad", ["gpu0", "é", "x" * 101])
+def test_a_selector_that_is_no_device_says_every_form_a_device_takes(bad):
+    from gpuaffinity.select import parse_selector
+
+    with pytest.raises(ValueError, match=r"is not a device: .*a logical CUDA id \(0\), a GPU UUID or unique "
+                       r"prefix \(GPU-8932f937\), a MIG UUID, or a PCI bus id \(0000:3b:00.0\)$"):
+        parse_selector(bad)
 
 
 def test_bind_usage_names_every_option_bind_takes():
