@@ -612,3 +612,12 @@ def test_doctor_says_a_memory_policy_it_cannot_read_is_unreadable(sim_factory):
                                   "this process runs on"))
     assert value(out) == [0, f"  {'this process runs on':<28} CPUs {format_cpulist(CPUS)}; memory policy unreadable "
                              "([Errno 1] get_mempolicy: Operation not permitted)"]
+
+
+@pytest.mark.parametrize("call", ["plan", "bind"])
+def test_an_unknown_mode_is_refused_before_anything_is_resolved_naming_the_modes(call):
+    import gpuaffinity
+    from gpuaffinity.core.errors import BindError
+
+    with pytest.raises(BindError, match=r"^unknown mode 'nodes': choose one of node, socket, exclusive, llc$"):
+        getattr(gpuaffinity, call)(0, mode="nodes")
