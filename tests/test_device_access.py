@@ -91,3 +91,20 @@ def test_real_character_nodes_of_the_control_device_s_major_are_the_listed_gpus(
     node("nvidia5", 1, 7)  # /dev/full: of the driver's major, but not minor 5
     assert _device_nodes_mismatch(str(tmp_path), (3, 5), simulated=False) == (
         f"{tmp_path}/nvidia5 is not the device node of GPU minor 5")
+
+
+def test_a_driver_listing_that_cannot_be_read_says_which_file_and_why(tmp_path):
+    """The driver's /proc is the fast source; where one GPU's information file refuses a read (EACCES, as a
+    hardened /proc gives even to root: here a link to /proc/sys/vm/drop_caches, which refuses every reader), the
+    listing is none and the reason names that file."""
+    import os
+
+    from gpuaffinity.inventory import ProcListing
+
+    gpus = tmp_path / "driver" / "nvidia" / "gpus"
+    (gpus / "0000:01:00.0").mkdir(parents=True)
+    info = gpus / "0000:01:00.0" / "information"
+    os.symlink("/proc/sys/vm/drop_caches", info)
+    listing = ProcListing.read({"GPUAFFINITY_PROCFS_ROOT": str(tmp_path)})
+    assert listing.gpus == ()
+    assert listing.problem == f"{info} cannot be read (Permission denied)"
