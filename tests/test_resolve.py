@@ -124,6 +124,18 @@ def test_torch_helper_checks_the_answer_when_torch_is_imported(sim_factory):
     assert all(d["agreed"] == ["torch", "cvd"] and d["strategy"] == "torch" for d in ints["devices"])
     assert nvml_indices(uuids) == [5, 1] and uuids["devices"][1]["agreed"] == ["torch", "cvd"]
     assert ints["warnings"] == uuids["warnings"] == []
+    assert ints["devices"][0]["verdicts"]["torch"][2] == "torch.cuda._get_nvml_device_index(0) = 3"
+
+
+def test_torch_naming_a_whole_gpu_in_mig_mode_is_set_aside_quietly(sim_factory):
+    needs_torch_helper()
+    machine = sim_factory("mig-a100")
+    (rec,) = resolve_in(machine, [("0", "PCI_BUS_ID", {})], T_IMPORT_TORCH="1")
+    verdict = rec["devices"][0]["verdicts"]["torch"]
+    assert verdict[0] is None
+    assert verdict[2] == "torch names NVML 0, a GPU in MIG mode, not the MIG instance that is the device"
+    assert rec["devices"][0]["mig_uuid"] == machine.topology.gpus[0].migs[0].uuid
+    assert rec["warnings"] == []  # quiet: the MIG instance is the answer, torch only could not name it
 
 
 def test_torch_helper_errors_become_abstentions(sim_factory):
@@ -149,8 +161,8 @@ def test_torch_without_the_helper_falls_back_loudly_and_answers_right(sim_factor
     assert nvml_indices(rec) == [3, 6, 5, 4, 0, 7, 1, 2]
     assert all(d["strategy"] == "cvd" and d["fallback"] for d in rec["devices"])
     assert {c for c, _ in rec["warnings"]} == {"FallbackWarning"}
-    assert all("has no torch.cuda._get_nvml_device_index" in m and "CUDA_VISIBLE_DEVICES" in m
-               for _, m in rec["warnings"])
+    assert all(f"torch {torch.__version__} has no torch.cuda._get_nvml_device_index (it arrived in torch 2.1)" in m
+               and "CUDA_VISIBLE_DEVICES" in m for _, m in rec["warnings"])
 
 
 def test_errors_a_user_can_act_on(sim_factory):
