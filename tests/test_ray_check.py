@@ -424,3 +424,15 @@ def test_a_cluster_whose_only_problem_is_one_status_fails_the_check(status):
     assert render(report).splitlines()[-1].endswith(": 1 with a problem")
     fine = Report([judge(probed(), "node", "none", 60)], {}, 1.0)
     assert fine.ok is True and render(fine).splitlines()[-1].endswith("every worker bound next to its GPU")
+
+
+def test_the_table_has_one_column_per_fact_and_one_line_per_gpu():
+    from gpuaffinity.ray_check import Report, judge, table
+    from ray_rows import probed
+
+    rows = table(Report([judge(probed(), "node", "bind", 60)], {}, 0.1))
+    assert rows[0] == ("NODE", "HOST", "RAY", "CVD", "GPU", "UUID", "NUMA", "GPU CPUS", "AFFINITY", "THREADS", "MEMORY",
+                       "LOCAL", "BY", "STATUS")
+    assert len(rows) == 2
+    assert rows[1][:9] == ("aaaaaaaa", "h 10.0.0.1", "0", "0", "0000:10:00.0", "GPU-1", "0", "0-3", "0-3")
+    assert rows[1][10:] == ("bind 0", "-", "pci=cvd", "ok")
