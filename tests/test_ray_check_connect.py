@@ -215,9 +215,12 @@ def test_auto_takes_your_own_recorded_cluster_and_says_which(token_cluster, tmp_
                            f"recorded in {recorded} (yours)\n")
 
 
-def test_auto_with_no_recorded_cluster_is_one_line(tmp_path, recorded):
-    """Ray's "auto" would go on to any GCS process in `ps`, whoever runs it; the check asks for an address."""
-    proc, took = ray_check(clean_env(tmp_path, RAY_TMPDIR=str(recorded.parent.parent)))
+@pytest.mark.parametrize("tmpdir", [None, "elsewhere"])
+def test_auto_with_no_recorded_cluster_is_one_line(tmp_path, recorded, tmpdir):
+    """Ray's "auto" would go on to any GCS process in `ps`, whoever runs it; the check asks for an address.
+    RAY_TMPDIR names Ray's temp folder whatever TMPDIR says."""
+    extra = {} if tmpdir is None else {"TMPDIR": str(tmp_path / tmpdir)}
+    proc, took = ray_check(clean_env(tmp_path, RAY_TMPDIR=str(recorded.parent.parent), **extra))
     assert (proc.returncode, proc.stdout) == (1, "") and took < 10
     assert proc.stderr == (f"gpuaffinity: no Ray cluster of yours recorded on this machine ({recorded} does not "
                            "exist): pass --address HOST:PORT (set RAY_ADDRESS), as `ray status` on the cluster's "
