@@ -317,3 +317,46 @@ def test_strict_refusal_still_shows_every_verdict(sim_factory, guide_site):
     assert cli(machine, guide_site, "resolve", "--policy", "strict", cvd="3,1",
                SCHEDULER_GPU_MAP=f"{gpus[1].uuid}").returncode == 3
     assert time.perf_counter() - start < 60
+
+
+
+DUCK = '''
+import gpuaffinity
+{top}
+
+class Duck:  # no Strategy base: only what the contract asks, no env_vars, budget or describe
+    name = "duck"
+    priority = 95
+
+    def answer(self, ctx, logical_id):
+        return {abstain}("a duck never knows", quiet=True)
+
+
+@gpuaffinity.hookimpl
+def gpuaffinity_strategies():
+    return [Duck()]
+'''
+
+
+def duck_on(sim_factory, tmp_path, top, abstain):
+    (tmp_path / "duck_mod.py").write_text(DUCK.format(top=top, abstain=abstain))
+    (tmp_path / "duck-1.0.dist-info").mkdir()
+    (tmp_path / "duck-1.0.dist-info" / "entry_points.txt").write_text("[gpuaffinity]\nduck = duck_mod\n")
+    code = ("import json, time, warnings, gpuaffinity\nwarnings.simplefilter('error')\nt = time.monotonic()\n"
+            "d = gpuaffinity.resolve(0)\nprint(json.dumps([d.pci_bus_id, d.agreed, time.monotonic() - t]))")
+    machine = sim_factory("dgx-h100")
+    bus, agreed, took = on(machine, tmp_path, code, CUDA_VISIBLE_DEVICES="3")
+    assert bus == machine.topology.gpus[3].pci_bus_id and "duck" not in agreed
+    return took
+
+
+def test_a_strategy_without_the_optional_attributes_takes_their_defaults(sim_factory, tmp_path):
+    """docs/plugins.md: env_vars, budget and describe may be left out (a duck-typed strategy has none)."""
+    duck_on(sim_factory, tmp_path, "from gpuaffinity import Abstain", "Abstain")
+
+
+def test_a_strategy_reading_gpuaffinity_s_names_in_its_answer_is_not_held_up(sim_factory, tmp_path):
+    """Before: a plugin's first ``gpuaffinity.Abstain`` inside answer() (run in a watchdog thread) waited for the
+    lock the resolving thread held while it waited for the answer: the budget ran out (5 s), and the answer was
+    thrown away with a FallbackWarning."""
+    assert duck_on(sim_factory, tmp_path, "", "gpuaffinity.Abstain") < 4

@@ -78,6 +78,8 @@ __all__ = [
     "resolve_all",
 ]
 
+_MISSING = object()
+
 _LAZY = {"resolve": "gpuaffinity.api", "resolve_all": "gpuaffinity.api", "clear_cache": "gpuaffinity.api",
          "bind": "gpuaffinity.placement", "plan": "gpuaffinity.placement", "rebind": "gpuaffinity.placement",
          "check": "gpuaffinity.live",
@@ -92,10 +94,17 @@ _LAZY = {"resolve": "gpuaffinity.api", "resolve_all": "gpuaffinity.api", "clear_
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        with _state.lock:  # which fork() waits for, so no import of ours is half-done in a child (_state)
-            import importlib
+        # Already imported: taken as it is, without the lock. A strategy's answer runs in a watchdog thread while
+        # the resolving thread holds the lock and waits for it, so a plugin's first `gpuaffinity.Abstain` there
+        # waited for the lock until its budget ran out (5 s), and its answer was thrown away.
+        import sys
 
-            value = getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(sys.modules.get(_LAZY[name]), name, _MISSING)
+        if value is _MISSING:
+            with _state.lock:  # which fork() waits for, so no import of ours is half-done in a child (_state)
+                import importlib
+
+                value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'gpuaffinity' has no attribute {name!r}")
