@@ -291,6 +291,14 @@ def test_an_unknown_inventory_source_is_an_error(sim_factory):
     assert out.returncode == 1 and "unknown GPUAFFINITY_INVENTORY 'nvlm': choose nvml" in out.stderr
 
 
+@pytest.mark.parametrize("source", ["auto", "nvml"])
+def test_the_inventory_counts_the_host_s_gpus_from_either_source(sim_factory, source):
+    code = ("import json; from gpuaffinity.inventory import read_inventory; inv = read_inventory()\n"
+            "print(json.dumps([inv.source, inv.host_gpus, len(inv.gpus)]))")
+    assert run_json(sim_factory("dgx-h100"), code, GPUAFFINITY_INVENTORY=source) == [
+        "procfs" if source == "auto" else "nvml", 8, 8]
+
+
 @pytest.mark.parametrize(("value", "source"), [("auto", "procfs"), ("", "procfs"), ("nvml", "nvml")])
 def test_each_documented_inventory_source_is_taken(sim_factory, value, source):
     code = "import json; from gpuaffinity.inventory import read_inventory; print(json.dumps(read_inventory().source))"
