@@ -182,6 +182,10 @@ def test_a_worker_computing_on_another_gpu_than_its_binding_is_judged_by_nvmls_l
         "off-node", "nvml", "0000:9d:00.0", [1])
     assert row["notes"] == ["the binding was planned for GPU 0000:1b:00.0, but the process computes on "
                             "0000:9d:00.0: judged against that"]
+    # the problem does not say that no binding is recorded, beside a note naming it
+    assert row["problems"] == ["runs on CPUs 0-55,112-167, not bound to its GPU's node 1 (CPUs 56-111,168-223): its "
+                               "gpuaffinity binding is for GPU 0000:1b:00.0, not the GPU it computes on",
+                               "memory preferred to node(s) 0, off its GPU's node 1"]
     assert got["table"][1].split()[2:5] == ["0000:9d:00.0", "GPU-76e9c809", "nvml"]  # GPU, UUID, BY
 
 

@@ -234,8 +234,8 @@ def check(pids: Iterable[int] | None = None, *, all_processes: bool = False, mod
 
             # every GPU's locality at once, in the check's NVML session: the one owner of "device to locality"
             locs = locate(sorted({b for p in pending for b in p[3]}), session=nv)
-            for row, problems, view, buses, intent in pending:
-                _judge(row, problems, view, buses, host, intent, mode, memory, min_local, locs)
+            for row, problems, view, buses, intent, planned in pending:
+                _judge(row, problems, view, buses, host, intent, mode, memory, min_local, locs, planned)
                 _done(row, problems)
         if foreign:
             notes.append(f"{foreign} process(es) bound for GPUs this machine does not show here were left out (a "
@@ -342,7 +342,9 @@ def _row(pid: int, host: _Host, pages: bool, pending: list[tuple[Any, ...]]) -> 
     if denied:
         problems.append(("no-access", f"part of it cannot be read: {'; '.join(denied)} (run the check as its user "
                                       "or as root)"))
-    pending.append((row, problems, view, buses, intent if source == "binding" else None))
+    judged_by_binding = source == "binding"
+    pending.append((row, problems, view, buses, intent if judged_by_binding else None,
+                    None if intent is None or judged_by_binding else intent.pci_bus_id))
     return row
 
 
@@ -378,7 +380,10 @@ def _visible(env: dict[str, str], host: _Host, row: dict[str, Any]) -> set[str] 
 
 
 def _judge(row: dict[str, Any], problems: verdict.Problems, view: proc.View, buses: list[str], host: _Host,
-           intent: Any, mode: str, memory: str, min_local: float, locs: dict[str, Any]) -> None:
+           intent: Any, mode: str, memory: str, min_local: float, locs: dict[str, Any],
+           planned: str | None = None) -> None:
+    """Judge the row against ``buses``; ``intent``: the binding it is judged by, None where there is none or
+    (``planned``: the GPU it names) where the process computes on another GPU than the binding's."""
     from gpuaffinity.core.record import replace
     from gpuaffinity.numa.modes import place
     from gpuaffinity.numa.sysfs import Sysfs
@@ -426,7 +431,8 @@ def _judge(row: dict[str, Any], problems: verdict.Problems, view: proc.View, bus
         "since (taskset, a cgroup, a library: docs/check.md)")
     verdict.binding(row, problems, mode, memory, set_up=intent is not None and intent.applied, why=why,
                     memory_why="; ".join(f for f in (intent.failures if intent else ()) if "set_mempolicy" in f),
-                    missing="no gpuaffinity binding is recorded for it" if intent is None else
+                    missing=(f"its gpuaffinity binding is for GPU {planned}, not the GPU it computes on" if planned
+                             else "no gpuaffinity binding is recorded for it") if intent is None else
                     f"its binding was not applied ({why or 'no reason recorded'})")
     verdict.threads(row, problems, [(t.tid, t.name, t.cpus) for t in view.threads], view.pid)
     verdict.pages(row, problems, min_local)
