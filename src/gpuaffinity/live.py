@@ -94,17 +94,17 @@ class _Host:
     def _processes(self, nv: Any) -> None:
         from gpuaffinity.nvml_lite import NvmlLiteError
 
-        missed = []
+        missed: dict[str, list[str]] = {}  # NVML's error -> the GPUs that gave it
         for g in self.gpus:
             try:  # one GPU this checker cannot open (a restricted view) costs only its own list
                 for pid, used in nv.compute_processes(nv.handle(g.pci_bus_id)):
                     self.contexts.setdefault(pid, {})[g.pci_bus_id] = used
                 self.listed.add(g.pci_bus_id)
             except NvmlLiteError as e:
-                missed.append(f"{g.pci_bus_id} ({e})")
-        if missed:
-            self.nvml_error = (f"unavailable for GPU(s) {', '.join(missed)}: this checker cannot open them; their "
-                               "processes are found by their device nodes and bindings")
+                missed.setdefault(str(e), []).append(g.pci_bus_id)
+        if missed:  # once per error (a driver without the call gives it for every GPU), not once per GPU
+            self.nvml_error = ("unavailable for GPU(s) " + "; ".join(f"{', '.join(b)} ({e})" for e, b in missed.items())
+                               + ": their processes are found by their device nodes and bindings")
 
     def lists_every_context(self, buses: list[str]) -> bool:
         """Whether NVML's lists of ``buses`` name every process of this /proc that computes on them: NVML names
