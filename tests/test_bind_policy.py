@@ -621,3 +621,30 @@ def test_an_unknown_mode_is_refused_before_anything_is_resolved_naming_the_modes
 
     with pytest.raises(BindError, match=r"^unknown mode 'nodes': choose one of node, socket, exclusive, llc$"):
         getattr(gpuaffinity, call)(0, mode="nodes")
+
+
+
+WARNED = r"""
+import json, os, warnings, gpuaffinity
+os.sched_setaffinity(0, {int(os.environ["ONLY_CPU"])})  # the GPU's node's CPU is not this process's
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    rec = gpuaffinity.bind(0, memory="none", on_failure="warn")
+print(json.dumps([[w.category.__name__, str(w.message)] for w in caught]))
+"""
+
+
+@pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs")
+def test_a_bind_that_fails_under_warn_is_a_bind_warning_saying_not_bound(tmp_path):
+    topo = tmp_path / "apart.toml"
+    topo.write_text(f'name = "apart"\n[[numa_node]]\nid = 0\ncpus = "{CPUS[0]}"\n[[numa_node]]\nid = 1\n'
+                    f'cpus = "{CPUS[1]}"\n[[gpu]]\nuuid = "GPU-00000000-0000-0000-0000-000000000001"\n'
+                    'pci_bus_id = "0000:01:00.0"\nname = "NVIDIA H100"\nnuma_node = 1\n')
+    proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", str(topo), "--", sys.executable, "-c",
+                           WARNED], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, ONLY_CPU=str(CPUS[0])))
+    assert proc.returncode == 0, proc.stderr
+    (warned,) = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert warned[0] == "BindWarning"
+    assert warned[1].startswith("gpuaffinity: not bound: no CPU to bind to: none of the CPUs near GPU 0000:01:00.0 "
+                                "is allowed to this process"), warned
