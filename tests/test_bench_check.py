@@ -69,8 +69,11 @@ def children_of(pid):
 def test_ctrl_c_stops_every_process_it_started():
     """SIGINT to the benchmark alone (not to its process group, as a terminal's Ctrl-C would): its workers and
     checker, started before, are all gone when it exits."""
+    # as from a terminal: a runner that started this suite in the background (`cmd &` in a script) left SIGINT
+    # ignored, which the benchmark would inherit and Python then keeps
     bench = subprocess.Popen([sys.executable, str(BENCH), "--workers", "2", "--threads", "5", "--gib", "0",
-                              "--repeat", "1000"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                              "--repeat", "1000"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         for line in bench.stderr:
