@@ -17,13 +17,18 @@ REAL_DATA = Path(__file__).with_name("data") / "real-h200x4-2026-11-27"
 CUDA_VARS = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")
 
 
-def load_probe():
-    """tools/probe_real_driver.py: the same child script runs on real and simulated machines."""
-    spec = importlib.util.spec_from_file_location("probe_real_driver", ROOT / "tools" / "probe_real_driver.py")
+def load_tool(name: str):
+    """tools/NAME.py as a module (the tools are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def load_probe():
+    """tools/probe_real_driver.py: the same child script runs on real and simulated machines."""
+    return load_tool("probe_real_driver")
 
 
 def child_env(machine: SimMachine, cvd: str | None = None, order: str | None = None, **extra: str) -> dict[str, str]:

@@ -8,23 +8,13 @@ would be counted a survivor.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, load_tool
 
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("mutation_sample", ROOT / "tools" / "mutation_sample.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-TOOL = load_tool()
+TOOL = load_tool("mutation_sample")
 
 
 def fake_tree(tmp_path, counts):

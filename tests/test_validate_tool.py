@@ -14,16 +14,7 @@ import sys
 
 import pytest
 
-from conftest import REAL_DATA, ROOT, child_env
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
+from conftest import REAL_DATA, ROOT, child_env, load_tool
 
 VALIDATE = load_tool("validate_real")
 SMI = ["0, GPU-aaaa, 00000000:00:06.0, H200, 580", "1, GPU-bbbb, 00000000:00:07.0, H200, 580"]
