@@ -150,3 +150,37 @@ def test_the_drivers_count_replaces_an_unsure_reading_it_disagrees_with(sim_fact
         "; the strict policy refuses to choose") and warned == [], out
     devices, warned = out["first"]
     assert devices == [[b, "cvd"] for b in buses] and warned == [], out
+
+
+def test_no_reading_note_is_given_for_a_reading_the_drivers_count_replaced(sim_factory):
+    """The reading's notes describe the grammar's reading of the variable; where the CUDA driver's count replaced
+    that reading, they describe a list this process does not get, so only the disagreement is said. On mig-a100
+    with NVML wrongly reporting MIG mode off, ``0,1,2,3x`` reads as 4 whole GPUs (entry 3 read as 3, its ``x``
+    ignored: a note, where the reading stands), while the driver shows 2 devices."""
+    machine = sim_factory("mig-a100")
+    buses = [g.pci_bus_id for g in machine.topology.gpus]
+    out = run_json(machine, DRIVER_COUNT, GPUAFFINITY_SIM_FAULTS="nvmlDeviceGetMigMode=3",
+                   CUDA_VISIBLE_DEVICES="0,1,2,3x")
+    devices, warned = out["verify"]
+    assert devices == [[buses[0], "pci"], [buses[1], "pci"]], out
+    assert [w.split(":")[0] for w in warned] == ["DisagreementWarning"], out
+    # where the reading stands ('first' does not ask the driver), the same variable gets its note
+    devices, warned = out["first"]
+    assert len(devices) == 4, out
+    assert warned == ["VisibleDevicesWarning: gpuaffinity: CUDA_VISIBLE_DEVICES='0,1,2,3x': entry 3 ('3x') is read as "
+                      "3: the driver takes the digits and ignores the rest ('x')"], out
+
+
+def test_the_driver_refusing_the_variable_while_it_counts_is_its_own_error(sim_factory):
+    """On mig-a100 with NVML wrongly reporting MIG mode off, the reading is unsure and the driver is asked only
+    for its count; it refuses ``1,1`` (a device named twice), and that refusal is the error, told as cuInit's
+    return code. 'first' does not ask the driver, and the grammar's own reading refuses it."""
+    machine = sim_factory("mig-a100")
+    out = run_json(machine, DRIVER_COUNT, GPUAFFINITY_SIM_FAULTS="nvmlDeviceGetMigMode=3", CUDA_VISIBLE_DEVICES="1,1")
+    driver = ("InvalidVisibleDevicesError: the CUDA driver refuses CUDA_VISIBLE_DEVICES='1,1' with CUDA_DEVICE_ORDER="
+              "None (cuInit returned CUDA_ERROR_INVALID_DEVICE): a device is named twice, or the order is not "
+              "FASTEST_FIRST or PCI_BUS_ID; fix the variable")
+    assert out["verify"] == [driver, []] and out["strict"] == [driver, []], out
+    assert out["first"] == ["InvalidVisibleDevicesError: the CUDA driver refuses CUDA_VISIBLE_DEVICES='1,1' with "
+                            "CUDA_DEVICE_ORDER=None: a device is named twice (cuInit fails with "
+                            "CUDA_ERROR_INVALID_DEVICE); fix the variable", []], out
