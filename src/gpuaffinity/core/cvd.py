@@ -278,7 +278,7 @@ def apply_cvd(cvd: str | None, gpus: Sequence[_Gpu], base_order: Sequence[int] |
 
     def add(v: Visible) -> CvdResult | None:
         if v in out:
-            return CvdResult((), CUDA_ERROR_INVALID_DEVICE, "a device is named twice: cuInit fails")
+            return CvdResult((), CUDA_ERROR_INVALID_DEVICE, "a device is named twice")
         out.append(v)
         return None
 
