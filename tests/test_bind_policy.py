@@ -648,3 +648,28 @@ def test_a_bind_that_fails_under_warn_is_a_bind_warning_saying_not_bound(tmp_pat
     assert warned[0] == "BindWarning"
     assert warned[1].startswith("gpuaffinity: not bound: no CPU to bind to: none of the CPUs near GPU 0000:01:00.0 "
                                 "is allowed to this process"), warned
+
+
+def _rebind_with_cpus_and_memory_refused():
+    import warnings
+
+    from gpuaffinity import intent, placement
+    from test_numa_inprocess import SkipSeccomp, _refuse
+
+    intent.publish(BindRecord(0, "0000:01:00.0", "node", "bind", (0,), frozenset(CPUS[:1])))
+    if not (_refuse("sched_setaffinity", errno.EPERM) and _refuse("set_mempolicy", errno.EPERM)):
+        raise SkipSeccomp()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rec = placement.rebind(on_failure="warn")
+    return [rec.failures, [f"{w.category.__name__}: {w.message}" for w in caught]]
+
+
+def test_a_rebind_refused_twice_names_both_failures_apart():
+    """rebind under warn where the kernel refuses both the CPUs and the memory policy: one BindWarning naming
+    each failure whole, "; " between them (as bind's own message joins them)."""
+    failures, warned = value(_seccomp_or_skip(forked(_rebind_with_cpus_and_memory_refused)))
+    assert len(failures) == 2, failures
+    assert failures[0].startswith("sched_setaffinity(") and failures[1].startswith("set_mempolicy(bind, node(s) 0)")
+    assert len(warned) == 1 and warned[0].startswith("BindWarning: gpuaffinity: rebound only in part ("), warned
+    assert warned[0].endswith(f"): {failures[0]}; {failures[1]}"), warned
