@@ -1,7 +1,9 @@
 """Child process for the resolver tests: resolve under several environments, print JSON.
 
 argv[1]: JSON list of [CUDA_VISIBLE_DEVICES or null, CUDA_DEVICE_ORDER or null, options dict]
-Set T_IMPORT_TORCH=1 to import torch first, T_CUINIT=1 to initialise CUDA first.
+Set T_IMPORT_TORCH=1 to import torch first, T_CUINIT=1 to initialise CUDA first, T_FLIP_IN_TORCH=VALUE to set
+CUDA_VISIBLE_DEVICES to VALUE the first time torch's helper is entered (torch's code runs unchanged: a profile
+hook sees the call), as another thread of a program may change it at that moment.
 """
 
 from __future__ import annotations
@@ -20,6 +22,18 @@ if os.environ.get("T_CUINIT"):
 
 import gpuaffinity
 from gpuaffinity.core.model import Answer
+
+if os.environ.get("T_FLIP_IN_TORCH") is not None:
+    import threading
+
+    def _flip(frame, event, arg):
+        if event == "call" and frame.f_code.co_name == "_get_nvml_device_index":
+            os.environ["CUDA_VISIBLE_DEVICES"] = os.environ.pop("T_FLIP_IN_TORCH")
+            sys.setprofile(None)
+            threading.setprofile(None)
+
+    sys.setprofile(_flip)
+    threading.setprofile(_flip)
 
 
 def one(options: dict) -> dict:

@@ -674,3 +674,43 @@ def test_a_probe_process_that_cannot_start_says_what_to_free(monkeypatch):
     table = pci.PciStrategy()._probe_child(ctx)
     assert table["devices"] == [] and table["error"].startswith("the CUDA probe process could not start (")
     assert table["error"].endswith("); free processes or file descriptors (ulimit -u, ulimit -n) and try again")
+
+
+CVD_PAST_ITS_LIST = r"""
+import json
+from gpuaffinity.core.cvd import read_cvd
+from gpuaffinity.core.strategy import ResolveContext
+from gpuaffinity.inventory import read_inventory
+from gpuaffinity.resolvers.cvd import CvdStrategy
+inv = read_inventory()
+grammar = read_cvd("3,1", inv.gpus)
+# the driver counted 3 devices where the grammar reads 2 (the chain then takes the driver's count as visible)
+ctx = ResolveContext(inv, "3,1", None, 3, grammar=grammar)
+got = [CvdStrategy().answer(ctx, i) for i in range(3)]
+print(json.dumps([[type(a).__name__, getattr(a, "uuid", None), getattr(a, "reason", None)] for a in got]))
+"""
+
+
+def test_the_cvd_strategy_abstains_on_a_device_past_its_reading(sim_factory):
+    """Where the driver counts more devices than the grammar reads (an unsure reading the driver corrects), the
+    cvd strategy answers the devices it read and abstains on the rest, saying how many it read: it never indexes
+    past its list or abstains without a reason."""
+    machine = sim_factory("dgx-h100")
+    uuids = [g.uuid for g in machine.topology.gpus]
+    out = run_json(machine, CVD_PAST_ITS_LIST)
+    assert out == [["Answer", uuids[3], None], ["Answer", uuids[1], None],
+                   ["Abstain", None, "CUDA_VISIBLE_DEVICES shows 2 devices"]], out
+
+
+def test_torch_is_set_aside_quietly_where_the_variable_changes_while_its_helper_runs(sim_factory):
+    """Another thread sets CUDA_VISIBLE_DEVICES while torch's helper maps device 0: torch's answer may be for
+    either value, so the torch strategy abstains, quietly and saying why, and the answer is the reading of the
+    value the resolution started with."""
+    needs_torch_helper()
+    machine = sim_factory("dgx-h100")
+    (rec,) = resolve_in(machine, [("3", None, {})], T_IMPORT_TORCH="1", T_FLIP_IN_TORCH="5")
+    [dev] = rec["devices"]
+    assert dev["verdicts"]["torch"] == [None, True, "CUDA_VISIBLE_DEVICES or CUDA_DEVICE_ORDER changed while "
+                                                    "torch's helper ran"], dev
+    assert (dev["nvml_index"], dev["strategy"], dev["fallback"]) == (3, "cvd", False), dev
+    assert rec["warnings"] == [], rec
