@@ -69,7 +69,7 @@ def read_inventory(env: Mapping[str, str | None] | None = None) -> Inventory:
     else:
         why = f"{SOURCE_VAR}=nvml"
     inv = read_inventory_nvml()
-    notes = [f"listed from NVML: {why}"] if why else ["listed from NVML"]
+    notes = [f"listed from NVML: {why}"]  # why is never empty: each reason of why_not_nvml_equal is a sentence
     if listing.gpus and len(listing.gpus) != len(inv.gpus):
         notes.append(f"the driver's /proc lists {len(listing.gpus)} GPUs of the host; this process can open "
                      f"{len(inv.gpus)} of them, and CUDA and NVML number only those")
