@@ -361,6 +361,22 @@ def test_two_workers_on_one_gpu_are_both_marked():
         "CUDA_VISIBLE_DEVICES do not match"]
 
 
+def test_a_nodes_rows_follow_rays_gpu_ids_whatever_gpu_each_probe_was_given():
+    """Ray hands each probe whichever GPU is free when it starts, so the answers come in any order; the table
+    lists a node's GPUs by Ray's ids (10 after 9), nodes in the order listed, a failed probe after its node's
+    others. (The docs' recipe once printed GPU 1's row first.)"""
+    from gpuaffinity.ray_check import _in_order, judge
+
+    b, c = "b" * 56, "c" * 56
+    rows = [judge(probed(node_id=b, ray_gpu_ids=[i]), "node", "none", 60) for i in ("10", "1", "9")]
+    rows += [judge({"node_id": b, "host": "h", "ip": "192.0.2.3", "error": "RayActorError: died"}, "node", "none", 60)]
+    rows += [judge(probed(node_id=c, ray_gpu_ids=["0"]), "node", "none", 60)]
+    rows.insert(1, judge(probed(node_id=c, ray_gpu_ids=["2"]), "node", "none", 60))
+    _in_order(rows)
+    assert [(r["node_id"][0], r.get("ray_gpu_ids")) for r in rows] == [
+        ("b", ["1"]), ("b", ["9"]), ("b", ["10"]), ("b", None), ("c", ["0"]), ("c", ["2"])]
+
+
 FULL = os.environ.get("GPUAFFINITY_TEST_FULL") == "1"
 
 

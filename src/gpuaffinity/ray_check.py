@@ -178,6 +178,7 @@ def _check(ray: Any, node_affinity: Any, where: str, env: dict[str, Any], mode: 
             rows.append(judge({**base, **(answer or {})} if isinstance(answer, dict) else
                               {**base, "error": answer}, mode, memory, timeout, min_local))
             ray.kill(actor)
+        _in_order(rows)
         _duplicates(rows)
         timings["judge"] = time.perf_counter() - t
         # the runtime environment as JSON can show it (a callable setup hook, which Ray accepts, by its repr)
@@ -481,6 +482,23 @@ def _binding(row: dict[str, Any], problems: list[tuple[str, str]], mode: str, me
                     why="; ".join(hook["failures"] + hook["said"]),
                     memory_why="; ".join(f for f in hook["failures"] if "set_mempolicy" in f),
                     missing="the setup hook did not run in this worker")
+
+
+def _in_order(rows: list[dict[str, Any]]) -> None:
+    """A node's rows by Ray's GPU ids (numbers as numbers), nodes in the order listed.  Ray gives each probe
+    whichever GPU is free when it starts, so the order the probes were submitted in is not the GPUs' order; a row
+    without ids (a probe that failed) follows the node's others, as it came."""
+    first: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        first.setdefault(row["node_id"], i)
+
+    def key(row: dict[str, Any]) -> tuple:
+        ids = row.get("ray_gpu_ids")
+        if not ids:
+            return first[row["node_id"]], 1, ()
+        return first[row["node_id"]], 0, tuple((0, int(i), "") if i.isdigit() else (1, 0, i) for i in ids)
+
+    rows.sort(key=key)
 
 
 def _duplicates(rows: list[dict[str, Any]]) -> None:
