@@ -375,6 +375,10 @@ def test_a_nodes_rows_follow_rays_gpu_ids_whatever_gpu_each_probe_was_given():
     _in_order(rows)
     assert [(r["node_id"][0], r.get("ray_gpu_ids")) for r in rows] == [
         ("b", ["1"]), ("b", ["9"]), ("b", ["10"]), ("b", None), ("c", ["0"]), ("c", ["2"])]
+    # ids of another shape (a probe of another version, a forged answer) are ordered, not a crash
+    odd = [{"node_id": b, "ray_gpu_ids": v} for v in (["x"], "3", [2], ["²"], ["1"])]
+    _in_order(odd)
+    assert [r["ray_gpu_ids"] for r in odd] == [["1"], [2], ["x"], ["²"], "3"]
 
 
 FULL = os.environ.get("GPUAFFINITY_TEST_FULL") == "1"

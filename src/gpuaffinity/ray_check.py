@@ -494,9 +494,10 @@ def _in_order(rows: list[dict[str, Any]]) -> None:
 
     def key(row: dict[str, Any]) -> tuple:
         ids = row.get("ray_gpu_ids")
-        if not ids:
+        if not ids or not isinstance(ids, (list, tuple)):  # a failed probe (or an answer not of our probe's shape)
             return first[row["node_id"]], 1, ()
-        return first[row["node_id"]], 0, tuple((0, int(i), "") if i.isdigit() else (1, 0, i) for i in ids)
+        return first[row["node_id"]], 0, tuple((0, int(i), "") if i.isdecimal() and i.isascii() else (1, 0, i)
+                                               for i in map(str, ids))
 
     rows.sort(key=key)
 
