@@ -108,3 +108,20 @@ def test_a_driver_listing_that_cannot_be_read_says_which_file_and_why(tmp_path):
     listing = ProcListing.read({"GPUAFFINITY_PROCFS_ROOT": str(tmp_path)})
     assert listing.gpus == ()
     assert listing.problem == f"{info} cannot be read (Permission denied)"
+
+
+@pytest.mark.skipif(__import__("os").path.exists("/dev/nvidiactl"), reason="a host with the NVIDIA driver: its own "
+                    "device nodes answer")
+def test_a_listing_is_checked_against_the_hosts_own_dev_where_no_other_is_named(tmp_path):
+    """Outside the simulator (no GPUAFFINITY_DEV_ROOT) the driver's /proc listing is proven against /dev itself: on
+    this host, which has no NVIDIA driver, the proof fails at /dev/nvidiactl, and that is the reason given."""
+    from gpuaffinity.core.settings import DEV_VAR, PROCFS_VAR
+    from gpuaffinity.inventory import ProcListing
+    from gpuaffinity.sim import simulated
+
+    with simulated(machine(tmp_path)) as m:
+        env = {PROCFS_VAR: m.env[PROCFS_VAR]}
+        listing = ProcListing.read(env)
+        assert [g.pci_bus_id for g in listing.gpus] == list(GPUS.values())
+        assert listing.why_not_nvml_equal(env) == "/dev/nvidiactl does not open (ENOENT)"
+        assert listing.why_not_nvml_equal({**env, DEV_VAR: m.env[DEV_VAR]}) is None  # the simulated /dev proves it
