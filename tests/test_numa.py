@@ -233,6 +233,11 @@ def test_launcher_api_binds_spawned_workers_and_subprocesses(tmp_path):
             import gpuaffinity.numa.bind as b
             return [sorted(os.sched_getaffinity(0)), b.get_mempolicy()[0]]
 
+        def recorded_mode():
+            from gpuaffinity import intent
+            rec = intent.current()
+            return [rec.mode, rec.memory]
+
         def worker(q, tag="positional only"):
             q.put([*where(), tag])
 
@@ -247,7 +252,11 @@ def test_launcher_api_binds_spawned_workers_and_subprocesses(tmp_path):
             sub = json.loads(child.communicate()[0])
             with ctx.Pool(1, initializer=launch.initializer, initargs=(last,)) as pool:  # the defaults
                 pooled = pool.apply_async(where).get(timeout=60)
+                pooled_mode = pool.apply_async(recorded_mode).get(timeout=60)
+            with ctx.Pool(1, initializer=launch.initializer, initargs=(last, "exclusive", "none")) as pool:
+                moded = pool.apply_async(recorded_mode).get(timeout=60) + [where()[1]]
             print(json.dumps({{"spawned": spawned, "sub": sub, "exit": p.exitcode, "pooled": pooled,
+                               "pooled_mode": pooled_mode, "moded": moded,
                                "parent": sorted(os.sched_getaffinity(0))}}))
     """))
     out = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", str(topo), "--", sys.executable,
@@ -258,6 +267,8 @@ def test_launcher_api_binds_spawned_workers_and_subprocesses(tmp_path):
     assert res["spawned"][0] == ([last_cpu] if len(CPUS) >= 2 else CPUS[:1])
     assert res["spawned"][2] == "by keyword"  # the keyword arguments reach the target
     assert res["pooled"] == res["spawned"][:2]  # a pool worker bound by the defaults, as spawn_process's worker
+    assert res["pooled_mode"] == ["node", "preferred"]
+    assert res["moded"] == ["exclusive", "none", 0]  # the mode and memory given in initargs (no policy: default)
     assert res["sub"][0] == CPUS[:1]
     assert res["parent"] == CPUS  # the parent itself stays unbound
     assert res["exit"] == 0
