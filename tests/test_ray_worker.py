@@ -259,3 +259,33 @@ def test_the_timings_kept_are_bounded():
     from gpuaffinity import ray_worker
 
     assert ray_worker.timings.maxlen == 1000
+
+
+PARTIAL = r"""
+import os
+import ray
+from gpuaffinity import ray_worker
+
+ray.get_gpu_ids = lambda: ["4"]  # Ray's answer for a task holding GPU 4 (node 1); the binding itself is real
+os.environ["CUDA_VISIBLE_DEVICES"] = "4"
+ray_worker.setup()
+ray_worker.rebind()
+ray_worker.rebind()  # the same failure again: said once a worker
+"""
+
+
+@pytest.mark.skipif(os.path.exists("/sys/devices/system/node/node1"), reason="needs a kernel with node 0 only")
+def test_a_task_bound_only_in_part_is_told_once_how_to_turn_memory_binding_off(host8):
+    """GPU 4 sits on the simulated node 1, which this kernel does not have: the CPUs are bound, set_mempolicy
+    fails, and the worker says so on stderr once, with the fix in the runtime environment's terms (a Ray task
+    has no --memory option)."""
+    env = dict(os.environ, GPUAFFINITY_RAY_MEMORY="bind")
+    proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", str(host8), "--", sys.executable, "-c",
+                           PARTIAL], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = [line for line in proc.stderr.splitlines() if line.startswith("gpuaffinity:")]
+    assert len(said) == 1, proc.stderr
+    assert said[0].startswith("gpuaffinity: this Ray task is bound only in part (GPU 0000:50:00.0"), said
+    assert "set_mempolicy(bind, node(s) 1) failed: EINVAL" in said[0], said
+    assert "set GPUAFFINITY_RAY_MEMORY=none in the runtime environment's env_vars" in said[0], said
+    assert "--memory" not in said[0], said
