@@ -289,3 +289,26 @@ def test_a_task_bound_only_in_part_is_told_once_how_to_turn_memory_binding_off(h
     assert "set_mempolicy(bind, node(s) 1) failed: EINVAL" in said[0], said
     assert "set GPUAFFINITY_RAY_MEMORY=none in the runtime environment's env_vars" in said[0], said
     assert "--memory" not in said[0], said
+
+
+TWO_GPUS = r"""
+import json, os
+import ray
+from gpuaffinity import intent, ray_worker
+
+ray.get_gpu_ids = lambda: ["1", "6"]  # Ray's answer for a task holding two GPUs; the binding itself is real
+os.environ["CUDA_VISIBLE_DEVICES"] = "1,6"
+ray_worker.setup()
+rec, _same = ray_worker._rebind()
+print(json.dumps([rec.pci_bus_id, sorted(rec.numa_nodes), intent.current().buses]))
+"""
+
+
+def test_a_task_holding_two_gpus_is_recorded_for_both(host8):
+    """One binding for a task's GPUs together: its record names both buses, in Ray's order, and spans both
+    nodes; `gpuaffinity check` reads the same two GPUs from the process's record."""
+    proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", str(host8), "--", sys.executable, "-c",
+                           TWO_GPUS], env=dict(os.environ), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [
+        "0000:20:00.0,0000:70:00.0", [0, 1], ["0000:20:00.0", "0000:70:00.0"]]
