@@ -147,3 +147,31 @@ def test_this_process_as_the_check_sees_it():
     with pytest.raises(proc.Gone, match="does not exist in this pid namespace"):
         proc.look(4194303, root="/proc")
     assert os.getpid() in proc.pids()
+
+
+def test_a_kernel_thread_is_told_by_its_kthread_line_even_as_a_zombie(tmp_path):
+    """Linux 6.x prints ``Kthread``; an older kernel does not, and a kernel thread is then the task without
+    ``VmSize`` that is no zombie (a zombie has lost its memory too). A kernel thread caught exiting (state Z,
+    ``Kthread: 1``, modelled: the simulator refuses that state for one) is a kernel thread still."""
+    cases = {11: "State:\tZ (zombie)\nKthread:\t1\n", 12: "State:\tZ (zombie)\nKthread:\t0\n",
+             13: "State:\tS (sleeping)\n", 15: "State:\tZ (zombie)\n"}
+    for pid, lines in cases.items():
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "status").write_text(f"Name:\tt{pid}\nTgid:\t{pid}\nPid:\t{pid}\n{lines}")
+        (tmp_path / str(pid) / "cmdline").write_bytes(b"")  # as a kernel thread's and a zombie's are
+    got = {pid: proc.look(pid, root=str(tmp_path)) for pid in cases}
+    assert {pid: (v.kernel_thread, v.zombie) for pid, v in got.items()} == {
+        11: (True, True), 12: (False, True), 13: (True, False), 15: (False, True)}
+
+
+def test_a_simulated_proc_that_cannot_be_listed_leaves_the_real_processes(tmp_path, monkeypatch):
+    """``pids`` lists the simulator's modelled processes and the real ones: a modelled folder that cannot be
+    listed (gone, or not a folder) leaves the real ones listed, this process among them."""
+    monkeypatch.setenv(PROCFS_VAR, str(tmp_path / "gone"))
+    assert os.getpid() in proc.pids()
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv(PROCFS_VAR, str(tmp_path / "file"))
+    assert os.getpid() in proc.pids()
+    (tmp_path / "sim" / "4101").mkdir(parents=True)
+    monkeypatch.setenv(PROCFS_VAR, str(tmp_path / "sim"))
+    assert {4101, os.getpid()} <= set(proc.pids())
