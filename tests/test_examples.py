@@ -22,11 +22,11 @@ PLUGIN = ROOT / "examples" / "gpuaffinity-launcher-plugin"
 SHUFFLE = "3,6,5,4,0,7,1,2"
 
 
-def run_example(topology, *cmd, **env):
+def run_example(topology, *cmd, status=0, **env):
     e = dict(os.environ, **env)
     proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", str(topology), "--", *cmd], env=e,
                           capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == status, proc.stderr[-3000:]
     return proc
 
 
@@ -63,6 +63,19 @@ def test_spawn_workers(host8):
     shuffled = [int(x) for x in SHUFFLE.split(",")]
     assert [r["nvml_index"] for r in rows] == shuffled
     assert [r["cpus"] for r in rows] == [node_cpu(i) for i in shuffled]
+
+
+def test_spawn_workers_where_one_cannot_be_resolved_print_the_others_and_fail(host8):
+    """A worker for a device this process does not see dies in its binding, before it sends a row: the example
+    prints the other rows, names the failed worker and exits 1, without waiting for the row that never comes."""
+    proc = run_example(host8, sys.executable, "-m", "gpuaffinity.examples.multiprocessing_workers", "1", "9", "0",
+                       status=1, CUDA_VISIBLE_DEVICES=SHUFFLE)
+    (rows,) = json_lines(proc.stdout)
+    shuffled = [int(x) for x in SHUFFLE.split(",")]
+    assert [(r["device"], r["nvml_index"]) for r in rows] == [(0, shuffled[0]), (1, shuffled[1])]
+    assert "CUDA device 9 is not visible" in proc.stderr
+    assert proc.stderr.rstrip().endswith("multiprocessing_workers: the worker for device(s) 9 (exit status 1) "
+                                         "failed"), proc.stderr[-1000:]
 
 
 def test_torchrun_workers_use_local_rank(host8):

@@ -1,10 +1,13 @@
-"""One "spawn" worker per visible GPU, each bound to its GPU's NUMA node before it runs.
+"""One "spawn" worker per visible GPU (or per device named on the command line), each bound to its GPU's NUMA
+node before it runs.
 
 gpuaffinity.launch.spawn_process starts a fresh interpreter (never fork: a
 parent that has initialised CUDA cannot hand it to a forked child), binds it,
-then calls the target.
+then calls the target.  A worker that cannot be bound or resolved ends with its
+error on stderr and sends no row; the others' rows are printed all the same, and
+the exit status is 1.
 
-    gpuaffinity sim run dgx-h100 -- python3 -m gpuaffinity.examples.multiprocessing_workers
+    gpuaffinity sim run dgx-h100 -- python3 -m gpuaffinity.examples.multiprocessing_workers [DEVICE ...]
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import queue as queues
+import sys
 
 
 def worker(device: int, queue) -> None:
@@ -22,20 +27,30 @@ def worker(device: int, queue) -> None:
                "cpus": sorted(os.sched_getaffinity(0))})
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     import gpuaffinity
     import gpuaffinity.launch as launch
 
-    devices = range(len(gpuaffinity.resolve_all()))
+    args = sys.argv[1:] if argv is None else argv
+    devices = [int(a) for a in args] if args else list(range(len(gpuaffinity.resolve_all())))
     queue = multiprocessing.get_context("spawn").Queue()
     procs = [launch.spawn_process(i, worker, (i, queue), memory="none") for i in devices]
     for p in procs:
         p.start()
-    rows = [queue.get(timeout=300) for _ in procs]
+    rows: list[dict] = []
+    while len(rows) < len(procs):
+        try:
+            rows.append(queue.get(timeout=1))
+        except queues.Empty:
+            if not any(p.is_alive() for p in procs):
+                break  # a worker ended without its row (its error is on its stderr): wait no longer
     for p in procs:
         p.join()
     print(json.dumps(sorted(rows, key=lambda r: r["device"])))
-    return 0 if all(p.exitcode == 0 for p in procs) else 1
+    failed = [f"{i} (exit status {p.exitcode})" for i, p in zip(devices, procs, strict=True) if p.exitcode != 0]
+    if failed:
+        print(f"multiprocessing_workers: the worker for device(s) {', '.join(failed)} failed", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
