@@ -190,3 +190,19 @@ def test_a_driver_without_the_v3_process_list_is_a_note_not_a_crash(sim_factory,
     assert note == (f"NVML's process list: unavailable for GPU(s) {buses} (nvmlDeviceGetComputeRunningProcesses_v3 "
                     "returned NVML error 13 (Function Not Found)): their processes are found by their device nodes "
                     "and bindings"), note  # the error once, not once a GPU
+
+
+def test_a_check_starts_nvml_once_for_its_process_lists_and_every_gpus_locality(tmp_path):
+    """One fact, one owner: the check's one NVML session lists each GPU's processes and locates every GPU it
+    judges (the simulator's call counters: one nvmlInit_v2, one nvmlShutdown, in the one process that asks)."""
+    counters = tmp_path / "counters"
+    proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", "--counters", str(counters), "busy-dgx",
+                           "--", sys.executable, "-m", "gpuaffinity", "check", "--all"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 4, proc.stderr  # busy-dgx holds a drifted thread and remote pages by design
+    from gpuaffinity.sim import read_counters
+
+    nvml = [calls for (_pid, lib), calls in read_counters(counters).items() if lib == "nvml"]
+    assert len(nvml) == 1, nvml
+    assert (nvml[0]["nvmlInit_v2"], nvml[0]["nvmlShutdown"]) == (1, 1), nvml
+    assert nvml[0]["nvmlDeviceGetMemoryAffinity"] == 4, nvml  # each GPU with a worker, located once

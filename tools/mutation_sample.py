@@ -58,7 +58,7 @@ TESTS: dict[str, list[str]] = {
     "nvml_lite": ["test_numa_nvml_lite.py", "test_sim_processes.py", "test_nvml_faults.py", "test_check_inprocess.py",
                   "test_check_sim.py"],
     "placement": ["test_bind_policy.py", "test_record.py", "test_resolve_options.py", "test_binding_records.py",
-                  "test_check_attack.py", "test_cli_sim.py"],
+                  "test_check_attack.py", "test_cli_sim.py", "test_check_sim.py"],
     "proc": ["test_proc_formats.py", "test_proc_numa_maps.py", "test_check_inprocess.py", "test_check.py",
              "test_check_attack.py"],
     "ray_check": ["test_ray_check.py", "test_ray_check_attack.py", "test_check_ray.py", "test_narrowed_mask.py",
