@@ -1,7 +1,8 @@
 """Child process for the resolver tests: resolve under several environments, print JSON.
 
 argv[1]: JSON list of [CUDA_VISIBLE_DEVICES or null, CUDA_DEVICE_ORDER or null, options dict]
-Set T_IMPORT_TORCH=1 to import torch first, T_CUINIT=1 to initialise CUDA first, T_FLIP_IN_TORCH=VALUE to set
+Set T_IMPORT_TORCH=1 to import torch first (T_TORCH_WITHOUT_HELPER=1: then take its
+_get_nvml_device_index away, as torch 2.0 lacks it), T_CUINIT=1 to initialise CUDA first, T_FLIP_IN_TORCH=VALUE to set
 CUDA_VISIBLE_DEVICES to VALUE the first time torch's helper is entered (torch's code runs unchanged: a profile
 hook sees the call), as another thread of a program may change it at that moment.
 """
@@ -14,7 +15,10 @@ import sys
 import warnings
 
 if os.environ.get("T_IMPORT_TORCH"):
-    import torch  # noqa: F401
+    import torch
+
+    if os.environ.get("T_TORCH_WITHOUT_HELPER"):  # torch before 2.1, modelled (the torch20 tox env runs the real one)
+        del torch.cuda._get_nvml_device_index
 if os.environ.get("T_CUINIT"):
     import ctypes
 

@@ -165,6 +165,20 @@ def test_torch_without_the_helper_falls_back_loudly_and_answers_right(sim_factor
                and "CUDA_VISIBLE_DEVICES" in m for _, m in rec["warnings"])
 
 
+def test_a_torch_without_the_helper_is_named_with_its_version(sim_factory):
+    """torch 2.0 without _get_nvml_device_index, modelled on the installed torch by taking the helper away (the
+    test above runs the real torch 2.0 in the torch20 tox env): the torch strategy abstains naming the torch
+    version it found, and cvd's answer is a fallback that says so."""
+    torch = pytest.importorskip("torch")
+    machine = sim_factory("dgx-h100")
+    (rec,) = resolve_in(machine, [(RAY, None, {})], T_IMPORT_TORCH="1", T_TORCH_WITHOUT_HELPER="1")
+    assert nvml_indices(rec) == [3, 6, 5, 4, 0, 7, 1, 2]
+    why = f"torch {torch.__version__} has no torch.cuda._get_nvml_device_index (it arrived in torch 2.1)"
+    assert all(d["strategy"] == "cvd" and d["fallback"] and d["verdicts"]["torch"] == [None, True, why]
+               for d in rec["devices"]), rec["devices"][0]
+    assert {c for c, _ in rec["warnings"]} == {"FallbackWarning"} and all(why in m for _, m in rec["warnings"])
+
+
 def test_errors_a_user_can_act_on(sim_factory):
     machine = sim_factory("dgx-h100")
     dup, bad_order, empty = resolve_in(machine, [("0,0", None, {}), ("0", "pci_bus_id", {}), ("", None, {})])
