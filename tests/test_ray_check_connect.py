@@ -300,8 +300,9 @@ def test_auto_reads_only_a_regular_file_of_yours_holding_host_port(tmp_path, rec
         os.mkfifo(recorded)
         why = "is not a regular file, so it is no record of Ray's"
     else:
-        recorded.write_text("local\n" if shape == "local" else "not an address\n")
-        why = f"names no Ray cluster (it holds {'local' if shape == 'local' else 'not an address'!r}, not HOST:PORT)"
+        junk = "not an address, " * 5 + "end"  # 83 characters: the line shows its first 60
+        recorded.write_text("local\n" if shape == "local" else junk + "\n")
+        why = f"names no Ray cluster (it holds {'local' if shape == 'local' else junk[:60]!r}, not HOST:PORT)"
     proc, took = ray_check(clean_env(tmp_path, RAY_TMPDIR=str(recorded.parent.parent)), timeout=30)
     assert (proc.returncode, proc.stdout) == (1, "") and took < 10
     assert proc.stderr == f"gpuaffinity: {recorded} {why}: pass --address HOST:PORT\n"
