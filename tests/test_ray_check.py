@@ -381,6 +381,18 @@ def test_a_nodes_rows_follow_rays_gpu_ids_whatever_gpu_each_probe_was_given():
     assert [r["ray_gpu_ids"] for r in odd] == [["1"], [2], ["x"], ["²"], "3"]
 
 
+def test_a_probes_failure_is_its_first_line_cut_to_300_characters():
+    """What a row says of a probe that raised: the exception's type and the first line of its text, 300
+    characters at most (Ray's errors carry whole tracebacks); a failed setup hook names the hook's own error."""
+    from gpuaffinity.ray_check import _why
+
+    assert _why(RuntimeError("x" * 400 + "\nsecond line")) == "the probe failed: RuntimeError: " + "x" * 300
+    assert _why(RuntimeError("")) == "the probe failed: RuntimeError: "
+    hook = "Traceback (most recent call last):\n  in setup hook\nValueError: " + "v" * 400
+    assert _why(RuntimeError(hook)) == ("the worker could not start: Ray's worker_process_setup_hook failed "
+                                        f"(ValueError: {'v' * 288})")
+
+
 FULL = os.environ.get("GPUAFFINITY_TEST_FULL") == "1"
 
 
