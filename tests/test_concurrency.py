@@ -36,8 +36,9 @@ def resolver(seed):
         for k, v in list(api._cache.items()):
             cvd, buses = Settings.from_key(k).cvd, [d.pci_bus_id for d in v]
             seen.add(cvd)
-            if buses != truth[cvd]:
+            if buses != truth.get(cvd):
                 wrong.append([cvd, buses])
+os.environ["CUDA_VISIBLE_DEVICES"] = values[0]  # set before any thread resolves: every key holds one of values
 flip = threading.Thread(target=flipper)
 flip.start()
 workers = [threading.Thread(target=resolver, args=(i,)) for i in range(6)]
