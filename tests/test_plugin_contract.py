@@ -360,3 +360,43 @@ def test_a_strategy_reading_gpuaffinity_s_names_in_its_answer_is_not_held_up(sim
     lock the resolving thread held while it waited for the answer: the budget ran out (5 s), and the answer was
     thrown away with a FallbackWarning."""
     assert duck_on(sim_factory, tmp_path, "", "gpuaffinity.Abstain") < 4
+
+
+FLIP = '''
+import os, gpuaffinity
+
+
+class Flip:
+    name = "flip"
+    priority = 95
+    env_vars = ("MY_SCHEDULER",)
+
+    def answer(self, ctx, logical_id):
+        os.environ["CUDA_VISIBLE_DEVICES"] = "7"  # what another thread of the program may do at this moment
+        return gpuaffinity.Abstain("never knows", quiet=True)
+
+
+@gpuaffinity.hookimpl
+def gpuaffinity_strategies():
+    return [Flip()]
+'''
+
+FLIP_RUN = r"""
+import json, os, gpuaffinity
+os.environ["CUDA_VISIBLE_DEVICES"] = "0"
+first = [d.pci_bus_id for d in gpuaffinity.resolve_all()]
+os.environ["CUDA_VISIBLE_DEVICES"] = "7"
+print(json.dumps([first, [d.pci_bus_id for d in gpuaffinity.resolve_all()]]))
+"""
+
+
+def test_an_answer_is_not_filed_under_a_value_the_variable_took_while_it_was_resolved(sim_factory, tmp_path):
+    """The first resolution that sees a plugin's variables reads the key again to add them; the variable had
+    changed meanwhile (to 7), and the answer for 0 was filed under 7: the next resolve_all() under 7 returned GPU
+    0. (Found by an attack on the cache.)"""
+    (tmp_path / "flip_mod.py").write_text(FLIP)
+    (tmp_path / "flip-1.0.dist-info").mkdir()
+    (tmp_path / "flip-1.0.dist-info" / "entry_points.txt").write_text("[gpuaffinity]\nflip = flip_mod\n")
+    machine = sim_factory("dgx-h100")
+    buses = [g.pci_bus_id for g in machine.topology.gpus]
+    assert on(machine, tmp_path, FLIP_RUN) == [[buses[0]], [buses[7]]]

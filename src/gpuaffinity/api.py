@@ -35,6 +35,7 @@ from gpuaffinity.core.plugins import PluginInfo, build_manager, collect_strategi
 from gpuaffinity.core.record import field, record
 from gpuaffinity.core.settings import (
     DISABLE_VAR,
+    ENV_VARS,
     Settings,
     make_key,
     normalize_disable,
@@ -241,14 +242,22 @@ def _resolved(policy: str | None, disable: tuple[str, ...] | None, allow_subproc
         # the snapshot that keys the result is the one it is computed from
         res = run_resolution(settings=Settings.from_key(key))
         asked = key
+        filed: tuple | None = key
         if watch(v for s in res.strategies for v in getattr(s, "env_vars", ())):
-            key = make_key(policy, disable, allow_subprocess)  # a strategy's variables join the key from now on
+            # a strategy's variables join the key from now on; the key is read again, so where the variables
+            # resolved from changed meanwhile (another thread), the answer is filed under no key of another value
+            key = make_key(policy, disable, allow_subprocess)
+            base = 3 + len(ENV_VARS)  # the options and gpuaffinity's own variables, first in every key
+            filed = key if key[:base] == asked[:base] else None
         for category, message in res.warnings:
             warnings.warn(message, category, stacklevel=stacklevel + 1)
         devices = tuple(res.devices)
         if res.no_device:  # under the key asked for and the key cached (a strategy's variables may join it)
-            _why_none[asked] = _why_none[key] = res.no_device
-        _cache[key] = devices
+            _why_none[asked] = res.no_device
+            if filed is not None:
+                _why_none[filed] = res.no_device
+        if filed is not None:
+            _cache[filed] = devices
         return devices
 
 
