@@ -375,10 +375,25 @@ def test_a_nodes_rows_follow_rays_gpu_ids_whatever_gpu_each_probe_was_given():
     _in_order(rows)
     assert [(r["node_id"][0], r.get("ray_gpu_ids")) for r in rows] == [
         ("b", ["1"]), ("b", ["9"]), ("b", ["10"]), ("b", None), ("c", ["0"]), ("c", ["2"])]
-    # ids of another shape (a probe of another version, a forged answer) are ordered, not a crash
-    odd = [{"node_id": b, "ray_gpu_ids": v} for v in (["x"], "3", [2], ["²"], ["1"])]
-    _in_order(odd)
-    assert [r["ray_gpu_ids"] for r in odd] == [["1"], [2], ["x"], ["²"], "3"]
+    # nodes in the order listed (a node without GPUs among them, though its row was made first), whatever order
+    # the rows came in
+    none = {"node_id": c, "status": "no-gpus"}
+    listed = [dict(r) for r in rows] + [none]
+    listed.insert(0, listed.pop())
+    _in_order(listed, [c, b])
+    assert [(r["node_id"][0], r.get("ray_gpu_ids")) for r in listed] == [
+        ("c", ["0"]), ("c", ["2"]), ("c", None), ("b", ["1"]), ("b", ["9"]), ("b", ["10"]), ("b", None)]
+    # ids and nodes of another shape (a probe of another version, a forged answer) are ordered, not a crash: a
+    # number past int()'s 4300 digits, a node id that is no string (last: no listed node is it)
+    odd = [{"node_id": b, "ray_gpu_ids": v} for v in (["x"], "3", [2], ["²"], ["1" * 5000], ["1"])]
+    odd.insert(0, {"node_id": [b], "ray_gpu_ids": ["0"]})
+    _in_order(odd, [b])
+    assert [r["ray_gpu_ids"] for r in odd] == [["1"], [2], ["1" * 5000], ["x"], ["²"], "3", ["0"]]
+    from gpuaffinity.ray_check import Report, table
+
+    shown = table(Report([judge(probed(ray_gpu_ids=[2, None]), "node", "none", 60),
+                          judge(probed(ray_gpu_ids="3"), "node", "none", 60)], {}, 0))
+    assert [row[2] for row in shown[1:]] == ["2,None", "3"]
 
 
 def test_a_probes_failure_is_its_first_line_cut_to_300_characters():

@@ -156,8 +156,9 @@ def _check(ray: Any, node_affinity: Any, where: str, env: dict[str, Any], mode: 
         probe_cls = ray.remote(_ray_probe.Probe)
         rows: list[dict[str, Any]] = []
         pending: list[tuple[dict[str, Any], Any, Any]] = []
-        for node in sorted((n for n in ray.nodes() if n.get("Alive")), key=lambda n: (n["NodeManagerAddress"],
-                                                                                    n["NodeID"])):
+        listed = sorted((n for n in ray.nodes() if n.get("Alive")), key=lambda n: (n["NodeManagerAddress"],
+                                                                                  n["NodeID"]))
+        for node in listed:
             base = {"node_id": node["NodeID"], "host": node.get("NodeManagerHostname", ""),
                     "ip": node["NodeManagerAddress"]}
             gpus = int(node.get("Resources", {}).get("GPU", 0))
@@ -178,7 +179,7 @@ def _check(ray: Any, node_affinity: Any, where: str, env: dict[str, Any], mode: 
             rows.append(judge({**base, **(answer or {})} if isinstance(answer, dict) else
                               {**base, "error": answer}, mode, memory, timeout, min_local))
             ray.kill(actor)
-        _in_order(rows)
+        _in_order(rows, [n["NodeID"] for n in listed])
         _duplicates(rows)
         timings["judge"] = time.perf_counter() - t
         # the runtime environment as JSON can show it (a callable setup hook, which Ray accepts, by its repr)
@@ -484,20 +485,30 @@ def _binding(row: dict[str, Any], problems: list[tuple[str, str]], mode: str, me
                     missing="the setup hook did not run in this worker")
 
 
-def _in_order(rows: list[dict[str, Any]]) -> None:
-    """A node's rows by Ray's GPU ids (numbers as numbers), nodes in the order listed.  Ray gives each probe
-    whichever GPU is free when it starts, so the order the probes were submitted in is not the GPUs' order; a row
-    without ids (a probe that failed) follows the node's others, as it came."""
-    first: dict[str, int] = {}
-    for i, row in enumerate(rows):
-        first.setdefault(row["node_id"], i)
+def _in_order(rows: list[dict[str, Any]], nodes: list[str] | None = None) -> None:
+    """Rows a node at a time, in the order ``nodes`` lists them (the order the nodes were listed in: by address,
+    then id), and a node's rows by Ray's GPU ids (numbers as numbers).  Ray gives each probe whichever GPU is free
+    when it starts, so the order the answers came in is not the GPUs'.  A row without ids (a probe that failed, a
+    node without GPUs) comes after its node's others.  A probe's answer is taken as it came (it names its own
+    node), so an id or a node of any shape or size is ordered, never a crash: a node not listed comes last."""
+    rank = {n: i for i, n in enumerate(nodes or [])}
+
+    def node_of(row: dict[str, Any]) -> tuple[int, str]:
+        node = row.get("node_id")
+        return (rank[node], "") if isinstance(node, str) and node in rank else (len(rank), repr(node))
+
+    def one(i: object) -> tuple[int, int, str]:
+        text = str(i)
+        if text.isdecimal() and text.isascii():  # by length, then digits: a number of any size, never int()
+            digits = text.lstrip("0") or "0"
+            return 0, len(digits), digits
+        return 1, 0, text
 
     def key(row: dict[str, Any]) -> tuple:
         ids = row.get("ray_gpu_ids")
-        if not ids or not isinstance(ids, (list, tuple)):  # a failed probe (or an answer not of our probe's shape)
-            return first[row["node_id"]], 1, ()
-        return first[row["node_id"]], 0, tuple((0, int(i), "") if i.isdecimal() and i.isascii() else (1, 0, i)
-                                               for i in map(str, ids))
+        if not ids or not isinstance(ids, (list, tuple)):
+            return node_of(row), 1, ()
+        return node_of(row), 0, tuple(map(one, ids))
 
     rows.sort(key=key)
 
@@ -522,6 +533,13 @@ def _duplicates(rows: list[dict[str, Any]]) -> None:
             seen[key] = row
 
 
+def _ids(ids: object) -> str:
+    """Ray's GPU ids as the table shows them (a probe's answer of another shape shown, not a crash)."""
+    if not ids:
+        return "-"
+    return ",".join(map(str, ids)) if isinstance(ids, (list, tuple)) else str(ids)
+
+
 def table(report: Report) -> list[tuple[str, ...]]:
     """The rows a person reads: one a GPU, problems marked (``render`` joins them)."""
     out = [("NODE", "HOST", "RAY", "CVD", "GPU", "UUID", "NUMA", "GPU CPUS", "AFFINITY", "THREADS", "MEMORY",
@@ -536,8 +554,8 @@ def table(report: Report) -> list[tuple[str, ...]]:
             by += " alone"
         if gpu.get("disagreed"):  # both sides, where the driver's answer stood over a plugin's
             by += f" vs {','.join(gpu['disagreed'])}"
-        out.append((r["node_id"][:8], f"{r.get('host') or '-'} {r.get('ip') or ''}".strip(),
-                    ",".join(r.get("ray_gpu_ids", [])) or "-",
+        out.append((str(r["node_id"])[:8], f"{r.get('host') or '-'} {r.get('ip') or ''}".strip(),
+                    _ids(r.get("ray_gpu_ids")),
                     (r.get("env") or {}).get("CUDA_VISIBLE_DEVICES", "-"),
                     gpu.get("driver_pci_bus_id", "-"), _short(gpu.get("driver_uuid") or gpu.get("uuid")),
                     ",".join(map(str, r.get("numa_nodes", []))) or "-", r.get("bind_cpus") or "-",
