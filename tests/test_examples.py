@@ -73,9 +73,22 @@ def test_spawn_workers_where_one_cannot_be_resolved_print_the_others_and_fail(ho
     (rows,) = json_lines(proc.stdout)
     shuffled = [int(x) for x in SHUFFLE.split(",")]
     assert [(r["device"], r["nvml_index"]) for r in rows] == [(0, shuffled[0]), (1, shuffled[1])]
-    assert "CUDA device 9 is not visible" in proc.stderr
-    assert proc.stderr.rstrip().endswith("multiprocessing_workers: the worker for device(s) 9 (exit status 1) "
-                                         "failed"), proc.stderr[-1000:]
+    # the child's one line (no traceback), then the example's
+    assert proc.stderr.splitlines()[-2:] == [
+        "gpuaffinity: the process for device 9 was not started: CUDA device 9 is not visible: this process sees 8 "
+        f"device(s) (0-7) with CUDA_VISIBLE_DEVICES '{SHUFFLE}'",
+        "multiprocessing_workers: the worker for device(s) 9 (exit status 1) failed"], proc.stderr[-1000:]
+    assert "Traceback" not in proc.stderr
+
+
+def test_spawn_workers_refuse_a_device_that_is_no_number_and_nothing_to_start(host8):
+    """Bad input is one usage line and status 2; no visible device is said, status 1 (it printed [] and 0)."""
+    proc = run_example(host8, sys.executable, "-m", "gpuaffinity.examples.multiprocessing_workers", "GPU-0", status=2)
+    assert proc.stderr.splitlines()[-1].endswith("error: argument DEVICE: invalid int value: 'GPU-0'")
+    proc = run_example(host8, sys.executable, "-W", "ignore", "-m", "gpuaffinity.examples.multiprocessing_workers",
+                       status=1, CUDA_VISIBLE_DEVICES="")
+    assert (proc.stdout, proc.stderr) == ("", "multiprocessing_workers: no CUDA device is visible here: nothing to "
+                                              "start\n")
 
 
 def test_torchrun_workers_use_local_rank(host8):

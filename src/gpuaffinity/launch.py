@@ -16,6 +16,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import subprocess
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -46,9 +47,14 @@ def _bound_target(logical_id: int, bind_kwargs: dict[str, Any], env: dict[str, s
                   target: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
     if env:
         os.environ.update(env)
+    from gpuaffinity.core.errors import GpuAffinityError
     from gpuaffinity.placement import bind
 
-    bind(logical_id, **bind_kwargs)
+    try:
+        bind(logical_id, **bind_kwargs)
+    except GpuAffinityError as e:  # a device the child cannot have, a refused binding: its one line, exit status 1
+        print(f"gpuaffinity: the process for device {logical_id!r} was not started: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
     return target(*args, **kwargs)
 
 
@@ -59,7 +65,8 @@ def spawn_process(logical_id: int, target: Callable[..., Any], args: Sequence[An
     """A multiprocessing "spawn" Process that binds to the device, then runs ``target``.
 
     ``env`` is applied in the child before it resolves (e.g. its own CUDA_VISIBLE_DEVICES); so is
-    GPUAFFINITY_ON_FAILURE, which applies unless ``on_failure`` is given.
+    GPUAFFINITY_ON_FAILURE, which applies unless ``on_failure`` is given.  A child whose device cannot be resolved
+    (or whose binding fails under ``error``) prints one line and exits with status 1 before ``target`` runs.
     The process is returned unstarted; call ``.start()``.
     """
     ctx = multiprocessing.get_context("spawn")

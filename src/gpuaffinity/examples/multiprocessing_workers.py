@@ -28,11 +28,20 @@ def worker(device: int, queue) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import signal
+
     import gpuaffinity
     import gpuaffinity.launch as launch
 
-    args = sys.argv[1:] if argv is None else argv
-    devices = [int(a) for a in args] if args else list(range(len(gpuaffinity.resolve_all())))
+    parser = argparse.ArgumentParser(prog="python3 -m gpuaffinity.examples.multiprocessing_workers",
+                                     description="One spawned worker per CUDA device, each bound next to its GPU.")
+    parser.add_argument("devices", nargs="*", type=int, metavar="DEVICE",
+                        help="CUDA device numbers of this process (default: every visible device)")
+    devices = parser.parse_args(argv).devices or list(range(len(gpuaffinity.resolve_all())))
+    if not devices:
+        print("multiprocessing_workers: no CUDA device is visible here: nothing to start", file=sys.stderr)
+        return 1
     queue = multiprocessing.get_context("spawn").Queue()
     procs = [launch.spawn_process(i, worker, (i, queue), memory="none") for i in devices]
     for p in procs:
@@ -46,8 +55,17 @@ def main(argv: list[str] | None = None) -> int:
                 break  # a worker ended without its row (its error is on its stderr): wait no longer
     for p in procs:
         p.join()
+    while len(rows) < len(procs):  # rows sent by workers that ended while the loop above looked
+        try:
+            rows.append(queue.get(timeout=0.5))
+        except queues.Empty:
+            break
     print(json.dumps(sorted(rows, key=lambda r: r["device"])))
-    failed = [f"{i} (exit status {p.exitcode})" for i, p in zip(devices, procs, strict=True) if p.exitcode != 0]
+
+    def how(code: int | None) -> str:
+        return f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit status {code}"
+
+    failed = [f"{i} ({how(p.exitcode)})" for i, p in zip(devices, procs, strict=True) if p.exitcode != 0]
     if failed:
         print(f"multiprocessing_workers: the worker for device(s) {', '.join(failed)} failed", file=sys.stderr)
     return 1 if failed else 0
