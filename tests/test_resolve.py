@@ -80,9 +80,28 @@ def test_mixed_models_need_the_driver(sim_factory):
     # nothing can answer: the identity guess, loudly, naming both variables
     assert [d["strategy"] for d in no_child["devices"]] == ["identity", "identity"]
     assert all(d["fallback"] for d in no_child["devices"])
+    assert no_child["devices"][0]["verdicts"]["pci"][2] == (
+        "CUDA is not initialised here and subprocesses are disabled (allow_subprocess=False or "
+        "GPUAFFINITY_NO_SUBPROCESS); gpuaffinity will not cuInit in a process that may fork")
     categories = {c for c, _ in no_child["warnings"]}
     assert categories == {"FallbackWarning"}
     assert all("CUDA_VISIBLE_DEVICES='0,1'" in m and "CUDA_DEVICE_ORDER=None" in m for _, m in no_child["warnings"])
+
+
+PROBE_MEANWHILE = r"""
+import json, time
+from gpuaffinity.resolvers import pci
+ran = []
+table = pci._forked_probe({"CUDA_VISIBLE_DEVICES": "2,0", "CUDA_DEVICE_ORDER": None}, 60,
+                          lambda: ran.append(time.monotonic()))
+print(json.dumps([len(table["devices"]), len(ran)]))
+"""
+
+
+def test_the_parent_does_its_own_work_while_the_forked_probe_waits_for_the_driver(sim_factory):
+    """``resolve`` locates every GPU while the forked child runs cuInit (the locality does not depend on the
+    answer): the work given to the probe runs once, in the parent, and the probe still answers."""
+    assert run_json(sim_factory("dgx-h100"), PROBE_MEANWHILE) == [2, 1]
 
 
 def test_cvd_says_which_nvml_gpu_each_entry_names(sim_factory):
