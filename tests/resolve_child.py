@@ -4,7 +4,8 @@ argv[1]: JSON list of [CUDA_VISIBLE_DEVICES or null, CUDA_DEVICE_ORDER or null, 
 Set T_IMPORT_TORCH=1 to import torch first (T_TORCH_WITHOUT_HELPER=1: then take its
 _get_nvml_device_index away, as torch 2.0 lacks it), T_CUINIT=1 to initialise CUDA first, T_FLIP_IN_TORCH=VALUE to set
 CUDA_VISIBLE_DEVICES to VALUE the first time torch's helper is entered (torch's code runs unchanged: a profile
-hook sees the call), as another thread of a program may change it at that moment.
+hook sees the call), as another thread of a program may change it at that moment; T_FLIP_AT=FILE:FUNCTION to do
+it on entering another function (FILE: how its file name ends).
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ from gpuaffinity.core.model import Answer
 if os.environ.get("T_FLIP_IN_TORCH") is not None:
     import threading
 
+    _where = os.environ.get("T_FLIP_AT", ":_get_nvml_device_index").split(":")  # FILE-ENDING:FUNCTION
+
     def _flip(frame, event, arg):
-        if event == "call" and frame.f_code.co_name == "_get_nvml_device_index":
+        if event == "call" and frame.f_code.co_name == _where[1] and frame.f_code.co_filename.endswith(_where[0]):
             os.environ["CUDA_VISIBLE_DEVICES"] = os.environ.pop("T_FLIP_IN_TORCH")
             sys.setprofile(None)
             threading.setprofile(None)

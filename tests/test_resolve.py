@@ -184,6 +184,21 @@ def test_torch_without_the_helper_falls_back_loudly_and_answers_right(sim_factor
                and "CUDA_VISIBLE_DEVICES" in m for _, m in rec["warnings"])
 
 
+def test_torch_is_set_aside_quietly_where_the_variable_changed_before_its_helper_is_asked(sim_factory):
+    """The variable changes between the resolution's reading and the torch strategy's turn: torch's helper would
+    read the new value, so it is not asked; quietly, saying why, and the reading's answer stands."""
+    needs_torch_helper()
+    machine = sim_factory("dgx-h100")
+    (rec,) = resolve_in(machine, [("3", None, {})], T_IMPORT_TORCH="1", T_FLIP_IN_TORCH="5",
+                        T_FLIP_AT="torch_helper.py:answer")
+    [dev] = rec["devices"]
+    assert dev["verdicts"]["torch"] == [None, True, "CUDA_VISIBLE_DEVICES or CUDA_DEVICE_ORDER changed while "
+                                                    "resolving: torch's helper would read other values than this "
+                                                    "resolution"], dev
+    assert (dev["nvml_index"], dev["strategy"], dev["fallback"]) == (3, "cvd", False), dev
+    assert rec["warnings"] == [], rec
+
+
 def test_a_torch_without_the_helper_is_named_with_its_version(sim_factory):
     """torch 2.0 without _get_nvml_device_index, modelled on the installed torch by taking the helper away (the
     test above runs the real torch 2.0 in the torch20 tox env): the torch strategy abstains naming the torch
@@ -348,14 +363,21 @@ print(json.dumps({"pid": os.getpid(), "devs": [d.nvml_index for d in devs],
 THREAD = "import threading; threading.Thread(target=__import__('time').sleep, args=(30,), daemon=True).start()\n"
 
 
-@pytest.mark.parametrize("shape", ["single-threaded", "threaded", "cuda-up"])
+@pytest.mark.parametrize("shape", ["single-threaded", "threaded", "cuda-up", "cuda-up-without-ctypes"])
 def test_never_initialises_cuda_in_a_process_that_may_fork(sim_factory, tmp_path, shape):
+    """A process that initialised CUDA is answered in itself; any other asks a child. (cuda-up-without-ctypes: a
+    program whose C extension initialised CUDA, modelled by dropping the ctypes module it used from sys.modules:
+    libcuda is mapped, so the driver is asked, though ctypes is not loaded.)"""
     machine = sim_factory("mixed-4gpu")
     extra = {"GPUAFFINITY_SIM_COUNTERS": str(tmp_path)}
-    cuda_up = shape == "cuda-up"
+    cuda_up = shape.startswith("cuda-up")
     if cuda_up:
         extra["T_CUINIT"] = "1"
-        code = "import ctypes; ctypes.CDLL('libcuda.so.1').cuInit(0)\n" + FORK
+        code = "import ctypes; ctypes.CDLL('libcuda.so.1').cuInit(0)\n"
+        if shape == "cuda-up-without-ctypes":
+            code += "import sys\nfor m in [m for m in sys.modules if m == 'ctypes' or m.startswith('ctypes.')]:\n" \
+                    "    del sys.modules[m]\n"
+        code += FORK
     else:
         code = (THREAD if shape == "threaded" else "") + FORK
     out = run_json(machine, code, cvd="0,1", **extra)
