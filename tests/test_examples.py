@@ -63,6 +63,7 @@ def test_spawn_workers(host8):
     shuffled = [int(x) for x in SHUFFLE.split(",")]
     assert [r["nvml_index"] for r in rows] == shuffled
     assert [r["cpus"] for r in rows] == [node_cpu(i) for i in shuffled]
+    assert {r["memory"] for r in rows} == {"none"}  # the example leaves the memory policy alone
 
 
 def test_spawn_workers_where_one_cannot_be_resolved_print_the_others_and_fail(host8):

@@ -769,3 +769,20 @@ def test_torch_is_set_aside_quietly_where_the_variable_changes_while_its_helper_
                                                     "torch's helper ran"], dev
     assert (dev["nvml_index"], dev["strategy"], dev["fallback"]) == (3, "cvd", False), dev
     assert rec["warnings"] == [], rec
+
+
+SELECTORS = r"""
+import json, sys, warnings, gpuaffinity
+warnings.simplefilter("ignore")
+print(json.dumps([[gpuaffinity.resolve(b).logical_id, gpuaffinity.resolve(b).strategy] for b in sys.argv[1:]]))
+"""
+
+
+def test_a_selector_asks_the_driver_for_its_logical_id_where_only_the_driver_knows(sim_factory):
+    """A GPU named by bus id on mixed-4gpu under FASTEST_FIRST (CUDA_VISIBLE_DEVICES=0,1: the two A100s): its
+    logical id is CUDA's numbering, which only the driver knows, so the selector asks it (in a child); an A10 is
+    no device of this process (-1), however NVML numbers it."""
+    machine = sim_factory("mixed-4gpu")
+    buses = [g.pci_bus_id for g in machine.topology.gpus]  # A10, A100, A10, A100 in PCI order
+    assert run_json(machine, SELECTORS, *buses, cvd="0,1") == [[-1, "selector"], [0, "selector"], [-1, "selector"],
+                                                               [1, "selector"]]

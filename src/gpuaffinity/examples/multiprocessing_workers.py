@@ -21,10 +21,12 @@ import sys
 
 def worker(device: int, queue) -> None:
     import gpuaffinity
+    from gpuaffinity import intent
 
     d = gpuaffinity.resolve(device)
+    bound = intent.current()  # the binding spawn_process made in this process, as `gpuaffinity check` reads it
     queue.put({"device": device, "nvml_index": d.nvml_index, "pci_bus_id": d.pci_bus_id,
-               "cpus": sorted(os.sched_getaffinity(0))})
+               "cpus": sorted(os.sched_getaffinity(0)), "memory": bound.memory if bound else None})
 
 
 def main(argv: list[str] | None = None) -> int:
