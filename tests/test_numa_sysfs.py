@@ -91,7 +91,10 @@ def test_nul_terminated_files_are_really_nul_terminated(tmp_path):
 
 def test_old_code_would_take_the_l2_for_the_l3_when_caches_are_reordered(tmp_path):
     root = render(quirky("epyc-nps2", "cache-reordered"), tmp_path)
-    assert (root / "devices/system/cpu/cpu0/cache/index3/level").read_text().strip() == "2"
+    cache = root / "devices/system/cpu/cpu0/cache"
+    # the same four caches, the last two swapped: L1d, L1i, L3, L2
+    assert [((cache / f"index{i}/level").read_text().strip(), (cache / f"index{i}/type").read_text().strip())
+            for i in range(4)] == [("1", "Data"), ("1", "Instruction"), ("3", "Unified"), ("2", "Unified")]
     assert Sysfs(root).last_level_cache(0) == parse_cpulist("0-7,96-103")
 
 

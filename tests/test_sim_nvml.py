@@ -446,3 +446,16 @@ def test_malformed_config(libdir: Path, tmp_path: Path) -> None:
     proc = run_child("print(json.dumps(err(N.nvmlInit)))", libdir, GPUAFFINITY_SIM_CONFIG=str(bad))
     assert json.loads(proc.stdout) == "NVMLError_DriverNotLoaded"
     assert proc.stderr.startswith("gpuaffinity simulator (nvml): malformed line")
+
+
+def test_a_fault_that_passes_is_no_state_of_the_machine():
+    """``nvmlInit=9`` for good is a host without the driver (no /proc listing, cuInit fails too), and GPU_IS_LOST
+    for good on a handle call loses every GPU; with ``:TIMES`` each is a passing failure of that one call, and the
+    machine stays as it is."""
+    from gpuaffinity.sim.machine import HANDLE_CALLS, fault_world
+
+    assert fault_world(["nvmlInit=9"]) == (["nvmlInit=9", "cuInit=100"], True)
+    assert fault_world(["nvmlInit_v2=9:1"]) == (["nvmlInit_v2=9:1"], False)
+    lost, no_driver = fault_world(["nvmlDeviceGetHandleByIndex_v2=15"])
+    assert not no_driver and set(lost) == {"nvmlDeviceGetHandleByIndex_v2=15"} | {f"{c}=15" for c in HANDLE_CALLS}
+    assert fault_world(["nvmlDeviceGetHandleByIndex_v2=15:2"]) == (["nvmlDeviceGetHandleByIndex_v2=15:2"], False)

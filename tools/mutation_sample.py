@@ -77,7 +77,7 @@ TESTS: dict[str, list[str]] = {
     "sim.machine": ["test_sim_cuda.py", "test_sim_nvml.py", "test_sim_processes.py", "test_cli_sim.py"],
     "sim.raycluster": ["test_ray_check.py", "test_check_ray.py", "test_ray_check_connect.py"],
     "sim.render": ["test_topology.py", "test_sim_cuda.py", "test_sim_nvml.py", "test_sim_processes.py",
-                   "test_numa_inprocess.py", "test_device_access.py"],
+                   "test_numa_inprocess.py", "test_device_access.py", "test_numa_sysfs.py"],
     "sim.topology": ["test_topology.py", "test_sim_cuda.py", "test_sim_restricted.py", "test_device_access.py",
                      "test_check_sim.py", "test_numa_shapes.py", "test_sim_processes.py"],
     "examples.multiprocessing_workers": ["test_examples.py"],
