@@ -204,3 +204,25 @@ def test_sysfs_of_a_vm_gives_no_node(tmp_path):
     bus = topo.gpus[0].pci_bus_id
     assert (tmp_path / f"bus/pci/devices/{bus}/numa_node").read_text().strip() == "-1"
     assert (tmp_path / f"bus/pci/devices/{bus}/local_cpulist").read_text().strip() == "0-31"
+
+
+def test_a_topology_of_its_own_takes_its_process_and_running_tables(tmp_path):
+    """A topology written whole (no ``base``) with [process] and [[running]]: both are read, not only a derived
+    one's (every preset with a process view derives from another)."""
+    from gpuaffinity.sim.topology import policy_text
+
+    path = tmp_path / "own.toml"
+    path.write_text('name = "own"\n[[numa_node]]\nid = 0\ncpus = "0-3"\n[[numa_node]]\nid = 1\ncpus = "4-7"\n'
+                    + "".join(f'[[gpu]]\nuuid = "GPU-0000000{i}-1111-2222-3333-444444444444"\npci_bus_id = '
+                              f'"0000:{i + 1}0:00.0"\nname = "NVIDIA H100 80GB HBM3"\nnuma_node = {i}\n'
+                              for i in (0, 1))
+                    + '[process]\ngpus = [1]\nothers = "absent"\nenv = { CUDA_VISIBLE_DEVICES = "0" }\n'
+                    + '[[running]]\npid = 4101\nopens = [0]\npolicy = "bind=relative:1"\n')
+    topo = load_topology(path)
+    assert (topo.process.gpus, topo.process.others, topo.process.env) == ((1,), "absent",
+                                                                        (("CUDA_VISIBLE_DEVICES", "0"),))
+    assert [(r.pid, r.opens) for r in topo.running] == [(4101, (0,))]
+    # the kernel's flags as numa_maps prints them: =static, =relative, =balancing or static|balancing
+    assert [policy_text(t, frozenset({0, 1})) for t in ("bind=relative:1", "bind=static|balancing:0-1",
+                                                        "interleave=static:0-1")] == [
+        "bind=relative:1", "bind=static|balancing:0-1", "interleave=static:0-1"]
