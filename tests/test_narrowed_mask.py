@@ -36,9 +36,10 @@ import json, os, sys
 from gpuaffinity import _ray_probe, ray_worker
 from gpuaffinity.numa.query import allowed_cpus
 from gpuaffinity.ray_check import judge
-# what the setup hook records before any task binds the worker
-ray_worker._original_cpus = frozenset(os.sched_getaffinity(0))
-ray_worker._original_pool = allowed_cpus()
+import ray
+ray.get_gpu_ids = lambda: ["0"]  # Ray's answer for a task holding GPU 0
+ray_worker.setup()  # the setup hook records what the worker may use before any task binds it
+assert ray_worker._original_pool == allowed_cpus()
 os.sched_setaffinity(0, {int(sys.argv[1])})  # then something bound it to node 1; its GPU 0 is on node 0
 out = {"ray_gpu_ids": ["0"], "affinity": sorted(os.sched_getaffinity(0)), "pid": os.getpid(), "env": {},
        "error": None}
