@@ -312,3 +312,34 @@ def test_a_task_holding_two_gpus_is_recorded_for_both(host8):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == [
         "0000:20:00.0,0000:70:00.0", [0, 1], ["0000:20:00.0", "0000:70:00.0"]]
+
+
+OWN_POLICY = r"""
+import json, os
+import ray
+from gpuaffinity import ray_worker
+from gpuaffinity.numa.bind import MPOL_PREFERRED, get_mempolicy, set_mempolicy
+
+ids = []
+ray.get_gpu_ids = lambda: list(ids)  # Ray's answer for the task at hand; the binding itself is real
+ray_worker.setup()
+set_mempolicy("preferred", (0,))  # the program's own policy
+out = []
+for gpus in (["0"], ["4"], []):
+    ids[:] = gpus
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    ray_worker.rebind()
+    out.append(get_mempolicy()[0])
+print(json.dumps([out, MPOL_PREFERRED]))
+"""
+
+
+def test_with_memory_binding_off_a_policy_the_program_set_stays(host8):
+    """GPUAFFINITY_RAY_MEMORY=none: the hook binds CPUs only, and leaves the memory policy the program set itself
+    (it was reset to the default before every task, though the hook had set none)."""
+    env = dict(os.environ, GPUAFFINITY_RAY_MEMORY="none")
+    proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", str(host8), "--", sys.executable, "-c",
+                           OWN_POLICY], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    policies, preferred = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert policies == [preferred] * 3

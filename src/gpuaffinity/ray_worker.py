@@ -134,12 +134,15 @@ def _rebind() -> tuple[BindRecord | None, bool]:
         want = original if _last is None or not _last.cpus_applied else _last.bind_cpus
         if frozenset(os.sched_getaffinity(0)) == want:
             return _last, True
+    before = _last
     _last_key, _last = None, None  # whatever happens below, no stale record stands for this task
     with _state.lock:
-        # plan from the worker's own mask and the default memory policy, not the last task's
+        # plan from the worker's own mask, not the last task's; the memory policy is put back to the default only
+        # where this hook set one (with memory binding off, a policy the program set itself stays)
         if frozenset(os.sched_getaffinity(0)) != original:
             set_affinity_all_threads(original)
-        _restore_mempolicy(MPOL_DEFAULT, frozenset())
+        if before is not None and before.memory_applied:
+            _restore_mempolicy(MPOL_DEFAULT, frozenset())
         from gpuaffinity import intent
 
         intent.withdraw()  # unbound again: until a binding is planned below, `gpuaffinity check` finds none
