@@ -321,3 +321,28 @@ def test_device_nodes_changing_under_a_running_process_need_clear_cache(tmp_path
     process's cgroup does not change in its life; clear_cache() reads the new view."""
     with simulated("dgx-h100", base_env=dict(os.environ)) as machine:
         assert run_json(machine, DEV_EDIT, T_UUID=machine.topology.gpus[3].uuid) == [3, 3, 2]
+
+
+@pytest.mark.parametrize("preset", ["dgx-h100", "slurm-2of8", "container-2of8", "mig-container"])
+def test_planning_takes_the_gpu_list_the_answer_was_resolved_over(tmp_path, preset):
+    """`bind 0 --dry-run` lists the GPUs once: planning takes the list the resolution made (it listed them again,
+    one NVML start more where the list comes from NVML). The simulator's counters: NVML starts no more often than
+    for `resolve --json`, and the plan is the same as with the list read again."""
+    starts = {}
+    for cmd in (["resolve", "--json"], ["bind", "0", "--dry-run"]):
+        counters = tmp_path / "-".join(cmd)
+        proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", "--counters", str(counters), preset,
+                               "--", sys.executable, "-m", "gpuaffinity", *cmd], capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        from gpuaffinity.sim import read_counters
+
+        starts[cmd[0]] = sum(c.get("nvmlInit_v2", 0) for (_pid, lib), c in read_counters(counters).items()
+                             if lib == "nvml")
+    assert starts["bind"] <= starts["resolve"], starts
+    # the plan made with the list read again, in one process: the same CPUs, nodes and sharing
+    code = ("import json, gpuaffinity\nfrom gpuaffinity import api\nr = gpuaffinity.plan(0)\napi._inventories.clear()\n"
+            "again = gpuaffinity.plan(0)\nprint(json.dumps([repr(r), repr(again)]))")
+    with simulated(preset) as machine:
+        first, again = run_json(machine, code)
+    assert first == again

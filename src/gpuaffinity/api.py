@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 
 _cache: dict[tuple, tuple[PhysicalDevice, ...]] = {}
 _why_none: dict[tuple, str] = {}  # for a key whose answer is no device: Resolution.no_device, said again on errors
+#: the GPU list each cached answer was resolved over (the next stage, planning, takes it: it never lists again)
+_inventories: dict[tuple, Inventory] = {}
 _WARNED: set[str] = set()  # plugins already warned about
 
 
@@ -75,6 +77,7 @@ def clear_cache() -> None:
     with _state.lock:
         _cache.clear()
         _why_none.clear()
+        _inventories.clear()
 
 
 
@@ -258,7 +261,16 @@ def _resolved(policy: str | None, disable: tuple[str, ...] | None, allow_subproc
                 _why_none[filed] = res.no_device
         if filed is not None:
             _cache[filed] = devices
+            _inventories[filed] = res.inventory
         return devices
+
+
+def inventory_for(policy: str | None, disable: Iterable[str] | str | None,
+                  allow_subprocess: bool) -> Inventory | None:
+    """The GPU list the cached answer for these options was resolved over, under the environment now (None where
+    there is none: nothing resolved yet, or the cache was cleared).  The same key is the same variables, so the same
+    list as a new read would give, as the cached answer is the same answer."""
+    return _inventories.get(make_key(policy, normalize_disable(disable), allow_subprocess))
 
 
 def resolve(logical_id: int | str, *, policy: str | None = None, disable: Iterable[str] | str | None = None,

@@ -48,7 +48,7 @@ def plan(logical_id: int | str, *, mode: str = "node", memory: str = DEFAULT_MEM
 
 def _plan(logical_id: int | str, mode: str, memory: str, policy: str | None, disable: Iterable[str] | None,
           allow_subprocess: bool) -> BindRecord:
-    from gpuaffinity.api import resolve
+    from gpuaffinity.api import inventory_for, resolve
     from gpuaffinity.core.errors import BindError
     from gpuaffinity.inventory import read_inventory
     from gpuaffinity.numa.bind import BindRecord, check_memory
@@ -59,7 +59,11 @@ def _plan(logical_id: int | str, mode: str, memory: str, policy: str | None, dis
         raise BindError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
     check_memory(memory)
     dev = resolve(logical_id, policy=policy, disable=disable, allow_subprocess=allow_subprocess)
-    inventory = read_inventory()
+    # the GPU list the answer was resolved over (one listing a command, one NVML start fewer); a selector's
+    # answer is not cached by key, so then the list is read here
+    inventory = inventory_for(policy, disable, allow_subprocess)
+    if inventory is None:
+        inventory = read_inventory()
     locs = locate([g.pci_bus_id for g in inventory.gpus] + [dev.pci_bus_id])
     refuse_lost([locs[dev.pci_bus_id]])  # another GPU lost does not stop this one's binding
     by_node: dict[int, list[str]] = {}
