@@ -105,3 +105,32 @@ def test_a_child_of_a_shared_machine_names_the_test_that_runs_it(shared, request
     from conftest import run_json
 
     assert run_json(shared, CHILD_TEST).rsplit(" (", 1)[0] == request.node.nodeid
+
+
+def test_a_timed_out_run_leaves_none_of_its_processes_behind(tmp_path):
+    """A mutant's run that times out is killed with everything it started, a daemon in a session of its own too
+    (a Ray cluster a test started outlived pytest, and the next mutants shared the two cores with it)."""
+    import subprocess
+    import sys
+    import time
+
+    pids = tmp_path / "pids"
+    code = ("import os, subprocess, sys, time\n"
+            "d = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], start_new_session=True)\n"
+            "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            f"open({str(pids)!r}, 'w').write(f'{{d.pid}} {{c.pid}}')\n"
+            "time.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not (pids.exists() and pids.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    started = [int(x) for x in pids.read_text().split()]
+    TOOL._kill_tree(p.pid)
+    assert p.wait(timeout=10) == -9
+    time.sleep(0.2)
+    for pid in started:  # gone, or a zombie its killed parent left to init (not running)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                assert f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"), pid
+        except FileNotFoundError:
+            pass

@@ -246,9 +246,15 @@ def _pytest(tree: Path, module: str, mutant: str, timeout: float,
         (tree / "hits" / f"{module}.tsv").unlink(missing_ok=True)
     cmd += tests if tests is not None else [f"tests/{t}" for t in TESTS[module]]
     start = time.monotonic()
+    p = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
     try:
-        p = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+        out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        # the tests' own children too (a Ray cluster a test started outlived pytest, and the next runs shared
+        # the two cores with it)
+        _kill_tree(p.pid)
+        p.communicate()
         return "timeout", time.monotonic() - start, ""
     finally:
         if src.parent.name.startswith("mutant-"):
@@ -256,12 +262,42 @@ def _pytest(tree: Path, module: str, mutant: str, timeout: float,
 
             shutil.rmtree(src.parent, ignore_errors=True)
     took = time.monotonic() - start
-    tail = (p.stdout + p.stderr)[-3000:]
+    tail = (out + err)[-3000:]
     status = {0: "survived", 1: "killed", 5: "no-tests"}.get(p.returncode, f"error-{p.returncode}")
     if status == "killed":
-        failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", p.stdout, re.M)
+        failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", out, re.M)
         tail = " ".join(failed) if failed else tail[-400:]
     return status, took, tail
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every process descended from it, found through /proc while they are still its
+    descendants (a daemon that started its own session is one of them until its parent dies), and its session."""
+    import signal
+
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    todo, seen = [pid], []
+    while todo:
+        one = todo.pop()
+        seen.append(one)
+        todo += children.get(one, [])
+    for one in seen:
+        try:
+            os.kill(one, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(pid, signal.SIGKILL)  # the session's leader's group: anything started meanwhile
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def generate(args: argparse.Namespace) -> None:
