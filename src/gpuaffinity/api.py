@@ -35,7 +35,7 @@ from gpuaffinity.core.plugins import PluginInfo, build_manager, collect_strategi
 from gpuaffinity.core.record import field, record
 from gpuaffinity.core.settings import (
     DISABLE_VAR,
-    ENV_VARS,
+    KEY_BASE,
     Settings,
     make_key,
     normalize_disable,
@@ -250,8 +250,7 @@ def _resolved(policy: str | None, disable: tuple[str, ...] | None, allow_subproc
             # a strategy's variables join the key from now on; the key is read again, so where the variables
             # resolved from changed meanwhile (another thread), the answer is filed under no key of another value
             key = make_key(policy, disable, allow_subprocess)
-            base = 3 + len(ENV_VARS)  # the options and gpuaffinity's own variables, first in every key
-            filed = key if key[:base] == asked[:base] else None
+            filed = key if key[:KEY_BASE] == asked[:KEY_BASE] else None
         for category, message in res.warnings:
             warnings.warn(message, category, stacklevel=stacklevel + 1)
         devices = tuple(res.devices)

@@ -104,6 +104,10 @@ else:  # pragma: no cover - platforms without the encoded mapping
         return (policy, disable, allow_subprocess, *map(os.environ.get, ENV_VARS), *map(os.environ.get, _EXTRA))
 
 
+#: how long the part of every key is that holds the options and ENV_VARS (a strategy's declared variables follow)
+KEY_BASE = 3 + len(ENV_VARS)
+
+
 def watch(names: Iterable[str]) -> bool:
     """Add variables that strategies read to every later key; True when that changed the key's shape."""
     global _EXTRA, _EXTRA_KEYS
