@@ -174,6 +174,11 @@ def _check(ray: Any, node_affinity: Any, where: str, env: dict[str, Any], mode: 
         t = time.perf_counter()
         answers = _gather(ray, [ref for _b, _a, ref in pending], t + timeout, progress)
         timings["answers"] = time.perf_counter() - t  # workers starting, probing (on the nodes, in parallel)
+        unclear = [i for i, a in enumerate(answers) if a is None or (isinstance(a, str) and a.startswith(PROBE_FAILED))]
+        if unclear:
+            exits = _hook_exits(ray)
+            for i in unclear:
+                answers[i] = exits.get(pending[i][0]["node_id"], answers[i])
         t = time.perf_counter()
         for (base, actor, _ref), answer in zip(pending, answers, strict=True):
             rows.append(judge({**base, **(answer or {})} if isinstance(answer, dict) else
@@ -432,17 +437,50 @@ def _gather(ray: Any, refs: list, deadline: float, progress: Callable[[int, int]
     return [out.get(ref) for ref in refs]
 
 
+PROBE_FAILED = "the probe failed: "
+
+
+def _hook_exits(ray: Any) -> dict[str, str]:
+    """Per node, why a worker of this check died in Ray's worker_process_setup_hook, from the GCS's worker table.
+
+    A probe whose worker dies in the hook is not always told so: where Ray notices the dead worker by its closed
+    connection before it reads the worker's own exit message, the actor's error is a bare "worker died", and
+    where the actor is placed again after each death, the probe gets no answer at all.  The GCS's worker table
+    keeps each dead worker's own exit detail (written by its raylet), so a row with an unclear error or no answer
+    is judged by that.  Only workers of this check's job are read.  The table is Ray's internal interface: where
+    it is missing or different, nothing is found and the rows keep their own error."""
+    try:
+        from ray._private.state import state
+        from ray.core.generated import gcs_pb2
+
+        job = ray.get_runtime_context().get_job_id()
+        found: dict[str, str] = {}
+        for raw in state._connect_and_get_accessor().get_worker_table():
+            w = gcs_pb2.WorkerTableData.FromString(raw)
+            if w.is_alive or w.job_id.hex() != job or "setup hook" not in w.exit_detail:
+                continue
+            found.setdefault(w.worker_address.node_id.hex(), _why_text(w.exit_detail))
+        return found
+    except Exception:  # an internal interface: never a crash of the check
+        return {}
+
+
 def _why(e: Exception) -> str:
     text = str(e)
     if "setup hook" in text:
-        # the hook's own exception is the last "SomethingError: ..." line of the traceback Ray passes on
-        raised = [line.strip() for line in text.splitlines() if re.match(r"\w+(Error|Exception): ", line.strip())]
-        what = raised[-1][:300] if raised else "see the worker's log"
-        if re.fullmatch(r"ModuleNotFoundError: No module named '(gpuaffinity)'", what):
-            return f"the worker could not start: Ray's worker_process_setup_hook failed ({what}){MISSING}"
-        return f"the worker could not start: Ray's worker_process_setup_hook failed ({what})"
+        return _why_text(text)
     first = text.strip().splitlines()[0] if text.strip() else ""
-    return f"the probe failed: {type(e).__name__}: {first[:300]}"
+    return f"{PROBE_FAILED}{type(e).__name__}: {first[:300]}"
+
+
+def _why_text(text: str) -> str:
+    """The row's error for a worker that died in the setup hook, from Ray's text of it (with the traceback)."""
+    # the hook's own exception is the last "SomethingError: ..." line of the traceback Ray passes on
+    raised = [line.strip() for line in text.splitlines() if re.match(r"\w+(Error|Exception): ", line.strip())]
+    what = raised[-1][:300] if raised else "see the worker's log"
+    if re.fullmatch(r"ModuleNotFoundError: No module named '(gpuaffinity)'", what):
+        return f"the worker could not start: Ray's worker_process_setup_hook failed ({what}){MISSING}"
+    return f"the worker could not start: Ray's worker_process_setup_hook failed ({what})"
 
 
 def judge(row: dict[str, Any], mode: str, memory: str, timeout: float,
