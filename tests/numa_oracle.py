@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from gpuaffinity.core.cpulist import format_cpulist as fmt
+from gpuaffinity.host import Host
 from gpuaffinity.numa.modes import MODES, place
 from gpuaffinity.numa.query import gpu_locality
 from gpuaffinity.numa.sysfs import Sysfs
@@ -118,8 +119,10 @@ class Oracle:
             notes.append(f"the firmware gives no NUMA node for this GPU (numa_node = -1) but NVML names node(s) "
                          f"{fmt(nodes)} of {fmt(self.cpu_nodes)}: using NVML's answer")
         elif gpu.numa_node < 0:
-            notes += [f"the firmware gives no NUMA node for this GPU (numa_node = -1, common in VMs) and NVML's "
-                      f"node(s) {fmt(self.cpu_nodes)} are every node with CPUs here, which tells nothing: "
+            # a host of one node: NVML is not asked (gpuaffinity.host), and the note says so
+            said = ("this host has one NUMA node (NVML was not asked: it can name no other)" if len(self.topo.nodes) == 1
+                    else f"NVML's node(s) {fmt(self.cpu_nodes)} are every node with CPUs here, which tells nothing")
+            notes += [f"the firmware gives no NUMA node for this GPU (numa_node = -1, common in VMs) and {said}: "
                       "no preference",
                       "no NUMA preference: every allowed CPU"]
             return usable, (), notes
@@ -250,7 +253,10 @@ def plan_in_process(topo: Topology, root: Path, allowed: frozenset[int] | None =
     for g in topo.gpus:
         m = nvml_answer(topo, g)
         answers[g.pci_bus_id] = (m["node_mem"], m["node_cpu"], m["gpu_mem"]) if nvml else None
-    locs = {b: gpu_locality(b, allowed, answers[b], sysfs=fs) for b in answers}
+    # NVML is asked where gpuaffinity asks it: not on a host of one node (gpuaffinity.host.Host.nvml_can_matter)
+    ask = Host({"GPUAFFINITY_SYSFS_ROOT": str(root)}).nvml_can_matter(answers)
+    locs = {b: gpu_locality(b, allowed, answers[b] if ask else None, sysfs=fs, one_node=nvml and not ask)
+            for b in answers}
     by_node: dict[int, list[str]] = {}
     for bus, loc in locs.items():
         for n in loc.numa_nodes:

@@ -323,23 +323,39 @@ def test_device_nodes_changing_under_a_running_process_need_clear_cache(tmp_path
         assert run_json(machine, DEV_EDIT, T_UUID=machine.topology.gpus[3].uuid) == [3, 3, 2]
 
 
-@pytest.mark.parametrize("preset", ["dgx-h100", "slurm-2of8", "container-2of8", "mig-container"])
-def test_planning_takes_the_gpu_list_the_answer_was_resolved_over(tmp_path, preset):
-    """`bind 0 --dry-run` lists the GPUs once: planning takes the list the resolution made (it listed them again,
-    one NVML start more where the list comes from NVML). The simulator's counters: NVML starts no more often than
-    for `resolve --json`, and the plan is the same as with the list read again."""
-    starts = {}
-    for cmd in (["resolve", "--json"], ["bind", "0", "--dry-run"]):
-        counters = tmp_path / "-".join(cmd)
-        proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", "--counters", str(counters), preset,
-                               "--", sys.executable, "-m", "gpuaffinity", *cmd], capture_output=True, text=True,
-                              timeout=300)
-        assert proc.returncode == 0, proc.stderr
+#: (simulator arguments, NVML starts a command may make): a host of several NUMA nodes asks NVML for locality, and
+#: where the GPU list comes from NVML too (a restricted process, MIG), both from one session; a host of one node
+#: (the VMs) asks NVML nothing when its GPU list comes from the driver's files
+SHAPES = [(["dgx-h100"], 1), (["slurm-2of8"], 1), (["container-2of8"], 1), (["mig-container"], 1),
+          (["dgx-h100", "--gpus", "2,5", "--others", "absent"], 1), (["mixed-4gpu"], 1), (["vm-4gpu"], 0),
+          (["h200x4-vm"], 0)]
+
+
+@pytest.mark.parametrize(("shape", "starts"), SHAPES, ids=[" ".join(s) for s, _n in SHAPES])
+def test_every_command_starts_nvml_once_in_every_shape(tmp_path, shape, starts):
+    """One Host a command (gpuaffinity.host): the GPU list, the driver's count, each GPU's locality and the plan
+    share one NVML session.  The simulator's counters, per command: NVML started `starts` times, in one process
+    (the CUDA driver, where asked, in the forked probe: mixed-4gpu, whose CUDA order is unknown)."""
+    code = "import gpuaffinity; gpuaffinity.plan(0)"
+    for cmd in (["gpuaffinity", "resolve", "--json"], ["gpuaffinity", "bind", "0", "--dry-run"],
+                ["gpuaffinity", "doctor"], ["gpuaffinity", "resolve", "0"], ["-c", code]):
+        counters = tmp_path / "-".join(cmd)[:40]
+        run = [sys.executable, "-m", *cmd] if cmd[0] == "gpuaffinity" else [sys.executable, *cmd]
+        proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", "--counters", str(counters), *shape,
+                               "--", *run], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, (cmd, proc.stderr)
         from gpuaffinity.sim import read_counters
 
-        starts[cmd[0]] = sum(c.get("nvmlInit_v2", 0) for (_pid, lib), c in read_counters(counters).items()
-                             if lib == "nvml")
-    assert starts["bind"] <= starts["resolve"], starts
+        nvml = {pid: c.get("nvmlInit_v2", 0) for (pid, lib), c in read_counters(counters).items() if lib == "nvml"}
+        assert sum(nvml.values()) == starts and len(nvml) <= 1, (cmd, nvml)
+        shutdowns = sum(c.get("nvmlShutdown", 0) for (_p, lib), c in read_counters(counters).items() if lib == "nvml")
+        assert shutdowns == starts, (cmd, "every session started is shut down before the command ends")
+
+
+@pytest.mark.parametrize("preset", ["dgx-h100", "slurm-2of8", "container-2of8", "mig-container"])
+def test_planning_takes_the_gpu_list_the_answer_was_resolved_over(preset):
+    """Planning takes the list the resolution made (one listing a command): the plan is the same as with the list
+    read again."""
     # the plan made with the list read again, in one process: the same CPUs, nodes and sharing
     code = ("import json, gpuaffinity\nfrom gpuaffinity import api\nr = gpuaffinity.plan(0)\napi._inventories.clear()\n"
             "again = gpuaffinity.plan(0)\nprint(json.dumps([repr(r), repr(again)]))")

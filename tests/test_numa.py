@@ -63,10 +63,11 @@ def test_vm_gpu_has_no_preference_and_mig_takes_its_parent(sim_factory):
     vm = run_json(sim_factory("vm-4gpu"), PLAN, cvd="2")
     cpus, nodes, _bus, memory, failures, notes = vm[0]["node"]
     assert (nodes, memory, failures) == ([], "none", []) and format_cpulist(cpus) == "0-31"
-    # one note on the missing node, saying what NVML named and why it is not used, and nothing contradicting it
+    # one note on the missing node: a host of one node, where NVML is not asked (it could name no other node), and
+    # nothing contradicting it
     said = [n for n in notes if "numa_node = -1" in n or "NVML" in n]
-    assert said == ["the firmware gives no NUMA node for this GPU (numa_node = -1, common in VMs) and NVML's node(s) "
-                    "0 are every node with CPUs here, which tells nothing: no preference"], notes
+    assert said == ["the firmware gives no NUMA node for this GPU (numa_node = -1, common in VMs) and this host has "
+                    "one NUMA node (NVML was not asked: it can name no other): no preference"], notes
     mig = sim_factory("mig-a100")
     rows = run_json(mig, PLAN, cvd=mig.topology.gpus[2].migs[0].uuid)
     assert rows[0]["node"][1] == [1] and format_cpulist(rows[0]["node"][0]) == "16-31"

@@ -8,6 +8,8 @@ End to end: ``gpuaffinity.plan`` in a child process on each simulated machine.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from conftest import run_json
@@ -410,3 +412,46 @@ def test_shapes_are_presets_documented_with_their_rules():
     numa = (ROOT / "docs" / "numa.md").read_text()
     for shape in SHAPES:
         assert f"`{shape}`" in numa, shape
+
+
+PRESETS = sorted(p.stem for p in (Path(parse_topology.__code__.co_filename).parent / "presets").glob("*.toml"))
+ONE_NODE = [
+    {"name": "vm", "numa_node": [{"id": 0, "cpus": "0-7"}], "gpu": [
+        {"uuid": f"GPU-00000000-0000-0000-0000-00000000000{i}", "pci_bus_id": f"0000:0{i + 1}:00.0",
+         "name": "NVIDIA H100", "numa_node": node, **extra}
+        for i, (node, extra) in enumerate([(-1, {}), (0, {}), (-1, {"nvml_numa_node": 0})])]},
+    {"name": "vm-offline", "offline_cpus": "6-7", "numa_node": [{"id": 0, "cpus": "0-7"}], "gpu": [
+        {"uuid": "GPU-00000000-0000-0000-0000-000000000001", "pci_bus_id": "0000:01:00.0", "name": "NVIDIA H100",
+         "numa_node": 0}]},
+]
+
+
+@pytest.mark.parametrize("shape", PRESETS
+                         + [t["name"] for t in ONE_NODE])
+def test_where_nvml_is_not_asked_its_answer_would_change_nothing(rendered, shape):
+    """The proof of the shortcut in gpuaffinity.host: on every machine where the Host does not ask NVML for
+    locality (one NUMA node, each GPU's numa_node file there), the answer with NVML's is the answer without, field
+    by field, under every cpuset (only the note on a GPU without a node, and the source, say which it was)."""
+    from gpuaffinity.host import Host
+    from gpuaffinity.numa.query import gpu_locality
+    from gpuaffinity.numa.sysfs import Sysfs
+    from gpuaffinity.sim.render import gpu_locality as nvml_answer
+
+    topo = next((parse_topology(t) for t in ONE_NODE if t["name"] == shape), None) or load_topology(shape)
+    root = rendered(topo)
+    buses = [g.pci_bus_id for g in topo.gpus]
+    asks = Host({"GPUAFFINITY_SYSFS_ROOT": str(root)}).nvml_can_matter(buses)
+    assert asks == (len(topo.nodes) != 1), shape  # a host of one node, and only such a host, is not asked
+    if asks:
+        return
+    for allowed in cpusets(topo).values():
+        allowed = topo.cpus if allowed is None else allowed
+        for g in topo.gpus:
+            m = nvml_answer(topo, g)
+            fs = Sysfs(root)
+            with_nvml = gpu_locality(g.pci_bus_id, allowed, (m["node_mem"], m["node_cpu"], m["gpu_mem"]), sysfs=fs)
+            without = gpu_locality(g.pci_bus_id, allowed, None, sysfs=fs, one_node=True)
+            fields = ("numa_nodes", "cpus", "local_cpus", "cpu_nodes", "gpu_memory_nodes", "lost")
+            assert [getattr(with_nvml, f) for f in fields] == [getattr(without, f) for f in fields], (shape, g)
+            if g.numa_node < 0:
+                assert any("this host has one NUMA node (NVML was not asked" in n for n in without.notes)

@@ -409,8 +409,8 @@ def test_a_vm_gpu_has_no_preference_and_never_an_offline_cpu(tmp_path):
     for mode in MODES:
         cpus, nodes, notes = got["0000:01:00.0"][mode]
         assert (format_cpulist(cpus), nodes) == ("0-5", ())
-        assert notes == ("the firmware gives no NUMA node for this GPU (numa_node = -1, common in VMs) and NVML's "
-                         "node(s) 0 are every node with CPUs here, which tells nothing: no preference",
+        assert notes == ("the firmware gives no NUMA node for this GPU (numa_node = -1, common in VMs) and this host "
+                         "has one NUMA node (NVML was not asked: it can name no other): no preference",
                          "no NUMA preference: every allowed CPU")
 
 

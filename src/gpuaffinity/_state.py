@@ -20,12 +20,6 @@ import sys
 lock = _thread.RLock()
 _forking = _thread._local()
 
-#: Work for the parent while the ``pci`` strategy's forked probe initialises CUDA (about 0.5 s on the lent H200s):
-#: a callable taking the inventory's PCI bus ids, set by the command line to ask each GPU's locality (NVML's own
-#: start) in that time instead of after it.  Taken (and cleared) by the probe; None: nothing to do.
-while_probing = None
-
-
 def _before_fork() -> None:
     lock.acquire()
     _forking.held = True
@@ -40,6 +34,9 @@ def _after_fork_in_parent() -> None:
 def _after_fork_in_child() -> None:
     global lock
     lock = _thread.RLock()  # the child has one thread: nothing can be half-way through here
+    host = sys.modules.get("gpuaffinity.host")
+    if host is not None:  # a command's scope is the parent's: the child starts outside it (its NVML is the parent's)
+        host._current = None
     pynvml = sys.modules.get("pynvml")
     held = getattr(pynvml, "libLoadLock", None)
     if held is not None and held.locked():  # taken by a thread of the parent that the child does not have

@@ -48,6 +48,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from gpuaffinity.host import Host
+
 _cache: dict[tuple, tuple[PhysicalDevice, ...]] = {}
 _why_none: dict[tuple, str] = {}  # for a key whose answer is no device: Resolution.no_device, said again on errors
 #: the GPU list each cached answer was resolved over (the next stage, planning, takes it: it never lists again)
@@ -92,27 +94,39 @@ def run_resolution(*, policy: str | None = None, disable: Iterable[str] | str | 
                    settings: Settings | None = None) -> Resolution:
     """Resolve every visible device without the cache, keeping every strategy's verdict.
 
-    ``settings``: the snapshot to resolve under (default: read now from the arguments and the environment)."""
-    from gpuaffinity.core.cvd import no_device_text, read_cvd, reading_notes
-    from gpuaffinity.inventory import read_inventory
-    from gpuaffinity.resolvers import builtin_plugins
-    from gpuaffinity.resolvers._common import integers_index_unknown_order
-
+    ``settings``: the snapshot to resolve under (default: read now from the arguments and the environment).  The
+    machine is read through the command's Host (gpuaffinity.host.scope) where one is open, else through one of
+    this call's own, closed when it returns."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT:
         raise ValueError(f"timeout must be a number of seconds above 0 and at most {MAX_TIMEOUT} (a day), "
                          f"not {timeout!r}")
     st = settings or Settings.from_key(make_key(policy, normalize_disable(disable), allow_subprocess))
+    from gpuaffinity import host as host_
+
+    host = host_.current(st.inventory_env)  # the command's, where one is open: its NVML session serves every stage
+    if host is None:
+        with host_.Host(st.inventory_env) as own:  # this call's own: its NVML session ends with the call
+            return _run(st, own, timeout, strict_errors)
+    return _run(st, host, timeout, strict_errors)
+
+
+def _run(st: Settings, host: Host, timeout: float, strict_errors: bool) -> Resolution:
+    from gpuaffinity.core.cvd import no_device_text, read_cvd, reading_notes
+    from gpuaffinity.resolvers import builtin_plugins
+    from gpuaffinity.resolvers._common import integers_index_unknown_order
+
     chosen = st.policy
     disabled = st.disabled
     builtins = builtin_plugins()
     pm, plugins = build_manager(builtins, disabled)
     strategies = collect_strategies(pm, disabled, plugins, builtins)
-    inventory = read_inventory(st.inventory_env)
+    inventory = host.inventory()
     grammar = read_cvd(st.cvd, inventory.gpus, None, st.device_order, inventory.hidden, inventory.host_complete,
                        inventory.doubt)
     ctx = ResolveContext(inventory, st.cvd, st.device_order, len(grammar.devices),
                          {"allow_subprocess": st.subprocess_allowed, "timeout": timeout}, grammar=grammar)
     ctx.settings = st
+    ctx.host = host
     out = Resolution([], inventory, strategies, ctx, chosen, st, plugins=plugins)
     out.warnings.extend((SimulationWarning, w) for w in stray_sim_variables())
     for info in plugins:

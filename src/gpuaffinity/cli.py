@@ -18,6 +18,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from gpuaffinity.host import Host
+
 #: set it to see the traceback of an unexpected error instead of its one line
 DEBUG_VAR = "GPUAFFINITY_DEBUG"
 
@@ -492,12 +494,6 @@ def _options(args: argparse.Namespace) -> dict:
 
 
 def _resolve(args: argparse.Namespace) -> int:
-    import json
-    import warnings
-
-    from gpuaffinity.api import resolve, resolve_all
-    from gpuaffinity.core.cpulist import format_cpulist
-    from gpuaffinity.core.errors import GpuAffinityError
     from gpuaffinity.select import parse_selector
 
     ids: list[int | str] = []
@@ -506,13 +502,25 @@ def _resolve(args: argparse.Namespace) -> int:
             ids.append(parse_selector(text))
         except ValueError as e:
             raise UsageError(f"gpuaffinity resolve: {e}") from None
-    from gpuaffinity import _state
-    from gpuaffinity.placement import locate, refuse_lost
+    from gpuaffinity.host import scope
 
-    # When the CUDA driver is asked in a forked child, its cuInit takes longer than NVML's start: ask every GPU's
-    # locality in that time (it depends on the bus id and this process's allowed CPUs only, not on the answer).
-    early: dict = {}
-    _state.while_probing = lambda buses: early.update(locate(buses))
+    with scope() as host:  # one Host for the command: one NVML session, each GPU's locality asked once
+        # When the CUDA driver is asked in a forked child, its cuInit takes longer than NVML's start: ask every
+        # GPU's locality in that time (it depends on the bus id and this process's allowed CPUs only, not on the
+        # answer).
+        host.eager = True
+        return _resolve_in(args, ids, host)
+
+
+def _resolve_in(args: argparse.Namespace, ids: list[int | str], host: Host) -> int:
+    import json
+    import warnings
+
+    from gpuaffinity.api import resolve, resolve_all
+    from gpuaffinity.core.cpulist import format_cpulist
+    from gpuaffinity.core.errors import GpuAffinityError
+    from gpuaffinity.placement import refuse_lost
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -521,8 +529,6 @@ def _resolve(args: argparse.Namespace) -> int:
             _print_warnings(caught, but=_no_device(e))
             _say(f"gpuaffinity: {_strip(e)}")
             return exit_status(e)
-        finally:
-            _state.while_probing = None
     if not devices:  # never an empty table with exit 0: say why, what this process can open, what to write
         from gpuaffinity.api import no_device_reason
         from gpuaffinity.core.errors import NoDeviceWarning
@@ -533,8 +539,7 @@ def _resolve(args: argparse.Namespace) -> int:
             print("[]")  # what a script parses stays JSON; the exit status says it is no answer
         return EXIT_ERROR
     _print_warnings(caught)
-    late = [d.pci_bus_id for d in devices if d.pci_bus_id not in early]
-    locs = {**early, **locate(late)} if late else early
+    locs = host.localities(d.pci_bus_id for d in devices)
     refuse_lost(locs[d.pci_bus_id] for d in devices)
     rows = []
     for d in devices:
@@ -642,7 +647,6 @@ def _doctor(args: argparse.Namespace) -> int:
     from gpuaffinity.core.cpulist import format_cpulist
     from gpuaffinity.core.errors import GpuAffinityError
     from gpuaffinity.core.model import Abstain
-    from gpuaffinity.placement import locate
 
     print("Environment")
     for var in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "GPUAFFINITY_POLICY", "GPUAFFINITY_DISABLE",
@@ -664,16 +668,19 @@ def _doctor(args: argparse.Namespace) -> int:
     print(f"  {label:<28} {value}")
 
     from gpuaffinity.api import run_resolution
-    try:
-        res = run_resolution(**_options(args), strict_errors=False)
-    except GpuAffinityError as e:
-        _say(f"gpuaffinity: {_strip(e)}")
-        return exit_status(e)
+    from gpuaffinity.host import scope
+
+    with scope() as host:  # one NVML session for the GPU list and every locality
+        try:
+            res = run_resolution(**_options(args), strict_errors=False)
+        except GpuAffinityError as e:
+            _say(f"gpuaffinity: {_strip(e)}")
+            return exit_status(e)
+        locs = host.localities(g.pci_bus_id for g in res.inventory.gpus)  # once for both sections
     inv = res.inventory
     print(f"\nGPUs this process can use (NVML order = PCI order): {len(inv.gpus)}")
     for note in inv.notes:
         print(f"  {note}")
-    locs = locate(g.pci_bus_id for g in res.inventory.gpus)  # once for both sections
     table = [("NVML", "PCI", "UUID", "MODEL", "NODES", "LOCAL CPUS")]
     for g in res.inventory.gpus:
         loc = locs[g.pci_bus_id]

@@ -42,15 +42,16 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from gpuaffinity.host import Host
     from gpuaffinity.nvml_lite import Session
 
 _join = os.path.join  # paths as plain strings: pathlib costs a fresh process milliseconds to import
 
 
-def read_inventory(env: Mapping[str, str | None] | None = None) -> Inventory:
+def read_inventory(env: Mapping[str, str | None] | None = None, host: Host | None = None) -> Inventory:
     """This process's GPUs: from the driver's files where this call proves them equal to NVML's view,
     else from NVML.  ``env`` holds the values of the inventory's variables (``Settings.inventory_env``;
-    default: os.environ)."""
+    default: os.environ); ``host``: the command's Host, whose NVML session is used (else one of this call's own)."""
     env = os.environ if env is None else env
     source = env.get(SOURCE_VAR)
     if source not in (None, "", "auto", "nvml"):
@@ -68,7 +69,7 @@ def read_inventory(env: Mapping[str, str | None] | None = None) -> Inventory:
                                     "other",))
     else:
         why = f"{SOURCE_VAR}=nvml"
-    inv = read_inventory_nvml()
+    inv = read_inventory_nvml(host)
     notes = [f"listed from NVML: {why}"]  # why is never empty: each reason of why_not_nvml_equal is a sentence
     if listing.gpus and len(listing.gpus) != len(inv.gpus):
         notes.append(f"the driver's /proc lists {len(listing.gpus)} GPUs of the host; this process can open "
@@ -228,22 +229,24 @@ def _device_nodes_mismatch(dev: str, minors: tuple[int, ...], simulated: bool) -
     return None
 
 
-def read_inventory_nvml() -> Inventory:
+def read_inventory_nvml(host: Host | None = None) -> Inventory:
     """Every GPU NVML enumerates in this process, with its MIG instances; InventoryError on any NVML error.
 
     Through ``gpuaffinity.nvml_lite``: the C calls pynvml makes, without pynvml's import (about 0.1 s of a
-    fresh process on the lent H200 host, where a process that can open only some GPUs needs this list)."""
-    from gpuaffinity.nvml_lite import GPU_IS_LOST, NvmlLiteError, Session
+    fresh process on the lent H200 host, where a process that can open only some GPUs needs this list).  NVML's
+    session is ``host``'s (kept for the stages after: locality), else one of this call's own."""
+    from gpuaffinity.host import Host
+    from gpuaffinity.nvml_lite import GPU_IS_LOST, NvmlLiteError
 
+    own = host is None
+    host_ = Host() if host is None else host
     try:
-        nv = Session()
-    except NvmlLiteError:
-        raise NoDriverError(
-            "no NVIDIA driver here: libnvidia-ml.so.1 was not found; install the driver, or try gpuaffinity on a "
-            "simulated machine: gpuaffinity sim run dgx-h100 -- gpuaffinity doctor") from None
-    try:
-        nv.__enter__()
+        nv = host_.nvml()
     except NvmlLiteError as e:
+        if e.code == -1:
+            raise NoDriverError(
+                "no NVIDIA driver here: libnvidia-ml.so.1 was not found; install the driver, or try gpuaffinity on "
+                "a simulated machine: gpuaffinity sim run dgx-h100 -- gpuaffinity doctor") from None
         raise NoDriverError(_too_old(e) or f"NVML could not start ({e}); check that the NVIDIA driver is loaded "
                             "(nvidia-smi should work)") from None
     step = "counting GPUs"
@@ -265,7 +268,8 @@ def read_inventory_nvml() -> Inventory:
         raise InventoryError(_too_old(e) or f"NVML failed while {step}: {e}; the GPU list cannot be trusted, so "
                              "nothing is resolved (nvidia-smi shows whether the driver is healthy)") from None
     finally:
-        nv.__exit__()  # a failed shutdown only leaves NVML initialised: the list is read
+        if own:
+            host_.close()  # a failed shutdown only leaves NVML initialised: the list is read
 
 
 def _too_old(e: Exception) -> str | None:

@@ -1,8 +1,10 @@
 """Placement: where a resolved GPU sits, and binding this process there (the public ``plan`` and ``bind``).
 
 "Device to locality" is assembled here alone (``locate``): the command line,
-the demo and ``plan`` ask this module, which asks the NUMA stage once for
-every GPU they need (NVML and sysfs, one NVML session).
+the demo and ``plan`` ask this module, which asks the command's Host
+(gpuaffinity.host: one NVML session a command, each GPU's locality asked once).
+``plan`` takes the GPU list the answer was resolved over, and the Host's
+allowed CPUs and sysfs view: nothing is read twice in one call.
 """
 
 from __future__ import annotations
@@ -17,17 +19,25 @@ TYPE_CHECKING = False  # typing and collections.abc stay unimported: the annotat
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from gpuaffinity.host import Host
     from gpuaffinity.numa.bind import BindRecord
     from gpuaffinity.numa.query import Locality
+    from gpuaffinity.numa.sysfs import Sysfs
     from gpuaffinity.nvml_lite import Session
 
 
 def locate(bus_ids: Iterable[str], session: Session | None = None) -> dict[str, Locality]:
-    """Each GPU's NUMA nodes and CPUs (within this process's allowed CPUs), by PCI bus id; ``session``: an NVML
-    session the caller has open (else one of its own)."""
-    from gpuaffinity.numa.query import localities
+    """Each GPU's NUMA nodes and CPUs (within this process's allowed CPUs), by PCI bus id, from the command's Host
+    (a Host of this call's own outside a command); ``session``: an NVML session the caller has open, used instead
+    (``gpuaffinity check``, which asks NVML for more than locality)."""
+    if session is not None:
+        from gpuaffinity.numa.query import localities
 
-    return localities(bus_ids, session=session)
+        return localities(bus_ids, session=session)
+    from gpuaffinity.host import scope
+
+    with scope() as host:
+        return host.localities(bus_ids)
 
 
 def refuse_lost(locs: Iterable[Locality]) -> None:
@@ -42,18 +52,20 @@ def refuse_lost(locs: Iterable[Locality]) -> None:
 def plan(logical_id: int | str, *, mode: str = "node", memory: str = DEFAULT_MEMORY, policy: str | None = None,
          disable: Iterable[str] | None = None, allow_subprocess: bool = True) -> BindRecord:
     """What ``bind`` would apply for CUDA device ``logical_id``, without applying it."""
-    with _state.lock:  # lazy imports and NVML: see gpuaffinity._state
-        return _plan(logical_id, mode, memory, policy, disable, allow_subprocess)
+    from gpuaffinity.host import scope
+
+    # one Host for the call (the lock held: lazy imports and NVML, see gpuaffinity._state): the resolution, the GPU
+    # list and each locality share its NVML session, started once and shut down on return
+    with scope() as host:
+        return _plan(host, logical_id, mode, memory, policy, disable, allow_subprocess)
 
 
-def _plan(logical_id: int | str, mode: str, memory: str, policy: str | None, disable: Iterable[str] | None,
-          allow_subprocess: bool) -> BindRecord:
+def _plan(host: Host, logical_id: int | str, mode: str, memory: str, policy: str | None,
+          disable: Iterable[str] | None, allow_subprocess: bool) -> BindRecord:
     from gpuaffinity.api import inventory_for, resolve
     from gpuaffinity.core.errors import BindError
-    from gpuaffinity.inventory import read_inventory
     from gpuaffinity.numa.bind import BindRecord, check_memory
     from gpuaffinity.numa.modes import place
-    from gpuaffinity.numa.query import allowed_cpus
 
     if mode not in MODES:
         raise BindError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
@@ -63,20 +75,20 @@ def _plan(logical_id: int | str, mode: str, memory: str, policy: str | None, dis
     # answer is not cached by key, so then the list is read here
     inventory = inventory_for(policy, disable, allow_subprocess)
     if inventory is None:
-        inventory = read_inventory()
-    locs = locate([g.pci_bus_id for g in inventory.gpus] + [dev.pci_bus_id])
+        inventory = host.inventory()
+    locs = host.localities([g.pci_bus_id for g in inventory.gpus] + [dev.pci_bus_id])
     refuse_lost([locs[dev.pci_bus_id]])  # another GPU lost does not stop this one's binding
     by_node: dict[int, list[str]] = {}
     for bus, loc in locs.items():
         for n in loc.numa_nodes:
             by_node.setdefault(n, []).append(bus)
-    allowed = allowed_cpus()
+    allowed = host.allowed_cpus
     loc = locs[dev.pci_bus_id]
-    placement = place(loc, mode, allowed, by_node)
+    placement = place(loc, mode, allowed, by_node, sysfs=host.sysfs)
     # the GPU's own place under the names resolve --json gives it (numa_nodes, cpus); the binding's under its own
     shared, why = list(placement.shared_with), placement.shared_why
     if mode in ("exclusive", "llc"):
-        more, more_why = _overlapping(loc, placement.bind_cpus, locs, mode, allowed, by_node, shared)
+        more, more_why = _overlapping(loc, placement.bind_cpus, locs, mode, allowed, by_node, shared, host.sysfs)
         shared += more
         why = "; and ".join(w for w in (why, more_why) if w)
     memory_ = memory if placement.memory_nodes else "none"  # no node left: no policy, and no nodes of it
@@ -95,7 +107,8 @@ def _plan(logical_id: int | str, mode: str, memory: str, policy: str | None, dis
 
 
 def _overlapping(loc: Locality, share: frozenset[int], locs: dict[str, Locality], mode: str,
-                 allowed: frozenset[int], by_node: dict[int, list[str]], known: list[str]) -> tuple[list[str], str]:
+                 allowed: frozenset[int], by_node: dict[int, list[str]], known: list[str],
+                 sysfs: Sysfs | None = None) -> tuple[list[str], str]:
     """The GPUs outside this GPU's split whose ``exclusive``/``llc`` share overlaps ``share``, and how.
 
     GPUs of the same node(s) split one pool among themselves (their shares are disjoint, or dealt round-robin and
@@ -115,7 +128,7 @@ def _overlapping(loc: Locality, share: frozenset[int], locs: dict[str, Locality]
             continue
         if set(other.numa_nodes) == set(loc.numa_nodes) or not other.cpus & share:
             continue  # the same split, or CPUs apart
-        if place(other, mode, allowed, by_node, allowed_mems=None).bind_cpus & share:
+        if place(other, mode, allowed, by_node, allowed_mems=None, sysfs=sysfs).bind_cpus & share:
             found.append(bus)
     if not found:
         return [], ""

@@ -50,6 +50,8 @@ class ResolveContext:
     scratch: dict[str, Any] = field(default_factory=dict)
     grammar: CvdResult = field(default_factory=lambda: CvdResult(()))
     settings: Settings | None = None  # the snapshot this resolution reads (gpuaffinity.core.settings)
+    #: the command's gpuaffinity.host.Host: the machine's facts past the GPU list (locality), read once a command
+    host: Any = None
 
     @property
     def env(self) -> dict[str, str | None]:

@@ -29,31 +29,34 @@ from gpuaffinity.numa.sysfs import Sysfs, read_text, sysfs_root
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
 
+    from gpuaffinity.host import Host
     from gpuaffinity.nvml_lite import Session
 
 __all__ = ["SIM_ALLOWED_VAR", "SYSFS_VAR", "Locality", "allowed_cpus", "allowed_memory_nodes", "gpu_locality",
            "localities", "node_cpus", "nvml_affinity", "sysfs_root"]
 
 
-def _procfs_root() -> Path:
-    return Path(os.environ.get(PROCFS_VAR) or "/proc")
+def _procfs_root(env: Mapping[str, str | None] | None = None) -> Path:
+    return Path((os.environ if env is None else env).get(PROCFS_VAR) or "/proc")
 
 
-def allowed_cpus() -> frozenset[int]:
+def allowed_cpus(env: Mapping[str, str | None] | None = None) -> frozenset[int]:
     """The CPUs this process may run on: its affinity mask (cgroup cpusets, Slurm and
     Kubernetes limits show here, and so does a binding: a bound process's mask is narrower than its cpuset), or on
     a simulated machine the simulated cpuset, narrowed as the real mask is once the process (or a parent) was bound
-    since the simulation began (``GPUAFFINITY_SIM_START_MASK``)."""
-    sim = os.environ.get(SIM_ALLOWED_VAR)
+    since the simulation began (``GPUAFFINITY_SIM_START_MASK``).  ``env``: where those two variables are read
+    (a Host's snapshot; default: os.environ)."""
+    env = os.environ if env is None else env
+    sim = env.get(SIM_ALLOWED_VAR)
     if sim is not None:
         try:
             cpuset = parse_cpulist(sim)
         except ValueError as e:
             raise GpuAffinityError(f"{SIM_ALLOWED_VAR} (the simulator's cpuset) is not a CPU list: {e}; unset it "
                                    "outside `gpuaffinity sim run`") from None
-        start = os.environ.get(SIM_START_MASK_VAR)
+        start = env.get(SIM_START_MASK_VAR)
         now = frozenset(os.sched_getaffinity(0))
         if start:
             try:
@@ -155,10 +158,11 @@ def nvml_affinity(bus_ids: Iterable[str], lost: dict[str, str] | None = None,
     return out
 
 
-def driver_gpu_memory_node(pci_bus_id: str) -> int | None:
+def driver_gpu_memory_node(pci_bus_id: str, procfs: Path | None = None) -> int | None:
     """The node the driver says holds the GPU's memory (``/proc/driver/nvidia/gpus/<bus>/numa_status``,
-    line ``Node:``), on platforms where it is one; None elsewhere."""
-    text = read_text(_procfs_root() / "driver" / "nvidia" / "gpus" / pci_bus_id / "numa_status")
+    line ``Node:``), on platforms where it is one; None elsewhere.  ``procfs``: /proc's root (default: the
+    environment's)."""
+    text = read_text((procfs or _procfs_root()) / "driver" / "nvidia" / "gpus" / pci_bus_id / "numa_status")
     if text is None:
         return None
     for line in text.splitlines():
@@ -168,8 +172,10 @@ def driver_gpu_memory_node(pci_bus_id: str) -> int | None:
 
 
 def gpu_locality(pci_bus_id: str, allowed: frozenset[int] | None = None,
-                 nvml: NvmlAnswer | None = None, *, sysfs: Sysfs | None = None) -> Locality:
-    """Combine sysfs and (when given) NVML's answer for one GPU (rules: docs/numa.md, "Where a GPU sits")."""
+                 nvml: NvmlAnswer | None = None, *, sysfs: Sysfs | None = None, procfs: Path | None = None,
+                 one_node: bool = False) -> Locality:
+    """Combine sysfs and (when given) NVML's answer for one GPU (rules: docs/numa.md, "Where a GPU sits").
+    ``one_node``: NVML was not asked, as sysfs lists one NUMA node (gpuaffinity.host says why that is equal)."""
     allowed = allowed_cpus() if allowed is None else allowed
     fs = Sysfs() if sysfs is None else sysfs
     dev = fs.pci_dir(pci_bus_id)
@@ -179,7 +185,7 @@ def gpu_locality(pci_bus_id: str, allowed: frozenset[int] | None = None,
     node_cpu = {n: fs.node_cpus(n, notes) for n in fs.node_ids(notes)}
     cpu_nodes = frozenset(n for n, c in node_cpu.items() if c)
     every_cpu = online if online is not None else frozenset().union(*node_cpu.values())
-    own = _own_memory_nodes(pci_bus_id, nv_own, notes)
+    own = _own_memory_nodes(pci_bus_id, nv_own, notes, procfs)
     node = fs.pci_numa_node(pci_bus_id, notes)
     local_file = fs.pci_local_cpus(pci_bus_id, notes)
     if local_file is not None and online is not None:
@@ -207,7 +213,9 @@ def gpu_locality(pci_bus_id: str, allowed: frozenset[int] | None = None,
             notes.append(f"the firmware gives no NUMA node for this GPU (numa_node = -1) but NVML names node(s) "
                          f"{format_cpulist(named)} of {format_cpulist(cpu_nodes)}: using NVML's answer")
         else:  # one note, saying what NVML said and why it is not used
-            if not named:
+            if one_node:
+                nvml_said = "this host has one NUMA node (NVML was not asked: it can name no other)"
+            elif not named:
                 nvml_said = "NVML names none either" if not nv_nodes else \
                     f"NVML names only the GPU's own memory node(s) {format_cpulist(nv_nodes)}"
             elif named >= cpu_nodes:
@@ -261,9 +269,10 @@ def gpu_locality(pci_bus_id: str, allowed: frozenset[int] | None = None,
                     tuple(sorted(users)))
 
 
-def _own_memory_nodes(pci_bus_id: str, nv_own: frozenset[int], notes: list[str]) -> frozenset[int]:
+def _own_memory_nodes(pci_bus_id: str, nv_own: frozenset[int], notes: list[str],
+                      procfs: Path | None = None) -> frozenset[int]:
     """Nodes holding the GPU's own memory: NVML's ``nvmlDeviceGetNumaNodeId``, else the driver's numa_status."""
-    driver = driver_gpu_memory_node(pci_bus_id)
+    driver = driver_gpu_memory_node(pci_bus_id, procfs)
     if nv_own and driver is not None and driver not in nv_own:
         notes.append(f"NVML says this GPU's memory is node {format_cpulist(nv_own)}, the driver's numa_status says "
                      f"{driver}: using NVML")
@@ -274,15 +283,34 @@ def _own_memory_nodes(pci_bus_id: str, nv_own: frozenset[int], notes: list[str])
     return own
 
 
-def localities(bus_ids: Iterable[str], use_nvml: bool = True, session: Session | None = None) -> dict[str, Locality]:
-    """Locality of several GPUs with one NVML session (``session``, the caller's, where it has one open) and one
-    look at sysfs."""
+def localities(bus_ids: Iterable[str], use_nvml: bool = True, session: Session | None = None, *,
+               host: Host | None = None) -> dict[str, Locality]:
+    """Locality of several GPUs with one NVML session and one look at sysfs.
+
+    ``host``: the command's Host (gpuaffinity.host), whose allowed CPUs, sysfs view and NVML session are used (else
+    one of this call's own, over ``session`` where the caller has one open).  NVML is asked only where its answer
+    can change one (``Host.nvml_can_matter``)."""
+    from gpuaffinity.nvml_lite import NvmlLiteError
+
+    if host is None:
+        from gpuaffinity.host import Host
+
+        with Host(session=session) as own:  # this call's own look (a session given stays the caller's)
+            return localities(bus_ids, use_nvml, host=own)
     ids = list(dict.fromkeys(bus_ids))
     lost: dict[str, str] = {}
-    nv = nvml_affinity(ids, lost, session) if use_nvml else {}
-    allowed = allowed_cpus()
-    fs = Sysfs()
-    out = {b: gpu_locality(b, allowed, nv.get(b), sysfs=fs) for b in ids}
+    nv: dict[str, NvmlAnswer] = {}
+    one_node = False
+    if use_nvml and host.nvml_can_matter(ids):
+        try:
+            nv = nvml_affinity(ids, lost, host.nvml())
+        except NvmlLiteError:  # no NVML here: sysfs answers alone
+            nv = {}
+    else:
+        one_node = use_nvml
+    fs = host.sysfs
+    out = {b: gpu_locality(b, host.allowed_cpus, nv.get(b), sysfs=fs, procfs=_procfs_root(host.env),
+                           one_node=one_node) for b in ids}
     for b, why in lost.items():
         out[b] = replace(out[b], lost=why)
     return out

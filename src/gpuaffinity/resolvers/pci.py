@@ -244,11 +244,11 @@ class PciStrategy(Strategy):
         # worker of a CUDA parent, where CUDA is not "up" any more) cannot initialise it, so it gets a new
         # interpreter, which can
         if _single_threaded() and libcuda_mapped() is False:
-            from gpuaffinity import _state
-
-            work, _state.while_probing = _state.while_probing, None
+            host = ctx.host
             buses = [g.pci_bus_id for g in ctx.inventory.gpus]
-            table = _forked_probe(ctx.env, timeout, None if work is None else lambda: work(buses))
+            # the command's own work for the time the child initialises CUDA (Host.while_probing: locality)
+            work = None if host is None or not getattr(host, "eager", False) else lambda: host.while_probing(buses)
+            table = _forked_probe(ctx.env, timeout, work)
             if table is not None:
                 table["where"] = "in a child process (a fork of this one)"
                 return table
