@@ -120,8 +120,9 @@ class Oracle:
                          f"{fmt(nodes)} of {fmt(self.cpu_nodes)}: using NVML's answer")
         elif gpu.numa_node < 0:
             # a host of one node: NVML is not asked (gpuaffinity.host), and the note says so
-            said = ("this host has one NUMA node (NVML was not asked: it can name no other)" if len(self.topo.nodes) == 1
-                    else f"NVML's node(s) {fmt(self.cpu_nodes)} are every node with CPUs here, which tells nothing")
+            said = ("this host has one NUMA node (NVML was not asked: it can name no other)"
+                    if len(self.topo.nodes) == 1 else
+                    f"NVML's node(s) {fmt(self.cpu_nodes)} are every node with CPUs here, which tells nothing")
             notes += [f"the firmware gives no NUMA node for this GPU (numa_node = -1, common in VMs) and {said}: "
                       "no preference",
                       "no NUMA preference: every allowed CPU"]

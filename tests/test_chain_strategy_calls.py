@@ -77,7 +77,7 @@ def test_a_raising_strategy_abstains_with_its_exception_and_keeps_the_traceback(
 
 def test_an_over_budget_strategy_abstains_without_a_traceback():
     c = make_ctx()
-    c.scratch["_spent"] = {"slow": 1.0}
+    c.stash[chain.SPENT] = {"slow": 1.0}
     dev, _ = run([Fake("slow", 60, Answer(U[0]), budget=1.0), Fake("cvd", 50, Answer(U[1]))], c=c)
     v = verdict(dev, "slow")
     assert v.result == Abstain("over its time budget of 1 s for this resolution: not asked again")
@@ -171,7 +171,7 @@ class DuckOnBudget:
 
 def test_a_budget_with_exactly_nothing_left_is_over():
     c = make_ctx()
-    c.scratch["_spent"] = {"duck": 1.0}
+    c.stash[chain.SPENT] = {"duck": 1.0}
     dev, _ = run([DuckOnBudget(), Fake("cvd", 50, Answer(U[1]))], c=c)
     assert verdict(dev, "duck").result == Abstain("over its time budget of 1 s for this resolution: not asked again")
     assert (dev.strategy, dev.uuid) == ("cvd", U[1])
@@ -199,9 +199,9 @@ def _raise(e):
     return fn
 
 
-# --- chain._ask: answer_all's batch is kept in ctx.scratch["_all"], by strategy name, for every device ----------
+# --- chain._ask: answer_all's batch is kept in ctx.stash[chain.EVERY], by strategy name, for every device ----------
 
-def test_the_batch_of_answer_all_and_its_absence_are_kept_in_scratch_all():
+def test_the_batch_of_answer_all_and_its_absence_are_kept_in_the_stash():
     class Batch(Strategy):
         name, priority, watchdog = "batch", 70, False
 
@@ -211,7 +211,7 @@ def test_the_batch_of_answer_all_and_its_absence_are_kept_in_scratch_all():
     c = make_ctx()
     dev, warns = run([Batch(), Fake("cvd", 50, Answer(U[2]))], c=c)
     assert (dev.strategy, dev.uuid, warns) == ("batch", U[2], [])
-    assert c.scratch["_all"] == {"batch": [Answer(U[2]), Answer(U[1]), Answer(U[0])], "cvd": None}
+    assert c.stash[chain.EVERY] == {"batch": [Answer(U[2]), Answer(U[1]), Answer(U[0])], "cvd": None}
 
 
 # --- chain._ask: a batch that is a string, or not a sequence at all, is refused whatever its length -------------
@@ -273,10 +273,10 @@ def test_an_exception_in_the_watchdog_thread_is_the_strategys_abstention():
 
 def test_time_spent_adds_to_what_the_strategy_had_spent_before():
     c = make_ctx()
-    c.scratch["_spent"] = {"a": 0.5}
+    c.stash[chain.SPENT] = {"a": 0.5}
     dev, _ = run([Fake("a", 60, Answer(U[1]))], c=c)
     assert dev.strategy == "a"
-    assert 0.5 < c.scratch["_spent"]["a"] < 1.5
+    assert 0.5 < c.stash[chain.SPENT]["a"] < 1.5
 
 
 # --- chain._mistake: each misuse of the result types is named -------------------------------------------------

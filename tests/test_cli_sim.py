@@ -355,6 +355,17 @@ def test_doctor_with_every_strategy_disabled(sim_factory):
     assert "  none: every strategy is disabled, so nothing can resolve" in out.stdout
 
 
+def test_disable_takes_names_joined_by_commas_as_the_variable_does(sim_factory):
+    """`--disable pci,cvd` is read as GPUAFFINITY_DISABLE=pci,cvd is (it named one unknown strategy "pci,cvd", left
+    both enabled and warned): each name, beside a repeated --disable."""
+    env = child_env(sim_factory("dgx-h100"), "x")
+    out = subprocess.run([sys.executable, "-m", "gpuaffinity", "doctor", "--disable", "pci,cvd", "--disable",
+                          "torch"], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "  none: every strategy is disabled, so nothing can resolve" in out.stdout
+    assert "nothing is named" not in out.stderr
+
+
 def doctor_gpu_table(stdout: str) -> list[list[str]]:
     """The rows of doctor's "GPUs this process can use" table, header first, each cut into its cells."""
     lines = stdout.splitlines()
@@ -405,3 +416,30 @@ def test_doctor_names_every_node_of_a_gpu_that_spans_several(tmp_path_factory, s
     assert out.returncode == 0, out.stderr
     assert [(row[1], row[4], row[5]) for row in doctor_gpu_table(out.stdout)[1:]] == [
         ("0000:01:00.0", "1", "4-7"), ("0000:02:00.0", "0,1", "0-7")]
+
+
+def test_every_variable_the_code_reads_is_in_the_registry_doctor_prints():
+    """core.settings.VARIABLES is the one list of gpuaffinity's variables: every GPUAFFINITY_ name in the package
+    (Python and the simulator's C) is in it, and it names nothing the package does not use."""
+    from gpuaffinity.core.settings import VARIABLES
+
+    src = Path(__file__).resolve().parent.parent / "src" / "gpuaffinity"
+    used = set()
+    for path in [*src.rglob("*.py"), *src.rglob("*.c"), *src.rglob("*.h")]:
+        used |= set(re.findall(r"\bGPUAFFINITY_[A-Z_]*[A-Z]\b", path.read_text()))
+    registered = {name for name, _always, _what in VARIABLES if name.startswith("GPUAFFINITY_")}
+    used.discard("GPUAFFINITY_SIM_COMMON_H")  # the C header's include guard
+    assert used == registered, used ^ registered
+    assert len({name for name, _a, _w in VARIABLES}) == len(VARIABLES)
+
+
+def test_doctor_shows_a_rare_variable_when_it_is_set_and_not_when_it_is_not(sim_factory):
+    env = child_env(sim_factory("dgx-h100"), "0")
+    shown = subprocess.run([sys.executable, "-m", "gpuaffinity", "doctor"],
+                           env={**env, "GPUAFFINITY_ON_FAILURE": "error"}, capture_output=True, text=True,
+                           timeout=120).stdout
+    plain = subprocess.run([sys.executable, "-m", "gpuaffinity", "doctor"], env=env, capture_output=True, text=True,
+                           timeout=120).stdout
+    assert "  GPUAFFINITY_ON_FAILURE" in shown and "'error'" in shown
+    assert "GPUAFFINITY_ON_FAILURE" not in plain
+    assert re.search(r"^  GPUAFFINITY_POLICY +<unset>$", plain, re.M)  # the common ones, set or not

@@ -162,3 +162,42 @@ def test_a_child_forked_while_a_parent_thread_holds_pynvml_s_library_lock_gets_a
         t.join()
     assert code == 0
     assert pynvml.libLoadLock is original  # the parent keeps its own lock
+
+
+SCOPE_FORK = r"""
+import json, os, sys
+import gpuaffinity
+from gpuaffinity import host
+from gpuaffinity.nvml_lite import Session
+
+starts = []
+enter = Session.__enter__
+Session.__enter__ = lambda self: (starts.append(os.getpid()), enter(self))[1]
+with host.scope() as h:
+    h.nvml()  # the command's NVML session is up when it forks (a launcher, a probe)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        outside = host._current is None
+        bus = gpuaffinity.plan(0).pci_bus_id  # a Host of the child's own: its own NVML session, shut down after
+        os.write(w, json.dumps([outside, bus, starts.count(os.getpid()), host._current is None]).encode())
+        os._exit(0)
+    os.close(w)
+    child = json.loads(os.read(r, 4096))
+    os.waitpid(pid, 0)
+    mine = gpuaffinity.plan(0).pci_bus_id  # still the parent's scope: no second start
+    print(json.dumps([child, mine, starts.count(os.getpid()), h._nv is not None]))
+"""
+
+
+def test_a_child_forked_inside_a_command_starts_outside_its_scope_with_nvml_of_its_own(sim_factory):
+    """A fork inside a command (gpuaffinity.host.scope): the child is not in the parent's scope (whose NVML session
+    is the parent's), so its own call opens and shuts down a session of its own; the parent's scope goes on with
+    its one session."""
+    (outside, bus, child_starts, closed_after), mine, parent_starts, still_open = run_json(sim_factory("slurm-2of8"),
+                                                                                          SCOPE_FORK)
+    assert outside and closed_after  # the child began outside any scope, and left none open
+    assert child_starts == 1  # its own session (the parent's is not its to use)
+    assert bus == mine  # the same GPU either way
+    assert parent_starts == 1 and still_open  # the parent's scope: one session, still open until the scope ends

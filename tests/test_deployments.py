@@ -326,12 +326,12 @@ def test_device_nodes_changing_under_a_running_process_need_clear_cache(tmp_path
 #: (simulator arguments, NVML starts a command may make): a host of several NUMA nodes asks NVML for locality, and
 #: where the GPU list comes from NVML too (a restricted process, MIG), both from one session; a host of one node
 #: (the VMs) asks NVML nothing when its GPU list comes from the driver's files
-SHAPES = [(["dgx-h100"], 1), (["slurm-2of8"], 1), (["container-2of8"], 1), (["mig-container"], 1),
-          (["dgx-h100", "--gpus", "2,5", "--others", "absent"], 1), (["mixed-4gpu"], 1), (["vm-4gpu"], 0),
-          (["h200x4-vm"], 0)]
+NVML_SHAPES = [(["dgx-h100"], 1), (["slurm-2of8"], 1), (["container-2of8"], 1), (["mig-container"], 1),
+               (["dgx-h100", "--gpus", "2,5", "--others", "absent"], 1), (["mixed-4gpu"], 1), (["vm-4gpu"], 0),
+               (["h200x4-vm"], 0)]
 
 
-@pytest.mark.parametrize(("shape", "starts"), SHAPES, ids=[" ".join(s) for s, _n in SHAPES])
+@pytest.mark.parametrize(("shape", "starts"), NVML_SHAPES, ids=[" ".join(s) for s, _n in NVML_SHAPES])
 def test_every_command_starts_nvml_once_in_every_shape(tmp_path, shape, starts):
     """One Host a command (gpuaffinity.host): the GPU list, the driver's count, each GPU's locality and the plan
     share one NVML session.  The simulator's counters, per command: NVML started `starts` times, in one process
@@ -362,3 +362,19 @@ def test_planning_takes_the_gpu_list_the_answer_was_resolved_over(preset):
     with simulated(preset) as machine:
         first, again = run_json(machine, code)
     assert first == again
+
+
+@pytest.mark.parametrize(("mode", "asked"), [("node", 1), ("socket", 1), ("exclusive", 8), ("llc", 8)])
+def test_planning_locates_the_other_gpus_only_where_the_mode_splits_among_them(tmp_path, mode, asked):
+    """node and socket place the GPU by its own locality alone; exclusive and llc share the node's CPUs among
+    its GPUs, so every GPU's place is needed.  The simulator's counters: NVML asked for that many GPUs' memory
+    affinity, each once."""
+    from gpuaffinity.sim import read_counters
+
+    proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", "--counters", str(tmp_path), "dgx-h100",
+                           "--", sys.executable, "-m", "gpuaffinity", "bind", "0", "--mode", mode, "--dry-run"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    calls = {k: sum(c.get(k, 0) for (_p, lib), c in read_counters(tmp_path).items() if lib == "nvml")
+             for k in ("nvmlDeviceGetMemoryAffinity", "nvmlInit_v2")}
+    assert calls == {"nvmlDeviceGetMemoryAffinity": asked, "nvmlInit_v2": 1}, calls

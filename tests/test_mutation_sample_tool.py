@@ -1,8 +1,8 @@
 """tools/mutation_sample.py: the sample it draws is stable, and each mutant runs the tests that called its function.
 
-The tool's numbers in docs/testing.md are only worth what its sample and its test choice are worth: a sample that
-changed between runs could not be resumed or repeated, and a mutant run against tests that never call its function
-would be counted a survivor.
+The tool's numbers in evidence/mutation-testing are only worth what its sample and its test choice are worth: a
+sample that changed between runs could not be resumed or repeated, and a mutant run against tests that never call
+its function would be counted a survivor.
 """
 
 from __future__ import annotations

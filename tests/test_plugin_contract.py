@@ -74,6 +74,8 @@ class Misbehave(Strategy):
         gpu = ctx.inventory.gpus[logical_id]
         if how == "raise":
             raise ValueError("scheduler unreachable")
+        if how == "undeclared":
+            return Answer(ctx.env("SCHEDULER_NOT_DECLARED") or gpu.uuid)
         if how == "gpuinfo":
             return gpu
         if how == "answer-gpuinfo":
@@ -232,6 +234,8 @@ MISTAKES = [
     ("cost-word", "cost() returned 'fast', not 'cheap' or 'expensive'"),
     ("slow", "answer(0) ran past its time budget of 0.5 s: abandoned"),
     ("hang", "answer(0) ran past its time budget of 0.5 s: abandoned"),
+    ("undeclared", "raised KeyError: \"'SCHEDULER_NOT_DECLARED' is no variable a strategy of this resolution "
+                   "declared: list it in the strategy's env_vars"),
 ]
 
 ASK = r"""
@@ -400,3 +404,69 @@ def test_an_answer_is_not_filed_under_a_value_the_variable_took_while_it_was_res
     machine = sim_factory("dgx-h100")
     buses = [g.pci_bus_id for g in machine.topology.gpus]
     assert on(machine, tmp_path, FLIP_RUN) == [[buses[0]], [buses[7]]]
+
+
+def test_the_stash_takes_typed_keys_by_identity_and_refuses_strings():
+    """ResolveContext.stash: two keys of the same name are two keys (no two plugins collide); a string key is a
+    TypeError saying what to write."""
+    from gpuaffinity import StashKey
+    from gpuaffinity.core.strategy import Stash
+
+    mine, theirs = StashKey[dict]("table"), StashKey[dict]("table")
+    stash = Stash()
+    stash.setdefault(mine, {})["a"] = 1
+    assert mine in stash and theirs not in stash and stash.get(theirs) is None and len(stash) == 1
+    stash[theirs] = {"b": 2}
+    assert (stash[mine], stash[theirs]) == ({"a": 1}, {"b": 2})
+    for wrong in ("pci.table", None):
+        with pytest.raises(TypeError, match=r"^a stash is keyed by StashKey objects \(KEY = StashKey\[dict\]"):
+            stash[wrong] = 1
+        with pytest.raises(TypeError):
+            _ = wrong in stash
+
+
+ENV_RUN = r"""
+import json, os, gpuaffinity
+out = []
+for value in ("3", "5", "5"):
+    os.environ["SCHED_PICK"] = value
+    out.append(gpuaffinity.resolve(0).nvml_index)
+from gpuaffinity.core.settings import Settings, make_key
+out.append(dict(Settings.from_key(make_key(None, None, True)).extra))
+print(json.dumps(out))
+"""
+
+PICK = '''
+import gpuaffinity
+
+
+class Pick:
+    name = "pick"
+    priority = 95
+    env_vars = ("SCHED_PICK",)
+
+    def answer(self, ctx, logical_id):
+        reads.append(ctx.env("SCHED_PICK"))
+        return gpuaffinity.Answer(ctx.inventory.gpus[int(ctx.env("SCHED_PICK"))].uuid)
+
+
+reads = []
+
+
+@gpuaffinity.hookimpl
+def gpuaffinity_strategies():
+    return [Pick()]
+'''
+
+
+def test_a_plugin_reads_its_declared_variable_from_the_context_and_a_change_reaches_the_cache(sim_factory, tmp_path):
+    """ctx.env(name): the first resolution reads the declared variable (not yet in the key), the next ones take it
+    from the snapshot that keys the cache, which Settings.from_key keeps (it dropped the declared variables): a
+    change is a new answer without clear_cache(), the same value the cached one."""
+    (tmp_path / "pick_mod.py").write_text(PICK)
+    (tmp_path / "pick-1.0.dist-info").mkdir()
+    (tmp_path / "pick-1.0.dist-info" / "entry_points.txt").write_text("[gpuaffinity]\npick = pick_mod\n")
+    machine = sim_factory("dgx-h100")
+    *indices, extra = on(machine, tmp_path, ENV_RUN, GPUAFFINITY_POLICY="first")
+    assert indices == [3, 5, 5]
+    assert extra == {"SCHED_PICK": "5"}

@@ -49,6 +49,9 @@ TESTS: dict[str, list[str]] = {
     "cli": ["test_cli_sim.py", "test_first_contact.py", "test_resolve.py", "test_resolve_options.py",
             "test_bind_policy.py", "test_check.py", "test_check_attack.py", "test_numa.py", "test_plugin_contract.py",
             "test_sim_processes.py"],
+    "host": ["test_deployments.py", "test_numa_shapes.py", "test_numa.py", "test_concurrency.py", "test_resolve.py",
+             "test_nvml_faults.py"],
+    "text": ["test_cli_sim.py", "test_check.py", "test_ray_check_attack.py", "test_first_contact.py"],
     "inventory": ["test_resolve.py", "test_device_access.py", "test_sim_restricted.py", "test_nvml_faults.py",
                   "test_deployments.py", "test_record.py"],
     "launch": ["test_resolve.py", "test_resolve_options.py", "test_bind_policy.py", "test_security.py",
@@ -84,7 +87,7 @@ TESTS: dict[str, list[str]] = {
     "examples.ray_actors": ["test_examples.py"],
     "examples.subprocess_launcher": ["test_examples.py"],
 }
-# Measured already, with mutmut's own runner (docs/testing.md, pass M).
+# Measured already, with mutmut's own runner (evidence/mutation-testing, pass M).
 DONE = {"verdict", "intent"}
 # Modules whose text is also run as a child's whole program (``python -I -c``): mutmut's form of the file
 # (every mutant in one text, importing mutmut) cannot be that program, so the tests import the original there,

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from gpuaffinity.api import clear_cache, resolve, resolve_all
     from gpuaffinity.core.hookspec import hookimpl
     from gpuaffinity.core.model import Abstain, Answer, GpuInfo, Inventory, MigInfo, PhysicalDevice
-    from gpuaffinity.core.strategy import ResolveContext, Strategy
+    from gpuaffinity.core.strategy import ResolveContext, StashKey, Strategy
     from gpuaffinity.live import check
     from gpuaffinity.numa.bind import BindError, BindRecord
     from gpuaffinity.placement import bind, plan, rebind
@@ -64,6 +64,7 @@ __all__ = [
     "PluginWarning",
     "ResolveContext",
     "SimulationWarning",
+    "StashKey",
     "Strategy",
     "UnresolvedError",
     "VisibleDevicesWarning",
@@ -86,7 +87,8 @@ _LAZY = {"resolve": "gpuaffinity.api", "resolve_all": "gpuaffinity.api", "clear_
          "BindError": "gpuaffinity.numa.bind", "BindRecord": "gpuaffinity.numa.bind",
          # the plugin contract (docs/plugins.md): everything a strategy author needs, stable
          "hookimpl": "gpuaffinity.core.hookspec", "Strategy": "gpuaffinity.core.strategy",
-         "ResolveContext": "gpuaffinity.core.strategy", "Answer": "gpuaffinity.core.model",
+         "ResolveContext": "gpuaffinity.core.strategy", "StashKey": "gpuaffinity.core.strategy",
+         "Answer": "gpuaffinity.core.model",
          "Abstain": "gpuaffinity.core.model", "PhysicalDevice": "gpuaffinity.core.model",
          "GpuInfo": "gpuaffinity.core.model", "MigInfo": "gpuaffinity.core.model",
          "Inventory": "gpuaffinity.core.model"}

@@ -21,6 +21,7 @@ from gpuaffinity.core.errors import (
     ConflictError,
     DeviceNotVisibleError,
     DisagreementWarning,
+    GpuAffinityError,
     GpuAffinityWarning,
     InvalidVisibleDevicesError,
     NoDeviceWarning,
@@ -127,6 +128,7 @@ def _run(st: Settings, host: Host, timeout: float, strict_errors: bool) -> Resol
                          {"allow_subprocess": st.subprocess_allowed, "timeout": timeout}, grammar=grammar)
     ctx.settings = st
     ctx.host = host
+    ctx.declared = frozenset(v for s in strategies for v in getattr(s, "env_vars", ()) or ())
     out = Resolution([], inventory, strategies, ctx, chosen, st, plugins=plugins)
     out.warnings.extend((SimulationWarning, w) for w in stray_sim_variables())
     for info in plugins:
@@ -311,11 +313,11 @@ def _resolve(logical_id: int | str, policy: str | None, disable: Iterable[str] |
     if disable is not None:
         disable = normalize_disable(disable)  # an iterator is read once, here
     if isinstance(logical_id, str):
-        from gpuaffinity.select import by_selector, parse_selector
+        from gpuaffinity.select import parse_selector
 
         selector = parse_selector(logical_id)
         if isinstance(selector, str):
-            return by_selector(selector, policy, disable, allow_subprocess)
+            return _by_selector(selector, policy, disable, allow_subprocess)
         logical_id = selector
     if isinstance(logical_id, bool) or not isinstance(logical_id, int):
         raise TypeError(f"logical_id must be an int or a selector string, not {type(logical_id).__name__}")
@@ -334,6 +336,27 @@ def _resolve(logical_id: int | str, policy: str | None, disable: Iterable[str] |
         f"(0-{len(devices) - 1}) with CUDA_VISIBLE_DEVICES {cvd_text}" if devices else
         f"CUDA device {logical_id} is not visible: this process sees no CUDA device (CUDA_VISIBLE_DEVICES "
         f"{cvd_text})")
+
+
+def _by_selector(selector: str, policy: str | None, disable: tuple[str, ...] | None,
+                 allow_subprocess: bool) -> PhysicalDevice:
+    """The GPU a physical selector names (gpuaffinity.select.pick), with its logical id in this process: the
+    resolution first (cached), then the selector matched in the very GPU list it was made over (one listing, one
+    NVML session: the command's Host).  Where the resolution fails (a variable the driver refuses), the selector
+    still names its GPU, with logical id -1."""
+    from gpuaffinity.host import scope
+    from gpuaffinity.select import pick
+
+    with scope() as host:
+        key = make_key(policy, disable, allow_subprocess)
+        try:
+            # stacklevel: _by_selector, _resolve, resolve, then the user's call
+            devices: tuple[PhysicalDevice, ...] | None = _resolved(policy, disable, allow_subprocess, stacklevel=4,
+                                                                   key=key)
+        except GpuAffinityError:
+            devices = None
+        inventory = _inventories.get(key) or host.inventory()
+        return pick(selector, inventory, devices, host)
 
 
 def no_device_reason(*, policy: str | None = None, disable: Iterable[str] | str | None = None,

@@ -12,7 +12,8 @@ import signal
 import sys
 
 from gpuaffinity.core.errors import EXIT_ERROR, EXIT_FOUND, EXIT_OK, EXIT_USAGE, UsageError, exit_status
-from gpuaffinity.core.settings import DEFAULT_MEMORY, FAILURE_POLICIES, MEMORY_POLICIES, MODES, POLICIES
+from gpuaffinity.core.settings import DEBUG_VAR, DEFAULT_MEMORY, FAILURE_POLICIES, MEMORY_POLICIES, MODES, POLICIES
+from gpuaffinity.text import cut, lay_out, say
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -20,8 +21,6 @@ if TYPE_CHECKING:
 
     from gpuaffinity.host import Host
 
-#: set it to see the traceback of an unexpected error instead of its one line
-DEBUG_VAR = "GPUAFFINITY_DEBUG"
 
 _EPILOG_SIM = """\
 examples:
@@ -190,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _resolution_options(p: argparse.ArgumentParser, policy_help: str) -> None:
     p.add_argument("--policy", choices=POLICIES, help=policy_help)
     p.add_argument("--disable", action="append", default=[], metavar="NAME",
-                   help="leave out a plugin or strategy by name (repeatable; also GPUAFFINITY_DISABLE=a,b)")
+                   help="leave out a plugin or strategy by name (repeatable, or names joined by commas; also "
+                        "GPUAFFINITY_DISABLE=a,b)")
     p.add_argument("--no-subprocess", action="store_true",
                    help="never start a child process to ask the CUDA driver (also GPUAFFINITY_NO_SUBPROCESS=1)")
 
@@ -281,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args)
         raise UsageError(f"gpuaffinity: unknown command {args.command!r}")
     except UsageError as e:
-        _say(str(e))
+        say(str(e))
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
@@ -294,14 +294,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gpuaffinity.core.errors import GpuAffinityError
 
         if isinstance(e, GpuAffinityError):  # raised outside a command's own handling: still one line
-            _say(f"gpuaffinity: {_strip(e)}")
+            say(f"gpuaffinity: {_strip(e)}")
             return exit_status(e)
         import os
 
         if os.environ.get(DEBUG_VAR):
             raise
         # a user never sees a traceback; a bug still says what it is, and tests look for this line
-        _say(f"gpuaffinity: unexpected {type(e).__name__}: {_cut(str(e))} (a bug in gpuaffinity; "
+        say(f"gpuaffinity: unexpected {type(e).__name__}: {cut(str(e))} (a bug in gpuaffinity; "
              f"{DEBUG_VAR}=1 shows the traceback)")
         return EXIT_ERROR
 
@@ -352,7 +352,7 @@ def _sim(args: argparse.Namespace, cmd: list[str], parser: argparse.ArgumentPars
                 raise UsageError(f"gpuaffinity sim run: {e}") from None
         raise UsageError("gpuaffinity sim: say `list`, `run` or `check` (see `gpuaffinity sim --help`)")
     except (TopologyError, SimulatorError) as e:
-        _say(f"gpuaffinity: {e}")
+        say(f"gpuaffinity: {e}")
         return EXIT_ERROR
 
 
@@ -490,7 +490,9 @@ def _run_job(cmd: list[str], env: dict[str, str], early: list[int]) -> int:
 
 
 def _options(args: argparse.Namespace) -> dict:
-    return {"policy": args.policy, "disable": args.disable or None, "allow_subprocess": not args.no_subprocess}
+    # `--disable a,b` as GPUAFFINITY_DISABLE=a,b is read: each name, as if repeated
+    disable = [n for item in args.disable or () for n in item.split(",")]
+    return {"policy": args.policy, "disable": disable or None, "allow_subprocess": not args.no_subprocess}
 
 
 def _resolve(args: argparse.Namespace) -> int:
@@ -527,14 +529,14 @@ def _resolve_in(args: argparse.Namespace, ids: list[int | str], host: Host) -> i
             devices = [resolve(i, **_options(args)) for i in ids] if ids else resolve_all(**_options(args))
         except GpuAffinityError as e:
             _print_warnings(caught, but=_no_device(e))
-            _say(f"gpuaffinity: {_strip(e)}")
+            say(f"gpuaffinity: {_strip(e)}")
             return exit_status(e)
     if not devices:  # never an empty table with exit 0: say why, what this process can open, what to write
         from gpuaffinity.api import no_device_reason
         from gpuaffinity.core.errors import NoDeviceWarning
 
         _print_warnings(caught, but=NoDeviceWarning)
-        _say(f"gpuaffinity: {no_device_reason(**_options(args))}")
+        say(f"gpuaffinity: {no_device_reason(**_options(args))}")
         if args.json:
             print("[]")  # what a script parses stays JSON; the exit status says it is no answer
         return EXIT_ERROR
@@ -564,17 +566,6 @@ def _resolve_in(args: argparse.Namespace, ids: list[int | str], host: Host) -> i
     return EXIT_OK
 
 
-_ESCAPES = {c: f"\\x{c:02x}" for c in range(32)} | {10: "\\n", 9: "\\t", 13: "\\r", 127: "\\x7f"}
-
-
-def _say(text: str, limit: int = 2000) -> None:
-    """One line on stderr, whatever the text holds: control characters escaped, the length capped."""
-    line = text.translate(_ESCAPES)
-    if len(line) > limit:
-        line = line[:limit] + f"... ({len(line)} characters)"
-    print(line, file=sys.stderr)
-
-
 def _strip(e: Exception) -> str:
     text = str(e)
     return text[len("gpuaffinity: "):] if text.startswith("gpuaffinity: ") else text
@@ -584,7 +575,7 @@ def _print_warnings(caught: list, but: type[Warning] | None = None) -> None:
     """Each warning caught, one line each; ``but``: a category left out (an error line about to be said holds it)."""
     for w in caught:
         if but is None or not issubclass(w.category, but):
-            _say(f"gpuaffinity: warning: {_strip(w.message)}")
+            say(f"gpuaffinity: warning: {_strip(w.message)}")
 
 
 def _no_device(e: Exception) -> type[Warning] | None:
@@ -595,11 +586,8 @@ def _no_device(e: Exception) -> type[Warning] | None:
 
 
 def _print_table(rows: list[tuple[str, ...]], indent: str = "") -> None:
-    if not rows:
-        return
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print(indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    for line in lay_out(rows, indent):
+        print(line)
 
 
 def consensus(d: object) -> str:
@@ -617,10 +605,6 @@ def consensus(d: object) -> str:
     else:
         head = f"by {d.strategy} alone, not cross-checked"
     return f"{head}; {driver}"
-
-
-def _cut(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _plugins(res: object) -> None:
@@ -649,15 +633,12 @@ def _doctor(args: argparse.Namespace) -> int:
     from gpuaffinity.core.model import Abstain
 
     print("Environment")
-    for var in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "GPUAFFINITY_POLICY", "GPUAFFINITY_DISABLE",
-                "GPUAFFINITY_NO_SUBPROCESS", "GPUAFFINITY_INVENTORY", "GPUAFFINITY_SIM_TOPOLOGY",
-                "GPUAFFINITY_PROCFS_ROOT", "GPUAFFINITY_DEV_ROOT", "GPUAFFINITY_SYSFS_ROOT",
-                "GPUAFFINITY_SIM_ALLOWED_CPUS"):
+    from gpuaffinity.core.settings import VARIABLES
+
+    for var, always, _what in VARIABLES:  # the simulator's and the rarer switches: shown only when set
         value = os.environ.get(var)
-        if value is None and var.startswith("GPUAFFINITY_") and var not in ("GPUAFFINITY_POLICY",
-                                                                          "GPUAFFINITY_DISABLE"):
-            continue  # the simulator's and the rarer switches: shown only when set
-        print(f"  {var:<28} {'<unset>' if value is None else _cut(repr(value))}")
+        if value is not None or always:
+            print(f"  {var:<28} {'<unset>' if value is None else cut(repr(value))}")
     from gpuaffinity.resolvers._common import cuda_initialized_here
     torch = sys.modules.get("torch")
     print(f"  {'torch imported':<28} {'yes, ' + torch.__version__ if torch else 'no (gpuaffinity never imports it)'}")
@@ -674,7 +655,7 @@ def _doctor(args: argparse.Namespace) -> int:
         try:
             res = run_resolution(**_options(args), strict_errors=False)
         except GpuAffinityError as e:
-            _say(f"gpuaffinity: {_strip(e)}")
+            say(f"gpuaffinity: {_strip(e)}")
             return exit_status(e)
         locs = host.localities(g.pci_bus_id for g in res.inventory.gpus)  # once for both sections
     inv = res.inventory
@@ -733,7 +714,7 @@ def _doctor(args: argparse.Namespace) -> int:
     else:
         print("\nNo warnings.")
     if res.error is not None:  # the report is on stdout; the status's one line on stderr, as for every command
-        _say(f"gpuaffinity: {_strip(res.error)}")
+        say(f"gpuaffinity: {_strip(res.error)}")
         return exit_status(res.error)
     return EXIT_OK
 
@@ -750,7 +731,7 @@ def _in_effect() -> tuple[str, str]:
     try:
         mode, nodes = get_mempolicy()
     except Exception as e:  # unreadable (seccomp, an architecture gpuaffinity has no call numbers for)
-        return "this process runs on", f"{cpus}; memory policy unreadable ({_cut(str(e), 120)})"
+        return "this process runs on", f"{cpus}; memory policy unreadable ({cut(str(e), 120)})"
     if policy_mode(mode) == MPOL_DEFAULT:
         return "this process runs on", f"{cpus}; memory not bound (MPOL_DEFAULT: pages go to the node it runs on)"
     return "this process is bound to", f"{cpus}; memory policy {policy_name(mode)}" + (
@@ -852,7 +833,7 @@ def _bind(args: argparse.Namespace, cmd: list[str]) -> int:
                 rec = bind(selector, mode=args.mode, memory=args.memory, on_failure=args.on_failure, **opts)
         except GpuAffinityError as e:
             _print_warnings(caught, but=_no_device(e))
-            _say(f"gpuaffinity: {_strip(e)}")
+            say(f"gpuaffinity: {_strip(e)}")
             return exit_status(e)
     _print_warnings(caught)
     if args.dry_run:
@@ -875,7 +856,7 @@ def _bind(args: argparse.Namespace, cmd: list[str]) -> int:
 
     for note in rec.notes:
         if kind_of(note) == "attention":  # the binding is weaker than asked: said even without --dry-run
-            _say(f"gpuaffinity: note: {note}")
+            say(f"gpuaffinity: note: {note}")
     sys.stdout.flush()
     sys.stderr.flush()
     from gpuaffinity.core.settings import BOUND_VAR
@@ -892,7 +873,7 @@ def _bind(args: argparse.Namespace, cmd: list[str]) -> int:
 def _cannot_run(verb: str, cmd: list[str], e: OSError) -> int:
     """One line, and the shell's status: 127 not found, 126 not executable."""
     if isinstance(e, FileNotFoundError):
-        _say(f"gpuaffinity: {verb}: command not found: {cmd[0]}")
+        say(f"gpuaffinity: {verb}: command not found: {cmd[0]}")
         return 127
-    _say(f"gpuaffinity: {verb}: cannot run {cmd[0]}: {e.strerror or e}")
+    say(f"gpuaffinity: {verb}: cannot run {cmd[0]}: {e.strerror or e}")
     return 126

@@ -5,8 +5,10 @@ source) and owns, for its lifetime:
 
 * **one NVML session**, opened at its first use (the GPU list where it comes from NVML, then locality) and shut
   down by ``close()``: a command starts NVML once, whichever stages ask;
-* **the CPUs this process may use** (``numa.query.allowed_cpus``), read once;
+* **the CPUs and memory nodes this process may use** (``numa.query.allowed_cpus``, ``allowed_memory_nodes``),
+  read once;
 * **one sysfs view** (``numa.sysfs.Sysfs``: each file read once);
+* **the GPU list** (``gpuaffinity.inventory``), read once;
 * **each GPU's locality**, asked once (``localities``).
 
 A command (the CLI, ``plan``, ``bind``) opens one with ``scope()``; a resolution run inside that scope takes it,
@@ -61,6 +63,8 @@ class Host:
         self._sysfs: Sysfs | None = None
         self._allowed: frozenset[int] | None = None
         self._locs: dict[str, Locality] = {}
+        self._inventory: Inventory | None = None
+        self._mems: object = _UNREAD
         #: callers that asked for locality early (the command line, while a forked probe initialises CUDA)
         self.eager = False
         #: how many NVML sessions this host started (a test's and doctor's view: at most one a scope)
@@ -112,11 +116,24 @@ class Host:
             self._allowed = allowed_cpus(self.env)
         return self._allowed
 
-    def inventory(self) -> Inventory:
-        """This process's GPU list (gpuaffinity.inventory), NVML asked through this host's session."""
-        from gpuaffinity.inventory import read_inventory
+    @property
+    def allowed_mems(self) -> frozenset[int] | None:
+        """The NUMA nodes this process may allocate on (``Mems_allowed_list``), None where the kernel does not
+        say; read once."""
+        if self._mems is _UNREAD:
+            from gpuaffinity.numa.query import allowed_memory_nodes
 
-        return read_inventory(self.env, host=self)
+            self._mems = allowed_memory_nodes(self.env)
+        return self._mems  # type: ignore[return-value]
+
+    def inventory(self) -> Inventory:
+        """This process's GPU list (gpuaffinity.inventory), read once for this host's life, NVML asked through
+        this host's session."""
+        if self._inventory is None:
+            from gpuaffinity.inventory import read_inventory
+
+            self._inventory = read_inventory(self.env, host=self)
+        return self._inventory
 
     def nvml_can_matter(self, bus_ids: Iterable[str]) -> bool:
         """Whether NVML's locality can change any of these GPUs' answers here (the module's text says why not)."""
@@ -143,6 +160,7 @@ class Host:
 
 
 _current: Host | None = None
+_UNREAD = object()
 
 
 class scope:

@@ -462,12 +462,9 @@ def table(report: Report) -> list[tuple[str, ...]]:
 
 
 def render(report: Report) -> str:
-    from gpuaffinity.ray_check import clean
+    from gpuaffinity.text import clean, lay_out
 
-    rows = [tuple(clean(c) for c in r) for r in table(report)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows] if report.rows \
-        else []
+    lines = lay_out(table(report)) if report.rows else []
     for r in report.rows:
         who = f"{r['pid']} ({r.get('name') or '?'})" + (f" {r['pci_bus_id']}" if r.get("pci_bus_id") else "")
         kind = "PROBLEM" if r["status"] in verdict.PROBLEMS else "note"

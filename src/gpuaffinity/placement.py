@@ -71,12 +71,13 @@ def _plan(host: Host, logical_id: int | str, mode: str, memory: str, policy: str
         raise BindError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
     check_memory(memory)
     dev = resolve(logical_id, policy=policy, disable=disable, allow_subprocess=allow_subprocess)
-    # the GPU list the answer was resolved over (one listing a command, one NVML start fewer); a selector's
-    # answer is not cached by key, so then the list is read here
-    inventory = inventory_for(policy, disable, allow_subprocess)
-    if inventory is None:
-        inventory = host.inventory()
-    locs = host.localities([g.pci_bus_id for g in inventory.gpus] + [dev.pci_bus_id])
+    buses = [dev.pci_bus_id]
+    if mode in ("exclusive", "llc"):  # a share of the node's CPUs among its GPUs: every GPU's place is needed
+        # the GPU list the answer was resolved over (one listing a command); a selector's answer is not cached by
+        # key, so then the Host's list (read once for the command)
+        inventory = inventory_for(policy, disable, allow_subprocess) or host.inventory()
+        buses = [g.pci_bus_id for g in inventory.gpus] + buses
+    locs = host.localities(buses)  # node and socket: the GPU's own place only (place() asks no other)
     refuse_lost([locs[dev.pci_bus_id]])  # another GPU lost does not stop this one's binding
     by_node: dict[int, list[str]] = {}
     for bus, loc in locs.items():
@@ -84,7 +85,7 @@ def _plan(host: Host, logical_id: int | str, mode: str, memory: str, policy: str
             by_node.setdefault(n, []).append(bus)
     allowed = host.allowed_cpus
     loc = locs[dev.pci_bus_id]
-    placement = place(loc, mode, allowed, by_node, sysfs=host.sysfs)
+    placement = place(loc, mode, allowed, by_node, sysfs=host.sysfs, allowed_mems=host.allowed_mems)
     # the GPU's own place under the names resolve --json gives it (numa_nodes, cpus); the binding's under its own
     shared, why = list(placement.shared_with), placement.shared_why
     if mode in ("exclusive", "llc"):

@@ -30,6 +30,7 @@ from gpuaffinity import verdict
 from gpuaffinity.core.cpulist import format_cpulist, parse_cpulist
 from gpuaffinity.core.errors import GpuAffinityError, UsageError
 from gpuaffinity.core.settings import DEFAULT_MEMORY, MEMORY_POLICIES, MODES
+from gpuaffinity.text import clean, lay_out
 
 # a row's status, worst first, and which fail the check: shared with `gpuaffinity check`
 from gpuaffinity.verdict import PROBLEMS, STATUSES
@@ -604,24 +605,13 @@ def table(report: Report) -> list[tuple[str, ...]]:
     return out
 
 
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), *range(127, 160))}
-
-
-def clean(text: str) -> str:
-    """``text`` with control characters escaped: what a worker reports (its host name, CUDA_VISIBLE_DEVICES)
-    reaches the operator's terminal without escape sequences or extra lines."""
-    return str(text).translate(_CONTROL)
-
-
 def _short(uuid: str | None) -> str:
     return "-" if not uuid else uuid[:12]
 
 
 def render(report: Report) -> str:
     """The table, then one line for each problem and note, then the verdict."""
-    rows = [tuple(clean(c) for c in r) for r in table(report)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines = lay_out(table(report))
     for r in report.rows:
         gpu = (r.get("gpu") or {}).get("driver_pci_bus_id", "")
         who = f"{r['node_id'][:8]} {gpu}".strip()

@@ -28,9 +28,9 @@ import sys
 from collections import deque
 
 from gpuaffinity import _state
+from gpuaffinity.core.settings import RAY_MEMORY_VAR as MEMORY_VAR
+from gpuaffinity.core.settings import RAY_MODE_VAR as MODE_VAR
 
-MODE_VAR = "GPUAFFINITY_RAY_MODE"
-MEMORY_VAR = "GPUAFFINITY_RAY_MEMORY"
 NOSET_VAR = "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"
 
 TYPE_CHECKING = False

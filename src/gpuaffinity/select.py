@@ -6,11 +6,15 @@ RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES, a launcher's record).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
-from gpuaffinity import _state
-from gpuaffinity.core.errors import DeviceNotVisibleError, GpuAffinityError, shown
+from gpuaffinity.core.errors import DeviceNotVisibleError, shown
 from gpuaffinity.core.model import PhysicalDevice
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from gpuaffinity.core.model import Inventory
+    from gpuaffinity.host import Host
 
 _BUS_RE = None
 
@@ -40,25 +44,19 @@ def parse_selector(text: str) -> int | str:
                      "(GPU-8932f937), a MIG UUID, or a PCI bus id (0000:3b:00.0)")
 
 
-def by_selector(selector: str, policy: str | None, disable: Iterable[str] | None,
-                 allow_subprocess: bool) -> PhysicalDevice:
-    with _state.lock:  # lazy imports and NVML: see gpuaffinity._state
-        return _by_selector_locked(selector, policy, disable, allow_subprocess)
-
-
-def _by_selector_locked(selector: str, policy: str | None, disable: Iterable[str] | None,
-                        allow_subprocess: bool) -> PhysicalDevice:
-    from gpuaffinity.api import _resolved
+def pick(selector: str, inv: Inventory, devices: Sequence[PhysicalDevice] | None, host: Host) -> PhysicalDevice:
+    """The GPU (or MIG instance) ``selector`` names among ``inv``, the GPU list the resolution was made over, with
+    its logical id among ``devices`` (the resolution's answer; -1 where it does not hold it, or where there is none:
+    None).  ``host``: the command's, whose NVML session lists the MIG instances where the list came from the driver's
+    files.  Called by ``gpuaffinity.api`` (resolve with a selector), which owns the resolution and its cache."""
     from gpuaffinity.core.cvd import find_mig, no_match_reason, prefix_hits
-    from gpuaffinity.inventory import read_inventory
 
-    inv = read_inventory()
     gpu, mig = None, None
     why = "matches no GPU's PCI bus id"
     if selector.startswith("MIG-"):
         if inv.source != "nvml" and not any(g.migs for g in inv.gpus):
             from gpuaffinity.inventory import read_inventory_nvml
-            inv = read_inventory_nvml()
+            inv = read_inventory_nvml(host)
         migs = [(g, m) for g in inv.gpus for m in g.migs]
         if selector.startswith("MIG-GPU-"):  # MIG-GPU-<uuid>/<gi>/<ci>, the form CUDA_VISIBLE_DEVICES takes too
             found = find_mig(selector, inv.gpus)
@@ -89,13 +87,10 @@ def _by_selector_locked(selector: str, policy: str | None, disable: Iterable[str
         raise DeviceNotVisibleError(f"{shown(selector, 60)} {why}; this process can open {len(inv.gpus)} GPU(s) "
                                     "(see `gpuaffinity doctor`)")
     logical = -1
-    try:
-        for d in _resolved(policy, disable, allow_subprocess, stacklevel=5):
-            if d.uuid == gpu.uuid and (mig is None or d.mig_uuid == mig):
-                logical = d.logical_id
-                break
-    except GpuAffinityError:
-        pass
+    for d in devices or ():
+        if d.uuid == gpu.uuid and (mig is None or d.mig_uuid == mig):
+            logical = d.logical_id
+            break
     # named by the caller: nothing else answered, so nothing agreed
     return PhysicalDevice(logical, gpu.nvml_index, gpu.uuid, gpu.pci_bus_id, mig, gpu.name, "selector", (), (),
                           False, answered=("selector",), inventory=inv.label)

@@ -53,7 +53,11 @@ from gpuaffinity.core.errors import (
     shown,
 )
 from gpuaffinity.core.model import Abstain, Answer, GpuInfo, PhysicalDevice, Verdict
-from gpuaffinity.core.strategy import COSTS, OPTIONAL, ResolveContext, Strategy
+from gpuaffinity.core.strategy import COSTS, OPTIONAL, ResolveContext, StashKey, Strategy
+
+#: per resolution: the seconds each strategy spent (by name), and each one's answer_all (by name)
+SPENT: StashKey[dict] = StashKey("chain.spent")
+EVERY: StashKey[dict] = StashKey("chain.answer_all")
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -78,7 +82,7 @@ def _call(s: Strategy, ctx: ResolveContext, what: str, fn: Callable[[], Any]) ->
     """``fn()`` for strategy ``s``, within what is left of its budget for this resolution (a worker thread when
     its ``watchdog`` is on, so that even a call that never returns ends there).  Raises _Over past it."""
     budget = float(getattr(s, "budget", OPTIONAL["budget"]))
-    spent = ctx.scratch.setdefault("_spent", {})
+    spent = ctx.stash.setdefault(SPENT, {})
     left = budget - spent.get(s.name, 0.0)
     if left <= 0:
         raise _Over(f"over its time budget of {budget:g} s for this resolution: not asked again")
@@ -136,7 +140,7 @@ def _mistake(s: Strategy, res: object, ctx: ResolveContext) -> str | None:
 def _ask(s: Strategy, ctx: ResolveContext, logical_id: int) -> tuple[Answer | Abstain, str]:
     """The strategy's answer for one device, checked, and the traceback text of an exception ("" if none)."""
     try:
-        every = ctx.scratch.setdefault("_all", {})
+        every = ctx.stash.setdefault(EVERY, {})
         if s.name not in every:  # one call for every device, where the strategy offers it
             fn = getattr(s, "answer_all", None)
             every[s.name] = _call(s, ctx, "answer_all", lambda: fn(ctx)) if fn else None

@@ -54,6 +54,39 @@ SIM_ALLOWED_VAR = "GPUAFFINITY_SIM_ALLOWED_CPUS"
 SIM_START_MASK_VAR = "GPUAFFINITY_SIM_START_MASK"
 #: Variables that replace what this machine says, meant for the simulator only.
 SIM_ROOTS = (PROCFS_VAR, DEV_VAR, SYSFS_VAR, SIM_ALLOWED_VAR)
+#: The Ray hook's choices (gpuaffinity.ray_worker), set by `ray-check` in the probes' runtime environment too.
+RAY_MODE_VAR = "GPUAFFINITY_RAY_MODE"
+RAY_MEMORY_VAR = "GPUAFFINITY_RAY_MEMORY"
+#: A traceback instead of one line, for a bug of gpuaffinity (the command line).
+DEBUG_VAR = "GPUAFFINITY_DEBUG"
+#: Where the simulator keeps its compiled libraries (gpuaffinity.sim.build).
+SIM_CACHE_VAR = "GPUAFFINITY_SIM_CACHE"
+
+#: Every variable gpuaffinity reads: (name, shown by `gpuaffinity doctor` even when unset, what it does).  The one
+#: list: doctor prints it, and a test holds it equal to the names the code reads.
+VARIABLES: tuple[tuple[str, bool, str], ...] = (
+    (CVD, True, "the CUDA devices this process sees, in their order"),
+    (ORDER, True, "CUDA's device order: FASTEST_FIRST (the default) or PCI_BUS_ID"),
+    (POLICY_VAR, True, "first, verify (the default) or strict"),
+    (DISABLE_VAR, True, "plugins or strategies left out, by name"),
+    (NO_SUBPROCESS_VAR, False, "1: never start a child process to ask the CUDA driver"),
+    (SOURCE_VAR, False, "nvml: always list the GPUs with NVML"),
+    (ON_FAILURE_VAR, False, "warn (the default) or error, for bind"),
+    (BOUND_VAR, False, "the binding `gpuaffinity bind ID -- CMD` started this process with"),
+    (RAY_MODE_VAR, False, "the Ray hook's mode"),
+    (RAY_MEMORY_VAR, False, "the Ray hook's memory policy"),
+    (DEBUG_VAR, False, "1: a traceback for a bug of gpuaffinity"),
+    (SIM_CONFIG_VAR, False, "the simulated machine (gpuaffinity sim run)"),
+    (SIM_TOPOLOGY_VAR, False, "the simulated machine's topology file"),
+    (PROCFS_VAR, False, "the simulator's /proc"),
+    (DEV_VAR, False, "the simulator's /dev"),
+    (SYSFS_VAR, False, "the simulator's /sys"),
+    (SIM_ALLOWED_VAR, False, "the simulator's cpuset"),
+    (SIM_START_MASK_VAR, False, "this host's CPU mask when the simulation began"),
+    (SIM_FAULTS_VAR, False, "faults the simulator injects"),
+    (SIM_COUNTERS_VAR, False, "where the simulator counts calls"),
+    (SIM_CACHE_VAR, False, "where the simulator keeps its compiled libraries"),
+)
 
 
 def stray_sim_variables(env: dict[str, str] | os._Environ | None = None) -> list[str]:
@@ -154,12 +187,18 @@ class Settings:
     dev_root: str | None
     sysfs_root: str | None
     inventory_source: str | None
+    #: the variables strategies declared (``env_vars``) that the key holds, with their values
+    extra: tuple[tuple[str, str | None], ...] = ()
 
     @classmethod
     def from_key(cls, key: tuple) -> Settings:
         policy, disable, allow, *values = key
         cvd, order, pol, dis, nosub, procfs, dev, sysfs, source = (_str(v) for v in values[:len(ENV_VARS)])
-        return cls(cvd, order, policy, pol, disable, dis, allow, nosub, procfs, dev, sysfs, source)
+        declared = values[len(ENV_VARS):]
+        # the key holds the declared variables in the order of _EXTRA when it was made; where more were declared
+        # since (watch, another thread), which value is which cannot be told: none is kept, and they are read anew
+        extra = tuple(zip(_EXTRA, map(_str, declared), strict=True)) if len(declared) == len(_EXTRA) else ()
+        return cls(cvd, order, policy, pol, disable, dis, allow, nosub, procfs, dev, sysfs, source, extra)
 
     @property
     def policy(self) -> str:

@@ -22,8 +22,88 @@ if TYPE_CHECKING:
     from gpuaffinity.core.settings import Settings
 
     Cost = Literal["cheap", "expensive"]
+    from typing import Generic, TypeVar
+
+    T = TypeVar("T")
+
+    class _Typed(Generic[T]):
+        pass
 else:
     Cost = str  # "cheap" or "expensive" (typing is not loaded for this)
+
+    class _Typed:  # StashKey[dict] at run time, without loading typing
+        __class_getitem__ = classmethod(lambda cls, _item: cls)
+
+
+class StashKey(_Typed["T"]):
+    """A key of ``ResolveContext.stash``, typed by what it holds (as pytest's ``StashKey``): make one per kind of
+    state, at module level (``TABLE = StashKey[dict]("mine.table")``).  Keys are compared by identity, so two
+    plugins' keys never collide, whatever their names; the name is for reading a repr only."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"StashKey({self.name!r})"
+
+
+class Stash:
+    """State kept for one resolution, under ``StashKey`` objects: work a strategy does once for all devices."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self) -> None:
+        self._data: dict[StashKey, Any] = {}
+
+    @staticmethod
+    def _key(key: object) -> StashKey:
+        if not isinstance(key, StashKey):
+            raise TypeError(f"a stash is keyed by StashKey objects (KEY = StashKey[dict]('mine.table') at module "
+                            f"level), not {type(key).__name__}")
+        return key
+
+    def __getitem__(self, key: StashKey[T]) -> T:
+        return self._data[self._key(key)]
+
+    def __setitem__(self, key: StashKey[T], value: T) -> None:
+        self._data[self._key(key)] = value
+
+    def __contains__(self, key: object) -> bool:
+        return self._key(key) in self._data
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: StashKey[T], default: T | None = None) -> T | None:
+        return self._data.get(self._key(key), default)
+
+    def setdefault(self, key: StashKey[T], default: T) -> T:
+        return self._data.setdefault(self._key(key), default)
+
+
+class Env(dict):
+    """``ResolveContext.env``: ``CUDA_VISIBLE_DEVICES`` and ``CUDA_DEVICE_ORDER`` as this resolution read them (a
+    dict, None where unset), and callable for any variable a strategy declared in ``env_vars``:
+    ``ctx.env("MY_VAR")``, from the snapshot that keys the cache, read once a resolution (every device of it sees
+    the same value).  A variable no strategy declared is a KeyError saying so: undeclared, a change of it would
+    not reach the cache key."""
+
+    __slots__ = ("_read",)
+
+    def __init__(self, values: Mapping[str, str | None], read: Any) -> None:
+        super().__init__(values)
+        self._read = read
+
+    def __call__(self, name: str) -> str | None:
+        if name in self:
+            return self[name]
+        return self._read(name)
+
+
+#: what ResolveContext.env(name) read, once a resolution (a name -> value dict)
+_ENV_READ: StashKey[dict] = StashKey("gpuaffinity.env")
 
 
 
@@ -38,8 +118,11 @@ class ResolveContext:
     this process sees; ``grammar`` is CUDA_VISIBLE_DEVICES read with the
     driver's grammar over the inventory in PCI order (computed once);
     ``options`` holds the caller's keyword options (``allow_subprocess``,
-    ``timeout`` …).  ``scratch`` is a per-resolution dict a strategy may use to
-    do its work once for all logical devices (key it with the strategy's name).
+    ``timeout`` …).  ``stash`` keeps a strategy's work for one resolution
+    under its own typed keys (``StashKey``), done once for all logical devices;
+    ``scratch`` is the older plain dict for the same (keyed by strings: prefer
+    ``stash``).  ``env(name)`` reads a variable a strategy declared in
+    ``env_vars`` from the snapshot that keys the cache.
     """
 
     inventory: Inventory
@@ -52,10 +135,31 @@ class ResolveContext:
     settings: Settings | None = None  # the snapshot this resolution reads (gpuaffinity.core.settings)
     #: the command's gpuaffinity.host.Host: the machine's facts past the GPU list (locality), read once a command
     host: Any = None
+    stash: Stash = field(default_factory=Stash)
+    #: the variables the strategies of this resolution declared (``env_vars``): what ``env(name)`` may read
+    declared: frozenset[str] = frozenset()
 
     @property
-    def env(self) -> dict[str, str | None]:
-        return {"CUDA_VISIBLE_DEVICES": self.cvd, "CUDA_DEVICE_ORDER": self.device_order}
+    def env(self) -> Env:
+        return Env({"CUDA_VISIBLE_DEVICES": self.cvd, "CUDA_DEVICE_ORDER": self.device_order}, self._declared)
+
+    def _declared(self, name: str) -> str | None:
+        read = self.stash.setdefault(_ENV_READ, {})
+        if name not in read:
+            snapshot = dict(self.settings.extra) if self.settings is not None else {}
+            if name in snapshot:
+                read[name] = snapshot[name]
+            elif name in self.declared:
+                import os
+
+                # declared, but not in the snapshot yet: the first resolution that saw the strategy (its variables
+                # join every key from then on, gpuaffinity.core.settings.watch)
+                read[name] = os.environ.get(name)
+            else:
+                raise KeyError(f"{name!r} is no variable a strategy of this resolution declared: list it in the "
+                               "strategy's env_vars (then a change of it reaches the cache key), and read it with "
+                               f"ctx.env({name!r})")
+        return read[name]
 
 
 class Strategy:

@@ -69,10 +69,11 @@ def allowed_cpus(env: Mapping[str, str | None] | None = None) -> frozenset[int]:
     return frozenset(os.sched_getaffinity(0))
 
 
-def allowed_memory_nodes() -> frozenset[int] | None:
+def allowed_memory_nodes(env: Mapping[str, str | None] | None = None) -> frozenset[int] | None:
     """The NUMA nodes this process may allocate on (``Mems_allowed_list`` in ``/proc/self/status``,
-    set by a cgroup cpuset or Kubernetes' memory manager); None when the kernel does not say."""
-    text = read_text(_procfs_root() / "self" / "status")
+    set by a cgroup cpuset or Kubernetes' memory manager); None when the kernel does not say.  ``env``: where
+    /proc's root is read (a Host's snapshot; default: os.environ)."""
+    text = read_text(_procfs_root(env) / "self" / "status")
     if text is None:
         return None
     for line in text.splitlines():
@@ -290,8 +291,6 @@ def localities(bus_ids: Iterable[str], use_nvml: bool = True, session: Session |
     ``host``: the command's Host (gpuaffinity.host), whose allowed CPUs, sysfs view and NVML session are used (else
     one of this call's own, over ``session`` where the caller has one open).  NVML is asked only where its answer
     can change one (``Host.nvml_can_matter``)."""
-    from gpuaffinity.nvml_lite import NvmlLiteError
-
     if host is None:
         from gpuaffinity.host import Host
 
@@ -302,6 +301,8 @@ def localities(bus_ids: Iterable[str], use_nvml: bool = True, session: Session |
     nv: dict[str, NvmlAnswer] = {}
     one_node = False
     if use_nvml and host.nvml_can_matter(ids):
+        from gpuaffinity.nvml_lite import NvmlLiteError
+
         try:
             nv = nvml_affinity(ids, lost, host.nvml())
         except NvmlLiteError:  # no NVML here: sysfs answers alone

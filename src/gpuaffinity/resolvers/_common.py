@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from gpuaffinity.core.strategy import ResolveContext
+from gpuaffinity.core.strategy import ResolveContext, StashKey
 
 
 def libcuda_mapped() -> bool | None:
@@ -41,11 +41,15 @@ def cuda_initialized_here() -> bool:
     return lib.cuDeviceGetCount(ctypes.byref(n)) == 0
 
 
+#: whether CUDA is up in this process, asked once a resolution (cuda_up)
+CUDA_UP: StashKey[bool] = StashKey("gpuaffinity.cuda_up")
+
+
 def cuda_up(ctx: ResolveContext) -> bool:
     """cuda_initialized_here(), asked once per resolution."""
-    if "cuda_up" not in ctx.scratch:
-        ctx.scratch["cuda_up"] = cuda_initialized_here()
-    return ctx.scratch["cuda_up"]
+    if CUDA_UP not in ctx.stash:
+        ctx.stash[CUDA_UP] = cuda_initialized_here()
+    return ctx.stash[CUDA_UP]
 
 
 def integers_index_unknown_order(ctx: ResolveContext) -> str | None:

@@ -39,10 +39,13 @@ from gpuaffinity.core.cvd import CUDA_ERROR_INVALID_DEVICE, CUDA_ERROR_NO_DEVICE
 from gpuaffinity.core.errors import InvalidVisibleDevicesError, shown
 from gpuaffinity.core.model import Abstain, Answer
 from gpuaffinity.core.settings import NO_SUBPROCESS_VAR
-from gpuaffinity.core.strategy import Cost, ResolveContext, Strategy
+from gpuaffinity.core.strategy import Cost, ResolveContext, StashKey, Strategy
 from gpuaffinity.resolvers import _cuquery
 from gpuaffinity.resolvers._common import cuda_up, libcuda_mapped
 from gpuaffinity.resolvers._cuquery import query_driver
+
+#: the CUDA driver's table for this resolution (asked once: in this process, or in a child)
+TABLE: StashKey[dict] = StashKey("pci.table")
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -224,8 +227,8 @@ class PciStrategy(Strategy):
         return cuda_up(ctx)
 
     def _table(self, ctx: ResolveContext) -> dict[str, Any]:
-        if "pci.table" in ctx.scratch:
-            return ctx.scratch["pci.table"]
+        if TABLE in ctx.stash:
+            return ctx.stash[TABLE]
         if self._in_process(ctx):
             table = query_driver(init=False)
             table["where"] = "in this process (CUDA was already initialised)"
@@ -235,7 +238,7 @@ class PciStrategy(Strategy):
                      "a process that may fork"}
         else:
             table = self._probe_child(ctx)
-        ctx.scratch["pci.table"] = table
+        ctx.stash[TABLE] = table
         return table
 
     def _probe_child(self, ctx: ResolveContext) -> dict[str, Any]:

@@ -27,13 +27,12 @@ import tempfile
 from pathlib import Path
 
 from gpuaffinity.core.errors import SimulatorError
+from gpuaffinity.core.settings import SIM_CACHE_VAR as CACHE_VAR
 
 CSRC = Path(__file__).with_name("csrc")
 LIBRARIES = {"libnvidia-ml.so.1": "nvml.c", "libcuda.so.1": "cuda.c"}
 COMMON = "sim_common.c"  # compiled once, linked into both libraries (each keeps its own copy of the state)
 CFLAGS = ["-O2", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra"]
-CACHE_VAR = "GPUAFFINITY_SIM_CACHE"
-
 
 __all__ = ["SimulatorError", "cache_root", "check_owned", "library_dir"]
 

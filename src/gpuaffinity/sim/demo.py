@@ -19,16 +19,16 @@ import sys
 
 def main() -> int:
     import gpuaffinity
-    from gpuaffinity.inventory import read_inventory
-    from gpuaffinity.placement import locate
+    from gpuaffinity.host import scope
 
-    try:
-        devices = gpuaffinity.resolve_all(policy="strict")
-    except gpuaffinity.GpuAffinityError as e:
-        print(f"gpuaffinity: {e}", file=sys.stderr)
-        return 1
-    gpus = read_inventory().gpus
-    locs = locate(g.pci_bus_id for g in gpus)
+    with scope() as host:  # one look at the machine: the resolution, the GPU list and the localities
+        try:
+            devices = gpuaffinity.resolve_all(policy="strict")
+        except gpuaffinity.GpuAffinityError as e:
+            print(f"gpuaffinity: {e}", file=sys.stderr)
+            return 1
+        gpus = host.inventory().gpus
+        locs = host.localities(g.pci_bus_id for g in gpus)
 
     def node(bus: str) -> str:
         return ",".join(map(str, locs[bus].numa_nodes)) or "none"
