@@ -19,10 +19,10 @@ import sys
 import pytest
 
 from conftest import child_env
-from forked import forked, value
 from gpuaffinity.core.cpulist import format_cpulist
 from gpuaffinity.numa import bind
 from gpuaffinity.numa.bind import BindRecord
+from helpers.forked import forked, value
 from test_numa_inprocess import _seccomp_or_skip, _under
 
 CPUS = sorted(os.sched_getaffinity(0))
@@ -290,7 +290,7 @@ def test_the_ray_probe_reports_the_same_names(tmp_path):
 
 def test_ray_check_judges_preferred_over_several_nodes_and_its_fallback():
     from gpuaffinity.ray_check import judge
-    from ray_rows import probed
+    from helpers.ray_rows import probed
 
     two = {"numa_nodes": [0, 1], "memory_nodes": [0, 1], "cpus": "0-7", "bind_cpus": "0-7",
            "affinity": list(range(8))}
@@ -310,7 +310,7 @@ def test_ray_check_judges_preferred_over_several_nodes_and_its_fallback():
 def test_ray_check_says_no_node_without_contradicting_the_locality_notes():
     """Before: 'numa_node = -1, no NVML affinity', beside a locality note saying NVML named node 0."""
     from gpuaffinity.ray_check import judge
-    from ray_rows import probed
+    from helpers.ray_rows import probed
 
     row = judge(probed(numa_nodes=[], memory_nodes=[], bind_cpus="", affinity=list(range(8)),
                        memory={"policy": "default", "nodes": [], "kernel": "MPOL_DEFAULT"}), "node", "preferred", 60)

@@ -1,4 +1,4 @@
-"""How the chain (core/chain.py) asks one strategy, in process, with the fakes of tests/fake_strategies.py.
+"""How the chain (core/chain.py) asks one strategy, in process, with the fakes of tests/helpers/fake_strategies.py.
 
 What a duck-typed strategy gets by default, the context its methods are handed, answer_all batches, the watchdog
 thread, time budgets, cost(), and the abstention that an exception or a malformed result becomes (its reason
@@ -13,10 +13,10 @@ import traceback
 
 import pytest
 
-from fake_strategies import GPUS, Fake, U, make_ctx, run, verdict
 from gpuaffinity import Abstain, Answer, Strategy
 from gpuaffinity.core import chain
 from gpuaffinity.core.model import Verdict
+from helpers.fake_strategies import GPUS, Fake, U, make_ctx, run, verdict
 
 # --- _ask / _call / resolve_one: a strategy that does not subclass Strategy gets OPTIONAL's defaults -------------
 # (no answer_all: answer is asked; no watchdog: the default True applies; no asks_driver: the driver was not asked)

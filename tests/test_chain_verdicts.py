@@ -1,4 +1,4 @@
-"""What resolve_one (core/chain.py) records and says, in process, with the fakes of tests/fake_strategies.py.
+"""What resolve_one (core/chain.py) records and says, in process, with the fakes of tests/helpers/fake_strategies.py.
 
 The verdicts of the strategies it did not ask (policy 'first', expensive ones nothing called for), when an
 answer counts as a fallback, the identity guess and strict's refusal when nothing answers, the fields of the
@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-from fake_strategies import Fake, U, make_ctx, run, verdict
 from gpuaffinity import Abstain, Answer
 from gpuaffinity.core import chain
 from gpuaffinity.core.chain import IDENTITY
 from gpuaffinity.core.errors import DisagreementWarning, FallbackWarning, GpuAffinityError, UnresolvedError
 from gpuaffinity.core.model import Verdict
+from helpers.fake_strategies import Fake, U, make_ctx, run, verdict
 
 ENV = "CUDA_VISIBLE_DEVICES=None, CUDA_DEVICE_ORDER=None"
 

@@ -12,8 +12,8 @@ import sys
 import pytest
 
 from conftest import CPUS, child_env
-from forked import forked, value
 from gpuaffinity.sim.build import library_dir
+from helpers.forked import forked, value
 
 pytestmark = pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs")
 SLEEPER = "import time; print('ready', flush=True); time.sleep(120)"

@@ -24,13 +24,13 @@ from gpuaffinity.sim.render import render_config
 from gpuaffinity.sim.topology import Topology, TopologyError, load_topology, parse_topology
 
 EXAMPLES = int(os.environ.get("GPUAFFINITY_FUZZ_EXAMPLES", "0"))
-HARNESS = Path(__file__).with_name("fuzz_cli.py")
+HARNESS = Path(__file__).parent / "helpers" / "fuzz_cli.py"
 
 
 @pytest.mark.parametrize("machine", ["dgx-h100", "slurm-2of8", "mig-container"])
 @pytest.mark.slow
 def test_command_line_and_api(machine, tmp_path):
-    """Exit status documented, one line per problem, no traceback, nothing left behind (tests/fuzz_cli.py)."""
+    """Exit status documented, one line per problem, no traceback, nothing left behind (tests/helpers/fuzz_cli.py)."""
     examples = EXAMPLES or 120
     env = dict(os.environ, TMPDIR=str(tmp_path))
     out = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", machine, "--", sys.executable,

@@ -17,10 +17,10 @@ import signal
 
 import pytest
 
-from forked import forked, value
 from gpuaffinity.core.notes import attention, kind_of
 from gpuaffinity.numa import bind
 from gpuaffinity.numa.bind import BindRecord
+from helpers.forked import forked, value
 
 CPUS = sorted(os.sched_getaffinity(0))
 ONE_NODE = not os.path.exists("/sys/devices/system/node/node1")

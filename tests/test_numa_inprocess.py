@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from forked import forked, value
 from gpuaffinity.core.cpulist import format_cpulist
 from gpuaffinity.numa import bind
 from gpuaffinity.numa.bind import BindError, BindRecord
 from gpuaffinity.sim import load_topology
 from gpuaffinity.sim.build import library_dir
 from gpuaffinity.sim.render import render_config
-from numa_oracle import cached_render
+from helpers.forked import forked, value
+from helpers.numa_oracle import cached_render
 
 CPUS = sorted(os.sched_getaffinity(0))
 ONE_NODE = not os.path.exists("/sys/devices/system/node/node1")

@@ -17,7 +17,7 @@ from gpuaffinity.core.cpulist import format_cpulist, parse_cpulist
 from gpuaffinity.numa.modes import MODES
 from gpuaffinity.sim import load_topology, simulated
 from gpuaffinity.sim.topology import parse_topology
-from numa_oracle import Oracle, cached_render, plan_in_process, with_gpus
+from helpers.numa_oracle import Oracle, cached_render, plan_in_process, with_gpus
 
 SHAPES = ["epyc-nps2", "epyc-nps4", "xeon-snc2", "xeon-snc4", "gh200", "gb200-tray", "irregular-2s", "dgx-h100",
           "vm-4gpu"]
@@ -193,7 +193,7 @@ def test_grace_hopper_driver_numa_status_names_the_memory_node(rendered, tmp_pat
 def test_a_gpu_whose_pci_node_is_its_own_memory_takes_the_nearest_cpu_node(tmp_path):
     from gpuaffinity.numa.query import gpu_locality
     from gpuaffinity.numa.sysfs import Sysfs
-    from numa_oracle import render
+    from helpers.numa_oracle import render
 
     topo = load_topology("gh200")
     root = render(topo, tmp_path / "sys")

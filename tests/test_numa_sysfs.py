@@ -14,7 +14,7 @@ from gpuaffinity.numa.query import Locality, gpu_locality
 from gpuaffinity.numa.sysfs import Sysfs, read_text
 from gpuaffinity.sim import load_topology
 from gpuaffinity.sim.topology import SYSFS_QUIRKS
-from numa_oracle import Oracle, cached_render, plan_in_process, render
+from helpers.numa_oracle import Oracle, cached_render, plan_in_process, render
 
 
 @pytest.fixture(autouse=True)

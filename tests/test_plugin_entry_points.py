@@ -10,9 +10,9 @@ import sys
 import types
 import zipfile
 
-from fake_strategies import Good
 from gpuaffinity import hookimpl
 from gpuaffinity.core import plugins as pl
+from helpers.fake_strategies import Good
 
 # --- plugins.valid_name, _dist_key, PluginInfo: the names a plugin and its distribution go by -----------------------
 

@@ -11,10 +11,10 @@ import types
 import pluggy
 import pytest
 
-from fake_strategies import Fake, Good, U
 from gpuaffinity import Answer, Strategy, hookimpl
 from gpuaffinity.core import plugins as pl
 from gpuaffinity.core.errors import PluginError
+from helpers.fake_strategies import Fake, Good, U
 
 # --- plugins.build_manager + collect_strategies: loading, registering and asking each plugin ------------------------
 

@@ -10,11 +10,11 @@ import types
 import pluggy
 import pytest
 
-from fake_strategies import Good
 from gpuaffinity import hookimpl
 from gpuaffinity.core import plugins as pl
 from gpuaffinity.core.errors import PluginError
 from gpuaffinity.core.hookspec import HookSpec
+from helpers.fake_strategies import Good
 
 # --- plugins.validate: every check named, with the plugin and how to disable it -------------------------------------
 

@@ -24,7 +24,7 @@ import sys
 import pytest
 
 from conftest import CPUS
-from ray_rows import probed
+from helpers.ray_rows import probed
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs")
@@ -528,7 +528,7 @@ def test_a_cluster_whose_only_problem_is_one_status_fails_the_check(status):
 
 def test_the_table_has_one_column_per_fact_and_one_line_per_gpu():
     from gpuaffinity.ray_check import Report, judge, table
-    from ray_rows import probed
+    from helpers.ray_rows import probed
 
     rows = table(Report([judge(probed(), "node", "bind", 60)], {}, 0.1))
     assert rows[0] == ("NODE", "HOST", "RAY", "CVD", "GPU", "UUID", "NUMA", "GPU CPUS", "AFFINITY", "THREADS", "MEMORY",

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import CPUS
-from ray_rows import probed
+from helpers.ray_rows import probed
 
 # --- no cluster needed ---------------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import child_env, run_json
 from gpuaffinity.sim import read_counters
 
-CHILD = str(Path(__file__).with_name("resolve_child.py"))
+CHILD = str(Path(__file__).parent / "helpers" / "resolve_child.py")
 RAY = "3,6,5,4,0,7,1,2"
 
 

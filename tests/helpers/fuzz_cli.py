@@ -1,6 +1,6 @@
 """Fuzz the command line and the API in one process on a simulated machine (run by tests/test_fuzz.py).
 
-    gpuaffinity sim run dgx-h100 -- python tests/fuzz_cli.py EXAMPLES [SEED]
+    gpuaffinity sim run dgx-h100 -- python tests/helpers/fuzz_cli.py EXAMPLES [SEED]
 
 Run it with TMPDIR set to an empty folder of its own: anything new there afterwards was left behind.
 Generates argument vectors and environment values, valid and hostile, runs
