@@ -132,3 +132,58 @@ def test_index_readme_links_follow_the_home_url_once_there_is_one():
         "[pluggy](https://pluggy.readthedocs.io), [up](#set-up)")
     assert setup.project_urls("") == {}
     assert setup.project_urls("https://forge.example/org/gpuaffinity")["Source"] == "https://forge.example/org/gpuaffinity"
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Which of the package's modules each module imports: every import, at the top or inside a function, except
+    those under ``if TYPE_CHECKING:`` (annotations only)."""
+    import ast
+
+    src = Path(__file__).resolve().parent.parent / "src" / "gpuaffinity"
+    mods = {}
+    for p in src.rglob("*.py"):
+        name = ".".join(("gpuaffinity", *p.relative_to(src).with_suffix("").parts)).removesuffix(".__init__")
+        mods[name] = p
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for m, p in mods.items():
+        tree = ast.parse(p.read_text())
+        typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                       and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+                       for stmt in node.body for n in ast.walk(stmt)}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in mods else node.module
+                           for a in node.names]
+            else:
+                continue
+            graph[m].update(t for t in targets if t in mods and t != m)
+    return graph
+
+
+def test_the_package_has_no_import_cycle():
+    """No module imports one that imports it back, directly or through others, lazy imports included: a stage
+    takes what the stage before learned, and never asks a later one (select took api's private _resolved, and
+    api imported select)."""
+    graph = _import_graph()
+    assert "gpuaffinity.api" in graph["gpuaffinity.placement"] and len(graph) > 40  # the graph is read at all
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        path.append(m)
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(n):] + [n]))
+            if n not in state:
+                visit(n)
+        path.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)

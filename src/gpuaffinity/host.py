@@ -17,12 +17,11 @@ scope: nothing of NVML is left initialised in the process after a call returns (
 afterwards gives them no NVML state), and the CPUs allowed are read afresh by the next command (a binding
 changes them).
 
-Locality asks NVML only where NVML's answer can change it (``nvml_can_matter``): a host whose sysfs lists one
-NUMA node, and every asked GPU's ``numa_node`` file present, gets its answer from sysfs alone.  Why that is
-equal, rule by rule (docs/numa.md): a GPU with ``numa_node`` >= 0 is on the only node, and NVML can add no other
-(there is none); one with -1 takes NVML's node only where NVML names some but not all nodes with CPUs, which
-one node cannot give; the GPU's own memory node (Grace) would be a second node; the missing-file rule, the only
-one that takes NVML's CPUs, is excluded by the condition.
+Locality asks NVML only where NVML's answer can change it: a host whose sysfs lists one NUMA node, and every
+asked GPU's ``numa_node`` file present, gets its answer from sysfs alone (``numa.query.nvml_can_matter`` owns
+that rule and says why it is equal).
+
+The Host is the layer above the stages: it imports them (lazily), and none of them imports it.
 """
 
 from __future__ import annotations
@@ -136,11 +135,10 @@ class Host:
         return self._inventory
 
     def nvml_can_matter(self, bus_ids: Iterable[str]) -> bool:
-        """Whether NVML's locality can change any of these GPUs' answers here (the module's text says why not)."""
-        fs = self.sysfs
-        if len(fs.node_ids()) != 1:
-            return True
-        return any(fs.pci_numa_node(b) is None for b in bus_ids)
+        """Whether NVML's locality can change any of these GPUs' answers here (numa.query.nvml_can_matter)."""
+        from gpuaffinity.numa.query import nvml_can_matter
+
+        return nvml_can_matter(self.sysfs, bus_ids)
 
     def localities(self, bus_ids: Iterable[str]) -> dict[str, Locality]:
         """Each GPU's locality (numa.query), by bus id, each asked once for this host's life."""

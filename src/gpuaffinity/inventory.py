@@ -235,13 +235,15 @@ def read_inventory_nvml(host: Host | None = None) -> Inventory:
     Through ``gpuaffinity.nvml_lite``: the C calls pynvml makes, without pynvml's import (about 0.1 s of a
     fresh process on the lent H200 host, where a process that can open only some GPUs needs this list).  NVML's
     session is ``host``'s (kept for the stages after: locality), else one of this call's own."""
-    from gpuaffinity.host import Host
-    from gpuaffinity.nvml_lite import GPU_IS_LOST, NvmlLiteError
+    from gpuaffinity.nvml_lite import GPU_IS_LOST, NvmlLiteError, Session
 
-    own = host is None
-    host_ = Host() if host is None else host
+    own: Session | None = None
     try:
-        nv = host_.nvml()
+        if host is not None:
+            nv = host.nvml()
+        else:
+            own = Session()
+            nv = own.__enter__()
     except NvmlLiteError as e:
         if e.code == -1:
             raise NoDriverError(
@@ -268,8 +270,8 @@ def read_inventory_nvml(host: Host | None = None) -> Inventory:
         raise InventoryError(_too_old(e) or f"NVML failed while {step}: {e}; the GPU list cannot be trusted, so "
                              "nothing is resolved (nvidia-smi shows whether the driver is healthy)") from None
     finally:
-        if own:
-            host_.close()  # a failed shutdown only leaves NVML initialised: the list is read
+        if own is not None:
+            own.__exit__()  # a failed shutdown only leaves NVML initialised: the list is read
 
 
 def _too_old(e: Exception) -> str | None:

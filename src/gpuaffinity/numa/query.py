@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from gpuaffinity.nvml_lite import Session
 
 __all__ = ["SIM_ALLOWED_VAR", "SYSFS_VAR", "Locality", "allowed_cpus", "allowed_memory_nodes", "gpu_locality",
-           "localities", "node_cpus", "nvml_affinity", "sysfs_root"]
+           "localities", "node_cpus", "nvml_affinity", "nvml_can_matter", "sysfs_root"]
 
 
 def _procfs_root(env: Mapping[str, str | None] | None = None) -> Path:
@@ -284,34 +284,43 @@ def _own_memory_nodes(pci_bus_id: str, nv_own: frozenset[int], notes: list[str],
     return own
 
 
+def nvml_can_matter(fs: Sysfs, bus_ids: Iterable[str]) -> bool:
+    """Whether NVML's locality can change any of these GPUs' answers (the rules above): not where sysfs lists one
+    NUMA node and each GPU's ``numa_node`` file is there.  Rule by rule (docs/numa.md): a GPU with ``numa_node``
+    >= 0 is on the only node, and NVML can add no other (there is none); one with -1 takes NVML's node only where
+    NVML names some but not all nodes with CPUs, which one node cannot give; the GPU's own memory node (Grace)
+    would be a second node; the missing-file rule, the only one that takes NVML's CPUs, is excluded by the
+    condition.  tests/test_numa_shapes.py holds the answers equal on every preset."""
+    if len(fs.node_ids()) != 1:
+        return True
+    return any(fs.pci_numa_node(b) is None for b in bus_ids)
+
+
 def localities(bus_ids: Iterable[str], use_nvml: bool = True, session: Session | None = None, *,
                host: Host | None = None) -> dict[str, Locality]:
-    """Locality of several GPUs with one NVML session and one look at sysfs.
+    """Locality of several GPUs with one NVML session and one look at sysfs; NVML asked only where its answer
+    can change one (``nvml_can_matter``).
 
-    ``host``: the command's Host (gpuaffinity.host), whose allowed CPUs, sysfs view and NVML session are used (else
-    one of this call's own, over ``session`` where the caller has one open).  NVML is asked only where its answer
-    can change one (``Host.nvml_can_matter``)."""
-    if host is None:
-        from gpuaffinity.host import Host
+    ``host``: the command's Host (gpuaffinity.host), whose allowed CPUs, sysfs view and NVML session are used;
+    without one, this call reads them itself, over ``session`` where the caller has one open (else a session of
+    its own)."""
+    from gpuaffinity.nvml_lite import NvmlLiteError
 
-        with Host(session=session) as own:  # this call's own look (a session given stays the caller's)
-            return localities(bus_ids, use_nvml, host=own)
     ids = list(dict.fromkeys(bus_ids))
+    fs = host.sysfs if host is not None else Sysfs()
+    allowed = host.allowed_cpus if host is not None else allowed_cpus()
     lost: dict[str, str] = {}
     nv: dict[str, NvmlAnswer] = {}
     one_node = False
-    if use_nvml and host.nvml_can_matter(ids):
-        from gpuaffinity.nvml_lite import NvmlLiteError
-
+    if use_nvml and nvml_can_matter(fs, ids):
         try:
-            nv = nvml_affinity(ids, lost, host.nvml())
-        except NvmlLiteError:  # no NVML here: sysfs answers alone
+            nv = nvml_affinity(ids, lost, host.nvml() if host is not None else session)
+        except NvmlLiteError:  # no NVML here (the host's session could not start): sysfs answers alone
             nv = {}
     else:
         one_node = use_nvml
-    fs = host.sysfs
-    out = {b: gpu_locality(b, host.allowed_cpus, nv.get(b), sysfs=fs, procfs=_procfs_root(host.env),
-                           one_node=one_node) for b in ids}
+    procfs = _procfs_root(host.env) if host is not None else None
+    out = {b: gpu_locality(b, allowed, nv.get(b), sysfs=fs, procfs=procfs, one_node=one_node) for b in ids}
     for b, why in lost.items():
         out[b] = replace(out[b], lost=why)
     return out
