@@ -107,12 +107,15 @@ class Session:
             raise NvmlLiteError(name, NVML_ERROR_FUNCTION_NOT_FOUND)
         return fn
 
-    def _check(self, call: str, rc: int) -> None:
+    def _call(self, name: str, *args: object) -> None:
+        """The library's function ``name`` called with ``args``; NvmlLiteError naming it unless it returns
+        NVML_SUCCESS."""
+        rc = self._fn(name)(*args)
         if rc != NVML_SUCCESS:
-            raise NvmlLiteError(call, rc)
+            raise NvmlLiteError(name, rc)
 
     def __enter__(self) -> Session:
-        self._check("nvmlInit_v2", self._fn("nvmlInit_v2")())
+        self._call("nvmlInit_v2")
         self._up = True
         return self
 
@@ -126,14 +129,13 @@ class Session:
     def handle(self, bus_id: str) -> object:
         c = self._c
         h = c.c_void_p()
-        self._check("nvmlDeviceGetHandleByPciBusId_v2",
-                    self._fn("nvmlDeviceGetHandleByPciBusId_v2")(c.c_char_p(bus_id.encode()), c.byref(h)))
+        self._call("nvmlDeviceGetHandleByPciBusId_v2", c.c_char_p(bus_id.encode()), c.byref(h))
         return h
 
     def _mask(self, fn: str, handle: object) -> frozenset[int]:
         c = self._c
         words = (c.c_ulong * WORDS)()
-        self._check(fn, self._fn(fn)(handle, c.c_uint(WORDS), words, c.c_uint(NVML_AFFINITY_SCOPE_NODE)))
+        self._call(fn, handle, c.c_uint(WORDS), words, c.c_uint(NVML_AFFINITY_SCOPE_NODE))
         return _bits(words)
 
     def memory_affinity(self, handle: object) -> frozenset[int]:
@@ -149,13 +151,13 @@ class Session:
     def _uint(self, call: str, *args: object) -> int:
         c = self._c
         out = c.c_uint(0)
-        self._check(call, self._fn(call)(*args, c.byref(out)))
+        self._call(call, *args, c.byref(out))
         return out.value
 
     def _text(self, call: str, handle: object) -> str:
         c = self._c
         buf = c.create_string_buffer(_TEXT)
-        self._check(call, self._fn(call)(handle, buf, c.c_uint(_TEXT)))
+        self._call(call, handle, buf, c.c_uint(_TEXT))
         return buf.value.decode("utf-8", "replace")
 
     def count(self) -> int:
@@ -164,8 +166,7 @@ class Session:
     def handle_by_index(self, index: int) -> object:
         c = self._c
         h = c.c_void_p()
-        self._check("nvmlDeviceGetHandleByIndex_v2", self._fn("nvmlDeviceGetHandleByIndex_v2")(c.c_uint(index),
-                                                                                             c.byref(h)))
+        self._call("nvmlDeviceGetHandleByIndex_v2", c.c_uint(index), c.byref(h))
         return h
 
     def pci_bus_id(self, handle: object) -> str:
@@ -173,7 +174,7 @@ class Session:
         if self._pci is None:
             self._pci = _pci_info_type(self._c)
         info = self._pci()
-        self._check("nvmlDeviceGetPciInfo_v3", self._fn("nvmlDeviceGetPciInfo_v3")(handle, self._c.byref(info)))
+        self._call("nvmlDeviceGetPciInfo_v3", handle, self._c.byref(info))
         return info.busId.decode("utf-8", "replace")
 
     def uuid(self, handle: object) -> str:
@@ -186,8 +187,7 @@ class Session:
         """The current MIG mode (1: enabled)."""
         c = self._c
         current, pending = c.c_uint(0), c.c_uint(0)
-        self._check("nvmlDeviceGetMigMode", self._fn("nvmlDeviceGetMigMode")(handle, c.byref(current),
-                                                                           c.byref(pending)))
+        self._call("nvmlDeviceGetMigMode", handle, c.byref(current), c.byref(pending))
         return current.value
 
     def max_mig_devices(self, handle: object) -> int:
@@ -196,8 +196,7 @@ class Session:
     def mig_handle(self, handle: object, index: int) -> object:
         c = self._c
         m = c.c_void_p()
-        self._check("nvmlDeviceGetMigDeviceHandleByIndex",
-                    self._fn("nvmlDeviceGetMigDeviceHandleByIndex")(handle, c.c_uint(index), c.byref(m)))
+        self._call("nvmlDeviceGetMigDeviceHandleByIndex", handle, c.c_uint(index), c.byref(m))
         return m
 
     def gpu_instance_id(self, mig: object) -> int:
@@ -211,9 +210,8 @@ class Session:
     def numa_node_id(self, handle: object) -> int:
         """The NUMA node of the GPU's own memory (Grace Hopper and later); NvmlLiteError elsewhere."""
         c = self._c
-        fn = self._fn("nvmlDeviceGetNumaNodeId")
         node = c.c_uint(0)
-        self._check("nvmlDeviceGetNumaNodeId", fn(handle, c.byref(node)))
+        self._call("nvmlDeviceGetNumaNodeId", handle, c.byref(node))
         return node.value
 
     # ---- processes --------------------------------------------------------------------------------

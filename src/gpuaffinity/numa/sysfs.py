@@ -77,32 +77,21 @@ class Sysfs:
     def text(self, rel: str) -> str | None:
         return self._once(lambda _n: read_text(self.root / rel), None, rel)
 
-    def _list(self, rel: str, notes: list[str]) -> frozenset[int] | None:
-        """A cpulist file; None when missing or unreadable (with a note for unreadable)."""
+    def _cpus(self, rel: str, notes: list[str], mask: bool = False) -> frozenset[int] | None:
+        """A CPU list file (``mask``: a hex mask file); None when missing, or unreadable (with a note then)."""
         text = self.text(rel)
         if text is None:
             return None
         try:
-            return parse_cpulist(text)
+            return parse_cpumask(text) if mask else parse_cpulist(text)
         except ValueError as e:
-            notes.append(f"{self.root / rel} is not a CPU list ({e}): ignored")
-            return None
-
-    def _mask(self, rel: str, notes: list[str]) -> frozenset[int] | None:
-        """A hex mask file; None when missing or unreadable (with a note for unreadable)."""
-        text = self.text(rel)
-        if text is None:
-            return None
-        try:
-            return parse_cpumask(text)
-        except ValueError as e:
-            notes.append(f"{self.root / rel} is not a CPU mask ({e}): ignored")
+            notes.append(f"{self.root / rel} is not a CPU {'mask' if mask else 'list'} ({e}): ignored")
             return None
 
     def _list_or_mask(self, list_rel: str, mask_rel: str, notes: list[str]) -> frozenset[int] | None:
         """The list form of a file, else its mask form; a note when both exist and disagree."""
-        listed = self._list(list_rel, notes)
-        masked = self._mask(mask_rel, notes)
+        listed = self._cpus(list_rel, notes)
+        masked = self._cpus(mask_rel, notes, mask=True)
         if listed is not None and masked is not None and listed != masked:
             notes.append(f"{self.root / list_rel} ({format_cpulist(listed) or 'empty'}) and "
                          f"{self.root / mask_rel} ({format_cpulist(masked) or 'empty'}) disagree: using the list")
@@ -112,7 +101,7 @@ class Sysfs:
 
     def online_cpus(self, notes: list[str] | None = None) -> frozenset[int] | None:
         """The CPUs that are online (``cpu/online``); None when the kernel does not say."""
-        return self._once(lambda n: self._list("devices/system/cpu/online", n), notes)
+        return self._once(lambda n: self._cpus("devices/system/cpu/online", n), notes)
 
     def package(self, cpu: int) -> int | None:
         """The CPU's package (socket), or None when missing or unknown (``physical_package_id`` = -1)."""
@@ -175,7 +164,7 @@ class Sysfs:
     def node_ids(self, notes: list[str] | None = None) -> tuple[int, ...]:
         """The online NUMA nodes (``node/online``, else the ``node<N>`` folders)."""
         def compute(n: list[str]) -> tuple[int, ...]:
-            listed = self._list("devices/system/node/online", n)
+            listed = self._cpus("devices/system/node/online", n)
             if listed is not None:
                 return tuple(sorted(listed))
             try:
@@ -189,8 +178,8 @@ class Sysfs:
         """The node's online CPUs: ``cpulist``, else the hex ``cpumap`` (older kernels), each with a note."""
         def compute(n: list[str]) -> frozenset[int]:
             base = f"devices/system/node/node{node}"
-            listed = self._list(f"{base}/cpulist", n)
-            masked = self._mask(f"{base}/cpumap", n)
+            listed = self._cpus(f"{base}/cpulist", n)
+            masked = self._cpus(f"{base}/cpumap", n, mask=True)
             if listed is None and masked is not None:
                 n.append(f"{self.root}/devices/system/node/node*/cpulist is missing: each node's CPUs taken from its "
                          "cpumap")
@@ -209,7 +198,7 @@ class Sysfs:
     def nodes_with_memory(self, notes: list[str] | None = None) -> frozenset[int] | None:
         """Nodes that have memory: ``node/has_memory``, else each node's ``meminfo`` MemTotal; None if unknown."""
         def compute(n: list[str]) -> frozenset[int] | None:
-            listed = self._list("devices/system/node/has_memory", n)
+            listed = self._cpus("devices/system/node/has_memory", n)
             if listed is not None:
                 return listed
             found: set[int] = set()
