@@ -470,3 +470,44 @@ def test_a_plugin_reads_its_declared_variable_from_the_context_and_a_change_reac
     *indices, extra = on(machine, tmp_path, ENV_RUN, GPUAFFINITY_POLICY="first")
     assert indices == [3, 5, 5]
     assert extra == {"SCHED_PICK": "5"}
+
+
+def test_ctx_env_reads_the_snapshot_then_the_environment_once_and_refuses_the_undeclared(monkeypatch):
+    """In process: ctx.env(name) takes the snapshot's value where the key held the variable, else (declared, not in
+    the key yet) the environment's, once a resolution; CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER come from the
+    context itself; an undeclared name is a KeyError saying what to do."""
+    from gpuaffinity.core.model import Inventory
+    from gpuaffinity.core.settings import Settings
+    from gpuaffinity.core.strategy import ResolveContext
+
+    st = Settings("0", "PCI_BUS_ID", None, None, None, None, True, None, None, None, None, None,
+                  (("IN_KEY", "snap"),))
+    ctx = ResolveContext(Inventory(()), "0", "PCI_BUS_ID", 1, settings=st, declared=frozenset({"IN_KEY", "LATE"}))
+    monkeypatch.setenv("IN_KEY", "changed since")
+    monkeypatch.setenv("LATE", "first")
+    assert ctx.env("IN_KEY") == "snap"  # the snapshot that keys the cache, not the variable now
+    assert ctx.env("LATE") == "first"
+    monkeypatch.setenv("LATE", "second")
+    assert ctx.env("LATE") == "first"  # once a resolution: every device sees one value
+    assert ctx.env("CUDA_VISIBLE_DEVICES") == "0" and ctx.env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    assert dict(ctx.env) == {"CUDA_VISIBLE_DEVICES": "0", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    monkeypatch.delenv("LATE")
+    fresh = ResolveContext(Inventory(()), None, None, 0, declared=frozenset({"LATE"}))
+    assert fresh.env("LATE") is None  # declared and unset: None, as os.environ.get gives
+    with pytest.raises(KeyError, match="'NOPE' is no variable a strategy of this resolution declared: list it in"):
+        ctx.env("NOPE")
+
+
+def test_settings_keep_the_declared_variables_the_key_holds_and_none_when_the_list_grew():
+    from gpuaffinity.core import settings as s
+
+    before = (s._EXTRA, s._EXTRA_KEYS)
+    try:
+        s.watch(["ZZ_ONE"])
+        key = s.make_key(None, None, True)
+        assert dict(s.Settings.from_key(key).extra) == {"ZZ_ONE": None}
+        s.watch(["AA_TWO"])  # declared since the key was made: which value is which cannot be told
+        assert s.Settings.from_key(key).extra == ()
+        assert dict(s.Settings.from_key(s.make_key(None, None, True)).extra) == {"AA_TWO": None, "ZZ_ONE": None}
+    finally:
+        s._EXTRA, s._EXTRA_KEYS = before
