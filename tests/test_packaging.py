@@ -187,3 +187,25 @@ def test_the_package_has_no_import_cycle():
     for m in sorted(graph):
         if m not in state:
             visit(m)
+
+
+def test_each_fact_has_one_owning_module_its_docstring_names():
+    """A module that owns a fact says so in its docstring (``Owns: ...``); no fact is claimed twice, and every stage
+    of a resolution (settings, the GPU list, the variable's reading, the chain, the cache, the Host, locality,
+    placement, binding) has its owner."""
+    import ast
+    import re
+
+    src = Path(__file__).resolve().parent.parent / "src" / "gpuaffinity"
+    owners: dict[str, str] = {}
+    for p in sorted(src.rglob("*.py")):
+        doc = ast.get_docstring(ast.parse(p.read_text())) or ""
+        found = re.findall(r"^Owns: (.+?)\.$", doc, re.M | re.S)
+        assert len(found) <= 1, p
+        if found:
+            fact = " ".join(found[0].split())
+            assert fact not in owners, f"{fact!r}: claimed by {owners[fact]} and {p.name}"
+            owners[fact] = str(p.relative_to(src))
+    stages = {"core/settings.py", "inventory.py", "core/cvd.py", "core/chain.py", "api.py", "host.py",
+              "numa/query.py", "placement.py", "numa/bind.py", "numa/sysfs.py", "resolvers/pci.py"}
+    assert stages <= set(owners.values()), stages - set(owners.values())

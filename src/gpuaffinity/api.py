@@ -9,6 +9,8 @@ inputs from the same snapshot that keys it.  Warnings are given when a result
 is computed, not again on cache hits.  Thread-safe (one computation at a time
 per process) and fork-safe (``_state``: fork waits for a resolution in
 progress, and the child starts with fresh locks).
+
+Owns: the answer for a snapshot (the cache), and the resolution of a physical selector.
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ asked GPU's ``numa_node`` file present, gets its answer from sysfs alone (``numa
 that rule and says why it is equal).
 
 The Host is the layer above the stages: it imports them (lazily), and none of them imports it.
+
+Owns: one command's look at the machine: its NVML session and the facts read once for the command.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ Two forms, one content (``encode``: compact JSON of the binding's ``BindRecord``
   it.  A new binding replaces it.
 
 Where both exist the memfd is the newer (a process started bound, then bound again in-process).
+
+Owns: the binding a process records for `gpuaffinity check`.
 """
 
 from __future__ import annotations

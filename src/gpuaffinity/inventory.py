@@ -25,6 +25,8 @@ never read as "no such feature"; only NOT_SUPPORTED and FUNCTION_NOT_FOUND mean
 a GPU has no MIG mode.  ``GPUAFFINITY_INVENTORY=nvml`` forces NVML.  The
 simulator moves /proc and /dev (``GPUAFFINITY_PROCFS_ROOT``,
 ``GPUAFFINITY_DEV_ROOT``); there a plain file stands for a device node.
+
+Owns: the GPU list this process can use.
 """
 
 from __future__ import annotations

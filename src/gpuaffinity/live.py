@@ -16,6 +16,8 @@ Which GPU, in this order:
 
 Where the binding names a GPU the process does not compute on (2 or 3 say so), the row is judged against the
 GPU it computes on, and a note says what the binding was planned for.
+
+Owns: the `gpuaffinity check` report.
 """
 
 from __future__ import annotations

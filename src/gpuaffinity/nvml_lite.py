@@ -21,6 +21,8 @@ run it on simulated machines (tests/test_numa_nvml_lite.py), tools/validate_real
 
 NVML counts its initialisations: this module's ``nvmlInit_v2``/``nvmlShutdown`` pair leaves pynvml's own
 session (if the caller has one) as it was.
+
+Owns: the NVML calls gpuaffinity makes.
 """
 
 from __future__ import annotations

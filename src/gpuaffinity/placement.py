@@ -5,6 +5,8 @@ the demo and ``plan`` ask this module, which asks the command's Host
 (gpuaffinity.host: one NVML session a command, each GPU's locality asked once).
 ``plan`` takes the GPU list the answer was resolved over, and the Host's
 allowed CPUs and sysfs view: nothing is read twice in one call.
+
+Owns: the binding record of a CUDA device (device to locality to CPUs and memory).
 """
 
 from __future__ import annotations

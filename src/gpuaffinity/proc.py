@@ -24,6 +24,8 @@
 is refused, ``denied`` says what, and the rest is still read.  A process that exits while it is read raises
 ``Gone``.  The root is ``/proc``; under the simulator a process it models is read from its /proc folder
 (``GPUAFFINITY_PROCFS_ROOT``) instead.
+
+Owns: what /proc says of another process (threads, masks, policies, pages, device files).
 """
 
 from __future__ import annotations

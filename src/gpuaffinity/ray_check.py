@@ -6,6 +6,8 @@ probe per GPU the way a GPU actor is placed: ``num_gpus=1``, pinned to that node
 ``CUDA_VISIBLE_DEVICES`` and whatever binding the cluster's workers get.  Each probe reports what it sees
 (``gpuaffinity._ray_probe``) and this module judges it: one row per GPU, with a status and the problems.
 docs/ray.md says what each column means and how to read a failure.
+
+Owns: the `ray-check` report of a cluster.
 """
 
 from __future__ import annotations

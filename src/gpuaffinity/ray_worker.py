@@ -19,6 +19,8 @@ initialised (resolution as everywhere in gpuaffinity: docs/resolving.md).
 
 ``last()`` is what the last task's binding applied (None before any GPU task, or after a task without GPUs).
 If Ray no longer has the function this wraps, ``setup`` says so once on stderr and leaves workers unbound.
+
+Owns: a Ray worker's binding.
 """
 
 from __future__ import annotations

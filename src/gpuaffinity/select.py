@@ -2,6 +2,8 @@
 
 For workers told their GPU some other way than CUDA_VISIBLE_DEVICES (Ray with
 RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES, a launcher's record).
+
+Owns: which GPU a physical selector names in a GPU list.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ character; an escape sequence (``ESC [``, or the one-byte C1 introducer 0x9b) wo
 retitle the operator's terminal, and a newline would forge a line of the report.  ``clean`` escapes every C0 and
 C1 control character and DEL, naming newline, tab and carriage return; every table cell and every message line
 goes through it.
+
+Owns: what reaches a terminal (escaping, tables).
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ A row is a dict of facts about one worker (its GPU's ``numa_nodes``, the mode's 
 ``memory_nodes``, the main thread's ``affinity``, the memory policy, every thread's CPUs, its pages per node);
 ``binding``, ``threads`` and ``pages`` add ``(status, text)`` problems for what is wrong.  The statuses mean the
 same in both commands (docs/check.md), worst first: a row's status is its worst problem.
+
+Owns: the judgement of a process's binding (status and problems).
 """
 
 from __future__ import annotations

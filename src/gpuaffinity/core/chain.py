@@ -37,6 +37,8 @@ An answer is a *fallback* when a higher-priority strategy abstained for a
 reason other than not applying here (see ``Abstain.quiet``), or when nothing
 answered and the identity mapping (logical id = NVML index) was used; either
 way a FallbackWarning says so.
+
+Owns: the verdict of the strategies on one logical device.
 """
 
 from __future__ import annotations

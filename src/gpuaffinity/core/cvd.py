@@ -35,6 +35,8 @@ readings differ, the answer rests on measured, undocumented behaviour; and
 where the list ends at a UUID that names nothing in the process's GPU list,
 the answer rests on that list alone.  ``read_cvd`` says so in
 ``CvdResult.unsure``, and the default policy then asks the driver itself.
+
+Owns: the driver's reading of CUDA_VISIBLE_DEVICES over a GPU list.
 """
 
 from __future__ import annotations

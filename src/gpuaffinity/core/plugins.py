@@ -13,6 +13,8 @@ and what is wrong.  pluggy's own validation errors are wrapped the same way.
 A plugin that loads but contributes no hook implementation (no ``@hookimpl``,
 a misspelt hook name) is no error: it is reported in ``gpuaffinity doctor``
 and warned about once a process.
+
+Owns: which plugins and strategies are loaded.
 """
 
 from __future__ import annotations

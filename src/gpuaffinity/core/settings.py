@@ -4,6 +4,8 @@ The environment is read once per call, here.  The snapshot is the cache key,
 and the resolution it keys reads its inputs from the snapshot, never from
 ``os.environ`` again: a thread that changes CUDA_VISIBLE_DEVICES while another
 resolves cannot leave an answer under the wrong key.
+
+Owns: the snapshot of the environment a resolution reads, its cache key, and the registry of gpuaffinity's variables.
 """
 
 from __future__ import annotations

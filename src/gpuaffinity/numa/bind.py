@@ -5,6 +5,8 @@ No libnuma, no numactl: ``sched_setaffinity`` for each thread in
 memory policy is per thread: it covers the calling thread and every thread
 (and exec'd program) it creates afterwards, so bind before starting threads,
 or bind a child command (``gpuaffinity bind ID -- CMD``).
+
+Owns: applying a binding, and this process's memory policy.
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ The memory nodes are the mode's nodes, less the GPU's own memory nodes (unless
 that have, and limited to the nodes this process may allocate on.  A GPU
 without a node (numa_node = -1) has no preference: every mode gives all
 allowed CPUs and no memory node.
+
+Owns: the CPUs and memory nodes each mode gives a GPU.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ gives no node (``numa_node`` = -1): NVML still names node 0 there (seen on the
 lent H200 VM), and binding to that invented node would be wrong.  A GPU with
 no node has no preference, and says so.  Without sysfs, NVML's answer is used.
 The rules, shape by shape, are in docs/numa.md.
+
+Owns: each GPU's locality, and the CPUs and memory nodes this process may use.
 """
 
 from __future__ import annotations

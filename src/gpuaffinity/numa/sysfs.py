@@ -7,6 +7,8 @@ may exist only as a mask, ``physical_package_id`` may be -1, and cache
 instance (one instance per question asked), prefers the list form of a file to
 its mask form, and records a note, in plain words, for every file it had to
 skip or that contradicts another.  Nothing here binds or asks NVML.
+
+Owns: the reading of the kernel's topology files.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""What the CUDA_VISIBLE_DEVICES-reading strategies share."""
+"""What the CUDA_VISIBLE_DEVICES-reading strategies share.
+
+Owns: whether CUDA is up in this process.
+"""
 
 from __future__ import annotations
 

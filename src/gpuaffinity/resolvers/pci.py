@@ -27,6 +27,8 @@ multiprocessing "fork" pool).  So:
 
 The query is plain ctypes on ``libcuda.so.1``: the same functions
 cuda-python's bindings call, and no import to pay for.
+
+Owns: the CUDA driver's own answer.
 """
 
 from __future__ import annotations
