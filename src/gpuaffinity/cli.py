@@ -1,4 +1,8 @@
-"""The ``gpuaffinity`` command (also ``python -m gpuaffinity``).
+"""The ``gpuaffinity`` command (also ``python -m gpuaffinity``): the parser, and each command's dispatch.
+
+The reports of ``resolve`` and ``doctor`` are in ``gpuaffinity.reports``, ``check``'s in ``gpuaffinity.live``,
+``ray-check``'s in ``gpuaffinity.ray_check``; ``sim``'s job control is in ``gpuaffinity.sim.jobs``; what reaches
+the terminal, in ``gpuaffinity.text``.
 
 Exit status: 0 success; 2 usage; 1 any other error, with one line on stderr.
 ``sim run`` exits with the status of the command it ran (127: not found,
@@ -13,13 +17,13 @@ import sys
 
 from gpuaffinity.core.errors import EXIT_ERROR, EXIT_FOUND, EXIT_OK, EXIT_USAGE, UsageError, exit_status
 from gpuaffinity.core.settings import DEBUG_VAR, DEFAULT_MEMORY, FAILURE_POLICIES, MEMORY_POLICIES, MODES, POLICIES
-from gpuaffinity.text import cut, lay_out, say
+from gpuaffinity.reports import no_device_category, options, print_warnings, strip_prefix
+from gpuaffinity.text import cannot_run, cut, say
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from gpuaffinity.host import Host
 
 
 _EPILOG_SIM = """\
@@ -266,13 +270,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return EXIT_USAGE
         if args.command == "sim":
-            return _sim(args, cmd, parser)
+            from gpuaffinity.sim.jobs import sim_command
+
+            return sim_command(args, cmd, parser)
         if cmd and args.command != "bind":
             raise UsageError(f"gpuaffinity {args.command}: unexpected arguments after `--`: {' '.join(cmd)}")
         if args.command == "resolve":
-            return _resolve(args)
+            from gpuaffinity.reports import resolve_report
+
+            return resolve_report(args)
         if args.command == "doctor":
-            return _doctor(args)
+            from gpuaffinity.reports import doctor_report
+
+            return doctor_report(args)
         if args.command == "bind":
             return _bind(args, cmd)
         if args.command == "ray-check":
@@ -294,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gpuaffinity.core.errors import GpuAffinityError
 
         if isinstance(e, GpuAffinityError):  # raised outside a command's own handling: still one line
-            say(f"gpuaffinity: {_strip(e)}")
+            say(f"gpuaffinity: {strip_prefix(e)}")
             return exit_status(e)
         import os
 
@@ -304,438 +314,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"gpuaffinity: unexpected {type(e).__name__}: {cut(str(e))} (a bug in gpuaffinity; "
              f"{DEBUG_VAR}=1 shows the traceback)")
         return EXIT_ERROR
-
-
-def _sim(args: argparse.Namespace, cmd: list[str], parser: argparse.ArgumentParser) -> int:
-    from gpuaffinity.sim import SimulatorError, TopologyError, list_presets, load_topology
-
-    try:
-        if args.sim_command == "list":
-            rows = [(name, load_topology(name)) for name in list_presets()]
-            width = max(len(n) for n, _ in rows)
-            print(f"{'PRESET':<{width}}  GPUS  NODES  DESCRIPTION")
-            for name, t in rows:
-                n = len(t.gpus)
-                gpus = str(n) if t.process.gpus is None else f"{len(t.process.gpus)}/{n}"
-                print(f"{name:<{width}}  {gpus:>4}  {len(t.nodes):>5}  {t.description}")
-            return EXIT_OK
-        if args.sim_command == "check":
-            return _sim_check(load_topology(args.topology))
-        if args.sim_command == "run":
-            if not cmd:
-                raise UsageError("gpuaffinity sim run: no command given: write it after `--`, "
-                                 "e.g. gpuaffinity sim run dgx-h100 -- nvidia-smi-like-tool")
-            if not cmd[0] or "\0" in "".join(cmd):
-                raise UsageError("gpuaffinity sim run: the command after `--` is empty or holds a NUL byte")
-            from gpuaffinity.sim.machine import check_faults
-            try:
-                check_faults(args.fault)
-            except ValueError as e:
-                raise UsageError(f"gpuaffinity sim run: {e}") from None
-            topo = load_topology(args.topology)
-            shape = {"gpus": _list(args.gpus), "others": args.others, "proc": args.proc, "migs": _list(args.mig)}
-            if any(v is not None for v in shape.values()):
-                from gpuaffinity.sim.topology import make_process
-
-                try:
-                    process = make_process(topo, where="--", **shape)
-                except TopologyError as e:  # "<source>: --gpus: what is wrong"
-                    raise UsageError(f"gpuaffinity sim run: {str(e).split(': ', 1)[-1]}") from None
-                from dataclasses import replace
-
-                topo = replace(topo, process=process)
-            try:
-                return _sim_run(topo, cmd, args.fault, args.counters, args.cpuset)
-            except TopologyError:
-                raise
-            except ValueError as e:  # a bad --cpuset
-                raise UsageError(f"gpuaffinity sim run: {e}") from None
-        raise UsageError("gpuaffinity sim: say `list`, `run` or `check` (see `gpuaffinity sim --help`)")
-    except (TopologyError, SimulatorError) as e:
-        say(f"gpuaffinity: {e}")
-        return EXIT_ERROR
-
-
-def _sim_check(t: object) -> int:
-    from gpuaffinity.core.cpulist import format_cpulist
-    from gpuaffinity.sim.topology import Topology
-
-    assert isinstance(t, Topology)
-    print(f"{t.source}: {t.name}: {len(t.gpus)} GPUs, {len(t.nodes)} NUMA nodes, "
-          f"{len(t.cpus)} CPUs, {t.threads_per_core} thread(s) a core")
-    order = t.cuda_default_order()
-    for i, g in enumerate(t.gpus):
-        node = "none (-1)" if g.numa_node < 0 else str(g.numa_node)
-        migs = f", {len(g.migs)} MIG instances" if g.migs else ""
-        print(f"  nvml {i}  cuda(FASTEST_FIRST) {order.index(i)}  {g.pci_bus_id}  {g.uuid}  node {node}  "
-              f"{g.name}{migs}")
-    for n in t.nodes:
-        print(f"  node {n.id}  socket {n.socket}  cpus {format_cpulist(n.cpus)}")
-    p = t.process
-    if p.restricted or p.env:
-        opens = "every GPU" if p.gpus is None else "GPUs at PCI positions " + ",".join(map(str, p.gpus))
-        print(f"  process: opens {opens}; the others {p.others}; /proc {p.proc}"
-              + (f"; MIG instances {', '.join(p.migs)}" if p.migs is not None else ""))
-        for var, value in p.env:
-            print(f"  process env: {var}={value}")
-    for r in t.running:  # the other processes ([[running]])
-        gpus = ",".join(t.gpus[i].pci_bus_id for i in r.opens) or "none"
-        print(f"  running: pid {r.pid} {r.name}  uid {r.uid}  state {r.state}  threads {1 + len(r.threads)}  "
-              f"cpus {format_cpulist(r.cpus)}  GPUs {gpus}" + ("" if r.readable else "  (not readable)"))
-    return EXIT_OK
-
-
-def _list(text: str | None) -> list[str] | None:
-    return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
-
-
-#: Signals `sim run` passes on to its command (once) instead of dying without removing the simulated machine.
-FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
-
-
-def _sim_run(topology: object, cmd: list[str], faults: list[str], counters: str | None, cpuset: str | None) -> int:
-    """Run CMD on the simulated machine, as a shell runs a job: in a process group of its own, which holds the
-    terminal while it runs.  So a signal sent to `sim run`'s group reaches CMD once (passed on), one from the
-    terminal reaches CMD alone, and Ctrl-Z stops both; every signal in FORWARDED is passed on, and the
-    simulated machine's folder is removed whatever ends the run (but SIGKILL)."""
-    from gpuaffinity.sim.machine import simulated
-
-    early: list[int] = []
-    old = {s: signal.signal(s, lambda signum, _f: early.append(signum)) for s in FORWARDED}
-    try:
-        with simulated(topology, faults=faults, counters=counters, cpuset=cpuset) as machine:
-            if early:  # asked to stop while the machine was being prepared
-                return 128 + early[0]
-            return _run_job(cmd, machine.env, early)
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-def _foreground_tty() -> int | None:
-    """The file descriptor of our controlling terminal when our process group holds it, else None."""
-    import os
-
-    for fd in (0, 1, 2):
-        try:
-            if os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp():
-                return fd
-        except OSError:
-            continue
-    return None
-
-
-def _give_terminal(fd: int, pgid: int) -> None:
-    import os
-
-    old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # a background group may not take the terminal else
-    try:
-        os.tcsetpgrp(fd, pgid)
-    except OSError:
-        pass
-    finally:
-        signal.signal(signal.SIGTTOU, old)
-
-
-def _run_job(cmd: list[str], env: dict[str, str], early: list[int]) -> int:
-    import os
-
-    tty = _foreground_tty()
-    # SIGCHLD ignored by whoever started us (inherited across exec) would make the kernel reap the job, and our
-    # wait for it fail: the default here; the job itself gets the disposition it would have had without us
-    inherited = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-
-    def own_group() -> None:  # in the child, before exec: its own group, and the terminal if we had it
-        os.setpgid(0, 0)
-        if tty is not None:
-            _give_terminal(tty, os.getpgrp())
-        if inherited == signal.SIG_IGN:
-            signal.signal(signal.SIGCHLD, signal.SIG_IGN)
-
-    try:
-        import subprocess  # only `sim run` starts a process; resolve and bind never do
-
-        child = subprocess.Popen(cmd, env=env, preexec_fn=own_group)
-    except OSError as e:
-        return _cannot_run("sim run", cmd, e)
-
-    def forward(signum: int, _frame: object) -> None:
-        try:
-            os.killpg(child.pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    for s in FORWARDED:
-        signal.signal(s, forward)
-    for s in early:
-        forward(s, None)
-    try:
-        while True:
-            _pid, status = os.waitpid(child.pid, os.WUNTRACED)
-            if not os.WIFSTOPPED(status):
-                break
-            # the job was stopped (Ctrl-Z): stop too, so that the shell sees it; carry on where it resumes us
-            if tty is not None:
-                _give_terminal(tty, os.getpgrp())
-            os.kill(os.getpid(), signal.SIGSTOP)
-            if tty is not None and os.tcgetpgrp(tty) == os.getpgrp():
-                _give_terminal(tty, child.pid)
-            os.killpg(child.pid, signal.SIGCONT)
-    finally:
-        if tty is not None:
-            _give_terminal(tty, os.getpgrp())
-    rc = os.waitstatus_to_exitcode(status)
-    child.returncode = rc
-    return 128 - rc if rc < 0 else rc
-
-
-def _options(args: argparse.Namespace) -> dict:
-    # `--disable a,b` as GPUAFFINITY_DISABLE=a,b is read: each name, as if repeated
-    disable = [n for item in args.disable or () for n in item.split(",")]
-    return {"policy": args.policy, "disable": disable or None, "allow_subprocess": not args.no_subprocess}
-
-
-def _resolve(args: argparse.Namespace) -> int:
-    from gpuaffinity.select import parse_selector
-
-    ids: list[int | str] = []
-    for text in args.ids:
-        try:
-            ids.append(parse_selector(text))
-        except ValueError as e:
-            raise UsageError(f"gpuaffinity resolve: {e}") from None
-    from gpuaffinity.host import scope
-
-    with scope() as host:  # one Host for the command: one NVML session, each GPU's locality asked once
-        # When the CUDA driver is asked in a forked child, its cuInit takes longer than NVML's start: ask every
-        # GPU's locality in that time (it depends on the bus id and this process's allowed CPUs only, not on the
-        # answer).
-        host.eager = True
-        return _resolve_in(args, ids, host)
-
-
-def _resolve_in(args: argparse.Namespace, ids: list[int | str], host: Host) -> int:
-    import json
-    import warnings
-
-    from gpuaffinity.api import resolve, resolve_all
-    from gpuaffinity.core.cpulist import format_cpulist
-    from gpuaffinity.core.errors import GpuAffinityError
-    from gpuaffinity.placement import refuse_lost
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            devices = [resolve(i, **_options(args)) for i in ids] if ids else resolve_all(**_options(args))
-        except GpuAffinityError as e:
-            _print_warnings(caught, but=_no_device(e))
-            say(f"gpuaffinity: {_strip(e)}")
-            return exit_status(e)
-    if not devices:  # never an empty table with exit 0: say why, what this process can open, what to write
-        from gpuaffinity.api import no_device_reason
-        from gpuaffinity.core.errors import NoDeviceWarning
-
-        _print_warnings(caught, but=NoDeviceWarning)
-        say(f"gpuaffinity: {no_device_reason(**_options(args))}")
-        if args.json:
-            print("[]")  # what a script parses stays JSON; the exit status says it is no answer
-        return EXIT_ERROR
-    _print_warnings(caught)
-    locs = host.localities(d.pci_bus_id for d in devices)
-    refuse_lost(locs[d.pci_bus_id] for d in devices)
-    rows = []
-    for d in devices:
-        loc = locs[d.pci_bus_id]
-        rows.append({**d.to_dict(), "numa_nodes": list(loc.numa_nodes), "cpus": format_cpulist(loc.cpus)})
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return EXIT_OK
-    table = [("CUDA", "NVML", "PCI", "UUID", "NODES", "CPUS", "BY")]
-    for r in rows:
-        by = r["strategy"] + (" (fallback)" if r["fallback"] else "")
-        if r["agreed"]:
-            by += f" = {'='.join(x for x in r['agreed'] if x != r['strategy'])}"
-        elif not r["fallback"]:
-            by += " alone"
-        if r["disagreed"]:
-            by += f"; disagreed: {','.join(r['disagreed'])}"
-        uuid = r["uuid"] + (f" / {r['mig_uuid']}" if r["mig_uuid"] else "")
-        nodes = ",".join(map(str, r["numa_nodes"])) or "none"
-        table.append((str(r["logical_id"]), str(r["nvml_index"]), r["pci_bus_id"], uuid, nodes, r["cpus"] or "-", by))
-    _print_table(table)
-    return EXIT_OK
-
-
-def _strip(e: Exception) -> str:
-    text = str(e)
-    return text[len("gpuaffinity: "):] if text.startswith("gpuaffinity: ") else text
-
-
-def _print_warnings(caught: list, but: type[Warning] | None = None) -> None:
-    """Each warning caught, one line each; ``but``: a category left out (an error line about to be said holds it)."""
-    for w in caught:
-        if but is None or not issubclass(w.category, but):
-            say(f"gpuaffinity: warning: {_strip(w.message)}")
-
-
-def _no_device(e: Exception) -> type[Warning] | None:
-    """NoDeviceWarning where ``e`` is the error for a device this process does not see: its line says it all."""
-    from gpuaffinity.core.errors import DeviceNotVisibleError, NoDeviceWarning
-
-    return NoDeviceWarning if isinstance(e, DeviceNotVisibleError) else None
-
-
-def _print_table(rows: list[tuple[str, ...]], indent: str = "") -> None:
-    for line in lay_out(rows, indent):
-        print(line)
-
-
-def consensus(d: object) -> str:
-    """What stands behind one answer, in words: who answered, who agreed, whether the driver was asked."""
-    from gpuaffinity.core.model import PhysicalDevice
-
-    assert isinstance(d, PhysicalDevice)
-    driver = "the CUDA driver was asked" if d.driver_asked else "the CUDA driver was not asked"
-    if d.fallback:
-        head = f"FALLBACK: by {d.strategy}"
-    elif d.disagreed:
-        head = f"DISAGREEMENT: {', '.join(d.disagreed)} named another GPU; using {d.strategy}"
-    elif d.agreed:
-        head = f"by {d.strategy}; confirmed: {', '.join(d.agreed)} agree"
-    else:
-        head = f"by {d.strategy} alone, not cross-checked"
-    return f"{head}; {driver}"
-
-
-def _plugins(res: object) -> None:
-    """Which plugins are loaded (where from, what they contribute) and which names are disabled, by whom."""
-    from gpuaffinity.core.settings import DISABLE_VAR
-
-    plugins = getattr(res, "plugins", [])
-    third = [p for p in plugins if p.target]
-    print("\nPlugins" + ("" if third else ": only the built-in ones"))
-    rows = [(p.name, f"{p.distribution} {p.version}".strip(), f"{p.name} = {p.target}",
-             ", ".join(p.strategies) or "none", p.problem) for p in third]
-    if rows:
-        _print_table([("PLUGIN", "DISTRIBUTION", "ENTRY POINT", "STRATEGIES", "PROBLEM"), *rows], "  ")
-    st = res.settings  # type: ignore[attr-defined]
-    sources = [(n, "--disable") for n in st.disable_arg or ()]
-    sources += [(n.strip(), DISABLE_VAR) for n in (st.disable_env or "").split(",") if n.strip()]
-    if sources:
-        print("  disabled: " + ", ".join(f"{n} (from {src})" for n, src in sources))
-
-
-def _doctor(args: argparse.Namespace) -> int:
-    import os
-
-    from gpuaffinity.core.cpulist import format_cpulist
-    from gpuaffinity.core.errors import GpuAffinityError
-    from gpuaffinity.core.model import Abstain
-
-    print("Environment")
-    from gpuaffinity.core.settings import VARIABLES
-
-    for var, always, _what in VARIABLES:  # the simulator's and the rarer switches: shown only when set
-        value = os.environ.get(var)
-        if value is not None or always:
-            print(f"  {var:<28} {'<unset>' if value is None else cut(repr(value))}")
-    from gpuaffinity.resolvers._common import cuda_initialized_here
-    torch = sys.modules.get("torch")
-    print(f"  {'torch imported':<28} {'yes, ' + torch.__version__ if torch else 'no (gpuaffinity never imports it)'}")
-    print(f"  {'CUDA initialised here':<28} {'yes' if cuda_initialized_here() else 'no'}")
-    from gpuaffinity.numa.query import allowed_cpus
-    print(f"  {'allowed CPUs':<28} {format_cpulist(allowed_cpus())}")
-    label, value = _in_effect()
-    print(f"  {label:<28} {value}")
-
-    from gpuaffinity.api import run_resolution
-    from gpuaffinity.host import scope
-
-    with scope() as host:  # one NVML session for the GPU list and every locality
-        try:
-            res = run_resolution(**_options(args), strict_errors=False)
-        except GpuAffinityError as e:
-            say(f"gpuaffinity: {_strip(e)}")
-            return exit_status(e)
-        locs = host.localities(g.pci_bus_id for g in res.inventory.gpus)  # once for both sections
-    inv = res.inventory
-    print(f"\nGPUs this process can use (NVML order = PCI order): {len(inv.gpus)}")
-    for note in inv.notes:
-        print(f"  {note}")
-    table = [("NVML", "PCI", "UUID", "MODEL", "NODES", "LOCAL CPUS")]
-    for g in res.inventory.gpus:
-        loc = locs[g.pci_bus_id]
-        migs = f" + {len(g.migs)} MIG" if g.migs else ""
-        table.append((str(g.nvml_index), g.pci_bus_id, g.uuid + migs, g.name,
-                      ",".join(map(str, loc.numa_nodes)) or "none", format_cpulist(loc.local_cpus) or "-"))
-    _print_table(table, "  ")
-    print(f"\nStrategies (priority order; equal priorities by name; policy {res.policy})")
-    _print_table([(s.name, str(s.priority), getattr(s, "describe", "")) for s in res.strategies], "  ")
-    if not res.strategies:
-        print("  none: every strategy is disabled, so nothing can resolve; enable one (GPUAFFINITY_DISABLE, "
-              "--disable)")
-    _plugins(res)
-    if res.context.grammar.unsure:
-        print(f"  note: the reading of CUDA_VISIBLE_DEVICES {res.context.grammar.unsure}; the default policy "
-              "checks it with the driver")
-    width = max([len(s.name) for s in res.strategies] + [8])
-    print(f"\nDevices: this process sees {res.context.visible}" + (" (why, and what to write: below)" if
-                                                                  res.no_device else ""))
-    for d in res.devices:
-        loc = locs[d.pci_bus_id]
-        mig = f" MIG {d.mig_uuid}" if d.mig_uuid else ""
-        print(f"  cuda {d.logical_id} -> nvml {d.nvml_index}  {d.pci_bus_id}  {d.uuid}{mig}")
-        print(f"      {consensus(d)}; nodes {','.join(map(str, loc.numa_nodes)) or 'none'}; "
-              f"cpus {format_cpulist(loc.cpus) or '-'}")
-        for note in loc.notes:
-            print(f"      note: {note}")
-        if loc.lost:
-            print(f"      LOST: {loc.lost}")
-            if res.error is None:
-                from gpuaffinity.core.errors import GpuLostError
-
-                res.error = GpuLostError(loc.lost)
-        for v in d.verdicts:
-            if isinstance(v.result, Abstain):
-                said = ("skipped: " if not v.ran else "abstained: ") + v.result.reason
-            else:
-                g = res.inventory.by_uuid(v.result.uuid)
-                said = f"nvml {g.nvml_index if g else '?'} ({v.result.detail})"
-            print(f"      {v.strategy:<{width}} {said}")
-            if args.verbose and v.trace:
-                for line in v.trace.rstrip().splitlines():
-                    print(f"      {'':<{width}} | {line}")
-    if res.warnings or res.error:
-        print("\nWarnings and errors")
-        for _cat, msg in res.warnings:
-            print(f"  warning: {_strip(msg)}")
-        if res.error:
-            print(f"  error: {_strip(res.error)}")
-    else:
-        print("\nNo warnings.")
-    if res.error is not None:  # the report is on stdout; the status's one line on stderr, as for every command
-        say(f"gpuaffinity: {_strip(res.error)}")
-        return exit_status(res.error)
-    return EXIT_OK
-
-
-def _in_effect() -> tuple[str, str]:
-    """doctor's line on this process's CPU affinity and memory policy, as the kernel has them now: its label
-    ("this process is bound to", or "this process runs on" where its memory policy is the default) and value."""
-    import os
-
-    from gpuaffinity.core.cpulist import format_cpulist
-    from gpuaffinity.numa.bind import MPOL_DEFAULT, get_mempolicy, policy_mode, policy_name
-
-    cpus = f"CPUs {format_cpulist(os.sched_getaffinity(0))}"
-    try:
-        mode, nodes = get_mempolicy()
-    except Exception as e:  # unreadable (seccomp, an architecture gpuaffinity has no call numbers for)
-        return "this process runs on", f"{cpus}; memory policy unreadable ({cut(str(e), 120)})"
-    if policy_mode(mode) == MPOL_DEFAULT:
-        return "this process runs on", f"{cpus}; memory not bound (MPOL_DEFAULT: pages go to the node it runs on)"
-    return "this process is bound to", f"{cpus}; memory policy {policy_name(mode)}" + (
-        f" node(s) {format_cpulist(nodes)}" if nodes else "")
 
 
 def _ray_check(args: argparse.Namespace) -> int:
@@ -823,7 +401,7 @@ def _bind(args: argparse.Namespace, cmd: list[str]) -> int:
         raise UsageError("gpuaffinity bind: the command after `--` is empty or holds a NUL byte")
     from gpuaffinity.placement import bind, plan
 
-    opts = _options(args)
+    opts = options(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -832,10 +410,10 @@ def _bind(args: argparse.Namespace, cmd: list[str]) -> int:
             else:
                 rec = bind(selector, mode=args.mode, memory=args.memory, on_failure=args.on_failure, **opts)
         except GpuAffinityError as e:
-            _print_warnings(caught, but=_no_device(e))
-            say(f"gpuaffinity: {_strip(e)}")
+            print_warnings(caught, but=no_device_category(e))
+            say(f"gpuaffinity: {strip_prefix(e)}")
             return exit_status(e)
-    _print_warnings(caught)
+    print_warnings(caught)
     if args.dry_run:
         print(f"would bind: {rec.summary().replace(' (not applied)', '')}")
         # the fields by their BindRecord names, which mean what they mean in `resolve --json`
@@ -866,14 +444,5 @@ def _bind(args: argparse.Namespace, cmd: list[str]) -> int:
     try:
         os.execvp(cmd[0], cmd)
     except OSError as e:
-        return _cannot_run("bind", cmd, e)
+        return cannot_run("bind", cmd, e)
     return EXIT_ERROR  # not reached
-
-
-def _cannot_run(verb: str, cmd: list[str], e: OSError) -> int:
-    """One line, and the shell's status: 127 not found, 126 not executable."""
-    if isinstance(e, FileNotFoundError):
-        say(f"gpuaffinity: {verb}: command not found: {cmd[0]}")
-        return 127
-    say(f"gpuaffinity: {verb}: cannot run {cmd[0]}: {e.strerror or e}")
-    return 126

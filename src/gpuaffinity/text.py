@@ -43,3 +43,12 @@ def lay_out(rows: list[tuple[str, ...]], indent: str = "") -> list[str]:
     cells = [tuple(clean(c) for c in r) for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
     return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+
+
+def cannot_run(verb: str, cmd: list[str], e: OSError) -> int:
+    """One line, and the shell's status: 127 not found, 126 not executable."""
+    if isinstance(e, FileNotFoundError):
+        say(f"gpuaffinity: {verb}: command not found: {cmd[0]}")
+        return 127
+    say(f"gpuaffinity: {verb}: cannot run {cmd[0]}: {e.strerror or e}")
+    return 126
