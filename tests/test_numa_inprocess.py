@@ -430,3 +430,87 @@ def _apply_from_narrow_affinity(mine, cpus):
 def test_undoing_cpus_goes_back_to_this_process_s_own_affinity():
     raised = value(forked(_apply_from_narrow_affinity, CPUS[1:2], CPUS[:1]))
     assert raised[0] == "raised" and raised[2] is True  # back to CPUS[1] alone, not to another process's mask
+
+
+# ---- localities through a Host: its roots, its CPUs, its NVML session; NVML not asked on one node ----------------
+
+
+def _through_a_host(topo, root, proc, fault_bus):
+    """localities() given a Host built over ``root`` and ``proc``, while the environment names other roots and
+    another cpuset: every fact must come from the Host."""
+    from gpuaffinity.host import Host
+    from gpuaffinity.numa import query
+
+    os.environ[query.SIM_ALLOWED_VAR] = "0-7"
+    host = Host({"GPUAFFINITY_SYSFS_ROOT": str(root), "GPUAFFINITY_PROCFS_ROOT": str(proc)})
+    os.environ[query.SIM_ALLOWED_VAR] = "0"  # changed after the Host read its CPUs
+    os.environ["GPUAFFINITY_SYSFS_ROOT"] = "/nonexistent"
+    os.environ["GPUAFFINITY_PROCFS_ROOT"] = "/nonexistent"
+    buses = [g.pci_bus_id for g in topo.gpus]
+    with host:
+        locs = query.localities(buses, host=host)
+        starts = host.nvml_starts
+    mems = host.allowed_mems
+    return {"starts": starts, "allowed": sorted(host.allowed_cpus), "mems": mems and sorted(mems),
+            **{b: [list(loc.numa_nodes), format_cpulist(loc.cpus), format_cpulist(loc.local_cpus), loc.source,
+                   list(loc.gpu_memory_nodes), loc.lost[:40], list(loc.notes)] for b, loc in locs.items()}}
+
+
+def test_localities_take_every_fact_from_the_host(tmp_path):
+    """gh200: NVML asked through the Host's one session; the allowed CPUs the Host read (0-7), its sysfs and its
+    /proc (the driver's numa_status there names the GPU's memory node 1 when NVML does not: nvmlDeviceGetNumaNodeId
+    refused)."""
+    topo = load_topology("gh200")
+    root = cached_render(topo)
+    bus = topo.gpus[0].pci_bus_id
+    proc = tmp_path / "proc"
+    (proc / "driver/nvidia/gpus" / bus).mkdir(parents=True)
+    (proc / "driver/nvidia/gpus" / bus / "numa_status").write_text("Node: 1\n")
+    (proc / "self").mkdir()
+    (proc / "self" / "status").write_text("Name:\tx\nMems_allowed_list:\t0-1\n")
+    got = value(forked(_with_nvml, "gh200", tmp_path, "nvmlDeviceGetNumaNodeId=3", lambda t: _through_a_host(
+        t, root, proc, None)))
+    assert got["starts"] == 1 and got["allowed"] == list(range(8)) and got["mems"] == [0, 1]
+    nodes, cpus, local, source, own, lost, _notes = got[bus]
+    assert (nodes, cpus, local, source, own, lost) == ([0], "0-7", "0-71", "sysfs+nvml", [1], "")
+
+
+def test_a_gpu_nvml_says_is_lost_keeps_its_place_and_says_so(tmp_path):
+    """dgx-h100, the first GPU's handle lost (NVML 15): its locality is still sysfs's, with ``lost`` set; the
+    others are whole, from NVML and sysfs."""
+    topo = load_topology("dgx-h100")
+    root = cached_render(topo)
+    got = value(forked(_with_nvml, "dgx-h100", tmp_path, "nvmlDeviceGetHandleByPciBusId=15:1",
+                       lambda t: _through_a_host(t, root, tmp_path / "noproc", None)))
+    first, second = topo.gpus[0].pci_bus_id, topo.gpus[1].pci_bus_id
+    assert got[first][0] == [0] and got[first][3] == "sysfs" and got[first][5] == f"GPU {first} is lost: nvmlDeviceGetH"
+    assert got[second][0] == [0] and got[second][3] == "sysfs+nvml" and got[second][5] == ""
+    assert got[first][1] == "0-7" and got["starts"] == 1
+
+
+def test_on_one_node_nvml_is_not_started_and_the_note_says_why(tmp_path):
+    """vm-4gpu (one node, numa_node = -1): the Host starts no NVML session; each GPU's note says the host has one
+    node, not what NVML would have named."""
+    topo = load_topology("vm-4gpu")
+    root = cached_render(topo)
+    got = value(forked(_with_nvml, "vm-4gpu", tmp_path, "", lambda t: _through_a_host(
+        t, root, tmp_path / "noproc", None)))
+    assert got["starts"] == 0
+    for g in topo.gpus:
+        nodes, cpus, _local, source, _own, _lost, notes = got[g.pci_bus_id]
+        assert (nodes, cpus, source) == ([], "0-7", "sysfs")
+        assert notes == ["the firmware gives no NUMA node for this GPU (numa_node = -1, common in VMs) and this host "
+                         "has one NUMA node (NVML was not asked: it can name no other): no preference"]
+
+
+def _allowed_after_binding(first):
+    from gpuaffinity.core.cpulist import format_cpulist as fmt
+    from gpuaffinity.numa.query import allowed_cpus
+
+    began = fmt(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {first})  # this process bound since the simulation began; pid 1 was not
+    return sorted(allowed_cpus({"GPUAFFINITY_SIM_ALLOWED_CPUS": "0-4095", "GPUAFFINITY_SIM_START_MASK": began}))
+
+
+def test_the_simulated_cpuset_narrows_to_this_processs_own_mask():
+    assert value(forked(_allowed_after_binding, CPUS[-1])) == [CPUS[-1]]

@@ -4,6 +4,7 @@ NUMA stage makes of it (the same placement as the clean tree, with a note where 
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 
@@ -650,3 +651,32 @@ def test_cores_are_ordered_by_their_first_cpu(tmp_path):
         top.mkdir(parents=True)
         (top / "core_cpus_list").write_text(siblings + "\n")
     assert cores_of(frozenset({0, 1, 2, 4, 5}), Sysfs(tmp_path), []) == [(0, 4), (1, 5), (2,)]
+
+
+def test_the_simulated_cpuset_narrows_with_the_mask_once_the_process_was_bound(monkeypatch):
+    """allowed_cpus(env) on a simulated machine: the simulated cpuset, narrowed to the process's own mask where that
+    mask is narrower than the one the simulation began with (the process was bound since), read from ``env`` (a
+    Host's snapshot), not os.environ."""
+    from gpuaffinity.core.cpulist import format_cpulist as fmt
+    from gpuaffinity.numa.query import allowed_cpus
+
+    now = frozenset(os.sched_getaffinity(0))
+    wide = fmt(now | {4090})
+    env = {"GPUAFFINITY_SIM_ALLOWED_CPUS": "0-4095", "GPUAFFINITY_SIM_START_MASK": wide}
+    monkeypatch.setenv("GPUAFFINITY_SIM_ALLOWED_CPUS", "1")
+    assert allowed_cpus(env) == now  # began wider than now: bound since, so the cpuset narrows to the mask
+    assert allowed_cpus({**env, "GPUAFFINITY_SIM_START_MASK": fmt(now)}) == frozenset(range(4096))  # not narrower
+    assert allowed_cpus({**env, "GPUAFFINITY_SIM_START_MASK": "not a list"}) == frozenset(range(4096))
+    assert allowed_cpus({"GPUAFFINITY_SIM_ALLOWED_CPUS": "2-3"}) == {2, 3}  # no start mask: the cpuset
+    assert allowed_cpus() == {1}  # the environment's, where no env is given
+    assert allowed_cpus({}) == now  # no simulator: this process's mask
+
+
+def test_allowed_memory_nodes_read_the_given_procfs(tmp_path, monkeypatch):
+    from gpuaffinity.numa.query import allowed_memory_nodes
+
+    (tmp_path / "self").mkdir()
+    (tmp_path / "self" / "status").write_text("Name:\tx\nMems_allowed_list:\t1,3\n")
+    monkeypatch.setenv("GPUAFFINITY_PROCFS_ROOT", str(tmp_path / "elsewhere"))
+    assert allowed_memory_nodes({"GPUAFFINITY_PROCFS_ROOT": str(tmp_path)}) == {1, 3}
+    assert allowed_memory_nodes() is None  # the environment's root has no status file

@@ -494,7 +494,9 @@ def test_ctx_env_reads_the_snapshot_then_the_environment_once_and_refuses_the_un
     monkeypatch.delenv("LATE")
     fresh = ResolveContext(Inventory(()), None, None, 0, declared=frozenset({"LATE"}))
     assert fresh.env("LATE") is None  # declared and unset: None, as os.environ.get gives
-    with pytest.raises(KeyError, match="'NOPE' is no variable a strategy of this resolution declared: list it in"):
+    with pytest.raises(KeyError, match=r"'NOPE' is no variable a strategy of this resolution declared: list it in the "
+                                        r"strategy's env_vars \(then a change of it reaches the cache key\), and "
+                                        r"read it with ctx.env\('NOPE'\)"):
         ctx.env("NOPE")
 
 
@@ -511,3 +513,16 @@ def test_settings_keep_the_declared_variables_the_key_holds_and_none_when_the_li
         assert dict(s.Settings.from_key(s.make_key(None, None, True)).extra) == {"AA_TWO": None, "ZZ_ONE": None}
     finally:
         s._EXTRA, s._EXTRA_KEYS = before
+
+
+def test_a_stash_key_shows_its_name_and_get_gives_the_default_only_where_nothing_is_kept():
+    from gpuaffinity import StashKey
+    from gpuaffinity.core.strategy import Stash
+
+    assert repr(StashKey("mine.table")) == "StashKey('mine.table')" and repr(StashKey()) == "StashKey('')"
+    key, other = StashKey[int]("n"), StashKey[int]("n")
+    stash = Stash()
+    stash[key] = 0
+    assert stash.get(key, 7) == 0 and stash.get(other, 7) == 7 and stash.get(other) is None
+    with pytest.raises(TypeError, match=r"\), not str$"):
+        stash.get("n")
