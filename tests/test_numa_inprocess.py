@@ -514,3 +514,36 @@ def _allowed_after_binding(first):
 
 def test_the_simulated_cpuset_narrows_to_this_processs_own_mask():
     assert value(forked(_allowed_after_binding, CPUS[-1])) == [CPUS[-1]]
+
+
+VM_2NODE = '''name = "vm-2node"
+[[numa_node]]
+id = 0
+cpus = "0-3"
+[[numa_node]]
+id = 1
+cpus = "4-7"
+[[gpu]]
+uuid = "GPU-00000000-0000-0000-0000-000000000001"
+pci_bus_id = "0000:01:00.0"
+name = "NVIDIA H100"
+numa_node = -1
+'''
+
+
+def test_on_two_nodes_nvml_is_asked_and_without_it_sysfs_answers_alone(tmp_path):
+    """A VM of two nodes, its GPU without one: NVML is asked (through the Host), names both nodes, and the note says
+    so, not "one NUMA node"; where NVML cannot start at all, the same place from sysfs alone, no session kept."""
+    path = tmp_path / "vm-2node.toml"
+    path.write_text(VM_2NODE)
+    topo = load_topology(path)
+    root = cached_render(topo)
+    got = value(forked(_with_nvml, str(path), tmp_path, "", lambda t: _through_a_host(t, root, tmp_path / "p", None)))
+    nodes, cpus, _local, source, _own, _lost, notes = got["0000:01:00.0"]
+    assert got["starts"] == 1 and (nodes, cpus, source) == ([], "0-7", "sysfs+nvml")
+    assert notes[0] == ("the firmware gives no NUMA node for this GPU (numa_node = -1, common in VMs) and NVML's "
+                        "node(s) 0-1 are every node with CPUs here, which tells nothing: no preference")
+    down = value(forked(_with_nvml, str(path), tmp_path, "nvmlInit=9",
+                        lambda t: _through_a_host(t, root, tmp_path / "p", None)))
+    assert down["starts"] == 0 and down["0000:01:00.0"][:4] == [[], "0-7", "0-7", "sysfs"]
+    assert down["0000:01:00.0"][6][0].endswith("and NVML names none either: no preference")
