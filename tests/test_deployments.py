@@ -334,22 +334,24 @@ NVML_SHAPES = [(["dgx-h100"], 1), (["slurm-2of8"], 1), (["container-2of8"], 1), 
 @pytest.mark.parametrize(("shape", "starts"), NVML_SHAPES, ids=[" ".join(s) for s, _n in NVML_SHAPES])
 def test_every_command_starts_nvml_once_in_every_shape(tmp_path, shape, starts):
     """One Host a command (gpuaffinity.host): the GPU list, the driver's count, each GPU's locality and the plan
-    share one NVML session.  The simulator's counters, per command: NVML started `starts` times, in one process
-    (the CUDA driver, where asked, in the forked probe: mixed-4gpu, whose CUDA order is unknown)."""
-    code = "import gpuaffinity; gpuaffinity.plan(0)"
-    for cmd in (["gpuaffinity", "resolve", "--json"], ["gpuaffinity", "bind", "0", "--dry-run"],
-                ["gpuaffinity", "doctor"], ["gpuaffinity", "resolve", "0"], ["-c", code]):
-        counters = tmp_path / "-".join(cmd)[:40]
-        run = [sys.executable, "-m", *cmd] if cmd[0] == "gpuaffinity" else [sys.executable, *cmd]
-        proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", "--counters", str(counters), *shape,
-                               "--", *run], capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, (cmd, proc.stderr)
-        from gpuaffinity.sim import read_counters
+    share one NVML session.  Five commands on one simulated machine, each its own process; the simulator's counters
+    by process: each started NVML `starts` times and shut it down as often (the CUDA driver, where asked, in the
+    forked probe: mixed-4gpu, whose CUDA order is unknown)."""
+    import shlex
 
-        nvml = {pid: c.get("nvmlInit_v2", 0) for (pid, lib), c in read_counters(counters).items() if lib == "nvml"}
-        assert sum(nvml.values()) == starts and len(nvml) <= 1, (cmd, nvml)
-        shutdowns = sum(c.get("nvmlShutdown", 0) for (_p, lib), c in read_counters(counters).items() if lib == "nvml")
-        assert shutdowns == starts, (cmd, "every session started is shut down before the command ends")
+    from gpuaffinity.sim import read_counters
+
+    py = shlex.quote(sys.executable)
+    commands = [f"{py} -m gpuaffinity resolve --json", f"{py} -m gpuaffinity bind 0 --dry-run",
+                f"{py} -m gpuaffinity doctor", f"{py} -m gpuaffinity resolve 0",
+                f"{py} -c 'import gpuaffinity; gpuaffinity.plan(0)'"]
+    script = "".join(f"{c} > /dev/null || exit 9\n" for c in commands)
+    proc = subprocess.run([sys.executable, "-m", "gpuaffinity", "sim", "run", "--counters", str(tmp_path), *shape,
+                           "--", "sh", "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    nvml = [c for (_pid, lib), c in read_counters(tmp_path).items() if lib == "nvml"]
+    assert len(nvml) == (len(commands) if starts else 0), nvml  # every command asked NVML, or none did
+    assert all(c.get("nvmlInit_v2", 0) == starts and c.get("nvmlShutdown", 0) == starts for c in nvml), nvml
 
 
 @pytest.mark.parametrize("preset", ["dgx-h100", "slurm-2of8", "container-2of8", "mig-container"])
