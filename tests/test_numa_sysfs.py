@@ -680,3 +680,27 @@ def test_allowed_memory_nodes_read_the_given_procfs(tmp_path, monkeypatch):
     monkeypatch.setenv("GPUAFFINITY_PROCFS_ROOT", str(tmp_path / "elsewhere"))
     assert allowed_memory_nodes({"GPUAFFINITY_PROCFS_ROOT": str(tmp_path)}) == {1, 3}
     assert allowed_memory_nodes() is None  # the environment's root has no status file
+
+
+VM2 = {"name": "vm-2node", "numa_node": [{"id": 0, "cpus": "0-3"}, {"id": 1, "cpus": "4-7"}],
+       "gpu": [{"uuid": "GPU-00000000-0000-0000-0000-000000000001", "pci_bus_id": "0000:01:00.0",
+                "name": "NVIDIA H100", "numa_node": -1}]}
+
+
+@pytest.mark.parametrize(("nvml", "said"), [
+    (None, "NVML names none either"),
+    ((frozenset({2}), frozenset(range(8)), frozenset({2})), "NVML names only the GPU's own memory node(s) 2"),
+    ((frozenset({3}), frozenset(range(8)), frozenset()), "NVML's node(s) 3 are not nodes with CPUs here, ignored"),
+    ((frozenset({0, 1}), frozenset(range(8)), frozenset()),
+     "NVML's node(s) 0-1 are every node with CPUs here, which tells nothing"),
+])
+def test_a_gpu_without_a_node_on_two_nodes_says_what_nvml_named_and_why_it_is_not_used(nvml, said):
+    """gpu_locality called as a caller outside a Host does (no one_node): every way NVML's answer can fail to place
+    a GPU without a node, each with its own note, and no preference."""
+    from gpuaffinity.sim.topology import parse_topology
+
+    topo = parse_topology(VM2)
+    loc = gpu_locality("0000:01:00.0", frozenset(range(8)), nvml, sysfs=Sysfs(cached_render(topo)))
+    assert (loc.numa_nodes, format_cpulist(loc.cpus)) == ((), "0-7")
+    assert ("the firmware gives no NUMA node for this GPU (numa_node = -1, common in VMs) and "
+            f"{said}: no preference") in loc.notes, loc.notes
