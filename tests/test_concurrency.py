@@ -201,3 +201,24 @@ def test_a_child_forked_inside_a_command_starts_outside_its_scope_with_nvml_of_i
     assert child_starts == 1  # its own session (the parent's is not its to use)
     assert bus == mine  # the same GPU either way
     assert parent_starts == 1 and still_open  # the parent's scope: one session, still open until the scope ends
+
+
+def test_a_child_forked_inside_a_scope_leaves_the_block_cleanly():
+    """The child of a fork inside ``host.scope()`` starts outside it with a lock of its own; leaving the block there
+    neither releases a lock it never took (RuntimeError) nor shuts down the parent's session.  (Found by an
+    attack.)"""
+    from gpuaffinity import _state, host
+
+    parent = os.getpid()
+    code = 1
+    try:
+        with host.scope():
+            pid = os.fork()
+        if pid == 0:  # the child, out of the block
+            code = 0 if host._current is None and _state.lock.acquire(timeout=2) else 3
+    finally:
+        if os.getpid() != parent:
+            os._exit(code)  # the child never returns into pytest, whatever happened
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    assert host._current is None and _state.lock.acquire(timeout=2)
+    _state.lock.release()

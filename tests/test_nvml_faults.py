@@ -164,3 +164,22 @@ def test_a_lost_gpu_in_an_nvml_listed_view_is_a_gpu_lost_error_too():
             "    print('lost:', e)")
     out = _sim_run("--fault", "nvmlDeviceGetHandleByIndex=0xf", "slurm-2of8", "--", sys.executable, "-c", code)
     assert out.stdout.startswith("lost: a GPU is lost: NVML failed while reading GPU 0"), out.stderr
+
+
+def test_on_one_node_a_lost_gpu_is_reported_where_nvml_is_asked_anyway():
+    """A host of one node asks NVML nothing for locality, so a GPU NVML calls lost (fallen off the bus) is not
+    seen by resolve or bind there (CUDA fails on it by itself); doctor, the health report, asks NVML whether each
+    GPU is lost and says so; where the GPU list comes from NVML, NVML says it there.  (Found by an attack: doctor
+    had stopped saying LOST on one node.)"""
+    fault = ("--fault", "nvmlDeviceGetHandleByPciBusId=15", "vm-4gpu", "--")
+    doctor = _sim_run(*fault, sys.executable, "-m", "gpuaffinity", "doctor")
+    assert doctor.returncode == 1 and doctor.stdout.count("      LOST: GPU ") == 4, doctor.stdout
+    plain = _sim_run(*fault, sys.executable, "-m", "gpuaffinity", "resolve")
+    assert plain.returncode == 0, plain.stderr  # the GPU list from the driver's files: NVML not started
+    listed = _sim_run(*fault, "env", "GPUAFFINITY_INVENTORY=nvml", sys.executable, "-m", "gpuaffinity", "resolve")
+    assert listed.returncode == 1 and "is lost" in listed.stderr, listed.stderr  # the list itself says it
+    # the list from NVML, the first lookup by bus id failing: the session the list opened is asked, no start more
+    once = ("--fault", "nvmlDeviceGetHandleByPciBusId=15:1", "vm-4gpu", "--", "env", "GPUAFFINITY_INVENTORY=nvml")
+    asked = _sim_run(*once, sys.executable, "-m", "gpuaffinity", "resolve")
+    assert asked.returncode == 1 and asked.stderr.startswith("gpuaffinity: GPU 0000:00:05.0 is lost"), asked.stderr
+    assert _sim_run(*once[:3], "--", sys.executable, "-m", "gpuaffinity", "resolve").returncode == 0

@@ -526,3 +526,57 @@ def test_a_stash_key_shows_its_name_and_get_gives_the_default_only_where_nothing
     assert stash.get(key, 7) == 0 and stash.get(other, 7) == 7 and stash.get(other) is None
     with pytest.raises(TypeError, match=r"\), not str$"):
         stash.get("n")
+
+
+HOSTILE = '''
+import gpuaffinity
+
+
+class Hostile:
+    name = "hostile"
+    priority = 95
+
+    def answer(self, ctx, logical_id):
+        if logical_id == 0:
+            return gpuaffinity.Answer(ctx.inventory.gpus[3].uuid, detail="det\\x1b]0;TITLE\\x07\\nforged: line")
+        return gpuaffinity.Abstain("why\\x1b[2J\\x9b2J\\nforged line")
+
+
+@gpuaffinity.hookimpl
+def gpuaffinity_strategies():
+    return [Hostile()]
+'''
+
+
+def test_a_plugins_words_reach_doctor_escaped_and_forge_no_line(sim_factory, tmp_path):
+    """doctor prints a strategy's reasons and details, which a plugin writes: escape sequences (ESC, the one-byte
+    C1 introducer 0x9b) and newlines reach the terminal escaped, on the line they belong to.  (Found by an attack:
+    doctor printed them raw.)"""
+    (tmp_path / "hostile_mod.py").write_text(HOSTILE)
+    (tmp_path / "hostile-1.0.dist-info").mkdir()
+    (tmp_path / "hostile-1.0.dist-info" / "entry_points.txt").write_text("[gpuaffinity]\nhostile = hostile_mod\n")
+    out = cli(sim_factory("dgx-h100"), tmp_path, "doctor", "-v", cvd="3,1")
+    assert out.returncode == 0, out.stderr
+    assert "\x1b" not in out.stdout and "\x9b" not in out.stdout and "\x07" not in out.stdout
+    lines = out.stdout.splitlines()
+    assert not any(line.startswith(("forged", " forged")) for line in lines)
+    assert any(r"(det\x1b]0;TITLE\x07\nforged: line)" in line for line in lines), out.stdout
+    assert any(r"abstained: why\x1b[2J\x9b2J\nforged line" in line for line in lines), out.stdout
+
+
+def test_ctx_env_as_a_dict_reads_the_declared_variables_too(monkeypatch):
+    """ctx.env["X"], ctx.env.get("X") and "X" in ctx.env say what ctx.env("X") says for a declared variable (they
+    gave None and False: a plugin using the dict idiom abstained quietly); items() stays the two CUDA variables, as
+    the pci strategy's child is given them.  (Found by an attack.)"""
+    from gpuaffinity.core.model import Inventory
+    from gpuaffinity.core.strategy import ResolveContext
+
+    monkeypatch.setenv("MY_MAP", "hello")
+    ctx = ResolveContext(Inventory(()), "1", None, 1, declared=frozenset({"MY_MAP", "UNSET_ONE"}))
+    env = ctx.env
+    assert env["MY_MAP"] == env.get("MY_MAP") == env("MY_MAP") == "hello" and "MY_MAP" in env
+    assert env.get("UNSET_ONE", "x") is None and "UNSET_ONE" in env
+    assert env.get("NOPE", "x") == "x" and "NOPE" not in env
+    with pytest.raises(KeyError, match="'NOPE' is no variable a strategy of this resolution declared"):
+        env["NOPE"]
+    assert dict(env.items()) == {"CUDA_VISIBLE_DEVICES": "1", "CUDA_DEVICE_ORDER": None}

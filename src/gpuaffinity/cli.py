@@ -18,7 +18,7 @@ import sys
 from gpuaffinity.core.errors import EXIT_ERROR, EXIT_FOUND, EXIT_OK, EXIT_USAGE, UsageError, exit_status
 from gpuaffinity.core.settings import DEBUG_VAR, DEFAULT_MEMORY, FAILURE_POLICIES, MEMORY_POLICIES, MODES, POLICIES
 from gpuaffinity.reports import no_device_category, options, print_warnings, strip_prefix
-from gpuaffinity.text import cannot_run, cut, say
+from gpuaffinity.text import cannot_run, cut, out, say
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -415,20 +415,20 @@ def _bind(args: argparse.Namespace, cmd: list[str]) -> int:
             return exit_status(e)
     print_warnings(caught)
     if args.dry_run:
-        print(f"would bind: {rec.summary().replace(' (not applied)', '')}")
+        out(f"would bind: {rec.summary().replace(' (not applied)', '')}")
         # the fields by their BindRecord names, which mean what they mean in `resolve --json`
-        print(f"  numa_nodes {format_cpulist(rec.numa_nodes) or 'none'}; cpus {format_cpulist(rec.cpus) or '-'}")
-        print(f"  bind_cpus {format_cpulist(rec.bind_cpus) or '-'}; memory {rec.memory}; memory_nodes "
+        out(f"  numa_nodes {format_cpulist(rec.numa_nodes) or 'none'}; cpus {format_cpulist(rec.cpus) or '-'}")
+        out(f"  bind_cpus {format_cpulist(rec.bind_cpus) or '-'}; memory {rec.memory}; memory_nodes "
               f"{format_cpulist(rec.memory_nodes) or 'none'}; memory_policy {rec.memory_policy}")
         if rec.shared_with:
             from gpuaffinity.placement import shared_message
 
-            print(f"  shared_with {','.join(rec.shared_with)}: {shared_message(rec)} (a BindWarning; "
+            out(f"  shared_with {','.join(rec.shared_with)}: {shared_message(rec)} (a BindWarning; "
                   "--on-failure error refuses)")
         for note in rec.notes:
-            print(f"  note: {note}")
+            out(f"  note: {note}")
         for failure in rec.failures:
-            print(f"  would fail: {failure}")
+            out(f"  would fail: {failure}")
         return EXIT_OK
     from gpuaffinity.core.notes import kind_of
 

@@ -68,6 +68,8 @@ class Host:
         self._mems: object = _UNREAD
         #: callers that asked for locality early (the command line, while a forked probe initialises CUDA)
         self.eager = False
+        #: ask NVML whether each GPU is lost even where its locality needs no NVML (doctor: a health report)
+        self.health = False
         #: how many NVML sessions this host started (a test's and doctor's view: at most one a scope)
         self.nvml_starts = 0
 
@@ -83,6 +85,11 @@ class Host:
             nv.__enter__()
             self.nvml_starts += 1
             self._nv = nv
+        return self._nv
+
+    @property
+    def open_session(self) -> Session | None:
+        """The NVML session where one is open now (started, or the caller's), else None: nothing is started."""
         return self._nv
 
     def close(self) -> None:
@@ -176,6 +183,7 @@ class scope:
 
     def __enter__(self) -> Host:
         global _current
+        self._pid = os.getpid()
         _state.lock.acquire()
         try:
             if _current is None:
@@ -187,6 +195,10 @@ class scope:
 
     def __exit__(self, *exc: object) -> None:
         global _current
+        if os.getpid() != self._pid:
+            # a child forked inside the block: it started outside the scope with a lock of its own (_state's fork
+            # hooks), so there is nothing of the parent's to release or shut down here
+            return
         try:
             if self._own:
                 host, _current = _current, None

@@ -450,8 +450,11 @@ def _hook_exits(ray: Any) -> dict[str, str]:
     connection before it reads the worker's own exit message, the actor's error is a bare "worker died", and
     where the actor is placed again after each death, the probe gets no answer at all.  The GCS's worker table
     keeps each dead worker's own exit detail (written by its raylet), so a row with an unclear error or no answer
-    is judged by that.  Only workers of this check's job are read.  The table is Ray's internal interface: where
-    it is missing or different, nothing is found and the rows keep their own error."""
+    is judged by that.  Only workers of this check's job are read.  The table names no probe, only the node: a
+    row of that node without an answer of its own is given the node's hook failure, which every worker of this
+    check there meets (one Python environment, one hook), whatever else may also have happened to it.  The table
+    is Ray's internal interface: where it is missing or different, nothing is found and the rows keep their own
+    error."""
     try:
         from ray._private.state import state
         from ray.core.generated import gcs_pb2

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from gpuaffinity.core.errors import EXIT_ERROR, EXIT_OK, UsageError, exit_status
-from gpuaffinity.text import cut, lay_out, say
+from gpuaffinity.text import cut, lay_out, out, say
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -142,7 +142,7 @@ def _plugins(res: object) -> None:
 
     plugins = getattr(res, "plugins", [])
     third = [p for p in plugins if p.target]
-    print("\nPlugins" + ("" if third else ": only the built-in ones"))
+    out("\nPlugins" + ("" if third else ": only the built-in ones"))
     rows = [(p.name, f"{p.distribution} {p.version}".strip(), f"{p.name} = {p.target}",
              ", ".join(p.strategies) or "none", p.problem) for p in third]
     if rows:
@@ -151,7 +151,7 @@ def _plugins(res: object) -> None:
     sources = [(n, "--disable") for n in st.disable_arg or ()]
     sources += [(n.strip(), DISABLE_VAR) for n in (st.disable_env or "").split(",") if n.strip()]
     if sources:
-        print("  disabled: " + ", ".join(f"{n} (from {src})" for n, src in sources))
+        out("  disabled: " + ", ".join(f"{n} (from {src})" for n, src in sources))
 
 
 def doctor_report(args: argparse.Namespace) -> int:
@@ -161,21 +161,21 @@ def doctor_report(args: argparse.Namespace) -> int:
     from gpuaffinity.core.errors import GpuAffinityError
     from gpuaffinity.core.model import Abstain
 
-    print("Environment")
+    out("Environment")
     from gpuaffinity.core.settings import VARIABLES
 
     for var, always, _what in VARIABLES:  # the simulator's and the rarer switches: shown only when set
         value = os.environ.get(var)
         if value is not None or always:
-            print(f"  {var:<28} {'<unset>' if value is None else cut(repr(value))}")
+            out(f"  {var:<28} {'<unset>' if value is None else cut(repr(value))}")
     from gpuaffinity.resolvers._common import cuda_initialized_here
     torch = sys.modules.get("torch")
-    print(f"  {'torch imported':<28} {'yes, ' + torch.__version__ if torch else 'no (gpuaffinity never imports it)'}")
-    print(f"  {'CUDA initialised here':<28} {'yes' if cuda_initialized_here() else 'no'}")
+    out(f"  {'torch imported':<28} {'yes, ' + torch.__version__ if torch else 'no (gpuaffinity never imports it)'}")
+    out(f"  {'CUDA initialised here':<28} {'yes' if cuda_initialized_here() else 'no'}")
     from gpuaffinity.numa.query import allowed_cpus
-    print(f"  {'allowed CPUs':<28} {format_cpulist(allowed_cpus())}")
+    out(f"  {'allowed CPUs':<28} {format_cpulist(allowed_cpus())}")
     label, value = _in_effect()
-    print(f"  {label:<28} {value}")
+    out(f"  {label:<28} {value}")
 
     from gpuaffinity.api import run_resolution
     from gpuaffinity.host import scope
@@ -186,11 +186,12 @@ def doctor_report(args: argparse.Namespace) -> int:
         except GpuAffinityError as e:
             say(f"gpuaffinity: {strip_prefix(e)}")
             return exit_status(e)
+        host.health = True  # a GPU NVML says is lost is reported, on a host of one node too
         locs = host.localities(g.pci_bus_id for g in res.inventory.gpus)  # once for both sections
     inv = res.inventory
-    print(f"\nGPUs this process can use (NVML order = PCI order): {len(inv.gpus)}")
+    out(f"\nGPUs this process can use (NVML order = PCI order): {len(inv.gpus)}")
     for note in inv.notes:
-        print(f"  {note}")
+        out(f"  {note}")
     table = [("NVML", "PCI", "UUID", "MODEL", "NODES", "LOCAL CPUS")]
     for g in res.inventory.gpus:
         loc = locs[g.pci_bus_id]
@@ -198,28 +199,28 @@ def doctor_report(args: argparse.Namespace) -> int:
         table.append((str(g.nvml_index), g.pci_bus_id, g.uuid + migs, g.name,
                       ",".join(map(str, loc.numa_nodes)) or "none", format_cpulist(loc.local_cpus) or "-"))
     _print_table(table, "  ")
-    print(f"\nStrategies (priority order; equal priorities by name; policy {res.policy})")
+    out(f"\nStrategies (priority order; equal priorities by name; policy {res.policy})")
     _print_table([(s.name, str(s.priority), getattr(s, "describe", "")) for s in res.strategies], "  ")
     if not res.strategies:
-        print("  none: every strategy is disabled, so nothing can resolve; enable one (GPUAFFINITY_DISABLE, "
+        out("  none: every strategy is disabled, so nothing can resolve; enable one (GPUAFFINITY_DISABLE, "
               "--disable)")
     _plugins(res)
     if res.context.grammar.unsure:
-        print(f"  note: the reading of CUDA_VISIBLE_DEVICES {res.context.grammar.unsure}; the default policy "
+        out(f"  note: the reading of CUDA_VISIBLE_DEVICES {res.context.grammar.unsure}; the default policy "
               "checks it with the driver")
     width = max([len(s.name) for s in res.strategies] + [8])
-    print(f"\nDevices: this process sees {res.context.visible}" + (" (why, and what to write: below)" if
+    out(f"\nDevices: this process sees {res.context.visible}" + (" (why, and what to write: below)" if
                                                                   res.no_device else ""))
     for d in res.devices:
         loc = locs[d.pci_bus_id]
         mig = f" MIG {d.mig_uuid}" if d.mig_uuid else ""
-        print(f"  cuda {d.logical_id} -> nvml {d.nvml_index}  {d.pci_bus_id}  {d.uuid}{mig}")
-        print(f"      {consensus(d)}; nodes {','.join(map(str, loc.numa_nodes)) or 'none'}; "
+        out(f"  cuda {d.logical_id} -> nvml {d.nvml_index}  {d.pci_bus_id}  {d.uuid}{mig}")
+        out(f"      {consensus(d)}; nodes {','.join(map(str, loc.numa_nodes)) or 'none'}; "
               f"cpus {format_cpulist(loc.cpus) or '-'}")
         for note in loc.notes:
-            print(f"      note: {note}")
+            out(f"      note: {note}")
         if loc.lost:
-            print(f"      LOST: {loc.lost}")
+            out(f"      LOST: {loc.lost}")
             if res.error is None:
                 from gpuaffinity.core.errors import GpuLostError
 
@@ -230,18 +231,18 @@ def doctor_report(args: argparse.Namespace) -> int:
             else:
                 g = res.inventory.by_uuid(v.result.uuid)
                 said = f"nvml {g.nvml_index if g else '?'} ({v.result.detail})"
-            print(f"      {v.strategy:<{width}} {said}")
+            out(f"      {v.strategy:<{width}} {said}")
             if args.verbose and v.trace:
                 for line in v.trace.rstrip().splitlines():
-                    print(f"      {'':<{width}} | {line}")
+                    out(f"      {'':<{width}} | {line}")
     if res.warnings or res.error:
-        print("\nWarnings and errors")
+        out("\nWarnings and errors")
         for _cat, msg in res.warnings:
-            print(f"  warning: {strip_prefix(msg)}")
+            out(f"  warning: {strip_prefix(msg)}")
         if res.error:
-            print(f"  error: {strip_prefix(res.error)}")
+            out(f"  error: {strip_prefix(res.error)}")
     else:
-        print("\nNo warnings.")
+        out("\nNo warnings.")
     if res.error is not None:  # the report is on stdout; the status's one line on stderr, as for every command
         say(f"gpuaffinity: {strip_prefix(res.error)}")
         return exit_status(res.error)

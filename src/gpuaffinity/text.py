@@ -36,6 +36,15 @@ def say(text: str, limit: int = 2000) -> None:
     print(line, file=sys.stderr)
 
 
+def out(text: str) -> None:
+    """One line of a report on stdout, whatever its values hold (control characters escaped, so a value's newline
+    forges no line); a leading newline is kept, as the blank line before a section."""
+    if text.startswith("\n"):
+        print()
+        text = text[1:]
+    print(clean(text))
+
+
 def lay_out(rows: list[tuple[str, ...]], indent: str = "") -> list[str]:
     """The rows as aligned columns, two spaces apart, each cell cleaned first; no line for no rows."""
     if not rows:

@@ -90,16 +90,24 @@ class Env(dict):
     the same value).  A variable no strategy declared is a KeyError saying so: undeclared, a change of it would
     not reach the cache key."""
 
-    __slots__ = ("_read",)
+    __slots__ = ("_read", "_declared")
 
-    def __init__(self, values: Mapping[str, str | None], read: Any) -> None:
+    def __init__(self, values: Mapping[str, str | None], read: Any, declared: frozenset[str] = frozenset()) -> None:
         super().__init__(values)
         self._read = read
+        self._declared = declared
 
     def __call__(self, name: str) -> str | None:
-        if name in self:
-            return self[name]
+        return self[name]
+
+    def __missing__(self, name: str) -> str | None:  # env["X"] as env("X"): the declared variables too
         return self._read(name)
+
+    def __contains__(self, name: object) -> bool:
+        return dict.__contains__(self, name) or name in self._declared
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        return self[name] if name in self else default
 
 
 #: what ResolveContext.env(name) read, once a resolution (a name -> value dict)
@@ -141,7 +149,8 @@ class ResolveContext:
 
     @property
     def env(self) -> Env:
-        return Env({"CUDA_VISIBLE_DEVICES": self.cvd, "CUDA_DEVICE_ORDER": self.device_order}, self._declared)
+        return Env({"CUDA_VISIBLE_DEVICES": self.cvd, "CUDA_DEVICE_ORDER": self.device_order}, self._declared,
+                   self.declared)
 
     def _declared(self, name: str) -> str | None:
         read = self.stash.setdefault(_ENV_READ, {})

@@ -321,6 +321,15 @@ def localities(bus_ids: Iterable[str], use_nvml: bool = True, session: Session |
             nv = {}
     else:
         one_node = use_nvml
+        # NVML's answer changes no place here, but only NVML says a GPU is lost (fallen off the bus): asked where
+        # a session is open anyway (no start more: the GPU list came from NVML, or the caller's) or where the
+        # caller asks for the GPUs' health (doctor); its places are not used, so every answer stays the same
+        open_ = session if host is None else host.open_session
+        if use_nvml and (open_ is not None or (host is not None and host.health)):
+            try:
+                nvml_affinity(ids, lost, open_ if open_ is not None else host.nvml())
+            except NvmlLiteError:
+                pass
     procfs = _procfs_root(host.env) if host is not None else None
     out = {b: gpu_locality(b, allowed, nv.get(b), sysfs=fs, procfs=procfs, one_node=one_node) for b in ids}
     for b, why in lost.items():
