@@ -547,3 +547,35 @@ def test_on_two_nodes_nvml_is_asked_and_without_it_sysfs_answers_alone(tmp_path)
                         lambda t: _through_a_host(t, root, tmp_path / "p", None)))
     assert down["starts"] == 0 and down["0000:01:00.0"][:4] == [[], "0-7", "0-7", "sysfs"]
     assert down["0000:01:00.0"][6][0].endswith("and NVML names none either: no preference")
+
+
+def _lost_on_one_node(topo, how):
+    """vm-4gpu, every GPU's lookup by bus id lost: which GPUs are reported lost, and how many sessions started."""
+    from gpuaffinity.host import Host
+    from gpuaffinity.numa import query
+    from gpuaffinity.nvml_lite import Session
+
+    buses = [g.pci_bus_id for g in topo.gpus]
+    os.environ.pop(query.SIM_ALLOWED_VAR, None)
+    os.environ["GPUAFFINITY_PROCFS_ROOT"] = "/nonexistent"
+    os.environ["GPUAFFINITY_SYSFS_ROOT"] = str(cached_render(topo))  # in the forked child only
+    if how == "session":  # no Host: the caller's own open session
+        with Session() as nv:
+            locs = query.localities(buses, session=nv)
+        return [sorted(b for b, loc in locs.items() if loc.lost), None]
+    host = Host({"GPUAFFINITY_SYSFS_ROOT": str(cached_render(topo))})
+    with host:
+        host.health = how == "health"
+        if how == "open":
+            host.nvml()
+        locs = query.localities(buses, host=host)
+        return [sorted(b for b, loc in locs.items() if loc.lost), host.nvml_starts]
+
+
+@pytest.mark.parametrize(("how", "reported", "starts"), [("health", True, 1), ("open", True, 1), ("plain", False, 0),
+                                                         ("session", True, None)])
+def test_on_one_node_nvml_is_asked_whether_a_gpu_is_lost_only_where_asked_or_open(tmp_path, how, reported, starts):
+    topo = load_topology("vm-4gpu")
+    lost, started = value(forked(_with_nvml, "vm-4gpu", tmp_path, "nvmlDeviceGetHandleByPciBusId=15",
+                                 lambda t: _lost_on_one_node(t, how)))
+    assert lost == (sorted(g.pci_bus_id for g in topo.gpus) if reported else []) and started == starts

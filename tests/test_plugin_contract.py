@@ -576,7 +576,7 @@ def test_ctx_env_as_a_dict_reads_the_declared_variables_too(monkeypatch):
     env = ctx.env
     assert env["MY_MAP"] == env.get("MY_MAP") == env("MY_MAP") == "hello" and "MY_MAP" in env
     assert env.get("UNSET_ONE", "x") is None and "UNSET_ONE" in env
-    assert env.get("NOPE", "x") == "x" and "NOPE" not in env
+    assert env.get("NOPE", "x") == "x" and "NOPE" not in env and "CUDA_VISIBLE_DEVICES" in env
     with pytest.raises(KeyError, match="'NOPE' is no variable a strategy of this resolution declared"):
         env["NOPE"]
     assert dict(env.items()) == {"CUDA_VISIBLE_DEVICES": "1", "CUDA_DEVICE_ORDER": None}
