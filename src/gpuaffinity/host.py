@@ -54,7 +54,7 @@ class Host:
 
     def __init__(self, env: Mapping[str, str | None] | None = None, session: Session | None = None) -> None:
         """``env``: the snapshot's roots (``Settings.inventory_env``; default: os.environ); ``session``: an NVML
-        session the caller has open and keeps (``gpuaffinity check``): used, never shut down here."""
+        session the caller has open and keeps: used, never shut down here."""
         base = os.environ if env is None else env
         #: the roots and the inventory's source, as the snapshot gave them (None: the real machine's)
         self.env: dict[str, str | None] = {k: base.get(k) for k in _ROOTS}
@@ -70,7 +70,7 @@ class Host:
         self.eager = False
         #: ask NVML whether each GPU is lost even where its locality needs no NVML (doctor: a health report)
         self.health = False
-        #: how many NVML sessions this host started (a test's and doctor's view: at most one a scope)
+        #: how many NVML sessions this host started (what tests count: at most one a scope)
         self.nvml_starts = 0
 
     # ---- the NVML session ------------------------------------------------------------------------
@@ -177,7 +177,7 @@ class scope:
 
     def __init__(self, env: Mapping[str, str | None] | None = None, session: Session | None = None) -> None:
         """``env``: the snapshot's roots (``Settings.inventory_env``; default: os.environ); ``session``: an NVML
-        session the caller has open and keeps (``gpuaffinity check``): used, never shut down here."""
+        session the caller has open and keeps: used, never shut down here."""
         self._env = env
         self._own = False
 
