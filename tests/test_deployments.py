@@ -215,12 +215,13 @@ def test_a_node_of_another_device_is_not_taken_for_a_gpu(tmp_path):
 # Found by an adversarial pass over the changes above; each defect is now a test.
 
 RACE_TORCH = r"""
-import json, os, threading, torch, gpuaffinity
+import json, os, threading, time, torch, gpuaffinity
 want = {"0,1": [0, 1], "1,0": [1, 0]}
 def flip(stop):
     while not stop.is_set():
         for v in want:
             os.environ["CUDA_VISIBLE_DEVICES"] = v
+        time.sleep(0)  # yields the GIL: the resolving thread runs between flips, not once a switch interval
 bad = 0
 for trial in range(40):
     gpuaffinity.clear_cache()
