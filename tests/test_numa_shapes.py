@@ -432,15 +432,14 @@ def test_where_nvml_is_not_asked_its_answer_would_change_nothing(rendered, shape
     """The proof of the shortcut in gpuaffinity.host: on every machine where the Host does not ask NVML for
     locality (one NUMA node, each GPU's numa_node file there), the answer with NVML's is the answer without, field
     by field, under every cpuset (only the note on a GPU without a node, and the source, say which it was)."""
-    from gpuaffinity.host import Host
-    from gpuaffinity.numa.query import gpu_locality
+    from gpuaffinity.numa.query import gpu_locality, nvml_can_matter
     from gpuaffinity.numa.sysfs import Sysfs
     from gpuaffinity.sim.render import gpu_locality as nvml_answer
 
     topo = next((parse_topology(t) for t in ONE_NODE if t["name"] == shape), None) or load_topology(shape)
     root = rendered(topo)
     buses = [g.pci_bus_id for g in topo.gpus]
-    asks = Host({"GPUAFFINITY_SYSFS_ROOT": str(root)}).nvml_can_matter(buses)
+    asks = nvml_can_matter(Sysfs(root), buses)
     assert asks == (len(topo.nodes) != 1), shape  # a host of one node, and only such a host, is not asked
     if asks:
         return

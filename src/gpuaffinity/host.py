@@ -143,12 +143,6 @@ class Host:
             self._inventory = read_inventory(self.env, host=self)
         return self._inventory
 
-    def nvml_can_matter(self, bus_ids: Iterable[str]) -> bool:
-        """Whether NVML's locality can change any of these GPUs' answers here (numa.query.nvml_can_matter)."""
-        from gpuaffinity.numa.query import nvml_can_matter
-
-        return nvml_can_matter(self.sysfs, bus_ids)
-
     def localities(self, bus_ids: Iterable[str]) -> dict[str, Locality]:
         """Each GPU's locality (numa.query), by bus id, each asked once for this host's life."""
         from gpuaffinity.numa.query import localities

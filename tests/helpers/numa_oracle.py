@@ -17,9 +17,8 @@ import tempfile
 from pathlib import Path
 
 from gpuaffinity.core.cpulist import format_cpulist as fmt
-from gpuaffinity.host import Host
 from gpuaffinity.numa.modes import MODES, place
-from gpuaffinity.numa.query import gpu_locality
+from gpuaffinity.numa.query import gpu_locality, nvml_can_matter
 from gpuaffinity.numa.sysfs import Sysfs
 from gpuaffinity.sim.render import gpu_locality as nvml_answer
 from gpuaffinity.sim.render import render_sysfs
@@ -254,8 +253,8 @@ def plan_in_process(topo: Topology, root: Path, allowed: frozenset[int] | None =
     for g in topo.gpus:
         m = nvml_answer(topo, g)
         answers[g.pci_bus_id] = (m["node_mem"], m["node_cpu"], m["gpu_mem"]) if nvml else None
-    # NVML is asked where gpuaffinity asks it: not on a host of one node (gpuaffinity.host.Host.nvml_can_matter)
-    ask = Host({"GPUAFFINITY_SYSFS_ROOT": str(root)}).nvml_can_matter(answers)
+    # NVML is asked where gpuaffinity asks it: not on a host of one node (gpuaffinity.numa.query.nvml_can_matter)
+    ask = nvml_can_matter(fs, answers)
     locs = {b: gpu_locality(b, allowed, answers[b] if ask else None, sysfs=fs, one_node=nvml and not ask)
             for b in answers}
     by_node: dict[int, list[str]] = {}
