@@ -23,8 +23,9 @@ from gpuaffinity.numa.bind import BindError, BindRecord
 from gpuaffinity.sim import load_topology
 from gpuaffinity.sim.build import library_dir
 from gpuaffinity.sim.render import render_config
+from gpuaffinity.sim.topology import parse_topology
 from helpers.forked import forked, value
-from helpers.numa_oracle import cached_render
+from helpers.numa_oracle import VM_2NODE, cached_render
 
 CPUS = sorted(os.sched_getaffinity(0))
 ONE_NODE = not os.path.exists("/sys/devices/system/node/node1")
@@ -149,8 +150,9 @@ def test_bind_record_summary():
 # ---- NVML, through the simulator's library ------------------------------------------------------------
 
 
-def _with_nvml(topo_name, tmp, faults, fn):
-    topo = load_topology(topo_name)
+def _with_nvml(topology, tmp, faults, fn):
+    """``fn(topo)`` with the simulator's NVML serving ``topology`` (a preset's name, or a Topology)."""
+    topo = load_topology(topology) if isinstance(topology, str) else topology
     conf = Path(tmp) / "machine.conf"
     conf.write_text(render_config(topo))
     os.environ["GPUAFFINITY_SIM_CONFIG"] = str(conf)
@@ -435,7 +437,7 @@ def test_undoing_cpus_goes_back_to_this_process_s_own_affinity():
 # ---- localities through a Host: its roots, its CPUs, its NVML session; NVML not asked on one node ----------------
 
 
-def _through_a_host(topo, root, proc, fault_bus):
+def _through_a_host(topo, root, proc):
     """localities() given a Host built over ``root`` and ``proc``, while the environment names other roots and
     another cpuset: every fact must come from the Host."""
     from gpuaffinity.host import Host
@@ -468,8 +470,8 @@ def test_localities_take_every_fact_from_the_host(tmp_path):
     (proc / "driver/nvidia/gpus" / bus / "numa_status").write_text("Node: 1\n")
     (proc / "self").mkdir()
     (proc / "self" / "status").write_text("Name:\tx\nMems_allowed_list:\t0-1\n")
-    got = value(forked(_with_nvml, "gh200", tmp_path, "nvmlDeviceGetNumaNodeId=3", lambda t: _through_a_host(
-        t, root, proc, None)))
+    got = value(forked(_with_nvml, "gh200", tmp_path, "nvmlDeviceGetNumaNodeId=3",
+                       lambda t: _through_a_host(t, root, proc)))
     assert got["starts"] == 1 and got["allowed"] == list(range(8)) and got["mems"] == [0, 1]
     nodes, cpus, local, source, own, lost, _notes = got[bus]
     assert (nodes, cpus, local, source, own, lost) == ([0], "0-7", "0-71", "sysfs+nvml", [1], "")
@@ -481,7 +483,7 @@ def test_a_gpu_nvml_says_is_lost_keeps_its_place_and_says_so(tmp_path):
     topo = load_topology("dgx-h100")
     root = cached_render(topo)
     got = value(forked(_with_nvml, "dgx-h100", tmp_path, "nvmlDeviceGetHandleByPciBusId=15:1",
-                       lambda t: _through_a_host(t, root, tmp_path / "noproc", None)))
+                       lambda t: _through_a_host(t, root, tmp_path / "noproc")))
     first, second = topo.gpus[0].pci_bus_id, topo.gpus[1].pci_bus_id
     assert got[first][0] == [0] and got[first][3] == "sysfs" and got[first][5] == f"GPU {first} is lost: nvmlDeviceGetH"
     assert got[second][0] == [0] and got[second][3] == "sysfs+nvml" and got[second][5] == ""
@@ -493,8 +495,7 @@ def test_on_one_node_nvml_is_not_started_and_the_note_says_why(tmp_path):
     node, not what NVML would have named."""
     topo = load_topology("vm-4gpu")
     root = cached_render(topo)
-    got = value(forked(_with_nvml, "vm-4gpu", tmp_path, "", lambda t: _through_a_host(
-        t, root, tmp_path / "noproc", None)))
+    got = value(forked(_with_nvml, "vm-4gpu", tmp_path, "", lambda t: _through_a_host(t, root, tmp_path / "noproc")))
     assert got["starts"] == 0
     for g in topo.gpus:
         nodes, cpus, _local, source, _own, _lost, notes = got[g.pci_bus_id]
@@ -516,35 +517,17 @@ def test_the_simulated_cpuset_narrows_to_this_processs_own_mask():
     assert value(forked(_allowed_after_binding, CPUS[-1])) == [CPUS[-1]]
 
 
-VM_2NODE = '''name = "vm-2node"
-[[numa_node]]
-id = 0
-cpus = "0-3"
-[[numa_node]]
-id = 1
-cpus = "4-7"
-[[gpu]]
-uuid = "GPU-00000000-0000-0000-0000-000000000001"
-pci_bus_id = "0000:01:00.0"
-name = "NVIDIA H100"
-numa_node = -1
-'''
-
-
 def test_on_two_nodes_nvml_is_asked_and_without_it_sysfs_answers_alone(tmp_path):
     """A VM of two nodes, its GPU without one: NVML is asked (through the Host), names both nodes, and the note says
     so, not "one NUMA node"; where NVML cannot start at all, the same place from sysfs alone, no session kept."""
-    path = tmp_path / "vm-2node.toml"
-    path.write_text(VM_2NODE)
-    topo = load_topology(path)
+    topo = parse_topology(VM_2NODE)
     root = cached_render(topo)
-    got = value(forked(_with_nvml, str(path), tmp_path, "", lambda t: _through_a_host(t, root, tmp_path / "p", None)))
+    got = value(forked(_with_nvml, topo, tmp_path, "", lambda t: _through_a_host(t, root, tmp_path / "p")))
     nodes, cpus, _local, source, _own, _lost, notes = got["0000:01:00.0"]
     assert got["starts"] == 1 and (nodes, cpus, source) == ([], "0-7", "sysfs+nvml")
     assert notes[0] == ("the firmware gives no NUMA node for this GPU (numa_node = -1, common in VMs) and NVML's "
                         "node(s) 0-1 are every node with CPUs here, which tells nothing: no preference")
-    down = value(forked(_with_nvml, str(path), tmp_path, "nvmlInit=9",
-                        lambda t: _through_a_host(t, root, tmp_path / "p", None)))
+    down = value(forked(_with_nvml, topo, tmp_path, "nvmlInit=9", lambda t: _through_a_host(t, root, tmp_path / "p")))
     assert down["starts"] == 0 and down["0000:01:00.0"][:4] == [[], "0-7", "0-7", "sysfs"]
     assert down["0000:01:00.0"][6][0].endswith("and NVML names none either: no preference")
 

@@ -17,7 +17,7 @@ from gpuaffinity.core.cpulist import format_cpulist, parse_cpulist
 from gpuaffinity.numa.modes import MODES
 from gpuaffinity.sim import load_topology, simulated
 from gpuaffinity.sim.topology import parse_topology
-from helpers.numa_oracle import Oracle, cached_render, plan_in_process, with_gpus
+from helpers.numa_oracle import VM_2NODE, Oracle, cached_render, plan_in_process, with_gpus
 
 SHAPES = ["epyc-nps2", "epyc-nps4", "xeon-snc2", "xeon-snc4", "gh200", "gb200-tray", "irregular-2s", "dgx-h100",
           "vm-4gpu"]
@@ -221,9 +221,7 @@ def test_numa_status_is_read_from_its_node_line(tmp_path):
 
 
 def test_a_two_node_vm_where_nvml_names_every_node_has_no_preference(rendered):
-    topo = parse_topology({"name": "vm-2node", "numa_node": [{"id": 0, "cpus": "0-3"}, {"id": 1, "cpus": "4-7"}],
-                           "gpu": [{"uuid": "GPU-00000000-0000-0000-0000-000000000001",
-                                    "pci_bus_id": "0000:01:00.0", "name": "NVIDIA H100", "numa_node": -1}]})
+    topo = parse_topology(VM_2NODE)
     got = plan_of(rendered, topo)
     assert (cpus_of(got, "0000:01:00.0", "node"), got["0000:01:00.0"]["node"][1]) == ("0-7", ())
     # one note says what NVML named and why it is not used (before: "no preference", then "NVML names ..., ignored")

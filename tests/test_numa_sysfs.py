@@ -15,7 +15,7 @@ from gpuaffinity.numa.query import Locality, gpu_locality
 from gpuaffinity.numa.sysfs import Sysfs, read_text
 from gpuaffinity.sim import load_topology
 from gpuaffinity.sim.topology import SYSFS_QUIRKS
-from helpers.numa_oracle import Oracle, cached_render, plan_in_process, render
+from helpers.numa_oracle import VM_2NODE, Oracle, cached_render, plan_in_process, render
 
 
 @pytest.fixture(autouse=True)
@@ -682,11 +682,6 @@ def test_allowed_memory_nodes_read_the_given_procfs(tmp_path, monkeypatch):
     assert allowed_memory_nodes() is None  # the environment's root has no status file
 
 
-VM2 = {"name": "vm-2node", "numa_node": [{"id": 0, "cpus": "0-3"}, {"id": 1, "cpus": "4-7"}],
-       "gpu": [{"uuid": "GPU-00000000-0000-0000-0000-000000000001", "pci_bus_id": "0000:01:00.0",
-                "name": "NVIDIA H100", "numa_node": -1}]}
-
-
 @pytest.mark.parametrize(("nvml", "said"), [
     (None, "NVML names none either"),
     ((frozenset({2}), frozenset(range(8)), frozenset({2})), "NVML names only the GPU's own memory node(s) 2"),
@@ -699,7 +694,7 @@ def test_a_gpu_without_a_node_on_two_nodes_says_what_nvml_named_and_why_it_is_no
     a GPU without a node, each with its own note, and no preference."""
     from gpuaffinity.sim.topology import parse_topology
 
-    topo = parse_topology(VM2)
+    topo = parse_topology(VM_2NODE)
     loc = gpu_locality("0000:01:00.0", frozenset(range(8)), nvml, sysfs=Sysfs(cached_render(topo)))
     assert (loc.numa_nodes, format_cpulist(loc.cpus)) == ((), "0-7")
     assert ("the firmware gives no NUMA node for this GPU (numa_node = -1, common in VMs) and "

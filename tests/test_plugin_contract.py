@@ -183,6 +183,15 @@ def on(machine, site, code, *args, **env):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def plugin_site(site: Path, name: str, text: str) -> Path:
+    """A folder on PYTHONPATH that holds the plugin module ``{name}_mod`` (``text``) and the distribution
+    ``{name}-1.0`` whose entry point names it, as an installed plugin's are."""
+    (site / f"{name}_mod.py").write_text(text)
+    (site / f"{name}-1.0.dist-info").mkdir()
+    (site / f"{name}-1.0.dist-info" / "entry_points.txt").write_text(f"[gpuaffinity]\n{name} = {name}_mod\n")
+    return site
+
+
 def cli(machine, site, *args, **env):
     e = child_env(machine, **env)
     e["PYTHONPATH"] = f"{site}:{e.get('PYTHONPATH', '')}"
@@ -343,9 +352,7 @@ def gpuaffinity_strategies():
 
 
 def duck_on(sim_factory, tmp_path, top, abstain):
-    (tmp_path / "duck_mod.py").write_text(DUCK.format(top=top, abstain=abstain))
-    (tmp_path / "duck-1.0.dist-info").mkdir()
-    (tmp_path / "duck-1.0.dist-info" / "entry_points.txt").write_text("[gpuaffinity]\nduck = duck_mod\n")
+    plugin_site(tmp_path, "duck", DUCK.format(top=top, abstain=abstain))
     code = ("import json, time, warnings, gpuaffinity\nwarnings.simplefilter('error')\nt = time.monotonic()\n"
             "d = gpuaffinity.resolve(0)\nprint(json.dumps([d.pci_bus_id, d.agreed, time.monotonic() - t]))")
     machine = sim_factory("dgx-h100")
@@ -398,9 +405,7 @@ def test_an_answer_is_not_filed_under_a_value_the_variable_took_while_it_was_res
     """The first resolution that sees a plugin's variables reads the key again to add them; the variable had
     changed meanwhile (to 7), and the answer for 0 was filed under 7: the next resolve_all() under 7 returned GPU
     0. (Found by an attack on the cache.)"""
-    (tmp_path / "flip_mod.py").write_text(FLIP)
-    (tmp_path / "flip-1.0.dist-info").mkdir()
-    (tmp_path / "flip-1.0.dist-info" / "entry_points.txt").write_text("[gpuaffinity]\nflip = flip_mod\n")
+    plugin_site(tmp_path, "flip", FLIP)
     machine = sim_factory("dgx-h100")
     buses = [g.pci_bus_id for g in machine.topology.gpus]
     assert on(machine, tmp_path, FLIP_RUN) == [[buses[0]], [buses[7]]]
@@ -463,9 +468,7 @@ def test_a_plugin_reads_its_declared_variable_from_the_context_and_a_change_reac
     """ctx.env(name): the first resolution reads the declared variable (not yet in the key), the next ones take it
     from the snapshot that keys the cache, which Settings.from_key keeps (it dropped the declared variables): a
     change is a new answer without clear_cache(), the same value the cached one."""
-    (tmp_path / "pick_mod.py").write_text(PICK)
-    (tmp_path / "pick-1.0.dist-info").mkdir()
-    (tmp_path / "pick-1.0.dist-info" / "entry_points.txt").write_text("[gpuaffinity]\npick = pick_mod\n")
+    plugin_site(tmp_path, "pick", PICK)
     machine = sim_factory("dgx-h100")
     *indices, extra = on(machine, tmp_path, ENV_RUN, GPUAFFINITY_POLICY="first")
     assert indices == [3, 5, 5]
@@ -552,9 +555,7 @@ def test_a_plugins_words_reach_doctor_escaped_and_forge_no_line(sim_factory, tmp
     """doctor prints a strategy's reasons and details, which a plugin writes: escape sequences (ESC, the one-byte
     C1 introducer 0x9b) and newlines reach the terminal escaped, on the line they belong to.  (Found by an attack:
     doctor printed them raw.)"""
-    (tmp_path / "hostile_mod.py").write_text(HOSTILE)
-    (tmp_path / "hostile-1.0.dist-info").mkdir()
-    (tmp_path / "hostile-1.0.dist-info" / "entry_points.txt").write_text("[gpuaffinity]\nhostile = hostile_mod\n")
+    plugin_site(tmp_path, "hostile", HOSTILE)
     out = cli(sim_factory("dgx-h100"), tmp_path, "doctor", "-v", cvd="3,1")
     assert out.returncode == 0, out.stderr
     assert "\x1b" not in out.stdout and "\x9b" not in out.stdout and "\x07" not in out.stdout

@@ -44,6 +44,16 @@ class Exec(BaseException):
     """bind reached exec: the harness stops there (a BaseException, as exec leaves no Python behind)."""
 
 
+
+def _restore(saved: dict) -> None:
+    """The variables as they were before an example, and no answer cached under the example's values."""
+    for var, value in saved.items():
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
+    gpuaffinity.clear_cache()
+
 def _execvp(file, args):  # stands in for os.execvp
     raise Exec(file)
 
@@ -123,12 +133,7 @@ def run_main(argv: list[str], env: dict) -> tuple[int, str, str]:
             except Exec:
                 rc = 0
     finally:
-        for var, value in saved.items():
-            if value is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = value
-        gpuaffinity.clear_cache()
+        _restore(saved)
         os.sched_setaffinity(0, AFFINITY)  # bind applied itself to this process: undo it
         set_mempolicy("none", ())
         _restore_mempolicy(0, frozenset())
@@ -195,12 +200,7 @@ def fuzz_api(logical, policy, disable, env):
                                  "policy": policy, "disable": repr(disable), "env": env})
                 raise
     finally:
-        for var, value in saved.items():
-            if value is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = value
-        gpuaffinity.clear_cache()
+        _restore(saved)
 
 
 def main() -> int:

@@ -27,6 +27,12 @@ from gpuaffinity.sim.topology import Gpu, Topology
 Answer = tuple[frozenset[int], tuple[int, ...]]
 
 
+#: A VM of two NUMA nodes whose one GPU has none (numa_node = -1): what NVML names for it is all that can place it.
+VM_2NODE = {"name": "vm-2node", "numa_node": [{"id": 0, "cpus": "0-3"}, {"id": 1, "cpus": "4-7"}],
+            "gpu": [{"uuid": "GPU-00000000-0000-0000-0000-000000000001", "pci_bus_id": "0000:01:00.0",
+                     "name": "NVIDIA H100", "numa_node": -1}]}
+
+
 def with_gpus(topo: Topology, count: int) -> Topology:
     """The machine with only its first ``count`` GPUs (PCI order)."""
     return dataclasses.replace(topo, gpus=topo.gpus[:count], name=f"{topo.name}-{count}")
