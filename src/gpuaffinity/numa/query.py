@@ -178,7 +178,7 @@ def gpu_locality(pci_bus_id: str, allowed: frozenset[int] | None = None,
                  nvml: NvmlAnswer | None = None, *, sysfs: Sysfs | None = None, procfs: Path | None = None,
                  one_node: bool = False) -> Locality:
     """Combine sysfs and (when given) NVML's answer for one GPU (rules: docs/numa.md, "Where a GPU sits").
-    ``one_node``: NVML was not asked, as sysfs lists one NUMA node (gpuaffinity.host says why that is equal)."""
+    ``one_node``: NVML was not asked, as sysfs lists one NUMA node (``nvml_can_matter`` says why that is equal)."""
     allowed = allowed_cpus() if allowed is None else allowed
     fs = Sysfs() if sysfs is None else sysfs
     dev = fs.pci_dir(pci_bus_id)
@@ -313,23 +313,20 @@ def localities(bus_ids: Iterable[str], use_nvml: bool = True, session: Session |
     allowed = host.allowed_cpus if host is not None else allowed_cpus()
     lost: dict[str, str] = {}
     nv: dict[str, NvmlAnswer] = {}
-    one_node = False
-    if use_nvml and nvml_can_matter(fs, ids):
+    places = use_nvml and nvml_can_matter(fs, ids)
+    # Only NVML says a GPU is lost (fallen off the bus).  Where its places change nothing (one node) it is still
+    # asked that where a session is open anyway (no start more: the GPU list came from NVML, or the caller's) or
+    # where the caller asks for the GPUs' health (doctor); its places are then not used: every answer stays the same
+    open_ = session if host is None else host.open_session
+    health = use_nvml and (open_ is not None or (host is not None and host.health))
+    if places or health:
         try:
-            nv = nvml_affinity(ids, lost, host.nvml() if host is not None else session)
+            answers = nvml_affinity(ids, lost, host.nvml() if host is not None else session)
         except NvmlLiteError:  # no NVML here (the host's session could not start): sysfs answers alone
-            nv = {}
-    else:
-        one_node = use_nvml
-        # NVML's answer changes no place here, but only NVML says a GPU is lost (fallen off the bus): asked where
-        # a session is open anyway (no start more: the GPU list came from NVML, or the caller's) or where the
-        # caller asks for the GPUs' health (doctor); its places are not used, so every answer stays the same
-        open_ = session if host is None else host.open_session
-        if use_nvml and (open_ is not None or (host is not None and host.health)):
-            try:
-                nvml_affinity(ids, lost, open_ if open_ is not None else host.nvml())
-            except NvmlLiteError:
-                pass
+            answers = {}
+        if places:
+            nv = answers
+    one_node = use_nvml and not places
     procfs = _procfs_root(host.env) if host is not None else None
     out = {b: gpu_locality(b, allowed, nv.get(b), sysfs=fs, procfs=procfs, one_node=one_node) for b in ids}
     for b, why in lost.items():
