@@ -251,8 +251,9 @@ class PciStrategy(Strategy):
         if _single_threaded() and libcuda_mapped() is False:
             host = ctx.host
             buses = [g.pci_bus_id for g in ctx.inventory.gpus]
-            # the command's own work for the time the child initialises CUDA (Host.while_probing: locality)
-            work = None if host is None or not getattr(host, "eager", False) else lambda: host.while_probing(buses)
+            # the command's own work for the time the child initialises CUDA (Host.while_probing: locality, where
+            # the command asked for it early)
+            work = None if host is None else lambda: host.while_probing(buses)
             table = _forked_probe(ctx.env, timeout, work)
             if table is not None:
                 table["where"] = "in a child process (a fork of this one)"
